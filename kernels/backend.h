@@ -1,0 +1,115 @@
+// kernels/backend.h: the compute interface the forward pass runs on.
+//
+// A Backend owns its threads (CPU) or stream (CUDA) and executes one op at a time,
+// synchronously: when a call returns, its output is complete. Pointers are in the
+// backend's memory (host memory for the CPU backend, device memory for CUDA); get
+// buffers with alloc(); every pointer an op takes, including those inside
+// AttentionArgs (tokens, block tables), is backend memory. Shapes are given in elements, row-major, rows contiguous.
+//
+// Determinism contract: every op computes each output element with the same
+// arithmetic whatever the batch size n and thread count, so a sequence decoded in a
+// batch gets bit-identical logits to the same sequence decoded alone.
+//
+// Thread-safety: not thread-safe; one caller at a time (a worker owns its backend).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "kernels/dtype.h"
+
+namespace ds {
+
+// A 2-D weight matrix [rows, cols] of any supported type; rows are contiguous.
+struct WeightRef {
+  DType type = DType::kF32;
+  const void* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  size_t row_stride() const { return row_bytes(type, cols); }
+};
+
+enum class RopeStyle { kNormal, kNeox };  // adjacent pairs (llama) / halves (qwen2, neox)
+
+struct RopeParams {
+  RopeStyle style = RopeStyle::kNormal;
+  int n_rot = 0;             // rotated dimensions per head (== head_dim here)
+  float freq_base = 10000;
+  float freq_scale = 1;      // linear scaling: position * freq_scale
+};
+
+// Paged KV cache of one layer: k and v are [n_blocks, block_size, kv_dim] floats.
+// Token position p of a sequence lives in block block_table[p / block_size], row p % block_size.
+struct AttentionToken {
+  const int32_t* block_table = nullptr;
+  int32_t n_kv = 0;  // attend to positions [0, n_kv)
+};
+
+struct AttentionArgs {
+  const float* q = nullptr;    // [n_tokens, n_heads * head_dim]
+  float* out = nullptr;        // [n_tokens, n_heads * head_dim]
+  const float* k_cache = nullptr;
+  const float* v_cache = nullptr;
+  const AttentionToken* tokens = nullptr;  // [n_tokens]
+  int64_t n_tokens = 0;
+  int n_heads = 0;
+  int n_kv_heads = 0;
+  int head_dim = 0;
+  int block_size = 0;
+  float scale = 1;             // usually 1/sqrt(head_dim)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+
+  // True when backend memory is host memory (CPU): weights are then used in place
+  // (from the mmapped file) instead of being uploaded.
+  virtual bool host_memory() const = 0;
+  virtual void* alloc(size_t bytes) = 0;  // 64-byte aligned, zeroed; nullptr when out of memory
+  virtual void free(void* p) = 0;
+  // Copies between host memory and backend memory.
+  virtual void upload(void* dst, const void* src, size_t bytes) = 0;
+  virtual void download(void* dst, const void* src, size_t bytes) = 0;
+
+  // y[n, w.rows] = x[n, w.cols] * W^T
+  virtual void matmul(const WeightRef& w, const float* x, int64_t n, float* y) = 0;
+  // out[i, :] = dequantized row ids[i] of w. REQUIRES: 0 <= ids[i] < w.rows.
+  virtual void get_rows(const WeightRef& w, const int32_t* ids, int64_t n, float* out) = 0;
+  // out[i, :] = x[i, :] / sqrt(mean(x[i, :]^2) + eps) * weight
+  virtual void rmsnorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out) = 0;
+  // Rotates x[n, n_heads * head_dim] in place; token i is at position pos[i].
+  virtual void rope(float* x, int64_t n, int n_heads, int head_dim, const int32_t* pos, const RopeParams& p) = 0;
+  // out = silu(gate) * up, elementwise over count elements.
+  virtual void swiglu(const float* gate, const float* up, int64_t count, float* out) = 0;
+  // x += y, elementwise.
+  virtual void add(float* x, const float* y, int64_t count) = 0;
+  // x[i, :] += bias, for i < n.
+  virtual void add_bias(float* x, const float* bias, int64_t n, int64_t dim) = 0;
+  // Writes k[i], v[i] (kv_dim floats each) to cache row slots[i] (block * block_size + offset).
+  virtual void store_kv(const float* k, const float* v, int64_t n, const int32_t* slots, int64_t kv_dim,
+                        float* k_cache, float* v_cache) = 0;
+  // Causal attention of each query token over its sequence's cached keys and values (GQA:
+  // head h reads KV head h / (n_heads / n_kv_heads)).
+  virtual void attention(const AttentionArgs& a) = 0;
+};
+
+struct CpuBackendOptions {
+  int threads = 0;  // 0: all cores
+};
+std::unique_ptr<Backend> make_cpu_backend(const CpuBackendOptions& opts = {});
+
+// The ISA the CPU kernels were built for: "avx512", "avx2" or "scalar".
+const char* cpu_kernel_isa();
+
+// The CUDA backend on GPU `device` (kernels/cuda/cuda_backend.h has its options and
+// last_error()). Returns nullptr and sets *error (when error is non-null) when the
+// build has no CUDA, there is no such device, or CUDA/cuBLAS fails to start.
+std::unique_ptr<Backend> make_cuda_backend(int device, std::string* error);
+// True when this build has the CUDA backend and at least one GPU is visible.
+bool cuda_backend_available();
+
+}  // namespace ds

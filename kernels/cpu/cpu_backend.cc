@@ -1,0 +1,173 @@
+// kernels/cpu/cpu_backend.cc: the CPU implementation of Backend (SIMD + thread pool).
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/simd.h"
+#include "kernels/cpu/thread_pool.h"
+
+namespace ds {
+namespace {
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int threads) : pool_(threads) {}
+  const char* name() const override { return "cpu"; }
+
+  bool host_memory() const override { return true; }
+  void* alloc(size_t bytes) override {
+    const size_t rounded = (bytes + 63) / 64 * 64;
+    void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+    if (p) std::memset(p, 0, rounded);
+    return p;
+  }
+  void free(void* p) override { std::free(p); }
+  void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void download(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+
+  void matmul(const WeightRef& w, const float* x, int64_t n, float* y) override {
+    cpu::matmul(pool_, w, x, n, y, &scratch_);
+  }
+
+  void get_rows(const WeightRef& w, const int32_t* ids, int64_t n, float* out) override {
+    const auto* base = static_cast<const uint8_t*>(w.data);
+    for (int64_t i = 0; i < n; ++i) dequantize_row(w.type, base + ids[i] * w.row_stride(), out + i * w.cols, w.cols);
+  }
+
+  void rmsnorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out) override {
+    for_rows(n, [&](int64_t i) {
+      const float* xi = x + i * dim;
+      const float ss = cpu::dot_f32(xi, xi, dim);
+      const float scale = 1.0f / std::sqrt(ss / static_cast<float>(dim) + eps);
+      float* oi = out + i * dim;
+      for (int64_t k = 0; k < dim; ++k) oi[k] = xi[k] * scale * weight[k];
+    });
+  }
+
+  void rope(float* x, int64_t n, int n_heads, int head_dim, const int32_t* pos, const RopeParams& p) override {
+    const int half = p.n_rot / 2;
+    inv_freq_.resize(half);
+    for (int d = 0; d < half; ++d) inv_freq_[d] = std::pow(static_cast<double>(p.freq_base), -2.0 * d / p.n_rot);
+    for_rows(n, [&](int64_t i) {
+      float cs[512], sn[512];  // n_rot/2 <= 512 (head_dim <= 1024, checked at load)
+      for (int d = 0; d < half; ++d) {
+        const double theta = static_cast<double>(pos[i]) * p.freq_scale * inv_freq_[d];
+        cs[d] = static_cast<float>(std::cos(theta));
+        sn[d] = static_cast<float>(std::sin(theta));
+      }
+      for (int h = 0; h < n_heads; ++h) {
+        float* v = x + (i * n_heads + h) * head_dim;
+        for (int d = 0; d < half; ++d) {
+          const int a = p.style == RopeStyle::kNormal ? 2 * d : d;
+          const int b = p.style == RopeStyle::kNormal ? 2 * d + 1 : d + half;
+          const float x0 = v[a], x1 = v[b];
+          v[a] = x0 * cs[d] - x1 * sn[d];
+          v[b] = x0 * sn[d] + x1 * cs[d];
+        }
+      }
+    });
+  }
+
+  void swiglu(const float* gate, const float* up, int64_t count, float* out) override {
+    pool_.run([&](int ith, int nth) {
+      int64_t b, e;
+      ThreadPool::split(count, ith, nth, &b, &e);
+      for (int64_t i = b; i < e; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+    });
+  }
+
+  void add(float* x, const float* y, int64_t count) override {
+    for (int64_t i = 0; i < count; ++i) x[i] += y[i];
+  }
+
+  void add_bias(float* x, const float* bias, int64_t n, int64_t dim) override {
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t k = 0; k < dim; ++k) x[i * dim + k] += bias[k];
+  }
+
+  void store_kv(const float* k, const float* v, int64_t n, const int32_t* slots, int64_t kv_dim, float* k_cache,
+                float* v_cache) override {
+    for (int64_t i = 0; i < n; ++i) {
+      std::memcpy(k_cache + static_cast<int64_t>(slots[i]) * kv_dim, k + i * kv_dim, kv_dim * sizeof(float));
+      std::memcpy(v_cache + static_cast<int64_t>(slots[i]) * kv_dim, v + i * kv_dim, kv_dim * sizeof(float));
+    }
+  }
+
+  void attention(const AttentionArgs& a) override {
+    const int group = a.n_heads / a.n_kv_heads;
+    const int64_t kv_dim = static_cast<int64_t>(a.n_kv_heads) * a.head_dim;
+    const int64_t pairs = a.n_tokens * a.n_heads;
+    pool_.run([&](int ith, int nth) {
+      int64_t b, e;
+      ThreadPool::split(pairs, ith, nth, &b, &e);
+      std::vector<float>& score = score_[ith];
+      for (int64_t pi = b; pi < e; ++pi) {
+        const int64_t t = pi / a.n_heads;
+        const int h = static_cast<int>(pi % a.n_heads);
+        const AttentionToken& tok = a.tokens[t];
+        const float* q = a.q + pi * a.head_dim;
+        const int64_t head_off = static_cast<int64_t>(h / group) * a.head_dim;
+        if (score.size() < static_cast<size_t>(tok.n_kv)) score.resize(tok.n_kv);
+        float mx = -INFINITY;
+        for (int p = 0; p < tok.n_kv; ++p) {
+          const int64_t row = static_cast<int64_t>(tok.block_table[p / a.block_size]) * a.block_size + p % a.block_size;
+          score[p] = cpu::dot_f32(q, a.k_cache + row * kv_dim + head_off, a.head_dim) * a.scale;
+          mx = std::max(mx, score[p]);
+        }
+        float sum = 0;
+        for (int p = 0; p < tok.n_kv; ++p) sum += (score[p] = std::exp(score[p] - mx));
+        const float inv = 1.0f / sum;
+        float* out = a.out + pi * a.head_dim;
+        std::memset(out, 0, a.head_dim * sizeof(float));
+        for (int p = 0; p < tok.n_kv; ++p) {
+          const int64_t row = static_cast<int64_t>(tok.block_table[p / a.block_size]) * a.block_size + p % a.block_size;
+          cpu::axpy_f32(score[p] * inv, a.v_cache + row * kv_dim + head_off, out, a.head_dim);
+        }
+      }
+    });
+  }
+
+ private:
+  template <class F>
+  void for_rows(int64_t n, F&& f) {
+    if (n == 1) return f(0);
+    pool_.run([&](int ith, int nth) {
+      int64_t b, e;
+      ThreadPool::split(n, ith, nth, &b, &e);
+      for (int64_t i = b; i < e; ++i) f(i);
+    });
+  }
+
+  ThreadPool pool_;
+  std::vector<uint8_t> scratch_;
+  std::vector<double> inv_freq_;
+  std::vector<float> score_[256];
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cpu_backend(const CpuBackendOptions& opts) {
+  int n = opts.threads;
+  if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
+  if (n <= 0) n = 1;
+  if (n > 256) n = 256;
+  return std::make_unique<CpuBackend>(n);
+}
+
+const char* cpu_kernel_isa() {
+#if defined(DS_SIMD_VNNI) && defined(__AVX512F__)
+  return "avx512+vnni";
+#elif defined(__AVX512F__)
+  return "avx512";
+#elif defined(DS_SIMD_AVX2)
+  return "avx2";
+#else
+  return "scalar";
+#endif
+}
+
+}  // namespace ds

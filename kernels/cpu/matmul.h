@@ -1,0 +1,33 @@
+// kernels/cpu/matmul.h: y[n, rows] = x[n, cols] * W^T on the CPU for every weight type.
+//
+// Register-tiled: a tile of RM weight rows x RN activation rows keeps RM*RN vector
+// accumulators, so each weight byte is read from memory once per call (decode is
+// bandwidth-bound, prefill compute-bound). Quantized weights (Q8_0, Q4_0) meet
+// activations quantized on the fly to 8-bit blocks of 32 with a float scale.
+// Each output element is computed by the same instruction sequence whatever the
+// tile shape, batch size or thread count (see backend.h, determinism contract).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/thread_pool.h"
+
+namespace ds::cpu {
+
+// Activation block for quantized dot products: x[k] ~= d * qs[k].
+struct BlockQ8A {
+  float d;
+  int32_t sum;  // sum of qs
+  int8_t qs[32];
+};
+static_assert(sizeof(BlockQ8A) == 40);
+
+void quantize_row_q8a(const float* x, BlockQ8A* out, int64_t n);
+
+// scratch holds quantized activations between calls (grown as needed).
+void matmul(ThreadPool& pool, const WeightRef& w, const float* x, int64_t n, float* y,
+            std::vector<uint8_t>* scratch);
+
+}  // namespace ds::cpu

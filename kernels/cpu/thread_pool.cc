@@ -1,0 +1,59 @@
+#include "kernels/cpu/thread_pool.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define DS_CPU_RELAX() _mm_pause()
+#else
+#define DS_CPU_RELAX() std::this_thread::yield()
+#endif
+
+namespace ds {
+namespace {
+constexpr int kSpinIterations = 200000;  // ~ a few ms of spinning before sleeping
+}
+
+ThreadPool::ThreadPool(int n_threads) : n_(n_threads < 1 ? 1 : n_threads) {
+  for (int i = 1; i < n_; ++i) threads_.emplace_back([this, i] { worker_loop(i); });
+}
+
+ThreadPool::~ThreadPool() {
+  stop_.store(true);
+  generation_.fetch_add(1, std::memory_order_release);
+  generation_.notify_all();
+  for (auto& t : threads_) t.join();
+}
+
+void ThreadPool::run(const std::function<void(int, int)>& fn) {
+  if (n_ == 1) {
+    fn(0, 1);
+    return;
+  }
+  fn_ = &fn;
+  pending_.store(n_ - 1, std::memory_order_relaxed);
+  generation_.fetch_add(1, std::memory_order_release);
+  generation_.notify_all();
+  fn(0, n_);
+  while (pending_.load(std::memory_order_acquire) != 0) DS_CPU_RELAX();
+  fn_ = nullptr;
+}
+
+void ThreadPool::worker_loop(int ith) {
+  uint32_t seen = generation_.load(std::memory_order_acquire);
+  for (;;) {
+    int spins = 0;
+    uint32_t g;
+    while ((g = generation_.load(std::memory_order_acquire)) == seen) {
+      if (++spins < kSpinIterations) {
+        DS_CPU_RELAX();
+      } else {
+        generation_.wait(seen, std::memory_order_acquire);
+      }
+    }
+    seen = g;
+    if (stop_.load()) return;
+    (*fn_)(ith, n_);
+    pending_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+}
+
+}  // namespace ds

@@ -1,0 +1,88 @@
+// kernels/cuda/common.cuh: device helpers shared by the CUDA kernels: fp16/bf16
+// conversion, warp and block sums, and the scalar element loader that mirrors
+// dequantize_row() in kernels/dtype.cc (the layouts are dtype.h's BlockQ8_0/BlockQ4_0).
+//
+// Included by .cu files only.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/dtype.h"
+
+namespace ds::cuda {
+
+constexpr int kWarpSize = 32;
+constexpr int kQ8_0Bytes = 34;  // sizeof(BlockQ8_0): fp16 d + 32 int8
+constexpr int kQ4_0Bytes = 18;  // sizeof(BlockQ4_0): fp16 d + 16 bytes of nibbles
+static_assert(sizeof(BlockQ8_0) == kQ8_0Bytes && sizeof(BlockQ4_0) == kQ4_0Bytes, "GGUF block sizes");
+
+// Blocks for a grid-stride loop over `total` items with `threads` per block.
+inline unsigned grid_for(int64_t total, int threads) {
+  const int64_t blocks = (total + threads - 1) / threads;
+  return static_cast<unsigned>(std::clamp<int64_t>(blocks, 1, int64_t{1} << 20));
+}
+
+__device__ __forceinline__ float f16_to_f32(uint16_t h) { return __half2float(__ushort_as_half(h)); }
+__device__ __forceinline__ float bf16_to_f32(uint16_t h) { return __uint_as_float(static_cast<uint32_t>(h) << 16); }
+
+// Sum over the 32 lanes; every lane gets the total. Fixed butterfly order: deterministic.
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, <= 1024); every thread gets the total.
+// `red` is __shared__ float[32]. Fixed order: deterministic.
+__device__ __forceinline__ float block_sum(float v, float* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+  v = warp_sum(v);
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  return warp_sum(lane < n_warps ? red[lane] : 0.0f);
+}
+
+// Element k of a row of type T, exactly as dequantize_row() computes it (bit-identical:
+// the same single float multiply d * q for the quantized types).
+// REQUIRES: row 2-byte aligned (4 for F32); k < the row's length.
+template <DType T>
+__device__ __forceinline__ float load_elem(const uint8_t* row, int64_t k) {
+  if constexpr (T == DType::kF32) {
+    return reinterpret_cast<const float*>(row)[k];
+  } else if constexpr (T == DType::kF16) {
+    return f16_to_f32(reinterpret_cast<const uint16_t*>(row)[k]);
+  } else if constexpr (T == DType::kBF16) {
+    return bf16_to_f32(reinterpret_cast<const uint16_t*>(row)[k]);
+  } else if constexpr (T == DType::kQ8_0) {
+    const uint8_t* b = row + (k / 32) * kQ8_0Bytes;
+    const float d = f16_to_f32(*reinterpret_cast<const uint16_t*>(b));
+    return d * static_cast<float>(static_cast<int8_t>(b[2 + k % 32]));
+  } else {
+    static_assert(T == DType::kQ4_0, "unsupported type");
+    const uint8_t* b = row + (k / 32) * kQ4_0Bytes;
+    const float d = f16_to_f32(*reinterpret_cast<const uint16_t*>(b));
+    const int j = static_cast<int>(k % 32);
+    const uint8_t byte = b[2 + (j & 15)];
+    const int q = (j < 16 ? (byte & 0xF) : (byte >> 4)) - 8;
+    return d * static_cast<float>(q);
+  }
+}
+
+// Calls f.template operator()<T>() for the runtime type t; false when t is unsupported.
+template <class F>
+bool dispatch_dtype(DType t, F&& f) {
+  switch (t) {
+    case DType::kF32: f.template operator()<DType::kF32>(); return true;
+    case DType::kF16: f.template operator()<DType::kF16>(); return true;
+    case DType::kBF16: f.template operator()<DType::kBF16>(); return true;
+    case DType::kQ8_0: f.template operator()<DType::kQ8_0>(); return true;
+    case DType::kQ4_0: f.template operator()<DType::kQ4_0>(); return true;
+    default: return false;
+  }
+}
+
+}  // namespace ds::cuda

@@ -1,0 +1,154 @@
+// kernels/cuda/elementwise.cu: the row-wise and elementwise ops (get_rows, rmsnorm,
+// rope, swiglu, add, add_bias, store_kv). Reference: the functions of the same names in
+// kernels/ref.cc (add, add_bias and store_kv have none there: they are exact, see
+// cpu_backend.cc). All are memory-bound grid-stride loops; one version each.
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/ops.cuh"
+
+namespace ds::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+// ---- get_rows / dequantize --------------------------------------------------------
+// Reference: ref::get_rows = dequantize_row() per id. One block per output row (grid-
+// stride over rows), threads over columns; load_elem<T> is bit-identical to dequantize_row.
+template <DType T>
+__global__ void get_rows_kernel(const uint8_t* __restrict__ w, size_t row_stride, int64_t cols,
+                                const int32_t* __restrict__ ids, int64_t n, float* __restrict__ out) {
+  for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
+    const int64_t r = ids ? static_cast<int64_t>(ids[i]) : i;
+    const uint8_t* row = w + r * static_cast<int64_t>(row_stride);
+    float* o = out + i * cols;
+    for (int64_t k = threadIdx.x; k < cols; k += blockDim.x) o[k] = load_elem<T>(row, k);
+  }
+}
+
+// ---- rmsnorm ------------------------------------------------------------------------
+// Reference: ref::rmsnorm (double sum of squares). Here: one block per row, float partial
+// sums per thread, fixed-order block reduction; scale = 1 / sqrtf(ss / dim + eps), as the
+// CPU backend. In-place (out == x) is safe: every x is read before the block sum's barrier.
+__global__ void rmsnorm_kernel(const float* x, const float* __restrict__ weight, int64_t dim, float eps,
+                               float* out) {
+  __shared__ float red[32];
+  const int64_t i = blockIdx.x;
+  const float* xi = x + i * dim;
+  float ss = 0.0f;
+  for (int64_t k = threadIdx.x; k < dim; k += blockDim.x) ss = fmaf(xi[k], xi[k], ss);
+  ss = block_sum(ss, red);
+  const float scale = 1.0f / sqrtf(ss / static_cast<float>(dim) + eps);
+  float* oi = out + i * dim;
+  for (int64_t k = threadIdx.x; k < dim; k += blockDim.x) oi[k] = xi[k] * scale * weight[k];
+}
+
+// ---- rope ---------------------------------------------------------------------------
+// Reference: ref::rope. One thread per (token i, pair d), looping over heads so the angle is
+// computed once per pair. The angle is computed as ref does: float(pos) * freq_scale in
+// float, then double pow/sincos; the rotation in double, rounded to float.
+// Pair d (< n_rot/2): normal style rotates (2d, 2d+1), neox (d, d + n_rot/2).
+__global__ void rope_kernel(float* x, int64_t n, int n_heads, int head_dim, const int32_t* __restrict__ pos,
+                            bool neox, int n_rot, float freq_base, float freq_scale) {
+  const int half = n_rot / 2;
+  const int64_t total = n * half;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = idx / half;
+    const int d = static_cast<int>(idx - i * half);
+    const float p = static_cast<float>(pos[i]) * freq_scale;
+    const double theta = static_cast<double>(p) * pow(static_cast<double>(freq_base), -static_cast<double>(2 * d) / n_rot);
+    double s, c;
+    sincos(theta, &s, &c);
+    const int a = neox ? d : 2 * d;
+    const int b = neox ? d + half : 2 * d + 1;
+    for (int h = 0; h < n_heads; ++h) {
+      float* v = x + (i * n_heads + h) * static_cast<int64_t>(head_dim);
+      const double x0 = v[a], x1 = v[b];
+      v[a] = static_cast<float>(x0 * c - x1 * s);
+      v[b] = static_cast<float>(x0 * s + x1 * c);
+    }
+  }
+}
+
+// ---- swiglu, add, add_bias, store_kv ------------------------------------------------
+// Reference: ref::swiglu computes in double; here float with expf, as the CPU backend.
+__global__ void swiglu_kernel(const float* __restrict__ gate, const float* __restrict__ up, int64_t count,
+                              float* __restrict__ out) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float g = gate[i];
+    out[i] = g / (1.0f + expf(-g)) * up[i];
+  }
+}
+
+__global__ void add_kernel(float* x, const float* y, int64_t count) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    x[i] += y[i];
+}
+
+__global__ void add_bias_kernel(float* x, const float* __restrict__ bias, int64_t count, int64_t dim) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    x[i] += bias[i % dim];
+}
+
+// k[i, c] -> k_cache[slots[i], c] (and v), i < n, c < kv_dim.
+__global__ void store_kv_kernel(const float* __restrict__ k, const float* __restrict__ v, int64_t n,
+                                const int32_t* __restrict__ slots, int64_t kv_dim, float* __restrict__ k_cache,
+                                float* __restrict__ v_cache) {
+  const int64_t total = n * kv_dim;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = idx / kv_dim;
+    const int64_t dst = static_cast<int64_t>(slots[i]) * kv_dim + (idx - i * kv_dim);
+    k_cache[dst] = k[idx];
+    v_cache[dst] = v[idx];
+  }
+}
+
+}  // namespace
+
+cudaError_t get_rows(DType t, const void* w, size_t row_stride, int64_t cols, const int32_t* ids, int64_t n,
+                     float* out, cudaStream_t stream) {
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(n, 65535));
+  const bool ok = dispatch_dtype(t, [&]<DType T>() {
+    get_rows_kernel<T><<<blocks, kThreads, 0, stream>>>(static_cast<const uint8_t*>(w), row_stride, cols, ids, n, out);
+  });
+  return ok ? cudaGetLastError() : cudaErrorInvalidValue;
+}
+
+cudaError_t rmsnorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out,
+                    cudaStream_t stream) {
+  rmsnorm_kernel<<<static_cast<unsigned>(n), kThreads, 0, stream>>>(x, weight, dim, eps, out);
+  return cudaGetLastError();
+}
+
+cudaError_t rope(float* x, int64_t n, int n_heads, int head_dim, const int32_t* pos, const RopeParams& p,
+                 cudaStream_t stream) {
+  rope_kernel<<<grid_for(n * (p.n_rot / 2), kThreads), kThreads, 0, stream>>>(
+      x, n, n_heads, head_dim, pos, p.style == RopeStyle::kNeox, p.n_rot, p.freq_base, p.freq_scale);
+  return cudaGetLastError();
+}
+
+cudaError_t swiglu(const float* gate, const float* up, int64_t count, float* out, cudaStream_t stream) {
+  swiglu_kernel<<<grid_for(count, kThreads), kThreads, 0, stream>>>(gate, up, count, out);
+  return cudaGetLastError();
+}
+
+cudaError_t add(float* x, const float* y, int64_t count, cudaStream_t stream) {
+  add_kernel<<<grid_for(count, kThreads), kThreads, 0, stream>>>(x, y, count);
+  return cudaGetLastError();
+}
+
+cudaError_t add_bias(float* x, const float* bias, int64_t n, int64_t dim, cudaStream_t stream) {
+  add_bias_kernel<<<grid_for(n * dim, kThreads), kThreads, 0, stream>>>(x, bias, n * dim, dim);
+  return cudaGetLastError();
+}
+
+cudaError_t store_kv(const float* k, const float* v, int64_t n, const int32_t* slots, int64_t kv_dim,
+                     float* k_cache, float* v_cache, cudaStream_t stream) {
+  store_kv_kernel<<<grid_for(n * kv_dim, kThreads), kThreads, 0, stream>>>(k, v, n, slots, kv_dim, k_cache, v_cache);
+  return cudaGetLastError();
+}
+
+}  // namespace ds::cuda

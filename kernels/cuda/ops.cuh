@@ -1,0 +1,54 @@
+// kernels/cuda/ops.cuh: host-side launchers of the CUDA kernels, one per Backend op.
+//
+// Each launcher enqueues its kernel(s) on `stream` and returns cudaGetLastError() (a
+// launch failure; faults inside the kernel surface at the next synchronisation). They
+// check nothing else: CudaBackend (cuda_backend.cu) validates arguments first. Every
+// pointer is device memory. The scalar reference of each op is the function of the same
+// name in kernels/ref.cc; each kernel's comment says how it departs from it.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "kernels/backend.h"
+
+namespace ds::cuda {
+
+// ---- elementwise.cu ---------------------------------------------------------------
+
+// out[i, :] = dequantized row (ids ? ids[i] : i) of w[*, cols]. Bit-identical to dequantize_row().
+cudaError_t get_rows(DType t, const void* w, size_t row_stride, int64_t cols, const int32_t* ids, int64_t n,
+                     float* out, cudaStream_t stream);
+cudaError_t rmsnorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out,
+                    cudaStream_t stream);
+cudaError_t rope(float* x, int64_t n, int n_heads, int head_dim, const int32_t* pos, const RopeParams& p,
+                 cudaStream_t stream);
+cudaError_t swiglu(const float* gate, const float* up, int64_t count, float* out, cudaStream_t stream);
+cudaError_t add(float* x, const float* y, int64_t count, cudaStream_t stream);
+cudaError_t add_bias(float* x, const float* bias, int64_t n, int64_t dim, cudaStream_t stream);
+cudaError_t store_kv(const float* k, const float* v, int64_t n, const int32_t* slots, int64_t kv_dim,
+                     float* k_cache, float* v_cache, cudaStream_t stream);
+
+// ---- gemv.cu ------------------------------------------------------------------------
+
+constexpr int kGemvMaxN = 8;  // activation rows one GEMV launch handles
+constexpr int kGemvVersions = 2;
+
+// y[n, rows] = x[n, cols] * W^T for n <= kGemvMaxN. Each y element is computed by the
+// same instructions whatever n (determinism contract). Versions:
+//   1: one thread per output element, scalar loads (simple, slow; a second opinion)
+//   2: one warp per weight row, 8-element chunks with 16-byte loads, 4 chunks in flight
+// REQUIRES: 1 <= n <= kGemvMaxN; 1 <= version <= kGemvVersions; supported t.
+cudaError_t gemv(int version, DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols,
+                 const float* x, int n, float* y, cudaStream_t stream);
+
+// ---- attention.cu -------------------------------------------------------------------
+
+constexpr int kAttentionMaxHeadDim = 1024;
+
+// Backend::attention. REQUIRES: 1 <= head_dim <= kAttentionMaxHeadDim, n_heads % n_kv_heads == 0.
+cudaError_t attention(const AttentionArgs& a, cudaStream_t stream);
+
+}  // namespace ds::cuda

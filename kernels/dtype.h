@@ -1,0 +1,94 @@
+// kernels/dtype.h: tensor element types and their block layouts, exactly as GGUF
+// (ggml) defines them, with scalar reference conversions.
+//
+// Thread-safety: pure functions and constants.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+namespace ds {
+
+// GGUF/ggml type ids (ggml_type). Only the ones ds computes with are "supported";
+// the others are named so that errors can say what a file holds.
+enum class DType : uint32_t {
+  kF32 = 0,
+  kF16 = 1,
+  kQ4_0 = 2,
+  kQ4_1 = 3,
+  kQ5_0 = 6,
+  kQ5_1 = 7,
+  kQ8_0 = 8,
+  kQ8_1 = 9,
+  kQ2_K = 10,
+  kQ3_K = 11,
+  kQ4_K = 12,
+  kQ5_K = 13,
+  kQ6_K = 14,
+  kQ8_K = 15,
+  kI8 = 24,
+  kI16 = 25,
+  kI32 = 26,
+  kI64 = 27,
+  kF64 = 28,
+  kBF16 = 30,
+};
+
+constexpr int kQK8_0 = 32;
+constexpr int kQK4_0 = 32;
+
+// One block of 32 weights: fp16 scale d, then 32 signed bytes; w[i] = d * qs[i].
+struct BlockQ8_0 {
+  uint16_t d;
+  int8_t qs[kQK8_0];
+};
+static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 block must be 34 bytes (GGUF format)");
+
+// One block of 32 weights: fp16 scale d, then 16 bytes of nibbles.
+// w[j] = d * ((qs[j] & 0xF) - 8), w[j + 16] = d * ((qs[j] >> 4) - 8), j < 16.
+struct BlockQ4_0 {
+  uint16_t d;
+  uint8_t qs[kQK4_0 / 2];
+};
+static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 block must be 18 bytes (GGUF format)");
+
+struct DTypeTraits {
+  const char* name;   // "f32", "q8_0", ... (ggml's names)
+  int block_size;     // elements per block (1 for plain types)
+  size_t type_size;   // bytes per block
+  bool supported;     // ds can compute with it
+};
+
+// Traits of a type id, or nullptr when the id is not a known ggml type.
+const DTypeTraits* dtype_traits(uint32_t type_id);
+inline const DTypeTraits& dtype_traits(DType t) { return *dtype_traits(static_cast<uint32_t>(t)); }
+const char* dtype_name(DType t);
+// Bytes of a row of n elements. REQUIRES: n % block_size == 0.
+size_t row_bytes(DType t, int64_t n);
+// Parses "f32", "f16", "bf16", "q8_0", "q4_0" (case-insensitive); false when unknown.
+bool parse_dtype(const char* s, DType* out);
+
+// ---- scalar conversions (reference) -------------------------------------------
+
+float fp16_to_fp32_ref(uint16_t h);
+uint16_t fp32_to_fp16_ref(float f);  // round to nearest even
+
+inline float bf16_to_fp32(uint16_t h) {
+  uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+uint16_t fp32_to_bf16(float f);  // round to nearest even, NaN kept
+
+// Table-driven fp16 -> fp32 (exact; 256 KiB table built once).
+extern const float* const kFp16Table;
+inline float fp16_to_fp32(uint16_t h) { return kFp16Table[h]; }
+
+// Dequantizes one row of n elements of type t into out[n]. REQUIRES: supported type.
+void dequantize_row(DType t, const void* row, float* out, int64_t n);
+// Quantizes one row (reference quantizers, as ggml's quantize_row_*_ref).
+void quantize_row(DType t, const float* in, void* row, int64_t n);
+
+}  // namespace ds

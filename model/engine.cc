@@ -1,0 +1,251 @@
+#include "model/engine.h"
+
+#include <algorithm>
+
+namespace ds {
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::kNone: return "none";
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kCancelled: return "cancelled";
+    case FinishReason::kError: return "error";
+  }
+  return "unknown";
+}
+
+Result<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Model> model, std::unique_ptr<Backend> backend,
+                                               const EngineOptions& o) {
+  const ModelConfig& c = model->config();
+  EngineOptions opts = o;
+  if (opts.max_batch <= 0 || opts.max_batch > 1024) return Status::InvalidArgument("max_batch must be in [1, 1024]");
+  if (opts.kv_block_size <= 0 || opts.kv_block_size > 1024) return Status::InvalidArgument("kv block size must be in [1, 1024]");
+  if (opts.n_ctx <= 0) opts.n_ctx = c.n_ctx_train;
+  if (opts.n_ctx < 2 || opts.n_ctx > (1 << 20)) return Status::InvalidArgument("context length must be in [2, 1048576]");
+  opts.max_step_tokens = std::max(opts.max_step_tokens, opts.max_batch);
+  const size_t bytes_per_pos = static_cast<size_t>(c.n_layer) * c.kv_dim() * 2 * sizeof(float);
+  if (opts.kv_cache_tokens <= 0) {
+    // Room for every running sequence at full context, within 4 GiB.
+    const size_t cap = (size_t{4} << 30) / bytes_per_pos;
+    opts.kv_cache_tokens = static_cast<int>(std::clamp<size_t>(static_cast<size_t>(opts.max_batch) * opts.n_ctx,
+                                                               std::min<size_t>(opts.n_ctx, cap), cap));
+  }
+  std::unique_ptr<Engine> e(new Engine(std::move(model), std::move(backend), opts));
+  const int n_blocks = (opts.kv_cache_tokens + opts.kv_block_size - 1) / opts.kv_block_size;
+  Result<std::unique_ptr<KvCache>> kv = KvCache::Create(*e->backend_, c.n_layer, c.kv_dim(), opts.kv_block_size, n_blocks);
+  if (!kv.ok()) return kv.status();
+  e->kv_ = std::move(kv).value();
+  Result<std::unique_ptr<Forward>> f = Forward::Create(e->model_, *e->backend_, *e->kv_, opts.max_step_tokens);
+  if (!f.ok()) return f.status();
+  e->fwd_ = std::move(f).value();
+  return e;
+}
+
+Engine::~Engine() {
+  fwd_.reset();
+  kv_.reset();
+}
+
+Status Engine::add(SequenceRequest req) {
+  const ModelConfig& c = model_->config();
+  DS_RETURN_IF_ERROR(validate(req.params));
+  if (req.prompt.empty()) return Status::InvalidArgument("the prompt is empty (it needs at least one token, e.g. BOS)");
+  for (const std::vector<int32_t>* v : {&req.prompt, &req.generated})
+    for (int32_t t : *v)
+      if (t < 0 || t >= c.n_vocab) return Status::InvalidArgument("token id " + std::to_string(t) + " is outside the vocabulary (0.." + std::to_string(c.n_vocab - 1) + ")");
+  const int64_t n_in = static_cast<int64_t>(req.prompt.size() + req.generated.size());
+  if (n_in >= opts_.n_ctx) {
+    return Status::InvalidArgument("the prompt has " + std::to_string(n_in) + " tokens but the context holds " + std::to_string(opts_.n_ctx));
+  }
+  if (static_cast<int64_t>(req.generated.size()) >= req.params.max_tokens) {
+    return Status::InvalidArgument("resume: " + std::to_string(req.generated.size()) + " tokens already generated, max_tokens is " + std::to_string(req.params.max_tokens));
+  }
+  const int64_t positions = std::min<int64_t>(static_cast<int64_t>(req.prompt.size()) + req.params.max_tokens, opts_.n_ctx);
+  if (kv_->blocks_for(static_cast<int>(positions)) > kv_->blocks().n_blocks()) {
+    return Status::InvalidArgument("prompt + max_tokens (" + std::to_string(positions) + " positions) exceed this engine's whole KV cache (" +
+                                   std::to_string(kv_->blocks().n_blocks() * kv_->block_size()) + ")");
+  }
+  auto has_id = [&](const std::unique_ptr<Seq>& s) { return s->req.id == req.id; };
+  if (std::any_of(running_.begin(), running_.end(), has_id) || std::any_of(waiting_.begin(), waiting_.end(), has_id)) {
+    return Status::InvalidArgument("sequence id " + std::to_string(req.id) + " is already in use");
+  }
+
+  auto s = std::make_unique<Seq>();
+  s->tokens = req.prompt;
+  s->sampler = SamplerState{req.params.seed, 0};
+  s->decoder = std::make_unique<IncrementalDecoder>(model_->tokenizer());
+  // Resume: replay the delivered tokens through the detokenizer and stop-string state
+  // (their events were delivered before), then continue after them.
+  std::vector<TokenEvent> replay;
+  for (int32_t t : req.generated) {
+    s->tokens.push_back(t);
+    s->n_generated++;
+    s->sampler.counter++;
+    emit_token(*s, t, &replay);
+  }
+  s->req = std::move(req);
+  waiting_.push_back(std::move(s));
+  return Status::Ok();
+}
+
+void Engine::cancel(uint64_t id) { cancelled_.push_back(id); }
+
+void Engine::admit() {
+  while (!waiting_.empty() && static_cast<int>(running_.size()) < opts_.max_batch) {
+    Seq& s = *waiting_.front();
+    const int64_t positions = std::min<int64_t>(static_cast<int64_t>(s.req.prompt.size()) + s.req.params.max_tokens, opts_.n_ctx);
+    if (!kv_->blocks().allocate(kv_->blocks_for(static_cast<int>(positions)), &s.blocks)) break;  // FIFO: wait for blocks
+    running_.push_back(std::move(waiting_.front()));
+    waiting_.pop_front();
+  }
+}
+
+void Engine::finish(Seq& s, FinishReason r, std::vector<TokenEvent>* events, std::string error) {
+  TokenEvent ev;
+  ev.id = s.req.id;
+  ev.finish = r;
+  ev.error = std::move(error);
+  if (r == FinishReason::kLength || r == FinishReason::kStop) ev.text = s.held + s.decoder->flush();
+  s.held.clear();
+  // Merge into this step's token event for the sequence when there is one.
+  if (!events->empty() && events->back().id == s.req.id && events->back().finish == FinishReason::kNone) {
+    events->back().text += ev.text;
+    events->back().finish = r;
+    events->back().error = ev.error;
+  } else {
+    events->push_back(std::move(ev));
+  }
+  kv_->blocks().release(&s.blocks);
+}
+
+bool Engine::emit_token(Seq& s, int32_t tok, std::vector<TokenEvent>* events) {
+  TokenEvent ev;
+  ev.id = s.req.id;
+  ev.index = s.n_generated - 1;
+  ev.token = tok;
+  const std::vector<std::string>& stops = s.req.params.stop;
+  std::string cand = s.held + s.decoder->push(tok);
+  s.held.clear();
+  bool stopped = false;
+  if (!stops.empty()) {
+    const std::string buf = s.tail + cand;
+    size_t best = std::string::npos;
+    for (const std::string& st : stops) {
+      // Earliest match that ends inside the new text.
+      size_t from = s.tail.size() >= st.size() ? s.tail.size() - st.size() + 1 : 0;
+      const size_t p = buf.find(st, from);
+      if (p != std::string::npos) best = std::min(best, p);
+    }
+    if (best != std::string::npos) {
+      cand = best > s.tail.size() ? buf.substr(s.tail.size(), best - s.tail.size()) : "";
+      stopped = true;
+    } else {
+      // Hold back the longest suffix that could start a stop string.
+      size_t hold = 0;
+      for (const std::string& st : stops)
+        for (size_t k = std::min(st.size() - 1, cand.size()); k > hold; --k)
+          if (buf.compare(buf.size() - k, k, st, 0, k) == 0) {
+            hold = k;
+            break;
+          }
+      s.held = cand.substr(cand.size() - hold);
+      cand.resize(cand.size() - hold);
+      size_t max_stop = 0;
+      for (const std::string& st : stops) max_stop = std::max(max_stop, st.size());
+      s.tail += cand;
+      if (s.tail.size() > max_stop) s.tail.erase(0, s.tail.size() - max_stop);
+    }
+  }
+  ev.text = std::move(cand);
+  events->push_back(std::move(ev));
+  return stopped;
+}
+
+Status Engine::step(std::vector<TokenEvent>* events) {
+  // Cancellations first: their blocks free up for admission.
+  for (uint64_t id : cancelled_) {
+    for (auto it = running_.begin(); it != running_.end(); ++it)
+      if ((*it)->req.id == id) {
+        finish(**it, FinishReason::kCancelled, events);
+        running_.erase(it);
+        break;
+      }
+    for (auto it = waiting_.begin(); it != waiting_.end(); ++it)
+      if ((*it)->req.id == id) {
+        finish(**it, FinishReason::kCancelled, events);
+        waiting_.erase(it);
+        break;
+      }
+  }
+  cancelled_.clear();
+  admit();
+  if (running_.empty()) return Status::Ok();
+
+  // Build the batch: decode tokens first, then prompt chunks within the budget.
+  std::vector<ForwardToken> batch;
+  std::vector<std::pair<Seq*, int32_t>> work;  // sequence, tokens taken this step
+  std::vector<Seq*> wants;                      // sequences whose logits come back, in order
+  int budget = opts_.max_step_tokens;
+  for (int pass = 0; pass < 2; ++pass) {
+    for (auto& sp : running_) {
+      Seq& s = *sp;
+      const int32_t pending = static_cast<int32_t>(s.tokens.size()) - s.n_done;
+      if (pending <= 0 || budget <= 0) continue;
+      if ((pass == 0) != (pending == 1)) continue;
+      const int32_t take = std::min(pending, budget);
+      for (int32_t k = 0; k < take; ++k) {
+        const int32_t pos = s.n_done + k;
+        const bool last = pos == static_cast<int32_t>(s.tokens.size()) - 1;
+        batch.push_back(ForwardToken{s.tokens[pos], pos, &s.blocks, last});
+        if (last) wants.push_back(&s);
+      }
+      work.emplace_back(&s, take);
+      budget -= take;
+    }
+  }
+
+  Status st = fwd_->run(batch, &logits_);
+  ++steps_;
+  if (!st.ok()) {
+    for (auto& sp : running_) finish(*sp, FinishReason::kError, events, st.ToString());
+    running_.clear();
+    return st;
+  }
+  for (auto& [s, take] : work) s->n_done += take;
+
+  const int32_t n_vocab = model_->config().n_vocab;
+  std::vector<float> row(n_vocab);
+  for (size_t j = 0; j < wants.size(); ++j) {
+    Seq& s = *wants[j];
+    std::copy(logits_.begin() + j * n_vocab, logits_.begin() + (j + 1) * n_vocab, row.begin());
+    const int32_t tok = sample_token(row, s.req.params, s.tokens, &s.sampler);
+    ++tokens_generated_;
+    if (model_->tokenizer().is_eog(tok) && !s.req.params.ignore_eos) {
+      finish(s, FinishReason::kStop, events);
+      continue;
+    }
+    s.tokens.push_back(tok);
+    s.n_generated++;
+    const bool stopped = emit_token(s, tok, events);
+    if (stopped) finish(s, FinishReason::kStop, events);
+    else if (s.n_generated >= s.req.params.max_tokens || static_cast<int>(s.tokens.size()) >= opts_.n_ctx)
+      finish(s, FinishReason::kLength, events);
+  }
+  running_.erase(std::remove_if(running_.begin(), running_.end(), [](const std::unique_ptr<Seq>& s) { return s->blocks.empty(); }),
+                 running_.end());
+  return Status::Ok();
+}
+
+EngineStats Engine::stats() const {
+  EngineStats s;
+  s.running = static_cast<int>(running_.size());
+  s.waiting = static_cast<int>(waiting_.size());
+  s.kv_blocks_total = kv_->blocks().n_blocks();
+  s.kv_blocks_used = s.kv_blocks_total - kv_->blocks().n_free();
+  s.tokens_generated = tokens_generated_;
+  s.steps = steps_;
+  return s;
+}
+
+}  // namespace ds

@@ -1,0 +1,209 @@
+#include "model/forward.h"
+
+#include <cmath>
+#include <algorithm>
+#include <cstring>
+
+namespace ds {
+
+Result<std::unique_ptr<Forward>> Forward::Create(std::shared_ptr<const Model> model, Backend& backend, KvCache& kv,
+                                                 int max_tokens, const std::function<void(size_t, size_t)>& progress) {
+  if (max_tokens <= 0) return Status::InvalidArgument("max tokens per step must be positive");
+  std::unique_ptr<Forward> f(new Forward(std::move(model), backend, kv, max_tokens));
+  DS_RETURN_IF_ERROR(f->Init(progress));
+  return f;
+}
+
+Forward::~Forward() {
+  for (void* p : owned_) be_.free(p);
+}
+
+float* Forward::buffer(size_t floats) {
+  void* p = be_.alloc(floats * sizeof(float));
+  if (p) owned_.push_back(p);
+  return static_cast<float*>(p);
+}
+
+const float* Forward::vec(const std::vector<float>& host) {
+  if (host.empty()) return nullptr;
+  if (be_.host_memory()) return host.data();
+  float* p = buffer(host.size());
+  if (p) be_.upload(p, host.data(), host.size() * sizeof(float));
+  return p;
+}
+
+Status Forward::Init(const std::function<void(size_t, size_t)>& progress) {
+  const ModelConfig& c = model_->config();
+  const ModelWeights& w = model_->weights();
+  size_t done = 0;
+  auto weight = [&](const WeightRef& h, WeightRef* out) -> Status {
+    *out = h;
+    if (be_.host_memory()) return Status::Ok();
+    const size_t bytes = h.row_stride() * h.rows;
+    void* p = be_.alloc(bytes);
+    if (!p) return Status::ResourceExhausted(std::string("out of ") + be_.name() + " memory while uploading weights");
+    owned_.push_back(p);
+    be_.upload(p, h.data, bytes);
+    out->data = p;
+    done += bytes;
+    if (progress) progress(done, w.bytes);
+    return Status::Ok();
+  };
+  DS_RETURN_IF_ERROR(weight(w.tok_embd, &tok_embd_));
+  if (c.tied_output) output_ = tok_embd_;
+  else DS_RETURN_IF_ERROR(weight(w.output, &output_));
+  output_norm_ = vec(w.output_norm);
+  layers_.resize(c.n_layer);
+  for (int l = 0; l < c.n_layer; ++l) {
+    const LayerWeights& L = w.layers[l];
+    Layer& D = layers_[l];
+    DS_RETURN_IF_ERROR(weight(L.wq, &D.wq));
+    DS_RETURN_IF_ERROR(weight(L.wk, &D.wk));
+    DS_RETURN_IF_ERROR(weight(L.wv, &D.wv));
+    DS_RETURN_IF_ERROR(weight(L.wo, &D.wo));
+    DS_RETURN_IF_ERROR(weight(L.w_gate, &D.w_gate));
+    DS_RETURN_IF_ERROR(weight(L.w_up, &D.w_up));
+    DS_RETURN_IF_ERROR(weight(L.w_down, &D.w_down));
+    D.attn_norm = vec(L.attn_norm);
+    D.ffn_norm = vec(L.ffn_norm);
+    D.bq = vec(L.bq);
+    D.bk = vec(L.bk);
+    D.bv = vec(L.bv);
+  }
+
+  const size_t T = max_tokens_;
+  const size_t q_dim = static_cast<size_t>(c.n_head) * c.head_dim;
+  x_ = buffer(T * c.n_embd);
+  xn_ = buffer(T * c.n_embd);
+  q_ = buffer(T * q_dim);
+  k_ = buffer(T * c.kv_dim());
+  v_ = buffer(T * c.kv_dim());
+  att_ = buffer(T * q_dim);
+  o_ = buffer(T * c.n_embd);
+  gate_ = buffer(T * c.n_ff);
+  up_ = buffer(T * c.n_ff);
+  logits_ = buffer(T * c.n_vocab);
+  ids_ = reinterpret_cast<int32_t*>(buffer(T));
+  pos_ = reinterpret_cast<int32_t*>(buffer(T));
+  slots_ = reinterpret_cast<int32_t*>(buffer(T));
+  out_rows_ = reinterpret_cast<int32_t*>(buffer(T));
+  att_tokens_ = static_cast<AttentionToken*>(be_.alloc(T * sizeof(AttentionToken)));
+  if (att_tokens_) owned_.push_back(att_tokens_);
+  table_capacity_ = 0;
+  tables_ = nullptr;
+  for (void* p : {static_cast<void*>(x_), static_cast<void*>(xn_), static_cast<void*>(q_), static_cast<void*>(k_),
+                  static_cast<void*>(v_), static_cast<void*>(att_), static_cast<void*>(o_), static_cast<void*>(gate_),
+                  static_cast<void*>(up_), static_cast<void*>(logits_), static_cast<void*>(ids_), static_cast<void*>(pos_),
+                  static_cast<void*>(slots_), static_cast<void*>(out_rows_), static_cast<void*>(att_tokens_)}) {
+    if (!p) return Status::ResourceExhausted(std::string("out of ") + be_.name() + " memory for activation buffers");
+  }
+  return Status::Ok();
+}
+
+Status Forward::run(const std::vector<ForwardToken>& tokens, std::vector<float>* logits) {
+  const ModelConfig& c = model_->config();
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (n == 0) return Status::Ok();
+  if (n > max_tokens_) return Status::Internal("forward batch larger than max_tokens");
+  const int bs = kv_.block_size();
+
+  // ---- per-run metadata: ids, positions, cache slots, block tables ----
+  h_ids_.resize(n);
+  h_pos_.resize(n);
+  h_slots_.resize(n);
+  h_att_.resize(n);
+  h_out_rows_.clear();
+  h_tables_.clear();
+  std::vector<size_t> table_off(n);
+  const std::vector<int32_t>* last_table = nullptr;
+  size_t last_off = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const ForwardToken& t = tokens[i];
+    if (t.token < 0 || t.token >= c.n_vocab) return Status::InvalidArgument("token id " + std::to_string(t.token) + " is outside the vocabulary");
+    if (t.blocks == nullptr || static_cast<size_t>(t.pos / bs) >= t.blocks->size()) return Status::Internal("KV block table does not cover the position");
+    h_ids_[i] = t.token;
+    h_pos_[i] = t.pos;
+    h_slots_[i] = (*t.blocks)[t.pos / bs] * bs + t.pos % bs;
+    if (t.blocks != last_table) {  // tokens of one sequence are adjacent: share its table
+      last_off = h_tables_.size();
+      h_tables_.insert(h_tables_.end(), t.blocks->begin(), t.blocks->end());
+      last_table = t.blocks;
+    }
+    table_off[i] = last_off;
+    if (t.want_logits) h_out_rows_.push_back(static_cast<int32_t>(i));
+  }
+  if (h_tables_.size() > table_capacity_) {
+    if (tables_) {
+      be_.free(tables_);
+      owned_.erase(std::find(owned_.begin(), owned_.end(), static_cast<void*>(tables_)));
+    }
+    table_capacity_ = h_tables_.size() * 2;
+    tables_ = static_cast<int32_t*>(be_.alloc(table_capacity_ * sizeof(int32_t)));
+    if (!tables_) return Status::ResourceExhausted("out of memory for block tables");
+    owned_.push_back(tables_);
+  }
+  be_.upload(tables_, h_tables_.data(), h_tables_.size() * sizeof(int32_t));
+  for (int64_t i = 0; i < n; ++i) h_att_[i] = AttentionToken{tables_ + table_off[i], h_pos_[i] + 1};
+  be_.upload(ids_, h_ids_.data(), n * sizeof(int32_t));
+  be_.upload(pos_, h_pos_.data(), n * sizeof(int32_t));
+  be_.upload(slots_, h_slots_.data(), n * sizeof(int32_t));
+  be_.upload(att_tokens_, h_att_.data(), n * sizeof(AttentionToken));
+
+  // ---- the transformer ----
+  const int64_t D = c.n_embd, q_dim = static_cast<int64_t>(c.n_head) * c.head_dim, kv_dim = c.kv_dim();
+  be_.get_rows(tok_embd_, ids_, n, x_);
+  AttentionArgs aa;
+  aa.q = q_;
+  aa.out = att_;
+  aa.tokens = att_tokens_;
+  aa.n_tokens = n;
+  aa.n_heads = c.n_head;
+  aa.n_kv_heads = c.n_head_kv;
+  aa.head_dim = c.head_dim;
+  aa.block_size = bs;
+  aa.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  for (int l = 0; l < c.n_layer; ++l) {
+    const Layer& L = layers_[l];
+    be_.rmsnorm(x_, L.attn_norm, n, D, c.rms_eps, xn_);
+    be_.matmul(L.wq, xn_, n, q_);
+    be_.matmul(L.wk, xn_, n, k_);
+    be_.matmul(L.wv, xn_, n, v_);
+    if (L.bq) {
+      be_.add_bias(q_, L.bq, n, q_dim);
+      be_.add_bias(k_, L.bk, n, kv_dim);
+      be_.add_bias(v_, L.bv, n, kv_dim);
+    }
+    be_.rope(q_, n, c.n_head, c.head_dim, pos_, c.rope);
+    be_.rope(k_, n, c.n_head_kv, c.head_dim, pos_, c.rope);
+    be_.store_kv(k_, v_, n, slots_, kv_dim, kv_.k(l), kv_.v(l));
+    aa.k_cache = kv_.k(l);
+    aa.v_cache = kv_.v(l);
+    be_.attention(aa);
+    be_.matmul(L.wo, att_, n, o_);
+    be_.add(x_, o_, n * D);
+    be_.rmsnorm(x_, L.ffn_norm, n, D, c.rms_eps, xn_);
+    be_.matmul(L.w_gate, xn_, n, gate_);
+    be_.matmul(L.w_up, xn_, n, up_);
+    be_.swiglu(gate_, up_, n * c.n_ff, gate_);
+    be_.matmul(L.w_down, gate_, n, o_);
+    be_.add(x_, o_, n * D);
+  }
+
+  // ---- logits for the tokens that want them ----
+  const int64_t n_out = static_cast<int64_t>(h_out_rows_.size());
+  logits->resize(static_cast<size_t>(n_out) * c.n_vocab);
+  if (n_out == 0) return Status::Ok();
+  be_.rmsnorm(x_, output_norm_, n, D, c.rms_eps, xn_);
+  if (n_out == n) {
+    be_.matmul(output_, xn_, n, logits_);
+  } else {
+    // Gather the wanted rows of xn into o_ (get_rows over xn viewed as an F32 matrix).
+    be_.upload(out_rows_, h_out_rows_.data(), n_out * sizeof(int32_t));
+    be_.get_rows(WeightRef{DType::kF32, xn_, n, D}, out_rows_, n_out, o_);
+    be_.matmul(output_, o_, n_out, logits_);
+  }
+  be_.download(logits->data(), logits_, static_cast<size_t>(n_out) * c.n_vocab * sizeof(float));
+  return Status::Ok();
+}
+
+}  // namespace ds
