@@ -66,7 +66,7 @@ const ByteMap& byte_map() {
 // ---- pre-tokenizer scanners ----------------------------------------------------------
 // A Span is a piece of the text in code point indices [begin, end).
 struct Span {
-  uint32_t begin, end;
+  size_t begin, end;
 };
 // Splits one piece into consecutive sub-pieces that cover it, appended to out.
 using SplitFn = void (*)(const uint32_t* cp, Span piece, std::vector<Span>* out);
@@ -84,9 +84,9 @@ size_t run(const uint32_t* cp, size_t pos, size_t end, Pred pred) {
 // gaps between them both become pieces.
 template <typename Match>
 void split_isolated(const uint32_t* cp, Span piece, std::vector<Span>* out, Match match) {
-  uint32_t gap = piece.begin;
-  for (uint32_t pos = piece.begin; pos < piece.end;) {
-    const auto n = static_cast<uint32_t>(match(cp, pos, piece.end));
+  size_t gap = piece.begin;
+  for (size_t pos = piece.begin; pos < piece.end;) {
+    const size_t n = match(cp, pos, piece.end);
     if (n == 0) {
       ++pos;
       continue;
@@ -229,7 +229,7 @@ void split_cr_lf(const uint32_t* cp, Span s, std::vector<Span>* out) {
 
 // \s+$ : the piece's trailing whitespace.
 void split_trailing_space(const uint32_t* cp, Span s, std::vector<Span>* out) {
-  uint32_t t = s.end;
+  size_t t = s.end;
   while (t > s.begin && is_whitespace(cp[t - 1])) --t;
   if (t > s.begin) out->push_back({s.begin, t});
   if (t < s.end) out->push_back({t, s.end});
@@ -282,7 +282,8 @@ struct PreTokenizer {
   bool ignore_merges = false;  // a word that is a token is emitted whole
 };
 
-constexpr const char* kSupportedPre = "default, gpt-2, llama-bpe (llama3, llama-v3), qwen2, deepseek-llm, deepseek-coder";
+constexpr const char* kSupportedPre =
+    "default, gpt-2, llama-bpe (llama3, llama-v3), qwen2, deepseek-llm, deepseek-coder";
 
 Result<PreTokenizer> pre_tokenizer_for(const std::string& pre) {
   PreTokenizer p;
@@ -299,8 +300,8 @@ Result<PreTokenizer> pre_tokenizer_for(const std::string& pre) {
   } else if (pre == "deepseek-coder") {
     p.passes = {split_cr_lf, split_ws_letters, split_ws_punct, split_cjk_runs, split_digits};
   } else {
-    return Status::NotSupported("tokenizer.ggml.pre '" + pre + "' is not supported by the gpt2 (byte-level BPE) tokenizer; ds supports: " +
-                                kSupportedPre);
+    return Status::NotSupported("tokenizer.ggml.pre '" + pre + "' is not supported by the gpt2 (byte-level BPE) " +
+                                "tokenizer; ds supports: " + kSupportedPre);
   }
   return p;
 }
@@ -346,17 +347,17 @@ class BpeTokenizer final : public Tokenizer {
   void encode_text(std::string_view text, bool /*first*/, std::vector<int32_t>* out) const override {
     // Code points and their byte offsets (offsets has one more entry: the end).
     std::vector<uint32_t> cps;
-    std::vector<uint32_t> offsets;
+    std::vector<size_t> offsets;
     cps.reserve(text.size());
     offsets.reserve(text.size() + 1);
     for (size_t pos = 0; pos < text.size();) {
-      offsets.push_back(static_cast<uint32_t>(pos));
+      offsets.push_back(pos);
       cps.push_back(unicode::next_code_point(text, &pos));
     }
-    offsets.push_back(static_cast<uint32_t>(text.size()));
+    offsets.push_back(text.size());
     if (cps.empty()) return;
 
-    std::vector<Span> pieces{{0, static_cast<uint32_t>(cps.size())}}, next;
+    std::vector<Span> pieces{{0, cps.size()}}, next;
     for (SplitFn pass : pre_.passes) {
       next.clear();
       for (const Span& s : pieces) pass(cps.data(), s, &next);
@@ -427,7 +428,9 @@ class BpeTokenizer final : public Tokenizer {
     std::vector<Symbol>& syms = w->syms;
     syms.clear();
     const int n = static_cast<int>(word.size());
-    for (int i = 0; i < n; ++i) syms.push_back({byte_ids_[static_cast<unsigned char>(word[i])], i - 1, i + 1 < n ? i + 1 : -1, true});
+    for (int i = 0; i < n; ++i) {
+      syms.push_back({byte_ids_[static_cast<unsigned char>(word[i])], i - 1, i + 1 < n ? i + 1 : -1, true});
+    }
 
     // A min-heap of candidate merges: lowest rank first, then leftmost.
     std::vector<Candidate>& heap = w->heap;

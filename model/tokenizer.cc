@@ -89,15 +89,26 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special, 
   if (add_special && vocab_.add_bos && vocab_.bos >= 0) out.push_back(vocab_.bos);
   bool first = true;
   size_t start = 0;
-  if (parse_special && !special_ids_.empty()) {
+  // User-defined tokens are always split out of the text (as HF tokenizers and llama.cpp
+  // do with added tokens); control tokens only when parse_special is set.
+  std::vector<int32_t> candidates;
+  bool first_byte[256] = {};
+  for (int32_t id : special_ids_) {
+    if (!parse_special && vocab_.types[id] == TokenType::kControl) continue;
+    candidates.push_back(id);
+    first_byte[static_cast<unsigned char>(vocab_.tokens[id][0])] = true;
+  }
+  if (!candidates.empty()) {
     size_t i = 0;
     while (i < text.size()) {
       int32_t hit = -1;
-      for (int32_t id : special_ids_) {
-        const std::string& s = vocab_.tokens[id];
-        if (text.compare(i, s.size(), s) == 0) {
-          hit = id;
-          break;
+      if (first_byte[static_cast<unsigned char>(text[i])]) {
+        for (int32_t id : candidates) {  // longest first
+          const std::string& s = vocab_.tokens[id];
+          if (text.compare(i, s.size(), s) == 0) {
+            hit = id;
+            break;
+          }
         }
       }
       if (hit < 0) {

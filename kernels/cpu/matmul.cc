@@ -57,6 +57,9 @@ inline float load1(DType t, const uint8_t* row, int64_t k) {
   }
 }
 
+#ifdef DS_SIMD_AVX2
+#endif
+
 // Float-activation kernel for F32/F16/BF16 weights.
 template <DType T>
 struct FloatKernel {
@@ -75,7 +78,12 @@ struct FloatKernel {
       for (int c = 0; c < RN; ++c) acc[r][c] = _mm256_setzero_ps();
     for (; k + 8 <= t.k; k += 8) {
       __m256 wv[RM];
-      for (int r = 0; r < RM; ++r) wv[r] = load8<T>(w[r], k);
+      for (int r = 0; r < RM; ++r) {
+        // GEMV streams weights from DRAM: fetch the next tile's rows (RM rows on) now.
+        constexpr int64_t kEs = T == DType::kF32 ? 4 : 2, kPerLine = 64 / kEs;
+        if (RN <= 2 && k % kPerLine == 0) _mm_prefetch(reinterpret_cast<const char*>(w[r] + k * kEs) + RM * t.w_stride, _MM_HINT_T0);
+        wv[r] = load8<T>(w[r], k);
+      }
       for (int c = 0; c < RN; ++c) {
         const __m256 av = _mm256_loadu_ps(a[c] + k);
         for (int r = 0; r < RM; ++r) acc[r][c] = _mm256_fmadd_ps(wv[r], av, acc[r][c]);
@@ -174,6 +182,8 @@ struct QuantKernel {
       __m256i wv[RM];
       __m256 dw[RM];
       for (int r = 0; r < RM; ++r) {
+        // GEMV streams weights from DRAM: fetch the next tile's rows (RM rows on) now.
+        if (RN <= 2) _mm_prefetch(reinterpret_cast<const char*>(&w[r][b]) + RM * t.w_stride, _MM_HINT_T0);
         wv[r] = load_w(w[r][b]);
         dw[r] = _mm256_set1_ps(fp16_to_fp32(w[r][b].d));
       }

@@ -18,8 +18,8 @@ ThreadPool::ThreadPool(int n_threads) : n_(n_threads < 1 ? 1 : n_threads) {
 
 ThreadPool::~ThreadPool() {
   stop_.store(true);
-  generation_.fetch_add(1, std::memory_order_release);
-  generation_.notify_all();
+  generation_.fetch_add(1);
+  wake();
   for (auto& t : threads_) t.join();
 }
 
@@ -30,15 +30,20 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
   }
   fn_ = &fn;
   pending_.store(n_ - 1, std::memory_order_relaxed);
-  generation_.fetch_add(1, std::memory_order_release);
-  generation_.notify_all();
+  generation_.fetch_add(1);
+  if (sleepers_.load() > 0) wake();
   fn(0, n_);
   while (pending_.load(std::memory_order_acquire) != 0) DS_CPU_RELAX();
   fn_ = nullptr;
 }
 
+void ThreadPool::wake() {
+  { std::lock_guard<std::mutex> lock(mu_); }
+  cv_.notify_all();
+}
+
 void ThreadPool::worker_loop(int ith) {
-  uint32_t seen = generation_.load(std::memory_order_acquire);
+  uint32_t seen = 0;  // the generation at construction: a run() may start before this thread does
   for (;;) {
     int spins = 0;
     uint32_t g;
@@ -46,7 +51,10 @@ void ThreadPool::worker_loop(int ith) {
       if (++spins < kSpinIterations) {
         DS_CPU_RELAX();
       } else {
-        generation_.wait(seen, std::memory_order_acquire);
+        sleepers_.fetch_add(1);
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return generation_.load() != seen; });
+        sleepers_.fetch_sub(1);
       }
     }
     seen = g;

@@ -2,14 +2,16 @@
 //
 // run(fn) calls fn(ith, nth) once on each of nth threads (the caller is thread 0)
 // and returns when all have finished. Workers spin briefly between ops (an op is
-// often only microseconds long during decode) and then sleep on a futex.
+// often only microseconds long during decode) and then sleep on a condition variable.
 //
 // Thread-safety: run() must not be called concurrently or re-entrantly.
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -34,6 +36,7 @@ class ThreadPool {
 
  private:
   void worker_loop(int ith);
+  void wake();
 
   int n_;
   std::vector<std::thread> threads_;
@@ -41,6 +44,10 @@ class ThreadPool {
   std::atomic<uint32_t> generation_{0};
   std::atomic<int> pending_{0};
   std::atomic<bool> stop_{false};
+  // Sleeping workers wait on cv_ (std::atomic::wait in GCC 12 can lose wake-ups).
+  std::atomic<int> sleepers_{0};
+  std::mutex mu_;
+  std::condition_variable cv_;
 };
 
 }  // namespace ds

@@ -13,6 +13,17 @@
 
 #include "kernels/dtype.h"
 
+// Kernel launches and dynamic shared memory go through these two macros so that the same
+// sources also run on the CPU under tests/gpu/emu (DS_CUDA_EMULATION), where the kernels'
+// indexing is tested without a GPU. DS_LAUNCH(k, grid, block, shm, stream)(args...).
+#ifdef DS_CUDA_EMULATION
+#define DS_LAUNCH(kernel, grid, block, shm, stream) ::emu::Launch(grid, block, shm, stream, kernel)
+#define DS_DYNAMIC_SHARED(type, name) type* name = static_cast<type*>(::emu::dynamic_shared())
+#else
+#define DS_LAUNCH(kernel, grid, block, shm, stream) kernel<<<grid, block, shm, stream>>>
+#define DS_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
 namespace ds::cuda {
 
 constexpr int kWarpSize = 32;
@@ -72,15 +83,21 @@ __device__ __forceinline__ float load_elem(const uint8_t* row, int64_t k) {
   }
 }
 
-// Calls f.template operator()<T>() for the runtime type t; false when t is unsupported.
+// Calls f(DTypeTag<T>{}) for the runtime type t (f a generic lambda reading
+// decltype(tag)::value); false when t is unsupported.
+template <DType T>
+struct DTypeTag {
+  static constexpr DType value = T;
+};
+
 template <class F>
 bool dispatch_dtype(DType t, F&& f) {
   switch (t) {
-    case DType::kF32: f.template operator()<DType::kF32>(); return true;
-    case DType::kF16: f.template operator()<DType::kF16>(); return true;
-    case DType::kBF16: f.template operator()<DType::kBF16>(); return true;
-    case DType::kQ8_0: f.template operator()<DType::kQ8_0>(); return true;
-    case DType::kQ4_0: f.template operator()<DType::kQ4_0>(); return true;
+    case DType::kF32: f(DTypeTag<DType::kF32>{}); return true;
+    case DType::kF16: f(DTypeTag<DType::kF16>{}); return true;
+    case DType::kBF16: f(DTypeTag<DType::kBF16>{}); return true;
+    case DType::kQ8_0: f(DTypeTag<DType::kQ8_0>{}); return true;
+    case DType::kQ4_0: f(DTypeTag<DType::kQ4_0>{}); return true;
     default: return false;
   }
 }

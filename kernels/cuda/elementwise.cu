@@ -55,7 +55,8 @@ __global__ void rope_kernel(float* x, int64_t n, int n_heads, int head_dim, cons
     const int64_t i = idx / half;
     const int d = static_cast<int>(idx - i * half);
     const float p = static_cast<float>(pos[i]) * freq_scale;
-    const double theta = static_cast<double>(p) * pow(static_cast<double>(freq_base), -static_cast<double>(2 * d) / n_rot);
+    const double inv_freq = pow(static_cast<double>(freq_base), -static_cast<double>(2 * d) / n_rot);
+    const double theta = static_cast<double>(p) * inv_freq;
     double s, c;
     sincos(theta, &s, &c);
     const int a = neox ? d : 2 * d;
@@ -111,43 +112,46 @@ __global__ void store_kv_kernel(const float* __restrict__ k, const float* __rest
 cudaError_t get_rows(DType t, const void* w, size_t row_stride, int64_t cols, const int32_t* ids, int64_t n,
                      float* out, cudaStream_t stream) {
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(n, 65535));
-  const bool ok = dispatch_dtype(t, [&]<DType T>() {
-    get_rows_kernel<T><<<blocks, kThreads, 0, stream>>>(static_cast<const uint8_t*>(w), row_stride, cols, ids, n, out);
+  const bool ok = dispatch_dtype(t, [&](auto tag) {
+    constexpr DType T = decltype(tag)::value;
+    DS_LAUNCH(get_rows_kernel<T>, blocks, kThreads, 0, stream)(static_cast<const uint8_t*>(w), row_stride, cols, ids,
+                                                               n, out);
   });
   return ok ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 
 cudaError_t rmsnorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out,
                     cudaStream_t stream) {
-  rmsnorm_kernel<<<static_cast<unsigned>(n), kThreads, 0, stream>>>(x, weight, dim, eps, out);
+  DS_LAUNCH(rmsnorm_kernel, static_cast<unsigned>(n), kThreads, 0, stream)(x, weight, dim, eps, out);
   return cudaGetLastError();
 }
 
 cudaError_t rope(float* x, int64_t n, int n_heads, int head_dim, const int32_t* pos, const RopeParams& p,
                  cudaStream_t stream) {
-  rope_kernel<<<grid_for(n * (p.n_rot / 2), kThreads), kThreads, 0, stream>>>(
+  DS_LAUNCH(rope_kernel, grid_for(n * (p.n_rot / 2), kThreads), kThreads, 0, stream)(
       x, n, n_heads, head_dim, pos, p.style == RopeStyle::kNeox, p.n_rot, p.freq_base, p.freq_scale);
   return cudaGetLastError();
 }
 
 cudaError_t swiglu(const float* gate, const float* up, int64_t count, float* out, cudaStream_t stream) {
-  swiglu_kernel<<<grid_for(count, kThreads), kThreads, 0, stream>>>(gate, up, count, out);
+  DS_LAUNCH(swiglu_kernel, grid_for(count, kThreads), kThreads, 0, stream)(gate, up, count, out);
   return cudaGetLastError();
 }
 
 cudaError_t add(float* x, const float* y, int64_t count, cudaStream_t stream) {
-  add_kernel<<<grid_for(count, kThreads), kThreads, 0, stream>>>(x, y, count);
+  DS_LAUNCH(add_kernel, grid_for(count, kThreads), kThreads, 0, stream)(x, y, count);
   return cudaGetLastError();
 }
 
 cudaError_t add_bias(float* x, const float* bias, int64_t n, int64_t dim, cudaStream_t stream) {
-  add_bias_kernel<<<grid_for(n * dim, kThreads), kThreads, 0, stream>>>(x, bias, n * dim, dim);
+  DS_LAUNCH(add_bias_kernel, grid_for(n * dim, kThreads), kThreads, 0, stream)(x, bias, n * dim, dim);
   return cudaGetLastError();
 }
 
 cudaError_t store_kv(const float* k, const float* v, int64_t n, const int32_t* slots, int64_t kv_dim,
                      float* k_cache, float* v_cache, cudaStream_t stream) {
-  store_kv_kernel<<<grid_for(n * kv_dim, kThreads), kThreads, 0, stream>>>(k, v, n, slots, kv_dim, k_cache, v_cache);
+  DS_LAUNCH(store_kv_kernel, grid_for(n * kv_dim, kThreads), kThreads, 0, stream)(k, v, n, slots, kv_dim, k_cache,
+                                                                                  v_cache);
   return cudaGetLastError();
 }
 

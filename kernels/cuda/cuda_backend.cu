@@ -1,0 +1,422 @@
+// kernels/cuda/cuda_backend.cu: CudaBackend (see cuda_backend.h): argument checks, error
+// capture, memory, and dispatch to the kernels in elementwise.cu, gemv.cu, attention.cu
+// and to cuBLAS; plus make_cuda_backend() and cuda_backend_available() (backend.h).
+#include "kernels/cuda/cuda_backend.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdio>
+#include <cstring>
+
+#include "kernels/cuda/ops.cuh"
+
+// Checks a CUDA / cuBLAS call made in a CudaBackend method; false (and the error kept) on failure.
+#define DS_CUDA_CHECK(op, call) check_cuda(static_cast<int>(call), op, #call, __FILE__, __LINE__)
+#define DS_CUBLAS_CHECK(op, call) check_cublas(static_cast<int>(call), op, #call, __FILE__, __LINE__)
+
+namespace ds {
+namespace {
+
+// Scratch for dequantized weights on the cuBLAS path: at most this many floats (64 MiB);
+// larger matrices are multiplied in slices of rows.
+constexpr int64_t kScratchFloats = int64_t{16} << 20;
+
+bool supported(DType t) {
+  return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16 || t == DType::kQ8_0 || t == DType::kQ4_0;
+}
+
+const char* type_name(DType t) {
+  switch (t) {
+    case DType::kF32: return "f32";
+    case DType::kF16: return "f16";
+    case DType::kBF16: return "bf16";
+    case DType::kQ8_0: return "q8_0";
+    case DType::kQ4_0: return "q4_0";
+    default: return "an unsupported type";
+  }
+}
+
+std::string dtype_name_or_id(DType t) {
+  return supported(t) ? type_name(t) : "id " + std::to_string(static_cast<uint32_t>(t));
+}
+
+int block_elems(DType t) { return t == DType::kQ8_0 || t == DType::kQ4_0 ? 32 : 1; }
+
+// Bytes of one row of `cols` elements (as row_bytes() in dtype.cc; kept local so that
+// ds_cuda needs no symbol of ds_kernels). REQUIRES: supported(t).
+size_t row_bytes_of(DType t, int64_t cols) {
+  switch (t) {
+    case DType::kF32: return static_cast<size_t>(cols) * 4;
+    case DType::kF16:
+    case DType::kBF16: return static_cast<size_t>(cols) * 2;
+    case DType::kQ8_0: return static_cast<size_t>(cols / 32) * sizeof(BlockQ8_0);
+    case DType::kQ4_0: return static_cast<size_t>(cols / 32) * sizeof(BlockQ4_0);
+    default: return 0;
+  }
+}
+
+// "kernels/cuda/x.cu" out of an absolute __FILE__.
+const char* short_path(const char* file) {
+  const char* p = std::strstr(file, "kernels/");
+  return p ? p : file;
+}
+
+// "cudaMemcpyAsync" out of "cudaMemcpyAsync(dst, src, ...)".
+std::string call_name(const char* call) {
+  const char* paren = std::strchr(call, '(');
+  return paren ? std::string(call, paren) : std::string(call);
+}
+
+const char* cuda_hint(cudaError_t e) {
+  switch (e) {
+    case cudaErrorMemoryAllocation:
+      return " HINT: the GPU is out of memory: lower the KV cache or batch size, or look for other processes in "
+             "nvidia-smi.";
+    case cudaErrorNoDevice:
+    case cudaErrorInsufficientDriver:
+    case cudaErrorInitializationError:
+      return " HINT: no usable GPU: check nvidia-smi, CUDA_VISIBLE_DEVICES, and that the driver supports CUDA 13.";
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchFailure:
+    case cudaErrorMisalignedAddress:
+      return " HINT: a kernel accessed memory out of bounds and the CUDA context is now unusable: drop this backend; "
+             "to find the op, rerun with CudaBackendOptions::sync_each_op or under compute-sanitizer.";
+    case cudaErrorNoKernelImageForDevice:
+    case cudaErrorUnsupportedPtxVersion:
+      return " HINT: this build has kernels for sm_90 only (CUDA_ARCHITECTURES in kernels/cuda/CMakeLists.txt), or the "
+             "driver is older than the toolkit.";
+    case cudaErrorInvalidValue:
+    case cudaErrorInvalidDevicePointer:
+      return " HINT: is every pointer memory from this backend's alloc()?";
+    default:
+      return "";
+  }
+}
+
+std::string describe(cudaError_t e) {
+  return std::string(cudaGetErrorName(e)) + " (" + cudaGetErrorString(e) + ")" + cuda_hint(e);
+}
+
+}  // namespace
+
+struct CudaBackend::Impl {
+  int device = 0;
+  cudaStream_t stream = nullptr;
+  cublasHandle_t cublas = nullptr;
+};
+
+CudaBackend::CudaBackend(const CudaBackendOptions& options) : options_(options), impl_(std::make_unique<Impl>()) {
+  impl_->device = options.device;
+}
+
+std::unique_ptr<CudaBackend> CudaBackend::create(const CudaBackendOptions& options, std::string* error) {
+  auto refuse = [&](const std::string& why) -> std::unique_ptr<CudaBackend> {
+    if (error) *error = why;
+    return nullptr;
+  };
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return refuse("cuda: cudaGetDeviceCount failed: " + describe(e));
+  }
+  if (options.device < 0 || options.device >= count)
+    return refuse("cuda: no GPU " + std::to_string(options.device) + " (" + std::to_string(count) +
+                  " visible; check CUDA_VISIBLE_DEVICES)");
+  cudaDeviceProp prop{};
+  if (const cudaError_t pe = cudaGetDeviceProperties(&prop, options.device); pe != cudaSuccess) {
+    cudaGetLastError();
+    return refuse("cuda: cudaGetDeviceProperties failed: " + describe(pe));
+  }
+  if (prop.major < 9)
+    return refuse(std::string("cuda: GPU ") + prop.name + " is sm_" + std::to_string(prop.major) +
+                  std::to_string(prop.minor) +
+                  "; this build has kernels for sm_90 and newer only (CUDA_ARCHITECTURES in "
+                  "kernels/cuda/CMakeLists.txt)");
+
+  std::unique_ptr<CudaBackend> b(new CudaBackend(options));
+  char desc[320];
+  std::snprintf(desc, sizeof desc, "%s (sm_%d%d, %d SMs, %.1f GiB)", prop.name, prop.major, prop.minor,
+                prop.multiProcessorCount, static_cast<double>(prop.totalGlobalMem) / (1 << 30));
+  b->device_description_ = desc;
+  if (b->start()) return b;
+  return refuse(b->last_error());
+}
+
+bool CudaBackend::start() {
+  constexpr const char* kOp = "create";
+  return begin(kOp) && DS_CUDA_CHECK(kOp, cudaStreamCreateWithFlags(&impl_->stream, cudaStreamNonBlocking)) &&
+         DS_CUBLAS_CHECK(kOp, cublasCreate(&impl_->cublas)) &&
+         DS_CUBLAS_CHECK(kOp, cublasSetStream(impl_->cublas, impl_->stream));
+}
+
+CudaBackend::~CudaBackend() {
+  if (!impl_) return;
+  cudaSetDevice(impl_->device);
+  if (impl_->stream) cudaStreamSynchronize(impl_->stream);
+  if (scratch_) cudaFree(scratch_);
+  if (impl_->cublas) cublasDestroy(impl_->cublas);
+  if (impl_->stream) cudaStreamDestroy(impl_->stream);
+  cudaGetLastError();
+}
+
+void* CudaBackend::stream() const { return impl_->stream; }
+
+// ---- error capture ------------------------------------------------------------------
+
+bool CudaBackend::fail(const char* op, const std::string& what, const char* file, int line) {
+  if (error_.empty())
+    error_ = std::string("cuda ") + op + ": " + what + " (" + short_path(file) + ":" + std::to_string(line) + ")";
+  return false;
+}
+
+bool CudaBackend::check_cuda(int code, const char* op, const char* call, const char* file, int line) {
+  const auto e = static_cast<cudaError_t>(code);
+  if (e == cudaSuccess) return true;
+  cudaGetLastError();  // reset a non-sticky error so the next launch check does not see it again
+  return fail(op, call_name(call) + " failed: " + describe(e), file, line);
+}
+
+bool CudaBackend::check_cublas(int status, const char* op, const char* call, const char* file, int line) {
+  const auto s = static_cast<cublasStatus_t>(status);
+  if (s == CUBLAS_STATUS_SUCCESS) return true;
+  std::string what = call_name(call) + " failed: " + cublasGetStatusName(s) + " (" + cublasGetStatusString(s) + ")";
+  if (s == CUBLAS_STATUS_NOT_INITIALIZED || s == CUBLAS_STATUS_ALLOC_FAILED)
+    what += " HINT: cuBLAS could not start or allocate its workspace: is the GPU out of memory?";
+  return fail(op, what, file, line);
+}
+
+bool CudaBackend::begin(const char* op) { return DS_CUDA_CHECK(op, cudaSetDevice(impl_->device)); }
+
+void CudaBackend::end(const char* op) {
+  if (options_.sync_each_op) DS_CUDA_CHECK(op, cudaStreamSynchronize(impl_->stream));
+}
+
+bool CudaBackend::synchronize() {
+  constexpr const char* kOp = "synchronize";
+  return begin(kOp) && DS_CUDA_CHECK(kOp, cudaStreamSynchronize(impl_->stream)) && ok();
+}
+
+// ---- memory -------------------------------------------------------------------------
+
+void* CudaBackend::alloc(size_t bytes) {
+  constexpr const char* kOp = "alloc";
+  if (!begin(kOp)) return nullptr;
+  const size_t rounded = (std::max<size_t>(bytes, 1) + 255) / 256 * 256;
+  void* p = nullptr;
+  const cudaError_t e = cudaMalloc(&p, rounded);
+  if (e == cudaErrorMemoryAllocation) {
+    cudaGetLastError();
+    return nullptr;  // out of memory: the caller's nullptr, not a backend failure
+  }
+  if (!DS_CUDA_CHECK(kOp, e)) return nullptr;
+  if (!DS_CUDA_CHECK(kOp, cudaMemsetAsync(p, 0, rounded, impl_->stream))) {
+    cudaFree(p);
+    return nullptr;
+  }
+  end(kOp);
+  return p;
+}
+
+void CudaBackend::free(void* p) {
+  constexpr const char* kOp = "free";
+  if (p == nullptr || !begin(kOp)) return;
+  DS_CUDA_CHECK(kOp, cudaStreamSynchronize(impl_->stream));
+  DS_CUDA_CHECK(kOp, cudaFree(p));
+}
+
+void CudaBackend::upload(void* dst, const void* src, size_t bytes) {
+  constexpr const char* kOp = "upload";
+  if (bytes == 0 || !begin(kOp)) return;
+  if (DS_CUDA_CHECK(kOp, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, impl_->stream)))
+    DS_CUDA_CHECK(kOp, cudaStreamSynchronize(impl_->stream));
+}
+
+void CudaBackend::download(void* dst, const void* src, size_t bytes) {
+  constexpr const char* kOp = "download";
+  if (bytes == 0 || !begin(kOp)) return;
+  if (DS_CUDA_CHECK(kOp, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, impl_->stream)))
+    DS_CUDA_CHECK(kOp, cudaStreamSynchronize(impl_->stream));
+}
+
+float* CudaBackend::scratch(size_t bytes, const char* op) {
+  if (bytes <= scratch_bytes_) return static_cast<float*>(scratch_);
+  if (scratch_) {
+    DS_CUDA_CHECK(op, cudaStreamSynchronize(impl_->stream));
+    DS_CUDA_CHECK(op, cudaFree(scratch_));
+    scratch_ = nullptr;
+    scratch_bytes_ = 0;
+  }
+  if (!DS_CUDA_CHECK(op, cudaMalloc(&scratch_, bytes))) {
+    scratch_ = nullptr;
+    return nullptr;
+  }
+  scratch_bytes_ = bytes;
+  return static_cast<float*>(scratch_);
+}
+
+// ---- ops ----------------------------------------------------------------------------
+
+// Validates a weight matrix; false (error kept) when the kernels cannot take it.
+#define DS_CHECK_WEIGHT(op, w)                                                                                    \
+  do {                                                                                                            \
+    if (!supported((w).type))                                                                                     \
+      return (void)fail(op, std::string("weight type ") + dtype_name_or_id((w).type) + " is not supported (f32, "  \
+                                "f16, bf16, q8_0, q4_0)", __FILE__, __LINE__);                                    \
+    if ((w).rows < 0 || (w).cols < 0 || (w).cols % block_elems((w).type) != 0)                                   \
+      return (void)fail(op, "bad weight shape [" + std::to_string((w).rows) + ", " + std::to_string((w).cols) +   \
+                                "] for " + type_name((w).type), __FILE__, __LINE__);                              \
+    if (reinterpret_cast<uintptr_t>((w).data) % ((w).type == DType::kF32 ? 4 : 2) != 0)                           \
+      return (void)fail(op, std::string("weight data is not aligned for ") + type_name((w).type), __FILE__,       \
+                        __LINE__);                                                                                \
+  } while (0)
+
+void CudaBackend::matmul(const WeightRef& w, const float* x, int64_t n, float* y) {
+  constexpr const char* kOp = "matmul";
+  if (!begin(kOp)) return;
+  DS_CHECK_WEIGHT(kOp, w);
+  if (options_.gemv_version < 1 || options_.gemv_version > cuda::kGemvVersions)
+    return (void)fail(kOp, "no GEMV version " + std::to_string(options_.gemv_version), __FILE__, __LINE__);
+  if (n <= 0 || w.rows == 0) return;
+  if (w.cols == 0) {  // empty dot products
+    DS_CUDA_CHECK(kOp, cudaMemsetAsync(y, 0, static_cast<size_t>(n * w.rows) * sizeof(float), impl_->stream));
+    return end(kOp);
+  }
+  const size_t stride = row_bytes_of(w.type, w.cols);
+  if (n <= cuda::kGemvMaxN || options_.batch_invariant) {
+    for (int64_t j0 = 0; j0 < n; j0 += cuda::kGemvMaxN) {
+      const int nb = static_cast<int>(std::min<int64_t>(cuda::kGemvMaxN, n - j0));
+      if (!DS_CUDA_CHECK(kOp, cuda::gemv(options_.gemv_version, w.type, w.data, stride, w.rows, w.cols,
+                                         x + j0 * w.cols, nb, y + j0 * w.rows, impl_->stream)))
+        return;
+    }
+  } else {
+    matmul_cublas(w, stride, x, n, y);
+  }
+  end(kOp);
+}
+
+// y[n, rows] = x[n, cols] * W^T with cuBLAS, column-major view: Y^T (rows x n, ld rows) =
+// op(A) * B with A = W^T (cols x rows, ld cols) transposed, B = X^T (cols x n, ld cols).
+// Non-F32 weights are dequantized to F32 scratch in slices of at most kScratchFloats.
+void CudaBackend::matmul_cublas(const WeightRef& w, size_t row_stride, const float* x, int64_t n, float* y) {
+  constexpr const char* kOp = "matmul";
+  if (w.rows > INT_MAX || w.cols > INT_MAX || n > INT_MAX)
+    return (void)fail(kOp, "shape too large for cuBLAS (int dimensions)", __FILE__, __LINE__);
+  const cublasComputeType_t compute = options_.allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  const float alpha = 1.0f, beta = 0.0f;
+  auto gemm = [&](const float* a, int64_t m, float* c) {
+    return DS_CUBLAS_CHECK(kOp, cublasGemmEx(impl_->cublas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(m),
+                                             static_cast<int>(n), static_cast<int>(w.cols), &alpha, a, CUDA_R_32F,
+                                             static_cast<int>(w.cols), x, CUDA_R_32F, static_cast<int>(w.cols),
+                                             &beta, c, CUDA_R_32F, static_cast<int>(w.rows), compute,
+                                             CUBLAS_GEMM_DEFAULT));
+  };
+  if (w.type == DType::kF32) {
+    gemm(static_cast<const float*>(w.data), w.rows, y);
+    return;
+  }
+  const int64_t slice = std::min<int64_t>(w.rows, std::max<int64_t>(1, kScratchFloats / w.cols));
+  float* buf = scratch(static_cast<size_t>(slice * w.cols) * sizeof(float), kOp);
+  if (buf == nullptr) return;
+  const auto* base = static_cast<const uint8_t*>(w.data);
+  for (int64_t r0 = 0; r0 < w.rows; r0 += slice) {
+    const int64_t nr = std::min(slice, w.rows - r0);
+    if (!DS_CUDA_CHECK(kOp, cuda::get_rows(w.type, base + r0 * static_cast<int64_t>(row_stride), row_stride, w.cols,
+                                           nullptr, nr, buf, impl_->stream)))
+      return;
+    if (!gemm(buf, nr, y + r0)) return;
+  }
+}
+
+void CudaBackend::get_rows(const WeightRef& w, const int32_t* ids, int64_t n, float* out) {
+  constexpr const char* kOp = "get_rows";
+  if (!begin(kOp)) return;
+  DS_CHECK_WEIGHT(kOp, w);
+  if (n <= 0 || w.cols == 0) return;
+  DS_CUDA_CHECK(kOp, cuda::get_rows(w.type, w.data, row_bytes_of(w.type, w.cols), w.cols, ids, n, out, impl_->stream));
+  end(kOp);
+}
+
+void CudaBackend::rmsnorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out) {
+  constexpr const char* kOp = "rmsnorm";
+  if (!begin(kOp) || n <= 0 || dim <= 0) return;
+  if (n > INT_MAX) return (void)fail(kOp, "too many rows: " + std::to_string(n), __FILE__, __LINE__);
+  DS_CUDA_CHECK(kOp, cuda::rmsnorm(x, weight, n, dim, eps, out, impl_->stream));
+  end(kOp);
+}
+
+void CudaBackend::rope(float* x, int64_t n, int n_heads, int head_dim, const int32_t* pos, const RopeParams& p) {
+  constexpr const char* kOp = "rope";
+  if (!begin(kOp) || n <= 0 || n_heads <= 0) return;
+  if (p.n_rot <= 0 || p.n_rot % 2 != 0 || p.n_rot > head_dim)
+    return (void)fail(kOp, "n_rot " + std::to_string(p.n_rot) + " must be even and in (0, head_dim " +
+                               std::to_string(head_dim) + "]", __FILE__, __LINE__);
+  DS_CUDA_CHECK(kOp, cuda::rope(x, n, n_heads, head_dim, pos, p, impl_->stream));
+  end(kOp);
+}
+
+void CudaBackend::swiglu(const float* gate, const float* up, int64_t count, float* out) {
+  constexpr const char* kOp = "swiglu";
+  if (!begin(kOp) || count <= 0) return;
+  DS_CUDA_CHECK(kOp, cuda::swiglu(gate, up, count, out, impl_->stream));
+  end(kOp);
+}
+
+void CudaBackend::add(float* x, const float* y, int64_t count) {
+  constexpr const char* kOp = "add";
+  if (!begin(kOp) || count <= 0) return;
+  DS_CUDA_CHECK(kOp, cuda::add(x, y, count, impl_->stream));
+  end(kOp);
+}
+
+void CudaBackend::add_bias(float* x, const float* bias, int64_t n, int64_t dim) {
+  constexpr const char* kOp = "add_bias";
+  if (!begin(kOp) || n <= 0 || dim <= 0) return;
+  DS_CUDA_CHECK(kOp, cuda::add_bias(x, bias, n, dim, impl_->stream));
+  end(kOp);
+}
+
+void CudaBackend::store_kv(const float* k, const float* v, int64_t n, const int32_t* slots, int64_t kv_dim,
+                           float* k_cache, float* v_cache) {
+  constexpr const char* kOp = "store_kv";
+  if (!begin(kOp) || n <= 0 || kv_dim <= 0) return;
+  DS_CUDA_CHECK(kOp, cuda::store_kv(k, v, n, slots, kv_dim, k_cache, v_cache, impl_->stream));
+  end(kOp);
+}
+
+void CudaBackend::attention(const AttentionArgs& a) {
+  constexpr const char* kOp = "attention";
+  if (!begin(kOp) || a.n_tokens <= 0) return;
+  if (a.n_heads <= 0 || a.n_kv_heads <= 0 || a.n_heads % a.n_kv_heads != 0)
+    return (void)fail(kOp, "n_heads " + std::to_string(a.n_heads) + " is not a positive multiple of n_kv_heads " +
+                               std::to_string(a.n_kv_heads), __FILE__, __LINE__);
+  if (a.head_dim <= 0 || a.head_dim > cuda::kAttentionMaxHeadDim || a.block_size <= 0)
+    return (void)fail(kOp, "head_dim " + std::to_string(a.head_dim) + " (max " +
+                               std::to_string(cuda::kAttentionMaxHeadDim) + ") or block_size " +
+                               std::to_string(a.block_size) + " out of range", __FILE__, __LINE__);
+  if (a.n_tokens * a.n_heads > INT_MAX)
+    return (void)fail(kOp, "too many (token, head) pairs", __FILE__, __LINE__);
+  DS_CUDA_CHECK(kOp, cuda::attention(a, impl_->stream));
+  end(kOp);
+}
+
+// ---- factory (backend.h) -----------------------------------------------------------------
+
+std::unique_ptr<Backend> make_cuda_backend(int device, std::string* error) {
+  CudaBackendOptions options;
+  options.device = device;
+  return CudaBackend::create(options, error);
+}
+
+bool cuda_backend_available() {
+  int count = 0;
+  const bool ok = cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+  cudaGetLastError();
+  return ok;
+}
+
+}  // namespace ds

@@ -1,0 +1,108 @@
+// kernels/cuda/cuda_backend.h: the CUDA implementation of Backend: one GPU, one stream,
+// cuBLAS for batched matmuls. Plain C++ (no CUDA headers), so code built without nvcc may
+// include it; it is only linked where DS_HAVE_CUDA is defined.
+//
+// Ordering: each op is enqueued on the backend's one stream and the call returns at once.
+// Every pointer an op takes is device memory on that stream, so later ops see its output;
+// download() waits for the stream, so whatever the caller can observe is complete, as
+// backend.h requires. upload() also waits (the host buffer may be reused at once).
+// synchronize() waits explicitly; options.sync_each_op waits after every op.
+//
+// Errors: no CUDA or cuBLAS failure aborts. The first failure since the last clear_error()
+// is kept as a message naming the op, the call, CUDA's error name and text, and the
+// source file:line (plus a HINT where the likely fix is known); ok() is then false. Ops
+// keep running after a failure (their output is then unspecified). After a "sticky" error
+// (an illegal address in a kernel, ...) the CUDA context is unusable: the owner should
+// report the failure and drop this backend. Invalid arguments (unsupported dtype,
+// head_dim > 1024, ...) are reported the same way and the op does nothing.
+// alloc() returns nullptr when out of memory without recording an error.
+//
+// Determinism: every kernel computes each output element with the same arithmetic
+// whatever n, except matmul with n > 8, which goes to cuBLAS (its per-element arithmetic
+// depends on the shape); set options.batch_invariant to run the GEMV kernel for every n
+// (bit-identical rows whatever the batch, slower prefill).
+//
+// Thread-safety: as Backend: one caller at a time. Each call makes its device current.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "kernels/backend.h"
+
+namespace ds {
+
+struct CudaBackendOptions {
+  int device = 0;
+  bool sync_each_op = false;    // wait for the stream after every op: pins asynchronous faults to their op
+  bool batch_invariant = false; // matmul: GEMV kernel for every n (chunks of 8 rows) instead of cuBLAS for n > 8
+  bool allow_tf32 = false;      // cuBLAS path: TF32 tensor cores (faster; ~1e-3 relative error)
+  int gemv_version = 2;         // see kernels/cuda/gemv.cu: 1 = simple, 2 = warp per row
+};
+
+class CudaBackend final : public Backend {
+ public:
+  // nullptr (and *error set) when CUDA has no such device or fails to start.
+  static std::unique_ptr<CudaBackend> create(const CudaBackendOptions& options, std::string* error);
+  ~CudaBackend() override;
+  CudaBackend(const CudaBackend&) = delete;
+  CudaBackend& operator=(const CudaBackend&) = delete;
+
+  const char* name() const override { return "cuda"; }
+  bool host_memory() const override { return false; }
+  void* alloc(size_t bytes) override;  // cudaMalloc (256-byte aligned), zeroed on the stream
+  void free(void* p) override;         // waits for the stream first; nullptr is a no-op
+  void upload(void* dst, const void* src, size_t bytes) override;
+  void download(void* dst, const void* src, size_t bytes) override;
+
+  void matmul(const WeightRef& w, const float* x, int64_t n, float* y) override;
+  void get_rows(const WeightRef& w, const int32_t* ids, int64_t n, float* out) override;
+  void rmsnorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out) override;
+  void rope(float* x, int64_t n, int n_heads, int head_dim, const int32_t* pos, const RopeParams& p) override;
+  void swiglu(const float* gate, const float* up, int64_t count, float* out) override;
+  void add(float* x, const float* y, int64_t count) override;
+  void add_bias(float* x, const float* bias, int64_t n, int64_t dim) override;
+  void store_kv(const float* k, const float* v, int64_t n, const int32_t* slots, int64_t kv_dim, float* k_cache,
+                float* v_cache) override;
+  void attention(const AttentionArgs& a) override;
+
+  // ---- CUDA-specific ----
+  bool ok() const { return error_.empty(); }
+  // The first failure since clear_error() ("" when none).
+  const std::string& last_error() const { return error_; }
+  void clear_error() { error_.clear(); }
+  // Waits for all queued work; false (and last_error set) when it failed.
+  bool synchronize();
+  // The cudaStream_t every op runs on (for timing with events).
+  void* stream() const;
+  const CudaBackendOptions& options() const { return options_; }
+  void set_gemv_version(int v) { options_.gemv_version = v; }
+  void set_batch_invariant(bool on) { options_.batch_invariant = on; }
+  // "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)"
+  const std::string& device_description() const { return device_description_; }
+  size_t scratch_bytes() const { return scratch_bytes_; }
+
+ private:
+  struct Impl;
+  explicit CudaBackend(const CudaBackendOptions& options);
+
+  bool start();                 // creates the stream and the cuBLAS handle
+  bool begin(const char* op);   // makes the device current
+  void end(const char* op);     // sync_each_op
+  bool fail(const char* op, const std::string& what, const char* file, int line);
+  bool check_cuda(int code, const char* op, const char* call, const char* file, int line);
+  bool check_cublas(int status, const char* op, const char* call, const char* file, int line);
+  float* scratch(size_t bytes, const char* op);
+  void matmul_cublas(const WeightRef& w, size_t row_stride, const float* x, int64_t n, float* y);
+
+  CudaBackendOptions options_;
+  std::unique_ptr<Impl> impl_;
+  std::string error_;
+  std::string device_description_;
+  void* scratch_ = nullptr;
+  size_t scratch_bytes_ = 0;
+};
+
+}  // namespace ds

@@ -1,0 +1,149 @@
+// tests/gpu/emu/include/cuda_runtime.h: a CPU emulation of the part of the CUDA runtime
+// and device language that ds's kernels (kernels/cuda) and tests/gpu use, so that the
+// kernels' indexing, reductions and synchronisation can be tested without a GPU.
+//
+// Model: a launch runs its blocks one after another; each block's threads are OS threads
+// (blockDim of them), so __syncthreads() and warp shuffles are real barriers. Device
+// memory is host memory; streams and events are no-ops (everything is synchronous).
+// __shared__ variables become function statics (one block runs at a time); dynamic shared
+// memory is filled with NaN bytes before each block, so a read before a write shows.
+// Not emulated: timing, memory faults (out-of-bounds accesses are plain host UB: run
+// under -fsanitize=address to catch them), warp divergence rules, atomics.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+
+#ifndef DS_CUDA_EMULATION
+#define DS_CUDA_EMULATION 1
+#endif
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+
+struct dim3 {
+  unsigned x, y, z;
+};
+
+namespace emu {
+// The calling CUDA thread's coordinates (a function-local thread_local: GCC's sanitizers
+// misreport extern thread_local objects as null).
+struct ThreadCoords {
+  dim3 thread_idx, block_idx, block_dim, grid_dim;
+};
+inline ThreadCoords& coords() {
+  static thread_local ThreadCoords c;
+  return c;
+}
+}  // namespace emu
+#define threadIdx (::emu::coords().thread_idx)
+#define blockIdx (::emu::coords().block_idx)
+#define blockDim (::emu::coords().block_dim)
+#define gridDim (::emu::coords().grid_dim)
+
+struct float4 {
+  float x, y, z, w;
+};
+struct uint4 {
+  unsigned x, y, z, w;
+};
+
+template <class T>
+inline T __ldg(const T* p) {
+  return *p;
+}
+inline float __uint_as_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+float __shfl_xor_sync(unsigned mask, float v, int lane_mask);
+void __syncthreads();
+
+// ---- runtime API ------------------------------------------------------------------------
+
+enum cudaError_t {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorMemoryAllocation = 2,
+  cudaErrorInitializationError = 3,
+  cudaErrorInvalidDevicePointer = 17,
+  cudaErrorInsufficientDriver = 35,
+  cudaErrorNoDevice = 100,
+  cudaErrorInvalidDevice = 101,
+  cudaErrorNoKernelImageForDevice = 209,
+  cudaErrorUnsupportedPtxVersion = 222,
+  cudaErrorIllegalAddress = 700,
+  cudaErrorMisalignedAddress = 716,
+  cudaErrorLaunchFailure = 719,
+};
+enum cudaMemcpyKind {
+  cudaMemcpyHostToHost = 0,
+  cudaMemcpyHostToDevice = 1,
+  cudaMemcpyDeviceToHost = 2,
+  cudaMemcpyDeviceToDevice = 3,
+  cudaMemcpyDefault = 4,
+};
+using cudaStream_t = struct CUstream_st*;
+using cudaEvent_t = struct CUevent_st*;
+constexpr unsigned cudaStreamNonBlocking = 1;
+
+struct cudaDeviceProp {
+  char name[256];
+  int major, minor, multiProcessorCount;
+  size_t totalGlobalMem;
+};
+
+cudaError_t cudaGetDeviceCount(int* count);
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device);
+cudaError_t cudaSetDevice(int device);
+cudaError_t cudaRuntimeGetVersion(int* v);
+cudaError_t cudaDriverGetVersion(int* v);
+cudaError_t cudaGetLastError();
+const char* cudaGetErrorName(cudaError_t e);
+const char* cudaGetErrorString(cudaError_t e);
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags);
+cudaError_t cudaStreamDestroy(cudaStream_t s);
+cudaError_t cudaStreamSynchronize(cudaStream_t s);
+cudaError_t cudaMalloc(void** p, size_t bytes);
+cudaError_t cudaFree(void* p);
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t s = nullptr);
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s = nullptr);
+cudaError_t cudaEventCreate(cudaEvent_t* e);
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = nullptr);
+cudaError_t cudaEventSynchronize(cudaEvent_t e);
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b);
+cudaError_t cudaEventDestroy(cudaEvent_t e);
+
+// ---- launches -----------------------------------------------------------------------------
+
+namespace emu {
+
+// Runs body once per thread of each of `grid` blocks of `block` threads.
+void run_grid(unsigned grid, unsigned block, size_t dynamic_shared_bytes, const std::function<void()>& body);
+// The running block's dynamic shared memory.
+void* dynamic_shared();
+// Launches so far (a test can check a launcher launched something).
+int64_t launches();
+
+// DS_LAUNCH(kernel, grid, block, shm, stream)(args...) under emulation.
+template <class K>
+struct Launch {
+  unsigned grid, block;
+  size_t shm;
+  K kernel;
+  Launch(unsigned g, unsigned b, size_t s, cudaStream_t, K k) : grid(g), block(b), shm(s), kernel(k) {}
+  template <class... A>
+  void operator()(const A&... args) const {
+    run_grid(grid, block, shm, [&] { kernel(args...); });
+  }
+};
+
+}  // namespace emu

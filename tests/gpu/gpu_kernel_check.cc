@@ -1,0 +1,736 @@
+// tests/gpu/gpu_kernel_check.cc: validates every CUDA Backend op against the scalar
+// references (kernels/ref.cc), then times the decode GEMV against device-to-device memcpy.
+// A plain program (no GTest) so that it builds on a bare GPU machine: see
+// tests/gpu/CMakeLists.txt and tools/gpu-check.sh.
+//
+//   gpu_kernel_check [--device N] [--no-bench] [--quick]
+//
+// Output: one "CHECK PASS|FAIL <name> max_abs=.. max_rel=.. tol=.." line per comparison,
+// a per-kernel summary table, "BENCH ..." lines, then "RESULT: PASS|FAIL".
+// Element i of a comparison passes when |got - ref| <= atol + rtol * max(|ref|, scale_i),
+// where scale_i is sum_k |w_k x_k| for dot products (the natural size of float rounding
+// error there) and 0 elsewhere; max_rel is max |got - ref| / max(|ref|, scale_i).
+// Exit status: 0 all checks pass, 1 a check failed, 2 no usable GPU or setup failure.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/dtype.h"
+#include "kernels/ref.h"
+
+namespace {
+
+using ds::AttentionArgs;
+using ds::AttentionToken;
+using ds::CudaBackend;
+using ds::CudaBackendOptions;
+using ds::DType;
+using ds::RopeParams;
+using ds::RopeStyle;
+using ds::WeightRef;
+
+// ---- random numbers -----------------------------------------------------------------
+
+struct Rng {
+  uint64_t s;
+  explicit Rng(uint64_t seed) : s(seed) {}
+  uint64_t next() {  // splitmix64
+    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  float uniform(float lo, float hi) { return lo + (hi - lo) * static_cast<float>(next() >> 40) / 16777216.0f; }
+  int below(int n) { return static_cast<int>(next() % static_cast<uint64_t>(n)); }
+  std::vector<float> floats(size_t count, float lo = -1, float hi = 1) {
+    std::vector<float> v(count);
+    for (auto& x : v) x = uniform(lo, hi);
+    return v;
+  }
+};
+
+// ---- results ------------------------------------------------------------------------
+
+struct Group {
+  int checks = 0, failed = 0;
+  double max_abs = 0, max_rel = 0;
+  std::string tol;
+};
+std::map<std::string, Group> g_groups;  // by kernel name (the check name up to its first space)
+int g_checks = 0, g_failed = 0;
+
+Group& group_of(const std::string& name) { return g_groups[name.substr(0, name.find(' '))]; }
+
+void record(const std::string& name, bool pass, double max_abs, double max_rel, const std::string& tol,
+            const std::string& detail) {
+  ++g_checks;
+  Group& g = group_of(name);
+  ++g.checks;
+  g.max_abs = std::max(g.max_abs, max_abs);
+  g.max_rel = std::max(g.max_rel, max_rel);
+  g.tol = tol;
+  if (!pass) {
+    ++g_failed;
+    ++g.failed;
+  }
+  std::printf("CHECK %s %-44s max_abs=%.3e max_rel=%.3e tol=%s%s\n", pass ? "PASS" : "FAIL", name.c_str(), max_abs,
+              max_rel, tol.c_str(), detail.c_str());
+  std::fflush(stdout);
+}
+
+// Compares got with want (see the file comment for the criterion).
+void compare(const std::string& name, const float* got, const float* want, size_t count, double atol, double rtol,
+             const double* scale = nullptr) {
+  double max_abs = 0, max_rel = 0;
+  int64_t bad = 0;
+  std::string first;
+  for (size_t i = 0; i < count; ++i) {
+    const double g = got[i], w = want[i];
+    const double err = std::fabs(g - w);
+    const double denom = std::max(std::fabs(w), scale ? scale[i] : 0.0);
+    const bool ok = std::isfinite(g) == std::isfinite(w) && (err <= atol + rtol * denom || g == w);
+    if (std::isfinite(err)) {
+      max_abs = std::max(max_abs, err);
+      if (denom > 1e-20) max_rel = std::max(max_rel, err / denom);
+    } else if (!ok) {
+      max_abs = max_rel = INFINITY;
+    }
+    if (!ok && ++bad <= 3) {
+      char buf[160];
+      std::snprintf(buf, sizeof buf, " [%zu]: got %.9g want %.9g;", i, g, w);
+      first += buf;
+    }
+  }
+  char tol[64];
+  std::snprintf(tol, sizeof tol, "%.0e+%.0e*%s", atol, rtol, scale ? "max(|ref|,sum|wx|)" : "|ref|");
+  std::string detail;
+  if (bad) detail = "  " + std::to_string(bad) + " of " + std::to_string(count) + " over:" + first;
+  record(name, bad == 0, max_abs, max_rel, tol, detail);
+}
+
+void compare(const std::string& name, const std::vector<float>& got, const std::vector<float>& want, double atol,
+             double rtol, const std::vector<double>* scale = nullptr) {
+  if (got.size() != want.size()) return record(name, false, INFINITY, INFINITY, "-", "  size mismatch");
+  compare(name, got.data(), want.data(), got.size(), atol, rtol, scale ? scale->data() : nullptr);
+}
+
+// A yes/no check (determinism, error reporting).
+void expect(const std::string& name, bool cond, const std::string& detail = "") {
+  record(name, cond, 0, 0, "exact", cond || detail.empty() ? "" : "  " + detail);
+}
+
+bool same_bits(const float* a, const float* b, size_t n) { return std::memcmp(a, b, n * sizeof(float)) == 0; }
+
+// ---- device memory ------------------------------------------------------------------
+
+// A buffer from the backend, freed with it.
+class Buf {
+ public:
+  Buf(CudaBackend& b, size_t bytes) : b_(&b), p_(b.alloc(bytes)), bytes_(bytes) {}
+  template <class T>
+  Buf(CudaBackend& b, const std::vector<T>& host) : Buf(b, host.size() * sizeof(T)) {
+    if (p_ && !host.empty()) b_->upload(p_, host.data(), bytes_);
+  }
+  ~Buf() {
+    if (p_) b_->free(p_);
+  }
+  Buf(Buf&& o) noexcept : b_(o.b_), p_(o.p_), bytes_(o.bytes_) { o.p_ = nullptr; }
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+  template <class T = float>
+  T* as() const {
+    return static_cast<T*>(p_);
+  }
+  template <class T = float>
+  std::vector<T> read(size_t count, size_t offset = 0) const {
+    std::vector<T> v(count);
+    if (count) b_->download(v.data(), static_cast<const T*>(p_) + offset, count * sizeof(T));
+    return v;
+  }
+
+ private:
+  CudaBackend* b_;
+  void* p_;
+  size_t bytes_;
+};
+
+// Random weights [rows, cols] of type t, made as ggml does: float values through the
+// reference quantizer. Host bytes; ref::matmul dequantizes them again.
+std::vector<uint8_t> make_weights(Rng& rng, DType t, int64_t rows, int64_t cols) {
+  const size_t stride = ds::row_bytes(t, cols);
+  std::vector<uint8_t> w(stride * rows);
+  std::vector<float> row(cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (auto& x : row) x = rng.uniform(-1, 1);
+    ds::quantize_row(t, row.data(), w.data() + r * stride, cols);
+  }
+  return w;
+}
+
+const DType kAllTypes[] = {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0};
+bool is_quant(DType t) { return t == DType::kQ8_0 || t == DType::kQ4_0; }
+std::string shape(int64_t a, int64_t b) { return std::to_string(a) + "x" + std::to_string(b); }
+
+// Fails the run (exit 2) when the backend recorded an error outside an expected-error test.
+void require_ok(CudaBackend& b, const char* where) {
+  if (!b.synchronize()) {
+    std::printf("ERROR: backend failed during %s: %s\n", where, b.last_error().c_str());
+    std::exit(2);
+  }
+}
+
+// ---- checks -------------------------------------------------------------------------
+
+void check_get_rows(CudaBackend& b, Rng& rng) {
+  struct Shape { int64_t rows, cols; };
+  for (DType t : kAllTypes) {
+    for (Shape s : {Shape{50, 64}, Shape{1000, 4096}, Shape{37, 100}}) {
+      if (is_quant(t) && s.cols % 32) continue;
+      const auto w = make_weights(rng, t, s.rows, s.cols);
+      Buf dw(b, w);
+      for (int64_t n : {1, 5, 64}) {
+        std::vector<int32_t> ids(n);
+        for (auto& id : ids) id = rng.below(static_cast<int>(s.rows));
+        ids[0] = static_cast<int32_t>(s.rows - 1);  // the last row too
+        std::vector<float> want(n * s.cols);
+        ds::ref::get_rows(WeightRef{t, w.data(), s.rows, s.cols}, ids.data(), n, want.data());
+        Buf dids(b, ids), dout(b, want.size() * 4);
+        b.get_rows(WeightRef{t, dw.as<void>(), s.rows, s.cols}, dids.as<int32_t>(), n, dout.as());
+        compare("get_rows/" + std::string(ds::dtype_name(t)) + " " + shape(s.rows, s.cols) + " n=" + std::to_string(n),
+                dout.read(want.size()), want, 0, 0);
+      }
+    }
+  }
+  require_ok(b, "get_rows");
+}
+
+void check_matmul(CudaBackend& b, CudaBackend& tf32, Rng& rng, bool quick) {
+  struct Case { int64_t rows, cols; std::vector<int64_t> ns; bool float_only, big; };
+  const std::vector<Case> cases = {
+      {1, 32, {1, 8, 9}, false, false},
+      {64, 64, {1, 2, 3, 8, 9, 17}, false, false},
+      {257, 512, {1, 3, 8, 9, 64}, false, false},
+      {300, 4096, {1, 8, 9, 64}, false, false},
+      {33, 100, {1, 3, 8, 9, 20}, true, false},        // cols % 8 != 0: GEMV scalar path
+      {4500, 4096, {1, 9}, false, true},               // > 16M elements: cuBLAS in slices
+  };
+  for (DType t : kAllTypes) {
+    const std::string tn = ds::dtype_name(t);
+    for (const Case& c : cases) {
+      if (c.float_only && is_quant(t)) continue;
+      if (c.big && (quick || (t != DType::kF16 && t != DType::kQ8_0))) continue;
+      const int64_t max_n = *std::max_element(c.ns.begin(), c.ns.end());
+      const auto w = make_weights(rng, t, c.rows, c.cols);
+      const auto x = rng.floats(max_n * c.cols);
+      const WeightRef hw{t, w.data(), c.rows, c.cols};
+      std::vector<float> want(max_n * c.rows);
+      ds::ref::matmul(hw, x.data(), max_n, want.data());
+      std::vector<double> scale(want.size());  // sum_k |w_k x_k|
+      {
+        std::vector<float> row(c.cols);
+        for (int64_t r = 0; r < c.rows; ++r) {
+          ds::dequantize_row(t, w.data() + r * hw.row_stride(), row.data(), c.cols);
+          for (int64_t j = 0; j < max_n; ++j) {
+            double s = 0;
+            for (int64_t k = 0; k < c.cols; ++k) s += std::fabs(static_cast<double>(row[k]) * x[j * c.cols + k]);
+            scale[j * c.rows + r] = s;
+          }
+        }
+      }
+      Buf dw(b, w), dx(b, x), dy(b, want.size() * 4);
+      const WeightRef gw{t, dw.as<void>(), c.rows, c.cols};
+      const std::string sh = shape(c.rows, c.cols);
+      for (int64_t n : c.ns) {
+        const std::vector<float> wn(want.begin(), want.begin() + n * c.rows);
+        const std::vector<double> sn(scale.begin(), scale.begin() + n * c.rows);
+        const std::string suffix = " " + sh + " n=" + std::to_string(n);
+        if (n <= 8) {
+          for (int v = 1; v <= 2; ++v) {
+            if (v == 1 && c.big) continue;
+            b.set_gemv_version(v);
+            b.matmul(gw, dx.as(), n, dy.as());
+            compare("matmul/" + tn + "/gemv" + std::to_string(v) + suffix, dy.read(n * c.rows), wn, 1e-6, 2e-5, &sn);
+          }
+          b.set_gemv_version(2);
+        } else {
+          b.matmul(gw, dx.as(), n, dy.as());
+          compare("matmul/" + tn + "/cublas" + suffix, dy.read(n * c.rows), wn, 1e-6, 2e-5, &sn);
+          b.set_batch_invariant(true);
+          b.matmul(gw, dx.as(), n, dy.as());
+          const auto inv = dy.read(n * c.rows);
+          b.set_batch_invariant(false);
+          compare("matmul/" + tn + "/gemv2-batched" + suffix, inv, wn, 1e-6, 2e-5, &sn);
+          // Batch invariance: each row of the batched GEMV equals that row computed alone.
+          Buf d1(b, c.rows * 4);
+          bool same = true;
+          for (int64_t j : {int64_t{0}, n / 2, n - 1}) {
+            b.matmul(gw, dx.as() + j * c.cols, 1, d1.as());
+            same = same && same_bits(d1.read(c.rows).data(), inv.data() + j * c.rows, c.rows);
+          }
+          expect("determinism/gemv-batch-invariant " + tn + suffix, same, "a row differs from the same row alone");
+          if (c.rows * c.cols <= 4096 * 4096) {  // TF32 tensor cores, tolerance for 10-bit mantissas
+            Buf tw(tf32, w), tx(tf32, x), ty(tf32, want.size() * 4);
+            tf32.matmul(WeightRef{t, tw.as<void>(), c.rows, c.cols}, tx.as(), n, ty.as());
+            compare("matmul/" + tn + "/cublas-tf32" + suffix, ty.read(n * c.rows), wn, 1e-5, 3e-3, &sn);
+          }
+        }
+      }
+      // GEMV rows are the same bits whatever n <= 8, and whatever x's alignment.
+      if (c.ns.back() >= 8 && !c.big) {
+        b.matmul(gw, dx.as(), 8, dy.as());
+        const auto y8 = dy.read(8 * c.rows);
+        b.matmul(gw, dx.as(), 1, dy.as());
+        const auto y1 = dy.read(c.rows);
+        Buf shifted(b, (c.cols + 1) * 4);  // x row 0 at a 4-byte (not 16-byte) aligned address
+        b.upload(shifted.as() + 1, x.data(), c.cols * 4);
+        b.matmul(gw, shifted.as() + 1, 1, dy.as());
+        const auto ys = dy.read(c.rows);
+        expect("determinism/gemv-n " + tn + " " + sh, same_bits(y1.data(), y8.data(), c.rows),
+               "n=1 differs from row 0 of n=8");
+        expect("determinism/gemv-align " + tn + " " + sh, same_bits(y1.data(), ys.data(), c.rows),
+               "unaligned x gives other bits");
+      }
+    }
+  }
+  require_ok(b, "matmul");
+  require_ok(tf32, "matmul (tf32)");
+}
+
+void check_rmsnorm(CudaBackend& b, Rng& rng) {
+  for (int64_t dim : {64, 2048, 5000}) {
+    for (int64_t n : {1, 5, 64}) {
+      const auto x = rng.floats(n * dim, -3, 3);
+      const auto w = rng.floats(dim, 0.5, 1.5);
+      std::vector<float> want(x.size());
+      ds::ref::rmsnorm(x.data(), w.data(), n, dim, 1e-5f, want.data());
+      Buf dx(b, x), dw(b, w), dout(b, x.size() * 4);
+      b.rmsnorm(dx.as(), dw.as(), n, dim, 1e-5f, dout.as());
+      const std::string name = "rmsnorm " + shape(n, dim);
+      compare(name, dout.read(x.size()), want, 1e-6, 1e-5);
+      b.rmsnorm(dx.as(), dw.as(), n, dim, 1e-5f, dx.as());  // in place
+      compare("rmsnorm-inplace " + shape(n, dim), dx.read(x.size()), want, 1e-6, 1e-5);
+    }
+  }
+  require_ok(b, "rmsnorm");
+}
+
+void check_rope(CudaBackend& b, Rng& rng) {
+  struct Case { RopeStyle style; int head_dim, n_rot; float base, scale; int max_pos; };
+  const Case cases[] = {
+      {RopeStyle::kNormal, 64, 64, 10000, 1, 4096},   {RopeStyle::kNeox, 64, 64, 10000, 1, 4096},
+      {RopeStyle::kNormal, 128, 128, 500000, 1, 32768}, {RopeStyle::kNeox, 128, 128, 1000000, 1, 32768},
+      {RopeStyle::kNeox, 128, 64, 10000, 0.25f, 8192}, {RopeStyle::kNormal, 80, 80, 10000, 1, 2048},
+  };
+  for (const Case& c : cases) {
+    const int n_heads = 6;
+    for (int64_t n : {1, 7, 100}) {
+      auto x = rng.floats(n * n_heads * c.head_dim);
+      std::vector<int32_t> pos(n);
+      for (auto& p : pos) p = rng.below(c.max_pos);
+      pos[0] = c.max_pos - 1;
+      RopeParams p;
+      p.style = c.style;
+      p.n_rot = c.n_rot;
+      p.freq_base = c.base;
+      p.freq_scale = c.scale;
+      Buf dx(b, x), dpos(b, pos);
+      ds::ref::rope(x.data(), n, n_heads, c.head_dim, pos.data(), p);
+      b.rope(dx.as(), n, n_heads, c.head_dim, dpos.as<int32_t>(), p);
+      char name[128];
+      std::snprintf(name, sizeof name, "rope/%s hd=%d rot=%d base=%g scale=%g n=%" PRId64,
+                    c.style == RopeStyle::kNeox ? "neox" : "normal", c.head_dim, c.n_rot, c.base, c.scale, n);
+      compare(name, dx.read(x.size()), x, 1e-6, 1e-5);
+    }
+  }
+  require_ok(b, "rope");
+}
+
+void check_elementwise(CudaBackend& b, Rng& rng) {
+  for (int64_t count : {int64_t{1}, int64_t{1000}, int64_t{1} << 20}) {
+    const auto g = rng.floats(count, -12, 12), u = rng.floats(count, -3, 3);
+    std::vector<float> want(count);
+    ds::ref::swiglu(g.data(), u.data(), count, want.data());
+    Buf dg(b, g), du(b, u), dout(b, count * 4);
+    b.swiglu(dg.as(), du.as(), count, dout.as());
+    compare("swiglu n=" + std::to_string(count), dout.read(count), want, 1e-7, 1e-5);
+
+    std::vector<float> sum(count);
+    for (int64_t i = 0; i < count; ++i) sum[i] = g[i] + u[i];
+    b.add(dg.as(), du.as(), count);
+    compare("add n=" + std::to_string(count), dg.read(count), sum, 0, 0);
+  }
+  for (int64_t dim : {1, 96, 4096}) {
+    const int64_t n = 13;
+    const auto x = rng.floats(n * dim), bias = rng.floats(dim);
+    std::vector<float> want(x);
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t k = 0; k < dim; ++k) want[i * dim + k] += bias[k];
+    Buf dx(b, x), dbias(b, bias);
+    b.add_bias(dx.as(), dbias.as(), n, dim);
+    compare("add_bias " + shape(n, dim), dx.read(x.size()), want, 0, 0);
+  }
+  // store_kv: n rows into distinct random slots of a [n_slots, kv_dim] cache; the rest stays 0.
+  for (int64_t kv_dim : {64, 1024}) {
+    const int64_t n = 37, n_slots = 256;
+    const auto k = rng.floats(n * kv_dim), v = rng.floats(n * kv_dim);
+    std::vector<int32_t> perm(n_slots);
+    for (int32_t i = 0; i < n_slots; ++i) perm[i] = i;
+    for (int64_t i = n_slots - 1; i > 0; --i) std::swap(perm[i], perm[rng.below(static_cast<int>(i + 1))]);
+    const std::vector<int32_t> slots(perm.begin(), perm.begin() + n);
+    std::vector<float> want_k(n_slots * kv_dim, 0.0f), want_v(n_slots * kv_dim, 0.0f);
+    for (int64_t i = 0; i < n; ++i) {
+      std::copy_n(k.data() + i * kv_dim, kv_dim, want_k.data() + slots[i] * kv_dim);
+      std::copy_n(v.data() + i * kv_dim, kv_dim, want_v.data() + slots[i] * kv_dim);
+    }
+    Buf dk(b, k), dv(b, v), dslots(b, slots), kc(b, want_k.size() * 4), vc(b, want_v.size() * 4);
+    b.store_kv(dk.as(), dv.as(), n, dslots.as<int32_t>(), kv_dim, kc.as(), vc.as());
+    compare("store_kv/k kv_dim=" + std::to_string(kv_dim), kc.read(want_k.size()), want_k, 0, 0);
+    compare("store_kv/v kv_dim=" + std::to_string(kv_dim), vc.read(want_v.size()), want_v, 0, 0);
+  }
+  require_ok(b, "elementwise");
+}
+
+void check_attention(CudaBackend& b, Rng& rng) {
+  struct Case {
+    int n_heads, n_kv_heads, head_dim, block_size;
+    std::vector<int> n_kv;  // per token
+    bool one_sequence;      // all tokens share one block table (prefill); else one sequence each
+  };
+  const std::vector<Case> cases = {
+      {4, 4, 64, 16, {1, 2, 5, 17, 64, 300}, false},
+      {8, 2, 128, 32, {1, 100, 1000, 2049}, false},  // GQA
+      {2, 1, 80, 16, {3, 77, 0}, false},             // head_dim % 32 != 0; n_kv = 0 gives zeros
+      {4, 2, 256, 16, {50, 129}, false},
+      {2, 2, 1024, 8, {9, 40}, false},               // the largest head_dim
+      {8, 8, 64, 16, {96, 97, 98, 99, 100}, true},   // prefill: consecutive positions
+  };
+  int case_no = 0;
+  for (const Case& c : cases) {
+    const int64_t n_tokens = static_cast<int64_t>(c.n_kv.size());
+    const int64_t kv_dim = static_cast<int64_t>(c.n_kv_heads) * c.head_dim;
+    // Block tables: a random permutation of the cache's blocks.
+    std::vector<std::vector<int32_t>> tables;
+    int total_blocks = 0;
+    for (int64_t t = 0; t < (c.one_sequence ? 1 : n_tokens); ++t) {
+      const int len = c.one_sequence ? *std::max_element(c.n_kv.begin(), c.n_kv.end()) : c.n_kv[t];
+      tables.emplace_back(std::max(1, (len + c.block_size - 1) / c.block_size));
+      total_blocks += static_cast<int>(tables.back().size());
+    }
+    total_blocks += 3;  // unused blocks
+    std::vector<int32_t> perm(total_blocks);
+    for (int i = 0; i < total_blocks; ++i) perm[i] = i;
+    for (int i = total_blocks - 1; i > 0; --i) std::swap(perm[i], perm[rng.below(i + 1)]);
+    std::vector<int32_t> flat;
+    for (auto& tb : tables)
+      for (auto& e : tb) {
+        e = perm[flat.size()];
+        flat.push_back(e);
+      }
+    const auto kc = rng.floats(static_cast<size_t>(total_blocks) * c.block_size * kv_dim);
+    const auto vc = rng.floats(kc.size());
+    const auto q = rng.floats(n_tokens * c.n_heads * c.head_dim, -2, 2);
+
+    std::vector<AttentionToken> host_tokens(n_tokens);
+    for (int64_t t = 0; t < n_tokens; ++t)
+      host_tokens[t] = {tables[c.one_sequence ? 0 : t].data(), c.n_kv[t]};
+    std::vector<float> want(q.size());
+    AttentionArgs a;
+    a.q = q.data();
+    a.out = want.data();
+    a.k_cache = kc.data();
+    a.v_cache = vc.data();
+    a.tokens = host_tokens.data();
+    a.n_tokens = n_tokens;
+    a.n_heads = c.n_heads;
+    a.n_kv_heads = c.n_kv_heads;
+    a.head_dim = c.head_dim;
+    a.block_size = c.block_size;
+    a.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+    ds::ref::attention(a);
+
+    Buf dflat(b, flat), dkc(b, kc), dvc(b, vc), dq(b, q), dout(b, q.size() * 4);
+    std::vector<AttentionToken> dev_tokens(n_tokens);
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      const int64_t table = c.one_sequence ? 0 : t;
+      int64_t start = 0;  // tables are concatenated in flat
+      for (int64_t i = 0; i < table; ++i) start += static_cast<int64_t>(tables[i].size());
+      dev_tokens[t] = {dflat.as<int32_t>() + start, c.n_kv[t]};
+    }
+    Buf dtok(b, dev_tokens);
+    AttentionArgs d = a;
+    d.q = dq.as();
+    d.out = dout.as();
+    d.k_cache = dkc.as();
+    d.v_cache = dvc.as();
+    d.tokens = dtok.as<AttentionToken>();
+    b.attention(d);
+    const auto got = dout.read(q.size());
+    char name[128];
+    std::snprintf(name, sizeof name, "attention heads=%d/%d hd=%d bs=%d tokens=%" PRId64 " #%d", c.n_heads,
+                  c.n_kv_heads, c.head_dim, c.block_size, n_tokens, case_no++);
+    compare(name, got, want, 1e-5, 1e-4);
+
+    // The last token attended alone gets the bits it got in the batch.
+    const int64_t last = n_tokens - 1, width = static_cast<int64_t>(c.n_heads) * c.head_dim;
+    Buf one(b, width * 4);
+    AttentionArgs s = d;
+    s.q = dq.as() + last * width;
+    s.out = one.as();
+    s.tokens = dtok.as<AttentionToken>() + last;
+    s.n_tokens = 1;
+    b.attention(s);
+    const auto alone = one.read(width);
+    expect("determinism/attention-alone #" + std::to_string(case_no - 1),
+           same_bits(alone.data(), got.data() + last * width, width), "the last token alone differs from the batch");
+  }
+  require_ok(b, "attention");
+}
+
+// Bad arguments become errors a worker can report, not aborts.
+void check_errors(CudaBackend& b) {
+  std::vector<uint8_t> host(64);
+  Buf w(b, host), x(b, 64), y(b, 64);
+  b.clear_error();
+  b.matmul(WeightRef{DType::kQ4_1, w.as<void>(), 1, 32}, x.as(), 1, y.as());
+  expect("errors/unsupported-type", !b.ok() && b.last_error().find("not supported") != std::string::npos,
+         "last_error: '" + b.last_error() + "'");
+  std::printf("      (message: %s)\n", b.last_error().c_str());
+  b.clear_error();
+  AttentionArgs a;
+  a.n_tokens = 1;
+  a.n_heads = a.n_kv_heads = 1;
+  a.head_dim = 2048;
+  a.block_size = 16;
+  b.attention(a);
+  expect("errors/attention-head-dim", !b.ok(), "no error for head_dim 2048");
+  b.clear_error();
+  void* huge = b.alloc(size_t{1} << 50);
+  expect("errors/alloc-oom-returns-null", huge == nullptr && b.ok(), "alloc(1 PiB) did not give a clean nullptr");
+  if (huge) b.free(huge);
+  b.clear_error();
+  require_ok(b, "error checks");
+}
+
+// ---- benchmarks ---------------------------------------------------------------------
+
+constexpr size_t kRotateBytes = size_t{256} << 20;  // > 4x L2 (50 MiB on H100): every read comes from HBM
+
+// Average milliseconds per call of f(i) over iters calls, timed with events on stream s.
+template <class F>
+double time_ms(cudaStream_t s, int iters, F&& f) {
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  cudaEventRecord(e0, s);
+  for (int i = 0; i < iters; ++i) f(i);
+  cudaEventRecord(e1, s);
+  cudaEventSynchronize(e1);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, e0, e1);
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+  return ms / iters;
+}
+
+// Decode GEMV (n = 1) reading weights from HBM: bytes of weights / time.
+double bench_gemv(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols, int version, int n) {
+  const size_t bytes = ds::row_bytes(t, cols) * rows;
+  const int copies = static_cast<int>(std::max<size_t>(2, (kRotateBytes + bytes - 1) / bytes));
+  const auto w = make_weights(rng, t, rows, cols);
+  std::vector<Buf> ws;
+  for (int i = 0; i < copies; ++i) ws.emplace_back(b, w);
+  Buf x(b, rng.floats(n * cols)), y(b, n * rows * 4);
+  b.set_gemv_version(version);
+  auto run = [&](int i) { b.matmul(WeightRef{t, ws[i % copies].as<void>(), rows, cols}, x.as(), n, y.as()); };
+  auto s = static_cast<cudaStream_t>(b.stream());
+  time_ms(s, copies, run);  // warm-up
+  const int iters = version == 1 ? copies : std::max(4 * copies, 200);
+  const double ms = time_ms(s, iters, run);
+  b.set_gemv_version(2);
+  require_ok(b, "gemv benchmark");
+  const double gbps = bytes / (ms * 1e-3) / 1e9;
+  char what[96];
+  std::snprintf(what, sizeof what, "gemv%d %s %s n=%d", version, ds::dtype_name(t), shape(rows, cols).c_str(), n);
+  std::printf("BENCH %-36s %9.2f us  %8.1f GB/s (weight bytes / time)\n", what, ms * 1e3, gbps);
+  std::fflush(stdout);
+  return gbps;
+}
+
+// Device-to-device cudaMemcpyAsync of `bytes`, rotated the same way: DRAM traffic (read +
+// write) / time, the figure a read-only kernel is compared with.
+double bench_memcpy(CudaBackend& b, size_t bytes) {
+  const int copies = static_cast<int>(std::max<size_t>(2, (kRotateBytes + bytes - 1) / bytes));
+  std::vector<Buf> src, dst;
+  for (int i = 0; i < copies; ++i) {
+    src.emplace_back(b, bytes);
+    dst.emplace_back(b, bytes);
+  }
+  auto s = static_cast<cudaStream_t>(b.stream());
+  cudaError_t err = cudaSuccess;
+  auto run = [&](int i) {
+    const cudaError_t e =
+        cudaMemcpyAsync(dst[i % copies].as(), src[i % copies].as(), bytes, cudaMemcpyDeviceToDevice, s);
+    if (e != cudaSuccess) err = e;
+  };
+  time_ms(s, copies, run);
+  const double ms = time_ms(s, std::max(4 * copies, 200), run);
+  if (err != cudaSuccess) {
+    std::printf("ERROR: cudaMemcpyAsync: %s\n", cudaGetErrorString(err));
+    std::exit(2);
+  }
+  const double gbps = 2.0 * bytes / (ms * 1e-3) / 1e9;
+  char what[96];
+  std::snprintf(what, sizeof what, "memcpy-d2d %.1f MiB", bytes / 1048576.0);
+  std::printf("BENCH %-36s %9.2f us  %8.1f GB/s (read+write bytes / time; copy rate %.1f GB/s)\n", what, ms * 1e3,
+              gbps, gbps / 2);
+  std::fflush(stdout);
+  return gbps;
+}
+
+void bench_prefill(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols, int n) {
+  const auto w = make_weights(rng, t, rows, cols);
+  Buf dw(b, w), x(b, rng.floats(n * cols)), y(b, n * rows * 4);
+  auto run = [&](int) { b.matmul(WeightRef{t, dw.as<void>(), rows, cols}, x.as(), n, y.as()); };
+  auto s = static_cast<cudaStream_t>(b.stream());
+  time_ms(s, 3, run);
+  const double ms = time_ms(s, 20, run);
+  require_ok(b, "prefill benchmark");
+  const std::string what =
+      "matmul " + std::string(ds::dtype_name(t)) + " " + shape(rows, cols) + " n=" + std::to_string(n);
+  std::printf("BENCH %-36s %9.2f us  %8.2f TFLOP/s (cuBLAS F32 after dequantize)\n", what.c_str(), ms * 1e3,
+              2.0 * rows * cols * n / (ms * 1e-3) / 1e12);
+}
+
+void bench_attention(CudaBackend& b, Rng& rng, int n_tokens, int n_kv) {
+  const int n_heads = 32, n_kv_heads = 8, head_dim = 128, bs = 16;
+  const int64_t kv_dim = n_kv_heads * head_dim;
+  const int blocks_per_seq = (n_kv + bs - 1) / bs;
+  std::vector<int32_t> table(static_cast<size_t>(blocks_per_seq) * n_tokens);
+  for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>(i);
+  Buf dtable(b, table), kc(b, table.size() * bs * kv_dim * 4), vc(b, table.size() * bs * kv_dim * 4);
+  Buf q(b, rng.floats(static_cast<size_t>(n_tokens) * n_heads * head_dim)), out(b, n_tokens * n_heads * head_dim * 4);
+  std::vector<AttentionToken> toks(n_tokens);
+  for (int t = 0; t < n_tokens; ++t) toks[t] = {dtable.as<int32_t>() + t * blocks_per_seq, n_kv};
+  Buf dtoks(b, toks);
+  AttentionArgs a;
+  a.q = q.as();
+  a.out = out.as();
+  a.k_cache = kc.as();
+  a.v_cache = vc.as();
+  a.tokens = dtoks.as<AttentionToken>();
+  a.n_tokens = n_tokens;
+  a.n_heads = n_heads;
+  a.n_kv_heads = n_kv_heads;
+  a.head_dim = head_dim;
+  a.block_size = bs;
+  a.scale = 1.0f / std::sqrt(128.0f);
+  auto s = static_cast<cudaStream_t>(b.stream());
+  time_ms(s, 3, [&](int) { b.attention(a); });
+  const double ms = time_ms(s, 20, [&](int) { b.attention(a); });
+  require_ok(b, "attention benchmark");
+  const double bytes = 2.0 * n_tokens * n_kv * kv_dim * 4;
+  char what[96];
+  std::snprintf(what, sizeof what, "attention decode seqs=%d n_kv=%d", n_tokens, n_kv);
+  std::printf("BENCH %-36s %9.2f us  %8.1f GB/s (K+V bytes / time; 32/8 heads, hd 128)\n", what, ms * 1e3,
+              bytes / (ms * 1e-3) / 1e9);
+}
+
+void run_benchmarks(CudaBackend& b, Rng& rng) {
+  std::printf("\n== benchmarks (weights rotated over %zu MiB so reads come from HBM) ==\n", kRotateBytes >> 20);
+  struct Shape { int64_t rows, cols; };
+  std::vector<std::pair<std::string, double>> gemv_bw;
+  for (Shape s : {Shape{2048, 2048}, Shape{5632, 2048}})
+    for (DType t : {DType::kF16, DType::kQ8_0})
+      gemv_bw.emplace_back(std::string(ds::dtype_name(t)) + " " + shape(s.rows, s.cols),
+                           bench_gemv(b, rng, t, s.rows, s.cols, 2, 1));
+  bench_gemv(b, rng, DType::kQ4_0, 5632, 2048, 2, 1);
+  bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, 2, 8);
+  bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, 1, 1);  // v1, for comparison
+  const double copy_bw = bench_memcpy(b, ds::row_bytes(DType::kF16, 2048) * 5632);
+  bench_memcpy(b, ds::row_bytes(DType::kF16, 2048) * 2048);
+  std::printf("\nGEMV v2 (n=1) bandwidth vs device-to-device memcpy (%.1f GB/s read+write):\n", copy_bw);
+  for (const auto& [name, bw] : gemv_bw)
+    std::printf("BENCH-RATIO gemv2 %-20s %8.1f GB/s = %5.1f%% of memcpy\n", name.c_str(), bw, 100.0 * bw / copy_bw);
+  bench_prefill(b, rng, DType::kF16, 5632, 2048, 128);
+  bench_prefill(b, rng, DType::kQ8_0, 5632, 2048, 512);
+  bench_attention(b, rng, 1, 4096);
+  bench_attention(b, rng, 16, 1024);
+}
+
+void print_summary() {
+  std::printf("\n== summary: %d checks, %d failed ==\n", g_checks, g_failed);
+  std::printf("%-28s %7s %5s %11s %11s  %s\n", "kernel", "checks", "fail", "max_abs", "max_rel", "tolerance");
+  for (const auto& [name, g] : g_groups)
+    std::printf("%-28s %7d %5d %11.3e %11.3e  %s%s\n", name.c_str(), g.checks, g.failed, g.max_abs, g.max_rel,
+                g.tol.c_str(), g.failed ? "   <== FAIL" : "");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int device = 0;
+  bool bench = true, quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--device") && i + 1 < argc) {
+      device = std::atoi(argv[++i]);
+    } else if (!std::strcmp(argv[i], "--no-bench")) {
+      bench = false;
+    } else if (!std::strcmp(argv[i], "--quick")) {
+      quick = true;
+    } else {
+      std::fprintf(stderr, "usage: %s [--device N] [--no-bench] [--quick]\n", argv[0]);
+      return 2;
+    }
+  }
+  std::string error;
+  CudaBackendOptions opts;
+  opts.device = device;
+  opts.sync_each_op = true;  // validation: a fault is reported by the op that caused it
+  auto b = CudaBackend::create(opts, &error);
+  CudaBackendOptions tf32_opts = opts;
+  tf32_opts.allow_tf32 = true;
+  auto tf32 = b ? CudaBackend::create(tf32_opts, &error) : nullptr;
+  if (!b || !tf32) {
+    std::printf("ERROR: %s\nRESULT: FAIL (no usable GPU)\n", error.c_str());
+    return 2;
+  }
+  int runtime = 0, driver = 0;
+  cudaRuntimeGetVersion(&runtime);
+  cudaDriverGetVersion(&driver);
+  std::printf("gpu_kernel_check: %s, CUDA runtime %d, driver %d\n\n", b->device_description().c_str(), runtime, driver);
+
+  Rng rng(20240601);
+  check_errors(*b);
+  check_get_rows(*b, rng);
+  check_elementwise(*b, rng);
+  check_rmsnorm(*b, rng);
+  check_rope(*b, rng);
+  check_attention(*b, rng);
+  check_matmul(*b, *tf32, rng, quick);
+  print_summary();
+
+  if (bench) {
+    tf32.reset();
+    CudaBackendOptions bench_opts;
+    bench_opts.device = device;
+    auto fast = CudaBackend::create(bench_opts, &error);
+    if (!fast) {
+      std::printf("ERROR: %s\n", error.c_str());
+      return 2;
+    }
+    run_benchmarks(*fast, rng);
+  }
+  std::printf("\nRESULT: %s (%d checks, %d failed)\n", g_failed ? "FAIL" : "PASS", g_checks, g_failed);
+  return g_failed ? 1 : 0;
+}
