@@ -18,8 +18,13 @@ std::string base_name(const std::string& path) {
 Result<std::shared_ptr<Model>> Model::Load(const std::string& path, const LoadOptions& opts) {
   Result<std::unique_ptr<GgufFile>> f = GgufFile::Open(path);
   if (!f.ok()) return f.status();
+  return FromGguf(std::move(f).value(), opts);
+}
+
+Result<std::shared_ptr<Model>> Model::FromGguf(std::unique_ptr<GgufFile> file, const LoadOptions& opts) {
+  const std::string path = file->path();
   std::shared_ptr<Model> m(new Model());
-  m->file_ = std::move(f).value();
+  m->file_ = std::move(file);
   Result<std::unique_ptr<Tokenizer>> tok = Tokenizer::FromGguf(*m->file_);
   if (!tok.ok()) return Status(tok.status().code() == StatusCode::kNotFound
                                    ? Status::Corruption("'" + path + "' has no usable tokenizer: " + tok.status().message())

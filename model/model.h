@@ -65,6 +65,8 @@ struct LoadOptions {
 class Model {
  public:
   static Result<std::shared_ptr<Model>> Load(const std::string& path, const LoadOptions& opts = {});
+  // Builds a model from an already opened GGUF (e.g. GgufFile::FromMemory, for fuzzing).
+  static Result<std::shared_ptr<Model>> FromGguf(std::unique_ptr<GgufFile> file, const LoadOptions& opts = {});
 
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }

@@ -97,7 +97,7 @@ struct FloatKernel {
 #endif
     for (; k < t.k; ++k)
       for (int r = 0; r < RM; ++r)
-        for (int c = 0; c < RN; ++c) sum[r][c] += load1(T, w[r], k) * a[c][k];
+        for (int c = 0; c < RN; ++c) sum[r][c] = std::fma(load1(T, w[r], k), a[c][k], sum[r][c]);  // explicit fma: same rounding in every tile shape
     for (int r = 0; r < RM; ++r)
       for (int c = 0; c < RN; ++c) t.y[(j0 + c) * t.y_stride + i0 + r] = sum[r][c];
   }

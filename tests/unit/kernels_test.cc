@@ -1,0 +1,156 @@
+// CPU kernels against the scalar references (kernels/ref.h) on random inputs.
+#include <cmath>
+#include <cstring>
+
+#include "kernels/backend.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/ref.h"
+#include "test_util.h"
+
+namespace ds {
+namespace {
+
+// max |a - b| / max(|b|), the error measure used throughout (absolute, scaled by the
+// reference's magnitude so it means the same for any input scale).
+double rel_err(const float* a, const float* b, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    num = std::max(num, std::fabs(static_cast<double>(a[i]) - b[i]));
+    den = std::max(den, std::fabs(static_cast<double>(b[i])));
+  }
+  return den == 0 ? num : num / den;
+}
+
+std::vector<uint8_t> quantize_matrix(DType t, const std::vector<float>& w, int64_t rows, int64_t cols) {
+  std::vector<uint8_t> q(row_bytes(t, cols) * rows);
+  for (int64_t r = 0; r < rows; ++r) quantize_row(t, w.data() + r * cols, q.data() + r * row_bytes(t, cols), cols);
+  return q;
+}
+
+TEST(Kernels, Fp16ConversionMatchesHardwareForEveryValue) {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float a = fp16_to_fp32_ref(static_cast<uint16_t>(h));
+    const float b = fp16_to_fp32(static_cast<uint16_t>(h));
+    if (std::isnan(a)) {
+      EXPECT_TRUE(std::isnan(b));
+      continue;
+    }
+    ASSERT_EQ(a, b) << h;
+    ASSERT_EQ(fp32_to_fp16_ref(a), h) << "round trip of " << h;
+  }
+}
+
+TEST(Kernels, QuantizeDequantizeRoundTrip) {
+  const auto x = test::random_floats(256, 7);
+  for (DType t : {DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0}) {
+    std::vector<uint8_t> q(row_bytes(t, 256));
+    std::vector<float> y(256);
+    quantize_row(t, x.data(), q.data(), 256);
+    dequantize_row(t, q.data(), y.data(), 256);
+    // Step sizes: fp16 2^-11, bf16 2^-8, q8_0 amax/127/2; q4_0 maps the signed max to -8
+    // so the opposite extreme clips at +7: up to amax/8.
+    const double tol = t == DType::kF16 ? 1e-3 : t == DType::kBF16 ? 4e-3 : t == DType::kQ8_0 ? 5e-3 : 0.13;
+    EXPECT_LE(rel_err(y.data(), x.data(), 256), tol) << dtype_name(t);
+  }
+}
+
+struct MatmulCase {
+  DType type;
+  int64_t rows, cols;
+};
+
+class KernelsMatmul : public ::testing::TestWithParam<MatmulCase> {};
+
+TEST_P(KernelsMatmul, MatchesReferenceAndIsBatchInvariant) {
+  const MatmulCase c = GetParam();
+  const auto wf = test::random_floats(c.rows * c.cols, 11);
+  const auto q = quantize_matrix(c.type, wf, c.rows, c.cols);
+  const WeightRef w{c.type, q.data(), c.rows, c.cols};
+  auto be = make_cpu_backend({2});
+  for (int64_t n : {1, 2, 5, 13}) {
+    const auto x = test::random_floats(n * c.cols, 100 + static_cast<uint32_t>(n));
+    std::vector<float> y(n * c.rows), yr(n * c.rows);
+    be->matmul(w, x.data(), n, y.data());
+    ref::matmul(w, x.data(), n, yr.data());
+    // Float weights: f32 accumulation vs double, ~1e-6. Quantized weights: the CPU kernel
+    // also quantizes activations to 8 bits (step amax/254 per block of 32): ~1% of a dot.
+    const double tol = (c.type == DType::kQ8_0 || c.type == DType::kQ4_0) ? 3e-2 : 1e-5;
+    EXPECT_LE(rel_err(y.data(), yr.data(), y.size()), tol) << dtype_name(c.type) << " n=" << n;
+    // Determinism: every row of a batch is bit-identical to the same row computed alone.
+    for (int64_t j = 0; j < n; ++j) {
+      std::vector<float> y1(c.rows);
+      be->matmul(w, x.data() + j * c.cols, 1, y1.data());
+      ASSERT_EQ(0, std::memcmp(y1.data(), y.data() + j * c.rows, c.rows * sizeof(float))) << dtype_name(c.type) << " row " << j;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(AllTypes, KernelsMatmul,
+                         ::testing::Values(MatmulCase{DType::kF32, 37, 64}, MatmulCase{DType::kF32, 19, 172},
+                                           MatmulCase{DType::kF16, 37, 96}, MatmulCase{DType::kF16, 9, 172},
+                                           MatmulCase{DType::kBF16, 37, 96}, MatmulCase{DType::kBF16, 5, 44},
+                                           MatmulCase{DType::kQ8_0, 37, 128}, MatmulCase{DType::kQ8_0, 130, 256},
+                                           MatmulCase{DType::kQ4_0, 37, 128}, MatmulCase{DType::kQ4_0, 130, 256}),
+                         [](const auto& info) {
+                           return std::string(dtype_name(info.param.type)) + "_" + std::to_string(info.param.rows) + "x" +
+                                  std::to_string(info.param.cols);
+                         });
+
+TEST(Kernels, RmsNormSwigluGetRows) {
+  auto be = make_cpu_backend({2});
+  const int64_t n = 5, dim = 100;
+  const auto x = test::random_floats(n * dim, 1), w = test::random_floats(dim, 2);
+  std::vector<float> y(n * dim), yr(n * dim);
+  be->rmsnorm(x.data(), w.data(), n, dim, 1e-5f, y.data());
+  ref::rmsnorm(x.data(), w.data(), n, dim, 1e-5f, yr.data());
+  EXPECT_LE(rel_err(y.data(), yr.data(), y.size()), 1e-5);
+
+  const auto g = test::random_floats(1000, 3, 8.0f), u = test::random_floats(1000, 4);
+  std::vector<float> s(1000), sr(1000);
+  be->swiglu(g.data(), u.data(), 1000, s.data());
+  ref::swiglu(g.data(), u.data(), 1000, sr.data());
+  EXPECT_LE(rel_err(s.data(), sr.data(), 1000), 1e-6);
+
+  const auto table = test::random_floats(20 * 64, 5);
+  const auto q = quantize_matrix(DType::kQ8_0, table, 20, 64);
+  const int32_t ids[3] = {19, 0, 7};
+  std::vector<float> r(3 * 64), rr(3 * 64);
+  be->get_rows(WeightRef{DType::kQ8_0, q.data(), 20, 64}, ids, 3, r.data());
+  ref::get_rows(WeightRef{DType::kQ8_0, q.data(), 20, 64}, ids, 3, rr.data());
+  EXPECT_EQ(r, rr);
+}
+
+TEST(Kernels, RopeBothStyles) {
+  auto be = make_cpu_backend({2});
+  for (RopeStyle style : {RopeStyle::kNormal, RopeStyle::kNeox}) {
+    const int64_t n = 4;
+    const int heads = 3, hd = 16;
+    auto x = test::random_floats(n * heads * hd, 9);
+    auto xr = x;
+    const int32_t pos[4] = {0, 1, 17, 500};
+    RopeParams p{style, hd, 10000.0f, 0.5f};
+    be->rope(x.data(), n, heads, hd, pos, p);
+    ref::rope(xr.data(), n, heads, hd, pos, p);
+    EXPECT_LE(rel_err(x.data(), xr.data(), x.size()), 1e-6) << static_cast<int>(style);
+  }
+}
+
+TEST(Kernels, PagedAttentionWithGqa) {
+  auto be = make_cpu_backend({2});
+  const int heads = 8, kv_heads = 2, hd = 32, bs = 4, n_blocks = 16;
+  const int64_t kv_dim = kv_heads * hd;
+  const auto k = test::random_floats(n_blocks * bs * kv_dim, 21), v = test::random_floats(n_blocks * bs * kv_dim, 22);
+  // Two sequences with scattered blocks; three query tokens.
+  const std::vector<int32_t> t1 = {5, 2, 9, 14}, t2 = {0, 11};
+  const AttentionToken toks[3] = {{t1.data(), 13}, {t1.data(), 16}, {t2.data(), 1}};
+  const auto q = test::random_floats(3 * heads * hd, 23, 2.0f);
+  std::vector<float> out(3 * heads * hd), outr(3 * heads * hd);
+  AttentionArgs a{q.data(), out.data(), k.data(), v.data(), toks, 3, heads, kv_heads, hd, bs, 1.0f / std::sqrt(32.0f)};
+  be->attention(a);
+  a.out = outr.data();
+  ref::attention(a);
+  EXPECT_LE(rel_err(out.data(), outr.data(), out.size()), 1e-5);
+}
+
+}  // namespace
+}  // namespace ds
