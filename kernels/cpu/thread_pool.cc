@@ -9,7 +9,7 @@
 
 namespace ds {
 namespace {
-constexpr int kSpinIterations = 200000;  // ~ a few ms of spinning before sleeping
+constexpr int kSpinIterations = 50000;  // ~ a few ms of spinning/yielding before sleeping
 }
 
 ThreadPool::ThreadPool(int n_threads) : n_(n_threads < 1 ? 1 : n_threads) {
@@ -33,7 +33,12 @@ void ThreadPool::run(const std::function<void(int, int)>& fn) {
   generation_.fetch_add(1);
   if (sleepers_.load() > 0) wake();
   fn(0, n_);
-  while (pending_.load(std::memory_order_acquire) != 0) DS_CPU_RELAX();
+  // Spin briefly, then yield: on an oversubscribed machine a descheduled worker needs
+  // this core back to finish its share.
+  for (int spins = 0; pending_.load(std::memory_order_acquire) != 0; ++spins) {
+    if (spins < 4096) DS_CPU_RELAX();
+    else std::this_thread::yield();
+  }
   fn_ = nullptr;
 }
 
@@ -49,7 +54,8 @@ void ThreadPool::worker_loop(int ith) {
     uint32_t g;
     while ((g = generation_.load(std::memory_order_acquire)) == seen) {
       if (++spins < kSpinIterations) {
-        DS_CPU_RELAX();
+        if (spins < 4096) DS_CPU_RELAX();
+        else std::this_thread::yield();
       } else {
         sleepers_.fetch_add(1);
         std::unique_lock<std::mutex> lock(mu_);
