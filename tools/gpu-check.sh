@@ -88,14 +88,20 @@ main() {
   # script). To build it here instead, add the commands just below.
   banner "step 3/4 (engine generation + bench-1b benchmarks)"
   t0=$SECONDS
-  local engine="$root/build-gpu/ds-gpu-engine-check"
+  local engine="$build/ds-gpu-engine-check"
   if [[ -x $engine ]]; then
     if (($(left) < 40)); then
       echo "skipped: only $(left)s of the ${budget}s budget left"
       note_step "3/4 engine + bench-1b" "SKIPPED (no time)" 0
     else
       # shellcheck disable=SC2086
-      (cd "$root" && timeout "$(limit 20)" "$engine" ${DS_ENGINE_CHECK_ARGS:-})
+      # Default: the golden models carried with the tree (../shared/models, or a copy in
+      # tests/gpu/models), bench-1b files written to /tmp.
+      local models="$root/../shared/models"
+      [[ -f $models/stories260K.gguf ]] || models="$root/tests/gpu/models"
+      local args="${DS_ENGINE_CHECK_ARGS:---golden $models --bench-dir /tmp}"
+      echo "+ $engine $args"
+      (cd "$root" && timeout "$(limit 20)" "$engine" $args)
       status=$?
       if ((status == 0)); then
         note_step "3/4 engine + bench-1b" "PASS" $((SECONDS - t0))

@@ -1,0 +1,275 @@
+// tests/gpu/gpu_engine_check.cc: the engine on a real GPU (steps 3 and 4 of
+// tools/gpu-check.sh). Plain program, no test framework: the GPU machine has no GTest.
+//
+//   ds-gpu-engine-check --golden DIR [--bench-dir DIR] [--no-bench]
+//
+// Step 3: greedy generation of DIR/stories260K.gguf (and -f16) on the CUDA backend must
+//         reproduce DIR/stories260K-golden.jsonl token for token.
+// Step 4: for ds-mkmodel's bench-1b preset in Q8_0 and F16 (written to --bench-dir):
+//         prefill tok/s (512 tokens), decode tok/s at batch 1, 8 and 32, the weight bytes
+//         read per second at batch 1 against the device-to-device copy bandwidth measured
+//         here, and prefill time against the time of its GEMMs alone (backend matmuls).
+// Exit status: 0 pass, 1 a check failed, 2 no usable GPU / setup failure.
+#include <cuda_runtime.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "model/engine.h"
+#include "model/mkmodel.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double secs(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// Minimal readers for the golden JSONL fields (strings with escapes, int arrays).
+std::string json_string(const std::string& line, const std::string& key) {
+  size_t p = line.find("\"" + key + "\":");
+  if (p == std::string::npos) return "";
+  p = line.find('"', p + key.size() + 3);
+  std::string out;
+  for (size_t i = p + 1; i < line.size() && line[i] != '"'; ++i) {
+    if (line[i] != '\\') {
+      out += line[i];
+      continue;
+    }
+    const char e = line[++i];
+    if (e == 'n') out += '\n';
+    else if (e == 't') out += '\t';
+    else if (e == 'u') {
+      const unsigned cp = std::stoul(line.substr(i + 1, 4), nullptr, 16);
+      i += 4;
+      if (cp < 0x80) out += static_cast<char>(cp);
+      else if (cp < 0x800) out += static_cast<char>(0xC0 | (cp >> 6)), out += static_cast<char>(0x80 | (cp & 0x3F));
+      else out += static_cast<char>(0xE0 | (cp >> 12)), out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F)), out += static_cast<char>(0x80 | (cp & 0x3F));
+    } else out += e;
+  }
+  return out;
+}
+std::vector<int32_t> json_ints(const std::string& line, const std::string& key) {
+  std::vector<int32_t> v;
+  size_t p = line.find("\"" + key + "\":");
+  if (p == std::string::npos) return v;
+  p = line.find('[', p);
+  const size_t e = line.find(']', p);
+  for (size_t i = p + 1; i < e;) {
+    while (i < e && (line[i] == ' ' || line[i] == ',')) ++i;
+    if (i >= e) break;
+    size_t used = 0;
+    v.push_back(std::stoi(line.substr(i), &used));
+    i += used;
+  }
+  return v;
+}
+
+std::unique_ptr<ds::Backend> gpu() {
+  std::string err;
+  auto be = ds::make_cuda_backend(0, &err);
+  if (!be) std::printf("ERROR: no CUDA backend: %s\n", err.c_str());
+  return be;
+}
+
+std::unique_ptr<ds::Engine> engine(std::shared_ptr<ds::Model> m, int max_batch, int ctx, int step_tokens) {
+  auto be = gpu();
+  if (!be) return nullptr;
+  ds::EngineOptions o;
+  o.max_batch = max_batch;
+  o.n_ctx = ctx;
+  o.max_step_tokens = step_tokens;
+  o.kv_cache_tokens = max_batch * ctx;
+  auto e = ds::Engine::Create(std::move(m), std::move(be), o);
+  if (!e.ok()) {
+    std::printf("ERROR: engine: %s\n", e.status().ToString().c_str());
+    return nullptr;
+  }
+  return std::move(e).value();
+}
+
+// Runs until idle; returns generated tokens per id.
+std::vector<std::vector<int32_t>> run(ds::Engine& e, size_t n, int* steps = nullptr) {
+  std::vector<std::vector<int32_t>> out(n);
+  while (!e.idle()) {
+    std::vector<ds::TokenEvent> evs;
+    ds::Status s = e.step(&evs);
+    if (!s.ok()) {
+      std::printf("ERROR: step: %s\n", s.ToString().c_str());
+      break;
+    }
+    if (steps) ++*steps;
+    for (const auto& ev : evs)
+      if (ev.token >= 0 && ev.id < n) out[ev.id].push_back(ev.token);
+  }
+  return out;
+}
+
+bool golden(const std::string& dir) {
+  bool ok = true;
+  for (const char* file : {"stories260K.gguf", "stories260K-f16.gguf"}) {
+    auto m = ds::Model::Load(dir + "/" + file);
+    if (!m.ok()) {
+      std::printf("ERROR: %s: %s\n", file, m.status().ToString().c_str());
+      return false;
+    }
+    std::ifstream g(dir + "/stories260K-golden.jsonl");
+    std::string line;
+    int n = 0, pass = 0;
+    while (std::getline(g, line)) {
+      const auto want_prompt = json_ints(line, "prompt_ids"), want = json_ints(line, "gen_ids");
+      const auto prompt = (*m)->tokenizer().encode(json_string(line, "prompt"), true);
+      auto e = engine(*m, 1, 512, 256);
+      if (!e) return false;
+      ds::SequenceRequest r;
+      r.id = 0;
+      r.prompt = prompt;
+      r.params.max_tokens = static_cast<int>(want.size());
+      if (!e->add(r).ok()) return false;
+      const auto got = run(*e, 1)[0];
+      const bool same = got == want && prompt == want_prompt;
+      pass += same;
+      ++n;
+      if (!same) {
+        size_t k = 0;
+        while (k < got.size() && k < want.size() && got[k] == want[k]) ++k;
+        std::printf("  MISMATCH %s prompt '%s': first difference at token %zu\n", file, json_string(line, "prompt").c_str(), k);
+      }
+    }
+    std::printf("golden %-22s %d/%d cases match\n", file, pass, n);
+    ok = ok && pass == n && n > 0;
+  }
+  return ok;
+}
+
+double d2d_bandwidth_gbs() {
+  const size_t bytes = size_t{1} << 30;
+  void *a = nullptr, *b = nullptr;
+  if (cudaMalloc(&a, bytes) != cudaSuccess || cudaMalloc(&b, bytes) != cudaSuccess) return 0;
+  cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
+  cudaDeviceSynchronize();
+  const auto t0 = Clock::now();
+  const int reps = 10;
+  for (int i = 0; i < reps; ++i) cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
+  cudaDeviceSynchronize();
+  const double s = secs(t0);
+  cudaFree(a);
+  cudaFree(b);
+  return 2.0 * bytes * reps / s / 1e9;  // read + write
+}
+
+bool bench(const std::string& dir, double copy_gbs) {
+  std::printf("\n%-6s %10s %10s %10s %10s %9s %9s %11s\n", "type", "prefill", "dec b1", "dec b8", "dec b32", "GB/s b1", "% copy", "prefill/gemm");
+  for (const char* tn : {"q8_0", "f16"}) {
+    auto spec = ds::model_preset("bench-1b");
+    ds::parse_dtype(tn, &spec->type);
+    const std::string path = dir + "/bench-1b-" + tn + ".gguf";
+    if (!std::ifstream(path).good()) {
+      std::printf("writing %s ...\n", path.c_str());
+      if (!ds::write_random_model(*spec, path).ok()) return false;
+    }
+    auto m = ds::Model::Load(path);
+    if (!m.ok()) return false;
+    const int prompt = 512, gen = 64;
+    double prefill = 0;
+    std::vector<double> dec;
+    {
+      auto e = engine(*m, 1, 2048, prompt);
+      if (!e) return false;
+      ds::SequenceRequest r;
+      r.id = 0;
+      for (int i = 0; i < prompt; ++i) r.prompt.push_back(300 + (i * 7919) % 30000);
+      r.params.max_tokens = 1;
+      r.params.ignore_eos = true;
+      e->add(r);  // warm-up
+      run(*e, 1);
+      r.id = 0;
+      e->add(r);
+      const auto t0 = Clock::now();
+      run(*e, 1);
+      prefill = prompt / secs(t0);
+    }
+    for (int b : {1, 8, 32}) {
+      auto e = engine(*m, b, 256, 256);
+      if (!e) return false;
+      for (int i = 0; i < b; ++i) {
+        ds::SequenceRequest r;
+        r.id = i;
+        r.prompt = {1, 300 + i};
+        r.params.max_tokens = gen + 1;
+        r.params.ignore_eos = true;
+        e->add(r);
+      }
+      std::vector<ds::TokenEvent> evs;
+      e->step(&evs);  // prompts + first token
+      int steps = 0;
+      const auto t0 = Clock::now();
+      run(*e, b, &steps);
+      dec.push_back(static_cast<double>(b) * gen / secs(t0));
+    }
+    // GEMM-only time of a prefill: every layer's matmuls at n = prompt.
+    double gemm_s = 0;
+    {
+      auto be = gpu();
+      const ds::ModelConfig& c = (*m)->config();
+      const size_t maxw = std::max<size_t>(c.n_ff, c.n_vocab);
+      float* x = static_cast<float*>(be->alloc(sizeof(float) * prompt * maxw));
+      float* y = static_cast<float*>(be->alloc(sizeof(float) * prompt * maxw));
+      std::vector<void*> up;
+      auto dev = [&](const ds::WeightRef& w) {
+        ds::WeightRef d = w;
+        const size_t bytes = w.row_stride() * w.rows;
+        d.data = be->alloc(bytes);
+        be->upload(const_cast<void*>(d.data), w.data, bytes);
+        up.push_back(const_cast<void*>(d.data));
+        return d;
+      };
+      const auto& L = (*m)->weights().layers[0];
+      std::vector<ds::WeightRef> ws = {dev(L.wq), dev(L.wk), dev(L.wv), dev(L.wo), dev(L.w_gate), dev(L.w_up), dev(L.w_down)};
+      float sink;
+      for (const auto& w : ws) be->matmul(w, x, prompt, y);  // warm-up
+      be->download(&sink, y, sizeof(float));
+      const auto t0 = Clock::now();
+      for (const auto& w : ws) be->matmul(w, x, prompt, y);
+      be->download(&sink, y, sizeof(float));
+      gemm_s = secs(t0) * c.n_layer;
+      for (void* p : up) be->free(p);
+      be->free(x);
+      be->free(y);
+    }
+    const double gbs = (*m)->weights().bytes * dec[0] / 1e9;
+    std::printf("%-6s %10.1f %10.1f %10.1f %10.1f %9.1f %8.0f%% %11.2f\n", tn, prefill, dec[0], dec[1], dec[2], gbs,
+                100.0 * gbs / copy_gbs, (prompt / prefill) / gemm_s);
+  }
+  std::printf("(tok/s; GB/s b1 = weight bytes x decode tok/s; %% copy = of the device-to-device copy bandwidth %.0f GB/s;\n"
+              " prefill/gemm = prefill time over the time of its layer GEMMs alone: target <= 1.5)\n", copy_gbs);
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string gold, bench_dir = "/tmp";
+  bool do_bench = true;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--golden") && i + 1 < argc) gold = argv[++i];
+    else if (!std::strcmp(argv[i], "--bench-dir") && i + 1 < argc) bench_dir = argv[++i];
+    else if (!std::strcmp(argv[i], "--no-bench")) do_bench = false;
+    else {
+      std::printf("usage: %s --golden DIR [--bench-dir DIR] [--no-bench]\n", argv[0]);
+      return std::strcmp(argv[i], "--help") ? 2 : 0;
+    }
+  }
+  if (!ds::cuda_backend_available()) {
+    std::printf("RESULT: FAIL (no usable GPU)\n");
+    return 2;
+  }
+  bool ok = true;
+  if (!gold.empty()) ok = golden(gold) && ok;
+  if (do_bench) ok = bench(bench_dir, d2d_bandwidth_gbs()) && ok;
+  std::printf("RESULT: %s\n", ok ? "PASS" : "FAIL");
+  return ok ? 0 : 1;
+}
