@@ -1,14 +1,17 @@
 // ds-client: generate text and tokenize with a GGUF model.
 //
 //   ds-client --model FILE generate [options] PROMPT     (PROMPT '-' reads stdin)
+//   ds-client --connect HOST:PORT generate [options] PROMPT
 //   ds-client --model FILE tokenize [--add-special] [--json] TEXT
 //
-// With --model the engine runs in this process (no node). Exit codes: 0 ok,
-// 1 failure (model cannot be loaded), 2 usage error, 4 request rejected (invalid),
-// 5 request failed while running.
+// With --model the engine runs in this process (no node); with --connect the request
+// goes to a ds-node through the ds::Client library (Ctrl-C cancels it there).
+// Exit codes: 0 ok, 1 failure (model cannot be loaded), 2 usage error, 3 cannot
+// connect, 4 request rejected (invalid, draining, no worker), 5 request failed while running.
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -16,6 +19,7 @@
 #include <iterator>
 #include <random>
 
+#include "actors/client.h"
 #include "model/engine.h"
 #include "model/model.h"
 #include "tools/common/cli_util.h"
@@ -23,7 +27,11 @@
 namespace {
 
 volatile std::sig_atomic_t g_interrupted = 0;
-void on_sigint(int) { g_interrupted = 1; }
+std::atomic<bool> g_cancel{false};
+void on_sigint(int) {
+  g_interrupted = 1;
+  g_cancel.store(true);
+}
 
 struct GenerateArgs {
   std::string prompt;
@@ -33,12 +41,17 @@ struct GenerateArgs {
   bool json = false;
   bool no_bos = false;
   bool parse_special = false;
+  std::string id;
 };
 
 std::string read_prompt(const std::string& p) {
   if (p != "-") return p;
   return std::string(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
 }
+
+void print_result(const GenerateArgs& a, const std::string& id, const std::vector<int32_t>& prompt_ids,
+                  const std::vector<int32_t>& out, const std::string& text, const std::string& finish, double ttft_ms,
+                  double total_ms, const std::string& error);
 
 int run_generate(const std::shared_ptr<ds::Model>& model, GenerateArgs& a, int threads, int ctx) {
   using Clock = std::chrono::steady_clock;
@@ -99,14 +112,26 @@ int run_generate(const std::shared_ptr<ds::Model>& model, GenerateArgs& a, int t
     }
   }
   const double total_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  print_result(a, "", ids, out, text, ds::finish_reason_name(finish), ttft_ms < 0 ? 0 : ttft_ms, total_ms, error);
+  if (finish == ds::FinishReason::kError) {
+    std::cerr << "ds-client: generation failed: " << error << "\n";
+    return ds::cli::kExitRequestFailed;
+  }
+  return ds::cli::kExitOk;
+}
+
+void print_result(const GenerateArgs& a, const std::string& id, const std::vector<int32_t>& prompt_ids,
+                  const std::vector<int32_t>& out, const std::string& text, const std::string& finish, double ttft_ms,
+                  double total_ms, const std::string& error) {
   if (a.json) {
     nlohmann::json j;
-    j["prompt_tokens"] = ids;
+    if (!id.empty()) j["id"] = id;
+    j["prompt_tokens"] = prompt_ids;
     j["tokens"] = out;
     j["text"] = text;
-    j["finish_reason"] = ds::finish_reason_name(finish);
-    j["usage"] = {{"prompt_tokens", ids.size()}, {"completion_tokens", out.size()}};
-    j["timing"] = {{"ttft_ms", ttft_ms < 0 ? 0 : ttft_ms}, {"total_ms", total_ms}};
+    j["finish_reason"] = finish;
+    j["usage"] = {{"prompt_tokens", prompt_ids.size()}, {"completion_tokens", out.size()}};
+    j["timing"] = {{"ttft_ms", ttft_ms}, {"total_ms", total_ms}};
     j["seed"] = a.params.seed;
     if (!error.empty()) j["error"] = error;
     std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
@@ -114,8 +139,52 @@ int run_generate(const std::shared_ptr<ds::Model>& model, GenerateArgs& a, int t
     if (!a.stream) std::fwrite(text.data(), 1, text.size(), stdout);
     std::fputc('\n', stdout);
   }
-  if (finish == ds::FinishReason::kError) {
-    std::cerr << "ds-client: generation failed: " << error << "\n";
+}
+
+int run_remote(const std::string& target, GenerateArgs& a) {
+  ds::ClientOptions co;
+  if (!ds::parse_host_port(target, &co.host, &co.port)) {
+    std::cerr << "ds-client: --connect wants HOST:PORT, got '" << target << "'\n";
+    return ds::cli::kExitUsage;
+  }
+  auto client = ds::Client::Connect(co);
+  if (!client.ok()) {
+    std::cerr << "ds-client: " << client.status().message() << "\n";
+    return ds::cli::kExitConnect;
+  }
+  if (!a.seed_set) a.params.seed = std::random_device{}() | (static_cast<uint64_t>(std::random_device{}()) << 32);
+  ds::GenerateRequest req;
+  req.id = a.id;
+  req.prompt = read_prompt(a.prompt);
+  req.add_bos = !a.no_bos;
+  req.max_tokens = a.params.max_tokens;
+  req.temperature = a.params.temperature;
+  req.top_k = a.params.top_k;
+  req.top_p = a.params.top_p;
+  req.min_p = a.params.min_p;
+  req.repeat_penalty = a.params.repeat_penalty;
+  req.frequency_penalty = a.params.frequency_penalty;
+  req.presence_penalty = a.params.presence_penalty;
+  req.seed = a.params.seed;
+  req.stop = a.params.stop;
+  req.stream = a.stream;
+  std::signal(SIGINT, on_sigint);
+  auto on_chunk = [&](const ds::TokenChunk& c) {
+    if (a.stream && !a.json && !c.text.empty()) {
+      std::fwrite(c.text.data(), 1, c.text.size(), stdout);
+      std::fflush(stdout);
+    }
+  };
+  auto r = (*client)->generate(req, on_chunk, &g_cancel);
+  if (!r.ok()) {
+    std::cerr << "ds-client: " << r.status().message() << "\n";
+    if (r.status().code() == ds::StatusCode::kInvalidArgument) return ds::cli::kExitRejected;
+    if (r.status().code() == ds::StatusCode::kIOError && r.status().message().find("lost") == std::string::npos) return ds::cli::kExitConnect;
+    return ds::cli::kExitRequestFailed;
+  }
+  print_result(a, r->id, r->prompt_tokens, r->tokens, r->text, r->finish_reason, r->ttft_ms, r->total_ms, r->error);
+  if (r->finish_reason == "error") {
+    std::cerr << "ds-client: request " << r->id << " failed: " << r->error << "\n";
     return ds::cli::kExitRequestFailed;
   }
   return ds::cli::kExitOk;
@@ -127,10 +196,11 @@ int main(int argc, char** argv) {
   CLI::App app{"ds-client: generate text with a GGUF model (in-process engine with --model)"};
   app.set_help_all_flag("--help-all", "Show help for all subcommands");
   app.require_subcommand(1);
-  std::string model_path;
+  std::string model_path, connect;
   int threads = 0, ctx = 0;
   bool quiet = false;
-  app.add_option("--model", model_path, "GGUF model file to run in this process")->required()->check(CLI::ExistingFile);
+  auto* model_opt = app.add_option("--model", model_path, "GGUF model file to run in this process")->check(CLI::ExistingFile);
+  app.add_option("--connect", connect, "HOST:PORT of a ds-node to send the request to")->excludes(model_opt);
   app.add_option("--threads", threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 256));
   app.add_option("--ctx", ctx, "Context length in tokens (default: the model's)")->check(CLI::Range(0, 1 << 20));
   app.add_flag("-q,--quiet", quiet, "No progress output on stderr");
@@ -152,6 +222,7 @@ int main(int argc, char** argv) {
   gen->add_flag("--json", g.json, "Print one JSON object with ids, text, finish reason, usage and timing");
   gen->add_flag("--no-bos", g.no_bos, "Do not add the BOS token");
   gen->add_flag("--parse-special", g.parse_special, "Treat special-token text in the prompt as control tokens");
+  gen->add_option("--id", g.id, "Request id (--connect; default: the node assigns one)");
 
   std::string text;
   bool add_special = false, tok_json = false, tok_parse_special = false;
@@ -168,6 +239,17 @@ int main(int argc, char** argv) {
     return rc == 0 ? 0 : ds::cli::kExitUsage;
   }
 
+  if (model_path.empty() && connect.empty()) {
+    std::cerr << "ds-client: give --model FILE (run locally) or --connect HOST:PORT (send to a node)\n";
+    return ds::cli::kExitUsage;
+  }
+  if (!connect.empty()) {
+    if (tok->parsed()) {
+      std::cerr << "ds-client: tokenize needs --model FILE\n";
+      return ds::cli::kExitUsage;
+    }
+    return run_remote(connect, g);
+  }
   ds::LoadOptions lo;
   lo.vocab_only = tok->parsed();
   ds::cli::Progress progress("loading " + model_path, !quiet && !lo.vocab_only);

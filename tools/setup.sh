@@ -6,8 +6,9 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git
   libgtest-dev libgmock-dev
-  libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
+  libcli11-dev libtoml11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   clang libclang-rt-14-dev
+  libcaf-dev
 )
 
 missing=()

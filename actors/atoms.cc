@@ -1,0 +1,42 @@
+#include "actors/atoms.h"
+
+#include <caf/message.hpp>
+#include <caf/sec.hpp>
+
+namespace ds {
+
+std::string to_string(errc e) {
+  switch (e) {
+    case errc::invalid_request: return "invalid_request";
+    case errc::no_worker: return "no_worker";
+    case errc::draining: return "draining";
+    case errc::internal: return "internal";
+  }
+  return "unknown";
+}
+
+void register_types(caf::actor_system_config& cfg) {
+  cfg.add_message_type<GenerateRequest>("ds_generate_request");
+  cfg.add_message_type<TokenChunk>("ds_token_chunk");
+  cfg.add_message_type<FinalMessage>("ds_final");
+  cfg.add_message_type<WorkItem>("ds_work_item");
+  cfg.add_message_type<WorkerEvents>("ds_worker_events");
+  cfg.add_message_type<WorkerStatus>("ds_worker_status");
+  cfg.add_message_type<NodeStatus>("ds_node_status");
+  cfg.add_error_category(caf::atom("ds"), [](uint8_t code, caf::atom_value, const caf::message& ctx) {
+    std::string s = to_string(static_cast<errc>(code));
+    if (!ctx.empty() && ctx.match_element<std::string>(0)) s += ": " + ctx.get_as<std::string>(0);
+    return s;
+  });
+}
+
+std::string render_error(const caf::error& e) {
+  if (e.category() == caf::atom("ds")) {
+    std::string s = to_string(static_cast<errc>(e.code()));
+    if (!e.context().empty() && e.context().match_element<std::string>(0)) s += ": " + e.context().get_as<std::string>(0);
+    return s;
+  }
+  return caf::to_string(e);
+}
+
+}  // namespace ds

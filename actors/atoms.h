@@ -1,0 +1,40 @@
+// actors/atoms.h: ds message atoms (CAF 0.17: at most 10 characters), error codes, and
+// the registration of every message type (call register_types on every node and client).
+#pragma once
+
+#include <caf/actor_system_config.hpp>
+#include <caf/atom.hpp>
+#include <caf/error.hpp>
+
+#include <string>
+
+#include "actors/protocol.h"
+
+namespace ds {
+
+using gen_atom = caf::atom_constant<caf::atom("ds_gen")>;        // client -> router: GenerateRequest
+using cancel_atom = caf::atom_constant<caf::atom("ds_cancel")>;  // cancel a request (id) or sequence
+using submit_atom = caf::atom_constant<caf::atom("ds_submit")>;  // router -> worker: WorkItem
+using step_atom = caf::atom_constant<caf::atom("ds_step")>;      // worker -> itself: one engine step
+using status_atom = caf::atom_constant<caf::atom("ds_status")>;  // -> NodeStatus / WorkerStatus
+using worker_atom = caf::atom_constant<caf::atom("ds_worker")>;  // supervisor -> router: (new) worker
+using drain_atom = caf::atom_constant<caf::atom("ds_drain")>;    // stop accepting, finish in-flight
+using respawn_atom = caf::atom_constant<caf::atom("ds_respawn")>;
+
+// Errors a client can get from a node (category "ds").
+enum class errc : uint8_t {
+  invalid_request = 1,  // the request is malformed or out of range (message says which field)
+  no_worker,            // no healthy worker can run it
+  draining,             // the node is shutting down
+  internal,             // a bug in ds
+};
+std::string to_string(errc e);
+
+void register_types(caf::actor_system_config& cfg);
+
+// Human rendering of a caf::error (with ds's category).
+std::string render_error(const caf::error& e);
+
+}  // namespace ds
+
+CAF_ERROR_CODE_ENUM(ds::errc, "ds")

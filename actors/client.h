@@ -1,0 +1,67 @@
+// actors/client.h: ds::Client, the C++ client library (what C++ users embed).
+//
+// Connects to a node as a CAF remote actor and runs generation requests: streamed
+// (a callback per chunk) or blocking (the whole result). The stream's sequence numbers
+// are checked: a gap or duplicate is reported as an error, never hidden. Cancel a
+// running request by setting the atomic flag passed to generate().
+//
+// Thread-safety: one Client may be used from several threads at once (each call uses
+// its own scoped actor).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "actors/protocol.h"
+#include "model/status.h"
+
+namespace ds {
+
+struct ClientOptions {
+  std::string host = "127.0.0.1";
+  uint16_t port = 4242;
+  std::chrono::milliseconds connect_timeout{5000};
+  std::chrono::milliseconds idle_timeout{120000};  // longest silence in a stream before giving up
+};
+
+struct GenerateResult {
+  std::string id;
+  std::vector<int32_t> prompt_tokens;
+  std::vector<int32_t> tokens;
+  std::string text;
+  std::string finish_reason;  // stop, length, cancelled, error
+  std::string error;
+  uint32_t chunks = 0;
+  double ttft_ms = 0;
+  double total_ms = 0;
+};
+
+// Error codes of Client calls, as Status codes: kIOError = cannot connect / connection
+// lost; kInvalidArgument = rejected by the node (invalid request, draining, no worker);
+// kInternal = a broken stream (sequence gap).
+class Client {
+ public:
+  static Result<std::unique_ptr<Client>> Connect(const ClientOptions& opts);
+  ~Client();
+
+  // Sends req and streams its chunks to on_chunk (may be empty). Returns the final
+  // result; a request that ran and ended with finish_reason "error" is still a result.
+  Result<GenerateResult> generate(const GenerateRequest& req, const std::function<void(const TokenChunk&)>& on_chunk = {},
+                                  const std::atomic<bool>* cancel = nullptr);
+  Result<NodeStatus> status();
+
+ private:
+  struct Impl;
+  explicit Client(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Parses "host:port" (IPv6 as "[::1]:4242"); false when malformed.
+bool parse_host_port(const std::string& s, std::string* host, uint16_t* port);
+
+}  // namespace ds

@@ -1,0 +1,150 @@
+// actors/protocol.h: the messages between ds clients, routers, supervisors and workers.
+//
+// Plain structs with a CAF 0.17 `inspect` each (field order is the wire format; the
+// registered type name is the wire identity and must match on every node). This
+// header only needs <caf/meta/type_name.hpp>, so client code stays light.
+//
+// A request's stream: the router sends the client TokenChunk{id, seq = 0, 1, 2, ...}
+// and then one FinalMessage. Sequence numbers have no gaps or duplicates, also across
+// a worker restart (the request is resumed from prompt + tokens already sent).
+#pragma once
+
+#include <caf/meta/type_name.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ds {
+
+// A generation request as a client sends it. Either prompt (text, tokenized by the
+// router) or prompt_tokens (ids, used as given) must be set.
+struct GenerateRequest {
+  std::string id;  // client-chosen; empty: the router assigns one
+  std::string prompt;
+  std::vector<int32_t> prompt_tokens;
+  bool add_bos = true;
+  int32_t max_tokens = 128;
+  float temperature = 0.0f;
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+  float repeat_penalty = 1.0f;
+  float frequency_penalty = 0.0f;
+  float presence_penalty = 0.0f;
+  uint64_t seed = 0;
+  std::vector<std::string> stop;
+  bool stream = true;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, GenerateRequest& x) {
+  return f(caf::meta::type_name("ds_generate_request"), x.id, x.prompt, x.prompt_tokens, x.add_bos, x.max_tokens,
+           x.temperature, x.top_k, x.top_p, x.min_p, x.repeat_penalty, x.frequency_penalty, x.presence_penalty, x.seed,
+           x.stop, x.stream);
+}
+
+// One piece of a stream: generated token(s) and the text they completed.
+struct TokenChunk {
+  std::string id;
+  uint32_t seq = 0;
+  std::vector<int32_t> tokens;
+  std::string text;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, TokenChunk& x) {
+  return f(caf::meta::type_name("ds_token_chunk"), x.id, x.seq, x.tokens, x.text);
+}
+
+// The end of a stream. finish_reason: "stop", "length", "cancelled" or "error".
+struct FinalMessage {
+  std::string id;
+  std::string finish_reason;
+  std::string error;
+  std::vector<int32_t> prompt_tokens;
+  uint32_t completion_tokens = 0;
+  uint32_t chunks = 0;  // chunks sent before this message (= the next seq)
+  double ttft_ms = 0;
+  double total_ms = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, FinalMessage& x) {
+  return f(caf::meta::type_name("ds_final"), x.id, x.finish_reason, x.error, x.prompt_tokens, x.completion_tokens,
+           x.chunks, x.ttft_ms, x.total_ms);
+}
+
+// Router -> worker: one sequence to run (resume when generated is not empty).
+struct WorkItem {
+  uint64_t seq_id = 0;
+  std::vector<int32_t> prompt;
+  std::vector<int32_t> generated;
+  GenerateRequest params;  // sampling fields; prompt text unused
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, WorkItem& x) {
+  return f(caf::meta::type_name("ds_work_item"), x.seq_id, x.prompt, x.generated, x.params);
+}
+
+// Worker -> router: what one engine step produced for one sequence.
+struct WorkerEvent {
+  uint64_t seq_id = 0;
+  int32_t index = -1;  // generated-token index, -1 for a finish without token
+  int32_t token = -1;
+  std::string text;
+  std::string finish;  // "" while running
+  std::string error;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, WorkerEvent& x) {
+  return f(caf::meta::type_name("ds_worker_event"), x.seq_id, x.index, x.token, x.text, x.finish, x.error);
+}
+
+struct WorkerEvents {
+  std::vector<WorkerEvent> events;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, WorkerEvents& x) {
+  return f(caf::meta::type_name("ds_worker_events"), x.events);
+}
+
+struct WorkerStatus {
+  std::string id;
+  std::string backend;
+  std::string state;  // "running", "restarting", "failed"
+  int32_t active = 0;
+  int32_t queued = 0;
+  int32_t kv_blocks_used = 0;
+  int32_t kv_blocks_total = 0;
+  double tokens_per_s = 0;  // over the last 10 s
+  int32_t restarts = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, WorkerStatus& x) {
+  return f(caf::meta::type_name("ds_worker_status"), x.id, x.backend, x.state, x.active, x.queued, x.kv_blocks_used,
+           x.kv_blocks_total, x.tokens_per_s, x.restarts);
+}
+
+struct NodeStatus {
+  std::string node_id;
+  std::string address;
+  std::string state;  // "up", "draining"
+  double uptime_s = 0;
+  std::string version;
+  std::string model;
+  int32_t in_flight = 0;
+  std::vector<WorkerStatus> workers;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, NodeStatus& x) {
+  return f(caf::meta::type_name("ds_node_status"), x.node_id, x.address, x.state, x.uptime_s, x.version, x.model,
+           x.in_flight, x.workers);
+}
+
+}  // namespace ds

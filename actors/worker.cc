@@ -1,0 +1,140 @@
+#include "actors/worker.h"
+
+#include <caf/event_based_actor.hpp>
+#include <caf/stateful_actor.hpp>
+
+#include <chrono>
+#include <deque>
+#include <stdexcept>
+
+#include "actors/atoms.h"
+
+namespace ds {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct WorkerState {
+  WorkerConfig cfg;
+  caf::actor router;
+  std::unique_ptr<Engine> engine;
+  std::string engine_error;
+  bool stepping = false;
+  int steps = 0;
+  std::deque<std::pair<Clock::time_point, int>> recent;  // (time, tokens) of recent steps
+  static inline const char* name = "ds_worker";
+};
+
+SamplingParams sampling_of(const GenerateRequest& r) {
+  SamplingParams p;
+  p.temperature = r.temperature;
+  p.top_k = r.top_k;
+  p.top_p = r.top_p;
+  p.min_p = r.min_p;
+  p.repeat_penalty = r.repeat_penalty;
+  p.frequency_penalty = r.frequency_penalty;
+  p.presence_penalty = r.presence_penalty;
+  p.seed = r.seed;
+  p.max_tokens = r.max_tokens;
+  p.stop = r.stop;
+  return p;
+}
+
+caf::behavior worker_behavior(caf::stateful_actor<WorkerState>* self, WorkerConfig cfg, caf::actor router) {
+  auto& st = self->state;
+  st.cfg = std::move(cfg);
+  st.router = std::move(router);
+  {
+    auto e = Engine::Create(st.cfg.model, make_cpu_backend({st.cfg.threads}), st.cfg.engine);
+    if (e.ok()) st.engine = std::move(e).value();
+    else st.engine_error = e.status().ToString();
+  }
+  auto schedule = [self] {
+    if (!self->state.stepping) {
+      self->state.stepping = true;
+      self->send(self, step_atom::value);
+    }
+  };
+  return {
+      [=](submit_atom, WorkItem& w) {
+        auto& s = self->state;
+        Status added = s.engine ? Status::Ok() : Status::Internal("worker has no engine: " + s.engine_error);
+        if (added.ok()) {
+          SequenceRequest r;
+          r.id = w.seq_id;
+          r.prompt = std::move(w.prompt);
+          r.generated = std::move(w.generated);
+          r.params = sampling_of(w.params);
+          added = s.engine->add(std::move(r));
+        }
+        if (!added.ok()) {
+          WorkerEvents evs;
+          evs.events.push_back(WorkerEvent{w.seq_id, -1, -1, "", "error", added.message()});
+          self->send(s.router, std::move(evs));
+          return;
+        }
+        schedule();
+      },
+      [=](cancel_atom, uint64_t seq_id) {
+        if (!self->state.engine) return;
+        self->state.engine->cancel(seq_id);
+        schedule();
+      },
+      [=](step_atom) {
+        auto& s = self->state;
+        s.stepping = false;
+        if (!s.engine || s.engine->idle()) return;
+        std::vector<TokenEvent> events;
+        Status st_step = s.engine->step(&events);
+        ++s.steps;
+        WorkerEvents out;
+        int tokens = 0;
+        for (TokenEvent& ev : events) {
+          tokens += ev.token >= 0 ? 1 : 0;
+          out.events.push_back(WorkerEvent{ev.id, ev.index, ev.token, std::move(ev.text),
+                                           ev.finish == FinishReason::kNone ? "" : finish_reason_name(ev.finish), ev.error});
+        }
+        const auto now = Clock::now();
+        s.recent.emplace_back(now, tokens);
+        while (!s.recent.empty() && now - s.recent.front().first > std::chrono::seconds(10)) s.recent.pop_front();
+        if (!out.events.empty()) self->send(s.router, std::move(out));
+        if (s.cfg.fault_crash_after_steps > 0 && s.steps == s.cfg.fault_crash_after_steps) {
+          throw std::runtime_error("injected worker fault after " + std::to_string(s.steps) + " steps (test.fault-worker-crash-after-steps)");
+        }
+        if (!st_step.ok()) return;  // every running sequence got an error event
+        if (!s.engine->idle()) {
+          s.stepping = true;
+          self->send(self, step_atom::value);
+        }
+      },
+      [=](status_atom) {
+        auto& s = self->state;
+        WorkerStatus ws;
+        ws.id = s.cfg.id;
+        ws.backend = s.cfg.backend;
+        ws.restarts = s.cfg.restarts;
+        ws.state = s.engine ? "running" : "failed";
+        if (s.engine) {
+          const EngineStats es = s.engine->stats();
+          ws.active = es.running;
+          ws.queued = es.waiting;
+          ws.kv_blocks_used = es.kv_blocks_used;
+          ws.kv_blocks_total = es.kv_blocks_total;
+        }
+        int tokens = 0;
+        const auto now = Clock::now();
+        for (const auto& [t, n] : s.recent)
+          if (now - t <= std::chrono::seconds(10)) tokens += n;
+        ws.tokens_per_s = tokens / 10.0;
+        return ws;
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_worker(caf::actor_system& sys, WorkerConfig cfg, caf::actor router) {
+  return sys.spawn<caf::detached>(worker_behavior, std::move(cfg), std::move(router));
+}
+
+}  // namespace ds

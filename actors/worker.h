@@ -1,0 +1,37 @@
+// actors/worker.h: the worker actor. It owns one Engine (one model replica) and runs
+// the continuous-batching loop: every step is one message to itself, so requests and
+// cancellations that arrived meanwhile join or leave the batch between steps. It runs
+// detached (its own thread): a step can take milliseconds to seconds and must never
+// block CAF's scheduler.
+//
+// Protocol: (submit_atom, WorkItem) -> events later as WorkerEvents to the router;
+// (cancel_atom, uint64_t seq_id); (status_atom) -> WorkerStatus. A failed step or a
+// rejected item is reported per sequence as a WorkerEvent with finish "error".
+#pragma once
+
+#include <caf/actor.hpp>
+#include <caf/actor_system.hpp>
+
+#include <memory>
+#include <string>
+
+#include "model/engine.h"
+#include "model/model.h"
+
+namespace ds {
+
+struct WorkerConfig {
+  std::string id = "w0";
+  std::shared_ptr<Model> model;
+  std::string backend = "cpu";
+  int threads = 0;
+  EngineOptions engine;
+  int fault_crash_after_steps = 0;  // test-only: throw after this many steps (0: never)
+  int restarts = 0;                 // how often the supervisor restarted this worker
+};
+
+// Spawns a detached worker that reports to router. Never fails: an engine that cannot
+// be created makes the worker answer every item with an error and report "failed".
+caf::actor spawn_worker(caf::actor_system& sys, WorkerConfig cfg, caf::actor router);
+
+}  // namespace ds
