@@ -35,13 +35,14 @@ struct GenerateRequest {
   uint64_t seed = 0;
   std::vector<std::string> stop;
   bool stream = true;
+  std::string trace_id;  // propagated into every log line about the request; empty: = id
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, GenerateRequest& x) {
   return f(caf::meta::type_name("ds_generate_request"), x.id, x.prompt, x.prompt_tokens, x.add_bos, x.max_tokens,
            x.temperature, x.top_k, x.top_p, x.min_p, x.repeat_penalty, x.frequency_penalty, x.presence_penalty, x.seed,
-           x.stop, x.stream);
+           x.stop, x.stream, x.trace_id);
 }
 
 // One piece of a stream: generated token(s) and the text they completed.

@@ -110,7 +110,7 @@ caf::behavior router_behavior(caf::stateful_actor<RouterState>* self, RouterConf
     fin.chunks = f.next_seq;
     fin.ttft_ms = f.ttft_ms < 0 ? 0 : f.ttft_ms;
     fin.total_ms = std::chrono::duration<double, std::milli>(Clock::now() - f.start).count();
-    spdlog::info("request {} finished: {} ({} tokens, {:.1f} ms){}{}", f.req.id, reason, fin.completion_tokens, fin.total_ms,
+    spdlog::info("request={} trace={} finished: {} ({} tokens, {:.1f} ms){}{}", f.req.id, f.req.trace_id, reason, fin.completion_tokens, fin.total_ms,
                  error.empty() ? "" : ": ", error);
     if (f.client) self->send(f.client, std::move(fin));
     s.by_id.erase(f.req.id);
@@ -128,7 +128,7 @@ caf::behavior router_behavior(caf::stateful_actor<RouterState>* self, RouterConf
     for (auto& [seq, f] : s.inflight)
       if (f.client && f.client.address() == dm.source) gone.push_back(seq);
     for (uint64_t seq : gone) {
-      spdlog::info("request {}: client gone, cancelling", s.inflight[seq].req.id);
+      spdlog::info("request={} trace={} client gone, cancelling", s.inflight[seq].req.id, s.inflight[seq].req.trace_id);
       if (s.worker) self->send(s.worker, cancel_atom::value, seq);
       s.by_id.erase(s.inflight[seq].req.id);
       s.inflight.erase(seq);
@@ -147,16 +147,21 @@ caf::behavior router_behavior(caf::stateful_actor<RouterState>* self, RouterConf
         if (s.worker_failed || !s.worker) return caf::make_error(errc::no_worker, "no healthy worker on this node");
         std::vector<int32_t> prompt;
         const std::string bad = validate_request(s, req, &prompt);
-        if (!bad.empty()) return caf::make_error(errc::invalid_request, bad);
+        if (!bad.empty()) {
+          spdlog::info("request={} trace={} rejected: {}", req.id, req.trace_id, bad);
+          return caf::make_error(errc::invalid_request, bad);
+        }
         const uint64_t seq_id = s.next_seq_id++;
         if (req.id.empty()) req.id = s.cfg.node_id + "-" + std::to_string(seq_id);
+        if (req.trace_id.empty()) req.trace_id = req.id;
         Inflight f;
         f.req = req;
         f.prompt = std::move(prompt);
         f.client = client;
         f.start = Clock::now();
         if (client) self->monitor(client);
-        spdlog::info("request {}: accepted ({} prompt tokens, max_tokens {})", req.id, f.prompt.size(), req.max_tokens);
+        spdlog::info("request={} trace={} accepted ({} prompt tokens, max_tokens {})", req.id, req.trace_id, f.prompt.size(),
+                     req.max_tokens);
         self->send(s.worker, submit_atom::value, work_item(seq_id, f));
         s.by_id[req.id] = seq_id;
         s.inflight.emplace(seq_id, std::move(f));

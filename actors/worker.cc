@@ -45,7 +45,15 @@ caf::behavior worker_behavior(caf::stateful_actor<WorkerState>* self, WorkerConf
   st.cfg = std::move(cfg);
   st.router = std::move(router);
   {
-    auto e = Engine::Create(st.cfg.model, make_cpu_backend({st.cfg.threads}), st.cfg.engine);
+    std::unique_ptr<Backend> be;
+    if (st.cfg.backend == "cuda") {
+      std::string err;
+      be = make_cuda_backend(0, &err);
+      if (!be) st.engine_error = "CUDA backend unavailable: " + err;
+    } else {
+      be = make_cpu_backend({st.cfg.threads});
+    }
+    auto e = be ? Engine::Create(st.cfg.model, std::move(be), st.cfg.engine) : Result<std::unique_ptr<Engine>>(Status::Internal(st.engine_error));
     if (e.ok()) st.engine = std::move(e).value();
     else st.engine_error = e.status().ToString();
   }

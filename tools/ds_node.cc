@@ -148,9 +148,11 @@ int main(int argc, char** argv) {
     return 0;
   }
   setup_logging(cfg);
-  if (cfg.backend == ds::BackendKind::kCuda) {
-    spdlog::error("--backend cuda: the CUDA worker is not wired into ds-node yet (use cpu or auto)");
-    return 2;
+  const bool use_cuda = cfg.backend == ds::BackendKind::kCuda ||
+                        (cfg.backend == ds::BackendKind::kAuto && ds::cuda_backend_available());
+  if (cfg.backend == ds::BackendKind::kCuda && !ds::cuda_backend_available()) {
+    spdlog::error("--backend cuda: no usable CUDA device (or this build has no CUDA backend)");
+    return 1;
   }
 
   auto model = load_model(cfg);
@@ -177,7 +179,7 @@ int main(int argc, char** argv) {
   ds::SupervisorConfig sc;
   sc.worker.id = "w0";
   sc.worker.model = *model;
-  sc.worker.backend = "cpu";
+  sc.worker.backend = use_cuda ? "cuda" : "cpu";
   sc.worker.threads = cfg.threads;
   sc.worker.engine.max_batch = cfg.max_batch;
   sc.worker.engine.n_ctx = n_ctx;
@@ -199,9 +201,9 @@ int main(int argc, char** argv) {
     caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
     return 1;
   }
-  spdlog::info("ds-node {} up on {}:{} (model '{}', {} {}, ctx {}, max batch {}, {} threads)", cfg.node_id, cfg.bind, *port,
-               mc.name, mc.arch_name, (*model)->weight_type_name(), n_ctx, cfg.max_batch,
-               cfg.threads > 0 ? cfg.threads : static_cast<int>(std::thread::hardware_concurrency()));
+  spdlog::info("ds-node {} up on {}:{} (model '{}', {} {}, ctx {}, max batch {}, worker w0 on {}, {} threads)", cfg.node_id,
+               cfg.bind, *port, mc.name, mc.arch_name, (*model)->weight_type_name(), n_ctx, cfg.max_batch,
+               sc.worker.backend, cfg.threads > 0 ? cfg.threads : static_cast<int>(std::thread::hardware_concurrency()));
 
   int sig = 0;
   sigwait(&sigs, &sig);
