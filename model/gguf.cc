@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <limits>
@@ -72,6 +73,11 @@ size_t scalar_size(GgufType t) {
 
 bool valid_type(uint32_t t) { return t <= 12; }
 
+// Capacity to reserve for n entries a file announces. Counts are only checked against the
+// file size, so a hostile count in a big file would allocate many times the file up front:
+// containers grow as entries actually parse instead.
+size_t reserve_hint(uint64_t n) { return static_cast<size_t>(std::min<uint64_t>(n, 4096)); }
+
 // Reads one scalar of type t into v (i/u/f/b set as fits the type).
 Status read_scalar(Cursor& c, GgufType t, GgufValue* v, const std::string& key) {
   const char* what = "metadata value";
@@ -118,26 +124,30 @@ Status read_value(Cursor& c, GgufType t, GgufValue* v, const std::string& key, i
                               std::to_string(c.pos()) + " does not fit in the file");
   }
   if (v->arr_type == GgufType::kString) {
-    v->strings.resize(n);
-    for (uint64_t k = 0; k < n; ++k) DS_RETURN_IF_ERROR(c.read_string(&v->strings[k], "array string"));
+    v->strings.reserve(reserve_hint(n));
+    for (uint64_t k = 0; k < n; ++k) {
+      std::string s;
+      DS_RETURN_IF_ERROR(c.read_string(&s, "array string"));
+      v->strings.push_back(std::move(s));
+    }
   } else if (v->arr_type == GgufType::kArray) {
     for (uint64_t k = 0; k < n; ++k) {
       GgufValue inner;
       DS_RETURN_IF_ERROR(read_value(c, GgufType::kArray, &inner, key, depth + 1));
     }
   } else if (v->arr_type == GgufType::kFloat32 || v->arr_type == GgufType::kFloat64) {
-    v->floats.resize(n);
+    v->floats.reserve(reserve_hint(n));
     for (uint64_t k = 0; k < n; ++k) {
       GgufValue e;
       DS_RETURN_IF_ERROR(read_scalar(c, v->arr_type, &e, key));
-      v->floats[k] = e.f;
+      v->floats.push_back(e.f);
     }
   } else {
-    v->ints.resize(n);
+    v->ints.reserve(reserve_hint(n));
     for (uint64_t k = 0; k < n; ++k) {
       GgufValue e;
       DS_RETURN_IF_ERROR(read_scalar(c, v->arr_type, &e, key));
-      v->ints[k] = e.i;
+      v->ints.push_back(e.i);
     }
   }
   return Status::Ok();
@@ -233,7 +243,7 @@ Status GgufFile::Parse() {
   if (n_kv > c.remaining() / 13) return Status::Corruption("metadata count " + std::to_string(n_kv) + " is larger than the file can hold");
   if (n_tensors > c.remaining() / 24) return Status::Corruption("tensor count " + std::to_string(n_tensors) + " is larger than the file can hold");
 
-  kv_.reserve(n_kv);
+  kv_.reserve(reserve_hint(n_kv));
   for (uint64_t k = 0; k < n_kv; ++k) {
     std::string key;
     DS_RETURN_IF_ERROR(c.read_string(&key, "metadata key"));
@@ -255,7 +265,7 @@ Status GgufFile::Parse() {
     alignment_ = static_cast<uint32_t>(a->u);
   }
 
-  tensors_.reserve(n_tensors);
+  tensors_.reserve(reserve_hint(n_tensors));
   for (uint64_t k = 0; k < n_tensors; ++k) {
     GgufTensor t;
     DS_RETURN_IF_ERROR(c.read_string(&t.name, "tensor name"));

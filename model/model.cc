@@ -56,7 +56,7 @@ Result<std::shared_ptr<Model>> Model::FromGguf(std::unique_ptr<GgufFile> file, c
 Status Model::ReadConfig() {
   const GgufFile& f = *file_;
   ModelConfig& c = config_;
-  DS_RETURN_IF_ERROR(f.get_string("general.architecture", &c.arch_name));
+  if (Status s = f.get_string("general.architecture", &c.arch_name); !s.ok()) return Status::Corruption(s.message());
   if (c.arch_name == "llama") c.arch = Arch::kLlama;
   else if (c.arch_name == "qwen2") c.arch = Arch::kQwen2;
   else return Status::NotSupported("architecture '" + c.arch_name + "' is not supported (ds runs 'llama' and 'qwen2')");
@@ -142,6 +142,12 @@ Status Model::BindWeights() {
   } else {
     config_.tied_output = true;
     weights_.output = weights_.tok_embd;
+  }
+  // Every layer has tensors: a block_count beyond the tensor count is a lie (and must not
+  // make us allocate for millions of layers).
+  if (static_cast<size_t>(c.n_layer) > f.tensors().size()) {
+    return Status::Corruption("block_count " + std::to_string(c.n_layer) + " but the file has only " +
+                              std::to_string(f.tensors().size()) + " tensors");
   }
   weights_.layers.resize(c.n_layer);
   for (int l = 0; l < c.n_layer; ++l) {

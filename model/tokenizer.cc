@@ -138,8 +138,9 @@ std::string Tokenizer::token_to_piece(int32_t id, bool render_special) const {
       return "\xe2\x96\x85";  // U+2585, as llama.cpp renders <unk>
     case TokenType::kByte: {
       const std::string& t = vocab_.tokens[id];  // "<0xAB>"
-      if (t.size() == 6 && t[0] == '<' && t[1] == '0' && t[2] == 'x') {
-        return std::string(1, static_cast<char>(std::stoi(t.substr(3, 2), nullptr, 16)));
+      auto hex = [](char c) { return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1; };
+      if (t.size() == 6 && t[0] == '<' && t[1] == '0' && t[2] == 'x' && t[5] == '>' && hex(t[3]) >= 0 && hex(t[4]) >= 0) {
+        return std::string(1, static_cast<char>(hex(t[3]) * 16 + hex(t[4])));
       }
       return normal_piece(id);
     }
