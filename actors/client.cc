@@ -119,15 +119,16 @@ Result<GenerateResult> Client::generate(const GenerateRequest& req, const std::f
           done = true;
         },
         caf::after(std::chrono::milliseconds(100)) >> [&] {
-          if (cancel && cancel->load() && !cancel_sent) {
-            self->send(impl_->router, cancel_atom::value, res.id);
-            cancel_sent = true;
-          }
           if (std::chrono::steady_clock::now() - last > impl_->opts.idle_timeout) {
             st = Status::IOError("no message from the node for " + std::to_string(impl_->opts.idle_timeout.count()) + " ms");
             done = true;
           }
         });
+    // Checked after every message: a busy stream never lets the idle timeout fire.
+    if (!done && cancel && cancel->load() && !cancel_sent) {
+      self->send(impl_->router, cancel_atom::value, res.id);
+      cancel_sent = true;
+    }
   }
   if (!st.ok()) return st;
   return res;

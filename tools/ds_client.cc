@@ -7,7 +7,8 @@
 // With --model the engine runs in this process (no node); with --connect the request
 // goes to a ds-node through the ds::Client library (Ctrl-C cancels it there).
 // Exit codes: 0 ok, 1 failure (model cannot be loaded), 2 usage error, 3 cannot
-// connect, 4 request rejected (invalid, draining, no worker), 5 request failed while running.
+// connect, 4 request rejected (invalid, draining, no worker), 5 request failed while running,
+// 130 cancelled with Ctrl-C (the partial result is still printed).
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
@@ -117,7 +118,7 @@ int run_generate(const std::shared_ptr<ds::Model>& model, GenerateArgs& a, int t
     std::cerr << "ds-client: generation failed: " << error << "\n";
     return ds::cli::kExitRequestFailed;
   }
-  return ds::cli::kExitOk;
+  return finish == ds::FinishReason::kCancelled ? ds::cli::kExitInterrupted : ds::cli::kExitOk;
 }
 
 void print_result(const GenerateArgs& a, const std::string& id, const std::vector<int32_t>& prompt_ids,
@@ -187,7 +188,7 @@ int run_remote(const std::string& target, GenerateArgs& a) {
     std::cerr << "ds-client: request " << r->id << " failed: " << r->error << "\n";
     return ds::cli::kExitRequestFailed;
   }
-  return ds::cli::kExitOk;
+  return r->finish_reason == "cancelled" && g_interrupted ? ds::cli::kExitInterrupted : ds::cli::kExitOk;
 }
 
 }  // namespace

@@ -178,32 +178,54 @@ TEST_F(NodeTest, KilledClientHasItsSequenceCancelled) {
 }
 
 TEST_F(NodeTest, SigtermDrainsInFlightRequestsThenExitsZero) {
-  test::Node& n = start({"--model", kStories, "--ctx", "512", "--max-batch", "4"});
+  const std::string model = dir_ + "/slow.gguf";
+  ASSERT_EQ(run_cli(tool("ds-mkmodel") + " -q --dim 256 --layers 6 --heads 4 --kv-heads 4 --ffn 1024 --vocab 4000 --ctx 4096 --type f32 -o " + model), 0);
+  test::Node& n = start({"--model", model, "--max-batch", "4"});
   auto client = connect(n);
   ASSERT_TRUE(client);
-  std::vector<Result<GenerateResult>> results(4, Status::Internal("not run"));
+  std::vector<Result<GenerateResult>> results(3, Status::Internal("not run"));
   std::atomic<int> started{0};
   std::vector<std::thread> threads;
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < 3; ++i) {
     threads.emplace_back([&, i] {
       GenerateRequest r;
       r.prompt = "The little dog";
-      r.max_tokens = 300;
+      r.max_tokens = 600;
       results[i] = client->generate(r, [&](const TokenChunk& c) {
         if (c.seq == 0) ++started;
       });
     });
   }
-  while (started.load() < 4) std::this_thread::sleep_for(5ms);
+  while (started.load() < 3) std::this_thread::sleep_for(5ms);
   n.process().signal(SIGTERM);
+  while (n.process().err().find("draining") == std::string::npos) std::this_thread::sleep_for(5ms);
+  // New work is refused while the old finishes.
+  std::string out, err;
+  EXPECT_EQ(run_cli(tool("ds-client") + " --connect " + n.address() + " generate --max-tokens 5 hi", &out, &err), 4) << err;
+  EXPECT_NE(err.find("draining"), std::string::npos) << err;
   for (auto& t : threads) t.join();
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < 3; ++i) {
     ASSERT_TRUE(results[i].ok()) << results[i].status().ToString();
     EXPECT_EQ(results[i]->finish_reason, "length");
-    EXPECT_EQ(results[i]->tokens.size(), 300u);
+    EXPECT_EQ(results[i]->tokens.size(), 600u);
   }
   EXPECT_EQ(n.process().wait_exit(30s), 0) << n.process().err();
-  EXPECT_NE(n.process().err().find("drain"), std::string::npos);
+  EXPECT_NE(n.process().err().find("drained"), std::string::npos) << n.process().err();
+}
+
+TEST_F(NodeTest, CtrlCInTheClientCancelsTheRemoteSequence) {
+  const std::string model = dir_ + "/slow.gguf";
+  ASSERT_EQ(run_cli(tool("ds-mkmodel") + " -q --dim 256 --layers 6 --heads 4 --kv-heads 4 --ffn 1024 --vocab 4000 --ctx 4096 --type f32 -o " + model), 0);
+  test::Node& n = start({"--model", model, "--max-tokens-limit", "4000"});
+  test::Process cli({tool("ds-client"), "--connect", n.address(), "generate", "--json", "--max-tokens", "3000", "hello"}, dir_ + "/ctrlc");
+  while (n.process().err().find("accepted") == std::string::npos) std::this_thread::sleep_for(5ms);
+  std::this_thread::sleep_for(100ms);
+  cli.signal(SIGINT);
+  EXPECT_EQ(cli.wait_exit(5s), 130) << cli.err();  // promptly, not when the 3000 tokens are done
+  const auto j = nlohmann::json::parse(cli.out());
+  EXPECT_EQ(j["finish_reason"], "cancelled");
+  EXPECT_LT(j["tokens"].size(), 3000u);
+  EXPECT_NE(n.process().err().find("finished: cancelled"), std::string::npos) << n.process().err();
 }
 
 TEST_F(NodeTest, BadRequestsGetTheirDocumentedErrors) {

@@ -14,6 +14,7 @@ enum ExitCode : int {
   kExitConnect = 3,     // cannot connect to a node
   kExitRejected = 4,    // the node refused the request (invalid, overloaded)
   kExitRequestFailed = 5,  // the request started but ended with an error
+  kExitInterrupted = 130,  // cancelled by Ctrl-C (SIGINT)
 };
 
 // Prints "\rlabel  42% (1.2 / 2.9 GiB)" to stderr, throttled; a newline when done.
