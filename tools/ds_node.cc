@@ -205,6 +205,11 @@ int main(int argc, char** argv) {
                cfg.bind, *port, mc.name, mc.arch_name, (*model)->weight_type_name(), n_ctx, cfg.max_batch,
                sc.worker.backend, cfg.threads > 0 ? cfg.threads : static_cast<int>(std::thread::hardware_concurrency()));
 
+  if (cfg.http_port != 0) {
+    spdlog::warn("--http-port {}: the HTTP gateway (OpenAI API, /metrics, /health) is not part of this build yet; "
+                 "use the actor client (ds-client --connect)", cfg.http_port);
+  }
+
   int sig = 0;
   sigwait(&sigs, &sig);
   spdlog::info("signal {}: draining (no new requests; up to {} ms for in-flight ones); a second signal exits at once", sig,

@@ -264,8 +264,19 @@ TEST_F(NodeTest, BadFlagsAndConfigAreRefusedAtStart) {
 }
 
 TEST_F(NodeTest, StatusShowsNodeAndWorkerAsTableAndJson) {
-  test::Node& n = start({"--max-batch", "4"});  // built-in demo model
-  EXPECT_NE(n.process().err().find("random"), std::string::npos);
+  test::Node& n = start({"--max-batch", "4", "--log-format", "json"});  // built-in demo model
+  EXPECT_NE(n.process().err().find("RANDOM"), std::string::npos);
+  // JSON lines: every line parses and names the node.
+  std::istringstream lines(n.process().err());
+  std::string line;
+  int parsed = 0;
+  while (std::getline(lines, line)) {
+    const auto j = nlohmann::json::parse(line);
+    EXPECT_EQ(j["node"], "n" + std::to_string(n.port()));
+    EXPECT_TRUE(j.contains("level") && j.contains("msg") && j.contains("ts"));
+    ++parsed;
+  }
+  EXPECT_GE(parsed, 2);
   std::string out, err;
   ASSERT_EQ(run_cli(tool("ds-admin") + " --connect " + n.address() + " cluster status --json", &out, &err), 0) << err;
   const auto j = nlohmann::json::parse(out);
