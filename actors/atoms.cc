@@ -30,6 +30,21 @@ void register_types(caf::actor_system_config& cfg) {
   });
 }
 
+SamplingParams sampling_params(const GenerateRequest& r) {
+  SamplingParams p;
+  p.temperature = r.temperature;
+  p.top_k = r.top_k;
+  p.top_p = r.top_p;
+  p.min_p = r.min_p;
+  p.repeat_penalty = r.repeat_penalty;
+  p.frequency_penalty = r.frequency_penalty;
+  p.presence_penalty = r.presence_penalty;
+  p.seed = r.seed;
+  p.max_tokens = r.max_tokens;
+  p.stop = r.stop;
+  return p;
+}
+
 std::string render_error(const caf::error& e) {
   if (e.category() == caf::atom("ds")) {
     std::string s = to_string(static_cast<errc>(e.code()));

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "actors/protocol.h"
+#include "model/sampler.h"
 
 namespace ds {
 
@@ -31,6 +32,9 @@ enum class errc : uint8_t {
 std::string to_string(errc e);
 
 void register_types(caf::actor_system_config& cfg);
+
+// The sampling fields of a request as the engine takes them.
+SamplingParams sampling_params(const GenerateRequest& r);
 
 // Human rendering of a caf::error (with ds's category).
 std::string render_error(const caf::error& e);

@@ -54,17 +54,7 @@ std::string validate_request(const RouterState& s, GenerateRequest& r, std::vect
   if (r.max_tokens <= 0 || r.max_tokens > s.cfg.max_tokens_limit) {
     return "max_tokens must be in [1, " + std::to_string(s.cfg.max_tokens_limit) + "], got " + std::to_string(r.max_tokens);
   }
-  SamplingParams p;
-  p.temperature = r.temperature;
-  p.top_k = r.top_k;
-  p.top_p = r.top_p;
-  p.min_p = r.min_p;
-  p.repeat_penalty = r.repeat_penalty;
-  p.frequency_penalty = r.frequency_penalty;
-  p.presence_penalty = r.presence_penalty;
-  p.max_tokens = r.max_tokens;
-  p.stop = r.stop;
-  if (Status st = validate(p); !st.ok()) return st.message();
+  if (Status st = validate(sampling_params(r)); !st.ok()) return st.message();
   const Tokenizer& tok = s.cfg.model->tokenizer();
   if (!r.prompt_tokens.empty()) {
     if (!r.prompt.empty()) return "give prompt or prompt_tokens, not both";

@@ -25,21 +25,6 @@ struct WorkerState {
   static inline const char* name = "ds_worker";
 };
 
-SamplingParams sampling_of(const GenerateRequest& r) {
-  SamplingParams p;
-  p.temperature = r.temperature;
-  p.top_k = r.top_k;
-  p.top_p = r.top_p;
-  p.min_p = r.min_p;
-  p.repeat_penalty = r.repeat_penalty;
-  p.frequency_penalty = r.frequency_penalty;
-  p.presence_penalty = r.presence_penalty;
-  p.seed = r.seed;
-  p.max_tokens = r.max_tokens;
-  p.stop = r.stop;
-  return p;
-}
-
 caf::behavior worker_behavior(caf::stateful_actor<WorkerState>* self, WorkerConfig cfg, caf::actor router) {
   auto& st = self->state;
   st.cfg = std::move(cfg);
@@ -72,7 +57,7 @@ caf::behavior worker_behavior(caf::stateful_actor<WorkerState>* self, WorkerConf
           r.id = w.seq_id;
           r.prompt = std::move(w.prompt);
           r.generated = std::move(w.generated);
-          r.params = sampling_of(w.params);
+          r.params = sampling_params(w.params);
           added = s.engine->add(std::move(r));
         }
         if (!added.ok()) {
