@@ -34,7 +34,7 @@ caf::behavior supervisor_behavior(caf::stateful_actor<SupervisorState>* self, Su
     auto& s = self->state;
     WorkerConfig wc = s.cfg.worker;
     wc.restarts = s.restarts;
-    if (s.restarts > 0) wc.fault_crash_after_steps = 0;  // test fault: crash once, not forever
+    if (s.restarts >= wc.fault_crash_count) wc.fault_crash_after_steps = 0;  // test fault: only the first N incarnations
     s.worker = spawn_worker(self->system(), wc, s.router);
     if (s.cell) *s.cell = s.worker;
     self->monitor(s.worker);

@@ -27,6 +27,7 @@ struct WorkerConfig {
   int threads = 0;
   EngineOptions engine;
   int fault_crash_after_steps = 0;  // test-only: throw after this many steps (0: never)
+  int fault_crash_count = 1;        // test-only: how many incarnations in a row crash
   int restarts = 0;                 // how often the supervisor restarted this worker
 };
 

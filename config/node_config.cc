@@ -172,6 +172,8 @@ const KeyDesc kKeys[] = {
   {"connection-timeout-ms", "caf", "connection-timeout-ms", Kind::kMillis, 0, kHour, kNone, nullptr,   "MS",   "CAF middleman: close a connection silent this long, in ms (0 = off; else > heartbeat-interval-ms)", DS_MS(connection_timeout)},
   {"fault-worker-crash-after-steps", "test", "fault-worker-crash-after-steps", Kind::kInt, 0, INT32_MAX, kNone, nullptr, "N",
    "TEST ONLY (integration/fault suites): a worker crashes after N engine steps (0 = off)", DS_INT(fault_worker_crash_after_steps)},
+  {"fault-worker-crash-count", "test", "fault-worker-crash-count", Kind::kInt, 1, 1000, kNone, nullptr, "N",
+   "TEST ONLY: how many worker incarnations in a row crash that way (then they run normally)", DS_INT(fault_worker_crash_count)},
 };
 // clang-format on
 constexpr size_t kNumKeys = std::size(kKeys);

@@ -64,6 +64,7 @@ struct NodeConfig {
   std::chrono::milliseconds connection_timeout{10'000};   // close a silent connection; 0 = off
   // ---- [test] TEST ONLY: fault switches for the integration and fault suites -------------
   int fault_worker_crash_after_steps = 0;            // a worker crashes after N steps; 0 = off
+  int fault_worker_crash_count = 1;                  // how many incarnations in a row crash that way
 
   // ---- how this config was loaded (not settings; ignored by operator==) ------------------
   bool help_requested = false;                       // --help: the caller prints the help and exits 0

@@ -187,6 +187,7 @@ int main(int argc, char** argv) {
   sc.worker.engine.kv_block_size = cfg.kv_block_size;
   sc.worker.engine.max_step_tokens = cfg.max_step_tokens;
   sc.worker.fault_crash_after_steps = cfg.fault_worker_crash_after_steps;
+  sc.worker.fault_crash_count = cfg.fault_worker_crash_count;
   if (cfg.fault_worker_crash_after_steps > 0) {
     spdlog::warn("TEST FAULT armed: the worker crashes after {} steps (test.fault-worker-crash-after-steps)",
                  cfg.fault_worker_crash_after_steps);

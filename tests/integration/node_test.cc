@@ -149,6 +149,29 @@ TEST_F(NodeTest, WorkerCrashIsRestartedAndRequestsResume) {
   EXPECT_NE(n.process().err().find("restart"), std::string::npos);
 }
 
+TEST_F(NodeTest, WorkerThatKeepsFailingIsTakenOutNotRestartedForever) {
+  test::Node& n = start({"--model", kStories, "--ctx", "512", "--fault-worker-crash-after-steps", "1",
+                         "--fault-worker-crash-count", "1000"});
+  auto client = connect(n);
+  ASSERT_TRUE(client);
+  GenerateRequest r;
+  r.prompt = "Once upon a time";
+  r.max_tokens = 20;
+  auto res = client->generate(r);
+  ASSERT_TRUE(res.ok()) << res.status().ToString();
+  EXPECT_EQ(res->finish_reason, "error");
+  EXPECT_NE(res->error.find("taken out of service"), std::string::npos) << res->error;
+  auto st = client->status();
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->workers[0].state, "failed");
+  EXPECT_EQ(st->workers[0].restarts, 6);  // 5 restarts allowed, the 6th failure takes it out
+  // New requests are refused quickly with a clear error.
+  std::string out, err;
+  EXPECT_EQ(run_cli(tool("ds-client") + " --connect " + n.address() + " generate --max-tokens 5 hi", &out, &err), 4);
+  EXPECT_NE(err.find("no_worker"), std::string::npos) << err;
+  EXPECT_NE(n.process().err().find("taken out of service"), std::string::npos);
+}
+
 TEST_F(NodeTest, KilledClientHasItsSequenceCancelled) {
   // A model slow enough that 3000 tokens take seconds: the kill lands mid-stream.
   const std::string model = dir_ + "/slow.gguf";

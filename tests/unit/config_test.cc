@@ -76,6 +76,7 @@ const ContractKey kContract[] = {
     {"--heartbeat-interval-ms", "DS_HEARTBEAT_INTERVAL_MS", "caf", "heartbeat-interval-ms"},
     {"--connection-timeout-ms", "DS_CONNECTION_TIMEOUT_MS", "caf", "connection-timeout-ms"},
     {"--fault-worker-crash-after-steps", "DS_FAULT_WORKER_CRASH_AFTER_STEPS", "test", "fault-worker-crash-after-steps"},
+    {"--fault-worker-crash-count", "DS_FAULT_WORKER_CRASH_COUNT", "test", "fault-worker-crash-count"},
 };
 
 TEST(Config, Defaults) {
@@ -100,6 +101,7 @@ TEST(Config, Defaults) {
   EXPECT_EQ(c.heartbeat_interval, 1000ms);
   EXPECT_EQ(c.connection_timeout, 10000ms);
   EXPECT_EQ(c.fault_worker_crash_after_steps, 0);
+  EXPECT_EQ(c.fault_worker_crash_count, 1);
   EXPECT_FALSE(c.help_requested);
   EXPECT_FALSE(c.print_config);
   EXPECT_EQ(c.config_file, "");
