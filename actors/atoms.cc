@@ -10,6 +10,7 @@ std::string to_string(errc e) {
     case errc::invalid_request: return "invalid_request";
     case errc::no_worker: return "no_worker";
     case errc::draining: return "draining";
+    case errc::wrong_cluster: return "wrong_cluster";
     case errc::internal: return "internal";
   }
   return "unknown";
@@ -23,6 +24,9 @@ void register_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<WorkerEvents>("ds_worker_events");
   cfg.add_message_type<WorkerStatus>("ds_worker_status");
   cfg.add_message_type<NodeStatus>("ds_node_status");
+  cfg.add_message_type<NodeInfo>("ds_node_info");
+  cfg.add_message_type<std::vector<NodeInfo>>("ds_node_infos");
+  cfg.add_message_type<ClusterStatus>("ds_cluster_status");
   cfg.add_error_category(caf::atom("ds"), [](uint8_t code, caf::atom_value, const caf::message& ctx) {
     std::string s = to_string(static_cast<errc>(code));
     if (!ctx.empty() && ctx.match_element<std::string>(0)) s += ": " + ctx.get_as<std::string>(0);

@@ -21,12 +21,17 @@ using status_atom = caf::atom_constant<caf::atom("ds_status")>;  // -> NodeStatu
 using worker_atom = caf::atom_constant<caf::atom("ds_worker")>;  // supervisor -> router: (new) worker
 using drain_atom = caf::atom_constant<caf::atom("ds_drain")>;    // stop accepting, finish in-flight
 using respawn_atom = caf::atom_constant<caf::atom("ds_respawn")>;
+using join_atom = caf::atom_constant<caf::atom("ds_join")>;        // joiner -> seed router: NodeInfo
+using peer_atom = caf::atom_constant<caf::atom("ds_peer")>;        // router -> router: a (new) member
+using peers_atom = caf::atom_constant<caf::atom("ds_peers")>;      // node main -> router: members from the seed
+using cstatus_atom = caf::atom_constant<caf::atom("ds_cstatus")>;  // -> ClusterStatus
 
 // Errors a client can get from a node (category "ds").
 enum class errc : uint8_t {
   invalid_request = 1,  // the request is malformed or out of range (message says which field)
   no_worker,            // no healthy worker can run it
   draining,             // the node is shutting down
+  wrong_cluster,        // a join with another cluster name
   internal,             // a bug in ds
 };
 std::string to_string(errc e);

@@ -144,3 +144,16 @@ Result<NodeStatus> Client::status() {
 }
 
 }  // namespace ds
+
+namespace ds {
+
+Result<ClusterStatus> Client::cluster_status() {
+  caf::scoped_actor self{impl_->sys};
+  Result<ClusterStatus> out = Status::IOError("no answer");
+  self->request(impl_->router, std::chrono::seconds(10), cstatus_atom::value)
+      .receive([&](ClusterStatus& cs) { out = std::move(cs); },
+               [&](caf::error& e) { out = Status::IOError("cluster status request failed: " + render_error(e)); });
+  return out;
+}
+
+}  // namespace ds

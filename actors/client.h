@@ -53,7 +53,10 @@ class Client {
   // result; a request that ran and ended with finish_reason "error" is still a result.
   Result<GenerateResult> generate(const GenerateRequest& req, const std::function<void(const TokenChunk&)>& on_chunk = {},
                                   const std::atomic<bool>* cancel = nullptr);
+  // The node this client talks to.
   Result<NodeStatus> status();
+  // Every member of the cluster, as the node this client talks to sees it.
+  Result<ClusterStatus> cluster_status();
 
  private:
   struct Impl;

@@ -9,6 +9,7 @@
 // a worker restart (the request is resumed from prompt + tokens already sent).
 #pragma once
 
+#include <caf/actor.hpp>
 #include <caf/meta/type_name.hpp>
 
 #include <cstdint>
@@ -139,13 +140,38 @@ struct NodeStatus {
   std::string version;
   std::string model;
   int32_t in_flight = 0;
+  int32_t members = 1;  // members in this node's view of the cluster (itself included)
   std::vector<WorkerStatus> workers;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, NodeStatus& x) {
   return f(caf::meta::type_name("ds_node_status"), x.node_id, x.address, x.state, x.uptime_s, x.version, x.model,
-           x.in_flight, x.workers);
+           x.in_flight, x.members, x.workers);
+}
+
+// A cluster member as routers introduce themselves to each other.
+struct NodeInfo {
+  std::string node_id;
+  std::string cluster_name;
+  std::string address;
+  uint64_t incarnation = 0;  // start time (ns): a restarted node is a new incarnation
+  caf::actor router;
+  caf::actor worker;  // null while the node has no healthy worker
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, NodeInfo& x) {
+  return f(caf::meta::type_name("ds_node_info"), x.node_id, x.cluster_name, x.address, x.incarnation, x.router, x.worker);
+}
+
+struct ClusterStatus {
+  std::vector<NodeStatus> nodes;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, ClusterStatus& x) {
+  return f(caf::meta::type_name("ds_cluster_status"), x.nodes);
 }
 
 }  // namespace ds

@@ -24,6 +24,7 @@ namespace ds {
 
 struct RouterConfig {
   std::string node_id;
+  std::string cluster_name = "ds";
   std::string address;  // host:port clients use
   std::string version;
   std::shared_ptr<Model> model;

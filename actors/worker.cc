@@ -2,9 +2,11 @@
 
 #include <caf/event_based_actor.hpp>
 #include <caf/stateful_actor.hpp>
+#include <caf/system_messages.hpp>
 
 #include <chrono>
 #include <deque>
+#include <map>
 #include <stdexcept>
 
 #include "actors/atoms.h"
@@ -22,6 +24,7 @@ struct WorkerState {
   bool stepping = false;
   int steps = 0;
   std::deque<std::pair<Clock::time_point, int>> recent;  // (time, tokens) of recent steps
+  std::map<uint64_t, caf::actor> owner;                  // sequence -> the router that submitted it
   static inline const char* name = "ds_worker";
 };
 
@@ -42,6 +45,22 @@ caf::behavior worker_behavior(caf::stateful_actor<WorkerState>* self, WorkerConf
     if (e.ok()) st.engine = std::move(e).value();
     else st.engine_error = e.status().ToString();
   }
+  // A remote router that died: cancel its sequences.
+  self->set_down_handler([self](caf::down_msg& dm) {
+    auto& s = self->state;
+    for (auto it = s.owner.begin(); it != s.owner.end();) {
+      if (it->second.address() == dm.source) {
+        if (s.engine) s.engine->cancel(it->first);
+        it = s.owner.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (s.engine && !s.stepping) {
+      s.stepping = true;
+      self->send(self, step_atom::value);
+    }
+  });
   auto schedule = [self] {
     if (!self->state.stepping) {
       self->state.stepping = true;
@@ -51,6 +70,9 @@ caf::behavior worker_behavior(caf::stateful_actor<WorkerState>* self, WorkerConf
   return {
       [=](submit_atom, WorkItem& w) {
         auto& s = self->state;
+        // Events go back to the router that submitted (local or on another node).
+        caf::actor owner = caf::actor_cast<caf::actor>(self->current_sender());
+        if (!owner) owner = s.router;
         Status added = s.engine ? Status::Ok() : Status::Internal("worker has no engine: " + s.engine_error);
         if (added.ok()) {
           SequenceRequest r;
@@ -63,9 +85,11 @@ caf::behavior worker_behavior(caf::stateful_actor<WorkerState>* self, WorkerConf
         if (!added.ok()) {
           WorkerEvents evs;
           evs.events.push_back(WorkerEvent{w.seq_id, -1, -1, "", "error", added.message()});
-          self->send(s.router, std::move(evs));
+          self->send(owner, std::move(evs));
           return;
         }
+        if (owner != s.router) self->monitor(owner);
+        s.owner[w.seq_id] = owner;
         schedule();
       },
       [=](cancel_atom, uint64_t seq_id) {
@@ -80,17 +104,20 @@ caf::behavior worker_behavior(caf::stateful_actor<WorkerState>* self, WorkerConf
         std::vector<TokenEvent> events;
         Status st_step = s.engine->step(&events);
         ++s.steps;
-        WorkerEvents out;
+        std::map<caf::actor, WorkerEvents> out;  // grouped by owning router
         int tokens = 0;
         for (TokenEvent& ev : events) {
           tokens += ev.token >= 0 ? 1 : 0;
-          out.events.push_back(WorkerEvent{ev.id, ev.index, ev.token, std::move(ev.text),
-                                           ev.finish == FinishReason::kNone ? "" : finish_reason_name(ev.finish), ev.error});
+          auto it = s.owner.find(ev.id);
+          if (it == s.owner.end()) continue;
+          out[it->second].events.push_back(WorkerEvent{ev.id, ev.index, ev.token, std::move(ev.text),
+                                                       ev.finish == FinishReason::kNone ? "" : finish_reason_name(ev.finish), ev.error});
+          if (ev.finish != FinishReason::kNone) s.owner.erase(it);
         }
         const auto now = Clock::now();
         s.recent.emplace_back(now, tokens);
         while (!s.recent.empty() && now - s.recent.front().first > std::chrono::seconds(10)) s.recent.pop_front();
-        if (!out.events.empty()) self->send(s.router, std::move(out));
+        for (auto& [owner, evs] : out) self->send(owner, std::move(evs));
         if (s.cfg.fault_crash_after_steps > 0 && s.steps == s.cfg.fault_crash_after_steps) {
           throw std::runtime_error("injected worker fault after " + std::to_string(s.steps) + " steps (test.fault-worker-crash-after-steps)");
         }

@@ -71,6 +71,25 @@ struct Value {
 // Extra check of a kString value: "" when fine, else why not.
 using Check = std::string (*)(const std::string&);
 
+// Comma-separated HOST:PORT seeds ("" = found a new cluster).
+std::string check_seeds(const std::string& s) {
+  if (s.empty()) return "";
+  size_t start = 0;
+  while (start <= s.size()) {
+    const size_t comma = std::min(s.find(',', start), s.size());
+    const std::string item = s.substr(start, comma - start);
+    const size_t colon = item.rfind(':');
+    if (item.empty() || colon == std::string::npos || colon == 0) return "'" + item + "' is not HOST:PORT";
+    const std::string port = item.substr(colon + 1);
+    if (port.empty() || port.size() > 5 || port.find_first_not_of("0123456789") != std::string::npos || std::stoi(port) < 1 ||
+        std::stoi(port) > 65535) {
+      return "'" + item + "' has no valid port";
+    }
+    start = comma + 1;
+  }
+  return "";
+}
+
 std::string check_node_id(const std::string& s) {
   if (s.empty()) return "must not be empty";
   if (s.size() > 64) return "longer than 64 characters";
@@ -156,6 +175,8 @@ const KeyDesc kKeys[] = {
   {"port",          "node", "port",           Kind::kPort,    1, 65535,        kNone, nullptr,         "PORT", "TCP port for peers (actor system)", DS_INT(port)},
   {"http-port",     "node", "http-port",      Kind::kPort,    0, 65535,        kNone, nullptr,         "PORT", "TCP port of the HTTP gateway (0 = no gateway)", DS_INT(http_port)},
   {"drain-timeout", "node", "drain-timeout",  Kind::kSeconds, 1, kHour,        kNone, nullptr,         "SECONDS", "On SIGTERM, wait this long for running requests before stopping (> 0)", DS_MS(drain_timeout)},
+  {"join",          "cluster", "join",        Kind::kString,  0, 0,            kNone, check_seeds,     "HOST:PORT[,...]", "Seeds to join through (any reachable one); empty = found a new cluster", DS_STR(join)},
+  {"cluster-name",  "cluster", "name",        Kind::kString,  0, 0,            kNone, check_node_id,   "NAME", "Cluster name: a join with another name is refused on both sides", DS_STR(cluster_name)},
   {"model",         "model", "path",          Kind::kString,  0, 0,            kNone, nullptr,         "FILE", "GGUF model file to serve (must be a readable file; empty = none)", DS_STR(model_path)},
   {"backend",       "model", "backend",       Kind::kChoice,  0, 0,            kBackendNames, nullptr, "", "Compute backend: auto = CUDA when a GPU is usable, else CPU", DS_ENUM(backend, kBackendNames)},
   {"threads",       "model", "threads",       Kind::kInt,     0, 1024,         kNone, nullptr,         "N",    "CPU threads for the forward pass (0 = all cores)", DS_INT(threads)},

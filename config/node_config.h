@@ -45,6 +45,9 @@ struct NodeConfig {
   uint16_t port = 4242;                              // actor-system (peer) port, 1..65535
   uint16_t http_port = 8080;                         // HTTP gateway port; 0 = no gateway
   std::chrono::milliseconds drain_timeout{30'000};   // flag/env/file in seconds (may be fractional), > 0
+  // ---- [cluster] -------------------------------------------------------------------------
+  std::string join;                                  // comma-separated HOST:PORT seeds; "" = found a cluster
+  std::string cluster_name = "ds";                   // must match to join
   // ---- [model] ---------------------------------------------------------------------------
   std::string model_path;                            // GGUF file; empty = none. Checked: exists, readable
   BackendKind backend = BackendKind::kAuto;

@@ -14,10 +14,12 @@
 
 namespace {
 
-nlohmann::json to_json(const ds::NodeStatus& n) {
-  nlohmann::json workers = nlohmann::json::array();
-  int active = 0, queued = 0;
+nlohmann::json to_json(const ds::ClusterStatus& cs) {
+  nlohmann::json nodes = nlohmann::json::array();
+  int active = 0, queued = 0, n_workers = 0;
   double tps = 0;
+  for (const auto& n : cs.nodes) {
+  nlohmann::json workers = nlohmann::json::array();
   for (const auto& w : n.workers) {
     workers.push_back({{"id", w.id}, {"backend", w.backend}, {"state", w.state}, {"active", w.active}, {"queued", w.queued},
                        {"kv_blocks_used", w.kv_blocks_used}, {"kv_blocks_total", w.kv_blocks_total},
@@ -26,20 +28,25 @@ nlohmann::json to_json(const ds::NodeStatus& n) {
     active += w.active;
     queued += w.queued;
     tps += w.tokens_per_s;
+    ++n_workers;
   }
-  nlohmann::json node = {{"id", n.node_id}, {"address", n.address}, {"state", n.state}, {"uptime_s", n.uptime_s},
-                         {"version", n.version}, {"model", n.model}, {"in_flight", n.in_flight}, {"workers", workers}};
-  return {{"nodes", nlohmann::json::array({node})},
-          {"totals", {{"nodes", 1}, {"workers", n.workers.size()}, {"active", active}, {"queued", queued}, {"tokens_per_s", tps}}}};
+  nodes.push_back({{"id", n.node_id}, {"address", n.address}, {"state", n.state}, {"uptime_s", n.uptime_s},
+                   {"version", n.version}, {"model", n.model}, {"in_flight", n.in_flight}, {"members_seen", n.members},
+                   {"workers", workers}});
+  }
+  return {{"nodes", nodes},
+          {"totals", {{"nodes", cs.nodes.size()}, {"workers", n_workers}, {"active", active}, {"queued", queued}, {"tokens_per_s", tps}}}};
 }
 
-void print_table(const ds::NodeStatus& n) {
-  std::printf("%-20s %-22s %-9s %10s %-8s %s\n", "NODE", "ADDRESS", "STATE", "UPTIME", "VERSION", "MODEL");
-  std::printf("%-20s %-22s %-9s %9.0fs %-8s %s\n\n", n.node_id.c_str(), n.address.c_str(), n.state.c_str(), n.uptime_s,
+void print_table(const ds::ClusterStatus& cs) {
+  int active = 0, queued = 0, n_workers = 0, in_flight = 0;
+  double tps = 0;
+  for (const auto& n : cs.nodes) {
+  std::printf("%-20s %-22s %-11s %10s %-8s %s\n", "NODE", "ADDRESS", "STATE", "UPTIME", "VERSION", "MODEL");
+  std::printf("%-20s %-22s %-11s %9.0fs %-8s %s\n", n.node_id.c_str(), n.address.c_str(), n.state.c_str(), n.uptime_s,
               n.version.c_str(), n.model.c_str());
   std::printf("  %-6s %-8s %-12s %7s %7s %14s %9s %9s\n", "WORKER", "BACKEND", "STATE", "ACTIVE", "QUEUED", "KV BLOCKS", "TOK/S", "RESTARTS");
-  int active = 0, queued = 0;
-  double tps = 0;
+  in_flight += n.in_flight;
   for (const auto& w : n.workers) {
     char kv[32];
     std::snprintf(kv, sizeof(kv), "%d/%d", w.kv_blocks_used, w.kv_blocks_total);
@@ -48,9 +55,12 @@ void print_table(const ds::NodeStatus& n) {
     active += w.active;
     queued += w.queued;
     tps += w.tokens_per_s;
+    ++n_workers;
   }
-  std::printf("\ntotal: 1 node, %zu workers, %d active, %d queued, %.1f tok/s, %d requests in flight\n", n.workers.size(), active,
-              queued, tps, n.in_flight);
+  std::printf("\n");
+  }
+  std::printf("total: %zu nodes, %d workers, %d active, %d queued, %.1f tok/s, %d requests in flight\n", cs.nodes.size(), n_workers,
+              active, queued, tps, in_flight);
 }
 
 }  // namespace
@@ -81,7 +91,7 @@ int main(int argc, char** argv) {
     std::cerr << "ds-admin: " << client.status().message() << "\n";
     return ds::cli::kExitConnect;
   }
-  auto st = (*client)->status();
+  auto st = (*client)->cluster_status();
   if (!st.ok()) {
     std::cerr << "ds-admin: " << st.status().message() << "\n";
     return ds::cli::kExitRequestFailed;

@@ -11,6 +11,7 @@
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
 #include <caf/io/middleman.hpp>
+#include <caf/io/middleman_actor.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 #include <pthread.h>
@@ -24,6 +25,8 @@
 #include <filesystem>
 #include <iostream>
 #include <mutex>
+#include <set>
+#include <sstream>
 #include <thread>
 
 #include "actors/atoms.h"
@@ -169,6 +172,7 @@ int main(int argc, char** argv) {
 
   ds::RouterConfig rc;
   rc.node_id = cfg.node_id;
+  rc.cluster_name = cfg.cluster_name;
   rc.address = address;
   rc.version = kVersion;
   rc.model = *model;
@@ -206,6 +210,48 @@ int main(int argc, char** argv) {
                cfg.bind, *port, mc.name, mc.arch_name, (*model)->weight_type_name(), n_ctx, cfg.max_batch,
                sc.worker.backend, cfg.threads > 0 ? cfg.threads : static_cast<int>(std::thread::hardware_concurrency()));
 
+  // Join through the seeds (retried with backoff while none is reachable).
+  std::atomic<bool> stopping{false};
+  std::thread joiner;
+  if (!cfg.join.empty()) {
+    joiner = std::thread([&sys, &router, &cfg, &stopping] {
+      std::vector<std::pair<std::string, uint16_t>> seeds;
+      std::stringstream ss(cfg.join);
+      for (std::string item; std::getline(ss, item, ',');) {
+        const size_t colon = item.rfind(':');
+        seeds.emplace_back(item.substr(0, colon), static_cast<uint16_t>(std::stoi(item.substr(colon + 1))));
+      }
+      auto backoff = std::chrono::milliseconds(200);
+      while (!stopping.load()) {
+        for (const auto& [host, port] : seeds) {
+          caf::scoped_actor self{sys};
+          caf::actor seed;
+          self->request(sys.middleman().actor_handle(), std::chrono::seconds(2), caf::connect_atom::value, host, port)
+              .receive([&](const caf::node_id&, caf::strong_actor_ptr& p, const std::set<std::string>&) { seed = caf::actor_cast<caf::actor>(p); },
+                       [&](caf::error&) {});
+          if (!seed) {
+            spdlog::info("seed {}:{} not reachable", host, port);
+            continue;
+          }
+          bool joined = false;
+          self->request(router, std::chrono::seconds(10), ds::join_atom::value, seed)
+              .receive([&](bool) { joined = true; },
+                       [&](caf::error& e) {
+                         spdlog::error("join through {}:{} refused: {}", host, port, ds::render_error(e));
+                         if (e.category() == caf::atom("ds") && e.code() == static_cast<uint8_t>(ds::errc::wrong_cluster)) {
+                           std::_Exit(1);  // misconfigured: retrying cannot help
+                         }
+                       });
+          if (joined) return;
+        }
+        std::this_thread::sleep_for(backoff);
+        backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
+      }
+    });
+  } else {
+    spdlog::info("no --join: founding cluster '{}'", cfg.cluster_name);
+  }
+
   if (cfg.http_port != 0) {
     spdlog::warn("--http-port {}: the HTTP gateway (OpenAI API, /metrics, /health) is not part of this build yet; "
                  "use the actor client (ds-client --connect)", cfg.http_port);
@@ -228,6 +274,8 @@ int main(int argc, char** argv) {
         .receive([](bool) { spdlog::info("drained: nothing in flight"); },
                  [](caf::error& e) { spdlog::warn("drain timeout: stopping with requests in flight ({})", caf::to_string(e)); });
   }
+  stopping = true;
+  if (joiner.joinable()) joiner.join();
   sys.middleman().unpublish(router, *port);
   caf::anon_send_exit(supervisor, caf::exit_reason::user_shutdown);
   caf::anon_send_exit(router, caf::exit_reason::user_shutdown);

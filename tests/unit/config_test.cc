@@ -77,6 +77,8 @@ const ContractKey kContract[] = {
     {"--connection-timeout-ms", "DS_CONNECTION_TIMEOUT_MS", "caf", "connection-timeout-ms"},
     {"--fault-worker-crash-after-steps", "DS_FAULT_WORKER_CRASH_AFTER_STEPS", "test", "fault-worker-crash-after-steps"},
     {"--fault-worker-crash-count", "DS_FAULT_WORKER_CRASH_COUNT", "test", "fault-worker-crash-count"},
+    {"--join", "DS_JOIN", "cluster", "join"},
+    {"--cluster-name", "DS_CLUSTER_NAME", "cluster", "name"},
 };
 
 TEST(Config, Defaults) {
