@@ -22,7 +22,7 @@ struct ClientConfig : caf::actor_system_config {
     // Nodes refuse peers of another application id, and drop connections that stay
     // silent past their connection timeout: send heartbeats like a node does.
     set("middleman.app-identifiers", std::vector<std::string>{"ds-v1"});
-    set("middleman.heartbeat-interval", caf::timespan{std::chrono::milliseconds(1000)});
+    set("middleman.heartbeat-interval", caf::timespan{std::chrono::milliseconds(250)});
   }
 };
 }  // namespace

@@ -131,6 +131,52 @@ TEST_F(ClusterTest, KillNineMidStreamEveryRequestCompletesExactly) {
   (void)b;
 }
 
+TEST_F(ClusterTest, FrozenNodeIsDetectedAndItsStreamsMove) {
+  // SIGSTOP keeps the TCP connection open: only heartbeats can tell. With a 250 ms
+  // heartbeat and a 2 s silence limit the frozen node's work moves within ~2 s.
+  const std::vector<std::string> fast = {"--heartbeat-interval-ms", "250", "--connection-timeout-ms", "2000"};
+  test::Node& a = start("", fast);
+  start(a.address(), fast);
+  test::Node& c = start(a.address(), fast);
+  auto client = connect(a);
+  ASSERT_TRUE(client);
+  ASSERT_TRUE(converged(*client, 3));
+  auto run = [&](bool freeze, double* secs) {
+    std::vector<Result<GenerateResult>> res(6, Status::Internal("not run"));
+    std::atomic<int> chunks{0};
+    std::vector<std::thread> ts;
+    for (int i = 0; i < 6; ++i) {
+      ts.emplace_back([&, i] {
+        GenerateRequest r;
+        r.prompt = "frozen " + std::to_string(i);
+        r.max_tokens = 800;
+        res[i] = client->generate(r, [&](const TokenChunk&) { ++chunks; });
+      });
+    }
+    auto stopped = std::chrono::steady_clock::now();
+    if (freeze) {
+      while (chunks.load() < 150) std::this_thread::sleep_for(2ms);
+      c.process().signal(SIGSTOP);
+      stopped = std::chrono::steady_clock::now();
+    }
+    for (auto& t : ts) t.join();
+    *secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - stopped).count();
+    return res;
+  };
+  double secs = 0;
+  const auto want = run(false, &secs);
+  const auto got = run(true, &secs);
+  c.process().signal(SIGCONT);
+  for (int i = 0; i < 6; ++i) {
+    ASSERT_TRUE(want[i].ok() && got[i].ok()) << got[i].status().ToString();
+    EXPECT_NE(got[i]->finish_reason, "error") << got[i]->error;
+    EXPECT_EQ(got[i]->tokens, want[i]->tokens) << "request " << i;
+  }
+  EXPECT_NE(a.process().err().find("is down"), std::string::npos) << a.process().err();
+  EXPECT_NE(a.process().err().find("resumed on another worker"), std::string::npos) << "nothing ran on the frozen node?";
+  std::printf("[ info ] all streams done %.1f s after SIGSTOP\n", secs);
+}
+
 TEST_F(ClusterTest, SeedDeathDoesNotStopServingOrJoining) {
   test::Node& seed = start();
   test::Node& b = start(seed.address());
