@@ -19,22 +19,18 @@ cmake --build "$build" -j "$jobs"
 models="../shared/models"
 if [ "$mode" = run ]; then
   echo
-  echo "== ds: main job: a node, a client, the status, an engine benchmark =="
+  echo "== ds: main job: a local cluster of 3 nodes, a client, the status, an engine benchmark =="
   model_args=()
   [ -f "$models/stories260K.gguf" ] && model_args=(--model "$models/stories260K.gguf" --ctx 512)
+  export DS_BUILD_DIR="$build"
+  trap 'bash tools/local-cluster.sh stop' EXIT
+  bash tools/local-cluster.sh start 3 -- "${model_args[@]}"
   port="${DS_PORT:-4242}"
-  data="$build/node-data"
-  "$build/ds-node" "${model_args[@]}" --bind 127.0.0.1 --port "$port" --http-port 0 --data-dir "$data" &
-  node=$!
-  trap 'kill -TERM $node 2>/dev/null; wait $node 2>/dev/null' EXIT
-  for _ in $(seq 1 100); do
-    "$build/ds-admin" --connect "127.0.0.1:$port" cluster status >/dev/null 2>&1 && break
-    sleep 0.2
+  for p in $port $((port + 1)) $((port + 2)); do
+    "$build/ds-client" --connect "127.0.0.1:$p" generate --max-tokens 48 --stream "Once upon a time"
   done
-  "$build/ds-client" --connect "127.0.0.1:$port" generate --max-tokens 64 --stream "Once upon a time"
-  "$build/ds-admin" --connect "127.0.0.1:$port" cluster status
-  kill -TERM "$node"
-  wait "$node"
+  bash tools/local-cluster.sh status
+  bash tools/local-cluster.sh stop
   trap - EXIT
   "$build/ds-mkmodel" --preset bench-110m --type q8_0 --seed 1 -o "$build/bench-110m-q8_0.gguf"
   "$build/ds-bench" engine --model "$build/bench-110m-q8_0.gguf" --prompt 128 --gen 32 --batch 1,8
