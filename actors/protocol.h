@@ -141,13 +141,15 @@ struct NodeStatus {
   std::string model;
   int32_t in_flight = 0;
   int32_t members = 1;  // members in this node's view of the cluster (itself included)
+  uint64_t incarnation = 0;
+  bool leader = false;  // the oldest up member (set in cluster status)
   std::vector<WorkerStatus> workers;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, NodeStatus& x) {
   return f(caf::meta::type_name("ds_node_status"), x.node_id, x.address, x.state, x.uptime_s, x.version, x.model,
-           x.in_flight, x.members, x.workers);
+           x.in_flight, x.members, x.incarnation, x.leader, x.workers);
 }
 
 // A cluster member as routers introduce themselves to each other.

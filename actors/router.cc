@@ -371,6 +371,11 @@ caf::behavior router_behavior(caf::stateful_actor<RouterState>* self, RouterConf
         auto done = [rp, acc, pending]() mutable {
           if (--*pending == 0) {
             std::sort(acc->nodes.begin(), acc->nodes.end(), [](const NodeStatus& a, const NodeStatus& b) { return a.node_id < b.node_id; });
+            // The leader: the oldest up member (smallest incarnation, then node id).
+            NodeStatus* oldest = nullptr;
+            for (auto& n : acc->nodes)
+              if (n.state == "up" && (!oldest || n.incarnation < oldest->incarnation)) oldest = &n;
+            if (oldest) oldest->leader = true;
             rp.deliver(*acc);
           }
         };
@@ -403,6 +408,7 @@ caf::behavior router_behavior(caf::stateful_actor<RouterState>* self, RouterConf
         ns.model = s.cfg.model->config().name;
         ns.in_flight = static_cast<int32_t>(s.inflight.size());
         ns.members = static_cast<int32_t>(s.peers.size() + 1);
+        ns.incarnation = s.incarnation;
         if (!s.worker) {
           WorkerStatus ws;
           ws.id = "w0";

@@ -32,6 +32,7 @@ nlohmann::json to_json(const ds::ClusterStatus& cs) {
   }
   nodes.push_back({{"id", n.node_id}, {"address", n.address}, {"state", n.state}, {"uptime_s", n.uptime_s},
                    {"version", n.version}, {"model", n.model}, {"in_flight", n.in_flight}, {"members_seen", n.members},
+                   {"incarnation", n.incarnation}, {"leader", n.leader},
                    {"workers", workers}});
   }
   return {{"nodes", nodes},
@@ -42,9 +43,9 @@ void print_table(const ds::ClusterStatus& cs) {
   int active = 0, queued = 0, n_workers = 0, in_flight = 0;
   double tps = 0;
   for (const auto& n : cs.nodes) {
-  std::printf("%-20s %-22s %-11s %10s %-8s %s\n", "NODE", "ADDRESS", "STATE", "UPTIME", "VERSION", "MODEL");
-  std::printf("%-20s %-22s %-11s %9.0fs %-8s %s\n", n.node_id.c_str(), n.address.c_str(), n.state.c_str(), n.uptime_s,
-              n.version.c_str(), n.model.c_str());
+  std::printf("%-20s %-22s %-11s %-6s %20s %10s %-8s %s\n", "NODE", "ADDRESS", "STATE", "LEADER", "INCARNATION", "UPTIME", "VERSION", "MODEL");
+  std::printf("%-20s %-22s %-11s %-6s %20llu %9.0fs %-8s %s\n", n.node_id.c_str(), n.address.c_str(), n.state.c_str(),
+              n.leader ? "*" : "", static_cast<unsigned long long>(n.incarnation), n.uptime_s, n.version.c_str(), n.model.c_str());
   std::printf("  %-6s %-8s %-12s %7s %7s %14s %9s %9s\n", "WORKER", "BACKEND", "STATE", "ACTIVE", "QUEUED", "KV BLOCKS", "TOK/S", "RESTARTS");
   in_flight += n.in_flight;
   for (const auto& w : n.workers) {

@@ -128,6 +128,7 @@ TEST_F(ClusterTest, KillNineMidStreamEveryRequestCompletesExactly) {
   auto cs = client->cluster_status();
   ASSERT_TRUE(cs.ok());
   EXPECT_EQ(cs->nodes.size(), 2u);
+  for (const auto& n : cs->nodes) EXPECT_EQ(n.leader, n.node_id == "n" + std::to_string(a.port())) << n.node_id;  // a, the oldest, leads
   (void)b;
 }
 
