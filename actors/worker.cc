@@ -11,6 +11,8 @@
 
 #include "actors/atoms.h"
 
+#include <spdlog/spdlog.h>
+
 namespace ds {
 namespace {
 
@@ -42,6 +44,11 @@ caf::behavior worker_behavior(caf::stateful_actor<WorkerState>* self, WorkerConf
       be = make_cpu_backend({st.cfg.threads});
     }
     auto e = be ? Engine::Create(st.cfg.model, std::move(be), st.cfg.engine) : Result<std::unique_ptr<Engine>>(Status::Internal(st.engine_error));
+    if (!e.ok() && st.cfg.backend == "cuda" && st.cfg.cpu_fallback) {
+      spdlog::warn("worker {}: the CUDA backend cannot run this model ({}); using the CPU", st.cfg.id, e.status().ToString());
+      st.cfg.backend = "cpu";
+      e = Engine::Create(st.cfg.model, make_cpu_backend({st.cfg.threads}), st.cfg.engine);
+    }
     if (e.ok()) st.engine = std::move(e).value();
     else st.engine_error = e.status().ToString();
   }

@@ -23,7 +23,8 @@ namespace ds {
 struct WorkerConfig {
   std::string id = "w0";
   std::shared_ptr<Model> model;
-  std::string backend = "cpu";
+  std::string backend = "cpu";   // "cpu" or "cuda"
+  bool cpu_fallback = false;      // cuda that cannot run this model: use the CPU (--backend auto)
   int threads = 0;
   EngineOptions engine;
   int fault_crash_after_steps = 0;  // test-only: throw after this many steps (0: never)

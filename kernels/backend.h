@@ -69,6 +69,8 @@ class Backend {
   // True when backend memory is host memory (CPU): weights are then used in place
   // (from the mmapped file) instead of being uploaded.
   virtual bool host_memory() const = 0;
+  // Whether matmul/get_rows handle weights of type t.
+  virtual bool supports(DType t) const { return dtype_traits(t).supported; }
   virtual void* alloc(size_t bytes) = 0;  // 64-byte aligned, zeroed; nullptr when out of memory
   virtual void free(void* p) = 0;
   // Copies between host memory and backend memory.

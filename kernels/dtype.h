@@ -53,6 +53,51 @@ struct BlockQ4_0 {
 };
 static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 block must be 18 bytes (GGUF format)");
 
+// ---- k-quants: super-blocks of 256 weights (ggml's QK_K) -----------------------
+constexpr int kQK_K = 256;
+constexpr int kKScaleSize = 12;
+
+// Q4_K: 8 sub-blocks of 32 weights, each with a 6-bit scale sc[j] and a 6-bit min
+// m[j] (packed in scales[12], see q4k_scale_min), relative to the fp16 super-block
+// scales d and dmin. qs[32 c + l] holds weight 64 c + l in its low nibble and weight
+// 64 c + 32 + l in its high nibble (c < 4, l < 32); weight e of sub-block j = e / 32:
+//   w = (d * sc[j]) * q - (dmin * m[j]),  q = 0..15.
+struct BlockQ4_K {
+  uint16_t d;
+  uint16_t dmin;
+  uint8_t scales[kKScaleSize];
+  uint8_t qs[kQK_K / 2];
+};
+static_assert(sizeof(BlockQ4_K) == 144, "Q4_K block must be 144 bytes (GGUF format)");
+
+// Scale and min (both 0..63) of Q4_K sub-block j < 8: j < 4 use the low 6 bits of
+// scales[j] and scales[j + 4]; j >= 4 take their low 4 bits from the nibbles of
+// scales[j + 4] and their top 2 bits from the top bits of scales[j - 4] / scales[j].
+inline void q4k_scale_min(const uint8_t* scales, int j, uint8_t* sc, uint8_t* m) {
+  if (j < 4) {
+    *sc = scales[j] & 63;
+    *m = scales[j + 4] & 63;
+  } else {
+    *sc = static_cast<uint8_t>((scales[j + 4] & 0xF) | ((scales[j - 4] >> 6) << 4));
+    *m = static_cast<uint8_t>((scales[j + 4] >> 4) | ((scales[j] >> 6) << 4));
+  }
+}
+
+// Q6_K: 16 sub-blocks of 16 weights with signed 8-bit scales relative to the fp16 d.
+// In each half h < 2 (weights 128 h ..): ql = ql + 64 h, qh = qh + 32 h, and for l < 32
+//   weight 128h + l      = ql[l] & 0xF      | ((qh[l] >> 0) & 3) << 4
+//   weight 128h + l + 32 = ql[l + 32] & 0xF | ((qh[l] >> 2) & 3) << 4
+//   weight 128h + l + 64 = ql[l] >> 4       | ((qh[l] >> 4) & 3) << 4
+//   weight 128h + l + 96 = ql[l + 32] >> 4  | ((qh[l] >> 6) & 3) << 4
+// each a 6-bit q; weight e: w = (d * scales[e / 16]) * (q - 32).
+struct BlockQ6_K {
+  uint8_t ql[kQK_K / 2];
+  uint8_t qh[kQK_K / 4];
+  int8_t scales[kQK_K / 16];
+  uint16_t d;
+};
+static_assert(sizeof(BlockQ6_K) == 210, "Q6_K block must be 210 bytes (GGUF format)");
+
 struct DTypeTraits {
   const char* name;   // "f32", "q8_0", ... (ggml's names)
   int block_size;     // elements per block (1 for plain types)
@@ -66,7 +111,8 @@ inline const DTypeTraits& dtype_traits(DType t) { return *dtype_traits(static_ca
 const char* dtype_name(DType t);
 // Bytes of a row of n elements. REQUIRES: n % block_size == 0.
 size_t row_bytes(DType t, int64_t n);
-// Parses "f32", "f16", "bf16", "q8_0", "q4_0" (case-insensitive); false when unknown.
+// Parses "f32", "f16", "bf16", "q8_0", "q4_0", "q4_k", "q6_k" (case-insensitive);
+// false when unknown.
 bool parse_dtype(const char* s, DType* out);
 
 // ---- scalar conversions (reference) -------------------------------------------
@@ -88,7 +134,9 @@ inline float fp16_to_fp32(uint16_t h) { return kFp16Table[h]; }
 
 // Dequantizes one row of n elements of type t into out[n]. REQUIRES: supported type.
 void dequantize_row(DType t, const void* row, float* out, int64_t n);
-// Quantizes one row (reference quantizers, as ggml's quantize_row_*_ref).
+// Quantizes one row (reference quantizers, as ggml's quantize_row_*_ref for the
+// 32-blocks; simple min/max and absmax quantizers for q4_k / q6_k, see dtype.cc for
+// their error bounds).
 void quantize_row(DType t, const float* in, void* row, int64_t n);
 
 }  // namespace ds

@@ -36,7 +36,13 @@ Status Forward::Init(const std::function<void(size_t, size_t)>& progress) {
   const ModelConfig& c = model_->config();
   const ModelWeights& w = model_->weights();
   size_t done = 0;
+  if (kv_.kv_dim() != c.kv_dim()) {
+    return Status::InvalidArgument("KV cache rows hold " + std::to_string(kv_.kv_dim()) + " floats, the model needs " + std::to_string(c.kv_dim()));
+  }
   auto weight = [&](const WeightRef& h, WeightRef* out) -> Status {
+    if (!be_.supports(h.type)) {
+      return Status::NotSupported(std::string("the ") + be_.name() + " backend cannot compute with " + dtype_name(h.type) + " weights");
+    }
     *out = h;
     if (be_.host_memory()) return Status::Ok();
     const size_t bytes = h.row_stride() * h.rows;

@@ -119,7 +119,7 @@ Status Model::BindWeights() {
       return Status::Corruption("tensor '" + name + "' has shape " + t->shape_string() + ", expected [" + std::to_string(cols) + ", " + std::to_string(rows) + "]");
     }
     if (!dtype_traits(t->type).supported) {
-      return Status::NotSupported("tensor '" + name + "' has type " + dtype_name(t->type) + " (ds computes with f32, f16, bf16, q8_0, q4_0)");
+      return Status::NotSupported("tensor '" + name + "' has type " + dtype_name(t->type) + " (ds computes with f32, f16, bf16, q8_0, q4_0, q4_k, q6_k)");
     }
     *out = WeightRef{t->type, t->data, rows, cols};
     weights_.bytes += t->nbytes;

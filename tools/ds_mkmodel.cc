@@ -1,6 +1,6 @@
 // ds-mkmodel: writes a GGUF model with random weights (deterministic for a seed).
 //
-//   ds-mkmodel --preset bench-110m --type q8_0 -o model.gguf
+//   ds-mkmodel --preset bench-110m --type q8_0 -o model.gguf   (or q4_k, q6_k: 256-blocks)
 //   ds-mkmodel --arch qwen2 --dim 256 --layers 4 --heads 8 --kv-heads 2 --ffn 512
 //              --vocab 1000 --ctx 512 --type f16 --seed 7 -o model.gguf
 // Exit codes: 0 ok, 1 write failed, 2 usage error.
@@ -28,7 +28,7 @@ int main(int argc, char** argv) {
   shape("--ffn", &spec.ffn, "Feed-forward width");
   shape("--vocab", &spec.vocab, "Vocabulary size (>= 300)");
   shape("--ctx", &spec.ctx, "Training context length (metadata)");
-  app.add_option("--type", type_name, "Weight type: f32, f16, bf16, q8_0, q4_0")->required();
+  app.add_option("--type", type_name, "Weight type: f32, f16, bf16, q8_0, q4_0, q4_k, q6_k (k-quants need dim and ffn multiples of 256)")->required();
   app.add_option("--seed", spec.seed, "Random seed (same seed, same file)");
   app.add_flag("--tied", spec.tied_output, "Tie the output projection to the token embedding");
   app.add_option("--name", spec.name, "general.name to record");
@@ -57,7 +57,7 @@ int main(int argc, char** argv) {
     spec.name = name;
   }
   if (!ds::parse_dtype(type_name.c_str(), &spec.type)) {
-    std::cerr << "ds-mkmodel: unknown --type '" << type_name << "' (f32, f16, bf16, q8_0, q4_0)\n";
+    std::cerr << "ds-mkmodel: unknown --type '" << type_name << "' (f32, f16, bf16, q8_0, q4_0, q4_k, q6_k)\n";
     return ds::cli::kExitUsage;
   }
   if (ds::Status s = ds::validate(spec); !s.ok()) {

@@ -184,6 +184,7 @@ int main(int argc, char** argv) {
   sc.worker.id = "w0";
   sc.worker.model = *model;
   sc.worker.backend = use_cuda ? "cuda" : "cpu";
+  sc.worker.cpu_fallback = cfg.backend == ds::BackendKind::kAuto;
   sc.worker.threads = cfg.threads;
   sc.worker.engine.max_batch = cfg.max_batch;
   sc.worker.engine.n_ctx = n_ctx;

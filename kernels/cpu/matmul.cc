@@ -27,9 +27,11 @@ struct TileArgs {
 #if defined(__AVX512F__)
 constexpr int kFloatRM = 4, kFloatRN = 6;  // 24 accumulators of 32 registers
 constexpr int kQuantRM = 4, kQuantRN = 4;
+constexpr int kKQuantRM = 2, kKQuantRN = 4;  // k-quants: 8 int32 + 8 float accumulators
 #else
 constexpr int kFloatRM = 3, kFloatRN = 4;  // 12 accumulators of 16 registers
 constexpr int kQuantRM = 2, kQuantRN = 4;
+constexpr int kKQuantRM = 2, kKQuantRN = 2;
 #endif
 
 // The float kernel's vector: 16 lanes with AVX-512 (full-width FMA on Zen 5 and
@@ -72,6 +74,7 @@ inline FVec load_w(const uint8_t* row, int64_t k) {
 #else
 constexpr int kFloatRM = 1, kFloatRN = 1;
 constexpr int kQuantRM = 1, kQuantRN = 1;
+constexpr int kKQuantRM = 1, kKQuantRN = 1;
 #endif
 
 inline float load1(DType t, const uint8_t* row, int64_t k) {
@@ -236,6 +239,315 @@ struct QuantKernel {
   }
 };
 
+// K-quant kernel: Q4_K / Q6_K weights x BlockQ8K activations, one super-block of 256
+// at a time. Per (weight row, activation row) and super-block the integer part is exact:
+//   Q4_K: sumi = sum_j sc_j * sum_l q * a (sub-blocks of 32), summ = sum_j m_j * sum_l a
+//   Q6_K: sumi = sum_k sc_k * sum_l (q - 32) * a (sub-blocks of 16)
+// (ggml's vec_dot_q4_K_q8_K / q6_K_q8_K), then the float part is
+//   s += sumi * (d * da) [- summ * (dmin * da)].
+// Integer dots: maddubs (unsigned weight x signed activation) then a multiply-add with
+// the int16 sub-block scales (dpwssd with VNNI); with AVX-512BW two 32-weight vectors go
+// through each zmm instruction and the 16 int32 lanes are folded to 8 (exact). The SIMD
+// path keeps sumi split over 8 int32 lanes and accumulates the float part per lane (one
+// fmadd per super-block), reduced once at the end; the scalar path (no AVX2) accumulates
+// scalars. Either way each output's sequence ignores the tile shape and batch size.
+#if defined(DS_SIMD_AVX2) && defined(__AVX512F__) && defined(__AVX512BW__)
+#define DS_KQ_AVX512 1
+#endif
+
+template <DType T>
+struct KQuantKernel {
+  static constexpr int kRM = kKQuantRM, kRN = kKQuantRN;
+  static constexpr bool kQ4 = T == DType::kQ4_K;
+  using WBlock = std::conditional_t<kQ4, BlockQ4_K, BlockQ6_K>;
+
+  static void dot_scalar(const WBlock& wb, const BlockQ8K& ab, int32_t* sumi, int32_t* summ) {
+    int32_t si = 0, sm = 0;
+    if constexpr (kQ4) {
+      for (int j = 0; j < 8; ++j) {
+        uint8_t sc, m;
+        q4k_scale_min(wb.scales, j, &sc, &m);
+        const uint8_t* q = wb.qs + 32 * (j / 2);
+        const int shift = 4 * (j % 2);
+        int32_t s = 0;
+        for (int l = 0; l < 32; ++l) s += ((q[l] >> shift) & 0xF) * ab.qs[32 * j + l];
+        si += sc * s;
+        sm += m * (ab.bsums[2 * j] + ab.bsums[2 * j + 1]);
+      }
+    } else {
+      for (int e0 = 0; e0 < kQK_K; e0 += 16) {
+        const int h = e0 / 128, v = (e0 % 128) / 32;  // half, 32-wide vector within it
+        const uint8_t* ql = wb.ql + 64 * h + 32 * (v % 2);
+        const uint8_t* qh = wb.qh + 32 * h;
+        int32_t s = 0;
+        for (int i = 0; i < 16; ++i) {
+          const int l = e0 % 32 + i;
+          const int q = ((ql[l] >> (4 * (v / 2))) & 0xF) | (((qh[l] >> (2 * v)) & 3) << 4);
+          s += (q - 32) * ab.qs[e0 + i];
+        }
+        si += wb.scales[e0 / 16] * s;
+      }
+    }
+    *sumi = si;
+    *summ = sm;
+  }
+
+#ifdef DS_SIMD_AVX2
+  // isum += scale16 * maddubs(w, a): w unsigned (0..15 or 0..63), a signed; the int16
+  // pair sums stay below 2 * 63 * 127, and the scale is constant over each 16-wide
+  // half-lane, so the int32 result is exact.
+  static inline __m256i dot_acc(__m256i isum, __m256i w, __m256i a, __m256i scale16) {
+    const __m256i p = _mm256_maddubs_epi16(w, a);
+#if defined(DS_SIMD_VNNI) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpwssd_epi32(isum, p, scale16);
+#elif defined(DS_SIMD_VNNI)
+    return _mm256_dpwssd_avx_epi32(isum, p, scale16);
+#else
+    return _mm256_add_epi32(isum, _mm256_madd_epi16(p, scale16));
+#endif
+  }
+
+  // Shuffle control that broadcasts int16 element lo (low 128-bit lane) and hi (high
+  // lane) of a vector whose lanes hold the same 8 int16.
+  static inline __m256i pick16(int lo, int hi) {
+    return _mm256_set_m128i(_mm_set1_epi16(static_cast<int16_t>(0x0100 + 0x0202 * hi)),
+                            _mm_set1_epi16(static_cast<int16_t>(0x0100 + 0x0202 * lo)));
+  }
+
+  // Per weight row and super-block: what every activation row shares.
+  struct RowPrep {
+    __m256i scales;  // Q4_K: sc[0..7] as int16 in both lanes. Q6_K: scales[0..15] as int16.
+    __m256i extra;   // Q4_K: m[0..7] as int16, each twice (pairs with bsums). Q6_K: unused.
+#ifdef DS_KQ_AVX512
+    __m512i s512[2];  // Q4_K: sc[0..7] as int16 in every 128-bit lane. Q6_K: half h's 8 scales, likewise.
+#endif
+    float d, dmin;
+  };
+  static inline RowPrep prep(const WBlock& wb) {
+    RowPrep p;
+    p.d = fp16_to_fp32(wb.d);
+    if constexpr (kQ4) {
+      p.dmin = fp16_to_fp32(wb.dmin);
+      // Unpack the 12 bytes of 6-bit scales and mins into sc[0..7], m[0..7].
+      uint32_t u[3];
+      std::memcpy(u, wb.scales, 12);
+      constexpr uint32_t k6 = 0x3f3f3f3f, k4 = 0x0f0f0f0f, k2 = 0x03030303;
+      const uint32_t out[4] = {u[0] & k6, (u[2] & k4) | (((u[0] >> 6) & k2) << 4), u[1] & k6,
+                               ((u[2] >> 4) & k4) | (((u[1] >> 6) & k2) << 4)};
+      const __m256i sm = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(out)));
+      const __m128i sc = _mm256_castsi256_si128(sm), m = _mm256_extracti128_si256(sm, 1);
+      p.scales = _mm256_set_m128i(sc, sc);
+      p.extra = _mm256_set_m128i(_mm_unpackhi_epi16(m, m), _mm_unpacklo_epi16(m, m));
+#ifdef DS_KQ_AVX512
+      p.s512[0] = p.s512[1] = _mm512_broadcast_i32x4(sc);
+#endif
+    } else {
+      p.dmin = 0;
+      p.scales = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wb.scales)));
+      p.extra = _mm256_setzero_si256();
+#ifdef DS_KQ_AVX512
+      p.s512[0] = _mm512_broadcast_i32x4(_mm256_castsi256_si128(p.scales));
+      p.s512[1] = _mm512_broadcast_i32x4(_mm256_extracti128_si256(p.scales, 1));
+#endif
+    }
+    return p;
+  }
+
+  // The s-th 32 weights (s < 8) as unsigned bytes, and their int16 scales per 16-wide half.
+  template <int S>
+  static inline __m256i weights(const WBlock& wb) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    if constexpr (kQ4) {
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb.qs + 32 * (S / 2)));
+      return _mm256_and_si256(S % 2 ? _mm256_srli_epi16(raw, 4) : raw, m4);
+    } else {
+      constexpr int h = S / 4, v = S % 4;
+      const __m256i ql = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb.ql + 64 * h + 32 * (v % 2)));
+      const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb.qh + 32 * h));
+      const __m256i lo = _mm256_and_si256(v / 2 ? _mm256_srli_epi16(ql, 4) : ql, m4);
+      __m256i hi = _mm256_and_si256(qh, _mm256_set1_epi8(static_cast<char>(3 << (2 * v))));  // bits 2v, 2v+1
+      if constexpr (v < 2) hi = _mm256_slli_epi16(hi, 4 - 2 * v);  // to bits 4, 5 (within each byte)
+      if constexpr (v == 3) hi = _mm256_srli_epi16(hi, 2);
+      return _mm256_or_si256(lo, hi);
+    }
+  }
+  template <int S>
+  static inline __m256i scales(const RowPrep& p) {
+    if constexpr (kQ4) {
+      return _mm256_shuffle_epi8(p.scales, pick16(S, S));
+    } else {
+      // Sub-blocks 2S and 2S + 1 (elements 32 S ..): lane h of scales holds 8 h .. 8 h + 7.
+      constexpr int h = S / 4, v = S % 4;
+      const __m256i lanes = _mm256_permute2x128_si256(p.scales, p.scales, h ? 0x11 : 0x00);
+      return _mm256_shuffle_epi8(lanes, pick16(2 * v, 2 * v + 1));
+    }
+  }
+
+  template <int S, int RM, int RN>
+  static inline void step(const WBlock* const* w, const BlockQ8K* const* a, int64_t b, const RowPrep* p, __m256i (&isum)[RM][RN]) {
+    __m256i wv[RM], sv[RM];
+    for (int r = 0; r < RM; ++r) {
+      wv[r] = weights<S>(w[r][b]);
+      sv[r] = scales<S>(p[r]);
+    }
+    for (int c = 0; c < RN; ++c) {
+      const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[c][b].qs + 32 * S));
+      for (int r = 0; r < RM; ++r) isum[r][c] = dot_acc(isum[r][c], wv[r], av, sv[r]);
+    }
+  }
+
+#ifdef DS_KQ_AVX512
+  // 512-bit variant: the s-th pair of 32-weight vectors (elements 64 P ..) in one zmm,
+  // half the instructions; the integer sums are the same exact values.
+  static inline __m512i dot_acc512(__m512i isum, __m512i w, __m512i a, __m512i scale16) {
+    const __m512i p = _mm512_maddubs_epi16(w, a);
+#ifdef __AVX512VNNI__
+    return _mm512_dpwssd_epi32(isum, p, scale16);
+#else
+    return _mm512_add_epi32(isum, _mm512_madd_epi16(p, scale16));
+#endif
+  }
+  // Shuffle control: 128-bit lane k broadcasts int16 element e_k of its lane.
+  static inline __m512i pick16x4(int e0, int e1, int e2, int e3) {
+    auto v = [](int e) { const int x = 0x0100 + 0x0202 * e; return x | (x << 16); };
+    return _mm512_set_epi32(v(e3), v(e3), v(e3), v(e3), v(e2), v(e2), v(e2), v(e2), v(e1), v(e1), v(e1), v(e1), v(e0), v(e0),
+                            v(e0), v(e0));
+  }
+  template <int P>
+  static inline __m512i weights2(const WBlock& wb) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    if constexpr (kQ4) {
+      // Low nibbles: sub-block 2P; high nibbles: sub-block 2P + 1.
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb.qs + 32 * P));
+      return _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(raw), _mm256_srli_epi16(raw, 4), 1), m4);
+    } else {
+      // Half h = P / 2; q = P % 2 picks the low (vectors 0, 1) or high (2, 3) nibbles of ql
+      // and qh bits 0-3 or 4-7 (2 bits per vector: low 256 bits, then high 256 bits).
+      constexpr int h = P / 2, q = P % 2;
+      const __m512i ql = _mm512_loadu_si512(wb.ql + 64 * h);
+      const __m512i lo = _mm512_and_si512(q ? _mm512_srli_epi16(ql, 4) : ql, m4);
+      const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb.qh + 32 * h)));
+      const __m512i mask = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi8(static_cast<char>(q ? 0x30 : 0x03))),
+                                              _mm256_set1_epi8(static_cast<char>(q ? 0xC0 : 0x0C)), 1);
+      const __m512i bits = _mm512_and_si512(qh, mask);  // shift each half's 2 bits to bits 4, 5
+      const __m512i hi = q ? _mm512_srlv_epi16(bits, _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1))
+                           : _mm512_sllv_epi16(bits, _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1));
+      return _mm512_or_si512(lo, hi);
+    }
+  }
+  template <int P>
+  static inline __m512i scales2(const RowPrep& p) {
+    if constexpr (kQ4) {
+      return _mm512_shuffle_epi8(p.s512[0], pick16x4(2 * P, 2 * P, 2 * P + 1, 2 * P + 1));
+    } else {
+      constexpr int h = P / 2, q = P % 2;  // sub-blocks 8h + 4q + k in lane k
+      return _mm512_shuffle_epi8(p.s512[h], pick16x4(4 * q, 4 * q + 1, 4 * q + 2, 4 * q + 3));
+    }
+  }
+  template <int P, int RM, int RN>
+  static inline void step2(const WBlock* const* w, const BlockQ8K* const* a, int64_t b, const RowPrep* p, __m512i (&isum)[RM][RN]) {
+    __m512i wv[RM], sv[RM];
+    for (int r = 0; r < RM; ++r) {
+      wv[r] = weights2<P>(w[r][b]);
+      sv[r] = scales2<P>(p[r]);
+    }
+    for (int c = 0; c < RN; ++c) {
+      const __m512i av = _mm512_loadu_si512(a[c][b].qs + 64 * P);
+      for (int r = 0; r < RM; ++r) isum[r][c] = dot_acc512(isum[r][c], wv[r], av, sv[r]);
+    }
+  }
+#endif
+#endif
+
+  template <int RM, int RN>
+  static void tile(const TileArgs& t, int64_t i0, int64_t j0) {
+    const WBlock* w[RM];
+    const BlockQ8K* a[RN];
+    for (int r = 0; r < RM; ++r) w[r] = reinterpret_cast<const WBlock*>(t.w + (i0 + r) * t.w_stride);
+    for (int c = 0; c < RN; ++c) a[c] = reinterpret_cast<const BlockQ8K*>(t.a + (j0 + c) * t.a_stride);
+    const int64_t nb = t.k / kQK_K;
+    float sum[RM][RN];
+#ifdef DS_SIMD_AVX2
+    __m256 acc[RM][RN];
+    for (int r = 0; r < RM; ++r)
+      for (int c = 0; c < RN; ++c) acc[r][c] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      RowPrep p[RM];
+      for (int r = 0; r < RM; ++r) {
+        if (RN <= 2) {
+          // GEMV streams weights from DRAM: fetch the next tile's rows (RM rows on) now.
+          const char* next = reinterpret_cast<const char*>(&w[r][b]) + RM * t.w_stride;
+          for (size_t off = 0; off < sizeof(WBlock); off += 64) _mm_prefetch(next + off, _MM_HINT_T0);
+        }
+        p[r] = prep(w[r][b]);
+      }
+      __m256i isum[RM][RN];
+#ifdef DS_KQ_AVX512
+      {
+        // Two independent chains (even and odd pairs) halve the dpwssd latency chain.
+        __m512i ie[RM][RN], io[RM][RN];
+        for (int r = 0; r < RM; ++r)
+          for (int c = 0; c < RN; ++c) ie[r][c] = io[r][c] = _mm512_setzero_si512();
+        step2<0>(w, a, b, p, ie);
+        step2<1>(w, a, b, p, io);
+        step2<2>(w, a, b, p, ie);
+        step2<3>(w, a, b, p, io);
+        for (int r = 0; r < RM; ++r)
+          for (int c = 0; c < RN; ++c) {
+            const __m512i i = _mm512_add_epi32(ie[r][c], io[r][c]);
+            isum[r][c] = _mm256_add_epi32(_mm512_castsi512_si256(i), _mm512_extracti64x4_epi64(i, 1));
+          }
+      }
+#else
+      for (int r = 0; r < RM; ++r)
+        for (int c = 0; c < RN; ++c) isum[r][c] = _mm256_setzero_si256();
+      step<0>(w, a, b, p, isum);
+      step<1>(w, a, b, p, isum);
+      step<2>(w, a, b, p, isum);
+      step<3>(w, a, b, p, isum);
+      step<4>(w, a, b, p, isum);
+      step<5>(w, a, b, p, isum);
+      step<6>(w, a, b, p, isum);
+      step<7>(w, a, b, p, isum);
+#endif
+      for (int c = 0; c < RN; ++c) {
+        const float da = a[c][b].d;
+        const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[c][b].bsums));
+        for (int r = 0; r < RM; ++r) {
+          if constexpr (kQ4) {
+            const __m256i mins = _mm256_madd_epi16(bs, p[r].extra);  // m_j * (bsums[2j] + bsums[2j+1])
+            acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[r][c]), _mm256_set1_ps(p[r].d * da), acc[r][c]);
+            acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mins), _mm256_set1_ps(-(p[r].dmin * da)), acc[r][c]);
+          } else {
+            // q - 32: subtract 32 * sum_k scales[k] * bsums[k].
+            const __m256i off = _mm256_slli_epi32(_mm256_madd_epi16(bs, p[r].scales), 5);
+            const __m256i s = _mm256_sub_epi32(isum[r][c], off);
+            acc[r][c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_set1_ps(p[r].d * da), acc[r][c]);
+          }
+        }
+      }
+    }
+    for (int r = 0; r < RM; ++r)
+      for (int c = 0; c < RN; ++c) sum[r][c] = hsum(acc[r][c]);
+#else
+    for (int r = 0; r < RM; ++r)
+      for (int c = 0; c < RN; ++c) {
+        float s = 0;
+        for (int64_t b = 0; b < nb; ++b) {
+          int32_t sumi, summ;
+          dot_scalar(w[r][b], a[c][b], &sumi, &summ);
+          const float da = a[c][b].d;
+          s = std::fma(static_cast<float>(sumi), fp16_to_fp32(w[r][b].d) * da, s);
+          if constexpr (kQ4) s = std::fma(static_cast<float>(summ), -(fp16_to_fp32(w[r][b].dmin) * da), s);
+        }
+        sum[r][c] = s;
+      }
+#endif
+    for (int r = 0; r < RM; ++r)
+      for (int c = 0; c < RN; ++c) t.y[(j0 + c) * t.y_stride + i0 + r] = sum[r][c];
+  }
+};
+
 template <class K, int RM, int RN>
 void tile_rn(const TileArgs& t, int64_t i0, int64_t j0, int rn) {
   if constexpr (RN >= 1) {
@@ -285,6 +597,26 @@ void quantize_row_q8a(const float* x, BlockQ8A* out, int64_t n) {
   }
 }
 
+void quantize_row_q8k(const float* x, BlockQ8K* out, int64_t n) {
+  for (int64_t b = 0; b < n / kQK_K; ++b) {
+    const float* xb = x + b * kQK_K;
+    float amax = 0;
+    for (int k = 0; k < kQK_K; ++k) amax = std::max(amax, std::fabs(xb[k]));
+    const float d = amax / 127.0f;
+    const float id = d != 0 ? 1.0f / d : 0.0f;
+    for (int i = 0; i < 16; ++i) {
+      int32_t sum = 0;
+      for (int k = 16 * i; k < 16 * i + 16; ++k) {
+        const int8_t q = static_cast<int8_t>(std::nearbyint(xb[k] * id));
+        out[b].qs[k] = q;
+        sum += q;
+      }
+      out[b].bsums[i] = static_cast<int16_t>(sum);
+    }
+    out[b].d = d;
+  }
+}
+
 void matmul(ThreadPool& pool, const WeightRef& w, const float* x, int64_t n, float* y, std::vector<uint8_t>* scratch) {
   TileArgs t{static_cast<const uint8_t*>(w.data), w.row_stride(), reinterpret_cast<const uint8_t*>(x),
              static_cast<size_t>(w.cols) * sizeof(float), w.cols, y, w.rows};
@@ -308,6 +640,24 @@ void matmul(ThreadPool& pool, const WeightRef& w, const float* x, int64_t n, flo
       t.a_stride = a_stride;
       if (w.type == DType::kQ8_0) return run_parallel<QuantKernel<DType::kQ8_0>>(pool, t, w.rows, n);
       return run_parallel<QuantKernel<DType::kQ4_0>>(pool, t, w.rows, n);
+    }
+    case DType::kQ4_K:
+    case DType::kQ6_K: {
+      // REQUIRES: cols % 256 == 0 (GGUF stores whole super-blocks; the reader checks it).
+      const int64_t nb = w.cols / kQK_K;
+      const size_t a_stride = static_cast<size_t>(nb) * sizeof(BlockQ8K);
+      if (scratch->size() < a_stride * n) scratch->resize(a_stride * n);
+      uint8_t* qa = scratch->data();
+      pool.run([&](int ith, int nth) {
+        int64_t b, e;
+        ThreadPool::split(n, ith, nth, &b, &e);
+        for (int64_t j = b; j < e; ++j)
+          quantize_row_q8k(x + j * w.cols, reinterpret_cast<BlockQ8K*>(qa + j * a_stride), w.cols);
+      });
+      t.a = qa;
+      t.a_stride = a_stride;
+      if (w.type == DType::kQ4_K) return run_parallel<KQuantKernel<DType::kQ4_K>>(pool, t, w.rows, n);
+      return run_parallel<KQuantKernel<DType::kQ6_K>>(pool, t, w.rows, n);
     }
     default:
       return;  // REQUIRES: supported type (checked when the model loads)

@@ -3,7 +3,9 @@
 // Register-tiled: a tile of RM weight rows x RN activation rows keeps RM*RN vector
 // accumulators, so each weight byte is read from memory once per call (decode is
 // bandwidth-bound, prefill compute-bound). Quantized weights (Q8_0, Q4_0) meet
-// activations quantized on the fly to 8-bit blocks of 32 with a float scale.
+// activations quantized on the fly to 8-bit blocks of 32 with a float scale; k-quant
+// weights (Q4_K, Q6_K) meet activations quantized to 8-bit super-blocks of 256
+// (BlockQ8K, like ggml's block_q8_K) and are dotted in integers per sub-block.
 // Each output element is computed by the same instruction sequence whatever the
 // tile shape, batch size or thread count (see backend.h, determinism contract).
 #pragma once
@@ -25,6 +27,18 @@ struct BlockQ8A {
 static_assert(sizeof(BlockQ8A) == 40);
 
 void quantize_row_q8a(const float* x, BlockQ8A* out, int64_t n);
+
+// Activation super-block for k-quant dot products: x[k] ~= d * qs[k] (d = amax / 127),
+// bsums[i] = sum of qs[16 i .. 16 i + 15].
+struct BlockQ8K {
+  float d;
+  int16_t bsums[16];
+  int8_t qs[256];
+};
+static_assert(sizeof(BlockQ8K) == 292);
+
+// REQUIRES: n % 256 == 0.
+void quantize_row_q8k(const float* x, BlockQ8K* out, int64_t n);
 
 // scratch holds quantized activations between calls (grown as needed).
 void matmul(ThreadPool& pool, const WeightRef& w, const float* x, int64_t n, float* y,

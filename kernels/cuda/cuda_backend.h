@@ -52,6 +52,10 @@ class CudaBackend final : public Backend {
 
   const char* name() const override { return "cuda"; }
   bool host_memory() const override { return false; }
+  // The CUDA kernels cover f32, f16, bf16, q8_0 and q4_0 (not the k-quants yet).
+  bool supports(DType t) const override {
+    return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16 || t == DType::kQ8_0 || t == DType::kQ4_0;
+  }
   void* alloc(size_t bytes) override;  // cudaMalloc (256-byte aligned), zeroed on the stream
   void free(void* p) override;         // waits for the stream first; nullptr is a no-op
   void upload(void* dst, const void* src, size_t bytes) override;

@@ -117,16 +117,20 @@ class ForwardReference : public ::testing::TestWithParam<Case> {};
 //    accumulation and f32 activations differ from float64: 1e-4 leaves room for 2 layers.
 //  q8_0, q4_0: the CPU kernels quantize activations to 8-bit blocks (llama.cpp does the
 //    same), a ~0.4% error per dot product that compounds over the layers: 5e-2.
+//  q4_k, q6_k: activations go to 8-bit super-blocks of 256 (one scale per 256, as
+//    llama.cpp's q8_K): the same kind of error, 5e-2. These need rows of whole
+//    super-blocks, so they run at dim 256, ffn 512 (the others at dim 64, ffn 96).
 TEST_P(ForwardReference, LogitsMatchFloat64Reference) {
   const Case c = GetParam();
   test::TempDir dir;
   ModelSpec spec;
   spec.arch = c.arch;
-  spec.dim = 64;
+  const bool kquant = dtype_traits(c.type).block_size == 256;
+  spec.dim = kquant ? 256 : 64;
   spec.layers = 2;
   spec.heads = 4;
   spec.kv_heads = 2;
-  spec.ffn = 96;
+  spec.ffn = kquant ? 512 : 96;
   spec.vocab = 320;
   spec.type = c.type;
   spec.seed = 9;
@@ -137,7 +141,7 @@ TEST_P(ForwardReference, LogitsMatchFloat64Reference) {
   const auto ref = reference_forward(**m, tokens);
 
   auto be = make_cpu_backend({2});
-  auto kv = KvCache::Create(*be, spec.layers, 32, 4, 8);
+  auto kv = KvCache::Create(*be, spec.layers, spec.kv_heads * (spec.dim / spec.heads), 4, 8);
   ASSERT_TRUE(kv.ok());
   auto fwd = Forward::Create(*m, *be, **kv, 16);
   ASSERT_TRUE(fwd.ok());
@@ -174,7 +178,8 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(Case{"llama", DType::kF32, 1e-4}, Case{"llama", DType::kF16, 1e-4}, Case{"llama", DType::kBF16, 1e-4},
                       Case{"llama", DType::kQ8_0, 5e-2}, Case{"llama", DType::kQ4_0, 5e-2}, Case{"qwen2", DType::kF32, 1e-4},
                       Case{"qwen2", DType::kF16, 1e-4}, Case{"qwen2", DType::kBF16, 1e-4}, Case{"qwen2", DType::kQ8_0, 5e-2},
-                      Case{"qwen2", DType::kQ4_0, 5e-2}),
+                      Case{"qwen2", DType::kQ4_0, 5e-2}, Case{"llama", DType::kQ4_K, 5e-2}, Case{"llama", DType::kQ6_K, 5e-2},
+                      Case{"qwen2", DType::kQ4_K, 5e-2}, Case{"qwen2", DType::kQ6_K, 5e-2}),
     [](const auto& info) { return std::string(info.param.arch) + "_" + dtype_name(info.param.type); });
 
 }  // namespace

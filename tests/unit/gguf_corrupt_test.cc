@@ -647,10 +647,10 @@ TEST(GgufCorruptModel, WrongShape) {
 TEST(GgufCorruptModel, UnsupportedTensorType) {
   {
     Doc d = Doc::From(TinyModel());
-    d.retype("blk.0.ffn_down.weight", DType::kQ4_K, {256, 32});  // one whole q4_k block per row
+    d.retype("blk.0.ffn_down.weight", DType::kQ5_K, {256, 32});  // one whole q5_k block per row
     const Bytes b = d.Write();
     ASSERT_TRUE(ParseStatus(b).ok()) << ParseStatus(b).ToString();  // a valid file...
-    EXPECT_MODEL_REFUSED(b, StatusCode::kNotSupported, "tensor 'blk.0.ffn_down.weight' has type q4_k");  // ...ds cannot run
+    EXPECT_MODEL_REFUSED(b, StatusCode::kNotSupported, "tensor 'blk.0.ffn_down.weight' has type q5_k");  // ...ds cannot run
   }
   {
     Doc d = Doc::From(TinyModel());

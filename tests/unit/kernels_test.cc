@@ -1,5 +1,6 @@
 // CPU kernels against the scalar references (kernels/ref.h) on random inputs.
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 
 #include "kernels/backend.h"
@@ -42,14 +43,16 @@ TEST(Kernels, Fp16ConversionMatchesHardwareForEveryValue) {
 
 TEST(Kernels, QuantizeDequantizeRoundTrip) {
   const auto x = test::random_floats(256, 7);
-  for (DType t : {DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0}) {
+  for (DType t : {DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
     std::vector<uint8_t> q(row_bytes(t, 256));
     std::vector<float> y(256);
     quantize_row(t, x.data(), q.data(), 256);
     dequantize_row(t, q.data(), y.data(), 256);
     // Step sizes: fp16 2^-11, bf16 2^-8, q8_0 amax/127/2; q4_0 maps the signed max to -8
-    // so the opposite extreme clips at +7: up to amax/8.
-    const double tol = t == DType::kF16 ? 1e-3 : t == DType::kBF16 ? 4e-3 : t == DType::kQ8_0 ? 5e-3 : 0.13;
+    // so the opposite extreme clips at +7: up to amax/8. q4_k, q6_k: the reference
+    // quantizers' bounds (dtype.cc), 0.0683 and 0.0163 of amax.
+    const double tol = t == DType::kF16 ? 1e-3 : t == DType::kBF16 ? 4e-3 : t == DType::kQ8_0 ? 5e-3 : t == DType::kQ4_0 ? 0.13
+                       : t == DType::kQ4_K ? 0.0683 : 0.0163;
     EXPECT_LE(rel_err(y.data(), x.data(), 256), tol) << dtype_name(t);
   }
 }
@@ -73,8 +76,13 @@ TEST_P(KernelsMatmul, MatchesReferenceAndIsBatchInvariant) {
     be->matmul(w, x.data(), n, y.data());
     ref::matmul(w, x.data(), n, yr.data());
     // Float weights: f32 accumulation vs double, ~1e-6. Quantized weights: the CPU kernel
-    // also quantizes activations to 8 bits (step amax/254 per block of 32): ~1% of a dot.
-    const double tol = (c.type == DType::kQ8_0 || c.type == DType::kQ4_0) ? 3e-2 : 1e-5;
+    // also quantizes activations to 8 bits (step amax/254 per block of 32, or per super-
+    // block of 256 for q4_k / q6_k): ~1% of a dot.
+    const bool quant = c.type == DType::kQ8_0 || c.type == DType::kQ4_0 || c.type == DType::kQ4_K || c.type == DType::kQ6_K;
+    const double tol = quant ? 3e-2 : 1e-5;
+    if (quant) std::printf("[ info ] %s %lldx%lld n=%lld: error %.2e of max |y| (tolerance %.0e)\n", dtype_name(c.type),
+                           static_cast<long long>(c.rows), static_cast<long long>(c.cols), static_cast<long long>(n),
+                           rel_err(y.data(), yr.data(), y.size()), tol);
     EXPECT_LE(rel_err(y.data(), yr.data(), y.size()), tol) << dtype_name(c.type) << " n=" << n;
     // Determinism: every row of a batch is bit-identical to the same row computed alone.
     for (int64_t j = 0; j < n; ++j) {
@@ -90,7 +98,9 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, KernelsMatmul,
                                            MatmulCase{DType::kF16, 37, 96}, MatmulCase{DType::kF16, 9, 172},
                                            MatmulCase{DType::kBF16, 37, 96}, MatmulCase{DType::kBF16, 5, 44},
                                            MatmulCase{DType::kQ8_0, 37, 128}, MatmulCase{DType::kQ8_0, 130, 256},
-                                           MatmulCase{DType::kQ4_0, 37, 128}, MatmulCase{DType::kQ4_0, 130, 256}),
+                                           MatmulCase{DType::kQ4_0, 37, 128}, MatmulCase{DType::kQ4_0, 130, 256},
+                                           MatmulCase{DType::kQ4_K, 37, 256}, MatmulCase{DType::kQ4_K, 130, 768},
+                                           MatmulCase{DType::kQ6_K, 37, 256}, MatmulCase{DType::kQ6_K, 130, 768}),
                          [](const auto& info) {
                            return std::string(dtype_name(info.param.type)) + "_" + std::to_string(info.param.rows) + "x" +
                                   std::to_string(info.param.cols);
