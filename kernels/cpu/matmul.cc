@@ -637,6 +637,27 @@ void quantize_row_q8k(const float* x, BlockQ8K* out, int64_t n) {
   }
 }
 
+namespace {
+
+// Quantizes the n activation rows into scratch (blocks of Q elements) and points the
+// tile arguments at them.
+template <class Block, int Q>
+void quantize_activations(ThreadPool& pool, const float* x, int64_t n, int64_t cols, std::vector<uint8_t>* scratch,
+                          void (*quantize)(const float*, Block*, int64_t), TileArgs* t) {
+  const size_t a_stride = static_cast<size_t>(cols / Q) * sizeof(Block);
+  if (scratch->size() < a_stride * n) scratch->resize(a_stride * n);
+  uint8_t* qa = scratch->data();
+  pool.run([&](int ith, int nth) {
+    int64_t b, e;
+    ThreadPool::split(n, ith, nth, &b, &e);
+    for (int64_t j = b; j < e; ++j) quantize(x + j * cols, reinterpret_cast<Block*>(qa + j * a_stride), cols);
+  });
+  t->a = qa;
+  t->a_stride = a_stride;
+}
+
+}  // namespace
+
 void matmul(ThreadPool& pool, const WeightRef& w, const float* x, int64_t n, float* y, std::vector<uint8_t>* scratch) {
   TileArgs t{static_cast<const uint8_t*>(w.data), w.row_stride(), reinterpret_cast<const uint8_t*>(x),
              static_cast<size_t>(w.cols) * sizeof(float), w.cols, y, w.rows};
@@ -646,36 +667,14 @@ void matmul(ThreadPool& pool, const WeightRef& w, const float* x, int64_t n, flo
     case DType::kBF16: return run_parallel<FloatKernel<DType::kBF16>>(pool, t, w.rows, n);
     case DType::kQ8_0:
     case DType::kQ4_0: {
-      const int64_t nb = w.cols / 32;
-      const size_t a_stride = static_cast<size_t>(nb) * sizeof(BlockQ8A);
-      if (scratch->size() < a_stride * n) scratch->resize(a_stride * n);
-      uint8_t* qa = scratch->data();
-      pool.run([&](int ith, int nth) {
-        int64_t b, e;
-        ThreadPool::split(n, ith, nth, &b, &e);
-        for (int64_t j = b; j < e; ++j)
-          quantize_row_q8a(x + j * w.cols, reinterpret_cast<BlockQ8A*>(qa + j * a_stride), w.cols);
-      });
-      t.a = qa;
-      t.a_stride = a_stride;
+      quantize_activations<BlockQ8A, 32>(pool, x, n, w.cols, scratch, quantize_row_q8a, &t);
       if (w.type == DType::kQ8_0) return run_parallel<QuantKernel<DType::kQ8_0>>(pool, t, w.rows, n);
       return run_parallel<QuantKernel<DType::kQ4_0>>(pool, t, w.rows, n);
     }
     case DType::kQ4_K:
     case DType::kQ6_K: {
       // REQUIRES: cols % 256 == 0 (GGUF stores whole super-blocks; the reader checks it).
-      const int64_t nb = w.cols / kQK_K;
-      const size_t a_stride = static_cast<size_t>(nb) * sizeof(BlockQ8K);
-      if (scratch->size() < a_stride * n) scratch->resize(a_stride * n);
-      uint8_t* qa = scratch->data();
-      pool.run([&](int ith, int nth) {
-        int64_t b, e;
-        ThreadPool::split(n, ith, nth, &b, &e);
-        for (int64_t j = b; j < e; ++j)
-          quantize_row_q8k(x + j * w.cols, reinterpret_cast<BlockQ8K*>(qa + j * a_stride), w.cols);
-      });
-      t.a = qa;
-      t.a_stride = a_stride;
+      quantize_activations<BlockQ8K, kQK_K>(pool, x, n, w.cols, scratch, quantize_row_q8k, &t);
       if (w.type == DType::kQ4_K) return run_parallel<KQuantKernel<DType::kQ4_K>>(pool, t, w.rows, n);
       return run_parallel<KQuantKernel<DType::kQ6_K>>(pool, t, w.rows, n);
     }
