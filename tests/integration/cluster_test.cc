@@ -36,13 +36,7 @@ class ClusterTest : public ::testing::Test {
     EXPECT_TRUE(nodes_.back()->ready()) << nodes_.back()->process().err();
     return *nodes_.back();
   }
-  std::unique_ptr<Client> connect(const test::Node& n) {
-    ClientOptions o;
-    o.port = n.port();
-    auto c = Client::Connect(o);
-    EXPECT_TRUE(c.ok()) << c.status().ToString();
-    return c.ok() ? std::move(c).value() : nullptr;
-  }
+  std::unique_ptr<Client> connect(const test::Node& n) { return test::connect_client(n); }
   // Waits until the node's view holds `members` up members.
   bool converged(Client& c, size_t members, std::chrono::seconds timeout = 20s) {
     const auto end = std::chrono::steady_clock::now() + timeout;

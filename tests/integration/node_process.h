@@ -16,6 +16,8 @@
 #include <thread>
 #include <vector>
 
+#include "actors/client.h"
+
 namespace ds::test {
 
 // A free TCP port on 127.0.0.1 (bound and released: good enough for tests).
@@ -115,5 +117,14 @@ class Node {
   std::string dir_;
   std::unique_ptr<Process> proc_;
 };
+
+// A ds::Client connected to n (null, with a test failure, when it cannot connect).
+inline std::unique_ptr<Client> connect_client(const Node& n) {
+  ClientOptions o;
+  o.port = n.port();
+  auto c = Client::Connect(o);
+  EXPECT_TRUE(c.ok()) << c.status().ToString();
+  return c.ok() ? std::move(c).value() : nullptr;
+}
 
 }  // namespace ds::test

@@ -33,13 +33,7 @@ class NodeTest : public ::testing::Test {
     EXPECT_TRUE(nodes_.back()->ready()) << nodes_.back()->process().err();
     return *nodes_.back();
   }
-  std::unique_ptr<Client> connect(const test::Node& n) {
-    ClientOptions o;
-    o.port = n.port();
-    auto c = Client::Connect(o);
-    EXPECT_TRUE(c.ok()) << c.status().ToString();
-    return c.ok() ? std::move(c).value() : nullptr;
-  }
+  std::unique_ptr<Client> connect(const test::Node& n) { return test::connect_client(n); }
   // Greedy tokens of prompt computed in this process, the reference for remote runs.
   std::vector<int32_t> local_tokens(const std::string& prompt, int n) {
     auto m = Model::Load(kStories);
