@@ -1,15 +1,36 @@
 #include "model/forward.h"
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+
+#include "kernels/comm.h"
+#include "model/tensor_parallel.h"
 
 namespace ds {
 
 Result<std::unique_ptr<Forward>> Forward::Create(std::shared_ptr<const Model> model, Backend& backend, KvCache& kv,
                                                  int max_tokens, const std::function<void(size_t, size_t)>& progress) {
   if (max_tokens <= 0) return Status::InvalidArgument("max tokens per step must be positive");
-  std::unique_ptr<Forward> f(new Forward(std::move(model), backend, kv, max_tokens));
+  const Model& m = *model;
+  std::unique_ptr<Forward> f(new Forward(std::move(model), m.config(), m.weights(), backend, kv, max_tokens));
+  DS_RETURN_IF_ERROR(f->Init(progress));
+  return f;
+}
+
+Result<std::unique_ptr<Forward>> Forward::CreateShard(std::shared_ptr<const ModelShard> shard, Backend& backend,
+                                                      Communicator& comm, KvCache& kv, int max_tokens,
+                                                      const std::function<void(size_t, size_t)>& progress) {
+  if (max_tokens <= 0) return Status::InvalidArgument("max tokens per step must be positive");
+  if (shard->rank != comm.rank() || shard->n_ranks != comm.size()) {
+    return Status::InvalidArgument("the shard is rank " + std::to_string(shard->rank) + " of " + std::to_string(shard->n_ranks) +
+                                   ", its communicator rank " + std::to_string(comm.rank()) + " of " + std::to_string(comm.size()));
+  }
+  const ModelShard& s = *shard;
+  std::unique_ptr<Forward> f(new Forward(std::move(shard), s.config, s.weights, backend, kv, max_tokens));
+  f->comm_ = &comm;
+  for (int r = 0; r <= s.n_ranks; ++r) f->vocab_begin_.push_back(vocab_shard_begin(s.config.n_vocab, r, s.n_ranks));
+  for (int r = 0; r < s.n_ranks; ++r) f->vocab_stride_ = std::max(f->vocab_stride_, f->vocab_begin_[r + 1] - f->vocab_begin_[r]);
   DS_RETURN_IF_ERROR(f->Init(progress));
   return f;
 }
@@ -33,8 +54,8 @@ const float* Forward::vec(const std::vector<float>& host) {
 }
 
 Status Forward::Init(const std::function<void(size_t, size_t)>& progress) {
-  const ModelConfig& c = model_->config();
-  const ModelWeights& w = model_->weights();
+  const ModelConfig& c = config_;
+  const ModelWeights& w = weights_;
   size_t done = 0;
   if (kv_.kv_dim() != c.kv_dim()) {
     return Status::InvalidArgument("KV cache rows hold " + std::to_string(kv_.kv_dim()) + " floats, the model needs " + std::to_string(c.kv_dim()));
@@ -88,7 +109,7 @@ Status Forward::Init(const std::function<void(size_t, size_t)>& progress) {
   o_ = buffer(T * c.n_embd);
   gate_ = buffer(T * c.n_ff);
   up_ = buffer(T * c.n_ff);
-  logits_ = buffer(T * c.n_vocab);
+  logits_ = buffer(T * output_.rows);
   ids_ = reinterpret_cast<int32_t*>(buffer(T));
   pos_ = reinterpret_cast<int32_t*>(buffer(T));
   slots_ = reinterpret_cast<int32_t*>(buffer(T));
@@ -103,12 +124,27 @@ Status Forward::Init(const std::function<void(size_t, size_t)>& progress) {
                   static_cast<void*>(slots_), static_cast<void*>(out_rows_), static_cast<void*>(att_tokens_)}) {
     if (!p) return Status::ResourceExhausted(std::string("out of ") + be_.name() + " memory for activation buffers");
   }
+  if (comm_) {
+    const size_t R = comm_->size();
+    gathered_ = buffer(R * T * vocab_stride_);
+    pairs_ = buffer(T * 2);
+    pairs_all_ = buffer(R * T * 2);
+    if (!gathered_ || !pairs_ || !pairs_all_) {
+      return Status::ResourceExhausted(std::string("out of ") + be_.name() + " memory for the logit gather buffers");
+    }
+  }
   return Status::Ok();
 }
 
-Status Forward::run(const std::vector<ForwardToken>& tokens, std::vector<float>* logits) {
-  const ModelConfig& c = model_->config();
+Status Forward::comm_failed(const char* what) const {
+  return Status::Internal(std::string("tensor-parallel ") + what + " failed on rank " + std::to_string(comm_->rank()) + " of " +
+                          std::to_string(comm_->size()) + ": " + comm_->last_error());
+}
+
+Status Forward::forward_local(const std::vector<ForwardToken>& tokens, int64_t* n_out_tokens) {
+  const ModelConfig& c = config_;
   const int64_t n = static_cast<int64_t>(tokens.size());
+  *n_out_tokens = 0;
   if (n == 0) return Status::Ok();
   if (n > max_tokens_) return Status::Internal("forward batch larger than max_tokens");
   const int bs = kv_.block_size();
@@ -186,18 +222,20 @@ Status Forward::run(const std::vector<ForwardToken>& tokens, std::vector<float>*
     aa.v_cache = kv_.v(l);
     be_.attention(aa);
     be_.matmul(L.wo, att_, n, o_);
+    if (comm_ && !comm_->all_reduce_sum(o_, n * D)) return comm_failed("all-reduce of the attention output");
     be_.add(x_, o_, n * D);
     be_.rmsnorm(x_, L.ffn_norm, n, D, c.rms_eps, xn_);
     be_.matmul(L.w_gate, xn_, n, gate_);
     be_.matmul(L.w_up, xn_, n, up_);
     be_.swiglu(gate_, up_, n * c.n_ff, gate_);
     be_.matmul(L.w_down, gate_, n, o_);
+    if (comm_ && !comm_->all_reduce_sum(o_, n * D)) return comm_failed("all-reduce of the FFN output");
     be_.add(x_, o_, n * D);
   }
 
-  // ---- logits for the tokens that want them ----
+  // ---- this rank's logits for the tokens that want them ----
   const int64_t n_out = static_cast<int64_t>(h_out_rows_.size());
-  logits->resize(static_cast<size_t>(n_out) * c.n_vocab);
+  *n_out_tokens = n_out;
   if (n_out == 0) return Status::Ok();
   be_.rmsnorm(x_, output_norm_, n, D, c.rms_eps, xn_);
   if (n_out == n) {
@@ -208,7 +246,74 @@ Status Forward::run(const std::vector<ForwardToken>& tokens, std::vector<float>*
     be_.get_rows(WeightRef{DType::kF32, xn_, n, D}, out_rows_, n_out, o_);
     be_.matmul(output_, o_, n_out, logits_);
   }
-  be_.download(logits->data(), logits_, static_cast<size_t>(n_out) * c.n_vocab * sizeof(float));
+  return Status::Ok();
+}
+
+Status Forward::run(const std::vector<ForwardToken>& tokens, std::vector<float>* logits) {
+  int64_t n_out = 0;
+  DS_RETURN_IF_ERROR(forward_local(tokens, &n_out));
+  const int64_t V = config_.n_vocab;
+  logits->resize(static_cast<size_t>(n_out) * V);
+  if (n_out == 0) return Status::Ok();
+  if (!comm_) {
+    be_.download(logits->data(), logits_, static_cast<size_t>(n_out) * V * sizeof(float));
+    return Status::Ok();
+  }
+  // Rank r's block [n_out, rows_r] lands in slot r of gathered_; unpack into [n_out, V].
+  const int R = comm_->size();
+  const size_t slot = static_cast<size_t>(n_out) * vocab_stride_;
+  if (!comm_->all_gather(logits_, slot, gathered_)) return comm_failed("all-gather of the logits");
+  h_gathered_.resize(R * slot);
+  be_.download(h_gathered_.data(), gathered_, h_gathered_.size() * sizeof(float));
+  for (int r = 0; r < R; ++r) {
+    const int64_t begin = vocab_begin_[r], rows = vocab_begin_[r + 1] - begin;
+    for (int64_t t = 0; t < n_out; ++t) {
+      std::memcpy(logits->data() + t * V + begin, h_gathered_.data() + r * slot + t * rows, rows * sizeof(float));
+    }
+  }
+  return Status::Ok();
+}
+
+Status Forward::run_argmax(const std::vector<ForwardToken>& tokens, std::vector<int32_t>* ids) {
+  int64_t n_out = 0;
+  DS_RETURN_IF_ERROR(forward_local(tokens, &n_out));
+  ids->assign(n_out, 0);
+  if (n_out == 0) return Status::Ok();
+  // This rank's best (first largest) logit per token; NaN never wins.
+  const int64_t rows = output_.rows, first = comm_ ? vocab_begin_[comm_->rank()] : 0;
+  h_local_.resize(static_cast<size_t>(n_out) * rows);
+  be_.download(h_local_.data(), logits_, h_local_.size() * sizeof(float));
+  std::vector<float> best(n_out, -INFINITY);
+  for (int64_t t = 0; t < n_out; ++t) {
+    const float* l = h_local_.data() + t * rows;
+    int64_t arg = 0;
+    for (int64_t i = 0; i < rows; ++i) {
+      if (l[i] > l[arg] || std::isnan(l[arg])) arg = i;
+    }
+    best[t] = std::isnan(l[arg]) ? -INFINITY : l[arg];
+    (*ids)[t] = static_cast<int32_t>(first + arg);
+  }
+  if (!comm_) return Status::Ok();
+  // Gather (value, index) pairs, the index's bits carried in a float (copied, never added).
+  std::vector<float> pairs(n_out * 2);
+  for (int64_t t = 0; t < n_out; ++t) {
+    pairs[2 * t] = best[t];
+    std::memcpy(&pairs[2 * t + 1], &(*ids)[t], sizeof(float));
+  }
+  be_.upload(pairs_, pairs.data(), pairs.size() * sizeof(float));
+  if (!comm_->all_gather(pairs_, pairs.size(), pairs_all_)) return comm_failed("all-gather of the greedy tokens");
+  h_gathered_.resize(comm_->size() * pairs.size());
+  be_.download(h_gathered_.data(), pairs_all_, h_gathered_.size() * sizeof(float));
+  for (int64_t t = 0; t < n_out; ++t) {
+    float top = -INFINITY;
+    for (int r = 0; r < comm_->size(); ++r) {  // rank order is index order: the first largest wins ties
+      const float* p = h_gathered_.data() + (r * n_out + t) * 2;
+      if (r == 0 || p[0] > top) {
+        top = p[0];
+        std::memcpy(&(*ids)[t], &p[1], sizeof(float));
+      }
+    }
+  }
   return Status::Ok();
 }
 

@@ -7,7 +7,13 @@
 // residual; RMSNorm; SwiGLU FFN; residual. Then the final norm and the output
 // projection for the tokens that asked for logits. All scratch is allocated once.
 //
-// Thread-safety: none; one Forward per engine.
+// Tensor parallelism (model/tensor_parallel.h): a Forward made by CreateShard runs one
+// rank's slice of every layer; after the attention output and the FFN down projections
+// it all-reduces the partial sums through the rank's Communicator, and it gathers the
+// vocab-parallel logits, so every rank returns the same logits as an unsharded Forward
+// (up to float rounding: the sums are added in another order).
+//
+// Thread-safety: none; one Forward per engine (per rank).
 #pragma once
 
 #include <cstdint>
@@ -27,24 +33,44 @@ struct ForwardToken {
   bool want_logits = false;
 };
 
+class Communicator;
+struct ModelShard;
+
 class Forward {
  public:
   // max_tokens: the most tokens one run() may get. Uploads weights when the backend
   // does not use host memory (progress as in LoadOptions).
   static Result<std::unique_ptr<Forward>> Create(std::shared_ptr<const Model> model, Backend& backend, KvCache& kv,
                                                  int max_tokens, const std::function<void(size_t, size_t)>& progress = {});
+  // Rank comm.rank() of a tensor-parallel group of comm.size() ranks over shard (made
+  // by shard_model for that rank and size). comm works on backend's memory; kv holds
+  // the rank's KV heads (kv_dim == shard->config.kv_dim()). Every rank of the group must
+  // make the same calls to run()/run_argmax() with the same tokens (the collectives pair
+  // up); a failed collective fails the call with kInternal.
+  static Result<std::unique_ptr<Forward>> CreateShard(std::shared_ptr<const ModelShard> shard, Backend& backend,
+                                                      Communicator& comm, KvCache& kv, int max_tokens,
+                                                      const std::function<void(size_t, size_t)>& progress = {});
   ~Forward();
 
   // Runs the tokens; logits (host memory, [n_want, n_vocab] in token order) for those
   // with want_logits. REQUIRES: tokens.size() <= max_tokens, every block table covers pos.
   Status run(const std::vector<ForwardToken>& tokens, std::vector<float>* logits);
+  // As run(), but returns only the greedy token (the first index of the largest logit)
+  // of each token that wants logits. A sharded Forward gathers one (value, index) pair
+  // per token and rank instead of every logit.
+  Status run_argmax(const std::vector<ForwardToken>& tokens, std::vector<int32_t>* ids);
 
   int max_tokens() const { return max_tokens_; }
 
  private:
-  Forward(std::shared_ptr<const Model> m, Backend& b, KvCache& kv, int max_tokens)
-      : model_(std::move(m)), be_(b), kv_(kv), max_tokens_(max_tokens) {}
+  Forward(std::shared_ptr<const void> owner, const ModelConfig& config, const ModelWeights& weights, Backend& b,
+          KvCache& kv, int max_tokens)
+      : owner_(std::move(owner)), config_(config), weights_(weights), be_(b), kv_(kv), max_tokens_(max_tokens) {}
   Status Init(const std::function<void(size_t, size_t)>& progress);
+  // Runs the layers and this rank's output rows: logits_ = [n_out, output_.rows] for the
+  // *n_out tokens that want logits.
+  Status forward_local(const std::vector<ForwardToken>& tokens, int64_t* n_out);
+  Status comm_failed(const char* what) const;
   float* buffer(size_t floats);
   const float* vec(const std::vector<float>& host);
 
@@ -53,14 +79,26 @@ class Forward {
     const float *attn_norm, *ffn_norm, *bq, *bk, *bv;
   };
 
-  std::shared_ptr<const Model> model_;
+  std::shared_ptr<const void> owner_;  // the Model or ModelShard that config_ and weights_ live in
+  const ModelConfig& config_;          // for a shard: the rank's heads and FFN rows
+  const ModelWeights& weights_;
   Backend& be_;
   KvCache& kv_;
   int max_tokens_;
   std::vector<void*> owned_;  // backend allocations to free
   std::vector<Layer> layers_;
-  WeightRef tok_embd_, output_;
+  WeightRef tok_embd_, output_;  // output_: [n_vocab, n_embd], or this rank's vocab rows
   const float* output_norm_ = nullptr;
+
+  // Tensor parallelism (comm_ null when unsharded). Rank r's logits are the vocab rows
+  // [vocab_begin_[r], vocab_begin_[r + 1]); each rank's [n_out, rows] block travels in a
+  // slot of vocab_stride_ * n_out floats.
+  Communicator* comm_ = nullptr;
+  std::vector<int64_t> vocab_begin_;
+  int64_t vocab_stride_ = 0;
+  float* gathered_ = nullptr;  // [n_ranks, max_tokens * vocab_stride_]
+  float *pairs_ = nullptr, *pairs_all_ = nullptr;  // [max_tokens, 2], [n_ranks, max_tokens, 2]: (value, index bits)
+  std::vector<float> h_local_, h_gathered_;
 
   // Activations, [max_tokens, width] each (backend memory).
   float *x_, *xn_, *q_, *k_, *v_, *att_, *o_, *gate_, *up_, *logits_;
