@@ -1,5 +1,6 @@
 // tests/gpu/gpu_kernel_check.cc: validates every CUDA Backend op against the scalar
-// references (kernels/ref.cc), then times the decode GEMV against device-to-device memcpy.
+// references (kernels/ref.cc) and the NCCL communicator, then times the decode GEMV against
+// device-to-device memcpy.
 // A plain program (no GTest) so that it builds on a bare GPU machine: see
 // tests/gpu/CMakeLists.txt and tools/gpu-check.sh.
 //
@@ -22,10 +23,13 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/comm.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "kernels/cuda/nccl_comm.h"
 #include "kernels/dtype.h"
 #include "kernels/ref.h"
 
@@ -522,6 +526,90 @@ void check_errors(CudaBackend& b) {
   require_ok(b, "error checks");
 }
 
+// NCCL (kernels/cuda/nccl_comm.h): one rank per visible GPU (up to 4; one rank on a
+// one-GPU machine), each driven by its own thread on its own backend. Checks the three
+// collectives, then a row-parallel matmul: rank r multiplies its slice of W's columns
+// and an all-reduce sums the partial products into the whole y = W x, compared with
+// ref::matmul (float rounding only: the sum runs in another order). Skipped (not
+// failed) where the build has no NCCL.
+void check_nccl(int first_device) {
+  std::string version, error;
+  if (!ds::nccl_available(&version)) {
+    std::string why;
+    ds::make_nccl_comm_group({}, &why);
+    std::printf("SKIP nccl: %s\n", why.c_str());
+    return;
+  }
+  int n_devices = 0;
+  cudaGetDeviceCount(&n_devices);
+  const int R = std::max(1, std::min(4, n_devices - first_device));
+  std::vector<std::unique_ptr<CudaBackend>> backends;
+  std::vector<CudaBackend*> raw;
+  for (int r = 0; r < R; ++r) {
+    CudaBackendOptions o;
+    o.device = first_device + r;
+    backends.push_back(CudaBackend::create(o, &error));
+    if (!backends.back()) return expect("nccl/setup", false, error);
+    raw.push_back(backends.back().get());
+  }
+  auto comms = ds::make_nccl_comm_group(raw, &error);
+  expect("nccl/group " + std::to_string(R) + "ranks", comms.size() == static_cast<size_t>(R), error);
+  if (comms.empty()) return;
+  std::printf("      (NCCL %s, %d rank%s)\n", version.c_str(), R, R > 1 ? "s" : "");
+
+  const int64_t rows = 300, cols = 512 * R, n = 3, cols_r = cols / R;
+  Rng rng(77);
+  const std::vector<float> w = rng.floats(rows * cols), x = rng.floats(n * cols);
+  std::vector<float> want(n * rows);
+  ds::ref::matmul(WeightRef{DType::kF32, w.data(), rows, cols}, x.data(), n, want.data());
+  std::vector<std::vector<float>> reduced(R), gathered(R), bcast(R), y(R);
+  std::vector<std::string> errors(R);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < R; ++r) {
+    threads.emplace_back([&, r] {
+      CudaBackend& b = *backends[r];
+      ds::Communicator& c = *comms[r];
+      auto ok = [&](bool done) {
+        if (!done && errors[r].empty()) errors[r] = c.last_error();
+        return done;
+      };
+      // all_reduce_sum of rank-specific integers: exact.
+      std::vector<float> v(1000);
+      for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(i * (r + 1));
+      Buf rv(b, v);
+      if (ok(c.all_reduce_sum(rv.as(), v.size()))) reduced[r] = rv.read(v.size());
+      // all_gather: rank r sends 100 copies of r.
+      Buf send(b, std::vector<float>(100, static_cast<float>(r))), recv(b, 100 * R * sizeof(float));
+      if (ok(c.all_gather(send.as(), 100, recv.as()))) gathered[r] = recv.read(100 * R);
+      // broadcast from the last rank.
+      Buf bb(b, std::vector<float>(64, static_cast<float>(10 + r)));
+      if (ok(c.broadcast(bb.as(), 64, R - 1))) bcast[r] = bb.read(64);
+      // Row-parallel matmul: columns [r * cols_r, (r + 1) * cols_r) of W and of each x row.
+      std::vector<float> w_r(rows * cols_r), x_r(n * cols_r);
+      for (int64_t i = 0; i < rows; ++i) std::copy_n(&w[i * cols + r * cols_r], cols_r, &w_r[i * cols_r]);
+      for (int64_t t = 0; t < n; ++t) std::copy_n(&x[t * cols + r * cols_r], cols_r, &x_r[t * cols_r]);
+      Buf dw(b, w_r), dx(b, x_r), dy(b, n * rows * sizeof(float));
+      b.matmul(WeightRef{DType::kF32, dw.as<void>(), rows, cols_r}, dx.as(), n, dy.as());
+      if (ok(c.all_reduce_sum(dy.as(), n * rows))) y[r] = dy.read(n * rows);
+      if (!b.synchronize() && errors[r].empty()) errors[r] = b.last_error();
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < R; ++r) {
+    const std::string rank = " rank" + std::to_string(r);
+    expect("nccl/errors" + rank, errors[r].empty(), errors[r]);
+    if (!errors[r].empty()) continue;
+    std::vector<float> want_sum(1000), want_gather(100 * R), want_bcast(64, static_cast<float>(10 + R - 1));
+    for (size_t i = 0; i < want_sum.size(); ++i) want_sum[i] = static_cast<float>(i * R * (R + 1) / 2);
+    for (int q = 0; q < R; ++q) std::fill_n(&want_gather[q * 100], 100, static_cast<float>(q));
+    expect("nccl/all_reduce_sum" + rank, reduced[r] == want_sum, "wrong sums");
+    expect("nccl/all_gather" + rank, gathered[r] == want_gather, "wrong slots");
+    expect("nccl/broadcast" + rank, bcast[r] == want_bcast, "wrong values");
+    compare("nccl/row-parallel-matmul" + rank + " " + shape(rows, cols), y[r], want, 1e-4, 1e-4);
+  }
+  comms.clear();  // before the backends whose streams they use
+}
+
 // ---- benchmarks ---------------------------------------------------------------------
 
 constexpr size_t kRotateBytes = size_t{256} << 20;  // > 4x L2 (50 MiB on H100): every read comes from HBM
@@ -718,6 +806,7 @@ int main(int argc, char** argv) {
   check_rope(*b, rng);
   check_attention(*b, rng);
   check_matmul(*b, *tf32, rng, quick);
+  check_nccl(device);
   print_summary();
 
   if (bench) {
