@@ -1,4 +1,4 @@
-// ds-bench: engine micro-benchmarks.
+// ds-bench: engine micro-benchmarks and a closed-loop load generator.
 //
 //   ds-bench engine --model FILE [--threads N] [--prompt 128] [--gen 64] [--batch 1,8]
 //                   [--repeats 3] [--json]
@@ -6,17 +6,32 @@
 // batch 1 and aggregated over each batch size (every sequence decodes --gen tokens),
 // medians of --repeats runs, plus the memory read bandwidth measured in the same run
 // (decode is bandwidth-bound: weight bytes per token x tok/s vs that ceiling).
-// Exit codes: 0 ok, 1 failure, 2 usage error.
+//
+//   ds-bench load --connect HOST:PORT [--concurrency 8] [--requests 32] [--prompt-tokens 32]
+//                 [--max-tokens 64] [--vocab 256] [--compare-engine FILE [--threads N]] [--json]
+// Closed loop through a ds-node with the ds::Client library: --concurrency streams each
+// keep one greedy request in flight until --requests have finished. Reports requests/s,
+// generated tok/s (all tokens received / wall time, prefill included), time to first
+// token and inter-token gap p50/p99 as the client sees them, and the error count.
+// --compare-engine first measures the in-process engine's batch-C decode tok/s on FILE
+// (the node stays idle meanwhile) and reports the ratio load / engine.
+// Exit codes: 0 ok, 1 failure, 2 usage error, 3 cannot connect, 4 some requests were
+// rejected (and none failed otherwise), 5 some requests failed (the report is printed
+// in every case once the load ran).
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
+#include <mutex>
 #include <thread>
 
+#include "actors/client.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/thread_pool.h"
 #include "model/engine.h"
@@ -185,10 +200,238 @@ int bench_engine(const std::string& path, int threads, int prompt, int gen, std:
   return ds::cli::kExitOk;
 }
 
+// ---- load: closed loop through a ds-node ----
+
+struct LoadArgs {
+  std::string connect;
+  int concurrency = 8;
+  int requests = 32;
+  int prompt_tokens = 32;
+  int max_tokens = 64;
+  int vocab = 256;
+  std::string compare_engine;  // GGUF file: measure the engine's batch-C decode first
+  int threads = 0;
+  bool json = false;
+};
+
+// What one request measured, as the client saw it.
+struct RequestSample {
+  bool ok = false;
+  bool rejected = false;  // refused by the node (invalid, draining, no worker)
+  bool lost = false;      // the connection broke: the load stops
+  std::string error;
+  int tokens = 0;
+  double ttft_ms = -1;
+  std::vector<double> itl_ms;  // gap before each token after the first
+};
+
+// Prompt of request i: n ids in [3, vocab) (0-2 are unk/bos/eos in Llama vocabularies).
+// The first ids spell i in base (vocab - 3), so prompts are distinct while n allows; the
+// rest is a fixed hash of (i, position). Deterministic across runs.
+std::vector<int32_t> load_prompt(uint64_t i, int n, int vocab) {
+  const uint64_t base = static_cast<uint64_t>(vocab - 3);
+  std::vector<int32_t> t;
+  t.reserve(n);
+  uint64_t rest = i;
+  do {
+    t.push_back(static_cast<int32_t>(3 + rest % base));
+    rest /= base;
+  } while (rest > 0 && static_cast<int>(t.size()) < n);
+  for (uint64_t j = t.size(); static_cast<int>(t.size()) < n; ++j) {
+    uint64_t z = i * 0x9E3779B97F4A7C15ull + j * 0xBF58476D1CE4E5B9ull + 0x94D049BB133111EBull;  // splitmix64
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    t.push_back(static_cast<int32_t>(3 + z % base));
+  }
+  return t;
+}
+
+// Nearest-rank percentile (p in (0, 1]); 0 for no samples.
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t k = static_cast<size_t>(std::ceil(p * static_cast<double>(v.size())));
+  return v[std::min(v.size() - 1, k == 0 ? 0 : k - 1)];
+}
+
+double mean(const std::vector<double>& v) {
+  double s = 0;
+  for (double x : v) s += x;
+  return v.empty() ? 0 : s / static_cast<double>(v.size());
+}
+
+RequestSample run_one_request(ds::Client& client, const ds::GenerateRequest& req) {
+  RequestSample r;
+  const auto t0 = Clock::now();
+  auto last = t0;
+  auto on_chunk = [&](const ds::TokenChunk& c) {
+    if (c.tokens.empty()) return;  // text only: no new token
+    const auto now = Clock::now();
+    const double gap_ms = std::chrono::duration<double, std::milli>(now - last).count();
+    const int n = static_cast<int>(c.tokens.size());
+    if (r.ttft_ms < 0) {
+      r.ttft_ms = gap_ms;
+      for (int k = 1; k < n; ++k) r.itl_ms.push_back(0);  // arrived together with the first
+    } else {
+      for (int k = 0; k < n; ++k) r.itl_ms.push_back(gap_ms / n);
+    }
+    r.tokens += n;
+    last = now;
+  };
+  auto res = client.generate(req, on_chunk);
+  if (!res.ok()) {
+    r.error = res.status().message();
+    r.rejected = res.status().code() == ds::StatusCode::kInvalidArgument;
+    r.lost = res.status().code() == ds::StatusCode::kIOError;
+    return r;
+  }
+  if (res->finish_reason == "error" || res->finish_reason == "cancelled") {
+    r.error = "request " + res->id + " ended with " + res->finish_reason + (res->error.empty() ? "" : ": " + res->error);
+    return r;
+  }
+  r.ok = true;
+  return r;
+}
+
+// The engine's aggregate decode tok/s at batch `batch` on `path` (median of 3 runs).
+int engine_decode_tok_s(const LoadArgs& a, double* out) {
+  auto model = ds::Model::Load(a.compare_engine, ds::LoadOptions{});
+  if (!model.ok()) {
+    std::cerr << "ds-bench: cannot load model: " << model.status().ToString() << "\n";
+    return ds::cli::kExitFailure;
+  }
+  std::vector<double> runs;
+  for (int r = 0; r < 3; ++r) {
+    BenchResult br;
+    if (ds::Status s = run_once(*model, a.threads, a.prompt_tokens, a.max_tokens, {a.concurrency}, &br); !s.ok()) {
+      std::cerr << "ds-bench: " << s.ToString() << "\n";
+      return ds::cli::kExitFailure;
+    }
+    runs.push_back(br.decode[0].second);
+  }
+  *out = median(runs);
+  return ds::cli::kExitOk;
+}
+
+int bench_load(LoadArgs a) {
+  ds::ClientOptions co;
+  if (!ds::parse_host_port(a.connect, &co.host, &co.port)) {
+    std::cerr << "ds-bench: --connect wants HOST:PORT, got '" << a.connect << "'\n";
+    return ds::cli::kExitUsage;
+  }
+  if (a.threads <= 0) a.threads = static_cast<int>(std::thread::hardware_concurrency());
+  auto client = ds::Client::Connect(co);
+  if (!client.ok()) {
+    std::cerr << "ds-bench: " << client.status().message() << "\n";
+    return ds::cli::kExitConnect;
+  }
+  // The engine first, alone: running it beside the node's work would distort both.
+  double engine_tok_s = 0;
+  if (!a.compare_engine.empty()) {
+    if (!a.json) std::cerr << "engine: batch-" << a.concurrency << " decode on " << a.compare_engine << " ...\n";
+    if (int rc = engine_decode_tok_s(a, &engine_tok_s); rc != ds::cli::kExitOk) return rc;
+  }
+
+  std::atomic<int> next{0};
+  std::atomic<bool> stop{false};
+  std::mutex mu;
+  std::vector<RequestSample> samples;
+  samples.reserve(a.requests);
+  const auto t0 = Clock::now();
+  std::vector<std::thread> streams;
+  for (int c = 0; c < a.concurrency; ++c) {
+    streams.emplace_back([&] {
+      for (int i = next.fetch_add(1); i < a.requests && !stop.load(); i = next.fetch_add(1)) {
+        ds::GenerateRequest req;
+        req.prompt_tokens = load_prompt(static_cast<uint64_t>(i), a.prompt_tokens, a.vocab);
+        req.max_tokens = a.max_tokens;
+        req.temperature = 0.0f;
+        req.stream = true;
+        RequestSample r = run_one_request(**client, req);
+        if (r.lost) stop.store(true);  // no point in sending more into a broken connection
+        std::lock_guard<std::mutex> lock(mu);
+        samples.push_back(std::move(r));
+      }
+    });
+  }
+  for (auto& t : streams) t.join();
+  const double wall_s = std::chrono::duration<double>(Clock::now() - t0).count();
+
+  int completed = 0, errors = 0, rejected = 0;
+  int64_t gen_tokens = 0;
+  std::string first_error;
+  std::vector<double> ttft, itl;
+  for (const RequestSample& r : samples) {
+    gen_tokens += r.tokens;
+    if (r.ttft_ms >= 0) ttft.push_back(r.ttft_ms);
+    itl.insert(itl.end(), r.itl_ms.begin(), r.itl_ms.end());
+    if (r.ok) {
+      ++completed;
+    } else {
+      ++errors;
+      rejected += r.rejected ? 1 : 0;
+      if (first_error.empty()) first_error = r.error;
+    }
+  }
+  const double rps = completed / wall_s, tok_s = static_cast<double>(gen_tokens) / wall_s;
+  const int not_sent = a.requests - static_cast<int>(samples.size());
+  if (a.json) {
+    nlohmann::json j;
+    j["connect"] = a.connect;
+    j["concurrency"] = a.concurrency;
+    j["requests"] = a.requests;
+    j["prompt_tokens"] = a.prompt_tokens;
+    j["max_tokens"] = a.max_tokens;
+    j["completed"] = completed;
+    j["errors"] = errors;
+    j["rejected"] = rejected;
+    j["not_sent"] = not_sent;
+    j["gen_tokens"] = gen_tokens;
+    j["wall_s"] = wall_s;
+    j["requests_per_s"] = rps;
+    j["gen_tok_s"] = tok_s;
+    j["ttft_ms_p50"] = percentile(ttft, 0.50);
+    j["ttft_ms_p99"] = percentile(ttft, 0.99);
+    j["ttft_ms_mean"] = mean(ttft);
+    j["itl_ms_p50"] = percentile(itl, 0.50);
+    j["itl_ms_p99"] = percentile(itl, 0.99);
+    j["itl_ms_mean"] = mean(itl);
+    if (!first_error.empty()) j["first_error"] = first_error;
+    if (!a.compare_engine.empty()) {
+      j["engine_model"] = a.compare_engine;
+      j["engine_threads"] = a.threads;
+      j["engine_batch"] = a.concurrency;
+      j["engine_decode_tok_s"] = engine_tok_s;
+      j["load_vs_engine"] = engine_tok_s > 0 ? tok_s / engine_tok_s : 0;
+    }
+    std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  } else {
+    std::printf("load      %s: %d streams, %d requests of %d prompt ids + %d tokens max (greedy)\n", a.connect.c_str(),
+                a.concurrency, a.requests, a.prompt_tokens, a.max_tokens);
+    std::printf("done      %d completed, %d errors (%d rejected), %d not sent, in %.2f s\n\n", completed, errors, rejected,
+                not_sent, wall_s);
+    std::printf("%-22s %12s\n", "metric", "value");
+    std::printf("%-22s %12.2f\n", "requests/s", rps);
+    std::printf("%-22s %12.1f\n", "generated tok/s", tok_s);
+    std::printf("%-22s %12.1f\n", "TTFT p50 ms", percentile(ttft, 0.50));
+    std::printf("%-22s %12.1f\n", "TTFT p99 ms", percentile(ttft, 0.99));
+    std::printf("%-22s %12.2f\n", "inter-token p50 ms", percentile(itl, 0.50));
+    std::printf("%-22s %12.2f\n", "inter-token p99 ms", percentile(itl, 0.99));
+    if (!a.compare_engine.empty()) {
+      std::printf("\nengine batch-%d decode %.1f tok/s (in-process, %d threads, median of 3); load / engine = %.2f\n",
+                  a.concurrency, engine_tok_s, a.threads, engine_tok_s > 0 ? tok_s / engine_tok_s : 0.0);
+    }
+    if (!first_error.empty()) std::printf("\nfirst error: %s\n", first_error.c_str());
+  }
+  if (errors == 0 && not_sent == 0) return ds::cli::kExitOk;
+  return errors == rejected && not_sent == 0 ? ds::cli::kExitRejected : ds::cli::kExitRequestFailed;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"ds-bench: benchmarks for the ds engine"};
+  CLI::App app{"ds-bench: benchmarks for the ds engine and for a ds-node under load"};
   app.require_subcommand(1);
   std::string model;
   int threads = 0, prompt = 128, gen = 64, repeats = 3;
@@ -203,11 +446,30 @@ int main(int argc, char** argv) {
   eng->add_option("--repeats", repeats, "Runs; the median is reported")->check(CLI::Range(1, 100));
   eng->add_flag("--json", json, "One JSON object instead of a table");
   eng->add_flag("-q,--quiet", quiet, "No progress output");
+
+  LoadArgs la;
+  CLI::App* load = app.add_subcommand(
+      "load",
+      "Closed-loop load through a ds-node: C streams each keep one greedy request in flight until N are done; reports "
+      "requests/s, generated tok/s, TTFT and inter-token p50/p99, errors (exit 3: cannot connect)");
+  load->add_option("--connect", la.connect, "HOST:PORT of the ds-node")->required();
+  load->add_option("--concurrency", la.concurrency, "Streams, each with one request in flight (default 8)")->check(CLI::Range(1, 1024));
+  load->add_option("--requests", la.requests, "Requests in all (default 32)")->check(CLI::Range(1, 10000000));
+  load->add_option("--prompt-tokens", la.prompt_tokens, "Prompt length in token ids, distinct per request (default 32)")->check(CLI::Range(1, 65536));
+  load->add_option("--max-tokens", la.max_tokens, "Tokens to generate per request, fewer when the model stops (default 64)")->check(CLI::Range(1, 1 << 20));
+  load->add_option("--vocab", la.vocab, "Prompt ids are drawn from [3, VOCAB) (default 256, valid for every Llama/Qwen2 vocabulary)")
+      ->check(CLI::Range(4, 1 << 24));
+  load->add_option("--compare-engine", la.compare_engine,
+                   "GGUF file (the one the node serves): first measure the in-process engine's batch-C decode tok/s on it")
+      ->check(CLI::ExistingFile);
+  load->add_option("--threads", la.threads, "CPU threads of the --compare-engine run (default: all cores)")->check(CLI::Range(0, 256));
+  load->add_flag("--json", la.json, "One JSON object instead of a table");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     const int rc = app.exit(e);
     return rc == 0 ? 0 : ds::cli::kExitUsage;
   }
+  if (load->parsed()) return bench_load(la);
   return bench_engine(model, threads, prompt, gen, batches, repeats, json, quiet);
 }
