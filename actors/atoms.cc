@@ -12,6 +12,8 @@ std::string to_string(errc e) {
     case errc::draining: return "draining";
     case errc::wrong_cluster: return "wrong_cluster";
     case errc::internal: return "internal";
+    case errc::no_quorum: return "no_quorum";
+    case errc::not_found: return "not_found";
   }
   return "unknown";
 }
@@ -27,6 +29,8 @@ void register_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<NodeInfo>("ds_node_info");
   cfg.add_message_type<std::vector<NodeInfo>>("ds_node_infos");
   cfg.add_message_type<ClusterStatus>("ds_cluster_status");
+  cfg.add_message_type<MemberInfo>("ds_member_info");
+  cfg.add_message_type<MemberView>("ds_member_view");
   cfg.add_error_category(caf::atom("ds"), [](uint8_t code, caf::atom_value, const caf::message& ctx) {
     std::string s = to_string(static_cast<errc>(code));
     if (!ctx.empty() && ctx.match_element<std::string>(0)) s += ": " + ctx.get_as<std::string>(0);

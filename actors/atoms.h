@@ -21,10 +21,17 @@ using status_atom = caf::atom_constant<caf::atom("ds_status")>;  // -> NodeStatu
 using worker_atom = caf::atom_constant<caf::atom("ds_worker")>;  // supervisor -> router: (new) worker
 using drain_atom = caf::atom_constant<caf::atom("ds_drain")>;    // stop accepting, finish in-flight
 using respawn_atom = caf::atom_constant<caf::atom("ds_respawn")>;
-using join_atom = caf::atom_constant<caf::atom("ds_join")>;        // joiner -> seed router: NodeInfo
-using peer_atom = caf::atom_constant<caf::atom("ds_peer")>;        // router -> router: a (new) member
-using peers_atom = caf::atom_constant<caf::atom("ds_peers")>;      // node main -> router: members from the seed
+using peer_atom = caf::atom_constant<caf::atom("ds_peer")>;        // router -> router: my NodeInfo changed
+using hello_atom = caf::atom_constant<caf::atom("ds_hello")>;      // router -> router: NodeInfo -> NodeInfo
 using cstatus_atom = caf::atom_constant<caf::atom("ds_cstatus")>;  // -> ClusterStatus
+using members_atom = caf::atom_constant<caf::atom("ds_members")>;  // -> MemberView
+using cluster_atom = caf::atom_constant<caf::atom("ds_cluster")>;  // membership <-> membership: encoded message
+using member_atom = caf::atom_constant<caf::atom("ds_member")>;    // -> the node's membership actor
+using tick_atom = caf::atom_constant<caf::atom("ds_tick")>;        // timers
+using leave_atom = caf::atom_constant<caf::atom("ds_leave")>;      // membership: start leaving
+using shutdown_atom = caf::atom_constant<caf::atom("ds_shutdn")>;  // membership: announce down, stop
+using remove_atom = caf::atom_constant<caf::atom("ds_remove")>;    // forget a dead member (node id)
+using dnode_atom = caf::atom_constant<caf::atom("ds_dnode")>;      // ds-admin: drain node (id)
 
 // Errors a client can get from a node (category "ds").
 enum class errc : uint8_t {
@@ -33,6 +40,8 @@ enum class errc : uint8_t {
   draining,             // the node is shutting down
   wrong_cluster,        // a join with another cluster name
   internal,             // a bug in ds
+  no_quorum,            // this node is cut off from the majority of the cluster
+  not_found,            // no such member (ds-admin node drain/remove)
 };
 std::string to_string(errc e);
 

@@ -7,6 +7,8 @@
 #include <caf/scoped_actor.hpp>
 #include <caf/system_messages.hpp>
 
+#include <algorithm>
+#include <mutex>
 #include <set>
 
 #include "actors/atoms.h"
@@ -30,9 +32,85 @@ struct ClientConfig : caf::actor_system_config {
 struct Client::Impl {
   ClientConfig cfg;
   caf::actor_system sys{cfg};
-  caf::actor router;
   ClientOptions opts;
+  mutable std::mutex mu;
+  caf::actor router;                   // guarded by mu
+  std::string address;                 // guarded by mu: host:port of router
+  std::vector<std::string> others;     // guarded by mu: other live members' addresses
+
+  caf::actor current() const {
+    std::lock_guard<std::mutex> lock(mu);
+    return router;
+  }
+  // Connects to host:port; the router there or an error.
+  Result<caf::actor> connect(const std::string& host, uint16_t port) {
+    caf::scoped_actor self{sys};
+    Result<caf::actor> out = Status::IOError("cannot connect to " + host + ":" + std::to_string(port));
+    self->request(sys.middleman().actor_handle(), opts.connect_timeout, caf::connect_atom::value, host, port)
+        .receive(
+            [&](const caf::node_id&, caf::strong_actor_ptr& p, const std::set<std::string>&) {
+              auto r = caf::actor_cast<caf::actor>(p);
+              if (r) out = r;
+              else out = Status::IOError("no ds node at " + host + ":" + std::to_string(port));
+            },
+            [&](caf::error& e) {
+              out = Status::IOError("cannot connect to " + host + ":" + std::to_string(port) + ": " + caf::to_string(e));
+            });
+    return out;
+  }
+  // Learns the other live members from the current node (best effort).
+  void learn_members() {
+    caf::actor r = current();
+    caf::scoped_actor self{sys};
+    self->request(r, std::chrono::seconds(3), members_atom::value)
+        .receive(
+            [&](MemberView& v) {
+              std::vector<std::string> others;
+              for (const MemberInfo& m : v.members)
+                if (m.node_id != v.self_id && m.state == "up" && !m.address.empty()) others.push_back(m.address);
+              std::lock_guard<std::mutex> lock(mu);
+              if (!others.empty()) this->others = std::move(others);
+            },
+            [](caf::error&) {});
+  }
+  // The current node is gone: switch to another member. False when none answers.
+  bool fail_over(const caf::actor& dead) {
+    std::vector<std::string> candidates;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (router != dead) return true;  // another thread switched already
+      candidates = others;
+    }
+    for (const std::string& a : candidates) {
+      std::string host;
+      uint16_t port = 0;
+      if (!parse_host_port(a, &host, &port)) continue;
+      auto r = connect(host, port);
+      if (!r.ok()) continue;
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        router = *r;
+        others.erase(std::remove(others.begin(), others.end(), a), others.end());
+        others.push_back(address);  // it may come back
+        address = a;
+      }
+      learn_members();
+      return true;
+    }
+    return false;
+  }
 };
+
+namespace {
+// Errors that say the node itself is gone or will not take work here (try another member).
+bool node_unusable(const caf::error& e) {
+  if (e.category() == caf::atom("ds")) {
+    const auto c = static_cast<errc>(e.code());
+    return c == errc::draining || c == errc::no_quorum;
+  }
+  return e.category() == caf::atom("system");
+}
+}  // namespace
 
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
@@ -58,33 +136,36 @@ bool parse_host_port(const std::string& s, std::string* host, uint16_t* port) {
 Result<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opts) {
   auto impl = std::make_unique<Impl>();
   impl->opts = opts;
-  caf::scoped_actor self{impl->sys};
-  Status st = Status::IOError("cannot connect to " + opts.host + ":" + std::to_string(opts.port));
-  self->request(impl->sys.middleman().actor_handle(), opts.connect_timeout, caf::connect_atom::value, opts.host, opts.port)
-      .receive(
-          [&](const caf::node_id&, caf::strong_actor_ptr& p, const std::set<std::string>&) {
-            impl->router = caf::actor_cast<caf::actor>(p);
-            if (impl->router) st = Status::Ok();
-            else st = Status::IOError("no ds node at " + opts.host + ":" + std::to_string(opts.port));
-          },
-          [&](caf::error& e) { st = Status::IOError("cannot connect to " + opts.host + ":" + std::to_string(opts.port) + ": " + caf::to_string(e)); });
-  if (!st.ok()) return st;
+  auto r = impl->connect(opts.host, opts.port);
+  if (!r.ok()) return r.status();
+  impl->router = *r;
+  impl->address = (opts.host.find(':') != std::string::npos ? "[" + opts.host + "]" : opts.host) + ":" + std::to_string(opts.port);
+  impl->learn_members();
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 
 Result<GenerateResult> Client::generate(const GenerateRequest& req, const std::function<void(const TokenChunk&)>& on_chunk,
                                         const std::atomic<bool>* cancel) {
   caf::scoped_actor self{impl_->sys};
-  self->monitor(impl_->router);
   GenerateResult res;
   Status st = Status::Ok();
-  self->request(impl_->router, impl_->opts.connect_timeout, gen_atom::value, req)
-      .receive([&](std::string& id) { res.id = std::move(id); },
-               [&](caf::error& e) {
-                 if (e.category() == caf::atom("ds")) st = Status::InvalidArgument(render_error(e));
-                 else st = Status::IOError("request failed: " + render_error(e));
-               });
+  caf::actor router;
+  // Sent to the current node; when it is gone (or draining, or cut off), to another member.
+  for (int attempt = 0;; ++attempt) {
+    router = impl_->current();
+    bool retry = false;
+    st = Status::Ok();
+    self->request(router, impl_->opts.connect_timeout, gen_atom::value, req)
+        .receive([&](std::string& id) { res.id = std::move(id); },
+                 [&](caf::error& e) {
+                   if (e.category() == caf::atom("ds")) st = Status::InvalidArgument(render_error(e));
+                   else st = Status::IOError("request failed: " + render_error(e));
+                   retry = node_unusable(e);
+                 });
+    if (st.ok() || !retry || attempt >= 3 || !impl_->fail_over(router)) break;
+  }
   if (!st.ok()) return st;
+  self->monitor(router);
   bool done = false, cancel_sent = false;
   auto last = std::chrono::steady_clock::now();
   while (!done) {
@@ -126,7 +207,7 @@ Result<GenerateResult> Client::generate(const GenerateRequest& req, const std::f
         });
     // Checked after every message: a busy stream never lets the idle timeout fire.
     if (!done && cancel && cancel->load() && !cancel_sent) {
-      self->send(impl_->router, cancel_atom::value, res.id);
+      self->send(router, cancel_atom::value, res.id);
       cancel_sent = true;
     }
   }
@@ -137,7 +218,7 @@ Result<GenerateResult> Client::generate(const GenerateRequest& req, const std::f
 Result<NodeStatus> Client::status() {
   caf::scoped_actor self{impl_->sys};
   Result<NodeStatus> out = Status::IOError("no answer");
-  self->request(impl_->router, std::chrono::seconds(10), status_atom::value)
+  self->request(impl_->current(), std::chrono::seconds(10), status_atom::value)
       .receive([&](NodeStatus& ns) { out = std::move(ns); },
                [&](caf::error& e) { out = Status::IOError("status request failed: " + render_error(e)); });
   return out;
@@ -150,10 +231,49 @@ namespace ds {
 Result<ClusterStatus> Client::cluster_status() {
   caf::scoped_actor self{impl_->sys};
   Result<ClusterStatus> out = Status::IOError("no answer");
-  self->request(impl_->router, std::chrono::seconds(10), cstatus_atom::value)
+  self->request(impl_->current(), std::chrono::seconds(10), cstatus_atom::value)
       .receive([&](ClusterStatus& cs) { out = std::move(cs); },
                [&](caf::error& e) { out = Status::IOError("cluster status request failed: " + render_error(e)); });
   return out;
+}
+
+Result<MemberView> Client::members() {
+  caf::scoped_actor self{impl_->sys};
+  Result<MemberView> out = Status::IOError("no answer");
+  self->request(impl_->current(), std::chrono::seconds(10), members_atom::value)
+      .receive([&](MemberView& v) { out = std::move(v); },
+               [&](caf::error& e) { out = Status::IOError("members request failed: " + render_error(e)); });
+  if (out.ok()) impl_->learn_members();
+  return out;
+}
+
+namespace {
+template <class... Ts>
+Status admin_call(caf::actor_system& sys, const caf::actor& router, Ts&&... xs) {
+  caf::scoped_actor self{sys};
+  Status st = Status::IOError("no answer");
+  self->request(router, std::chrono::seconds(10), std::forward<Ts>(xs)...)
+      .receive([&](bool) { st = Status::Ok(); },
+               [&](caf::error& e) {
+                 if (e.category() == caf::atom("ds") && static_cast<errc>(e.code()) == errc::not_found) st = Status::NotFound(render_error(e));
+                 else if (e.category() == caf::atom("ds")) st = Status::InvalidArgument(render_error(e));
+                 else st = Status::IOError(render_error(e));
+               });
+  return st;
+}
+}  // namespace
+
+Status Client::drain_node(const std::string& node_id) {
+  return admin_call(impl_->sys, impl_->current(), dnode_atom::value, node_id);
+}
+
+Status Client::remove_node(const std::string& node_id) {
+  return admin_call(impl_->sys, impl_->current(), remove_atom::value, node_id);
+}
+
+std::string Client::node_address() const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  return impl_->address;
 }
 
 }  // namespace ds

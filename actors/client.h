@@ -5,6 +5,11 @@
 // are checked: a gap or duplicate is reported as an error, never hidden. Cancel a
 // running request by setting the atomic flag passed to generate().
 //
+// Cluster: on Connect the client learns the member list from the node; when that node dies
+// (or leaves, or is cut off from the majority), the next call connects to another live member
+// and is sent there. A request whose node dies mid-stream ends with an IOError (re-attaching
+// to a running request comes with the replicated journal).
+//
 // Thread-safety: one Client may be used from several threads at once (each call uses
 // its own scoped actor).
 #pragma once
@@ -57,6 +62,14 @@ class Client {
   Result<NodeStatus> status();
   // Every member of the cluster, as the node this client talks to sees it.
   Result<ClusterStatus> cluster_status();
+  // The membership view of the node this client talks to (also refreshes the member list).
+  Result<MemberView> members();
+  // ds-admin node drain ID: the member stops taking work, finishes it, leaves and exits.
+  Status drain_node(const std::string& node_id);
+  // ds-admin node remove ID: forget a member that is down (refused for a live one).
+  Status remove_node(const std::string& node_id);
+  // host:port of the node this client talks to now.
+  std::string node_address() const;
 
  private:
   struct Impl;

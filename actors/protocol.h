@@ -135,7 +135,7 @@ typename Inspector::result_type inspect(Inspector& f, WorkerStatus& x) {
 struct NodeStatus {
   std::string node_id;
   std::string address;
-  std::string state;  // "up", "draining"
+  std::string state;  // membership state: "joining", "up", "leaving", "down", "removed"; "unreachable"
   double uptime_s = 0;
   std::string version;
   std::string model;
@@ -143,13 +143,15 @@ struct NodeStatus {
   int32_t members = 1;  // members in this node's view of the cluster (itself included)
   uint64_t incarnation = 0;
   bool leader = false;  // the oldest up member (set in cluster status)
+  bool draining = false;  // refusing new requests (SIGTERM or ds-admin node drain)
+  bool reachable = true;  // no live member's failure detector suspects it
   std::vector<WorkerStatus> workers;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, NodeStatus& x) {
   return f(caf::meta::type_name("ds_node_status"), x.node_id, x.address, x.state, x.uptime_s, x.version, x.model,
-           x.in_flight, x.members, x.incarnation, x.leader, x.workers);
+           x.in_flight, x.members, x.incarnation, x.leader, x.draining, x.reachable, x.workers);
 }
 
 // A cluster member as routers introduce themselves to each other.
@@ -168,12 +170,55 @@ typename Inspector::result_type inspect(Inspector& f, NodeInfo& x) {
 }
 
 struct ClusterStatus {
+  std::string cluster_name;
+  std::string reporter;       // the node that answered (its view)
+  std::string leader;         // the oldest up member; empty when none
+  bool has_quorum = true;     // the reporter sees a majority of the voting members
+  std::string quorum;         // "3 of 5 voting members reachable", or why there is no quorum
   std::vector<NodeStatus> nodes;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, ClusterStatus& x) {
-  return f(caf::meta::type_name("ds_cluster_status"), x.nodes);
+  return f(caf::meta::type_name("ds_cluster_status"), x.cluster_name, x.reporter, x.leader, x.has_quorum, x.quorum, x.nodes);
+}
+
+// One member as a node's membership view holds it (gossiped, converging on every node).
+struct MemberInfo {
+  std::string node_id;
+  uint64_t incarnation = 0;
+  std::string state;            // joining, up, leaving, down, removed
+  std::string address;          // cluster (actor) port, host:port
+  std::string http_address;     // empty: none
+  bool reachable = true;        // no live member's detector suspects it
+  double load = 0;              // gossiped: (queued + in flight) / capacity over its workers
+  caf::actor router;            // its router, once this node has connected to it (else null)
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, MemberInfo& x) {
+  return f(caf::meta::type_name("ds_member_info"), x.node_id, x.incarnation, x.state, x.address, x.http_address,
+           x.reachable, x.load, x.router);
+}
+
+// A node's membership view: the membership actor pushes it to the router on every change and
+// once a second; clients ask a router for it to learn where else they can connect.
+struct MemberView {
+  std::string cluster_name;
+  std::string self_id;
+  uint64_t self_incarnation = 0;
+  std::string self_state;
+  std::string leader;
+  bool has_quorum = true;
+  std::string quorum;
+  uint64_t self_downs = 0;  // how often this process was declared down (each: its work is dead)
+  std::vector<MemberInfo> members;  // self included, sorted by node id
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, MemberView& x) {
+  return f(caf::meta::type_name("ds_member_view"), x.cluster_name, x.self_id, x.self_incarnation, x.self_state, x.leader,
+           x.has_quorum, x.quorum, x.self_downs, x.members);
 }
 
 }  // namespace ds

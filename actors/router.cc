@@ -32,6 +32,9 @@ struct Inflight {
 
 struct Peer {
   NodeInfo info;
+  std::string state = "up";  // membership state (only "up" members get new work)
+  bool reachable = true;
+  double load = 0;           // gossiped: sequences queued + running on its workers
 };
 
 struct RouterState {
@@ -39,8 +42,12 @@ struct RouterState {
   caf::actor worker;  // the local worker (null while restarting or failed)
   int worker_restarts = 0;
   bool worker_failed = false;
-  uint64_t incarnation = 0;
   std::map<std::string, Peer> peers;  // other members, by node id
+  caf::actor membership;              // this node's membership actor
+  MemberView view;                    // its latest view
+  bool have_view = false;
+  uint64_t seen_self_downs = 0;
+  std::map<std::string, uint64_t> hello_pending;  // node id -> incarnation greeted
   std::mt19937_64 rng{std::random_device{}()};
   std::map<uint64_t, Inflight> inflight;      // by engine sequence id
   std::map<std::string, uint64_t> by_id;      // request id -> sequence id
@@ -94,45 +101,56 @@ WorkItem work_item(uint64_t seq_id, const Inflight& f) {
   return w;
 }
 
-// Every worker this router can use: the local one first, then the peers'.
-std::vector<std::pair<caf::actor, bool>> live_workers(const RouterState& s) {
-  std::vector<std::pair<caf::actor, bool>> w;
-  if (s.worker) w.emplace_back(s.worker, true);
+struct Candidate {
+  caf::actor worker;
+  bool local;
+  double gossiped;  // sequences on it as its node last published (at most ~1 s old)
+};
+
+// Every worker this router can use: the local one first, then those of up, reachable peers.
+std::vector<Candidate> live_workers(const RouterState& s) {
+  std::vector<Candidate> w;
+  if (s.worker) {
+    double own = 0;
+    for (const MemberInfo& m : s.view.members)
+      if (m.node_id == s.cfg.node_id) own = m.load;
+    w.push_back({s.worker, true, own});
+  }
   for (const auto& [id, p] : s.peers)
-    if (p.info.worker) w.emplace_back(p.info.worker, false);
+    if (p.info.worker && p.state == "up" && p.reachable) w.push_back({p.info.worker, false, p.load});
   return w;
 }
 
-// Power of two choices on the number of requests this router runs on each worker;
-// the local worker wins ties.
+// Power of two choices on load: the larger of what this router runs there (exact, fresh)
+// and what the node gossiped (all routers' work, slightly stale). Local wins ties.
 caf::actor pick_worker(RouterState& s) {
   auto ws = live_workers(s);
   if (ws.empty()) return nullptr;
-  auto load = [&](const caf::actor& w) {
-    int n = 0;
-    for (const auto& [seq, f] : s.inflight) n += f.worker == w ? 1 : 0;
-    return n;
+  auto load = [&](const Candidate& c) {
+    double n = 0;
+    for (const auto& [seq, f] : s.inflight) n += f.worker == c.worker ? 1 : 0;
+    return std::max(n, c.gossiped);
   };
-  if (ws.size() == 1) return ws[0].first;
+  if (ws.size() == 1) return ws[0].worker;
   std::uniform_int_distribution<size_t> d(0, ws.size() - 1);
   size_t a = d(s.rng), b = d(s.rng);
   if (a == b) b = (a + 1) % ws.size();
-  const int la = load(ws[a].first), lb = load(ws[b].first);
-  if (la != lb) return la < lb ? ws[a].first : ws[b].first;
-  return ws[a].second ? ws[a].first : ws[b].first;  // local preferred at equal load
+  const double la = load(ws[a]), lb = load(ws[b]);
+  if (la != lb) return la < lb ? ws[a].worker : ws[b].worker;
+  return ws[a].local ? ws[a].worker : ws[b].worker;  // local preferred at equal load
 }
 
 NodeInfo self_info(caf::stateful_actor<RouterState>* self) {
   const auto& s = self->state;
-  return NodeInfo{s.cfg.node_id, s.cfg.cluster_name, s.cfg.address, s.incarnation,
+  return NodeInfo{s.cfg.node_id, s.cfg.cluster_name, s.cfg.address, s.view.self_incarnation,
                   caf::actor_cast<caf::actor>(self), s.worker};
 }
 
 caf::behavior router_behavior(caf::stateful_actor<RouterState>* self, RouterConfig cfg) {
   self->state.cfg = std::move(cfg);
-  self->state.incarnation = static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count());
+  const uint64_t start_ns = static_cast<uint64_t>(std::chrono::system_clock::now().time_since_epoch().count());
   // Sequence ids are unique cluster-wide: workers run sequences of many routers.
-  self->state.next_seq_id = (std::hash<std::string>{}(self->state.cfg.node_id) ^ self->state.incarnation) << 24;
+  self->state.next_seq_id = (std::hash<std::string>{}(self->state.cfg.node_id) ^ start_ns) << 24;
 
   // Sends every in-flight request running on `dead` (or on no worker) to another
   // worker, resuming after the tokens already streamed; fails them when none is left
@@ -184,21 +202,36 @@ caf::behavior router_behavior(caf::stateful_actor<RouterState>* self, RouterConf
     for (uint64_t seq : all) finish(seq, "error", why);
   };
 
-  self->set_down_handler([self, fail_over, fail_all](caf::down_msg& dm) {
+  // Forgets peer `id` (gone: its node is down, restarted, or its connection dropped) or just its
+  // worker, and moves the requests that ran there.
+  auto drop_peer = [self, fail_over, fail_all](const std::string& id, bool node_gone, const std::string& why) {
     auto& s = self->state;
-    // A peer node's router or worker: forget it and move its work.
-    for (auto it = s.peers.begin(); it != s.peers.end(); ++it) {
-      Peer& p = it->second;
+    auto it = s.peers.find(id);
+    if (it == s.peers.end()) return;
+    caf::actor dead = it->second.info.worker;
+    int moving = 0;
+    for (const auto& [seq, f] : s.inflight) moving += (dead && f.worker == dead) ? 1 : 0;
+    spdlog::warn("member {} {}: {}; moving its {} request(s)", id, node_gone ? "is gone" : "lost its worker", why, moving);
+    if (node_gone) {
+      if (it->second.info.router) self->demonitor(it->second.info.router);
+      s.peers.erase(it);
+    } else {
+      it->second.info.worker = nullptr;
+    }
+    if (dead) {
+      self->demonitor(dead);
+      fail_over(dead);
+    }
+    if (!s.worker && !s.worker_failed) return;  // the local restart will pick them up
+    fail_all("no worker is left in the cluster to resume the request on");
+  };
+
+  self->set_down_handler([self, drop_peer](caf::down_msg& dm) {
+    auto& s = self->state;
+    // A peer node's router or worker (its process died or the connection dropped).
+    for (auto& [id, p] : s.peers) {
       if (p.info.router.address() == dm.source || (p.info.worker && p.info.worker.address() == dm.source)) {
-        const bool node_gone = p.info.router.address() == dm.source;
-        caf::actor dead = p.info.worker;
-        spdlog::warn("member {} {}: {}; moving its requests", p.info.node_id, node_gone ? "is down" : "lost its worker",
-                     caf::to_string(dm.reason));
-        if (node_gone) s.peers.erase(it);
-        else p.info.worker = nullptr;
-        if (dead) fail_over(dead);
-        if (!s.worker && !s.worker_failed) return;  // the local restart will pick them up
-        fail_all("no worker is left in the cluster to resume the request on");
+        drop_peer(std::string(id), p.info.router.address() == dm.source, caf::to_string(dm.reason));
         return;
       }
     }
@@ -220,6 +253,15 @@ caf::behavior router_behavior(caf::stateful_actor<RouterState>* self, RouterConf
 
   // Adds or updates a member (a newer incarnation replaces an older one).
   auto add_peer = [self, fail_over](const NodeInfo& info) {
+    if (info.node_id == self->state.cfg.node_id || !info.router) return false;
+    if (info.cluster_name != self->state.cfg.cluster_name) return false;
+    for (const MemberInfo& m : self->state.view.members) {
+      // The view knows a newer incarnation, or this one is down: a stale introduction.
+      if (m.node_id == info.node_id && (m.incarnation > info.incarnation ||
+                                        (m.incarnation == info.incarnation && (m.state == "down" || m.state == "removed")))) {
+        return false;
+      }
+    }
     auto& s = self->state;
     if (info.node_id == s.cfg.node_id || !info.router) return false;
     auto it = s.peers.find(info.node_id);
@@ -233,18 +275,52 @@ caf::behavior router_behavior(caf::stateful_actor<RouterState>* self, RouterConf
       if (old_worker && old_worker != info.worker) fail_over(old_worker);
       return new_incarnation;
     }
-    s.peers[info.node_id] = Peer{info};
+    Peer p;
+    p.info = info;
+    for (const MemberInfo& m : s.view.members) {
+      if (m.node_id != info.node_id) continue;
+      p.state = m.state;
+      p.reachable = m.reachable;
+      p.load = m.load;
+    }
+    s.peers[info.node_id] = p;
     self->monitor(info.router);
     if (info.worker) self->monitor(info.worker);
-    spdlog::info("member {} ({}) joined the view; {} members", info.node_id, info.address, s.peers.size() + 1);
+    spdlog::info("routing to member {} ({}, incarnation {}); {} routable members", info.node_id, info.address, info.incarnation,
+                 s.peers.size() + 1);
     return true;
+  };
+
+  // Greets a member's router: it answers with its NodeInfo (router and worker handles).
+  auto hello = [self, add_peer](const MemberInfo& m) {
+    auto& s = self->state;
+    auto pending = s.hello_pending.find(m.node_id);
+    if (pending != s.hello_pending.end() && pending->second >= m.incarnation) return;
+    s.hello_pending[m.node_id] = m.incarnation;
+    const std::string id = m.node_id;
+    self->request(m.router, std::chrono::seconds(3), hello_atom::value, self_info(self))
+        .then(
+            [self, add_peer, id](NodeInfo& info) {
+              self->state.hello_pending.erase(id);
+              add_peer(info);
+            },
+            [self, id](caf::error& e) {
+              self->state.hello_pending.erase(id);
+              spdlog::debug("hello to {} failed: {}", id, render_error(e));
+            });
   };
 
   return {
       [=](gen_atom, GenerateRequest& req) -> caf::result<std::string> {
         auto& s = self->state;
         auto client = caf::actor_cast<caf::actor>(self->current_sender());
-        if (s.draining) return caf::make_error(errc::draining, "the node is draining (shutting down); retry on another node");
+        if (s.draining || s.view.self_state == "leaving") {
+          return caf::make_error(errc::draining, "the node is draining (shutting down); retry on another node");
+        }
+        if (!s.view.has_quorum) {
+          return caf::make_error(errc::no_quorum, "this node is cut off from the majority of the cluster (" + s.view.quorum +
+                                                      "); retry on another node");
+        }
         caf::actor target = pick_worker(s);
         if (!target) return caf::make_error(errc::no_worker, "no healthy worker on this node or its peers");
         std::vector<int32_t> prompt;
@@ -272,10 +348,14 @@ caf::behavior router_behavior(caf::stateful_actor<RouterState>* self, RouterConf
       },
       [=](WorkerEvents& evs) {
         auto& s = self->state;
+        const caf::actor_addr from = caf::actor_cast<caf::actor_addr>(self->current_sender());
         for (WorkerEvent& ev : evs.events) {
           auto it = s.inflight.find(ev.seq_id);
           if (it == s.inflight.end()) continue;  // cancelled meanwhile
           Inflight& f = it->second;
+          // Only the worker it runs on now speaks for it: a worker it was moved away from (its
+          // node was declared down but still runs) must not add or end anything.
+          if (!f.worker || f.worker.address() != from) continue;
           if (ev.token >= 0) {
             if (ev.index != static_cast<int32_t>(f.generated.size())) continue;  // replayed by a resume: already sent
             f.generated.push_back(ev.token);
@@ -322,78 +402,154 @@ caf::behavior router_behavior(caf::stateful_actor<RouterState>* self, RouterConf
           if (f.worker == dead) f.worker = nullptr;
         if (!live_workers(s).empty()) fail_over(nullptr);  // a peer can take them now
       },
-      [=](join_atom, const NodeInfo& joiner) -> caf::result<std::vector<NodeInfo>> {
+      [=](hello_atom, const NodeInfo& from) -> caf::result<NodeInfo> {
         auto& s = self->state;
-        if (joiner.cluster_name != s.cfg.cluster_name) {
-          spdlog::warn("refused join of {} ({}): cluster name '{}' is not '{}'", joiner.node_id, joiner.address, joiner.cluster_name,
-                       s.cfg.cluster_name);
-          return caf::make_error(errc::wrong_cluster, "this cluster is named '" + s.cfg.cluster_name + "', the joining node says '" +
-                                                          joiner.cluster_name + "' (--cluster-name must match)");
+        if (from.cluster_name != s.cfg.cluster_name) {
+          return caf::make_error(errc::wrong_cluster, "this cluster is named '" + s.cfg.cluster_name + "', the other node says '" +
+                                                          from.cluster_name + "' (--cluster-name must match)");
         }
-        if (joiner.node_id == s.cfg.node_id) return caf::make_error(errc::invalid_request, "node id '" + joiner.node_id + "' is taken by the seed itself");
-        std::vector<NodeInfo> view = {self_info(self)};
-        for (auto& [id, p] : s.peers) {
-          if (id == joiner.node_id) continue;
-          view.push_back(p.info);
-          self->send(p.info.router, peer_atom::value, joiner);
-        }
-        add_peer(joiner);
-        return view;
+        add_peer(from);
+        return self_info(self);
       },
-      [=](join_atom, caf::actor seed) -> caf::result<bool> {
-        // This node joins the cluster that `seed` (a member's router) belongs to.
+      [=](peer_atom, const NodeInfo& info) { add_peer(info); },
+      [=](member_atom, caf::actor membership) {
+        self->state.membership = std::move(membership);
+      },
+      [=](member_atom) -> caf::result<caf::actor> {
+        if (!self->state.membership) return caf::make_error(errc::internal, "membership not started yet");
+        return self->state.membership;
+      },
+      [=](MemberView& v) {
+        auto& s = self->state;
+        const bool rejoined = s.have_view && v.self_incarnation != s.view.self_incarnation;
+        s.view = std::move(v);
+        s.have_view = true;
+        if (rejoined) spdlog::info("this node is now incarnation {}", s.view.self_incarnation);
+        if (s.view.self_downs > s.seen_self_downs) {
+          // The cluster declared this incarnation down and moved the work it ran for other
+          // routers: stop running it here (their owners ignore it anyway).
+          s.seen_self_downs = s.view.self_downs;
+          if (s.worker) self->send(s.worker, cancel_atom::value, caf::actor_cast<caf::actor>(self));
+          spdlog::warn("the cluster declared this node down: dropped the work it ran for other nodes; rejoining");
+        }
+        std::map<std::string, const MemberInfo*> by_id;
+        for (const MemberInfo& m : s.view.members) by_id[m.node_id] = &m;
+        std::vector<std::pair<std::string, std::string>> gone;
+        for (auto& [id, p] : s.peers) {
+          auto it = by_id.find(id);
+          if (it == by_id.end()) {
+            gone.emplace_back(id, "no longer a member");
+            continue;
+          }
+          const MemberInfo& m = *it->second;
+          if (m.incarnation > p.info.incarnation) {
+            gone.emplace_back(id, "restarted as incarnation " + std::to_string(m.incarnation));
+          } else if (m.incarnation == p.info.incarnation && (m.state == "down" || m.state == "removed")) {
+            gone.emplace_back(id, "declared " + m.state + " by the cluster");
+          } else {
+            if (p.state != m.state || p.reachable != m.reachable) {
+              spdlog::info("member {}: {}{}", id, m.state, m.reachable ? "" : " (unreachable: no new work)");
+            }
+            p.state = m.state;
+            p.reachable = m.reachable;
+            p.load = m.load;
+          }
+        }
+        for (auto& [id, why] : gone) drop_peer(id, true, why);
+        for (const MemberInfo& m : s.view.members) {
+          if (m.node_id == s.cfg.node_id || !m.router || !(m.state == "up" || m.state == "joining")) continue;
+          auto it = s.peers.find(m.node_id);
+          if (it == s.peers.end() || it->second.info.incarnation < m.incarnation) hello(m);
+        }
+      },
+      [=](members_atom) -> caf::result<MemberView> {
+        auto& s = self->state;
+        if (!s.have_view) return caf::make_error(errc::internal, "membership not started yet");
+        return s.view;
+      },
+      [=](remove_atom, std::string& id) -> caf::result<bool> {
+        auto& s = self->state;
+        if (!s.membership) return caf::make_error(errc::internal, "membership not started yet");
         auto rp = self->make_response_promise<bool>();
-        self->request(seed, std::chrono::seconds(5), join_atom::value, self_info(self))
-            .then(
-                [=](std::vector<NodeInfo>& view) mutable {
-                  for (const NodeInfo& info : view) add_peer(info);
-                  spdlog::info("joined cluster '{}' through {}: {} members", self->state.cfg.cluster_name,
-                               view.empty() ? "?" : view.front().node_id, self->state.peers.size() + 1);
-                  rp.deliver(true);
-                },
-                [=](caf::error& e) mutable { rp.deliver(std::move(e)); });
+        self->request(s.membership, std::chrono::seconds(5), remove_atom::value, id)
+            .then([rp](bool ok) mutable { rp.deliver(ok); }, [rp](caf::error& e) mutable { rp.deliver(std::move(e)); });
         return rp;
       },
-      [=](peer_atom, const NodeInfo& info) {
-        if (info.cluster_name != self->state.cfg.cluster_name) return;
-        add_peer(info);
-      },
-      [=](peers_atom, const std::vector<NodeInfo>& view) {
-        for (const NodeInfo& info : view)
-          if (info.cluster_name == self->state.cfg.cluster_name && add_peer(info))
-            self->send(info.router, peer_atom::value, self_info(self));
+      [=](dnode_atom, std::string& id) -> caf::result<bool> {
+        auto& s = self->state;
+        if (id == s.cfg.node_id) {
+          spdlog::warn("an operator asked this node to drain (ds-admin node drain {})", id);
+          if (s.cfg.request_shutdown) s.cfg.request_shutdown();
+          return true;
+        }
+        for (const MemberInfo& m : s.view.members) {
+          if (m.node_id != id) continue;
+          if (m.state == "down" || m.state == "removed") {
+            return caf::make_error(errc::invalid_request, "member '" + id + "' is " + m.state + "; use ds-admin node remove " + id);
+          }
+          if (!m.router) return caf::make_error(errc::internal, "member '" + id + "' is not connected yet; retry");
+          auto rp = self->make_response_promise<bool>();
+          self->request(m.router, std::chrono::seconds(5), dnode_atom::value, id)
+              .then([rp](bool ok) mutable { rp.deliver(ok); }, [rp](caf::error& e) mutable { rp.deliver(std::move(e)); });
+          return rp;
+        }
+        return caf::make_error(errc::not_found, "no member '" + id + "' in this node's view");
       },
       [=](cstatus_atom) -> caf::result<ClusterStatus> {
         auto& s = self->state;
         auto rp = self->make_response_promise<ClusterStatus>();
         auto acc = std::make_shared<ClusterStatus>();
-        auto pending = std::make_shared<size_t>(s.peers.size() + 1);
+        acc->cluster_name = s.cfg.cluster_name;
+        acc->reporter = s.cfg.node_id;
+        acc->leader = s.view.leader;
+        acc->has_quorum = s.view.has_quorum;
+        acc->quorum = s.view.quorum;
+        std::vector<MemberInfo> members = s.view.members;
+        if (members.empty()) {  // no view yet: this node alone
+          MemberInfo me;
+          me.node_id = s.cfg.node_id;
+          me.state = "joining";
+          me.address = s.cfg.address;
+          members.push_back(me);
+        }
+        auto pending = std::make_shared<size_t>(members.size());
         auto done = [rp, acc, pending]() mutable {
           if (--*pending == 0) {
             std::sort(acc->nodes.begin(), acc->nodes.end(), [](const NodeStatus& a, const NodeStatus& b) { return a.node_id < b.node_id; });
-            // The leader: the oldest up member (smallest incarnation, then node id).
-            NodeStatus* oldest = nullptr;
-            for (auto& n : acc->nodes)
-              if (n.state == "up" && (!oldest || n.incarnation < oldest->incarnation)) oldest = &n;
-            if (oldest) oldest->leader = true;
             rp.deliver(*acc);
           }
         };
-        std::vector<std::pair<caf::actor, std::string>> targets = {{caf::actor_cast<caf::actor>(self), s.cfg.node_id}};
-        for (auto& [id, p] : s.peers) targets.emplace_back(p.info.router, id);
-        for (auto& [router, id] : targets) {
-          self->request(router, std::chrono::seconds(3), status_atom::value)
-              .then([acc, done](NodeStatus& ns) mutable {
-                      acc->nodes.push_back(std::move(ns));
-                      done();
-                    },
-                    [acc, done, id = id](caf::error&) mutable {
-                      NodeStatus ns;
-                      ns.node_id = id;
-                      ns.state = "unreachable";
-                      acc->nodes.push_back(std::move(ns));
-                      done();
-                    });
+        for (const MemberInfo& m : members) {
+          NodeStatus base;
+          base.node_id = m.node_id;
+          base.address = m.address;
+          base.state = m.state;
+          base.incarnation = m.incarnation;
+          base.leader = m.node_id == s.view.leader;
+          base.reachable = m.reachable;
+          caf::actor router = m.node_id == s.cfg.node_id ? caf::actor_cast<caf::actor>(self) : m.router;
+          if (!router || m.state == "down" || m.state == "removed") {
+            acc->nodes.push_back(base);
+            done();
+            continue;
+          }
+          self->request(router, std::chrono::seconds(2), status_atom::value)
+              .then(
+                  [acc, done, base](NodeStatus& ns) mutable {
+                    // Membership facts come from this node's view; the rest from the member.
+                    ns.state = base.state;
+                    ns.incarnation = base.incarnation;
+                    ns.leader = base.leader;
+                    ns.reachable = base.reachable;
+                    acc->nodes.push_back(std::move(ns));
+                    done();
+                  },
+                  [acc, done, base](caf::error&) mutable {
+                    NodeStatus ns = base;
+                    ns.reachable = false;  // no answer within 2 s
+                    acc->nodes.push_back(std::move(ns));
+                    done();
+                  });
         }
         return rp;
       },
@@ -402,13 +558,17 @@ caf::behavior router_behavior(caf::stateful_actor<RouterState>* self, RouterConf
         NodeStatus ns;
         ns.node_id = s.cfg.node_id;
         ns.address = s.cfg.address;
-        ns.state = s.draining ? "draining" : "up";
+        ns.state = s.have_view ? s.view.self_state : "joining";
+        ns.draining = s.draining;
         ns.uptime_s = std::chrono::duration<double>(Clock::now() - s.started).count();
         ns.version = s.cfg.version;
         ns.model = s.cfg.model->config().name;
         ns.in_flight = static_cast<int32_t>(s.inflight.size());
-        ns.members = static_cast<int32_t>(s.peers.size() + 1);
-        ns.incarnation = s.incarnation;
+        ns.members = 0;
+        for (const MemberInfo& m : s.view.members) ns.members += (m.state == "up" || m.state == "leaving" || m.state == "joining") ? 1 : 0;
+        ns.incarnation = s.view.self_incarnation;
+        ns.leader = s.have_view && s.view.leader == s.cfg.node_id;
+        ns.reachable = true;
         if (!s.worker) {
           WorkerStatus ws;
           ws.id = "w0";

@@ -99,6 +99,23 @@ caf::behavior worker_behavior(caf::stateful_actor<WorkerState>* self, WorkerConf
         s.owner[w.seq_id] = owner;
         schedule();
       },
+      [=](cancel_atom, const caf::actor& keep_owner) {
+        // Cancel every sequence not submitted by keep_owner (this node was declared down:
+        // the other routers moved their work elsewhere).
+        auto& s = self->state;
+        int n = 0;
+        for (auto it = s.owner.begin(); it != s.owner.end();) {
+          if (it->second != keep_owner) {
+            if (s.engine) s.engine->cancel(it->first);
+            it = s.owner.erase(it);
+            ++n;
+          } else {
+            ++it;
+          }
+        }
+        if (n > 0) spdlog::warn("worker {}: cancelled {} sequence(s) of other nodes' routers", s.cfg.id, n);
+        schedule();
+      },
       [=](cancel_atom, uint64_t seq_id) {
         if (!self->state.engine) return;
         self->state.engine->cancel(seq_id);

@@ -5,7 +5,8 @@
 // block CAF's scheduler.
 //
 // Protocol: (submit_atom, WorkItem) -> events later as WorkerEvents to the router;
-// (cancel_atom, uint64_t seq_id); (status_atom) -> WorkerStatus. A failed step or a
+// (cancel_atom, uint64_t seq_id); (cancel_atom, caf::actor keep_owner): cancel every
+// sequence another router submitted; (status_atom) -> WorkerStatus. A failed step or a
 // rejected item is reported per sequence as a WorkerEvent with finish "error".
 #pragma once
 

@@ -48,6 +48,9 @@ struct NodeConfig {
   // ---- [cluster] -------------------------------------------------------------------------
   std::string join;                                  // comma-separated HOST:PORT seeds; "" = found a cluster
   std::string cluster_name = "ds";                   // must match to join
+  std::chrono::milliseconds fd_interval{200};        // failure detector: heartbeat interval
+  int fd_threshold = 8;                              // phi at which a member is unreachable
+  std::chrono::milliseconds fd_acceptable_pause{1'000};  // silence tolerated beyond the usual
   // ---- [model] ---------------------------------------------------------------------------
   std::string model_path;                            // GGUF file; empty = none. Checked: exists, readable
   BackendKind backend = BackendKind::kAuto;

@@ -1,13 +1,18 @@
 // ds-admin: operate a ds cluster.
 //
 //   ds-admin --connect HOST:PORT cluster status [--json]
+//   ds-admin --connect HOST:PORT node drain ID [--timeout SECONDS] [--no-wait]
+//   ds-admin --connect HOST:PORT node remove ID
 //
-// Exit codes: 0 ok, 2 usage error, 3 cannot connect, 5 the node did not answer.
+// Exit codes: 0 ok, 2 usage error, 3 cannot connect, 4 refused (no such member, a live member
+// to remove), 5 the node did not answer or the drain did not finish in time.
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <thread>
 
 #include "actors/client.h"
 #include "tools/common/cli_util.h"
@@ -32,19 +37,25 @@ nlohmann::json to_json(const ds::ClusterStatus& cs) {
   }
   nodes.push_back({{"id", n.node_id}, {"address", n.address}, {"state", n.state}, {"uptime_s", n.uptime_s},
                    {"version", n.version}, {"model", n.model}, {"in_flight", n.in_flight}, {"members_seen", n.members},
-                   {"incarnation", n.incarnation}, {"leader", n.leader},
+                   {"incarnation", n.incarnation}, {"leader", n.leader}, {"reachable", n.reachable}, {"draining", n.draining},
                    {"workers", workers}});
   }
-  return {{"nodes", nodes},
+  return {{"cluster", cs.cluster_name}, {"reporter", cs.reporter}, {"leader", cs.leader}, {"has_quorum", cs.has_quorum},
+          {"quorum", cs.quorum}, {"nodes", nodes},
           {"totals", {{"nodes", cs.nodes.size()}, {"workers", n_workers}, {"active", active}, {"queued", queued}, {"tokens_per_s", tps}}}};
 }
 
 void print_table(const ds::ClusterStatus& cs) {
   int active = 0, queued = 0, n_workers = 0, in_flight = 0;
   double tps = 0;
+  std::printf("cluster '%s' as node %s sees it: leader %s; %s%s\n\n", cs.cluster_name.c_str(), cs.reporter.c_str(),
+              cs.leader.empty() ? "(none)" : cs.leader.c_str(), cs.quorum.c_str(), cs.has_quorum ? "" : " -- NO QUORUM");
   for (const auto& n : cs.nodes) {
-  std::printf("%-20s %-22s %-11s %-6s %20s %10s %-8s %s\n", "NODE", "ADDRESS", "STATE", "LEADER", "INCARNATION", "UPTIME", "VERSION", "MODEL");
-  std::printf("%-20s %-22s %-11s %-6s %20llu %9.0fs %-8s %s\n", n.node_id.c_str(), n.address.c_str(), n.state.c_str(),
+  std::string state = n.state;
+  if (n.draining) state += ",draining";
+  if (!n.reachable && (n.state == "up" || n.state == "joining" || n.state == "leaving")) state += ",unreachable";
+  std::printf("%-20s %-22s %-20s %-6s %20s %10s %-8s %s\n", "NODE", "ADDRESS", "STATE", "LEADER", "INCARNATION", "UPTIME", "VERSION", "MODEL");
+  std::printf("%-20s %-22s %-20s %-6s %20llu %9.0fs %-8s %s\n", n.node_id.c_str(), n.address.c_str(), state.c_str(),
               n.leader ? "*" : "", static_cast<unsigned long long>(n.incarnation), n.uptime_s, n.version.c_str(), n.model.c_str());
   std::printf("  %-6s %-8s %-12s %7s %7s %14s %9s %9s\n", "WORKER", "BACKEND", "STATE", "ACTIVE", "QUEUED", "KV BLOCKS", "TOK/S", "RESTARTS");
   in_flight += n.in_flight;
@@ -76,6 +87,17 @@ int main(int argc, char** argv) {
   cluster->require_subcommand(1);
   CLI::App* status = cluster->add_subcommand("status", "Nodes, workers and load");
   status->add_flag("--json", json, "One JSON object (schema in README.md)");
+  CLI::App* node = app.add_subcommand("node", "Commands about one member");
+  node->require_subcommand(1);
+  std::string node_id;
+  double timeout_s = 90;
+  bool no_wait = false;
+  CLI::App* drain = node->add_subcommand("drain", "Stop routing work to a member, let it finish its requests, then it leaves and exits");
+  drain->add_option("ID", node_id, "Node id (as cluster status shows it)")->required();
+  drain->add_option("--timeout", timeout_s, "Seconds to wait for it to leave (default 90)")->check(CLI::PositiveNumber);
+  drain->add_flag("--no-wait", no_wait, "Return once the drain has started");
+  CLI::App* remove = node->add_subcommand("remove", "Forget a member that is down (refused for a live one: drain it)");
+  remove->add_option("ID", node_id, "Node id")->required();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -91,6 +113,39 @@ int main(int argc, char** argv) {
   if (!client.ok()) {
     std::cerr << "ds-admin: " << client.status().message() << "\n";
     return ds::cli::kExitConnect;
+  }
+  if (drain->parsed() || remove->parsed()) {
+    const bool draining = drain->parsed();
+    ds::Status st = draining ? (*client)->drain_node(node_id) : (*client)->remove_node(node_id);
+    if (!st.ok()) {
+      std::cerr << "ds-admin: " << st.message() << "\n";
+      return st.code() == ds::StatusCode::kIOError ? ds::cli::kExitRequestFailed : ds::cli::kExitRejected;
+    }
+    if (!draining) {
+      std::cout << "member " << node_id << " removed\n";
+      return ds::cli::kExitOk;
+    }
+    std::cout << "member " << node_id << " is draining" << std::endl;
+    if (no_wait) return ds::cli::kExitOk;
+    // Wait until the member is gone from the view (down or removed). When it is the node this
+    // tool talks to, its exit closes the connection: that is the end of the drain too.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+    while (std::chrono::steady_clock::now() < deadline) {
+      auto v = (*client)->members();
+      if (!v.ok()) {
+        std::cout << "member " << node_id << " left (its connection closed)\n";
+        return ds::cli::kExitOk;
+      }
+      for (const auto& m : v->members) {
+        if (m.node_id == node_id && (m.state == "down" || m.state == "removed")) {
+          std::cout << "member " << node_id << " drained and left the cluster\n";
+          return ds::cli::kExitOk;
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(250));
+    }
+    std::cerr << "ds-admin: member " << node_id << " has not left after " << timeout_s << " s (it may still be finishing requests)\n";
+    return ds::cli::kExitRequestFailed;
   }
   auto st = (*client)->cluster_status();
   if (!st.ok()) {

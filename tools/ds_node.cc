@@ -30,6 +30,7 @@
 #include <thread>
 
 #include "actors/atoms.h"
+#include "actors/membership_actor.h"
 #include "actors/router.h"
 #include "actors/supervisor.h"
 #include "config/node_config.h"
@@ -178,6 +179,7 @@ int main(int argc, char** argv) {
   rc.model = *model;
   rc.n_ctx = n_ctx;
   rc.max_tokens_limit = cfg.max_tokens_limit;
+  rc.request_shutdown = [] { ::kill(::getpid(), SIGTERM); };  // same drain as SIGTERM
   caf::actor router = ds::spawn_router(sys, rc);
 
   ds::SupervisorConfig sc;
@@ -211,47 +213,37 @@ int main(int argc, char** argv) {
                cfg.bind, *port, mc.name, mc.arch_name, (*model)->weight_type_name(), n_ctx, cfg.max_batch,
                sc.worker.backend, cfg.threads > 0 ? cfg.threads : static_cast<int>(std::thread::hardware_concurrency()));
 
-  // Join through the seeds (retried with backoff while none is reachable).
-  std::atomic<bool> stopping{false};
-  std::thread joiner;
-  if (!cfg.join.empty()) {
-    joiner = std::thread([&sys, &router, &cfg, &stopping] {
-      std::vector<std::pair<std::string, uint16_t>> seeds;
-      std::stringstream ss(cfg.join);
-      for (std::string item; std::getline(ss, item, ',');) {
-        const size_t colon = item.rfind(':');
-        seeds.emplace_back(item.substr(0, colon), static_cast<uint16_t>(std::stoi(item.substr(colon + 1))));
-      }
-      auto backoff = std::chrono::milliseconds(200);
-      while (!stopping.load()) {
-        for (const auto& [host, port] : seeds) {
-          caf::scoped_actor self{sys};
-          caf::actor seed;
-          self->request(sys.middleman().actor_handle(), std::chrono::seconds(2), caf::connect_atom::value, host, port)
-              .receive([&](const caf::node_id&, caf::strong_actor_ptr& p, const std::set<std::string>&) { seed = caf::actor_cast<caf::actor>(p); },
-                       [&](caf::error&) {});
-          if (!seed) {
-            spdlog::info("seed {}:{} not reachable", host, port);
-            continue;
-          }
-          bool joined = false;
-          self->request(router, std::chrono::seconds(10), ds::join_atom::value, seed)
-              .receive([&](bool) { joined = true; },
-                       [&](caf::error& e) {
-                         spdlog::error("join through {}:{} refused: {}", host, port, ds::render_error(e));
-                         if (e.category() == caf::atom("ds") && e.code() == static_cast<uint8_t>(ds::errc::wrong_cluster)) {
-                           std::_Exit(1);  // misconfigured: retrying cannot help
-                         }
-                       });
-          if (joined) return;
-        }
-        std::this_thread::sleep_for(backoff);
-        backoff = std::min(backoff * 2, std::chrono::milliseconds(5000));
-      }
-    });
-  } else {
-    spdlog::info("no --join: founding cluster '{}'", cfg.cluster_name);
+  // Membership: join through the seeds (retried until one answers) or found the cluster.
+  static std::atomic<int> fatal_code{0};
+  ds::MembershipActorConfig mcfg;
+  mcfg.options.cluster_name = cfg.cluster_name;
+  mcfg.options.heartbeat_interval = cfg.fd_interval;
+  mcfg.options.detector.first_heartbeat_estimate = cfg.fd_interval;
+  mcfg.options.detector.threshold = cfg.fd_threshold;
+  mcfg.options.detector.acceptable_heartbeat_pause = cfg.fd_acceptable_pause;
+  mcfg.options.seed = std::hash<std::string>{}(cfg.node_id) ^ static_cast<uint64_t>(::getpid());
+  if (ds::Status st = ds::cluster::validate(mcfg.options); !st.ok()) {
+    spdlog::error("failure detector settings: {}", st.message());
+    return 2;
   }
+  mcfg.self.node_id = cfg.node_id;
+  // A restart of the same node id must be a higher incarnation: the start time does it.
+  mcfg.self.incarnation = static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+  mcfg.self.cluster_address = address;
+  mcfg.self.workers.push_back(ds::cluster::WorkerSummary{"w0", mc.name, 0, 0, static_cast<uint32_t>(cfg.max_batch), true});
+  {
+    std::stringstream ss(cfg.join);
+    for (std::string item; std::getline(ss, item, ',');)
+      if (!item.empty()) mcfg.seeds.push_back(item);
+  }
+  mcfg.on_fatal = [](int code, const std::string&) {
+    fatal_code = code;
+    ::kill(::getpid(), SIGTERM);  // main's sigwait takes it from here
+  };
+  if (!mcfg.seeds.empty()) spdlog::info("joining cluster '{}' through {}", cfg.cluster_name, cfg.join);
+  caf::actor membership = ds::spawn_membership(sys, mcfg, router);
+  caf::anon_send(router, ds::member_atom::value, membership);
 
   if (cfg.http_port != 0) {
     spdlog::warn("--http-port {}: the HTTP gateway (OpenAI API, /metrics, /health) is not part of this build yet; "
@@ -260,6 +252,10 @@ int main(int argc, char** argv) {
 
   int sig = 0;
   sigwait(&sigs, &sig);
+  if (fatal_code != 0) {
+    spdlog::error("ds-node {} stopping: it cannot be part of the cluster (see above)", cfg.node_id);
+    std::_Exit(fatal_code);
+  }
   spdlog::info("signal {}: draining (no new requests; up to {} ms for in-flight ones); a second signal exits at once", sig,
                cfg.drain_timeout.count());
   std::thread second([&sigs] {
@@ -270,13 +266,32 @@ int main(int argc, char** argv) {
   });
   second.detach();
   {
+    // 1. Leave: the other routers stop sending work here. 2. Finish this router's requests.
+    // 3. Let the worker finish what other routers sent it. 4. Announce the exit (down) so the
+    // cluster need not wait for its failure detectors. Whatever is still running after the
+    // drain timeout is moved by its owners when this node goes down.
+    const auto deadline = std::chrono::steady_clock::now() + cfg.drain_timeout;
     caf::scoped_actor self{sys};
+    self->send(membership, ds::leave_atom::value);
     self->request(router, cfg.drain_timeout, ds::drain_atom::value)
-        .receive([](bool) { spdlog::info("drained: nothing in flight"); },
+        .receive([](bool) { spdlog::info("drained: no request of this node in flight"); },
                  [](caf::error& e) { spdlog::warn("drain timeout: stopping with requests in flight ({})", caf::to_string(e)); });
+    bool idle = false;
+    while (!idle && std::chrono::steady_clock::now() < deadline) {
+      self->request(router, std::chrono::seconds(2), ds::status_atom::value)
+          .receive(
+              [&](ds::NodeStatus& ns) {
+                idle = true;
+                for (const auto& w : ns.workers) idle = idle && w.active == 0 && w.queued == 0;
+              },
+              [&](caf::error&) { idle = true; });
+      if (!idle) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    if (!idle) spdlog::warn("drain timeout: the worker still runs sequences of other nodes; they will be moved");
+    self->request(membership, std::chrono::seconds(2), ds::shutdown_atom::value).receive([](bool) {}, [](caf::error&) {});
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // let the announcement leave
   }
-  stopping = true;
-  if (joiner.joinable()) joiner.join();
+  caf::anon_send_exit(membership, caf::exit_reason::user_shutdown);
   sys.middleman().unpublish(router, *port);
   caf::anon_send_exit(supervisor, caf::exit_reason::user_shutdown);
   caf::anon_send_exit(router, caf::exit_reason::user_shutdown);

@@ -79,6 +79,9 @@ const ContractKey kContract[] = {
     {"--fault-worker-crash-count", "DS_FAULT_WORKER_CRASH_COUNT", "test", "fault-worker-crash-count"},
     {"--join", "DS_JOIN", "cluster", "join"},
     {"--cluster-name", "DS_CLUSTER_NAME", "cluster", "name"},
+    {"--failure-detector-interval-ms", "DS_FAILURE_DETECTOR_INTERVAL_MS", "cluster", "failure-detector-interval-ms"},
+    {"--failure-detector-threshold", "DS_FAILURE_DETECTOR_THRESHOLD", "cluster", "failure-detector-threshold"},
+    {"--failure-detector-acceptable-pause-ms", "DS_FAILURE_DETECTOR_ACCEPTABLE_PAUSE_MS", "cluster", "failure-detector-acceptable-pause-ms"},
 };
 
 TEST(Config, Defaults) {
@@ -102,6 +105,9 @@ TEST(Config, Defaults) {
   EXPECT_EQ(c.scheduler_threads, 0);
   EXPECT_EQ(c.heartbeat_interval, 1000ms);
   EXPECT_EQ(c.connection_timeout, 10000ms);
+  EXPECT_EQ(c.fd_interval, 200ms);
+  EXPECT_EQ(c.fd_threshold, 8);
+  EXPECT_EQ(c.fd_acceptable_pause, 1000ms);
   EXPECT_EQ(c.fault_worker_crash_after_steps, 0);
   EXPECT_EQ(c.fault_worker_crash_count, 1);
   EXPECT_FALSE(c.help_requested);
