@@ -36,6 +36,7 @@
 #include "kernels/cpu/thread_pool.h"
 #include "model/engine.h"
 #include "model/model.h"
+#include "tools/bench_failover.h"
 #include "tools/common/cli_util.h"
 
 namespace {
@@ -247,13 +248,7 @@ std::vector<int32_t> load_prompt(uint64_t i, int n, int vocab) {
   return t;
 }
 
-// Nearest-rank percentile (p in (0, 1]); 0 for no samples.
-double percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t k = static_cast<size_t>(std::ceil(p * static_cast<double>(v.size())));
-  return v[std::min(v.size() - 1, k == 0 ? 0 : k - 1)];
-}
+using ds::cli::percentile;
 
 double mean(const std::vector<double>& v) {
   double s = 0;
@@ -464,6 +459,8 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   load->add_option("--threads", la.threads, "CPU threads of the --compare-engine run (default: all cores)")->check(CLI::Range(0, 256));
   load->add_flag("--json", la.json, "One JSON object instead of a table");
+  ds::bench::FailoverArgs fa;
+  CLI::App* failover = ds::bench::add_failover_command(app, &fa);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -471,5 +468,6 @@ int main(int argc, char** argv) {
     return rc == 0 ? 0 : ds::cli::kExitUsage;
   }
   if (load->parsed()) return bench_load(la);
+  if (failover->parsed()) return ds::bench::bench_failover(fa);
   return bench_engine(model, threads, prompt, gen, batches, repeats, json, quiet);
 }

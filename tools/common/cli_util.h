@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <string>
+#include <vector>
 
 namespace ds::cli {
 
@@ -30,5 +31,8 @@ class Progress {
 };
 
 std::string human_bytes(double bytes);
+
+// Nearest-rank percentile (p in (0, 1]); 0 for no samples.
+double percentile(std::vector<double> v, double p);
 
 }  // namespace ds::cli
