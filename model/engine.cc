@@ -2,6 +2,9 @@
 
 #include <algorithm>
 
+#include "model/shard_group.h"
+#include "model/tensor_parallel.h"
+
 namespace ds {
 
 const char* finish_reason_name(FinishReason r) {
@@ -15,40 +18,106 @@ const char* finish_reason_name(FinishReason r) {
   return "unknown";
 }
 
-Result<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Model> model, std::unique_ptr<Backend> backend,
-                                               const EngineOptions& o) {
-  const ModelConfig& c = model->config();
+namespace {
+
+// opts with defaults filled in, or InvalidArgument. kv_dim: the KV width one rank's cache
+// holds (the model's, or a shard's), for the default capacity.
+Result<EngineOptions> normalize(const ModelConfig& c, const EngineOptions& o, int kv_dim) {
   EngineOptions opts = o;
   if (opts.max_batch <= 0 || opts.max_batch > 1024) return Status::InvalidArgument("max_batch must be in [1, 1024]");
   if (opts.kv_block_size <= 0 || opts.kv_block_size > 1024) return Status::InvalidArgument("kv block size must be in [1, 1024]");
   if (opts.n_ctx <= 0) opts.n_ctx = c.n_ctx_train;
   if (opts.n_ctx < 2 || opts.n_ctx > (1 << 20)) return Status::InvalidArgument("context length must be in [2, 1048576]");
   opts.max_step_tokens = std::max(opts.max_step_tokens, opts.max_batch);
-  const size_t bytes_per_pos = static_cast<size_t>(c.n_layer) * c.kv_dim() * 2 * sizeof(float);
+  const size_t bytes_per_pos = static_cast<size_t>(c.n_layer) * kv_dim * 2 * sizeof(float);
   if (opts.kv_cache_tokens <= 0) {
     // Room for every running sequence at full context, within 4 GiB.
     const size_t cap = (size_t{4} << 30) / bytes_per_pos;
     opts.kv_cache_tokens = static_cast<int>(std::clamp<size_t>(static_cast<size_t>(opts.max_batch) * opts.n_ctx,
                                                                std::min<size_t>(opts.n_ctx, cap), cap));
   }
-  std::unique_ptr<Engine> e(new Engine(std::move(model), std::move(backend), opts));
-  const int n_blocks = (opts.kv_cache_tokens + opts.kv_block_size - 1) / opts.kv_block_size;
-  Result<std::unique_ptr<KvCache>> kv = KvCache::Create(*e->backend_, c.n_layer, c.kv_dim(), opts.kv_block_size, n_blocks);
+  return opts;
+}
+
+int kv_blocks(const EngineOptions& opts) { return (opts.kv_cache_tokens + opts.kv_block_size - 1) / opts.kv_block_size; }
+
+}  // namespace
+
+Result<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Model> model, std::unique_ptr<Backend> backend,
+                                               const EngineOptions& o) {
+  const ModelConfig& c = model->config();
+  Result<EngineOptions> opts = normalize(c, o, c.kv_dim());
+  if (!opts.ok()) return opts.status();
+  std::unique_ptr<Engine> e(new Engine(std::move(model), std::move(backend), *opts));
+  Result<std::unique_ptr<KvCache>> kv = KvCache::Create(*e->backend_, c.n_layer, c.kv_dim(), opts->kv_block_size, kv_blocks(*opts));
   if (!kv.ok()) return kv.status();
   e->kv_ = std::move(kv).value();
-  Result<std::unique_ptr<Forward>> f = Forward::Create(e->model_, *e->backend_, *e->kv_, opts.max_step_tokens);
+  Result<std::unique_ptr<Forward>> f = Forward::Create(e->model_, *e->backend_, *e->kv_, opts->max_step_tokens);
   if (!f.ok()) return f.status();
   e->fwd_ = std::move(f).value();
   return e;
 }
 
+Result<std::unique_ptr<Engine>> Engine::CreateTensorParallel(std::shared_ptr<const Model> model,
+                                                             std::vector<std::unique_ptr<Backend>> backends,
+                                                             std::vector<std::unique_ptr<Communicator>> comms,
+                                                             const EngineOptions& o,
+                                                             std::vector<std::function<Status()>> rank_health) {
+  // Pair the parts up first: a ShardRank frees its communicator before its backend (an
+  // NCCL communicator synchronizes its backend's stream when it goes), on every path.
+  const int n = static_cast<int>(backends.size());
+  std::vector<ShardRank> ranks(std::max(backends.size(), comms.size()));
+  for (size_t r = 0; r < ranks.size(); ++r) {
+    if (r < backends.size()) ranks[r].backend = std::move(backends[r]);
+    if (r < comms.size()) ranks[r].comm = std::move(comms[r]);
+    if (r < rank_health.size()) ranks[r].health = std::move(rank_health[r]);
+  }
+  if (n < 1) return Status::InvalidArgument("a tensor-parallel engine needs at least one backend");
+  if (comms.size() != backends.size()) {
+    return Status::InvalidArgument("a tensor-parallel engine needs one communicator per backend (" + std::to_string(n) +
+                                   " backends, " + std::to_string(comms.size()) + " communicators)");
+  }
+  if (!rank_health.empty() && static_cast<int>(rank_health.size()) != n) {
+    return Status::InvalidArgument("rank health checks: " + std::to_string(rank_health.size()) + " for " + std::to_string(n) + " ranks");
+  }
+  const ModelConfig& c = model->config();
+  DS_RETURN_IF_ERROR(check_tensor_parallel(*model, n));
+  Result<EngineOptions> opts = normalize(c, o, c.kv_dim() / n);
+  if (!opts.ok()) return opts.status();
+  Result<std::unique_ptr<ShardGroup>> g = ShardGroup::Create(model, std::move(ranks), opts->kv_block_size, kv_blocks(*opts), opts->max_step_tokens);
+  if (!g.ok()) return g.status();
+  std::unique_ptr<Engine> e(new Engine(std::move(model), nullptr, *opts));
+  e->group_ = std::move(g).value();
+  return e;
+}
+
+Result<std::unique_ptr<Engine>> Engine::CreateCpuTensorParallel(std::shared_ptr<const Model> model, int n_ranks,
+                                                                int threads_per_rank, const EngineOptions& opts) {
+  if (n_ranks < 1 || n_ranks > 64) return Status::InvalidArgument("tensor-parallel ranks must be in [1, 64], got " + std::to_string(n_ranks));
+  if (threads_per_rank < 0) return Status::InvalidArgument("threads per rank must be >= 0 (0: all cores)");
+  std::vector<std::unique_ptr<Backend>> backends;
+  for (int r = 0; r < n_ranks; ++r) backends.push_back(make_cpu_backend({threads_per_rank}));
+  return CreateTensorParallel(std::move(model), std::move(backends), make_cpu_comm_group(n_ranks), opts);
+}
+
+Engine::Engine(std::shared_ptr<const Model> m, std::unique_ptr<Backend> b, const EngineOptions& o)
+    : model_(std::move(m)), backend_(std::move(b)), opts_(o) {}
+
 Engine::~Engine() {
+  group_.reset();  // joins the rank threads
   fwd_.reset();
   kv_.reset();
 }
 
+KvCache& Engine::kv() const { return group_ ? group_->kv() : *kv_; }
+
+Backend& Engine::backend() { return group_ ? group_->backend(0) : *backend_; }
+
+int Engine::ranks() const { return group_ ? group_->size() : 1; }
+
 Status Engine::add(SequenceRequest req) {
   const ModelConfig& c = model_->config();
+  if (group_ && group_->failed()) return group_->failure();
   DS_RETURN_IF_ERROR(validate(req.params));
   if (req.prompt.empty()) return Status::InvalidArgument("the prompt is empty (it needs at least one token, e.g. BOS)");
   for (const std::vector<int32_t>* v : {&req.prompt, &req.generated})
@@ -62,9 +131,9 @@ Status Engine::add(SequenceRequest req) {
     return Status::InvalidArgument("resume: " + std::to_string(req.generated.size()) + " tokens already generated, max_tokens is " + std::to_string(req.params.max_tokens));
   }
   const int64_t positions = std::min<int64_t>(static_cast<int64_t>(req.prompt.size()) + req.params.max_tokens, opts_.n_ctx);
-  if (kv_->blocks_for(static_cast<int>(positions)) > kv_->blocks().n_blocks()) {
+  if (kv().blocks_for(static_cast<int>(positions)) > kv().blocks().n_blocks()) {
     return Status::InvalidArgument("prompt + max_tokens (" + std::to_string(positions) + " positions) exceed this engine's whole KV cache (" +
-                                   std::to_string(kv_->blocks().n_blocks() * kv_->block_size()) + ")");
+                                   std::to_string(kv().blocks().n_blocks() * kv().block_size()) + ")");
   }
   auto has_id = [&](const std::unique_ptr<Seq>& s) { return s->req.id == req.id; };
   if (std::any_of(running_.begin(), running_.end(), has_id) || std::any_of(waiting_.begin(), waiting_.end(), has_id)) {
@@ -95,7 +164,7 @@ void Engine::admit() {
   while (!waiting_.empty() && static_cast<int>(running_.size()) < opts_.max_batch) {
     Seq& s = *waiting_.front();
     const int64_t positions = std::min<int64_t>(static_cast<int64_t>(s.req.prompt.size()) + s.req.params.max_tokens, opts_.n_ctx);
-    if (!kv_->blocks().allocate(kv_->blocks_for(static_cast<int>(positions)), &s.blocks)) break;  // FIFO: wait for blocks
+    if (!kv().blocks().allocate(kv().blocks_for(static_cast<int>(positions)), &s.blocks)) break;  // FIFO: wait for blocks
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
   }
@@ -116,7 +185,7 @@ void Engine::finish(Seq& s, FinishReason r, std::vector<TokenEvent>* events, std
   } else {
     events->push_back(std::move(ev));
   }
-  kv_->blocks().release(&s.blocks);
+  kv().blocks().release(&s.blocks);
 }
 
 bool Engine::emit_token(Seq& s, int32_t tok, std::vector<TokenEvent>* events) {
@@ -163,6 +232,10 @@ bool Engine::emit_token(Seq& s, int32_t tok, std::vector<TokenEvent>* events) {
 }
 
 Status Engine::step(std::vector<TokenEvent>* events) {
+  if (group_ && group_->failed()) {  // every sequence already ended with kError
+    cancelled_.clear();
+    return group_->failure();
+  }
   // Cancellations first: their blocks free up for admission.
   for (uint64_t id : cancelled_) {
     for (auto it = running_.begin(); it != running_.end(); ++it)
@@ -205,11 +278,15 @@ Status Engine::step(std::vector<TokenEvent>* events) {
     }
   }
 
-  Status st = fwd_->run(batch, &logits_);
+  Status st = group_ ? group_->run(batch, &logits_) : fwd_->run(batch, &logits_);
   ++steps_;
   if (!st.ok()) {
     for (auto& sp : running_) finish(*sp, FinishReason::kError, events, st.ToString());
     running_.clear();
+    if (group_) {  // the group is gone: nothing waiting can ever run
+      for (auto& sp : waiting_) finish(*sp, FinishReason::kError, events, st.ToString());
+      waiting_.clear();
+    }
     return st;
   }
   for (auto& [s, take] : work) s->n_done += take;
@@ -241,8 +318,8 @@ EngineStats Engine::stats() const {
   EngineStats s;
   s.running = static_cast<int>(running_.size());
   s.waiting = static_cast<int>(waiting_.size());
-  s.kv_blocks_total = kv_->blocks().n_blocks();
-  s.kv_blocks_used = s.kv_blocks_total - kv_->blocks().n_free();
+  s.kv_blocks_total = kv().blocks().n_blocks();
+  s.kv_blocks_used = s.kv_blocks_total - kv().blocks().n_free();
   s.tokens_generated = tokens_generated_;
   s.steps = steps_;
   return s;

@@ -11,18 +11,29 @@
 // generated.size(), and events continue with that index, so the stream goes on as if
 // nothing had happened.
 //
-// Thread-safety: none. One thread (the worker's) owns an Engine.
+// Tensor parallelism: CreateTensorParallel runs one replica split over N ranks (GPUs, or
+// CPU rank threads) as a ShardGroup (model/shard_group.h). Scheduling, block tables and
+// the sampler stay here, once, in the caller's thread (rank 0); every step all ranks run
+// the same tokens on their shards in lockstep and the sampler sees the gathered logits,
+// so sampling, seeds and resume behave as in a single-rank engine. A failed rank fails
+// the group as one unit: step() returns a Status naming the rank, every sequence gets a
+// kError event, and the engine refuses all later work (drop it and build a new one).
+//
+// Thread-safety: none. One thread (the worker's) owns an Engine; a tensor-parallel
+// engine's rank threads are internal and joined by its destructor.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/comm.h"
 #include "model/forward.h"
 #include "model/kv_cache.h"
 #include "model/model.h"
@@ -67,25 +78,58 @@ struct EngineStats {
   uint64_t steps = 0;
 };
 
+class ShardGroup;
+
 class Engine {
  public:
   static Result<std::unique_ptr<Engine>> Create(std::shared_ptr<const Model> model, std::unique_ptr<Backend> backend,
                                                 const EngineOptions& opts);
+
+  // A tensor-parallel engine over backends.size() ranks: rank r runs on backends[r] and
+  // comms[r] (one group, comms[r]->rank() == r, working on that backend's memory: a CPU
+  // group for CPU backends, NCCL for CUDA ones). rank_health, when not empty, has one
+  // check per rank (an empty function: none), called after each of that rank's steps; a
+  // non-OK check fails the rank. Each rank holds a KV cache of opts' size for its own KV
+  // heads (the 4 GiB default cap applies per rank). InvalidArgument when the model does
+  // not split over that many ranks (check_tensor_parallel's message names the dimension
+  // and the rank counts that fit), or the vectors' sizes or ranks disagree.
+  static Result<std::unique_ptr<Engine>> CreateTensorParallel(std::shared_ptr<const Model> model,
+                                                              std::vector<std::unique_ptr<Backend>> backends,
+                                                              std::vector<std::unique_ptr<Communicator>> comms,
+                                                              const EngineOptions& opts,
+                                                              std::vector<std::function<Status()>> rank_health = {});
+  // CreateTensorParallel over n_ranks CPU backends of threads_per_rank threads each
+  // (0: all cores, each) and a CPU communicator group (ranks are threads of this process).
+  static Result<std::unique_ptr<Engine>> CreateCpuTensorParallel(std::shared_ptr<const Model> model, int n_ranks,
+                                                                 int threads_per_rank, const EngineOptions& opts);
+  // CreateTensorParallel over one CUDA backend per GPU in gpu_ids (rank r on gpu_ids[r])
+  // and an NCCL group; each rank's health check is its backend's sticky error. NotSupported
+  // when this build has no CUDA backend or no NCCL; InvalidArgument for an empty or
+  // repeated GPU list; Internal naming the GPU when a backend or NCCL fails to start.
+  // (model/engine_cuda.cc)
+  static Result<std::unique_ptr<Engine>> CreateCudaTensorParallel(std::shared_ptr<const Model> model,
+                                                                  const std::vector<int>& gpu_ids, const EngineOptions& opts);
   ~Engine();
 
   // Validates and queues a sequence. InvalidArgument for bad ids, sampling values,
-  // empty prompt, or prompt + max_tokens beyond n_ctx / the whole KV cache.
+  // empty prompt, or prompt + max_tokens beyond n_ctx / the whole KV cache; the group's
+  // failure after a tensor-parallel rank failed.
   Status add(SequenceRequest req);
   // Cancels a running or waiting sequence; its kCancelled event comes from the next step().
   void cancel(uint64_t id);
   // One forward pass; appends this step's events. Non-OK only for backend failures
-  // (then every running sequence has received a kError event).
+  // (then every running sequence has received a kError event). Tensor-parallel: a rank's
+  // failure (naming the rank) also ends every waiting sequence with kError, and every
+  // later step() returns it again.
   Status step(std::vector<TokenEvent>* events);
   bool idle() const { return running_.empty() && waiting_.empty() && cancelled_.empty(); }
   EngineStats stats() const;
   const Model& model() const { return *model_; }
   const EngineOptions& options() const { return opts_; }
-  Backend& backend() { return *backend_; }
+  // The backend (tensor-parallel: rank 0's).
+  Backend& backend();
+  // Ranks of the tensor-parallel group (1 for a single-backend engine).
+  int ranks() const;
 
  private:
   struct Seq {
@@ -100,18 +144,19 @@ class Engine {
     std::string tail;              // recent emitted text, to find stop strings across pieces
   };
 
-  Engine(std::shared_ptr<const Model> m, std::unique_ptr<Backend> b, const EngineOptions& o)
-      : model_(std::move(m)), backend_(std::move(b)), opts_(o) {}
+  Engine(std::shared_ptr<const Model> m, std::unique_ptr<Backend> b, const EngineOptions& o);
+  KvCache& kv() const;  // whose BlockAllocator keeps the block tables (tensor-parallel: rank 0's)
   void admit();
   void finish(Seq& s, FinishReason r, std::vector<TokenEvent>* events, std::string error = {});
   // Runs the sampled token through detokenizer and stop strings; returns true when done.
   bool emit_token(Seq& s, int32_t tok, std::vector<TokenEvent>* events);
 
   std::shared_ptr<const Model> model_;
-  std::unique_ptr<Backend> backend_;
+  std::unique_ptr<Backend> backend_;  // single-rank (null when tensor-parallel)
   EngineOptions opts_;
-  std::unique_ptr<KvCache> kv_;
-  std::unique_ptr<Forward> fwd_;
+  std::unique_ptr<KvCache> kv_;       // single-rank
+  std::unique_ptr<Forward> fwd_;      // single-rank
+  std::unique_ptr<ShardGroup> group_;  // tensor-parallel (null when single-rank)
   std::deque<std::unique_ptr<Seq>> waiting_;
   std::vector<std::unique_ptr<Seq>> running_;
   std::vector<uint64_t> cancelled_;
