@@ -97,6 +97,21 @@ class Backend {
   // Causal attention of each query token over its sequence's cached keys and values (GQA:
   // head h reads KV head h / (n_heads / n_kv_heads)).
   virtual void attention(const AttentionArgs& a) = 0;
+
+  // Recording and replay of a fixed op sequence (CUDA graphs): for a caller that issues the
+  // same ops with the same arguments step after step (a decode step, whose varying inputs
+  // live in backend memory). The defaults record nothing, so callers always have the
+  // eager path.
+  //   replay(key): true when ops recorded under key were enqueued (as if issued again).
+  //   record_begin(key): true when the ops issued until record_end() are recorded rather
+  //     than run; then record_end() true means the recording is kept under key (call
+  //     replay(key) to run it), false that it failed and nothing ran (issue the ops again).
+  //   forget_recordings(): drops every recording (a pointer they hold changed).
+  // REQUIRES: no upload, download, alloc or free between record_begin and record_end.
+  virtual bool replay(uint64_t /*key*/) { return false; }
+  virtual bool record_begin(uint64_t /*key*/) { return false; }
+  virtual bool record_end() { return false; }
+  virtual void forget_recordings() {}
 };
 
 struct CpuBackendOptions {

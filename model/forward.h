@@ -70,6 +70,9 @@ class Forward {
   // Runs the layers and this rank's output rows: logits_ = [n_out, output_.rows] for the
   // *n_out tokens that want logits.
   Status forward_local(const std::vector<ForwardToken>& tokens, int64_t* n_out);
+  // Enqueues the layers and the logits of n tokens (n_out of them want logits) on metadata
+  // already uploaded; a decode step's sequence is recorded and replayed (Backend::replay).
+  Status enqueue_layers(int64_t n, int64_t n_out);
   Status comm_failed(const char* what) const;
   float* buffer(size_t floats);
   const float* vec(const std::vector<float>& host);
@@ -108,6 +111,7 @@ class Forward {
   std::vector<int32_t> h_ids_, h_pos_, h_slots_, h_tables_, h_out_rows_;
   std::vector<AttentionToken> h_att_;
   size_t table_capacity_ = 0;
+  uint64_t record_id_ = 0;  // this Forward's part of its recording keys (unique per process)
 };
 
 }  // namespace ds

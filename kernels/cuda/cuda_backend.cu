@@ -10,6 +10,8 @@
 #include <climits>
 #include <cstdio>
 #include <cstring>
+#include <map>
+#include <set>
 
 #include "kernels/cuda/ops.cuh"
 
@@ -19,6 +21,9 @@
 
 namespace ds {
 namespace {
+
+// Pinned host memory that small uploads are staged in (recycled at every wait).
+constexpr size_t kStagingBytes = size_t{1} << 20;
 
 // Scratch for dequantized weights on the cuBLAS path: at most this many floats (64 MiB);
 // larger matrices are multiplied in slices of rows.
@@ -106,6 +111,13 @@ struct CudaBackend::Impl {
   int device = 0;
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
+  uint8_t* staging = nullptr;  // kStagingBytes of pinned memory, or null (uploads then wait)
+  bool staging_failed = false;
+  size_t staged = 0;           // bytes of staging handed out since the last wait
+#ifndef DS_CUDA_EMULATION
+  std::map<uint64_t, cudaGraphExec_t> graphs;
+#endif
+  std::set<uint64_t> refused;  // keys whose recording failed: never tried again
 };
 
 CudaBackend::CudaBackend(const CudaBackendOptions& options) : options_(options), impl_(std::make_unique<Impl>()) {
@@ -157,6 +169,10 @@ CudaBackend::~CudaBackend() {
   if (!impl_) return;
   cudaSetDevice(impl_->device);
   if (impl_->stream) cudaStreamSynchronize(impl_->stream);
+#ifndef DS_CUDA_EMULATION
+  for (auto& [key, exec] : impl_->graphs) cudaGraphExecDestroy(exec);
+#endif
+  if (impl_->staging) cudaFreeHost(impl_->staging);
   if (scratch_) cudaFree(scratch_);
   if (impl_->cublas) cublasDestroy(impl_->cublas);
   if (impl_->stream) cudaStreamDestroy(impl_->stream);
@@ -195,16 +211,106 @@ void CudaBackend::end(const char* op) {
   if (options_.sync_each_op) DS_CUDA_CHECK(op, cudaStreamSynchronize(impl_->stream));
 }
 
+bool CudaBackend::wait(const char* op) {
+  if (capture_refuses(op)) return false;
+  const bool done = DS_CUDA_CHECK(op, cudaStreamSynchronize(impl_->stream));
+  impl_->staged = 0;  // every staged copy has run
+  return done;
+}
+
+bool CudaBackend::capture_refuses(const char* /*op*/) {
+  if (!capturing_) return false;
+  capture_failed_ = true;
+  return true;
+}
+
 bool CudaBackend::synchronize() {
   constexpr const char* kOp = "synchronize";
-  return begin(kOp) && DS_CUDA_CHECK(kOp, cudaStreamSynchronize(impl_->stream)) && ok();
+  return begin(kOp) && wait(kOp) && ok();
+}
+
+// ---- recording (CUDA graphs) ----------------------------------------------------------
+
+size_t CudaBackend::recordings() const {
+#ifndef DS_CUDA_EMULATION
+  return impl_->graphs.size();
+#else
+  return 0;
+#endif
+}
+
+bool CudaBackend::replay(uint64_t key) {
+#ifndef DS_CUDA_EMULATION
+  constexpr const char* kOp = "replay";
+  if (capturing_) return false;
+  const auto it = impl_->graphs.find(key);
+  if (it == impl_->graphs.end() || !begin(kOp)) return false;
+  if (!DS_CUDA_CHECK(kOp, cudaGraphLaunch(it->second, impl_->stream))) return false;
+  ++replays_;
+  end(kOp);
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool CudaBackend::record_begin(uint64_t key) {
+#ifndef DS_CUDA_EMULATION
+  constexpr const char* kOp = "record";
+  if (options_.sync_each_op || !options_.record_graphs || capturing_ || impl_->refused.count(key) || impl_->graphs.count(key) || !ok()) return false;
+  if (!begin(kOp)) return false;
+  if (cudaStreamBeginCapture(impl_->stream, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
+    cudaGetLastError();
+    impl_->refused.insert(key);
+    return false;
+  }
+  capturing_ = true;
+  capture_failed_ = false;
+  capture_key_ = key;
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool CudaBackend::record_end() {
+#ifndef DS_CUDA_EMULATION
+  if (!capturing_) return false;
+  capturing_ = false;
+  cudaGraph_t graph = nullptr;
+  cudaError_t e = cudaStreamEndCapture(impl_->stream, &graph);
+  cudaGraphExec_t exec = nullptr;
+  if (e == cudaSuccess && graph != nullptr && !capture_failed_ && ok()) e = cudaGraphInstantiate(&exec, graph, 0);
+  else if (e == cudaSuccess) e = cudaErrorStreamCaptureInvalidated;
+  if (graph) cudaGraphDestroy(graph);
+  if (e != cudaSuccess || exec == nullptr) {
+    cudaGetLastError();
+    impl_->refused.insert(capture_key_);
+    return false;
+  }
+  impl_->graphs[capture_key_] = exec;
+  return true;
+#else
+  return false;
+#endif
+}
+
+void CudaBackend::forget_recordings() {
+#ifndef DS_CUDA_EMULATION
+  if (impl_->graphs.empty() || capturing_) return;
+  begin("forget_recordings");
+  cudaStreamSynchronize(impl_->stream);
+  for (auto& [key, exec] : impl_->graphs) cudaGraphExecDestroy(exec);
+  impl_->graphs.clear();
+  impl_->refused.clear();
+#endif
 }
 
 // ---- memory -------------------------------------------------------------------------
 
 void* CudaBackend::alloc(size_t bytes) {
   constexpr const char* kOp = "alloc";
-  if (!begin(kOp)) return nullptr;
+  if (capture_refuses(kOp) || !begin(kOp)) return nullptr;
   const size_t rounded = (std::max<size_t>(bytes, 1) + 255) / 256 * 256;
   void* p = nullptr;
   const cudaError_t e = cudaMalloc(&p, rounded);
@@ -223,29 +329,45 @@ void* CudaBackend::alloc(size_t bytes) {
 
 void CudaBackend::free(void* p) {
   constexpr const char* kOp = "free";
-  if (p == nullptr || !begin(kOp)) return;
-  DS_CUDA_CHECK(kOp, cudaStreamSynchronize(impl_->stream));
+  if (p == nullptr || capture_refuses(kOp) || !begin(kOp)) return;
+  wait(kOp);
   DS_CUDA_CHECK(kOp, cudaFree(p));
 }
 
 void CudaBackend::upload(void* dst, const void* src, size_t bytes) {
   constexpr const char* kOp = "upload";
-  if (bytes == 0 || !begin(kOp)) return;
-  if (DS_CUDA_CHECK(kOp, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, impl_->stream)))
-    DS_CUDA_CHECK(kOp, cudaStreamSynchronize(impl_->stream));
+  if (bytes == 0 || capture_refuses(kOp) || !begin(kOp)) return;
+  if (bytes <= kStagedUploadBytes && impl_->staging == nullptr && !impl_->staging_failed) {
+    void* p = nullptr;
+    if (cudaMallocHost(&p, kStagingBytes) == cudaSuccess) {
+      impl_->staging = static_cast<uint8_t*>(p);
+    } else {
+      cudaGetLastError();
+      impl_->staging_failed = true;  // uploads wait instead
+    }
+  }
+  if (bytes <= kStagedUploadBytes && impl_->staging != nullptr) {
+    if (impl_->staged + bytes > kStagingBytes && !wait(kOp)) return;
+    uint8_t* stage = impl_->staging + impl_->staged;
+    std::memcpy(stage, src, bytes);
+    impl_->staged += (bytes + 255) / 256 * 256;
+    DS_CUDA_CHECK(kOp, cudaMemcpyAsync(dst, stage, bytes, cudaMemcpyHostToDevice, impl_->stream));
+    return end(kOp);
+  }
+  if (DS_CUDA_CHECK(kOp, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, impl_->stream))) wait(kOp);
 }
 
 void CudaBackend::download(void* dst, const void* src, size_t bytes) {
   constexpr const char* kOp = "download";
-  if (bytes == 0 || !begin(kOp)) return;
-  if (DS_CUDA_CHECK(kOp, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, impl_->stream)))
-    DS_CUDA_CHECK(kOp, cudaStreamSynchronize(impl_->stream));
+  if (bytes == 0 || capture_refuses(kOp) || !begin(kOp)) return;
+  if (DS_CUDA_CHECK(kOp, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, impl_->stream))) wait(kOp);
 }
 
 float* CudaBackend::scratch(size_t bytes, const char* op) {
   if (bytes <= scratch_bytes_) return static_cast<float*>(scratch_);
+  if (capture_refuses(op)) return nullptr;
   if (scratch_) {
-    DS_CUDA_CHECK(op, cudaStreamSynchronize(impl_->stream));
+    wait(op);
     DS_CUDA_CHECK(op, cudaFree(scratch_));
     scratch_ = nullptr;
     scratch_bytes_ = 0;
@@ -286,7 +408,7 @@ void CudaBackend::matmul(const WeightRef& w, const float* x, int64_t n, float* y
     return end(kOp);
   }
   const size_t stride = row_bytes_of(w.type, w.cols);
-  if (n <= cuda::kGemvMaxN || options_.batch_invariant) {
+  if (n <= std::max(options_.gemv_max_batch, 1) || options_.batch_invariant) {
     for (int64_t j0 = 0; j0 < n; j0 += cuda::kGemvMaxN) {
       const int nb = static_cast<int>(std::min<int64_t>(cuda::kGemvMaxN, n - j0));
       if (!DS_CUDA_CHECK(kOp, cuda::gemv(options_.gemv_version, w.type, w.data, stride, w.rows, w.cols,
@@ -294,6 +416,7 @@ void CudaBackend::matmul(const WeightRef& w, const float* x, int64_t n, float* y
         return;
     }
   } else {
+    if (capture_refuses(kOp)) return;  // cuBLAS is not recorded
     matmul_cublas(w, stride, x, n, y);
   }
   end(kOp);

@@ -5,8 +5,15 @@
 // Ordering: each op is enqueued on the backend's one stream and the call returns at once.
 // Every pointer an op takes is device memory on that stream, so later ops see its output;
 // download() waits for the stream, so whatever the caller can observe is complete, as
-// backend.h requires. upload() also waits (the host buffer may be reused at once).
+// backend.h requires. upload() of at most kStagedUploadBytes copies the host data into a
+// pinned staging buffer and returns without waiting (the host buffer may be reused at
+// once; the staging space is recycled at the next wait); larger uploads wait.
 // synchronize() waits explicitly; options.sync_each_op waits after every op.
+//
+// Recording (backend.h's replay/record_begin/record_end): stream capture into a CUDA graph,
+// instantiated once per key and launched by replay(). An op that cannot be captured (the
+// cuBLAS path, a wait) fails the recording; that key is then never recorded again. Off
+// under sync_each_op or when options.record_graphs is false.
 //
 // Errors: no CUDA or cuBLAS failure aborts. The first failure since the last clear_error()
 // is kept as a message naming the op, the call, CUDA's error name and text, and the
@@ -18,7 +25,7 @@
 // alloc() returns nullptr when out of memory without recording an error.
 //
 // Determinism: every kernel computes each output element with the same arithmetic
-// whatever n, except matmul with n > 8, which goes to cuBLAS (its per-element arithmetic
+// whatever n, except matmul with n > options.gemv_max_batch (8), which goes to cuBLAS (its per-element arithmetic
 // depends on the shape); set options.batch_invariant to run the GEMV kernel for every n
 // (bit-identical rows whatever the batch, slower prefill).
 //
@@ -37,9 +44,12 @@ namespace ds {
 struct CudaBackendOptions {
   int device = 0;
   bool sync_each_op = false;    // wait for the stream after every op: pins asynchronous faults to their op
-  bool batch_invariant = false; // matmul: GEMV kernel for every n (chunks of 8 rows) instead of cuBLAS for n > 8
+  bool batch_invariant = false; // matmul: GEMV kernel for every n (chunks of 8 rows) instead of cuBLAS for n > gemv_max_batch
+  int gemv_max_batch = 8;       // matmul: GEMV kernel (chunks of 8 rows) for n <= this, cuBLAS above
+                                // (on an H200, v3 at n = 32 takes 4x the time of cuBLAS: FMA/L1-bound)
+  bool record_graphs = true;    // record_begin() captures CUDA graphs (false: always eager)
   bool allow_tf32 = false;      // cuBLAS path: TF32 tensor cores (faster; ~1e-3 relative error)
-  int gemv_version = 2;         // see kernels/cuda/gemv.cu: 1 = simple, 2 = warp per row
+  int gemv_version = 3;         // see kernels/cuda/gemv.cu: 1 = simple, 2 = warp per row, 3 = live
 };
 
 class CudaBackend final : public Backend {
@@ -71,6 +81,12 @@ class CudaBackend final : public Backend {
   void store_kv(const float* k, const float* v, int64_t n, const int32_t* slots, int64_t kv_dim, float* k_cache,
                 float* v_cache) override;
   void attention(const AttentionArgs& a) override;
+  bool replay(uint64_t key) override;
+  bool record_begin(uint64_t key) override;
+  bool record_end() override;
+  void forget_recordings() override;
+
+  static constexpr size_t kStagedUploadBytes = size_t{64} << 10;
 
   // ---- CUDA-specific ----
   bool ok() const { return error_.empty(); }
@@ -87,6 +103,9 @@ class CudaBackend final : public Backend {
   // "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)"
   const std::string& device_description() const { return device_description_; }
   size_t scratch_bytes() const { return scratch_bytes_; }
+  // Recordings kept / replays done so far (tests and benchmarks).
+  size_t recordings() const;
+  int64_t replays() const { return replays_; }
 
  private:
   struct Impl;
@@ -100,6 +119,8 @@ class CudaBackend final : public Backend {
   bool check_cublas(int status, const char* op, const char* call, const char* file, int line);
   float* scratch(size_t bytes, const char* op);
   void matmul_cublas(const WeightRef& w, size_t row_stride, const float* x, int64_t n, float* y);
+  bool wait(const char* op);    // cudaStreamSynchronize; recycles the upload staging space
+  bool capture_refuses(const char* op);  // true (recording failed) when capturing
 
   CudaBackendOptions options_;
   std::unique_ptr<Impl> impl_;
@@ -107,6 +128,10 @@ class CudaBackend final : public Backend {
   std::string device_description_;
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
+  bool capturing_ = false;
+  bool capture_failed_ = false;
+  uint64_t capture_key_ = 0;
+  int64_t replays_ = 0;
 };
 
 }  // namespace ds

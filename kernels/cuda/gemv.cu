@@ -13,8 +13,22 @@
 //       chunk with one 16-byte load (F16/BF16; two for F32) or, for Q8_0/Q4_0, the chunk's
 //       8 bytes as four 2-byte loads plus the block scale d, forms s = sum_i w_i * x_i
 //       (w_i the raw quant value for Q types) and acc += d * s; then a butterfly warp sum.
+//   v3 (live): one warp per weight row, 4 rows per 128-thread block (more blocks, better
+//       SM balance). Every lane first issues the loads of all kV3Unroll (8) of its chunks
+//       (a whole 2048-column row per warp in one go: the bytes in flight hide HBM latency),
+//       then computes; the activation count is a template parameter (1, 2, 4, 8) so the
+//       column loop unrolls and the x loads are scheduled early. Q8_0 quants become floats
+//       with a byte permute and one exact float subtraction instead of int-to-float
+//       conversions (16/clock/SM on sm_90: too slow for HBM rates). Q4_0 chunks are half a
+//       block (16 weights: 8 bytes, low and high nibbles), so no byte is loaded twice.
+//       Per chunk: s = sum_i w_i * x_i in element order, acc = fma(d, s, acc) (d = 1 for
+//       float types, where acc takes the fma chain directly).
+//       H200 (tools/gpu-check.sh): 5632x2048 n=1 q8_0 1083 GB/s (v2 871), f16 1824 (v2 1606);
+//       at n=8 it is bound by the per-column x loads and FMAs (297 GB/s, as v2), and n=32 in
+//       four launches takes 65 us, slower than cuBLAS: matmul keeps cuBLAS for n > 8.
+//       Next: x in shared memory for n > 1, and fused QKV / gate+up launches.
 //
-// Determinism: in both versions the instruction sequence producing y[j, r] depends only
+// Determinism: in every version the instruction sequence producing y[j, r] depends only
 // on r, j's activation row and the weights, never on n (<= 8), so a sequence decoded in a
 // batch gets the bits it gets alone. The 16-byte path and its scalar fallback (used when
 // cols % 8 != 0 or a pointer is not 16-byte aligned) do the same arithmetic.
@@ -172,6 +186,231 @@ __global__ void __launch_bounds__(kV2Warps * kWarpSize)
   }
 }
 
+// ---- v3 -----------------------------------------------------------------------------
+
+constexpr int kV3Warps = 4;   // rows per block, one warp each
+constexpr int kV3Unroll = 8;  // chunks in flight per lane
+
+// Exact int8 -> float for the 4 signed bytes of v: byte k, biased to unsigned (v ^ 0x80),
+// becomes the low byte of the float 2^23 + u; subtracting 2^23 + 128 gives u - 128 = q.
+__device__ __forceinline__ void i8x4_to_f32(uint32_t v, float* out) {
+  const uint32_t u = v ^ 0x80808080u;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) out[k] = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7440u | k)) - 8388736.0f;
+}
+
+// Per type: the chunk a lane takes (kElems weights), its raw bits, and where its x values are.
+template <DType T>
+struct V3;
+
+template <>
+struct V3<DType::kF32> {
+  static constexpr int kElems = 8;
+  struct Raw {
+    float w[8];
+  };
+  static __device__ __forceinline__ int64_t chunks(int64_t cols) { return (cols + 7) / 8; }
+  static __device__ __forceinline__ void load(const uint8_t* row, int64_t c, int64_t cols, bool vec, Raw& r) {
+    const float* p = reinterpret_cast<const float*>(row) + 8 * c;
+    if (vec) {
+      const float4 a = __ldg(reinterpret_cast<const float4*>(p));
+      const float4 b = __ldg(reinterpret_cast<const float4*>(p) + 1);
+      r.w[0] = a.x, r.w[1] = a.y, r.w[2] = a.z, r.w[3] = a.w, r.w[4] = b.x, r.w[5] = b.y, r.w[6] = b.z, r.w[7] = b.w;
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) r.w[i] = 8 * c + i < cols ? p[i] : 0.0f;
+    }
+  }
+  static __device__ __forceinline__ float decode(const Raw& r, float* w) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w[i] = r.w[i];
+    return 1.0f;
+  }
+  static __device__ __forceinline__ int64_t x_first(int64_t c, int half) { return 8 * c; }
+};
+
+template <DType T>
+struct V3Half {  // F16 and BF16
+  static constexpr int kElems = 8;
+  struct Raw {
+    uint32_t u[4];
+  };
+  static __device__ __forceinline__ int64_t chunks(int64_t cols) { return (cols + 7) / 8; }
+  static __device__ __forceinline__ void load(const uint8_t* row, int64_t c, int64_t cols, bool vec, Raw& r) {
+    const uint16_t* p = reinterpret_cast<const uint16_t*>(row) + 8 * c;
+    if (vec) {
+      const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+      r.u[0] = v.x, r.u[1] = v.y, r.u[2] = v.z, r.u[3] = v.w;
+    } else {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const uint32_t lo = 8 * c + 2 * i < cols ? p[2 * i] : 0u;
+        const uint32_t hi = 8 * c + 2 * i + 1 < cols ? p[2 * i + 1] : 0u;
+        r.u[i] = lo | (hi << 16);
+      }
+    }
+  }
+  static __device__ __forceinline__ float decode(const Raw& r, float* w) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint16_t lo = static_cast<uint16_t>(r.u[i] & 0xffffu), hi = static_cast<uint16_t>(r.u[i] >> 16);
+      w[2 * i] = T == DType::kF16 ? f16_to_f32(lo) : bf16_to_f32(lo);
+      w[2 * i + 1] = T == DType::kF16 ? f16_to_f32(hi) : bf16_to_f32(hi);
+    }
+    return 1.0f;
+  }
+  static __device__ __forceinline__ int64_t x_first(int64_t c, int half) { return 8 * c; }
+};
+template <>
+struct V3<DType::kF16> : V3Half<DType::kF16> {};
+template <>
+struct V3<DType::kBF16> : V3Half<DType::kBF16> {};
+
+template <>
+struct V3<DType::kQ8_0> {
+  // Chunk c: quarter (c & 3) of block (c >> 2), quants [8q, 8q + 8).
+  static constexpr int kElems = 8;
+  struct Raw {
+    uint32_t q[4];  // four 2-byte loads (blocks are only 2-byte aligned)
+    uint32_t d;
+  };
+  static __device__ __forceinline__ int64_t chunks(int64_t cols) { return cols / 8; }
+  static __device__ __forceinline__ void load(const uint8_t* row, int64_t c, int64_t, bool, Raw& r) {
+    const uint8_t* b = row + (c >> 2) * kQ8_0Bytes;
+    const uint16_t* q = reinterpret_cast<const uint16_t*>(b + 2 + (c & 3) * 8);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) r.q[i] = __ldg(q + i);
+    r.d = __ldg(reinterpret_cast<const uint16_t*>(b));
+  }
+  static __device__ __forceinline__ float decode(const Raw& r, float* w) {
+    i8x4_to_f32(__byte_perm(r.q[0], r.q[1], 0x5410), w);
+    i8x4_to_f32(__byte_perm(r.q[2], r.q[3], 0x5410), w + 4);
+    return f16_to_f32(static_cast<uint16_t>(r.d));
+  }
+  static __device__ __forceinline__ int64_t x_first(int64_t c, int half) { return 8 * c; }
+};
+
+template <>
+struct V3<DType::kQ4_0> {
+  // Chunk c: half h = c & 1 of block c >> 1: bytes qs[8h, 8h + 8); their low nibbles are
+  // elements 8h + i, their high nibbles elements 16 + 8h + i.
+  static constexpr int kElems = 16;
+  struct Raw {
+    uint32_t q[4];
+    uint32_t d;
+  };
+  static __device__ __forceinline__ int64_t chunks(int64_t cols) { return cols / 16; }
+  static __device__ __forceinline__ void load(const uint8_t* row, int64_t c, int64_t, bool, Raw& r) {
+    const uint8_t* b = row + (c >> 1) * kQ4_0Bytes;
+    const uint16_t* q = reinterpret_cast<const uint16_t*>(b + 2 + (c & 1) * 8);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) r.q[i] = __ldg(q + i);
+    r.d = __ldg(reinterpret_cast<const uint16_t*>(b));
+  }
+  static __device__ __forceinline__ float decode(const Raw& r, float* w) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const uint32_t byte = (r.q[i] >> (8 * k)) & 0xffu;
+        w[2 * i + k] = static_cast<float>(static_cast<int>(byte & 0xFu) - 8);
+        w[8 + 2 * i + k] = static_cast<float>(static_cast<int>(byte >> 4) - 8);
+      }
+    }
+    return f16_to_f32(static_cast<uint16_t>(r.d));
+  }
+  // x of elements [8 half, 8 half + 8) of the chunk: low nibbles, then high nibbles.
+  static __device__ __forceinline__ int64_t x_first(int64_t c, int half) { return (c >> 1) * 32 + (c & 1) * 8 + 16 * half; }
+};
+
+// 8 consecutive x values from xj[i0]; past cols they read as 0 on the scalar path.
+__device__ __forceinline__ void load_x8_at(const float* __restrict__ xj, int64_t i0, int64_t cols, bool vec, float v[8]) {
+  const float* r = xj + i0;
+  if (vec) {
+    const float4 a = __ldg(reinterpret_cast<const float4*>(r));
+    const float4 b = __ldg(reinterpret_cast<const float4*>(r) + 1);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+  } else {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) v[i] = i0 + i < cols ? r[i] : 0.0f;
+  }
+}
+
+// NC: activation rows this instantiation can take (n <= NC; columns j >= n are skipped).
+// The instructions for column j are the same whatever NC and n.
+template <DType T, int NC>
+__global__ void __launch_bounds__(kV3Warps * kWarpSize)
+    gemv_v3_kernel(const uint8_t* __restrict__ w, size_t row_stride, int64_t rows, int64_t cols,
+                   const float* __restrict__ x, int n, float* __restrict__ y, bool w_vec, bool x_vec) {
+  using Tr = V3<T>;
+  constexpr int kE = Tr::kElems;
+  constexpr bool kQuant = T == DType::kQ8_0 || T == DType::kQ4_0;
+  const int lane = threadIdx.x & 31;
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kV3Warps + (threadIdx.x >> 5);
+  if (r >= rows) return;  // uniform per warp
+  const uint8_t* row = w + r * static_cast<int64_t>(row_stride);
+  const int64_t n_chunks = Tr::chunks(cols);
+  float acc[NC];
+#pragma unroll
+  for (int j = 0; j < NC; ++j) acc[j] = 0.0f;
+
+  for (int64_t c0 = lane; c0 < n_chunks; c0 += kWarpSize * kV3Unroll) {
+    typename Tr::Raw raw[kV3Unroll];
+#pragma unroll
+    for (int u = 0; u < kV3Unroll; ++u) {
+      const int64_t c = c0 + u * kWarpSize;
+      if (c < n_chunks) Tr::load(row, c, cols, w_vec, raw[u]);
+    }
+#pragma unroll
+    for (int u = 0; u < kV3Unroll; ++u) {
+      const int64_t c = c0 + u * kWarpSize;
+      if (c >= n_chunks) break;  // c grows with u
+      float wf[kE];
+      const float d = Tr::decode(raw[u], wf);
+#pragma unroll
+      for (int j = 0; j < NC; ++j) {
+        if (j >= n) break;
+        const float* xj = x + j * cols;
+        float xv[kE];
+#pragma unroll
+        for (int h = 0; h < kE / 8; ++h) load_x8_at(xj, Tr::x_first(c, h), cols, x_vec, xv + 8 * h);
+        if constexpr (kQuant) {
+          float s = 0.0f;
+#pragma unroll
+          for (int i = 0; i < kE; ++i) s = fmaf(wf[i], xv[i], s);
+          acc[j] = fmaf(d, s, acc[j]);
+        } else {
+#pragma unroll
+          for (int i = 0; i < kE; ++i) acc[j] = fmaf(wf[i], xv[i], acc[j]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < NC; ++j) {
+    if (j >= n) break;
+    const float v = warp_sum(acc[j]);
+    if (lane == 0) y[j * rows + r] = v;
+  }
+}
+
+template <DType T, int NC>
+void launch_v3_nc(const uint8_t* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n, float* y,
+                  bool w_vec, bool x_vec, cudaStream_t stream) {
+  const auto blocks = static_cast<unsigned>((rows + kV3Warps - 1) / kV3Warps);
+  auto* kernel = gemv_v3_kernel<T, NC>;
+  DS_LAUNCH(kernel, blocks, kV3Warps * kWarpSize, 0, stream)(w, row_stride, rows, cols, x, n, y, w_vec, x_vec);
+}
+
+template <DType T>
+void launch_v3(const uint8_t* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n, float* y,
+               bool w_vec, bool x_vec, cudaStream_t stream) {
+  if (n <= 1) launch_v3_nc<T, 1>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream);
+  else if (n <= 2) launch_v3_nc<T, 2>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream);
+  else if (n <= 4) launch_v3_nc<T, 4>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream);
+  else launch_v3_nc<T, 8>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream);
+}
+
 }  // namespace
 
 cudaError_t gemv(int version, DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols,
@@ -195,6 +434,13 @@ cudaError_t gemv(int version, DType t, const void* w, size_t row_stride, int64_t
       constexpr DType T = decltype(tag)::value;
       DS_LAUNCH(gemv_v2_kernel<T>, blocks, kV2Warps * kWarpSize, 0, stream)(wb, row_stride, rows, cols, x, n, y,
                                                                             w_vec, x_vec);
+    });
+  } else if (version == 3) {
+    const bool float_type = t == DType::kF32 || t == DType::kF16 || t == DType::kBF16;
+    const bool w_vec = float_type && cols % 8 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0 && row_stride % 16 == 0;
+    const bool x_vec = cols % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+    ok = dispatch_dtype(t, [&](auto tag) {
+      launch_v3<decltype(tag)::value>(wb, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream);
     });
   }
   return ok ? cudaGetLastError() : cudaErrorInvalidValue;

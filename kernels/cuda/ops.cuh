@@ -34,12 +34,14 @@ cudaError_t store_kv(const float* k, const float* v, int64_t n, const int32_t* s
 // ---- gemv.cu ------------------------------------------------------------------------
 
 constexpr int kGemvMaxN = 8;  // activation rows one GEMV launch handles
-constexpr int kGemvVersions = 2;
+constexpr int kGemvVersions = 3;
 
 // y[n, rows] = x[n, cols] * W^T for n <= kGemvMaxN. Each y element is computed by the
 // same instructions whatever n (determinism contract). Versions:
 //   1: one thread per output element, scalar loads (simple, slow; a second opinion)
 //   2: one warp per weight row, 8-element chunks with 16-byte loads, 4 chunks in flight
+//   3: one warp per row, 4 rows per block, all 8 chunks' loads issued before any math,
+//      n a template parameter, int8 -> float by byte permute (the live version)
 // REQUIRES: 1 <= n <= kGemvMaxN; 1 <= version <= kGemvVersions; supported t.
 cudaError_t gemv(int version, DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols,
                  const float* x, int n, float* y, cudaStream_t stream);

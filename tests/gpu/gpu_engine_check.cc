@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/cuda/cuda_backend.h"
 #include "model/engine.h"
 #include "model/mkmodel.h"
 
@@ -75,9 +76,19 @@ std::unique_ptr<ds::Backend> gpu() {
   return be;
 }
 
-std::unique_ptr<ds::Engine> engine(std::shared_ptr<ds::Model> m, int max_batch, int ctx, int step_tokens) {
-  auto be = gpu();
-  if (!be) return nullptr;
+// graphs: whether the backend records decode steps as CUDA graphs; *replays (when given)
+// points at the backend's replay counter afterwards.
+std::unique_ptr<ds::Engine> engine(std::shared_ptr<ds::Model> m, int max_batch, int ctx, int step_tokens,
+                                   bool graphs = true, const ds::CudaBackend** cuda = nullptr) {
+  std::string err;
+  ds::CudaBackendOptions co;
+  co.record_graphs = graphs;
+  std::unique_ptr<ds::CudaBackend> be = ds::CudaBackend::create(co, &err);
+  if (!be) {
+    std::printf("ERROR: no CUDA backend: %s\n", err.c_str());
+    return nullptr;
+  }
+  if (cuda) *cuda = be.get();
   ds::EngineOptions o;
   o.max_batch = max_batch;
   o.n_ctx = ctx;
@@ -162,7 +173,8 @@ double d2d_bandwidth_gbs() {
 }
 
 bool bench(const std::string& dir, double copy_gbs) {
-  std::printf("\n%-6s %10s %10s %10s %10s %9s %9s %11s\n", "type", "prefill", "dec b1", "dec b8", "dec b32", "GB/s b1", "% copy", "prefill/gemm");
+  std::printf("\n%-6s %10s %10s %10s %10s %9s %9s %11s %12s\n", "type", "prefill", "dec b1", "dec b8", "dec b32", "GB/s b1",
+              "% copy", "prefill/gemm", "b1 no graph");
   for (const char* tn : {"q8_0", "f16"}) {
     auto spec = ds::model_preset("bench-1b");
     ds::parse_dtype(tn, &spec->type);
@@ -192,8 +204,11 @@ bool bench(const std::string& dir, double copy_gbs) {
       run(*e, 1);
       prefill = prompt / secs(t0);
     }
-    for (int b : {1, 8, 32}) {
-      auto e = engine(*m, b, 256, 256);
+    int64_t replays = 0;
+    for (int b : {1, 8, 32, -1}) {  // -1: batch 1 with graph recording off
+      const ds::CudaBackend* cuda = nullptr;
+      auto e = engine(*m, b < 0 ? 1 : b, 256, 256, b > 0, &cuda);
+      b = b < 0 ? 1 : b;
       if (!e) return false;
       for (int i = 0; i < b; ++i) {
         ds::SequenceRequest r;
@@ -209,6 +224,7 @@ bool bench(const std::string& dir, double copy_gbs) {
       const auto t0 = Clock::now();
       run(*e, b, &steps);
       dec.push_back(static_cast<double>(b) * gen / secs(t0));
+      replays += cuda->replays();
     }
     // GEMM-only time of a prefill: every layer's matmuls at n = prompt.
     double gemm_s = 0;
@@ -241,8 +257,9 @@ bool bench(const std::string& dir, double copy_gbs) {
       be->free(y);
     }
     const double gbs = (*m)->weights().bytes * dec[0] / 1e9;
-    std::printf("%-6s %10.1f %10.1f %10.1f %10.1f %9.1f %8.0f%% %11.2f\n", tn, prefill, dec[0], dec[1], dec[2], gbs,
-                100.0 * gbs / copy_gbs, (prompt / prefill) / gemm_s);
+    std::printf("%-6s %10.1f %10.1f %10.1f %10.1f %9.1f %8.0f%% %11.2f %12.1f   (%lld graph replays)\n", tn, prefill,
+                dec[0], dec[1], dec[2], gbs, 100.0 * gbs / copy_gbs, (prompt / prefill) / gemm_s, dec[3],
+                static_cast<long long>(replays));
   }
   std::printf("(tok/s; GB/s b1 = weight bytes x decode tok/s; %% copy = of the device-to-device copy bandwidth %.0f GB/s;\n"
               " prefill/gemm = prefill time over the time of its layer GEMMs alone: target <= 1.5)\n", copy_gbs);

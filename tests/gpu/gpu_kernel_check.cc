@@ -44,6 +44,9 @@ using ds::RopeParams;
 using ds::RopeStyle;
 using ds::WeightRef;
 
+constexpr int kGemvVersions = 3;  // kernels/cuda/ops.cuh
+constexpr int kLiveGemv = 3;      // CudaBackendOptions::gemv_version's default
+
 // ---- random numbers -----------------------------------------------------------------
 
 struct Rng {
@@ -227,7 +230,7 @@ void check_matmul(CudaBackend& b, CudaBackend& tf32, Rng& rng, bool quick) {
       {257, 512, {1, 3, 8, 9, 64}, false, false},
       {300, 4096, {1, 8, 9, 64}, false, false},
       {33, 100, {1, 3, 8, 9, 20}, true, false},        // cols % 8 != 0: GEMV scalar path
-      {4500, 4096, {1, 9}, false, true},               // > 16M elements: cuBLAS in slices
+      {4500, 4096, {1, 9, 40}, false, true},           // > 16M elements: cuBLAS in slices (n > 32)
   };
   for (DType t : kAllTypes) {
     const std::string tn = ds::dtype_name(t);
@@ -260,21 +263,22 @@ void check_matmul(CudaBackend& b, CudaBackend& tf32, Rng& rng, bool quick) {
         const std::vector<double> sn(scale.begin(), scale.begin() + n * c.rows);
         const std::string suffix = " " + sh + " n=" + std::to_string(n);
         if (n <= 8) {
-          for (int v = 1; v <= 2; ++v) {
+          for (int v = 1; v <= kGemvVersions; ++v) {
             if (v == 1 && c.big) continue;
             b.set_gemv_version(v);
             b.matmul(gw, dx.as(), n, dy.as());
             compare("matmul/" + tn + "/gemv" + std::to_string(v) + suffix, dy.read(n * c.rows), wn, 1e-6, 2e-5, &sn);
           }
-          b.set_gemv_version(2);
+          b.set_gemv_version(kLiveGemv);
         } else {
           b.matmul(gw, dx.as(), n, dy.as());
-          compare("matmul/" + tn + "/cublas" + suffix, dy.read(n * c.rows), wn, 1e-6, 2e-5, &sn);
+          const char* path = n > b.options().gemv_max_batch ? "/cublas" : "/gemv-auto";
+          compare("matmul/" + tn + path + suffix, dy.read(n * c.rows), wn, 1e-6, 2e-5, &sn);
           b.set_batch_invariant(true);
           b.matmul(gw, dx.as(), n, dy.as());
           const auto inv = dy.read(n * c.rows);
           b.set_batch_invariant(false);
-          compare("matmul/" + tn + "/gemv2-batched" + suffix, inv, wn, 1e-6, 2e-5, &sn);
+          compare("matmul/" + tn + "/gemv-batched" + suffix, inv, wn, 1e-6, 2e-5, &sn);
           // Batch invariance: each row of the batched GEMV equals that row computed alone.
           Buf d1(b, c.rows * 4);
           bool same = true;
@@ -502,6 +506,68 @@ void check_attention(CudaBackend& b, Rng& rng) {
 }
 
 // Bad arguments become errors a worker can report, not aborts.
+// Recording (CUDA graphs): a recorded rmsnorm + GEMV + add sequence replays to the same bits
+// as the eager ops, sees new inputs uploaded between replays, and a recording that meets
+// an op it cannot record (the cuBLAS path) reports failure and runs nothing.
+void check_recording(int device, Rng& rng) {
+#ifdef DS_CUDA_EMULATION
+  std::printf("SKIP graph: the CPU emulation records nothing (CudaBackend::record_begin refuses)\n");
+  return;
+#endif
+  std::string error;
+  CudaBackendOptions o;
+  o.device = device;
+  auto bp = CudaBackend::create(o, &error);
+  if (!bp) {
+    expect("graph/create", false, error);
+    return;
+  }
+  CudaBackend& b = *bp;
+  const int64_t rows = 384, cols = 512;
+  const auto w = make_weights(rng, DType::kQ8_0, rows, cols);
+  const auto norm = rng.floats(cols, 0.5, 1.5);
+  Buf dw(b, w), dn(b, norm), dx(b, 4 * cols * 4), dxn(b, 4 * cols * 4), dy(b, 64 * rows * 4), dacc(b, 4 * rows * 4);
+  const WeightRef gw{DType::kQ8_0, dw.as<void>(), rows, cols};
+  auto ops = [&](int n) {
+    b.rmsnorm(dx.as(), dn.as(), n, cols, 1e-5f, dxn.as());
+    b.matmul(gw, dxn.as(), n, dy.as());
+    b.add(dacc.as(), dy.as(), n * rows);
+  };
+  bool same = true;
+  for (int step = 0; step < 3; ++step) {
+    const auto x = rng.floats(4 * cols);
+    const auto acc0 = rng.floats(4 * rows);
+    b.upload(dx.as(), x.data(), x.size() * 4);
+    b.upload(dacc.as(), acc0.data(), acc0.size() * 4);
+    ops(4);
+    const auto eager = dacc.read(4 * rows);
+    b.upload(dacc.as(), acc0.data(), acc0.size() * 4);
+    const uint64_t key = 4;
+    if (!b.replay(key)) {
+      if (!b.record_begin(key)) {
+        expect("graph/record-begin", false, "record_begin refused");
+        return;
+      }
+      ops(4);
+      expect("graph/record-end", b.record_end(), "recording failed: " + b.last_error());
+      expect("graph/replay-after-record", b.replay(key), "no replay");
+    }
+    same = same && same_bits(dacc.read(4 * rows).data(), eager.data(), 4 * rows);
+  }
+  expect("graph/replay-same-bits", same && b.replays() == 3 && b.recordings() == 1,
+         "replayed ops differ from eager ops, or not every step replayed");
+  // The cuBLAS path (n = 64) cannot be recorded: the recording fails and runs nothing.
+  Buf dx64(b, rng.floats(64 * cols));
+  const auto before = dy.read(64 * rows);
+  bool refused = b.record_begin(99);
+  b.matmul(gw, dx64.as(), 64, dy.as());
+  refused = refused && !b.record_end();
+  expect("graph/unrecordable-fails", refused && same_bits(dy.read(64 * rows).data(), before.data(), 64 * rows) &&
+                                         !b.record_begin(99) && b.ok(),
+         "a cuBLAS matmul inside a recording did not fail it cleanly");
+  require_ok(b, "recording");
+}
+
 void check_errors(CudaBackend& b) {
   std::vector<uint8_t> host(64);
   Buf w(b, host), x(b, 64), y(b, 64);
@@ -645,7 +711,7 @@ double bench_gemv(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols,
   time_ms(s, copies, run);  // warm-up
   const int iters = version == 1 ? copies : std::max(4 * copies, 200);
   const double ms = time_ms(s, iters, run);
-  b.set_gemv_version(2);
+  b.set_gemv_version(kLiveGemv);
   require_ok(b, "gemv benchmark");
   const double gbps = bytes / (ms * 1e-3) / 1e9;
   char what[96];
@@ -738,18 +804,23 @@ void run_benchmarks(CudaBackend& b, Rng& rng) {
   std::printf("\n== benchmarks (weights rotated over %zu MiB so reads come from HBM) ==\n", kRotateBytes >> 20);
   struct Shape { int64_t rows, cols; };
   std::vector<std::pair<std::string, double>> gemv_bw;
-  for (Shape s : {Shape{2048, 2048}, Shape{5632, 2048}})
-    for (DType t : {DType::kF16, DType::kQ8_0})
+  for (Shape s : {Shape{2048, 2048}, Shape{5632, 2048}, Shape{2048, 5632}})
+    for (DType t : {DType::kF16, DType::kQ8_0}) {
+      bench_gemv(b, rng, t, s.rows, s.cols, 2, 1);  // the previous version, for comparison
       gemv_bw.emplace_back(std::string(ds::dtype_name(t)) + " " + shape(s.rows, s.cols),
-                           bench_gemv(b, rng, t, s.rows, s.cols, 2, 1));
-  bench_gemv(b, rng, DType::kQ4_0, 5632, 2048, 2, 1);
+                           bench_gemv(b, rng, t, s.rows, s.cols, kLiveGemv, 1));
+    }
+  bench_gemv(b, rng, DType::kQ4_0, 5632, 2048, kLiveGemv, 1);
   bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, 2, 8);
+  bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, kLiveGemv, 8);
+  bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, kLiveGemv, 32);  // 4 launches of 8 (decode at batch 32)
   bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, 1, 1);  // v1, for comparison
   const double copy_bw = bench_memcpy(b, ds::row_bytes(DType::kF16, 2048) * 5632);
   bench_memcpy(b, ds::row_bytes(DType::kF16, 2048) * 2048);
-  std::printf("\nGEMV v2 (n=1) bandwidth vs device-to-device memcpy (%.1f GB/s read+write):\n", copy_bw);
+  std::printf("\nGEMV v%d (n=1) bandwidth vs device-to-device memcpy (%.1f GB/s read+write):\n", kLiveGemv, copy_bw);
   for (const auto& [name, bw] : gemv_bw)
-    std::printf("BENCH-RATIO gemv2 %-20s %8.1f GB/s = %5.1f%% of memcpy\n", name.c_str(), bw, 100.0 * bw / copy_bw);
+    std::printf("BENCH-RATIO gemv%d %-20s %8.1f GB/s = %5.1f%% of memcpy\n", kLiveGemv, name.c_str(), bw,
+                100.0 * bw / copy_bw);
   bench_prefill(b, rng, DType::kF16, 5632, 2048, 128);
   bench_prefill(b, rng, DType::kQ8_0, 5632, 2048, 512);
   bench_attention(b, rng, 1, 4096);
@@ -806,6 +877,7 @@ int main(int argc, char** argv) {
   check_rope(*b, rng);
   check_attention(*b, rng);
   check_matmul(*b, *tf32, rng, quick);
+  check_recording(device, rng);
   check_nccl(device);
   print_summary();
 

@@ -30,7 +30,7 @@ compile() {  # compile <source> [language]
 for f in kernels/cuda/cuda_backend.cu kernels/cuda/elementwise.cu kernels/cuda/gemv.cu kernels/cuda/attention.cu; do
   compile "$f" c++
 done
-for f in kernels/dtype.cc kernels/ref.cc tests/gpu/emu/emu.cc tests/gpu/gpu_kernel_check.cc; do
+for f in kernels/dtype.cc kernels/ref.cc kernels/cuda/nccl_comm.cc tests/gpu/emu/emu.cc tests/gpu/gpu_kernel_check.cc; do
   compile "$f"
 done
 "$cxx" "${flags[@]}" "${objs[@]}" -o "$out/gpu_kernel_check_emu"
