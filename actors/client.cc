@@ -17,7 +17,7 @@ namespace ds {
 
 namespace {
 struct ClientConfig : caf::actor_system_config {
-  ClientConfig() {
+  explicit ClientConfig(const TlsOptions& tls) {
     register_types(*this);
     load<caf::io::middleman>();
     set("scheduler.max-threads", 2);
@@ -25,14 +25,16 @@ struct ClientConfig : caf::actor_system_config {
     // silent past their connection timeout: send heartbeats like a node does.
     set("middleman.app-identifiers", std::vector<std::string>{"ds-v1"});
     set("middleman.heartbeat-interval", caf::timespan{std::chrono::milliseconds(250)});
+    apply_tls(*this, tls);
   }
 };
 }  // namespace
 
 struct Client::Impl {
+  explicit Impl(const ClientOptions& o) : opts(o), cfg(o.tls) {}
+  ClientOptions opts;
   ClientConfig cfg;
   caf::actor_system sys{cfg};
-  ClientOptions opts;
   mutable std::mutex mu;
   caf::actor router;                   // guarded by mu
   std::string address;                 // guarded by mu: host:port of router
@@ -46,7 +48,7 @@ struct Client::Impl {
   Result<caf::actor> connect(const std::string& host, uint16_t port) {
     caf::scoped_actor self{sys};
     Result<caf::actor> out = Status::IOError("cannot connect to " + host + ":" + std::to_string(port));
-    self->request(sys.middleman().actor_handle(), opts.connect_timeout, caf::connect_atom::value, host, port)
+    self->request(connector(sys), opts.connect_timeout, caf::connect_atom::value, host, port)
         .receive(
             [&](const caf::node_id&, caf::strong_actor_ptr& p, const std::set<std::string>&) {
               auto r = caf::actor_cast<caf::actor>(p);
@@ -134,8 +136,8 @@ bool parse_host_port(const std::string& s, std::string* host, uint16_t* port) {
 }
 
 Result<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opts) {
-  auto impl = std::make_unique<Impl>();
-  impl->opts = opts;
+  if (Status st = validate_tls(opts.tls); !st.ok()) return st;
+  auto impl = std::make_unique<Impl>(opts);
   auto r = impl->connect(opts.host, opts.port);
   if (!r.ok()) return r.status();
   impl->router = *r;

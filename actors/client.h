@@ -23,11 +23,13 @@
 #include <vector>
 
 #include "actors/protocol.h"
+#include "actors/tls.h"
 #include "model/status.h"
 
 namespace ds {
 
 struct ClientOptions {
+  TlsOptions tls;  // must match the nodes': all TLS (certificate signed by their CA) or none
   std::string host = "127.0.0.1";
   uint16_t port = 4242;
   std::chrono::milliseconds connect_timeout{5000};

@@ -6,12 +6,14 @@
 #include <caf/stateful_actor.hpp>
 #include <caf/system_messages.hpp>
 
+#include <algorithm>
 #include <map>
 #include <set>
 #include <spdlog/spdlog.h>
 
 #include "actors/atoms.h"
 #include "actors/client.h"
+#include "actors/tls.h"
 #include "cluster/codec.h"
 
 namespace ds {
@@ -25,6 +27,7 @@ constexpr auto kConnectTimeout = std::chrono::seconds(3);
 constexpr auto kConnectRetry = std::chrono::milliseconds(500);
 constexpr auto kViewInterval = std::chrono::seconds(1);
 constexpr size_t kMaxQueued = 16;
+constexpr auto kDialWait = std::chrono::milliseconds(1500);
 
 // A connection to another node: its router (what the address publishes) and its membership actor.
 struct Conn {
@@ -32,6 +35,7 @@ struct Conn {
   caf::actor membership;
   bool pending = false;
   TimePoint retry_at{};
+  TimePoint waiting_since{};  // when this node started waiting for the other side to dial
   std::vector<std::string> queue;  // encoded messages waiting for the connection
 };
 
@@ -124,9 +128,19 @@ void deliver(Self* self, const std::string& address, std::string bytes) {
 }
 
 void connect(Self* self, const std::string& address) {
-  Conn& c = self->state.conns[address];
+  auto& s = self->state;
+  Conn& c = s.conns[address];
   const TimePoint now = Clock::now();
   if (c.pending || now < c.retry_at) return;
+  // One connection per pair of nodes: the node with the smaller address dials, the other
+  // answers over that connection (adopt()). Two nodes dialling each other at once make two
+  // connections, which CAF's TLS transport handles by dropping the node's proxies. Seeds are
+  // always dialled (a joiner must), and anyone is dialled after kDialWait without contact.
+  const bool is_seed = std::find(s.cfg.seeds.begin(), s.cfg.seeds.end(), address) != s.cfg.seeds.end();
+  if (!is_seed && s.cfg.self.cluster_address > address) {
+    if (c.waiting_since == TimePoint{}) c.waiting_since = now;
+    if (now - c.waiting_since < kDialWait) return;
+  }
   std::string host;
   uint16_t port = 0;
   if (!parse_host_port(address, &host, &port)) {
@@ -143,7 +157,7 @@ void connect(Self* self, const std::string& address) {
     c.queue.clear();
     spdlog::debug("cluster: cannot reach {}: {}", address, why);
   };
-  auto mm = self->system().middleman().actor_handle();
+  auto mm = connector(self->system());
   self->request(mm, kConnectTimeout, caf::connect_atom::value, host, port)
       .then(
           [self, address, failed](const caf::node_id&, caf::strong_actor_ptr& p, const std::set<std::string>&) {
@@ -167,6 +181,29 @@ void connect(Self* self, const std::string& address) {
                     [failed](caf::error& e) { failed(caf::to_string(e)); });
           },
           [failed](caf::error& e) { failed(caf::to_string(e)); });
+}
+
+// A message came from `membership` (a remote membership actor) whose node says it is at
+// `address`: use that handle for the address when none is connected yet, and learn its router.
+void adopt(Self* self, const std::string& address, const caf::actor& membership) {
+  if (address.empty() || !membership) return;
+  Conn& c = self->state.conns[address];
+  if (c.membership || c.pending) return;
+  c.pending = true;
+  self->request(membership, kConnectTimeout, hello_atom::value)
+      .then(
+          [self, address, membership](caf::actor router) {
+            Conn& c = self->state.conns[address];
+            c.pending = false;
+            if (c.membership) return;
+            c.router = router;
+            c.membership = membership;
+            self->monitor(membership);
+            for (std::string& bytes : c.queue) self->send(membership, cluster_atom::value, std::move(bytes));
+            c.queue.clear();
+            push_view(self);
+          },
+          [self, address](caf::error&) { self->state.conns[address].pending = false; });
 }
 
 // Carries out what one Membership call returned.
@@ -253,8 +290,18 @@ caf::behavior membership_behavior(Self* self, MembershipActorConfig cfg, caf::ac
           }
           return;
         }
+        // The sender can be answered over the connection it came by: adopt its handle for its
+        // address rather than dialling back (one connection per pair of nodes).
+        const std::string from = std::visit(
+            [](const auto& m) -> std::string {
+              if constexpr (std::is_same_v<std::decay_t<decltype(m)>, cluster::JoinRequest>) return m.joiner.info().cluster_address;
+              else return m.from.address;
+            },
+            *msg);
+        adopt(self, from, caf::actor_cast<caf::actor>(self->current_sender()));
         carry_out(self, s.m->on_message(*msg, Clock::now()));
       },
+      [=](hello_atom) { return self->state.router; },
       [=](members_atom) { return make_view(self); },
       [=](leave_atom) {
         spdlog::info("cluster: leaving (no new work is routed here; in-flight requests finish)");

@@ -68,6 +68,12 @@ struct NodeConfig {
   int scheduler_threads = 0;                         // 0 = auto (CAF: one per core)
   std::chrono::milliseconds heartbeat_interval{1'000};    // middleman heartbeat; 0 = off
   std::chrono::milliseconds connection_timeout{10'000};   // close a silent connection; 0 = off
+  // ---- [tls] (on when certificate is set; then key and cafile/capath are required) --------
+  std::string tls_certificate;                       // PEM certificate of this node
+  std::string tls_key;                               // its PEM private key
+  std::string tls_passphrase;                        // for an encrypted key
+  std::string tls_cafile;                            // CA that signs every node and client
+  std::string tls_capath;                            // or a directory of CA certificates
   // ---- [test] TEST ONLY: fault switches for the integration and fault suites -------------
   int fault_worker_crash_after_steps = 0;            // a worker crashes after N steps; 0 = off
   int fault_worker_crash_count = 1;                  // how many incarnations in a row crash that way

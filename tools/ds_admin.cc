@@ -16,6 +16,7 @@
 
 #include "actors/client.h"
 #include "tools/common/cli_util.h"
+#include "tools/common/tls_flags.h"
 
 namespace {
 
@@ -83,6 +84,8 @@ int main(int argc, char** argv) {
   std::string target;
   bool json = false;
   app.add_option("--connect", target, "HOST:PORT of any ds-node")->required();
+  ds::TlsOptions tls;
+  ds::cli::add_tls_flags(app, &tls);
   CLI::App* cluster = app.add_subcommand("cluster", "Cluster-wide commands");
   cluster->require_subcommand(1);
   CLI::App* status = cluster->add_subcommand("status", "Nodes, workers and load");
@@ -105,18 +108,17 @@ int main(int argc, char** argv) {
     return rc == 0 ? 0 : ds::cli::kExitUsage;
   }
   ds::ClientOptions co;
+  co.tls = tls;
   if (!ds::parse_host_port(target, &co.host, &co.port)) {
     std::cerr << "ds-admin: --connect wants HOST:PORT, got '" << target << "'\n";
     return ds::cli::kExitUsage;
   }
-  auto client = ds::Client::Connect(co);
-  if (!client.ok()) {
-    std::cerr << "ds-admin: " << client.status().message() << "\n";
-    return ds::cli::kExitConnect;
-  }
+  int rc = 0;
+  auto client = ds::cli::connect_or_report(co, "ds-admin", &rc);
+  if (!client) return rc;
   if (drain->parsed() || remove->parsed()) {
     const bool draining = drain->parsed();
-    ds::Status st = draining ? (*client)->drain_node(node_id) : (*client)->remove_node(node_id);
+    ds::Status st = draining ? client->drain_node(node_id) : client->remove_node(node_id);
     if (!st.ok()) {
       std::cerr << "ds-admin: " << st.message() << "\n";
       return st.code() == ds::StatusCode::kIOError ? ds::cli::kExitRequestFailed : ds::cli::kExitRejected;
@@ -131,7 +133,7 @@ int main(int argc, char** argv) {
     // tool talks to, its exit closes the connection: that is the end of the drain too.
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
     while (std::chrono::steady_clock::now() < deadline) {
-      auto v = (*client)->members();
+      auto v = client->members();
       if (!v.ok()) {
         std::cout << "member " << node_id << " left (its connection closed)\n";
         return ds::cli::kExitOk;
@@ -147,7 +149,7 @@ int main(int argc, char** argv) {
     std::cerr << "ds-admin: member " << node_id << " has not left after " << timeout_s << " s (it may still be finishing requests)\n";
     return ds::cli::kExitRequestFailed;
   }
-  auto st = (*client)->cluster_status();
+  auto st = client->cluster_status();
   if (!st.ok()) {
     std::cerr << "ds-admin: " << st.status().message() << "\n";
     return ds::cli::kExitRequestFailed;

@@ -38,6 +38,7 @@
 #include "model/model.h"
 #include "tools/bench_failover.h"
 #include "tools/common/cli_util.h"
+#include "tools/common/tls_flags.h"
 
 namespace {
 
@@ -213,6 +214,7 @@ struct LoadArgs {
   std::string compare_engine;  // GGUF file: measure the engine's batch-C decode first
   int threads = 0;
   bool json = false;
+  ds::TlsOptions tls;
 };
 
 // What one request measured, as the client saw it.
@@ -311,16 +313,15 @@ int engine_decode_tok_s(const LoadArgs& a, double* out) {
 
 int bench_load(LoadArgs a) {
   ds::ClientOptions co;
+  co.tls = a.tls;
   if (!ds::parse_host_port(a.connect, &co.host, &co.port)) {
     std::cerr << "ds-bench: --connect wants HOST:PORT, got '" << a.connect << "'\n";
     return ds::cli::kExitUsage;
   }
   if (a.threads <= 0) a.threads = static_cast<int>(std::thread::hardware_concurrency());
-  auto client = ds::Client::Connect(co);
-  if (!client.ok()) {
-    std::cerr << "ds-bench: " << client.status().message() << "\n";
-    return ds::cli::kExitConnect;
-  }
+  int connect_rc = 0;
+  auto client = ds::cli::connect_or_report(co, "ds-bench", &connect_rc);
+  if (!client) return connect_rc;
   // The engine first, alone: running it beside the node's work would distort both.
   double engine_tok_s = 0;
   if (!a.compare_engine.empty()) {
@@ -343,7 +344,7 @@ int bench_load(LoadArgs a) {
         req.max_tokens = a.max_tokens;
         req.temperature = 0.0f;
         req.stream = true;
-        RequestSample r = run_one_request(**client, req);
+        RequestSample r = run_one_request(*client, req);
         if (r.lost) stop.store(true);  // no point in sending more into a broken connection
         std::lock_guard<std::mutex> lock(mu);
         samples.push_back(std::move(r));
@@ -459,6 +460,7 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   load->add_option("--threads", la.threads, "CPU threads of the --compare-engine run (default: all cores)")->check(CLI::Range(0, 256));
   load->add_flag("--json", la.json, "One JSON object instead of a table");
+  ds::cli::add_tls_flags(*load, &la.tls);
   ds::bench::FailoverArgs fa;
   CLI::App* failover = ds::bench::add_failover_command(app, &fa);
   try {

@@ -24,6 +24,7 @@
 #include "model/engine.h"
 #include "model/model.h"
 #include "tools/common/cli_util.h"
+#include "tools/common/tls_flags.h"
 
 namespace {
 
@@ -142,17 +143,16 @@ void print_result(const GenerateArgs& a, const std::string& id, const std::vecto
   }
 }
 
-int run_remote(const std::string& target, GenerateArgs& a) {
+int run_remote(const std::string& target, const ds::TlsOptions& tls, GenerateArgs& a) {
   ds::ClientOptions co;
+  co.tls = tls;
   if (!ds::parse_host_port(target, &co.host, &co.port)) {
     std::cerr << "ds-client: --connect wants HOST:PORT, got '" << target << "'\n";
     return ds::cli::kExitUsage;
   }
-  auto client = ds::Client::Connect(co);
-  if (!client.ok()) {
-    std::cerr << "ds-client: " << client.status().message() << "\n";
-    return ds::cli::kExitConnect;
-  }
+  int rc = 0;
+  auto client = ds::cli::connect_or_report(co, "ds-client", &rc);
+  if (!client) return rc;
   if (!a.seed_set) a.params.seed = std::random_device{}() | (static_cast<uint64_t>(std::random_device{}()) << 32);
   ds::GenerateRequest req;
   req.id = a.id;
@@ -176,7 +176,7 @@ int run_remote(const std::string& target, GenerateArgs& a) {
       std::fflush(stdout);
     }
   };
-  auto r = (*client)->generate(req, on_chunk, &g_cancel);
+  auto r = client->generate(req, on_chunk, &g_cancel);
   if (!r.ok()) {
     std::cerr << "ds-client: " << r.status().message() << "\n";
     if (r.status().code() == ds::StatusCode::kInvalidArgument) return ds::cli::kExitRejected;
@@ -205,6 +205,8 @@ int main(int argc, char** argv) {
   app.add_option("--threads", threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 256));
   app.add_option("--ctx", ctx, "Context length in tokens (default: the model's)")->check(CLI::Range(0, 1 << 20));
   app.add_flag("-q,--quiet", quiet, "No progress output on stderr");
+  ds::TlsOptions tls;
+  ds::cli::add_tls_flags(app, &tls);
 
   GenerateArgs g;
   CLI::App* gen = app.add_subcommand("generate", "Generate a continuation of PROMPT");
@@ -249,7 +251,7 @@ int main(int argc, char** argv) {
       std::cerr << "ds-client: tokenize needs --model FILE\n";
       return ds::cli::kExitUsage;
     }
-    return run_remote(connect, g);
+    return run_remote(connect, tls, g);
   }
   ds::LoadOptions lo;
   lo.vocab_only = tok->parsed();

@@ -31,6 +31,7 @@
 
 #include "actors/atoms.h"
 #include "actors/membership_actor.h"
+#include "actors/tls.h"
 #include "actors/router.h"
 #include "actors/supervisor.h"
 #include "config/node_config.h"
@@ -94,6 +95,10 @@ struct NodeCafConfig : caf::actor_system_config {
     if (c.heartbeat_interval.count() > 0) set("middleman.heartbeat-interval", caf::timespan{c.heartbeat_interval});
     if (c.connection_timeout.count() > 0) set("middleman.connection-timeout", caf::timespan{c.connection_timeout});
     set("middleman.app-identifiers", std::vector<std::string>{"ds-v1"});
+    ds::apply_tls(*this, tls_options(c));
+  }
+  static ds::TlsOptions tls_options(const ds::NodeConfig& c) {
+    return ds::TlsOptions{c.tls_certificate, c.tls_key, c.tls_passphrase, c.tls_cafile, c.tls_capath};
   }
 };
 
@@ -151,6 +156,10 @@ int main(int argc, char** argv) {
     std::cout << ds::to_toml(cfg);
     return 0;
   }
+  if (ds::Status st = ds::validate_tls(NodeCafConfig::tls_options(cfg)); !st.ok()) {
+    std::cerr << "ds-node: " << st.message() << "\n";
+    return 2;
+  }
   setup_logging(cfg);
   const bool use_cuda = cfg.backend == ds::BackendKind::kCuda ||
                         (cfg.backend == ds::BackendKind::kAuto && ds::cuda_backend_available());
@@ -202,13 +211,15 @@ int main(int argc, char** argv) {
   caf::actor supervisor = ds::spawn_supervisor(sys, sc, router);
 
   const char* bind = cfg.bind.empty() ? nullptr : cfg.bind.c_str();
-  auto port = sys.middleman().publish(router, cfg.port, bind, true);
+  auto port = ds::publish_actor(router, cfg.port, bind);
   if (!port) {
     spdlog::error("cannot listen on {}:{}: {}", cfg.bind, cfg.port, sys.render(port.error()));
     caf::anon_send_exit(supervisor, caf::exit_reason::user_shutdown);
     caf::anon_send_exit(router, caf::exit_reason::user_shutdown);
     return 1;
   }
+  if (sys.has_openssl_manager()) spdlog::info("TLS on: certificate {}, peers must be signed by {}", cfg.tls_certificate,
+                                              cfg.tls_cafile.empty() ? cfg.tls_capath : cfg.tls_cafile);
   spdlog::info("ds-node {} up on {}:{} (model '{}', {} {}, ctx {}, max batch {}, worker w0 on {}, {} threads)", cfg.node_id,
                cfg.bind, *port, mc.name, mc.arch_name, (*model)->weight_type_name(), n_ctx, cfg.max_batch,
                sc.worker.backend, cfg.threads > 0 ? cfg.threads : static_cast<int>(std::thread::hardware_concurrency()));

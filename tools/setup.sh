@@ -8,7 +8,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev
   libcli11-dev libtoml11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   clang libclang-rt-14-dev
-  libcaf-dev
+  libcaf-dev libssl-dev openssl
 )
 
 missing=()

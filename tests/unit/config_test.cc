@@ -81,6 +81,11 @@ const ContractKey kContract[] = {
     {"--cluster-name", "DS_CLUSTER_NAME", "cluster", "name"},
     {"--failure-detector-interval-ms", "DS_FAILURE_DETECTOR_INTERVAL_MS", "cluster", "failure-detector-interval-ms"},
     {"--failure-detector-threshold", "DS_FAILURE_DETECTOR_THRESHOLD", "cluster", "failure-detector-threshold"},
+    {"--tls-certificate", "DS_TLS_CERTIFICATE", "tls", "certificate"},
+    {"--tls-key", "DS_TLS_KEY", "tls", "key"},
+    {"--tls-passphrase", "DS_TLS_PASSPHRASE", "tls", "passphrase"},
+    {"--tls-cafile", "DS_TLS_CAFILE", "tls", "cafile"},
+    {"--tls-capath", "DS_TLS_CAPATH", "tls", "capath"},
     {"--failure-detector-acceptable-pause-ms", "DS_FAILURE_DETECTOR_ACCEPTABLE_PAUSE_MS", "cluster", "failure-detector-acceptable-pause-ms"},
 };
 
