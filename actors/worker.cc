@@ -8,6 +8,7 @@
 #include <deque>
 #include <map>
 #include <stdexcept>
+#include <thread>
 
 #include "actors/atoms.h"
 
@@ -35,15 +36,23 @@ caf::behavior worker_behavior(caf::stateful_actor<WorkerState>* self, WorkerConf
   st.cfg = std::move(cfg);
   st.router = std::move(router);
   {
-    std::unique_ptr<Backend> be;
-    if (st.cfg.backend == "cuda") {
+    Result<std::unique_ptr<Engine>> e = Status::Internal("no engine");
+    const int cpu_ranks = std::max(1, st.cfg.tensor_parallel);
+    if (st.cfg.backend == "cuda" && st.cfg.gpus.size() > 1) {
+      e = Engine::CreateCudaTensorParallel(st.cfg.model, st.cfg.gpus, st.cfg.engine);
+      if (e.ok()) st.cfg.backend = "cuda-tp" + std::to_string(st.cfg.gpus.size());
+    } else if (st.cfg.backend == "cuda") {
       std::string err;
-      be = make_cuda_backend(0, &err);
-      if (!be) st.engine_error = "CUDA backend unavailable: " + err;
+      auto be = make_cuda_backend(st.cfg.gpus.empty() ? 0 : st.cfg.gpus[0], &err);
+      e = be ? Engine::Create(st.cfg.model, std::move(be), st.cfg.engine)
+             : Result<std::unique_ptr<Engine>>(Status::Internal("CUDA backend unavailable: " + err));
+    } else if (cpu_ranks > 1) {
+      const int threads = st.cfg.threads > 0 ? st.cfg.threads : static_cast<int>(std::thread::hardware_concurrency());
+      e = Engine::CreateCpuTensorParallel(st.cfg.model, cpu_ranks, std::max(1, threads / cpu_ranks), st.cfg.engine);
+      if (e.ok()) st.cfg.backend = "cpu-tp" + std::to_string(cpu_ranks);
     } else {
-      be = make_cpu_backend({st.cfg.threads});
+      e = Engine::Create(st.cfg.model, make_cpu_backend({st.cfg.threads}), st.cfg.engine);
     }
-    auto e = be ? Engine::Create(st.cfg.model, std::move(be), st.cfg.engine) : Result<std::unique_ptr<Engine>>(Status::Internal(st.engine_error));
     if (!e.ok() && st.cfg.backend == "cuda" && st.cfg.cpu_fallback) {
       spdlog::warn("worker {}: the CUDA backend cannot run this model ({}); using the CPU", st.cfg.id, e.status().ToString());
       st.cfg.backend = "cpu";
@@ -128,6 +137,13 @@ caf::behavior worker_behavior(caf::stateful_actor<WorkerState>* self, WorkerConf
         std::vector<TokenEvent> events;
         Status st_step = s.engine->step(&events);
         ++s.steps;
+        if (!st_step.ok()) {
+          // The engine itself failed (a backend error, or a rank of a tensor-parallel group:
+          // the group fails as one unit). Crash instead of failing the requests: the
+          // supervisor restarts the worker (or the group) and the routers resume the work
+          // there or elsewhere; a worker that keeps failing is taken out of service.
+          throw std::runtime_error("engine failure: " + st_step.message());
+        }
         std::map<caf::actor, WorkerEvents> out;  // grouped by owning router
         int tokens = 0;
         for (TokenEvent& ev : events) {
@@ -145,7 +161,6 @@ caf::behavior worker_behavior(caf::stateful_actor<WorkerState>* self, WorkerConf
         if (s.cfg.fault_crash_after_steps > 0 && s.steps == s.cfg.fault_crash_after_steps) {
           throw std::runtime_error("injected worker fault after " + std::to_string(s.steps) + " steps (test.fault-worker-crash-after-steps)");
         }
-        if (!st_step.ok()) return;  // every running sequence got an error event
         if (!s.engine->idle()) {
           s.stepping = true;
           self->send(self, step_atom::value);

@@ -27,6 +27,8 @@ struct WorkerConfig {
   std::string backend = "cpu";   // "cpu" or "cuda"
   bool cpu_fallback = false;      // cuda that cannot run this model: use the CPU (--backend auto)
   int threads = 0;
+  std::vector<int> gpus;            // cuda: the GPUs of a tensor-parallel group (empty: GPU 0)
+  int tensor_parallel = 1;          // cpu: rank threads of a tensor-parallel group
   EngineOptions engine;
   int fault_crash_after_steps = 0;  // test-only: throw after this many steps (0: never)
   int fault_crash_count = 1;        // test-only: how many incarnations in a row crash

@@ -90,6 +90,24 @@ std::string check_seeds(const std::string& s) {
   return "";
 }
 
+// Comma-separated distinct GPU ordinals ("" = none given).
+std::string check_gpus(const std::string& s) {
+  if (s.empty()) return "";
+  std::vector<int> seen;
+  size_t start = 0;
+  while (start <= s.size()) {
+    const size_t comma = std::min(s.find(',', start), s.size());
+    const std::string item = s.substr(start, comma - start);
+    if (item.empty() || item.size() > 3 || item.find_first_not_of("0123456789") != std::string::npos)
+      return "'" + item + "' is not a GPU number (want e.g. 0,1)";
+    const int g = std::stoi(item);
+    if (std::find(seen.begin(), seen.end(), g) != seen.end()) return "GPU " + item + " is listed twice";
+    seen.push_back(g);
+    start = comma + 1;
+  }
+  return "";
+}
+
 std::string check_node_id(const std::string& s) {
   if (s.empty()) return "must not be empty";
   if (s.size() > 64) return "longer than 64 characters";
@@ -186,6 +204,8 @@ const KeyDesc kKeys[] = {
   {"model",         "model", "path",          Kind::kString,  0, 0,            kNone, nullptr,         "FILE", "GGUF model file to serve (must be a readable file; empty = none)", DS_STR(model_path)},
   {"backend",       "model", "backend",       Kind::kChoice,  0, 0,            kBackendNames, nullptr, "", "Compute backend: auto = CUDA when a GPU is usable, else CPU", DS_ENUM(backend, kBackendNames)},
   {"threads",       "model", "threads",       Kind::kInt,     0, 1024,         kNone, nullptr,         "N",    "CPU threads for the forward pass (0 = all cores)", DS_INT(threads)},
+  {"gpus",          "model", "gpus",          Kind::kString,  0, 0,            kNone, check_gpus,      "0,1,...", "GPUs of this node's worker: one model replica split over them (tensor parallel, NCCL); empty = GPU 0", DS_STR(gpus)},
+  {"tensor-parallel", "model", "tensor-parallel", Kind::kInt, 1, 64,           kNone, nullptr,         "N",    "CPU backend: split the worker's model over N rank threads (tensor parallel; 1 = off)", DS_INT(tensor_parallel)},
   {"max-batch",     "model", "max-batch",     Kind::kInt,     1, 1024,         kNone, nullptr,         "N",    "Most sequences a worker runs at once", DS_INT(max_batch)},
   {"ctx",           "model", "ctx",           Kind::kInt,     0, 1 << 24,      kNone, nullptr,         "N",    "Context length in tokens per sequence (0 = the model's)", DS_INT(ctx)},
   {"kv-cache-tokens", "model", "kv-cache-tokens", Kind::kInt, 0, 1 << 30,      kNone, nullptr,         "N",    "KV-cache capacity in token positions (0 = auto)", DS_INT(kv_cache_tokens)},
@@ -483,6 +503,13 @@ Status check_final(const Loader& loader) {
     if (!std::filesystem::is_regular_file(st)) return Status::InvalidArgument(where + "not a regular file");
     if (access(c.model_path.c_str(), R_OK) != 0)
       return Status::InvalidArgument(where + "not readable: " + std::strerror(errno));
+  }
+  if (!c.gpus.empty() && c.backend == BackendKind::kCpu) {
+    return Status::InvalidArgument(loader.label(key_index("gpus")) + "=" + c.gpus + ": needs backend cuda or auto, not cpu");
+  }
+  if (!c.gpus.empty() && c.tensor_parallel > 1) {
+    return Status::InvalidArgument(loader.label(key_index("tensor-parallel")) + "=" + std::to_string(c.tensor_parallel) +
+                                   ": with gpus the group has one rank per listed GPU; leave tensor-parallel at 1");
   }
   if (c.heartbeat_interval.count() > 0 && c.connection_timeout.count() > 0 &&
       c.connection_timeout <= c.heartbeat_interval) {

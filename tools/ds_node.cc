@@ -197,6 +197,15 @@ int main(int argc, char** argv) {
   sc.worker.backend = use_cuda ? "cuda" : "cpu";
   sc.worker.cpu_fallback = cfg.backend == ds::BackendKind::kAuto;
   sc.worker.threads = cfg.threads;
+  sc.worker.tensor_parallel = cfg.tensor_parallel;
+  {
+    std::stringstream gs(cfg.gpus);
+    for (std::string g; std::getline(gs, g, ',');) sc.worker.gpus.push_back(std::stoi(g));  // checked by the config
+  }
+  if (!sc.worker.gpus.empty() && !use_cuda) {
+    spdlog::error("--gpus {}: no usable CUDA device (or this build has no CUDA backend)", cfg.gpus);
+    return 1;
+  }
   sc.worker.engine.max_batch = cfg.max_batch;
   sc.worker.engine.n_ctx = n_ctx;
   sc.worker.engine.kv_cache_tokens = cfg.kv_cache_tokens;
@@ -222,7 +231,10 @@ int main(int argc, char** argv) {
                                               cfg.tls_cafile.empty() ? cfg.tls_capath : cfg.tls_cafile);
   spdlog::info("ds-node {} up on {}:{} (model '{}', {} {}, ctx {}, max batch {}, worker w0 on {}, {} threads)", cfg.node_id,
                cfg.bind, *port, mc.name, mc.arch_name, (*model)->weight_type_name(), n_ctx, cfg.max_batch,
-               sc.worker.backend, cfg.threads > 0 ? cfg.threads : static_cast<int>(std::thread::hardware_concurrency()));
+               sc.worker.gpus.size() > 1   ? "cuda GPUs " + cfg.gpus + " (tensor parallel)"
+               : cfg.tensor_parallel > 1 ? "cpu, " + std::to_string(cfg.tensor_parallel) + " tensor-parallel ranks"
+                                         : sc.worker.backend,
+               cfg.threads > 0 ? cfg.threads : static_cast<int>(std::thread::hardware_concurrency()));
 
   // Membership: join through the seeds (retried until one answers) or found the cluster.
   static std::atomic<int> fatal_code{0};

@@ -88,6 +88,34 @@ TEST_F(NodeTest, GreedyOverTheNodeMatchesGolden) {
   }
 }
 
+TEST_F(NodeTest, TensorParallelWorkerServesTheGoldenTokens) {
+  // One worker whose model is split over 2 CPU rank threads (the GPU path splits the same way
+  // over --gpus with NCCL): same tokens as the single-rank engine.
+  test::Node& n = start({"--model", kStories, "--ctx", "512", "--tensor-parallel", "2"});
+  EXPECT_NE(n.process().err().find("2 tensor-parallel ranks"), std::string::npos) << n.process().err();
+  std::ifstream golden(kModels + "/stories260K-golden.jsonl");
+  std::string line;
+  while (std::getline(golden, line)) {
+    const auto g = nlohmann::json::parse(line);
+    std::string out, err;
+    ASSERT_EQ(run_cli(tool("ds-client") + " --connect " + n.address() + " generate --max-tokens 64 --json '" +
+                          g["prompt"].get<std::string>() + "'",
+                      &out, &err),
+              0)
+        << err;
+    EXPECT_EQ(nlohmann::json::parse(out)["tokens"], g["gen_ids"]);
+  }
+  auto c = connect(n);
+  ASSERT_TRUE(c);
+  auto st = c->status();
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->workers.at(0).backend, "cpu-tp2");
+  // --gpus needs a CUDA backend.
+  std::string err;
+  EXPECT_EQ(run_cli(tool("ds-node") + " --model " + kStories + " --backend cpu --gpus 0,1 --port 1", nullptr, &err), 2);
+  EXPECT_NE(err.find("needs backend cuda or auto"), std::string::npos) << err;
+}
+
 TEST_F(NodeTest, SixteenConcurrentStreamsEachGetTheirOwnTokens) {
   test::Node& n = start({"--model", kStories, "--ctx", "512", "--max-batch", "8"});
   auto client = connect(n);

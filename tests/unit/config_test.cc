@@ -81,6 +81,8 @@ const ContractKey kContract[] = {
     {"--cluster-name", "DS_CLUSTER_NAME", "cluster", "name"},
     {"--failure-detector-interval-ms", "DS_FAILURE_DETECTOR_INTERVAL_MS", "cluster", "failure-detector-interval-ms"},
     {"--failure-detector-threshold", "DS_FAILURE_DETECTOR_THRESHOLD", "cluster", "failure-detector-threshold"},
+    {"--gpus", "DS_GPUS", "model", "gpus"},
+    {"--tensor-parallel", "DS_TENSOR_PARALLEL", "model", "tensor-parallel"},
     {"--tls-certificate", "DS_TLS_CERTIFICATE", "tls", "certificate"},
     {"--tls-key", "DS_TLS_KEY", "tls", "key"},
     {"--tls-passphrase", "DS_TLS_PASSPHRASE", "tls", "passphrase"},
