@@ -69,7 +69,7 @@ struct Client::Impl {
             [&](MemberView& v) {
               std::vector<std::string> others;
               for (const MemberInfo& m : v.members)
-                if (m.node_id != v.self_id && m.state == "up" && !m.address.empty()) others.push_back(m.address);
+                if (m.node_id != v.self_id && m.state == "up" && m.reachable && !m.address.empty()) others.push_back(m.address);
               std::lock_guard<std::mutex> lock(mu);
               if (!others.empty()) this->others = std::move(others);
             },
