@@ -289,6 +289,13 @@ int bench_failover(const FailoverArgs& a) {
       return cli::kExitFailure;
     }
   }
+  // False downs: node 0 should have logged exactly one member-down per round (the victim).
+  int downs = 0;
+  {
+    const std::string log0 = read_file(nodes[0].log());
+    for (size_t at = log0.find("cluster: member-down "); at != std::string::npos; at = log0.find("cluster: member-down ", at + 1)) ++downs;
+  }
+  const int false_downs = std::max(0, downs - a.kills);
   cleanup();
 
   std::vector<double> detect, failover;
@@ -310,6 +317,7 @@ int bench_failover(const FailoverArgs& a) {
     j["undetected"] = undetected;
     j["rounds_with_work_on_victim"] = affected;
     j["stream_errors"] = total_errors;
+    j["false_downs"] = false_downs;
     j["detection_ms_p50"] = cli::percentile(detect, 0.50);
     j["detection_ms_p99"] = cli::percentile(detect, 0.99);
     j["detection_ms_max"] = cli::percentile(detect, 1.0);
@@ -325,10 +333,10 @@ int bench_failover(const FailoverArgs& a) {
                 cli::percentile(detect, 0.99), cli::percentile(detect, 1.0));
     std::printf("%-36s %10.0f %10.0f %10.0f\n", "failover (last token -> next token)", cli::percentile(failover, 0.5),
                 cli::percentile(failover, 0.99), cli::percentile(failover, 1.0));
-    std::printf("rounds with work on the victim: %d of %d; not detected within 30 s: %d; failed streams: %d\n", affected, a.kills,
-                undetected, total_errors);
+    std::printf("rounds with work on the victim: %d of %d; not detected within 30 s: %d; failed streams: %d; false downs: %d\n",
+                affected, a.kills, undetected, total_errors, false_downs);
   }
-  return (undetected == 0 && total_errors == 0) ? cli::kExitOk : cli::kExitRequestFailed;
+  return (undetected == 0 && total_errors == 0 && false_downs == 0) ? cli::kExitOk : cli::kExitRequestFailed;
 }
 
 }  // namespace ds::bench
