@@ -14,7 +14,9 @@
 // generated tok/s (all tokens received / wall time, prefill included), time to first
 // token and inter-token gap p50/p99 as the client sees them, and the error count.
 // --compare-engine first measures the in-process engine's batch-C decode tok/s on FILE
-// (the node stays idle meanwhile) and reports the ratio load / engine.
+// (the node stays idle meanwhile) and reports the ratio load / engine. An idle ds-node on the
+// same cores still slows the engine (CAF's scheduler threads poll): tools/bench-load.sh
+// measures the engine before it starts the node.
 // Exit codes: 0 ok, 1 failure, 2 usage error, 3 cannot connect, 4 some requests were
 // rejected (and none failed otherwise), 5 some requests failed (the report is printed
 // in every case once the load ran).
