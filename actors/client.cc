@@ -21,6 +21,8 @@ struct ClientConfig : caf::actor_system_config {
     register_types(*this);
     load<caf::io::middleman>();
     set("scheduler.max-threads", 2);
+    // Idle threads sleep instead of polling: a client shares the machine with others' work.
+    set("scheduler.policy", caf::atom("sharing"));
     // Nodes refuse peers of another application id, and drop connections that stay
     // silent past their connection timeout: send heartbeats like a node does.
     set("middleman.app-identifiers", std::vector<std::string>{"ds-v1"});

@@ -30,6 +30,7 @@ namespace {
 
 constexpr const char* kBackendNames[] = {"auto", "cpu", "cuda"};                          // enum BackendKind
 constexpr const char* kLogFormatNames[] = {"text", "json"};                               // enum LogFormat
+constexpr const char* kSchedulerPolicyNames[] = {"sharing", "stealing"};                  // enum SchedulerPolicy
 constexpr const char* kLogLevelNames[] = {"trace", "debug", "info", "warn", "error", "off"};  // enum LogLevel
 
 template <typename E, size_t N>
@@ -215,6 +216,7 @@ const KeyDesc kKeys[] = {
   {"log-format",    "log", "format",          Kind::kChoice,  0, 0,            kLogFormatNames, nullptr, "", "Log line format", DS_ENUM(log_format, kLogFormatNames)},
   {"log-level",     "log", "level",           Kind::kChoice,  0, 0,            kLogLevelNames, nullptr, "", "Least severe level written", DS_ENUM(log_level, kLogLevelNames)},
   {"scheduler-threads", "caf", "scheduler-threads", Kind::kInt, 0, 1024,       kNone, nullptr,         "N",    "CAF scheduler worker threads (0 = auto)", DS_INT(scheduler_threads)},
+  {"scheduler-policy", "caf", "scheduler-policy", Kind::kChoice, 0, 0,        kSchedulerPolicyNames, nullptr, "", "CAF scheduler: sharing (idle threads sleep; best when workers' compute threads need the cores) or stealing", DS_ENUM(scheduler_policy, kSchedulerPolicyNames)},
   {"heartbeat-interval-ms", "caf", "heartbeat-interval-ms", Kind::kMillis, 0, kHour, kNone, nullptr,   "MS",   "CAF middleman heartbeat interval in ms (0 = off)", DS_MS(heartbeat_interval)},
   {"connection-timeout-ms", "caf", "connection-timeout-ms", Kind::kMillis, 0, kHour, kNone, nullptr,   "MS",   "CAF middleman: close a connection silent this long, in ms (0 = off; else > heartbeat-interval-ms)", DS_MS(connection_timeout)},
   {"tls-certificate", "tls", "certificate",   Kind::kString,  0, 0,            kNone, nullptr,         "FILE", "TLS: PEM certificate of this node; TLS is on when set (then tls-key and tls-cafile are required)", DS_STR(tls_certificate)},

@@ -26,6 +26,10 @@
 namespace ds {
 
 enum class BackendKind { kAuto, kCpu, kCuda };
+// CAF's scheduler: sharing (one queue; idle threads sleep) or stealing (per-thread queues; idle
+// threads poll). The node's actors do little work (the workers run on their own threads), so
+// sharing is the default: stealing's polling wakes pre-empt the compute threads on small hosts.
+enum class SchedulerPolicy { kSharing, kStealing };
 enum class LogFormat { kText, kJson };
 enum class LogLevel { kTrace, kDebug, kInfo, kWarn, kError, kOff };
 
@@ -68,6 +72,7 @@ struct NodeConfig {
   LogLevel log_level = LogLevel::kInfo;
   // ---- [caf] (replaces CAF's own INI file) ------------------------------------------------
   int scheduler_threads = 0;                         // 0 = auto (CAF: one per core)
+  SchedulerPolicy scheduler_policy = SchedulerPolicy::kSharing;
   std::chrono::milliseconds heartbeat_interval{1'000};    // middleman heartbeat; 0 = off
   std::chrono::milliseconds connection_timeout{10'000};   // close a silent connection; 0 = off
   // ---- [tls] (on when certificate is set; then key and cafile/capath are required) --------

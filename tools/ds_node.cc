@@ -92,6 +92,7 @@ struct NodeCafConfig : caf::actor_system_config {
     ds::register_types(*this);
     load<caf::io::middleman>();
     if (c.scheduler_threads > 0) set("scheduler.max-threads", c.scheduler_threads);
+    set("scheduler.policy", c.scheduler_policy == ds::SchedulerPolicy::kSharing ? caf::atom("sharing") : caf::atom("stealing"));
     if (c.heartbeat_interval.count() > 0) set("middleman.heartbeat-interval", caf::timespan{c.heartbeat_interval});
     if (c.connection_timeout.count() > 0) set("middleman.connection-timeout", caf::timespan{c.connection_timeout});
     set("middleman.app-identifiers", std::vector<std::string>{"ds-v1"});

@@ -73,6 +73,7 @@ const ContractKey kContract[] = {
     {"--max-step-tokens", "DS_MAX_STEP_TOKENS", "model", "max-step-tokens"},
     {"--max-tokens-limit", "DS_MAX_TOKENS_LIMIT", "model", "max-tokens-limit"},
     {"--scheduler-threads", "DS_SCHEDULER_THREADS", "caf", "scheduler-threads"},
+    {"--scheduler-policy", "DS_SCHEDULER_POLICY", "caf", "scheduler-policy"},
     {"--heartbeat-interval-ms", "DS_HEARTBEAT_INTERVAL_MS", "caf", "heartbeat-interval-ms"},
     {"--connection-timeout-ms", "DS_CONNECTION_TIMEOUT_MS", "caf", "connection-timeout-ms"},
     {"--fault-worker-crash-after-steps", "DS_FAULT_WORKER_CRASH_AFTER_STEPS", "test", "fault-worker-crash-after-steps"},
