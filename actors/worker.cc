@@ -61,6 +61,14 @@ caf::behavior worker_behavior(caf::stateful_actor<WorkerState>* self, WorkerConf
     if (e.ok()) st.engine = std::move(e).value();
     else st.engine_error = e.status().ToString();
   }
+  if (!st.engine) {
+    // Unhealthy from the start (a GPU out of memory, a model the backend cannot run): fail like
+    // a crash, so the supervisor retries with backoff and then takes the worker out of service,
+    // and the routers send its share elsewhere, instead of running a worker that refuses all.
+    spdlog::error("worker {}: cannot start its engine: {}", st.cfg.id, st.engine_error);
+    self->quit(caf::make_error(errc::internal, "engine did not start: " + st.engine_error));
+    return {};
+  }
   // A remote router that died: cancel its sequences.
   self->set_down_handler([self](caf::down_msg& dm) {
     auto& s = self->state;

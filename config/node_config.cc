@@ -210,7 +210,7 @@ const KeyDesc kKeys[] = {
   {"max-batch",     "model", "max-batch",     Kind::kInt,     1, 1024,         kNone, nullptr,         "N",    "Most sequences a worker runs at once", DS_INT(max_batch)},
   {"ctx",           "model", "ctx",           Kind::kInt,     0, 1 << 24,      kNone, nullptr,         "N",    "Context length in tokens per sequence (0 = the model's)", DS_INT(ctx)},
   {"kv-cache-tokens", "model", "kv-cache-tokens", Kind::kInt, 0, 1 << 30,      kNone, nullptr,         "N",    "KV-cache capacity in token positions (0 = auto)", DS_INT(kv_cache_tokens)},
-  {"kv-block-size", "model", "kv-block-size", Kind::kInt,     1, 4096,         kNone, nullptr,         "N",    "Token positions per KV-cache block", DS_INT(kv_block_size)},
+  {"kv-block-size", "model", "kv-block-size", Kind::kInt,     1, 1024,         kNone, nullptr,         "N",    "Token positions per KV-cache block", DS_INT(kv_block_size)},
   {"max-step-tokens", "model", "max-step-tokens", Kind::kInt, 1, 1 << 20,      kNone, nullptr,         "N",    "Most tokens in one forward pass (prefill chunk budget)", DS_INT(max_step_tokens)},
   {"max-tokens-limit", "model", "max-tokens-limit", Kind::kInt, 1, 1 << 24,    kNone, nullptr,         "N",    "Cap on max_tokens of one request", DS_INT(max_tokens_limit)},
   {"log-format",    "log", "format",          Kind::kChoice,  0, 0,            kLogFormatNames, nullptr, "", "Log line format", DS_ENUM(log_format, kLogFormatNames)},

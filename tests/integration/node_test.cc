@@ -194,6 +194,29 @@ TEST_F(NodeTest, WorkerThatKeepsFailingIsTakenOutNotRestartedForever) {
   EXPECT_NE(n.process().err().find("taken out of service"), std::string::npos);
 }
 
+TEST_F(NodeTest, WorkerWhoseEngineCannotStartIsRetriedThenTakenOut) {
+  // The demo model (2 KV heads) cannot be split over 4 ranks: the engine never starts. The
+  // worker fails like a crash, the supervisor retries with backoff, then takes it out; the node
+  // stays up and refuses requests with no_worker instead of accepting work it cannot run.
+  test::Node& n = start({"--tensor-parallel", "4"});
+  auto client = connect(n);
+  ASSERT_TRUE(client);
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  Result<NodeStatus> st = Status::Internal("no status");
+  while (std::chrono::steady_clock::now() < end) {
+    st = client->status();
+    if (st.ok() && !st->workers.empty() && st->workers[0].state == "failed") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  ASSERT_TRUE(st.ok()) << st.status().ToString();
+  EXPECT_EQ(st->workers.at(0).state, "failed");
+  EXPECT_NE(n.process().err().find("cannot start its engine"), std::string::npos) << n.process().err();
+  EXPECT_NE(n.process().err().find("not a multiple of 4"), std::string::npos) << n.process().err();
+  std::string out, err;
+  EXPECT_EQ(run_cli(tool("ds-client") + " --connect " + n.address() + " generate --max-tokens 5 hi", &out, &err), 4);
+  EXPECT_NE(err.find("no_worker"), std::string::npos) << err;
+}
+
 TEST_F(NodeTest, KilledClientHasItsSequenceCancelled) {
   // A model slow enough that 3000 tokens take seconds: the kill lands mid-stream.
   const std::string model = dir_ + "/slow.gguf";
