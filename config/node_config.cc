@@ -612,6 +612,12 @@ std::string to_toml(const NodeConfig& config) {
       out += "\n[" + table + "]\n";
     }
     std::string line = std::string(d.key) + " = " + toml_literal(d, d.load(config));
+    if (std::string_view(d.name) == "tls-passphrase" && !config.tls_passphrase.empty()) {
+      // A secret: never printed. The file it goes to may be read by others.
+      line = std::string(d.key) + " = \"\"                             # set but not shown: give it as DS_TLS_PASSPHRASE";
+      out += line + "\n";
+      continue;
+    }
     if (auto it = config.origin.find(d.name); it != config.origin.end()) {
       line.resize(std::max<size_t>(line.size() + 1, 44), ' ');
       line += "# " + it->second;

@@ -114,7 +114,7 @@ Result<NodeConfig> load_node_config(int argc, const char* const* argv,
 
 // The settings as a TOML document in the layout of config/ds.toml, each value followed by a
 // comment saying where it came from (config.origin); load_node_config on it gives back an
-// equal config. Used by --print-config.
+// equal config, except for a TLS passphrase, which is never printed. Used by --print-config.
 std::string to_toml(const NodeConfig& config);
 
 // "NAME=VALUE" entries (e.g. the process's `environ`) as a map; null gives an empty map.
