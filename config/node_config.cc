@@ -120,6 +120,13 @@ std::string check_node_id(const std::string& s) {
 
 std::string check_not_empty(const std::string& s) { return s.empty() ? "must not be empty" : ""; }
 
+std::string check_bind(const std::string& s);
+std::string check_advertise(const std::string& s) {
+  if (s.empty()) return "";
+  if (s == "0.0.0.0" || s == "::") return "must be an address others can connect to, not a wildcard";
+  return check_bind(s);
+}
+
 // An IPv4 or IPv6 literal, or a host name (RFC 1123 labels). Not resolved here.
 std::string check_bind(const std::string& s) {
   unsigned char buf[sizeof(in6_addr)];
@@ -191,6 +198,7 @@ const KeyDesc kKeys[] = {
   {"node-id",       "node", "id",             Kind::kString,  0, 0,            kNone, check_node_id,   "NAME", "Unique name of this node in the cluster, [A-Za-z0-9._-]{1,64}", DS_STR(node_id)},
   {"data-dir",      "node", "data-dir",       Kind::kString,  0, 0,            kNone, check_not_empty, "DIR",  "Directory for the node's store and journal (created when missing)", DS_STR(data_dir)},
   {"bind",          "node", "bind",           Kind::kString,  0, 0,            kNone, check_bind,      "ADDR", "Address to listen on: IPv4/IPv6 literal or host name", DS_STR(bind)},
+  {"advertise",     "node", "advertise",      Kind::kString,  0, 0,            kNone, check_advertise, "HOST", "Host or IP the other members and clients reach this node at (empty: the bind address, or this host's first non-loopback IPv4 when bound to 0.0.0.0)", DS_STR(advertise)},
   {"port",          "node", "port",           Kind::kPort,    1, 65535,        kNone, nullptr,         "PORT", "TCP port for peers (actor system)", DS_INT(port)},
   {"http-port",     "node", "http-port",      Kind::kPort,    0, 65535,        kNone, nullptr,         "PORT", "TCP port of the HTTP gateway (0 = no gateway)", DS_INT(http_port)},
   {"drain-timeout", "node", "drain-timeout",  Kind::kSeconds, 1, kHour,        kNone, nullptr,         "SECONDS", "On SIGTERM, wait this long for running requests before stopping (> 0)", DS_MS(drain_timeout)},

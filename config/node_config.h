@@ -46,6 +46,7 @@ struct NodeConfig {
   std::string node_id;                               // [A-Za-z0-9._-]{1,64}; default "<hostname>-<port>"
   std::string data_dir = "./ds-data";                // created by the node when missing
   std::string bind = "0.0.0.0";                      // IPv4/IPv6 literal or host name
+  std::string advertise;                             // host others reach this node at; "" = derived
   uint16_t port = 4242;                              // actor-system (peer) port, 1..65535
   uint16_t http_port = 8080;                         // HTTP gateway port; 0 = no gateway
   std::chrono::milliseconds drain_timeout{30'000};   // flag/env/file in seconds (may be fractional), > 0

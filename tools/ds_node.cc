@@ -14,6 +14,10 @@
 #include <caf/io/middleman_actor.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
 #include <spdlog/sinks/base_sink.h>
@@ -103,6 +107,28 @@ struct NodeCafConfig : caf::actor_system_config {
   }
 };
 
+// The host other members reach this node at: --advertise, else the bind address, else (bound to
+// every interface) the first non-loopback IPv4 of this host.
+std::string advertised_host(const ds::NodeConfig& c) {
+  if (!c.advertise.empty()) return c.advertise;
+  if (c.bind != "0.0.0.0" && c.bind != "::") return c.bind.find(':') != std::string::npos ? "[" + c.bind + "]" : c.bind;
+  ifaddrs* ifs = nullptr;
+  std::string found;
+  if (::getifaddrs(&ifs) == 0) {
+    for (ifaddrs* i = ifs; i && found.empty(); i = i->ifa_next) {
+      if (!i->ifa_addr || i->ifa_addr->sa_family != AF_INET || (i->ifa_flags & IFF_LOOPBACK) || !(i->ifa_flags & IFF_UP)) continue;
+      char buf[INET_ADDRSTRLEN];
+      if (::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr, buf, sizeof(buf))) found = buf;
+    }
+    ::freeifaddrs(ifs);
+  }
+  if (found.empty()) {
+    spdlog::warn("bound to every interface but no non-loopback IPv4 found: advertising 127.0.0.1 (set --advertise)");
+    return "127.0.0.1";
+  }
+  return found;
+}
+
 // The model to serve: --model, or the built-in demo model cached in the data dir.
 ds::Result<std::shared_ptr<ds::Model>> load_model(const ds::NodeConfig& c) {
   std::string path = c.model_path;
@@ -179,7 +205,7 @@ int main(int argc, char** argv) {
 
   NodeCafConfig caf_cfg(cfg);
   caf::actor_system sys{caf_cfg};
-  const std::string address = (cfg.bind == "0.0.0.0" ? std::string("127.0.0.1") : cfg.bind) + ":" + std::to_string(cfg.port);
+  const std::string address = advertised_host(cfg) + ":" + std::to_string(cfg.port);
 
   ds::RouterConfig rc;
   rc.node_id = cfg.node_id;
@@ -230,8 +256,8 @@ int main(int argc, char** argv) {
   }
   if (sys.has_openssl_manager()) spdlog::info("TLS on: certificate {}, peers must be signed by {}", cfg.tls_certificate,
                                               cfg.tls_cafile.empty() ? cfg.tls_capath : cfg.tls_cafile);
-  spdlog::info("ds-node {} up on {}:{} (model '{}', {} {}, ctx {}, max batch {}, worker w0 on {}, {} threads)", cfg.node_id,
-               cfg.bind, *port, mc.name, mc.arch_name, (*model)->weight_type_name(), n_ctx, cfg.max_batch,
+  spdlog::info("ds-node {} up on {}:{}, advertised as {} (model '{}', {} {}, ctx {}, max batch {}, worker w0 on {}, {} threads)",
+               cfg.node_id, cfg.bind, *port, address, mc.name, mc.arch_name, (*model)->weight_type_name(), n_ctx, cfg.max_batch,
                sc.worker.gpus.size() > 1   ? "cuda GPUs " + cfg.gpus + " (tensor parallel)"
                : cfg.tensor_parallel > 1 ? "cpu, " + std::to_string(cfg.tensor_parallel) + " tensor-parallel ranks"
                                          : sc.worker.backend,

@@ -58,6 +58,7 @@ const ContractKey kContract[] = {
     {"--model", "DS_MODEL", "model", "path"},
     {"--port", "DS_PORT", "node", "port"},
     {"--bind", "DS_BIND", "node", "bind"},
+    {"--advertise", "DS_ADVERTISE", "node", "advertise"},
     {"--http-port", "DS_HTTP_PORT", "node", "http-port"},
     {"--data-dir", "DS_DATA_DIR", "node", "data-dir"},
     {"--node-id", "DS_NODE_ID", "node", "id"},
