@@ -7,11 +7,39 @@
 #include <caf/scoped_actor.hpp>
 #include <caf/system_messages.hpp>
 
+#include <caf/allowed_unsafe_message_type.hpp>
+#include <caf/event_based_actor.hpp>
+#include <caf/send.hpp>
+#include <caf/stateful_actor.hpp>
+
 #include <algorithm>
+#include <condition_variable>
+#include <map>
 #include <mutex>
 #include <set>
 
 #include "actors/atoms.h"
+
+namespace ds::detail {
+
+// One request's stream: the client's stream actor fills it (chunks arrive there, so a busy
+// stream wakes one actor thread per batch of messages, not the caller's thread per token);
+// the caller's thread waits for the end. Guarded by mu.
+struct Stream {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::function<void(const TokenChunk&)> on_chunk;  // called on the stream actor's thread, under mu
+  GenerateResult res;
+  Status st = Status::Ok();
+  bool done = false;
+  caf::actor_addr router;
+  std::chrono::steady_clock::time_point last = std::chrono::steady_clock::now();
+};
+using StreamPtr = std::shared_ptr<Stream>;
+
+}  // namespace ds::detail
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(ds::detail::StreamPtr)  // in-process only: never serialized
 
 namespace ds {
 
@@ -30,13 +58,111 @@ struct ClientConfig : caf::actor_system_config {
     apply_tls(*this, tls);
   }
 };
+
+using detail::Stream;
+using detail::StreamPtr;
+
+void finish_stream(Stream& s, Status st) {
+  {
+    std::lock_guard<std::mutex> lock(s.mu);
+    if (s.done) return;
+    if (s.st.ok()) s.st = std::move(st);
+    s.done = true;
+    s.on_chunk = nullptr;
+  }
+  s.cv.notify_all();
+}
+
+struct StreamsState {
+  std::map<std::string, StreamPtr> by_id;
+  std::set<caf::actor_addr> watched;  // routers monitored
+  static inline const char* name = "ds_client_streams";
+};
+
+// Receives the streams of every request of one Client: (gen_atom, router, request, stream) ->
+// request id; then TokenChunk / FinalMessage from the router; (cancel_atom, id) forgets one.
+caf::behavior streams_behavior(caf::stateful_actor<StreamsState>* self, std::chrono::milliseconds timeout) {
+  self->set_down_handler([self](caf::down_msg& dm) {
+    auto& s = self->state;
+    s.watched.erase(dm.source);
+    for (auto it = s.by_id.begin(); it != s.by_id.end();) {
+      if (it->second->router == dm.source) {
+        finish_stream(*it->second, Status::IOError("connection to the node lost (" + caf::to_string(dm.reason) + ")"));
+        it = s.by_id.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  });
+  return {
+      [=](gen_atom, const caf::actor& router, GenerateRequest& req, StreamPtr& stream) -> caf::result<std::string> {
+        auto& s = self->state;
+        stream->router = router.address();
+        if (s.watched.insert(router.address()).second) self->monitor(router);
+        auto rp = self->make_response_promise<std::string>();
+        self->request(router, timeout, gen_atom::value, std::move(req))
+            .then(
+                [=](std::string& id) mutable {
+                  {
+                    std::lock_guard<std::mutex> lock(stream->mu);
+                    stream->res.id = id;
+                  }
+                  self->state.by_id[id] = stream;
+                  rp.deliver(std::move(id));
+                },
+                [=](caf::error& e) mutable { rp.deliver(std::move(e)); });
+        return rp;
+      },
+      [=](TokenChunk& c) {
+        auto it = self->state.by_id.find(c.id);
+        if (it == self->state.by_id.end()) return;
+        Stream& s = *it->second;
+        std::lock_guard<std::mutex> lock(s.mu);
+        s.last = std::chrono::steady_clock::now();
+        if (c.seq != s.res.chunks && s.st.ok()) {
+          s.st = Status::Internal("stream of " + s.res.id + " broken: chunk " + std::to_string(c.seq) + " after " +
+                                  std::to_string(s.res.chunks) + " chunks");
+        }
+        ++s.res.chunks;
+        s.res.tokens.insert(s.res.tokens.end(), c.tokens.begin(), c.tokens.end());
+        s.res.text += c.text;
+        if (s.on_chunk) s.on_chunk(c);
+      },
+      [=](FinalMessage& f) {
+        auto it = self->state.by_id.find(f.id);
+        if (it == self->state.by_id.end()) return;
+        StreamPtr sp = it->second;
+        self->state.by_id.erase(it);
+        {
+          std::lock_guard<std::mutex> lock(sp->mu);
+          if (f.chunks != sp->res.chunks && sp->st.ok()) {
+            sp->st = Status::Internal("stream of " + sp->res.id + " ended after " + std::to_string(sp->res.chunks) +
+                                      " chunks, the node sent " + std::to_string(f.chunks));
+          }
+          sp->res.finish_reason = f.finish_reason;
+          sp->res.error = f.error;
+          sp->res.prompt_tokens = std::move(f.prompt_tokens);
+          sp->res.ttft_ms = f.ttft_ms;
+          sp->res.total_ms = f.total_ms;
+          sp->done = true;
+          sp->on_chunk = nullptr;
+        }
+        sp->cv.notify_all();
+      },
+      [=](cancel_atom, const std::string& id) { self->state.by_id.erase(id); },
+  };
+}
 }  // namespace
 
 struct Client::Impl {
-  explicit Impl(const ClientOptions& o) : opts(o), cfg(o.tls) {}
+  explicit Impl(const ClientOptions& o) : opts(o), cfg(o.tls) {
+    streams = sys.spawn(streams_behavior, opts.connect_timeout);
+  }
+  ~Impl() { caf::anon_send_exit(streams, caf::exit_reason::user_shutdown); }
   ClientOptions opts;
   ClientConfig cfg;
   caf::actor_system sys{cfg};
+  caf::actor streams;  // receives every request's stream (streams_behavior)
   mutable std::mutex mu;
   caf::actor router;                   // guarded by mu
   std::string address;                 // guarded by mu: host:port of router
@@ -151,16 +277,18 @@ Result<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opts) {
 Result<GenerateResult> Client::generate(const GenerateRequest& req, const std::function<void(const TokenChunk&)>& on_chunk,
                                         const std::atomic<bool>* cancel) {
   caf::scoped_actor self{impl_->sys};
-  GenerateResult res;
+  auto stream = std::make_shared<Stream>();
+  stream->on_chunk = on_chunk;
   Status st = Status::Ok();
+  std::string id;
   caf::actor router;
   // Sent to the current node; when it is gone (or draining, or cut off), to another member.
   for (int attempt = 0;; ++attempt) {
     router = impl_->current();
     bool retry = false;
     st = Status::Ok();
-    self->request(router, impl_->opts.connect_timeout, gen_atom::value, req)
-        .receive([&](std::string& id) { res.id = std::move(id); },
+    self->request(impl_->streams, impl_->opts.connect_timeout + std::chrono::seconds(1), gen_atom::value, router, req, stream)
+        .receive([&](std::string& rid) { id = std::move(rid); },
                  [&](caf::error& e) {
                    if (e.category() == caf::atom("ds")) st = Status::InvalidArgument(render_error(e));
                    else st = Status::IOError("request failed: " + render_error(e));
@@ -169,54 +297,24 @@ Result<GenerateResult> Client::generate(const GenerateRequest& req, const std::f
     if (st.ok() || !retry || attempt >= 3 || !impl_->fail_over(router)) break;
   }
   if (!st.ok()) return st;
-  self->monitor(router);
-  bool done = false, cancel_sent = false;
-  auto last = std::chrono::steady_clock::now();
-  while (!done) {
-    self->receive(
-        [&](TokenChunk& c) {
-          last = std::chrono::steady_clock::now();
-          if (c.id != res.id) return;
-          if (c.seq != res.chunks) {
-            st = Status::Internal("stream of " + res.id + " broken: chunk " + std::to_string(c.seq) + " after " +
-                                  std::to_string(res.chunks) + " chunks");
-          }
-          ++res.chunks;
-          res.tokens.insert(res.tokens.end(), c.tokens.begin(), c.tokens.end());
-          res.text += c.text;
-          if (on_chunk) on_chunk(c);
-        },
-        [&](FinalMessage& f) {
-          if (f.id != res.id) return;
-          if (f.chunks != res.chunks && st.ok()) {
-            st = Status::Internal("stream of " + res.id + " ended after " + std::to_string(res.chunks) + " chunks, the node sent " +
-                                  std::to_string(f.chunks));
-          }
-          res.finish_reason = f.finish_reason;
-          res.error = f.error;
-          res.prompt_tokens = std::move(f.prompt_tokens);
-          res.ttft_ms = f.ttft_ms;
-          res.total_ms = f.total_ms;
-          done = true;
-        },
-        [&](caf::down_msg& dm) {
-          st = Status::IOError("connection to the node lost (" + caf::to_string(dm.reason) + ")");
-          done = true;
-        },
-        caf::after(std::chrono::milliseconds(100)) >> [&] {
-          if (std::chrono::steady_clock::now() - last > impl_->opts.idle_timeout) {
-            st = Status::IOError("no message from the node for " + std::to_string(impl_->opts.idle_timeout.count()) + " ms");
-            done = true;
-          }
-        });
-    // Checked after every message: a busy stream never lets the idle timeout fire.
-    if (!done && cancel && cancel->load() && !cancel_sent) {
-      self->send(router, cancel_atom::value, res.id);
+  bool cancel_sent = false;
+  std::unique_lock<std::mutex> lock(stream->mu);
+  while (!stream->done) {
+    stream->cv.wait_for(lock, std::chrono::milliseconds(100));
+    if (stream->done) break;
+    if (cancel && cancel->load() && !cancel_sent) {
+      caf::anon_send(router, cancel_atom::value, id);
       cancel_sent = true;
     }
+    if (std::chrono::steady_clock::now() - stream->last > impl_->opts.idle_timeout) {
+      stream->st = Status::IOError("no message from the node for " + std::to_string(impl_->opts.idle_timeout.count()) + " ms");
+      stream->done = true;
+      stream->on_chunk = nullptr;  // the caller's callback may not outlive this call
+      caf::anon_send(impl_->streams, cancel_atom::value, id);
+    }
   }
-  if (!st.ok()) return st;
-  return res;
+  if (!stream->st.ok()) return stream->st;
+  return stream->res;
 }
 
 Result<NodeStatus> Client::status() {
