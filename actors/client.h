@@ -56,8 +56,10 @@ class Client {
   static Result<std::unique_ptr<Client>> Connect(const ClientOptions& opts);
   ~Client();
 
-  // Sends req and streams its chunks to on_chunk (may be empty). Returns the final
-  // result; a request that ran and ended with finish_reason "error" is still a result.
+  // Sends req and streams its chunks to on_chunk (may be empty), which runs on the client's
+  // stream thread (one for all requests of this Client; keep it short), never after this call
+  // returns. Returns the final result; a request that ran and ended with finish_reason
+  // "error" is still a result.
   Result<GenerateResult> generate(const GenerateRequest& req, const std::function<void(const TokenChunk&)>& on_chunk = {},
                                   const std::atomic<bool>* cancel = nullptr);
   // The node this client talks to.
