@@ -98,6 +98,33 @@ class Backend {
   // head h reads KV head h / (n_heads / n_kv_heads)).
   virtual void attention(const AttentionArgs& a) = 0;
 
+  // Fused ops (decode): each default issues the separate ops above, in the order written,
+  // so a backend overrides one only to save launches. An override computes every output
+  // element with the arithmetic of that default sequence on the same backend (same bits).
+  //
+  // Q, K and V projections of one activation x[n, cols]: q = x Wq^T, k = x Wk^T, v = x Wv^T,
+  // then q += bq, k += bk, v += bv for the biases that are non-null (qwen2 has them).
+  // REQUIRES: wq.cols == wk.cols == wv.cols; no output aliases x or another output.
+  virtual void matmul_qkv(const WeightRef& wq, const WeightRef& wk, const WeightRef& wv, const float* bq,
+                          const float* bk, const float* bv, const float* x, int64_t n, float* q, float* k, float* v) {
+    matmul(wq, x, n, q);
+    matmul(wk, x, n, k);
+    matmul(wv, x, n, v);
+    if (bq) add_bias(q, bq, n, wq.rows);
+    if (bk) add_bias(k, bk, n, wk.rows);
+    if (bv) add_bias(v, bv, n, wv.rows);
+  }
+  // The SwiGLU FFN's first half: out[n, w_gate.rows] = silu(x W_gate^T) * (x W_up^T).
+  // up: scratch [n, w_up.rows] for the up projection; what it holds afterwards is
+  // unspecified (a fused override may not touch it).
+  // REQUIRES: w_gate and w_up of the same shape; out aliases neither x nor up.
+  virtual void matmul_swiglu(const WeightRef& w_gate, const WeightRef& w_up, const float* x, int64_t n, float* out,
+                             float* up) {
+    matmul(w_gate, x, n, out);
+    matmul(w_up, x, n, up);
+    swiglu(out, up, n * w_gate.rows, out);
+  }
+
   // Recording and replay of a fixed op sequence (CUDA graphs): for a caller that issues the
   // same ops with the same arguments step after step (a decode step, whose varying inputs
   // live in backend memory). The defaults record nothing, so callers always have the

@@ -214,7 +214,7 @@ Status Forward::forward_local(const std::vector<ForwardToken>& tokens, int64_t* 
 Status Forward::enqueue_layers(int64_t n, int64_t n_out) {
   const ModelConfig& c = config_;
   const int bs = kv_.block_size();
-  const int64_t D = c.n_embd, q_dim = static_cast<int64_t>(c.n_head) * c.head_dim, kv_dim = c.kv_dim();
+  const int64_t D = c.n_embd, kv_dim = c.kv_dim();
   be_.get_rows(tok_embd_, ids_, n, x_);
   AttentionArgs aa;
   aa.q = q_;
@@ -229,14 +229,7 @@ Status Forward::enqueue_layers(int64_t n, int64_t n_out) {
   for (int l = 0; l < c.n_layer; ++l) {
     const Layer& L = layers_[l];
     be_.rmsnorm(x_, L.attn_norm, n, D, c.rms_eps, xn_);
-    be_.matmul(L.wq, xn_, n, q_);
-    be_.matmul(L.wk, xn_, n, k_);
-    be_.matmul(L.wv, xn_, n, v_);
-    if (L.bq) {
-      be_.add_bias(q_, L.bq, n, q_dim);
-      be_.add_bias(k_, L.bk, n, kv_dim);
-      be_.add_bias(v_, L.bv, n, kv_dim);
-    }
+    be_.matmul_qkv(L.wq, L.wk, L.wv, L.bq, L.bk, L.bv, xn_, n, q_, k_, v_);  // + biases (qwen2)
     be_.rope(q_, n, c.n_head, c.head_dim, pos_, c.rope);
     be_.rope(k_, n, c.n_head_kv, c.head_dim, pos_, c.rope);
     be_.store_kv(k_, v_, n, slots_, kv_dim, kv_.k(l), kv_.v(l));
@@ -247,9 +240,7 @@ Status Forward::enqueue_layers(int64_t n, int64_t n_out) {
     if (comm_ && !comm_->all_reduce_sum(o_, n * D)) return comm_failed("all-reduce of the attention output");
     be_.add(x_, o_, n * D);
     be_.rmsnorm(x_, L.ffn_norm, n, D, c.rms_eps, xn_);
-    be_.matmul(L.w_gate, xn_, n, gate_);
-    be_.matmul(L.w_up, xn_, n, up_);
-    be_.swiglu(gate_, up_, n * c.n_ff, gate_);
+    be_.matmul_swiglu(L.w_gate, L.w_up, xn_, n, gate_, up_);  // gate_ = silu(gate) * up; up_ scratch
     be_.matmul(L.w_down, gate_, n, o_);
     if (comm_ && !comm_->all_reduce_sum(o_, n * D)) return comm_failed("all-reduce of the FFN output");
     be_.add(x_, o_, n * D);

@@ -422,6 +422,55 @@ void CudaBackend::matmul(const WeightRef& w, const float* x, int64_t n, float* y
   end(kOp);
 }
 
+// The fused GEMV kernels take two (three) matrices of one type and column count, on the
+// GEMV path only (the cuBLAS path keeps the separate ops), with gemv v3's per-row code.
+bool CudaBackend::fused_gemv_applies(const WeightRef& a, const WeightRef& b, int64_t n) const {
+  return options_.fuse_decode && options_.gemv_version == 3 && n >= 1 &&
+         (n <= std::max(options_.gemv_max_batch, 1) || options_.batch_invariant) && supported(a.type) &&
+         a.type == b.type && a.cols == b.cols && a.cols > 0 && a.cols % block_elems(a.type) == 0 && a.rows > 0 &&
+         b.rows > 0;
+}
+
+void CudaBackend::matmul_qkv(const WeightRef& wq, const WeightRef& wk, const WeightRef& wv, const float* bq,
+                             const float* bk, const float* bv, const float* x, int64_t n, float* q, float* k,
+                             float* v) {
+  constexpr const char* kOp = "matmul_qkv";
+  if (!fused_gemv_applies(wq, wk, n) || !fused_gemv_applies(wq, wv, n))
+    return Backend::matmul_qkv(wq, wk, wv, bq, bk, bv, x, n, q, k, v);
+  if (!begin(kOp)) return;
+  DS_CHECK_WEIGHT(kOp, wq);
+  DS_CHECK_WEIGHT(kOp, wk);
+  DS_CHECK_WEIGHT(kOp, wv);
+  const size_t stride = row_bytes_of(wq.type, wq.cols);
+  for (int64_t j0 = 0; j0 < n; j0 += cuda::kGemvMaxN) {
+    const int nb = static_cast<int>(std::min<int64_t>(cuda::kGemvMaxN, n - j0));
+    const cuda::GemvQkv a{{wq.data, wk.data, wv.data},
+                          {bq, bk, bv},
+                          {q + j0 * wq.rows, k + j0 * wk.rows, v + j0 * wv.rows},
+                          {wq.rows, wk.rows, wv.rows}};
+    if (!DS_CUDA_CHECK(kOp, cuda::gemv_qkv(wq.type, a, stride, wq.cols, x + j0 * wq.cols, nb, impl_->stream))) return;
+  }
+  end(kOp);
+}
+
+void CudaBackend::matmul_swiglu(const WeightRef& w_gate, const WeightRef& w_up, const float* x, int64_t n, float* out,
+                                float* up) {
+  constexpr const char* kOp = "matmul_swiglu";
+  if (!fused_gemv_applies(w_gate, w_up, n) || w_gate.rows != w_up.rows)
+    return Backend::matmul_swiglu(w_gate, w_up, x, n, out, up);
+  if (!begin(kOp)) return;
+  DS_CHECK_WEIGHT(kOp, w_gate);
+  DS_CHECK_WEIGHT(kOp, w_up);
+  const size_t stride = row_bytes_of(w_gate.type, w_gate.cols);
+  for (int64_t j0 = 0; j0 < n; j0 += cuda::kGemvMaxN) {
+    const int nb = static_cast<int>(std::min<int64_t>(cuda::kGemvMaxN, n - j0));
+    if (!DS_CUDA_CHECK(kOp, cuda::gemv_swiglu(w_gate.type, w_gate.data, w_up.data, stride, w_gate.rows, w_gate.cols,
+                                              x + j0 * w_gate.cols, nb, out + j0 * w_gate.rows, impl_->stream)))
+      return;
+  }
+  end(kOp);
+}
+
 // y[n, rows] = x[n, cols] * W^T with cuBLAS, column-major view: Y^T (rows x n, ld rows) =
 // op(A) * B with A = W^T (cols x rows, ld cols) transposed, B = X^T (cols x n, ld cols).
 // Non-F32 weights are dequantized to F32 scratch in slices of at most kScratchFloats.

@@ -50,6 +50,8 @@ struct CudaBackendOptions {
   bool record_graphs = true;    // record_begin() captures CUDA graphs (false: always eager)
   bool allow_tf32 = false;      // cuBLAS path: TF32 tensor cores (faster; ~1e-3 relative error)
   int gemv_version = 3;         // see kernels/cuda/gemv.cu: 1 = simple, 2 = warp per row, 3 = live
+  bool fuse_decode = true;      // matmul_qkv / matmul_swiglu: one GEMV v3 launch each where the GEMV
+                                // path applies (false: the separate ops, Backend's defaults)
 };
 
 class CudaBackend final : public Backend {
@@ -81,6 +83,12 @@ class CudaBackend final : public Backend {
   void store_kv(const float* k, const float* v, int64_t n, const int32_t* slots, int64_t kv_dim, float* k_cache,
                 float* v_cache) override;
   void attention(const AttentionArgs& a) override;
+  // One launch each when the GEMV path would run (n <= gemv_max_batch or batch_invariant,
+  // gemv_version 3, fuse_decode, the matrices of one type and shape); else Backend's default.
+  void matmul_qkv(const WeightRef& wq, const WeightRef& wk, const WeightRef& wv, const float* bq, const float* bk,
+                  const float* bv, const float* x, int64_t n, float* q, float* k, float* v) override;
+  void matmul_swiglu(const WeightRef& w_gate, const WeightRef& w_up, const float* x, int64_t n, float* out,
+                     float* up) override;
   bool replay(uint64_t key) override;
   bool record_begin(uint64_t key) override;
   bool record_end() override;
@@ -100,6 +108,7 @@ class CudaBackend final : public Backend {
   const CudaBackendOptions& options() const { return options_; }
   void set_gemv_version(int v) { options_.gemv_version = v; }
   void set_batch_invariant(bool on) { options_.batch_invariant = on; }
+  void set_fuse_decode(bool on) { options_.fuse_decode = on; }
   // "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)"
   const std::string& device_description() const { return device_description_; }
   size_t scratch_bytes() const { return scratch_bytes_; }
@@ -118,6 +127,7 @@ class CudaBackend final : public Backend {
   bool check_cuda(int code, const char* op, const char* call, const char* file, int line);
   bool check_cublas(int status, const char* op, const char* call, const char* file, int line);
   float* scratch(size_t bytes, const char* op);
+  bool fused_gemv_applies(const WeightRef& a, const WeightRef& b, int64_t n) const;
   void matmul_cublas(const WeightRef& w, size_t row_stride, const float* x, int64_t n, float* y);
   bool wait(const char* op);    // cudaStreamSynchronize; recycles the upload staging space
   bool capture_refuses(const char* op);  // true (recording failed) when capturing

@@ -26,12 +26,15 @@
 //       H200 (tools/gpu-check.sh): 5632x2048 n=1 q8_0 1083 GB/s (v2 871), f16 1824 (v2 1606);
 //       at n=8 it is bound by the per-column x loads and FMAs (297 GB/s, as v2), and n=32 in
 //       four launches takes 65 us, slower than cuBLAS: matmul keeps cuBLAS for n > 8.
-//       Next: x in shared memory for n > 1, and fused QKV / gate+up launches.
+//       Fused decode launches (gemv_qkv, gemv_swiglu) run the same per-row code
+//       (v3_row_dots) over several matrices in one launch. Next: x in shared memory for n > 1.
 //
 // Determinism: in every version the instruction sequence producing y[j, r] depends only
 // on r, j's activation row and the weights, never on n (<= 8), so a sequence decoded in a
 // batch gets the bits it gets alone. The 16-byte path and its scalar fallback (used when
 // cols % 8 != 0 or a pointer is not 16-byte aligned) do the same arithmetic.
+#include <type_traits>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.cuh"
 
@@ -336,19 +339,17 @@ __device__ __forceinline__ void load_x8_at(const float* __restrict__ xj, int64_t
   }
 }
 
-// NC: activation rows this instantiation can take (n <= NC; columns j >= n are skipped).
-// The instructions for column j are the same whatever NC and n.
+// The dot products of one weight row with the n (<= NC) activation rows x[j, :]: dots[j]
+// (every lane gets it) for j < n. The instructions for column j are the same whatever NC
+// and n, and whatever kernel calls this (gemv, the fused QKV and gate/up kernels).
+// REQUIRES: called by a whole warp (uniform row).
 template <DType T, int NC>
-__global__ void __launch_bounds__(kV3Warps * kWarpSize)
-    gemv_v3_kernel(const uint8_t* __restrict__ w, size_t row_stride, int64_t rows, int64_t cols,
-                   const float* __restrict__ x, int n, float* __restrict__ y, bool w_vec, bool x_vec) {
+__device__ __forceinline__ void v3_row_dots(const uint8_t* __restrict__ row, int64_t cols, const float* __restrict__ x,
+                                            int n, bool w_vec, bool x_vec, float dots[NC]) {
   using Tr = V3<T>;
   constexpr int kE = Tr::kElems;
   constexpr bool kQuant = T == DType::kQ8_0 || T == DType::kQ4_0;
   const int lane = threadIdx.x & 31;
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * kV3Warps + (threadIdx.x >> 5);
-  if (r >= rows) return;  // uniform per warp
-  const uint8_t* row = w + r * static_cast<int64_t>(row_stride);
   const int64_t n_chunks = Tr::chunks(cols);
   float acc[NC];
 #pragma unroll
@@ -389,8 +390,99 @@ __global__ void __launch_bounds__(kV3Warps * kWarpSize)
 #pragma unroll
   for (int j = 0; j < NC; ++j) {
     if (j >= n) break;
-    const float v = warp_sum(acc[j]);
-    if (lane == 0) y[j * rows + r] = v;
+    dots[j] = warp_sum(acc[j]);
+  }
+}
+
+// NC: activation rows this instantiation can take (n <= NC; columns j >= n are skipped).
+template <DType T, int NC>
+__global__ void __launch_bounds__(kV3Warps * kWarpSize)
+    gemv_v3_kernel(const uint8_t* __restrict__ w, size_t row_stride, int64_t rows, int64_t cols,
+                   const float* __restrict__ x, int n, float* __restrict__ y, bool w_vec, bool x_vec) {
+  const int lane = threadIdx.x & 31;
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kV3Warps + (threadIdx.x >> 5);
+  if (r >= rows) return;  // uniform per warp
+  float dots[NC];
+  v3_row_dots<T, NC>(w + r * static_cast<int64_t>(row_stride), cols, x, n, w_vec, x_vec, dots);
+#pragma unroll
+  for (int j = 0; j < NC; ++j) {
+    if (j >= n) break;
+    if (lane == 0) y[j * rows + r] = dots[j];
+  }
+}
+
+// ---- v3, fused decode launches ----------------------------------------------------------
+
+// Q, K and V projections in one launch: warp g takes row g of the concatenated row range
+// [Q rows | K rows | V rows] (a block may straddle two matrices: warps are independent) and
+// writes y_m[j, r] = dot + bias_m[r], the one float add that add_bias makes.
+template <DType T, int NC>
+__global__ void __launch_bounds__(kV3Warps * kWarpSize)
+    gemv_v3_qkv_kernel(GemvQkv a, size_t row_stride, int64_t cols, const float* __restrict__ x, int n, bool w_vec,
+                       bool x_vec) {
+  const int lane = threadIdx.x & 31;
+  int64_t r = static_cast<int64_t>(blockIdx.x) * kV3Warps + (threadIdx.x >> 5);
+  int m = 0;
+  if (r >= a.rows[0]) {
+    r -= a.rows[0];
+    m = 1;
+    if (r >= a.rows[1]) {
+      r -= a.rows[1];
+      m = 2;
+      if (r >= a.rows[2]) return;  // uniform per warp
+    }
+  }
+  const void* w = m == 0 ? a.w[0] : m == 1 ? a.w[1] : a.w[2];
+  const float* bias = m == 0 ? a.bias[0] : m == 1 ? a.bias[1] : a.bias[2];
+  float* y = m == 0 ? a.y[0] : m == 1 ? a.y[1] : a.y[2];
+  const int64_t rows = m == 0 ? a.rows[0] : m == 1 ? a.rows[1] : a.rows[2];
+  float dots[NC];
+  v3_row_dots<T, NC>(static_cast<const uint8_t*>(w) + r * static_cast<int64_t>(row_stride), cols, x, n, w_vec, x_vec,
+                     dots);
+  const float b = bias ? bias[r] : 0.0f;
+#pragma unroll
+  for (int j = 0; j < NC; ++j) {
+    if (j >= n) break;
+    if (lane == 0) y[j * rows + r] = bias ? dots[j] + b : dots[j];
+  }
+}
+
+// Gate and up projections with SwiGLU in one launch: a block of kV3Warps warps takes
+// kV3Warps / 2 rows; its first half of warps computes their gate dots, the second half
+// their up dots (one row per warp, as gemv), and the up dots meet the gate dots through
+// shared memory. out[j, r] = g / (1 + expf(-g)) * u, swiglu_kernel's expression.
+constexpr int kSwigluRows = kV3Warps / 2;  // rows per block
+
+template <DType T, int NC>
+__global__ void __launch_bounds__(kV3Warps * kWarpSize)
+    gemv_v3_swiglu_kernel(const uint8_t* __restrict__ w_gate, const uint8_t* __restrict__ w_up, size_t row_stride,
+                          int64_t rows, int64_t cols, const float* __restrict__ x, int n, float* __restrict__ out,
+                          bool w_vec, bool x_vec) {
+  __shared__ float up_dots[kSwigluRows][NC];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int slot = warp % kSwigluRows;
+  const bool is_up = warp >= kSwigluRows;
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kSwigluRows + slot;
+  float dots[NC];
+  if (r < rows) {  // uniform per warp; no return: every thread reaches the barrier
+    v3_row_dots<T, NC>((is_up ? w_up : w_gate) + r * static_cast<int64_t>(row_stride), cols, x, n, w_vec, x_vec,
+                       dots);
+    if (is_up && lane == 0) {
+#pragma unroll
+      for (int j = 0; j < NC; ++j) {
+        if (j >= n) break;
+        up_dots[slot][j] = dots[j];
+      }
+    }
+  }
+  __syncthreads();
+  if (r < rows && !is_up && lane == 0) {
+#pragma unroll
+    for (int j = 0; j < NC; ++j) {
+      if (j >= n) break;
+      const float g = dots[j];
+      out[j * rows + r] = g / (1.0f + expf(-g)) * up_dots[slot][j];
+    }
   }
 }
 
@@ -410,6 +502,17 @@ void launch_v3(const uint8_t* w, size_t row_stride, int64_t rows, int64_t cols, 
   else if (n <= 4) launch_v3_nc<T, 4>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream);
   else launch_v3_nc<T, 8>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream);
 }
+
+template <class Launch>
+void launch_nc(int n, Launch&& launch) {
+  if (n <= 1) launch(std::integral_constant<int, 1>{});
+  else if (n <= 2) launch(std::integral_constant<int, 2>{});
+  else if (n <= 4) launch(std::integral_constant<int, 4>{});
+  else launch(std::integral_constant<int, 8>{});
+}
+
+bool float_type(DType t) { return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16; }
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 }  // namespace
 
@@ -443,6 +546,42 @@ cudaError_t gemv(int version, DType t, const void* w, size_t row_stride, int64_t
       launch_v3<decltype(tag)::value>(wb, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream);
     });
   }
+  return ok ? cudaGetLastError() : cudaErrorInvalidValue;
+}
+
+cudaError_t gemv_qkv(DType t, const GemvQkv& a, size_t row_stride, int64_t cols, const float* x, int n,
+                     cudaStream_t stream) {
+  const bool w_vec = float_type(t) && cols % 8 == 0 && row_stride % 16 == 0 && aligned16(a.w[0]) &&
+                     aligned16(a.w[1]) && aligned16(a.w[2]);
+  const bool x_vec = cols % 8 == 0 && aligned16(x);
+  const int64_t warps = a.rows[0] + a.rows[1] + a.rows[2];
+  const auto blocks = static_cast<unsigned>((warps + kV3Warps - 1) / kV3Warps);
+  const bool ok = dispatch_dtype(t, [&](auto tag) {
+    constexpr DType T = decltype(tag)::value;
+    launch_nc(n, [&](auto nc) {
+      auto* kernel = gemv_v3_qkv_kernel<T, decltype(nc)::value>;
+      DS_LAUNCH(kernel, blocks, kV3Warps * kWarpSize, 0, stream)(a, row_stride, cols, x, n, w_vec, x_vec);
+    });
+  });
+  return ok ? cudaGetLastError() : cudaErrorInvalidValue;
+}
+
+cudaError_t gemv_swiglu(DType t, const void* w_gate, const void* w_up, size_t row_stride, int64_t rows, int64_t cols,
+                        const float* x, int n, float* out, cudaStream_t stream) {
+  const bool w_vec =
+      float_type(t) && cols % 8 == 0 && row_stride % 16 == 0 && aligned16(w_gate) && aligned16(w_up);
+  const bool x_vec = cols % 8 == 0 && aligned16(x);
+  const auto blocks = static_cast<unsigned>((rows + kSwigluRows - 1) / kSwigluRows);
+  const auto* g = static_cast<const uint8_t*>(w_gate);
+  const auto* u = static_cast<const uint8_t*>(w_up);
+  const bool ok = dispatch_dtype(t, [&](auto tag) {
+    constexpr DType T = decltype(tag)::value;
+    launch_nc(n, [&](auto nc) {
+      auto* kernel = gemv_v3_swiglu_kernel<T, decltype(nc)::value>;
+      DS_LAUNCH(kernel, blocks, kV3Warps * kWarpSize, 0, stream)(g, u, row_stride, rows, cols, x, n, out, w_vec,
+                                                                 x_vec);
+    });
+  });
   return ok ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 

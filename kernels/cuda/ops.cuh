@@ -46,6 +46,25 @@ constexpr int kGemvVersions = 3;
 cudaError_t gemv(int version, DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols,
                  const float* x, int n, float* y, cudaStream_t stream);
 
+// Fused decode launches (v3's per-row code; each output element gets the bits that gemv
+// version 3 followed by add_bias / swiglu gives it, whatever n).
+//
+// Q, K and V: y[m][j, r] = x[j, :] . W_m[r, :] (+ bias[m][r] where bias[m] is non-null),
+// m = 0, 1, 2, for the three matrices of one type and column count (row_stride bytes a row).
+struct GemvQkv {
+  const void* w[3];
+  const float* bias[3];  // each may be null
+  float* y[3];           // [n, rows[m]]
+  int64_t rows[3];
+};
+// REQUIRES: 1 <= n <= kGemvMaxN; supported t; cols a multiple of t's block.
+cudaError_t gemv_qkv(DType t, const GemvQkv& a, size_t row_stride, int64_t cols, const float* x, int n,
+                     cudaStream_t stream);
+// out[j, r] = silu(x[j, :] . W_gate[r, :]) * (x[j, :] . W_up[r, :]), both [rows, cols] of type t.
+// REQUIRES: as gemv_qkv; out does not alias x.
+cudaError_t gemv_swiglu(DType t, const void* w_gate, const void* w_up, size_t row_stride, int64_t rows, int64_t cols,
+                        const float* x, int n, float* out, cudaStream_t stream);
+
 // ---- attention.cu -------------------------------------------------------------------
 
 constexpr int kAttentionMaxHeadDim = 1024;

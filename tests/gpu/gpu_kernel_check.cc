@@ -315,6 +315,158 @@ void check_matmul(CudaBackend& b, CudaBackend& tf32, Rng& rng, bool quick) {
   require_ok(tf32, "matmul (tf32)");
 }
 
+// ref::matmul of host weights w [rows, cols] of type t with x [n, cols] into want [n, rows],
+// and scale [n, rows] = sum_k |w_k x_k|, the size of float rounding error in each dot product.
+void ref_matmul_scaled(DType t, const std::vector<uint8_t>& w, int64_t rows, int64_t cols, const std::vector<float>& x,
+                       int64_t n, std::vector<float>* want, std::vector<double>* scale) {
+  const WeightRef hw{t, w.data(), rows, cols};
+  want->assign(n * rows, 0.0f);
+  scale->assign(n * rows, 0.0);
+  ds::ref::matmul(hw, x.data(), n, want->data());
+  std::vector<float> row(cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    ds::dequantize_row(t, w.data() + r * hw.row_stride(), row.data(), cols);
+    for (int64_t j = 0; j < n; ++j) {
+      double s = 0;
+      for (int64_t k = 0; k < cols; ++k) s += std::fabs(static_cast<double>(row[k]) * x[j * cols + k]);
+      (*scale)[j * rows + r] = s;
+    }
+  }
+}
+
+// Fused decode ops (Backend::matmul_qkv, matmul_swiglu; one GEMV v3 launch each on CUDA)
+// against the reference composition (ref::matmul, + bias, ref::swiglu), with matmul's
+// tolerance; then the same bits as the separate CUDA ops (fuse_decode off: the defaults),
+// n = 1 equal to row 0 of n = 8, and n = 9 under batch_invariant (chunks of 8).
+void check_fused(CudaBackend& b, Rng& rng, bool quick) {
+  struct Case { int64_t q_rows, kv_rows, cols, ff_rows; bool float_only, big; };
+  const std::vector<Case> cases = {
+      {64, 32, 64, 96, false, false},
+      {100, 20, 100, 37, true, false},          // cols % 8 != 0: the scalar x path
+      {256, 64, 512, 160, false, false},
+      {1024, 256, 2048, 2816, false, true},     // bench-1b split over 2 tensor-parallel ranks
+      {2048, 512, 2048, 5632, false, true},     // bench-1b (dim 2048, 4 of 32 KV heads, FFN 5632)
+  };
+  for (DType t : kAllTypes) {
+    const std::string tn = ds::dtype_name(t);
+    for (const Case& c : cases) {
+      if (c.float_only && is_quant(t)) continue;
+      if (c.big && quick) continue;
+      const int64_t max_n = 9, cols = c.cols;
+      const int64_t rows[3] = {c.q_rows, c.kv_rows, c.kv_rows};
+      const auto x = rng.floats(max_n * cols);
+      Buf dx(b, x);
+      // ---- Q, K, V ----
+      std::vector<uint8_t> w[3];
+      std::vector<float> bias[3], want[3];
+      std::vector<double> scale[3];
+      std::vector<Buf> dw, dbias, dy, dy2;
+      WeightRef gw[3];
+      for (int m = 0; m < 3; ++m) {
+        w[m] = make_weights(rng, t, rows[m], cols);
+        bias[m] = rng.floats(rows[m]);
+        ref_matmul_scaled(t, w[m], rows[m], cols, x, max_n, &want[m], &scale[m]);
+        dw.emplace_back(b, w[m]);
+        dbias.emplace_back(b, bias[m]);
+        dy.emplace_back(b, max_n * rows[m] * 4);
+        dy2.emplace_back(b, max_n * rows[m] * 4);
+        gw[m] = WeightRef{t, dw[m].as<void>(), rows[m], cols};
+      }
+      const std::string qkv_shape = std::to_string(c.q_rows) + "+" + std::to_string(c.kv_rows) + "+" +
+                                    std::to_string(c.kv_rows) + "x" + std::to_string(cols);
+      // got/want of the three outputs for the first n rows, concatenated q | k | v.
+      auto gather = [&](std::vector<Buf>& out, int64_t n) {
+        std::vector<float> v;
+        for (int m = 0; m < 3; ++m) {
+          const auto part = out[m].read(n * rows[m]);
+          v.insert(v.end(), part.begin(), part.end());
+        }
+        return v;
+      };
+      for (bool with_bias : {false, true}) {
+        std::vector<float> wn;
+        std::vector<double> sn;
+        for (int64_t n : {1, 2, 8, 9}) {
+          if (n == 9 && c.big) continue;
+          wn.clear();
+          sn.clear();
+          for (int m = 0; m < 3; ++m) {
+            for (int64_t i = 0; i < n * rows[m]; ++i) {
+              wn.push_back(want[m][i] + (with_bias ? bias[m][i % rows[m]] : 0.0f));
+              sn.push_back(scale[m][i]);
+            }
+          }
+          const float* bq = with_bias ? dbias[0].as() : nullptr;
+          const float* bk = with_bias ? dbias[1].as() : nullptr;
+          const float* bv = with_bias ? dbias[2].as() : nullptr;
+          const std::string suffix =
+              " " + qkv_shape + " n=" + std::to_string(n) + (with_bias ? " bias" : "") + (n > 8 ? " invariant" : "");
+          if (n > 8) b.set_batch_invariant(true);
+          b.matmul_qkv(gw[0], gw[1], gw[2], bq, bk, bv, dx.as(), n, dy[0].as(), dy[1].as(), dy[2].as());
+          const auto got = gather(dy, n);
+          compare("fused-qkv/" + tn + suffix, got, wn, 1e-6, 2e-5, &sn);
+          b.set_fuse_decode(false);
+          b.matmul_qkv(gw[0], gw[1], gw[2], bq, bk, bv, dx.as(), n, dy2[0].as(), dy2[1].as(), dy2[2].as());
+          b.set_fuse_decode(true);
+          b.set_batch_invariant(false);
+          const auto sep = gather(dy2, n);
+          expect("determinism/fused-qkv-bits " + tn + suffix, same_bits(got.data(), sep.data(), got.size()),
+                 "the fused launch differs from matmul + add_bias");
+        }
+        // n = 1 is row 0 of n = 8.
+        b.matmul_qkv(gw[0], gw[1], gw[2], nullptr, nullptr, nullptr, dx.as(), 8, dy[0].as(), dy[1].as(), dy[2].as());
+        const auto y8 = gather(dy, 8);
+        b.matmul_qkv(gw[0], gw[1], gw[2], nullptr, nullptr, nullptr, dx.as(), 1, dy[0].as(), dy[1].as(), dy[2].as());
+        const auto y1 = gather(dy, 1);
+        bool same = true;
+        for (int m = 0, off1 = 0, off8 = 0; m < 3; off1 += rows[m], off8 += 8 * rows[m], ++m)
+          same = same && same_bits(y1.data() + off1, y8.data() + off8, rows[m]);
+        if (!with_bias) expect("determinism/fused-qkv-n " + tn + " " + qkv_shape, same, "n=1 differs from row 0 of n=8");
+      }
+      // ---- gate, up, SwiGLU ----
+      const int64_t ff = c.ff_rows;
+      const auto wg = make_weights(rng, t, ff, cols), wu = make_weights(rng, t, ff, cols);
+      std::vector<float> g, u;
+      std::vector<double> sg, su;
+      ref_matmul_scaled(t, wg, ff, cols, x, max_n, &g, &sg);
+      ref_matmul_scaled(t, wu, ff, cols, x, max_n, &u, &su);
+      std::vector<float> want_s(g.size());
+      ds::ref::swiglu(g.data(), u.data(), static_cast<int64_t>(g.size()), want_s.data());
+      // Error bound: |silu'| <= 1.1, so d out <= 1.1 |u| d g + |silu(g)| d u, plus silu's own rounding.
+      std::vector<double> scale_s(g.size());
+      for (size_t i = 0; i < g.size(); ++i) {
+        const double silu = g[i] / (1.0 + std::exp(-static_cast<double>(g[i])));
+        scale_s[i] = 1.1 * std::fabs(u[i]) * sg[i] + std::fabs(silu) * su[i] + std::fabs(want_s[i]);
+      }
+      Buf dwg(b, wg), dwu(b, wu), dout(b, max_n * ff * 4), dup(b, max_n * ff * 4), dout2(b, max_n * ff * 4);
+      const WeightRef gwg{t, dwg.as<void>(), ff, cols}, gwu{t, dwu.as<void>(), ff, cols};
+      const std::string ff_shape = shape(ff, cols);
+      for (int64_t n : {1, 2, 8, 9}) {
+        if (n == 9 && c.big) continue;
+        const std::vector<float> wn(want_s.begin(), want_s.begin() + n * ff);
+        const std::vector<double> sn(scale_s.begin(), scale_s.begin() + n * ff);
+        const std::string suffix = " " + ff_shape + " n=" + std::to_string(n) + (n > 8 ? " invariant" : "");
+        if (n > 8) b.set_batch_invariant(true);
+        b.matmul_swiglu(gwg, gwu, dx.as(), n, dout.as(), dup.as());
+        const auto got = dout.read(n * ff);
+        compare("fused-swiglu/" + tn + suffix, got, wn, 1e-6, 2e-5, &sn);
+        b.set_fuse_decode(false);
+        b.matmul_swiglu(gwg, gwu, dx.as(), n, dout2.as(), dup.as());
+        b.set_fuse_decode(true);
+        b.set_batch_invariant(false);
+        expect("determinism/fused-swiglu-bits " + tn + suffix, same_bits(got.data(), dout2.read(n * ff).data(), got.size()),
+               "the fused launch differs from matmul, matmul, swiglu");
+      }
+      b.matmul_swiglu(gwg, gwu, dx.as(), 8, dout.as(), dup.as());
+      const auto y8 = dout.read(8 * ff);
+      b.matmul_swiglu(gwg, gwu, dx.as(), 1, dout.as(), dup.as());
+      expect("determinism/fused-swiglu-n " + tn + " " + ff_shape, same_bits(dout.read(ff).data(), y8.data(), ff),
+             "n=1 differs from row 0 of n=8");
+    }
+  }
+  require_ok(b, "fused");
+}
+
 void check_rmsnorm(CudaBackend& b, Rng& rng) {
   for (int64_t dim : {64, 2048, 5000}) {
     for (int64_t n : {1, 5, 64}) {
@@ -506,9 +658,10 @@ void check_attention(CudaBackend& b, Rng& rng) {
 }
 
 // Bad arguments become errors a worker can report, not aborts.
-// Recording (CUDA graphs): a recorded rmsnorm + GEMV + add sequence replays to the same bits
-// as the eager ops, sees new inputs uploaded between replays, and a recording that meets
-// an op it cannot record (the cuBLAS path) reports failure and runs nothing.
+// Recording (CUDA graphs): a recorded rmsnorm + GEMV + add sequence (and a fused QKV + gate/up
+// pair) replays to the same bits as the eager ops, sees new inputs uploaded between replays,
+// and a recording that meets an op it cannot record (the cuBLAS path) reports failure and
+// runs nothing.
 void check_recording(int device, Rng& rng) {
 #ifdef DS_CUDA_EMULATION
   std::printf("SKIP graph: the CPU emulation records nothing (CudaBackend::record_begin refuses)\n");
@@ -556,6 +709,52 @@ void check_recording(int device, Rng& rng) {
   }
   expect("graph/replay-same-bits", same && b.replays() == 3 && b.recordings() == 1,
          "replayed ops differ from eager ops, or not every step replayed");
+  // The fused decode ops (QKV with biases, gate/up + SwiGLU) record and replay as well.
+  {
+    const int64_t qr = 256, kr = 64, ff = 320, n = 2;
+    const auto wq = make_weights(rng, DType::kQ8_0, qr, cols), wk = make_weights(rng, DType::kQ8_0, kr, cols),
+               wv = make_weights(rng, DType::kQ8_0, kr, cols), wg = make_weights(rng, DType::kQ8_0, ff, cols),
+               wu = make_weights(rng, DType::kQ8_0, ff, cols);
+    Buf dwq(b, wq), dwk(b, wk), dwv(b, wv), dwg(b, wg), dwu(b, wu), dbq(b, rng.floats(qr)), dbk(b, rng.floats(kr)),
+        dbv(b, rng.floats(kr)), dq(b, n * qr * 4), dk(b, n * kr * 4), dv(b, n * kr * 4), dout(b, n * ff * 4),
+        dup(b, n * ff * 4);
+    const WeightRef q{DType::kQ8_0, dwq.as<void>(), qr, cols}, k{DType::kQ8_0, dwk.as<void>(), kr, cols},
+        v{DType::kQ8_0, dwv.as<void>(), kr, cols}, g{DType::kQ8_0, dwg.as<void>(), ff, cols},
+        u{DType::kQ8_0, dwu.as<void>(), ff, cols};
+    auto fused = [&] {
+      b.matmul_qkv(q, k, v, dbq.as(), dbk.as(), dbv.as(), dxn.as(), n, dq.as(), dk.as(), dv.as());
+      b.matmul_swiglu(g, u, dxn.as(), n, dout.as(), dup.as());
+    };
+    auto outputs = [&] {
+      auto all = dq.read(n * qr);
+      for (const auto& part : {dk.read(n * kr), dv.read(n * kr), dout.read(n * ff)}) all.insert(all.end(), part.begin(), part.end());
+      return all;
+    };
+    const int64_t replays0 = b.replays();
+    bool fused_same = true;
+    for (int step = 0; step < 2; ++step) {
+      const auto xn = rng.floats(n * cols);
+      b.upload(dxn.as(), xn.data(), xn.size() * 4);
+      fused();
+      const auto eager = outputs();
+      const std::vector<float> zeros(n * ff, 0.0f);
+      b.upload(dout.as(), zeros.data(), zeros.size() * 4);
+      const uint64_t key = 5;
+      if (!b.replay(key)) {
+        if (!b.record_begin(key)) {
+          expect("graph/fused-record-begin", false, "record_begin refused");
+          break;
+        }
+        fused();
+        expect("graph/fused-record-end", b.record_end(), "recording failed: " + b.last_error());
+        expect("graph/fused-replay-after-record", b.replay(key), "no replay");
+      }
+      const auto replayed = outputs();
+      fused_same = fused_same && same_bits(replayed.data(), eager.data(), eager.size());
+    }
+    expect("graph/fused-replay-same-bits", fused_same && b.replays() == replays0 + 2,
+           "replayed fused ops differ from eager ones, or not every step replayed");
+  }
   // The cuBLAS path (n = 64) cannot be recorded: the recording fails and runs nothing.
   Buf dx64(b, rng.floats(64 * cols));
   const auto before = dy.read(64 * rows);
@@ -721,6 +920,43 @@ double bench_gemv(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols,
   return gbps;
 }
 
+// One bench-1b layer's Q/K/V and gate/up projections (+ SwiGLU) at batch n: the separate
+// ops (5 GEMV launches + swiglu) against the fused ones (2 launches), weights rotated as above.
+void bench_fused(CudaBackend& b, Rng& rng, DType t, int n) {
+  const int64_t dim = 2048, kv = 512, ff = 5632;
+  const size_t bytes = ds::row_bytes(t, dim) * (dim + 2 * kv + 2 * ff);
+  const int copies = static_cast<int>(std::max<size_t>(2, (kRotateBytes + bytes - 1) / bytes));
+  struct Layer { Buf q, k, v, g, u; };
+  std::vector<Layer> ls;
+  {
+    const auto wq = make_weights(rng, t, dim, dim), wk = make_weights(rng, t, kv, dim), wg = make_weights(rng, t, ff, dim);
+    for (int i = 0; i < copies; ++i) ls.push_back(Layer{Buf(b, wq), Buf(b, wk), Buf(b, wk), Buf(b, wg), Buf(b, wg)});
+  }
+  Buf x(b, rng.floats(n * dim)), q(b, n * dim * 4), k(b, n * kv * 4), v(b, n * kv * 4), g(b, n * ff * 4), u(b, n * ff * 4);
+  auto run = [&](int i) {
+    const Layer& l = ls[i % copies];
+    b.matmul_qkv(WeightRef{t, l.q.as<void>(), dim, dim}, WeightRef{t, l.k.as<void>(), kv, dim},
+                 WeightRef{t, l.v.as<void>(), kv, dim}, nullptr, nullptr, nullptr, x.as(), n, q.as(), k.as(), v.as());
+    b.matmul_swiglu(WeightRef{t, l.g.as<void>(), ff, dim}, WeightRef{t, l.u.as<void>(), ff, dim}, x.as(), n, g.as(),
+                    u.as());
+  };
+  auto s = static_cast<cudaStream_t>(b.stream());
+  const int iters = std::max(4 * copies, 200);
+  double ms[2];
+  for (int fused = 0; fused < 2; ++fused) {
+    b.set_fuse_decode(fused == 1);
+    time_ms(s, copies, run);  // warm-up
+    ms[fused] = time_ms(s, iters, run);
+  }
+  b.set_fuse_decode(true);
+  require_ok(b, "fused benchmark");
+  char what[96];
+  std::snprintf(what, sizeof what, "fused qkv+gate/up %s bench-1b n=%d", ds::dtype_name(t), n);
+  std::printf("BENCH %-36s %9.2f us  %8.1f GB/s (separate ops: %.2f us, %.1f GB/s)\n", what, ms[1] * 1e3,
+              bytes / (ms[1] * 1e-3) / 1e9, ms[0] * 1e3, bytes / (ms[0] * 1e-3) / 1e9);
+  std::fflush(stdout);
+}
+
 // Device-to-device cudaMemcpyAsync of `bytes`, rotated the same way: DRAM traffic (read +
 // write) / time, the figure a read-only kernel is compared with.
 double bench_memcpy(CudaBackend& b, size_t bytes) {
@@ -815,6 +1051,8 @@ void run_benchmarks(CudaBackend& b, Rng& rng) {
   bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, kLiveGemv, 8);
   bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, kLiveGemv, 32);  // 4 launches of 8 (decode at batch 32)
   bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, 1, 1);  // v1, for comparison
+  for (DType t : {DType::kQ8_0, DType::kF16})
+    for (int n : {1, 8}) bench_fused(b, rng, t, n);
   const double copy_bw = bench_memcpy(b, ds::row_bytes(DType::kF16, 2048) * 5632);
   bench_memcpy(b, ds::row_bytes(DType::kF16, 2048) * 2048);
   std::printf("\nGEMV v%d (n=1) bandwidth vs device-to-device memcpy (%.1f GB/s read+write):\n", kLiveGemv, copy_bw);
@@ -877,6 +1115,7 @@ int main(int argc, char** argv) {
   check_rope(*b, rng);
   check_attention(*b, rng);
   check_matmul(*b, *tf32, rng, quick);
+  check_fused(*b, rng, quick);
   check_recording(device, rng);
   check_nccl(device);
   print_summary();
