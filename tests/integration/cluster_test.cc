@@ -179,6 +179,10 @@ TEST_F(ClusterTest, FrozenNodeIsDownedItsStreamsMoveAndItRejoinsAsANewIncarnatio
   EXPECT_NE(a.process().err().find("resumed on another worker"), std::string::npos) << "nothing ran on the frozen node?";
   std::printf("[ info ] all streams done %.1f s after SIGSTOP\n", secs);
 
+  // Frozen for 10 s in all, as the issue asks: long enough for CAF's connection timeout (10 s)
+  // to close the other nodes' connections to it too, the harder path for its return.
+  const auto thaw = *stopped + 10s;
+  if (std::chrono::steady_clock::now() < thaw) std::this_thread::sleep_until(thaw);
   c.process().signal(SIGCONT);
   // It learns it was declared down, drops the old incarnation's work and rejoins.
   const auto end = std::chrono::steady_clock::now() + 20s;
