@@ -119,6 +119,12 @@ std::vector<std::vector<int32_t>> run(ds::Engine& e, size_t n, int* steps = null
   return out;
 }
 
+// Prints a failed call's status; false when it failed (a benchmark must not time errors).
+bool check_ok(const ds::Status& st, const char* what) {
+  if (!st.ok()) std::printf("ERROR: %s: %s\n", what, st.ToString().c_str());
+  return st.ok();
+}
+
 bool golden(const std::string& dir) {
   bool ok = true;
   for (const char* file : {"stories260K.gguf", "stories260K-f16.gguf"}) {
@@ -196,10 +202,10 @@ bool bench(const std::string& dir, double copy_gbs) {
       for (int i = 0; i < prompt; ++i) r.prompt.push_back(300 + (i * 7919) % 30000);
       r.params.max_tokens = 1;
       r.params.ignore_eos = true;
-      e->add(r);  // warm-up
+      if (!check_ok(e->add(r), "add (warm-up)")) return false;
       run(*e, 1);
       r.id = 0;
-      e->add(r);
+      if (!check_ok(e->add(r), "add")) return false;
       const auto t0 = Clock::now();
       run(*e, 1);
       prefill = prompt / secs(t0);
@@ -216,10 +222,10 @@ bool bench(const std::string& dir, double copy_gbs) {
         r.prompt = {1, 300 + i};
         r.params.max_tokens = gen + 1;
         r.params.ignore_eos = true;
-        e->add(r);
+        if (!check_ok(e->add(r), "add")) return false;
       }
       std::vector<ds::TokenEvent> evs;
-      e->step(&evs);  // prompts + first token
+      if (!check_ok(e->step(&evs), "step (prompts + first token)")) return false;
       int steps = 0;
       const auto t0 = Clock::now();
       run(*e, b, &steps);
