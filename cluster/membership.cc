@@ -46,11 +46,15 @@ Status validate(const MembershipOptions& o) {
       {"tick_interval", o.tick_interval},       {"heartbeat_interval", o.heartbeat_interval},
       {"gossip_interval", o.gossip_interval},   {"load_publish_interval", o.load_publish_interval},
       {"sync_interval", o.sync_interval},       {"join_retry_interval", o.join_retry_interval},
+      {"join_retry_max", o.join_retry_max},
       {"quorum_window", o.quorum_window},       {"self_pause_threshold", o.self_pause_threshold},
       {"decision_window", o.decision_window},
   };
   for (const auto& [name, d] : durations) {
     if (!positive(d)) return Status::InvalidArgument(std::string("membership ") + name + " must be > 0");
+  }
+  if (o.join_retry_max < o.join_retry_interval) {
+    return Status::InvalidArgument("membership join_retry_max must be >= join_retry_interval");
   }
   if (o.monitors_per_node < 1) return Status::InvalidArgument("membership monitors_per_node must be >= 1");
   if (o.gossip_fanout < 1) return Status::InvalidArgument("membership gossip_fanout must be >= 1");
@@ -452,6 +456,7 @@ Output Membership::join(const std::vector<std::string>& seed_addresses, TimePoin
   observe_clock(now);
   phase_ = Phase::kJoining;
   join_attempt_ = rng_() % seeds_.size();  // spread joiners over the seeds
+  join_unanswered_ = 0;
   try_join(now);
   return finish(now);
 }
@@ -460,7 +465,12 @@ void Membership::try_join(TimePoint now) {
   const std::string& seed = seeds_[join_attempt_ % seeds_.size()];
   ++join_attempt_;
   send({}, seed, JoinRequest{options_.cluster_name, slots_[self_idx_].entry});
-  next_join_ = now + options_.join_retry_interval;
+  // Backoff while no seed answers at all (none reachable yet): double the interval after each
+  // full pass over the seeds. A seed that answers (even "retry later") resets it.
+  const size_t passes = join_unanswered_++ / seeds_.size();
+  Duration interval = options_.join_retry_interval;
+  for (size_t p = 0; p < passes && interval < options_.join_retry_max; ++p) interval *= 2;
+  next_join_ = now + std::min(interval, options_.join_retry_max);
 }
 
 Output Membership::leave(TimePoint now) {
@@ -604,6 +614,7 @@ void Membership::handle(const JoinReply& m, TimePoint now) {
     }
     return;
   }
+  join_unanswered_ = 0;  // a seed answered: retry at the base interval
   if (!m.accepted) {
     if (m.retriable) {
       event(EventKind::kJoinRetry, m.from.node_id, m.from.incarnation, m.reason);

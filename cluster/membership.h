@@ -75,6 +75,8 @@ struct MembershipOptions {
                                                    // (it grows to the measured one-way delay bound)
   Duration sync_interval = milliseconds(1000);     // anti-entropy with one random peer
   Duration join_retry_interval = milliseconds(1000);
+  Duration join_retry_max = milliseconds(8000);    // backoff: the interval doubles after each pass
+                                                   // over all seeds that none answered, up to this
   Duration down_after = milliseconds(0);           // extra wait after the detector gives up
   Duration evidence_slack = milliseconds(800);     // see "Downing" above (README: why 0.8 s)
   Duration decision_window = milliseconds(1200);   // downing: the majority must also be heard within this
@@ -122,7 +124,8 @@ class Membership {
   // Found a new cluster: this node is up, the leader, up_number 1. REQUIRES: phase() == kIdle.
   Output found(TimePoint now);
   // Join through the seeds (cluster addresses), trying them in turn every join_retry_interval
-  // until one accepts or one refuses for good (kJoinRefused). This node's own address is
+  // (doubling after each pass over all seeds that none answered, up to join_retry_max) until
+  // one accepts or one refuses for good (kJoinRefused). This node's own address is
   // skipped; with no other seed left it founds the cluster. REQUIRES: phase() == kIdle.
   Output join(const std::vector<std::string>& seed_addresses, TimePoint now);
   // Start leaving: this node's state becomes leaving (routers stop sending it work; it still
@@ -288,6 +291,7 @@ class Membership {
 
   std::vector<std::string> seeds_;
   size_t join_attempt_ = 0;
+  size_t join_unanswered_ = 0;  // join requests sent since a seed last answered
   uint64_t heartbeat_seq_ = 0;
   TimePoint next_join_{}, next_heartbeat_{}, next_gossip_{}, next_sync_{}, next_eager_{};
   TimePoint last_load_publish_ = TimePoint::min();

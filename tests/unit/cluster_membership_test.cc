@@ -125,6 +125,26 @@ TEST(ClusterMembership, NodesJoinThroughDifferentSeeds) {
   EXPECT_GT(log.count(EventKind::kJoinRetry), 0);
 }
 
+TEST(ClusterMembership, JoinBacksOffWhileNoSeedAnswers) {
+  // Two seeds that never answer: 1 s between tries for the first pass, then the interval
+  // doubles after each pass over both seeds, up to join_retry_max (8 s).
+  Membership m(MembershipOptions{}, SelfInfo{"n1", 1, "10.0.0.1:4242", "", {}});
+  const TimePoint t0{};
+  std::vector<double> sent;  // seconds since t0
+  auto collect = [&](const Output& out, TimePoint now) {
+    for (const Outgoing& o : out.messages)
+      if (std::holds_alternative<JoinRequest>(o.message)) sent.push_back(std::chrono::duration<double>(now - t0).count());
+  };
+  collect(m.join({"10.0.0.8:4242", "10.0.0.9:4242"}, t0), t0);
+  for (TimePoint now = t0; now < t0 + seconds(47); now += milliseconds(50)) collect(m.tick(now), now);
+  std::vector<double> gaps;
+  for (size_t i = 1; i < sent.size(); ++i) gaps.push_back(sent[i] - sent[i - 1]);
+  const std::vector<double> want = {1, 1, 2, 2, 4, 4, 8, 8, 8};
+  ASSERT_GE(gaps.size(), want.size()) << "only " << sent.size() << " join requests";
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(gaps[i], want[i], 0.06) << "gap " << i;
+  EXPECT_EQ(m.phase(), Phase::kJoining);
+}
+
 TEST(ClusterMembership, JoinGoesThroughAnyReachableSeed) {
   Simulation sim(MembershipOptions{}, lan(), kSeed);
   for (int i = 0; i < 5; ++i) sim.add_node();
