@@ -63,6 +63,25 @@ class NodeTest : public ::testing::Test {
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
   }
   std::string tool(const char* t) { return std::string(DS_BUILD_DIR) + "/" + t; }
+  // ds-client --json against n reproduces every golden case (tokens, prompt ids, text).
+  void expect_golden(const test::Node& n) {
+    std::ifstream golden(kModels + "/stories260K-golden.jsonl");
+    std::string line;
+    while (std::getline(golden, line)) {
+      const auto g = nlohmann::json::parse(line);
+      std::string out, err;
+      ASSERT_EQ(run_cli(tool("ds-client") + " --connect " + n.address() + " generate --max-tokens 64 --json '" +
+                            g["prompt"].get<std::string>() + "'",
+                        &out, &err),
+                0)
+          << err;
+      const auto j = nlohmann::json::parse(out);
+      EXPECT_EQ(j["tokens"], g["gen_ids"]);
+      EXPECT_EQ(j["prompt_tokens"], g["prompt_ids"]);
+      EXPECT_EQ(j["text"], g["text"]);
+      EXPECT_FALSE(j["id"].get<std::string>().empty());
+    }
+  }
 
   std::string dir_;
   std::vector<std::unique_ptr<test::Node>> nodes_;
@@ -70,22 +89,7 @@ class NodeTest : public ::testing::Test {
 
 TEST_F(NodeTest, GreedyOverTheNodeMatchesGolden) {
   test::Node& n = start({"--model", kStories, "--ctx", "512"});
-  std::ifstream golden(kModels + "/stories260K-golden.jsonl");
-  std::string line;
-  while (std::getline(golden, line)) {
-    const auto g = nlohmann::json::parse(line);
-    std::string out, err;
-    ASSERT_EQ(run_cli(tool("ds-client") + " --connect " + n.address() + " generate --max-tokens 64 --json '" +
-                          g["prompt"].get<std::string>() + "'",
-                      &out, &err),
-              0)
-        << err;
-    const auto j = nlohmann::json::parse(out);
-    EXPECT_EQ(j["tokens"], g["gen_ids"]);
-    EXPECT_EQ(j["prompt_tokens"], g["prompt_ids"]);
-    EXPECT_EQ(j["text"], g["text"]);
-    EXPECT_FALSE(j["id"].get<std::string>().empty());
-  }
+  expect_golden(n);
 }
 
 TEST_F(NodeTest, TensorParallelWorkerServesTheGoldenTokens) {
@@ -93,18 +97,7 @@ TEST_F(NodeTest, TensorParallelWorkerServesTheGoldenTokens) {
   // over --gpus with NCCL): same tokens as the single-rank engine.
   test::Node& n = start({"--model", kStories, "--ctx", "512", "--tensor-parallel", "2"});
   EXPECT_NE(n.process().err().find("2 tensor-parallel ranks"), std::string::npos) << n.process().err();
-  std::ifstream golden(kModels + "/stories260K-golden.jsonl");
-  std::string line;
-  while (std::getline(golden, line)) {
-    const auto g = nlohmann::json::parse(line);
-    std::string out, err;
-    ASSERT_EQ(run_cli(tool("ds-client") + " --connect " + n.address() + " generate --max-tokens 64 --json '" +
-                          g["prompt"].get<std::string>() + "'",
-                      &out, &err),
-              0)
-        << err;
-    EXPECT_EQ(nlohmann::json::parse(out)["tokens"], g["gen_ids"]);
-  }
+  expect_golden(n);
   auto c = connect(n);
   ASSERT_TRUE(c);
   auto st = c->status();
