@@ -263,13 +263,49 @@ bool parse_host_port(const std::string& s, std::string* host, uint16_t* port) {
   return !h.empty();
 }
 
+bool parse_node_list(const std::string& s, ClientOptions* opts) {
+  std::vector<std::string> items;
+  size_t start = 0;
+  while (start <= s.size()) {
+    const size_t comma = std::min(s.find(',', start), s.size());
+    items.push_back(s.substr(start, comma - start));
+    start = comma + 1;
+  }
+  std::string host;
+  uint16_t port = 0;
+  for (const std::string& item : items)
+    if (!parse_host_port(item, &host, &port)) return false;
+  parse_host_port(items[0], &opts->host, &opts->port);
+  opts->more_nodes.assign(items.begin() + 1, items.end());
+  return true;
+}
+
 Result<std::unique_ptr<Client>> Client::Connect(const ClientOptions& opts) {
   if (Status st = validate_tls(opts.tls); !st.ok()) return st;
   auto impl = std::make_unique<Impl>(opts);
-  auto r = impl->connect(opts.host, opts.port);
-  if (!r.ok()) return r.status();
-  impl->router = *r;
-  impl->address = (opts.host.find(':') != std::string::npos ? "[" + opts.host + "]" : opts.host) + ":" + std::to_string(opts.port);
+  // The given node, else the others in turn; the ones not used are failover candidates.
+  std::vector<std::string> nodes = {(opts.host.find(':') != std::string::npos ? "[" + opts.host + "]" : opts.host) + ":" +
+                                    std::to_string(opts.port)};
+  nodes.insert(nodes.end(), opts.more_nodes.begin(), opts.more_nodes.end());
+  Status last = Status::IOError("no node to connect to");
+  for (size_t i = 0; i < nodes.size() && !impl->router; ++i) {
+    std::string host;
+    uint16_t port = 0;
+    if (!parse_host_port(nodes[i], &host, &port)) {
+      last = Status::InvalidArgument("not HOST:PORT: '" + nodes[i] + "'");
+      continue;
+    }
+    auto r = impl->connect(host, port);
+    if (!r.ok()) {
+      last = r.status();
+      continue;
+    }
+    impl->router = *r;
+    impl->address = nodes[i];
+    for (size_t j = 0; j < nodes.size(); ++j)
+      if (j != i) impl->others.push_back(nodes[j]);
+  }
+  if (!impl->router) return last;
   impl->learn_members();
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }

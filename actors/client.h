@@ -32,6 +32,7 @@ struct ClientOptions {
   TlsOptions tls;  // must match the nodes': all TLS (certificate signed by their CA) or none
   std::string host = "127.0.0.1";
   uint16_t port = 4242;
+  std::vector<std::string> more_nodes;  // HOST:PORT of other members, tried in turn when host:port does not answer
   std::chrono::milliseconds connect_timeout{5000};
   std::chrono::milliseconds idle_timeout{120000};  // longest silence in a stream before giving up
 };
@@ -83,5 +84,8 @@ class Client {
 
 // Parses "host:port" (IPv6 as "[::1]:4242"); false when malformed.
 bool parse_host_port(const std::string& s, std::string* host, uint16_t* port);
+// Parses "HOST:PORT[,HOST:PORT...]" into opts: the first into host/port, the rest into
+// more_nodes. False (opts unchanged) when any item is malformed.
+bool parse_node_list(const std::string& s, ClientOptions* opts);
 
 }  // namespace ds

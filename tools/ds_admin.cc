@@ -83,7 +83,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   std::string target;
   bool json = false;
-  app.add_option("--connect", target, "HOST:PORT of any ds-node")->required();
+  app.add_option("--connect", target, "HOST:PORT[,HOST:PORT...] of ds-nodes: the first that answers is used")->required();
   ds::TlsOptions tls;
   ds::cli::add_tls_flags(app, &tls);
   CLI::App* cluster = app.add_subcommand("cluster", "Cluster-wide commands");
@@ -109,8 +109,8 @@ int main(int argc, char** argv) {
   }
   ds::ClientOptions co;
   co.tls = tls;
-  if (!ds::parse_host_port(target, &co.host, &co.port)) {
-    std::cerr << "ds-admin: --connect wants HOST:PORT, got '" << target << "'\n";
+  if (!ds::parse_node_list(target, &co)) {
+    std::cerr << "ds-admin: --connect wants HOST:PORT[,HOST:PORT...], got '" << target << "'\n";
     return ds::cli::kExitUsage;
   }
   int rc = 0;

@@ -316,8 +316,8 @@ int engine_decode_tok_s(const LoadArgs& a, double* out) {
 int bench_load(LoadArgs a) {
   ds::ClientOptions co;
   co.tls = a.tls;
-  if (!ds::parse_host_port(a.connect, &co.host, &co.port)) {
-    std::cerr << "ds-bench: --connect wants HOST:PORT, got '" << a.connect << "'\n";
+  if (!ds::parse_node_list(a.connect, &co)) {
+    std::cerr << "ds-bench: --connect wants HOST:PORT[,HOST:PORT...], got '" << a.connect << "'\n";
     return ds::cli::kExitUsage;
   }
   if (a.threads <= 0) a.threads = static_cast<int>(std::thread::hardware_concurrency());
@@ -455,7 +455,7 @@ int main(int argc, char** argv) {
       "load",
       "Closed-loop load through a ds-node: C streams each keep one greedy request in flight until N are done; reports "
       "requests/s, generated tok/s, TTFT and inter-token p50/p99, errors (exit 3: cannot connect)");
-  load->add_option("--connect", la.connect, "HOST:PORT of the ds-node")->required();
+  load->add_option("--connect", la.connect, "HOST:PORT[,HOST:PORT...]: the node (the first that answers; the others take new requests if it dies)")->required();
   load->add_option("--concurrency", la.concurrency, "Streams, each with one request in flight (default 8)")->check(CLI::Range(1, 1024));
   load->add_option("--requests", la.requests, "Requests in all (default 32)")->check(CLI::Range(1, 10000000));
   load->add_option("--prompt-tokens", la.prompt_tokens, "Prompt length in token ids, distinct per request (default 32)")->check(CLI::Range(1, 65536));

@@ -146,8 +146,8 @@ void print_result(const GenerateArgs& a, const std::string& id, const std::vecto
 int run_remote(const std::string& target, const ds::TlsOptions& tls, GenerateArgs& a) {
   ds::ClientOptions co;
   co.tls = tls;
-  if (!ds::parse_host_port(target, &co.host, &co.port)) {
-    std::cerr << "ds-client: --connect wants HOST:PORT, got '" << target << "'\n";
+  if (!ds::parse_node_list(target, &co)) {
+    std::cerr << "ds-client: --connect wants HOST:PORT[,HOST:PORT...], got '" << target << "'\n";
     return ds::cli::kExitUsage;
   }
   int rc = 0;
@@ -201,7 +201,7 @@ int main(int argc, char** argv) {
   int threads = 0, ctx = 0;
   bool quiet = false;
   auto* model_opt = app.add_option("--model", model_path, "GGUF model file to run in this process")->check(CLI::ExistingFile);
-  app.add_option("--connect", connect, "HOST:PORT of a ds-node to send the request to")->excludes(model_opt);
+  app.add_option("--connect", connect, "HOST:PORT[,HOST:PORT...] of ds-nodes: the first that answers takes the request")->excludes(model_opt);
   app.add_option("--threads", threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 256));
   app.add_option("--ctx", ctx, "Context length in tokens (default: the model's)")->check(CLI::Range(0, 1 << 20));
   app.add_flag("-q,--quiet", quiet, "No progress output on stderr");

@@ -317,6 +317,11 @@ TEST_F(ClusterTest, SeedDeathDoesNotStopServingOrJoining) {
   auto res = cb->generate(r);
   ASSERT_TRUE(res.ok()) << res.status().ToString();
   EXPECT_EQ(res->tokens.size(), 20u);
+  // Clients take a node list too: the dead seed first.
+  const std::string out = dir_ + "/client.out";
+  const int rc = std::system((std::string(DS_BUILD_DIR) + "/ds-client --connect " + seed.address() + "," + b.address() +
+                              " generate --max-tokens 5 'still here' > " + out + " 2>&1").c_str());
+  EXPECT_EQ(WEXITSTATUS(rc), 0) << test::slurp_file(out);
   test::Node& d = start(seed.address() + "," + b.address());  // the dead seed first
   auto cd = connect(d);
   EXPECT_TRUE(converged(*cd, 3));
