@@ -31,10 +31,11 @@ Result<EngineOptions> normalize(const ModelConfig& c, const EngineOptions& o, in
   opts.max_step_tokens = std::max(opts.max_step_tokens, opts.max_batch);
   const size_t bytes_per_pos = static_cast<size_t>(c.n_layer) * kv_dim * 2 * sizeof(float);
   if (opts.kv_cache_tokens <= 0) {
-    // Room for every running sequence at full context, within 4 GiB.
+    // Room for every running sequence at full context (in whole blocks), within 4 GiB.
     const size_t cap = (size_t{4} << 30) / bytes_per_pos;
-    opts.kv_cache_tokens = static_cast<int>(std::clamp<size_t>(static_cast<size_t>(opts.max_batch) * opts.n_ctx,
-                                                               std::min<size_t>(opts.n_ctx, cap), cap));
+    const size_t per_seq = (static_cast<size_t>(opts.n_ctx) + opts.kv_block_size - 1) / opts.kv_block_size * opts.kv_block_size;
+    opts.kv_cache_tokens = static_cast<int>(std::clamp<size_t>(static_cast<size_t>(opts.max_batch) * per_seq,
+                                                               std::min<size_t>(per_seq, cap), cap));
   }
   return opts;
 }

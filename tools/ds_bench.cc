@@ -91,7 +91,10 @@ ds::Status run_once(const std::shared_ptr<ds::Model>& model, int threads, int pr
   eo.max_step_tokens = std::max(prompt, max_batch);
   eo.n_ctx = std::min(model->config().n_ctx_train, prompt + gen + 8);
   eo.n_ctx = std::max(eo.n_ctx, prompt + gen + 8);
-  eo.kv_cache_tokens = max_batch * eo.n_ctx;
+  // Whole blocks per sequence: a cache of max_batch * n_ctx positions can be a block short per
+  // sequence when n_ctx is not a multiple of the block size, and then a sequence of the batch
+  // waits (this made 4-token-prompt runs ~18% slower).
+  eo.kv_cache_tokens = max_batch * ((eo.n_ctx + eo.kv_block_size - 1) / eo.kv_block_size) * eo.kv_block_size;
   auto engine = ds::Engine::Create(model, ds::make_cpu_backend({threads}), eo);
   if (!engine.ok()) return engine.status();
   ds::Engine& e = **engine;
