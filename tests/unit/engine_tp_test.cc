@@ -16,22 +16,7 @@ namespace {
 
 // ---- models ---------------------------------------------------------------------------
 
-// heads 8 / kv-heads 4 (GQA), ffn 256, q_dim 128: splits over 2 and 4 ranks, with whole
-// q8_0 blocks in every rank's wo and down columns. vocab 322 is not a multiple of 4.
-ModelSpec tp_spec(const std::string& arch, DType type) {
-  ModelSpec s;
-  s.arch = arch;
-  s.dim = 128;
-  s.layers = 2;
-  s.heads = 8;
-  s.kv_heads = 4;
-  s.ffn = 256;
-  s.vocab = 322;
-  s.ctx = 256;
-  s.type = type;
-  s.seed = 33;
-  return s;
-}
+ModelSpec tp_spec(const std::string& arch, DType type) { return test::tp_spec(arch, type, 33); }
 
 std::shared_ptr<const Model> load(const std::string& path) {
   auto m = Model::Load(path);

@@ -174,22 +174,7 @@ std::shared_ptr<const Model> make_model(const test::TempDir& dir, const ModelSpe
   return m.ok() ? std::shared_ptr<const Model>(*m) : nullptr;
 }
 
-// heads 8 / kv-heads 4 (GQA), head_dim 16, ffn 256: splits over 1, 2 and 4 ranks with
-// whole q8_0 blocks (32 columns) in every rank's wo and down. vocab 322 is not a
-// multiple of 4 (ranks get 80 or 81 rows).
-ModelSpec tp_spec(const std::string& arch, DType type) {
-  ModelSpec s;
-  s.arch = arch;
-  s.dim = 128;
-  s.layers = 2;
-  s.heads = 8;
-  s.kv_heads = 4;
-  s.ffn = 256;
-  s.vocab = 322;
-  s.type = type;
-  s.seed = 21;
-  return s;
-}
+ModelSpec tp_spec(const std::string& arch, DType type) { return test::tp_spec(arch, type, 21); }
 
 TEST(TensorParallelSplit, RefusesShapesThatDoNotSplitAndNamesWhatFits) {
   test::TempDir dir;

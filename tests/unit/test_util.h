@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "model/mkmodel.h"
+
 namespace ds::test {
 
 inline std::string shared_models() { return DS_SHARED_MODELS; }
@@ -19,6 +21,23 @@ inline std::string shared_models() { return DS_SHARED_MODELS; }
   do {                                                                               \
     if (!std::filesystem::exists(::ds::test::shared_models())) GTEST_SKIP() << "no " << ::ds::test::shared_models(); \
   } while (0)
+
+// A random model that splits over 1, 2 and 4 tensor-parallel ranks: heads 8 / kv-heads 4
+// (GQA), head_dim 16, ffn 256, whole q8_0 blocks (32 columns) in every rank's wo and down
+// columns; vocab 322 is not a multiple of 4 (ranks get 80 or 81 rows).
+inline ModelSpec tp_spec(const std::string& arch, DType type, uint64_t seed) {
+  ModelSpec s;
+  s.arch = arch;
+  s.dim = 128;
+  s.layers = 2;
+  s.heads = 8;
+  s.kv_heads = 4;
+  s.ffn = 256;
+  s.vocab = 322;
+  s.type = type;
+  s.seed = seed;
+  return s;
+}
 
 inline std::string read_file(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
