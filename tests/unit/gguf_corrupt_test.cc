@@ -126,9 +126,9 @@ Bytes OneKv(std::string_view key, uint32_t type, const Builder& value, uint64_t 
 // ---- files written by GgufWriter / ds-mkmodel ---------------------------------------------
 
 std::string WriteTemp(const std::function<Status(const std::string&)>& write) {
-  static test::TempDir* dir = new test::TempDir();  // lives for the whole test run
+  static test::TempDir dir;  // lives for the whole test run, removed at exit
   static int n = 0;
-  const std::string path = dir->file("f" + std::to_string(n++) + ".gguf");
+  const std::string path = dir.file("f" + std::to_string(n++) + ".gguf");
   const Status s = write(path);
   EXPECT_TRUE(s.ok()) << s.ToString();
   return path;
