@@ -61,6 +61,38 @@ struct AttentionArgs {
   float scale = 1;             // usually 1/sqrt(head_dim)
 };
 
+// ---- backend-side sampling (model/sampler.h has the pipeline; kernels/sampling.h the
+// arithmetic both sides share) ----------------------------------------------------------
+
+// The most candidates Backend::sample_candidates returns per row.
+constexpr int kSampleMaxCandidates = 1024;
+
+// One logits row of Backend::sample_candidates.
+struct SampleRow {
+  int32_t m = 1;          // candidates wanted: 1 <= m <= min(kSampleMaxCandidates, n_vocab)
+  int32_t pen_begin = 0;  // penalties: entries [pen_begin, pen_begin + pen_count) of the pen_ arrays
+  int32_t pen_count = 0;
+  float repeat_penalty = 1.0f, frequency_penalty = 0.0f, presence_penalty = 0.0f;
+  float temperature = 0.0f;  // > 0 when want_sums
+  int32_t want_sums = 0;     // 1: also the two softmax sums over the whole row (see below)
+  int64_t out = 0;           // this row's first word in SampleArgs::out (2 + m words)
+};
+
+struct SampleArgs {
+  float* logits = nullptr;   // [n_rows, n_vocab]; penalties are applied in place, NaN becomes -inf
+  int64_t n_rows = 0;
+  int64_t n_vocab = 0;
+  const SampleRow* rows = nullptr;       // [n_rows]
+  const int32_t* pen_tokens = nullptr;   // distinct token ids of a row's penalty entries, in [0, n_vocab)
+  const int32_t* pen_counts = nullptr;   // how often each was seen (>= 1)
+  // Row r's words from rows[r].out: [0] s1 and [1] s2 as double bits (0 unless want_sums),
+  // then m candidates, word = (uint64(id) << 32) | float bits of its (penalized) logit, in
+  // the sampler's order: logit descending, id ascending on ties (-0 ranks as +0).
+  // s1 = sum over the row of exp(l - l_max), s2 = sum of exp((l - l_max) / temperature), in
+  // double (l_max = the first candidate's logit); the summation order is the backend's.
+  uint64_t* out = nullptr;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -124,6 +156,13 @@ class Backend {
     matmul(w_up, x, n, up);
     swiglu(out, up, n * w_gate.rows, out);
   }
+
+  // Sampling support: for each row, applies the penalty entries to the logits in place
+  // (penalize_logit, kernels/sampling.h), turns NaN into -inf, and writes the row's m best
+  // candidates and (want_sums) the softmax sums to out, as SampleArgs describes. Every
+  // pointer is backend memory. The default is the host reference (ref::sample_candidates),
+  // so it serves backends whose memory is host memory; the CUDA backend overrides it.
+  virtual void sample_candidates(const SampleArgs& a);
 
   // Recording and replay of a fixed op sequence (CUDA graphs): for a caller that issues the
   // same ops with the same arguments step after step (a decode step, whose varying inputs

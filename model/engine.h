@@ -42,12 +42,26 @@
 
 namespace ds {
 
+// Where the sampler's first half runs (EngineOptions::backend_sampling). On the backend,
+// Backend::sample_candidates applies the penalties and finds each row's best candidates
+// (and softmax sums) in backend memory; only those are downloaded, and the host finishes
+// the draw (sample_from_candidates, model/sampler.h), falling back to the whole row when
+// the candidates cannot tell. Tokens are those of host sampling (exactly for greedy and
+// top-k <= the candidate count; otherwise up to the order of a double sum).
+enum class BackendSampling {
+  kAuto,  // on the backend when its memory is not host memory (GPUs) and the engine is single-rank
+  kOff,   // on the host, from the whole downloaded logits
+  kOn,    // on the backend even when it is host memory (single-rank only; for tests)
+};
+
 struct EngineOptions {
   int max_batch = 8;             // running sequences
   int max_step_tokens = 256;     // tokens per forward pass (prefill chunk budget)
   int kv_block_size = 16;        // positions per KV block
   int kv_cache_tokens = 0;       // KV capacity in positions; 0: max_batch * n_ctx (capped at 1 GiB... see .cc)
   int n_ctx = 0;                 // max positions per sequence; 0: the model's training context
+  BackendSampling backend_sampling = BackendSampling::kAuto;
+  int backend_sample_candidates = kSampleMaxCandidates;  // candidates per row, in [1, kSampleMaxCandidates]
 };
 
 enum class FinishReason { kNone, kStop, kLength, kCancelled, kError };
@@ -76,6 +90,8 @@ struct EngineStats {
   int kv_blocks_used = 0;
   uint64_t tokens_generated = 0;
   uint64_t steps = 0;
+  uint64_t backend_samples = 0;           // tokens sampled from backend-side candidates
+  uint64_t backend_sample_fallbacks = 0;  // of those, how many needed the whole row downloaded
 };
 
 class ShardGroup;
@@ -148,6 +164,17 @@ class Engine {
   KvCache& kv() const;  // whose BlockAllocator keeps the block tables (tensor-parallel: rank 0's)
   void admit();
   void finish(Seq& s, FinishReason r, std::vector<TokenEvent>* events, std::string error = {});
+  // Fails every running sequence (and, tensor-parallel, every waiting one) with st.
+  Status fail_step(const Status& st, std::vector<TokenEvent>* events);
+  // Picks one token per wants entry from logits in backend memory ([wants.size(), n_vocab])
+  // with Backend::sample_candidates, advancing each sequence's sampler.
+  Status sample_on_backend(const std::vector<Seq*>& wants, float* logits, std::vector<int32_t>* picked);
+  // Backend memory for sample_on_backend, grown on demand.
+  struct Scratch {
+    void* p = nullptr;
+    size_t bytes = 0;
+  };
+  bool grow(Scratch& s, size_t bytes);
   // Runs the sampled token through detokenizer and stop strings; returns true when done.
   bool emit_token(Seq& s, int32_t tok, std::vector<TokenEvent>* events);
 
@@ -161,6 +188,9 @@ class Engine {
   std::vector<std::unique_ptr<Seq>> running_;
   std::vector<uint64_t> cancelled_;
   std::vector<float> logits_;
+  bool sample_on_backend_ = false;
+  Scratch samp_rows_, samp_pen_tokens_, samp_pen_counts_, samp_out_;
+  uint64_t backend_samples_ = 0, backend_sample_fallbacks_ = 0;
   uint64_t tokens_generated_ = 0;
   uint64_t steps_ = 0;
 };

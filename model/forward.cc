@@ -285,6 +285,13 @@ Status Forward::run(const std::vector<ForwardToken>& tokens, std::vector<float>*
   return Status::Ok();
 }
 
+Status Forward::run_on_backend(const std::vector<ForwardToken>& tokens, float** logits, int64_t* n_out) {
+  if (comm_) return Status::NotSupported("a tensor-parallel shard's logits are split over its ranks");
+  DS_RETURN_IF_ERROR(forward_local(tokens, n_out));
+  *logits = logits_;
+  return Status::Ok();
+}
+
 Status Forward::run_argmax(const std::vector<ForwardToken>& tokens, std::vector<int32_t>* ids) {
   int64_t n_out = 0;
   DS_RETURN_IF_ERROR(forward_local(tokens, &n_out));

@@ -62,6 +62,11 @@ class Forward {
   // per token and rank instead of every logit.
   Status run_argmax(const std::vector<ForwardToken>& tokens, std::vector<int32_t>* ids);
 
+  // As run(), but the logits stay in backend memory: *logits = [n_out, n_vocab] there,
+  // valid (and the caller's to modify, e.g. by Backend::sample_candidates) until the next
+  // run. NotSupported for a tensor-parallel shard (its logits are split over ranks).
+  Status run_on_backend(const std::vector<ForwardToken>& tokens, float** logits, int64_t* n_out);
+
   int max_tokens() const { return max_tokens_; }
 
  private:

@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <numeric>
-#include <unordered_map>
+
+#include "kernels/sampling.h"
 
 namespace ds {
 namespace {
@@ -61,31 +63,37 @@ std::optional<SamplerState> SamplerState::parse(const std::string& s) {
   }
 }
 
+std::vector<std::pair<int32_t, int32_t>> penalty_entries(const SamplingParams& p, const std::vector<int32_t>& history,
+                                                         int32_t n) {
+  std::vector<std::pair<int32_t, int32_t>> out;
+  if ((p.repeat_penalty == 1.0f && p.frequency_penalty == 0.0f && p.presence_penalty == 0.0f) || p.penalty_last_n <= 0)
+    return out;
+  std::map<int32_t, int32_t> count;
+  const size_t start = history.size() > static_cast<size_t>(p.penalty_last_n) ? history.size() - p.penalty_last_n : 0;
+  for (size_t i = start; i < history.size(); ++i)
+    if (history[i] >= 0 && history[i] < n) ++count[history[i]];
+  out.assign(count.begin(), count.end());
+  return out;
+}
+
 int32_t sample_token(std::vector<float>& logits, const SamplingParams& p, const std::vector<int32_t>& history,
                      SamplerState* st) {
-  const int32_t n = static_cast<int32_t>(logits.size());
   const uint64_t draw = st->counter++;
+  for (const auto& [tok, c] : penalty_entries(p, history, static_cast<int32_t>(logits.size())))
+    logits[tok] = penalize_logit(logits[tok], c, p.repeat_penalty, p.frequency_penalty, p.presence_penalty);
+  return sample_penalized(logits, p, st->seed, draw);
+}
 
-  // Penalties over the last penalty_last_n tokens.
-  if ((p.repeat_penalty != 1.0f || p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f) && p.penalty_last_n > 0) {
-    std::unordered_map<int32_t, int> count;
-    const size_t start = history.size() > static_cast<size_t>(p.penalty_last_n) ? history.size() - p.penalty_last_n : 0;
-    for (size_t i = start; i < history.size(); ++i)
-      if (history[i] >= 0 && history[i] < n) ++count[history[i]];
-    for (const auto& [tok, c] : count) {
-      float& l = logits[tok];
-      if (p.repeat_penalty != 1.0f) l = l > 0 ? l / p.repeat_penalty : l * p.repeat_penalty;
-      l -= static_cast<float>(c) * p.frequency_penalty + (c > 0 ? p.presence_penalty : 0.0f);
-    }
-  }
-
+int32_t sample_penalized(std::vector<float>& logits, const SamplingParams& p, uint64_t seed, uint64_t draw) {
+  const int32_t n = static_cast<int32_t>(logits.size());
+  for (float& l : logits)
+    if (std::isnan(l)) l = -INFINITY;
   if (p.temperature <= 0) {
     int32_t best = 0;
     for (int32_t i = 1; i < n; ++i)
       if (logits[i] > logits[best]) best = i;
     return best;
   }
-
   // Candidates sorted by logit (descending, id ascending on ties: deterministic).
   std::vector<int32_t> idx(n);
   std::iota(idx.begin(), idx.end(), 0);
@@ -97,40 +105,82 @@ int32_t sample_token(std::vector<float>& logits, const SamplingParams& p, const 
   } else {
     std::sort(idx.begin(), idx.end(), by_logit);
   }
-  idx.resize(keep);
+  std::vector<SampleCandidate> c(keep);
+  for (size_t i = 0; i < keep; ++i) c[i] = {logits[idx[i]], idx[i]};
+  return sample_from_candidates(c.data(), keep, n, p, nullptr, seed, draw);
+}
+
+int32_t sample_candidates_wanted(const SamplingParams& p, int32_t n, int32_t max_candidates) {
+  int32_t m = max_candidates;
+  if (p.temperature <= 0) m = 1;
+  else if (p.top_k > 0 && p.top_k <= max_candidates) m = p.top_k;
+  return std::max(1, std::min(m, n));
+}
+
+bool sample_sums_wanted(const SamplingParams& p, int32_t n, int32_t m) {
+  return p.temperature > 0 && (p.top_k <= 0 || p.top_k >= n) && m < n;
+}
+
+int32_t sample_from_candidates(const SampleCandidate* c, size_t m, int32_t n, const SamplingParams& p,
+                               const double* sums, uint64_t seed, uint64_t draw) {
+  if (p.temperature <= 0) return c[0].id;
+  size_t keep = p.top_k > 0 && p.top_k < n ? static_cast<size_t>(p.top_k) : static_cast<size_t>(n);
+  const bool all = m >= keep;  // every kept candidate is here: the sums are this function's own
+  if (!all && (keep < static_cast<size_t>(n) || sums == nullptr)) return -1;
+  const size_t avail = all ? keep : m;
 
   // Softmax (at temperature 1) for top-p and min-p.
-  std::vector<double> prob(keep);
-  const double mx = logits[idx[0]];
+  std::vector<double> prob(avail);
+  const double mx = c[0].logit;
   double sum = 0;
-  for (size_t i = 0; i < keep; ++i) sum += (prob[i] = std::exp(static_cast<double>(logits[idx[i]]) - mx));
+  for (size_t i = 0; i < avail; ++i) sum += (prob[i] = std::exp(static_cast<double>(c[i].logit) - mx));
+  if (!all) sum = sums[0];
   for (auto& q : prob) q /= sum;
   if (p.top_p < 1.0f) {
     double cum = 0;
     size_t k = 0;
-    while (k < keep) {
+    bool reached = false;
+    while (k < avail) {
       cum += prob[k++];
-      if (cum >= p.top_p) break;
+      if (cum >= p.top_p) {
+        reached = true;
+        break;
+      }
     }
+    if (!reached && !all) return -1;  // the nucleus goes past the candidates
     keep = std::max<size_t>(k, 1);
   }
   if (p.min_p > 0) {
     size_t k = 1;
-    while (k < keep && prob[k] >= p.min_p * prob[0]) ++k;
+    while (k < keep) {
+      if (k >= avail) return -1;
+      if (!(prob[k] >= p.min_p * prob[0])) break;
+      ++k;
+    }
     keep = k;
   }
 
   // Temperature, then draw.
+  const double u01 = sampler_uniform(seed, draw);
+  if (keep > avail) {  // nothing truncated the whole row: its sum came with the candidates
+    const double u = u01 * sums[1];
+    double acc = 0;
+    for (size_t i = 0; i < avail; ++i) {
+      acc += std::exp((static_cast<double>(c[i].logit) - mx) / p.temperature);
+      if (u < acc) return c[i].id;
+    }
+    return -1;
+  }
   std::vector<double> w(keep);
   double total = 0;
-  for (size_t i = 0; i < keep; ++i) total += (w[i] = std::exp((static_cast<double>(logits[idx[i]]) - mx) / p.temperature));
-  const double u = sampler_uniform(st->seed, draw) * total;
+  for (size_t i = 0; i < keep; ++i) total += (w[i] = std::exp((static_cast<double>(c[i].logit) - mx) / p.temperature));
+  const double u = u01 * total;
   double acc = 0;
   for (size_t i = 0; i < keep; ++i) {
     acc += w[i];
-    if (u < acc) return idx[i];
+    if (u < acc) return c[i].id;
   }
-  return idx[keep - 1];
+  return c[keep - 1].id;
 }
 
 }  // namespace ds

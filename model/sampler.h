@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "model/status.h"
@@ -54,5 +55,39 @@ int32_t sample_token(std::vector<float>& logits, const SamplingParams& p, const 
 
 // Uniform double in [0, 1) for (seed, counter): the draw the sampler makes.
 double sampler_uniform(uint64_t seed, uint64_t counter);
+
+// The pieces of sample_token, for sampling whose first half runs on a backend
+// (Backend::sample_candidates: penalties and the best candidates on the device, only
+// those downloaded; Engine uses it on GPUs).
+
+// The penalty stage's (token, count) entries for history: the distinct tokens of the last
+// penalty_last_n (in [0, n)), sorted by token; empty when no penalty is set. sample_token
+// applies penalize_logit (kernels/sampling.h) to each.
+std::vector<std::pair<int32_t, int32_t>> penalty_entries(const SamplingParams& p, const std::vector<int32_t>& history,
+                                                         int32_t n);
+// sample_token after its penalty stage, for draw number `draw` (logits already penalized;
+// NaN logits become -inf).
+int32_t sample_penalized(std::vector<float>& logits, const SamplingParams& p, uint64_t seed, uint64_t draw);
+
+struct SampleCandidate {
+  float logit;  // penalties applied
+  int32_t id;
+};
+// How many candidates (SampleRow::m) a backend should return for p over n logits: 1 when
+// greedy, top_k when 0 < top_k <= max_candidates, else max_candidates; at most n.
+int32_t sample_candidates_wanted(const SamplingParams& p, int32_t n, int32_t max_candidates);
+// Whether sample_from_candidates may need the row's softmax sums (SampleRow::want_sums).
+bool sample_sums_wanted(const SamplingParams& p, int32_t n, int32_t m);
+// The token sample_penalized would pick from a row of n penalized logits, given only the
+// row's m best candidates c (in the sampler's order: logit descending, id ascending) and,
+// when sample_sums_wanted, sums = {sum exp(l - c[0]), sum exp((l - c[0]) / temperature)}
+// over the whole row. -1 when the m candidates cannot tell (the nucleus or the min-p set
+// reaches past them, or the draw lands beyond them with nothing truncated): then sample the
+// whole row with sample_penalized. Identical to sample_penalized whenever every kept
+// candidate is among the m (greedy, top_k <= m); otherwise the row's sums come from the
+// backend, summed in another order (double precision: a different token needs a
+// cumulative probability within ~1e-15 of top_p or of the draw).
+int32_t sample_from_candidates(const SampleCandidate* c, size_t m, int32_t n, const SamplingParams& p,
+                               const double* sums, uint64_t seed, uint64_t draw);
 
 }  // namespace ds

@@ -576,6 +576,16 @@ void CudaBackend::attention(const AttentionArgs& a) {
   end(kOp);
 }
 
+void CudaBackend::sample_candidates(const SampleArgs& a) {
+  constexpr const char* kOp = "sample_candidates";
+  if (!begin(kOp) || a.n_rows <= 0) return;
+  if (a.n_rows > INT_MAX || a.n_vocab <= 0 || a.n_vocab > INT32_MAX)
+    return (void)fail(kOp, "bad shape: " + std::to_string(a.n_rows) + " rows of " + std::to_string(a.n_vocab) + " logits",
+                      __FILE__, __LINE__);
+  DS_CUDA_CHECK(kOp, cuda::sample_candidates(a, impl_->stream));
+  end(kOp);
+}
+
 // ---- factory (backend.h) -----------------------------------------------------------------
 
 std::unique_ptr<Backend> make_cuda_backend(int device, std::string* error) {

@@ -89,6 +89,7 @@ class CudaBackend final : public Backend {
                   const float* bv, const float* x, int64_t n, float* q, float* k, float* v) override;
   void matmul_swiglu(const WeightRef& w_gate, const WeightRef& w_up, const float* x, int64_t n, float* out,
                      float* up) override;
+  void sample_candidates(const SampleArgs& a) override;  // kernels/cuda/sample.cu
   bool replay(uint64_t key) override;
   bool record_begin(uint64_t key) override;
   bool record_end() override;

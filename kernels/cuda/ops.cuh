@@ -72,4 +72,10 @@ constexpr int kAttentionMaxHeadDim = 1024;
 // Backend::attention. REQUIRES: 1 <= head_dim <= kAttentionMaxHeadDim, n_heads % n_kv_heads == 0.
 cudaError_t attention(const AttentionArgs& a, cudaStream_t stream);
 
+// ---- sample.cu ------------------------------------------------------------------------
+
+// Backend::sample_candidates (one block per row). REQUIRES: 1 <= n_rows <= INT_MAX,
+// 1 <= n_vocab <= INT32_MAX, pen entries valid (CudaBackend checks the shapes only).
+cudaError_t sample_candidates(const SampleArgs& a, cudaStream_t stream);
+
 }  // namespace ds::cuda

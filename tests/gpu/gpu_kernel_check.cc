@@ -1,5 +1,5 @@
 // tests/gpu/gpu_kernel_check.cc: validates every CUDA Backend op against the scalar
-// references (kernels/ref.cc) and the NCCL communicator, then times the decode GEMV against
+// references (kernels/ref.cc, kernels/sampling.cc) and the NCCL communicator, then times the decode GEMV against
 // device-to-device memcpy.
 // A plain program (no GTest) so that it builds on a bare GPU machine: see
 // tests/gpu/CMakeLists.txt and tools/gpu-check.sh.
@@ -32,6 +32,7 @@
 #include "kernels/cuda/nccl_comm.h"
 #include "kernels/dtype.h"
 #include "kernels/ref.h"
+#include "kernels/sampling.h"
 
 namespace {
 
@@ -662,6 +663,114 @@ void check_attention(CudaBackend& b, Rng& rng) {
 // pair) replays to the same bits as the eager ops, sees new inputs uploaded between replays,
 // and a recording that meets an op it cannot record (the cuBLAS path) reports failure and
 // runs nothing.
+// sample_candidates: penalties, NaN -> -inf, the m best in the sampler's order and the
+// softmax sums, against ref::sample_candidates on the same rows. Rows carry ties (values
+// rounded to a coarse grid), NaN, +-0, +-inf, and penalty entries. The penalized logits and
+// the candidate words must be bit-identical; the sums (another summation order) within 1e-12.
+void check_sample(CudaBackend& b, Rng& rng, bool quick) {
+  std::vector<int64_t> vocabs = {300, 32000};
+  if (!quick) vocabs.push_back(151936);
+  for (int64_t V : vocabs) {
+    const int ms[] = {1, 40, ds::kSampleMaxCandidates, 7};
+    const int n_rows = 4;
+    std::vector<float> logits(static_cast<size_t>(n_rows) * V);
+    for (int r = 0; r < n_rows; ++r) {
+      float* l = logits.data() + r * V;
+      for (int64_t i = 0; i < V; ++i) {
+        float x = rng.uniform(-8, 8);
+        if (r % 2 == 1) x = std::round(x * 2) / 2;  // many ties
+        l[i] = x;
+      }
+      l[rng.below(static_cast<int>(V))] = NAN;
+      l[rng.below(static_cast<int>(V))] = -0.0f;
+      l[rng.below(static_cast<int>(V))] = 0.0f;
+      l[rng.below(static_cast<int>(V))] = -INFINITY;
+      if (r == 3) l[rng.below(static_cast<int>(V))] = INFINITY;
+    }
+    std::vector<ds::SampleRow> rows(n_rows);
+    std::vector<int32_t> pen_tokens, pen_counts;
+    int64_t words = 0;
+    for (int r = 0; r < n_rows; ++r) {
+      ds::SampleRow& row = rows[r];
+      row.m = static_cast<int32_t>(std::min<int64_t>(ms[r], V));
+      row.out = words;
+      words += 2 + row.m;
+      row.want_sums = r != 0;
+      row.temperature = r == 3 ? 1.0f : 0.7f;
+      row.repeat_penalty = r == 2 ? 1.0f : 1.3f;
+      row.frequency_penalty = r == 1 ? 0.25f : 0.0f;
+      row.presence_penalty = r >= 2 ? 0.5f : 0.0f;
+      row.pen_begin = static_cast<int32_t>(pen_tokens.size());
+      for (int i = 0; i < 64 && i < V; ++i) {  // distinct ids
+        pen_tokens.push_back(static_cast<int32_t>((i * 37 + r) % V));
+        pen_counts.push_back(1 + rng.below(5));
+      }
+      // 64 * 37 < 32000 keeps them distinct; for V = 300 drop repeats.
+      std::vector<bool> seen(V, false);
+      size_t keep = row.pen_begin;
+      for (size_t i = row.pen_begin; i < pen_tokens.size(); ++i)
+        if (!seen[pen_tokens[i]]) {
+          seen[pen_tokens[i]] = true;
+          pen_tokens[keep] = pen_tokens[i];
+          pen_counts[keep++] = pen_counts[i];
+        }
+      pen_tokens.resize(keep);
+      pen_counts.resize(keep);
+      row.pen_count = static_cast<int32_t>(keep) - row.pen_begin;
+    }
+    // Reference on host copies.
+    std::vector<float> ref_logits = logits;
+    std::vector<uint64_t> ref_out(words);
+    ds::SampleArgs ra;
+    ra.logits = ref_logits.data();
+    ra.n_rows = n_rows;
+    ra.n_vocab = V;
+    ra.rows = rows.data();
+    ra.pen_tokens = pen_tokens.data();
+    ra.pen_counts = pen_counts.data();
+    ra.out = ref_out.data();
+    ds::ref::sample_candidates(ra);
+
+    Buf dl(b, logits), drows(b, rows), dpt(b, pen_tokens), dpc(b, pen_counts), dout(b, words * 8);
+    ds::SampleArgs a = ra;
+    a.logits = dl.as();
+    a.rows = drows.as<ds::SampleRow>();
+    a.pen_tokens = dpt.as<int32_t>();
+    a.pen_counts = dpc.as<int32_t>();
+    a.out = dout.as<uint64_t>();
+    b.sample_candidates(a);
+    require_ok(b, "sample_candidates");
+    const std::vector<uint64_t> got = dout.read<uint64_t>(words);
+    const std::vector<float> got_logits = dl.read<float>(logits.size());
+    const std::string vs = " V=" + std::to_string(V);
+    expect("sample_candidates penalized logits" + vs, same_bits(got_logits.data(), ref_logits.data(), logits.size()));
+    for (int r = 0; r < n_rows; ++r) {
+      const int64_t o = rows[r].out;
+      int64_t first_bad = -1;
+      for (int j = 0; j < rows[r].m && first_bad < 0; ++j)
+        if (got[o + 2 + j] != ref_out[o + 2 + j]) first_bad = j;
+      std::string detail;
+      if (first_bad >= 0) {
+        const uint64_t g = got[o + 2 + first_bad], w = ref_out[o + 2 + first_bad];
+        detail = "candidate " + std::to_string(first_bad) + ": got id " + std::to_string(ds::sample_id(g)) + " (" +
+                 std::to_string(ds::sample_logit(g)) + "), want id " + std::to_string(ds::sample_id(w)) + " (" +
+                 std::to_string(ds::sample_logit(w)) + ")";
+      }
+      expect("sample_candidates m=" + std::to_string(rows[r].m) + vs + " row " + std::to_string(r), first_bad < 0, detail);
+      if (rows[r].want_sums) {
+        double gs[2], ws[2];
+        std::memcpy(gs, &got[o], 16);
+        std::memcpy(ws, &ref_out[o], 16);
+        auto rel = [](double g, double w) { return std::isnan(g) && std::isnan(w) ? 0.0 : std::fabs(g - w) / w; };
+        const double e0 = rel(gs[0], ws[0]), e1 = rel(gs[1], ws[1]);  // +inf in the row: both NaN
+        const bool ok = e0 <= 1e-12 && e1 <= 1e-12;
+        record("sample_candidates sums" + vs + " row " + std::to_string(r), ok, std::max(e0 * ws[0], e1 * ws[1]),
+               std::max(e0, e1), "1e-12*|ref|", ok ? "" : "  s1 " + std::to_string(gs[0]) + " vs " + std::to_string(ws[0]));
+      }
+    }
+  }
+}
+
 void check_recording(int device, Rng& rng) {
 #ifdef DS_CUDA_EMULATION
   std::printf("SKIP graph: the CPU emulation records nothing (CudaBackend::record_begin refuses)\n");
@@ -1036,6 +1145,33 @@ void bench_attention(CudaBackend& b, Rng& rng, int n_tokens, int n_kv) {
               bytes / (ms * 1e-3) / 1e9);
 }
 
+// sample_candidates at decode: n_rows rows of a 32000 vocabulary, m candidates each.
+void bench_sample(CudaBackend& b, Rng& rng, int n_rows, int m, bool sums) {
+  const int64_t V = 32000;
+  std::vector<ds::SampleRow> rows(n_rows);
+  for (int r = 0; r < n_rows; ++r) {
+    rows[r].m = m;
+    rows[r].out = static_cast<int64_t>(r) * (2 + m);
+    rows[r].want_sums = sums;
+    rows[r].temperature = 0.8f;
+  }
+  Buf dl(b, rng.floats(static_cast<size_t>(n_rows) * V, -10, 10)), drows(b, rows), dout(b, n_rows * (2 + m) * 8);
+  ds::SampleArgs a;
+  a.logits = dl.as();
+  a.n_rows = n_rows;
+  a.n_vocab = V;
+  a.rows = drows.as<ds::SampleRow>();
+  a.out = dout.as<uint64_t>();
+  auto s = static_cast<cudaStream_t>(b.stream());
+  time_ms(s, 3, [&](int) { b.sample_candidates(a); });
+  const double ms = time_ms(s, 20, [&](int) { b.sample_candidates(a); });
+  require_ok(b, "sample benchmark");
+  char what[96];
+  std::snprintf(what, sizeof what, "sample_candidates rows=%d m=%d%s", n_rows, m, sums ? " +sums" : "");
+  std::printf("BENCH %-36s %9.2f us  (vocab 32000; the download is %d bytes a row instead of 128000)\n", what, ms * 1e3,
+              (2 + m) * 8);
+}
+
 void run_benchmarks(CudaBackend& b, Rng& rng) {
   std::printf("\n== benchmarks (weights rotated over %zu MiB so reads come from HBM) ==\n", kRotateBytes >> 20);
   struct Shape { int64_t rows, cols; };
@@ -1063,6 +1199,10 @@ void run_benchmarks(CudaBackend& b, Rng& rng) {
   bench_prefill(b, rng, DType::kQ8_0, 5632, 2048, 512);
   bench_attention(b, rng, 1, 4096);
   bench_attention(b, rng, 16, 1024);
+  bench_sample(b, rng, 1, 1, false);
+  bench_sample(b, rng, 32, 1, false);
+  bench_sample(b, rng, 8, 40, false);
+  bench_sample(b, rng, 8, ds::kSampleMaxCandidates, true);
 }
 
 void print_summary() {
@@ -1116,6 +1256,7 @@ int main(int argc, char** argv) {
   check_attention(*b, rng);
   check_matmul(*b, *tf32, rng, quick);
   check_fused(*b, rng, quick);
+  check_sample(*b, rng, quick);
   check_recording(device, rng);
   check_nccl(device);
   print_summary();

@@ -148,6 +148,64 @@ TEST(Engine, BatchedDecodeEqualsAloneSampledEveryType) {
   }
 }
 
+// Sampling on the backend (Backend::sample_candidates; on the CPU backend its host
+// reference) gives the tokens of host sampling, for every kind of request in one batch.
+TEST(Engine, BackendSamplingGivesHostSamplingsTokens) {
+  auto spec = model_preset("tiny");
+  ASSERT_TRUE(spec.ok());
+  spec->vocab = 2000;  // more than the candidates, so the sums and the fallback both run
+  spec->seed = 11;
+  test::TempDir dir;
+  ASSERT_TRUE(write_random_model(*spec, dir.file("v2000.gguf")).ok());
+  auto model = load(dir.file("v2000.gguf"));
+  ASSERT_TRUE(model);
+  auto requests = [&] {
+    std::vector<SequenceRequest> rs;
+    for (int i = 0; i < 6; ++i) {
+      SequenceRequest r = request(i, {model->tokenizer().bos(), 300 + i, 400 + 2 * i}, 20, 0, 500 + i);
+      SamplingParams& p = r.params;
+      if (i == 1) { p.temperature = 0.8f; p.top_k = 40; p.top_p = 0.95f; }
+      if (i == 2) { p.temperature = 0.7f; p.top_p = 0.9f; }
+      if (i == 3) { p.temperature = 1.0f; }
+      if (i == 4) { p.temperature = 1.2f; p.min_p = 0.05f; p.repeat_penalty = 1.3f; p.frequency_penalty = 0.4f; }
+      if (i == 5) { p.repeat_penalty = 1.5f; p.presence_penalty = 0.5f; p.penalty_last_n = 8; }
+      rs.push_back(r);
+    }
+    return rs;
+  };
+  auto run = [&](BackendSampling where, int candidates, EngineStats* stats) {
+    EngineOptions o;
+    o.n_ctx = 256;
+    o.backend_sampling = where;
+    o.backend_sample_candidates = candidates;
+    auto e = Engine::Create(model, make_cpu_backend({2}), o);
+    EXPECT_TRUE(e.ok()) << e.status().ToString();
+    for (auto& r : requests()) EXPECT_TRUE((*e)->add(r).ok());
+    auto out = run_all(**e);
+    *stats = (*e)->stats();
+    return out;
+  };
+  EngineStats host_stats, dev_stats, small_stats;
+  auto host = run(BackendSampling::kOff, kSampleMaxCandidates, &host_stats);
+  auto dev = run(BackendSampling::kOn, kSampleMaxCandidates, &dev_stats);
+  auto small = run(BackendSampling::kOn, 8, &small_stats);
+  for (uint64_t i = 0; i < 6; ++i) {
+    ASSERT_EQ(host[i].tokens.size(), 20u) << i;
+    EXPECT_EQ(dev[i].tokens, host[i].tokens) << "request " << i;
+    EXPECT_EQ(small[i].tokens, host[i].tokens) << "request " << i << " (8 candidates)";
+  }
+  EXPECT_EQ(host_stats.backend_samples, 0u);
+  EXPECT_EQ(dev_stats.backend_samples, 120u);
+  EXPECT_GT(small_stats.backend_sample_fallbacks, 0u);  // 8 candidates cannot hold a flat nucleus
+  EXPECT_LT(small_stats.backend_sample_fallbacks, small_stats.backend_samples);
+  // Bad option.
+  EngineOptions bad;
+  bad.backend_sample_candidates = kSampleMaxCandidates + 1;
+  auto e = Engine::Create(model, make_cpu_backend({1}), bad);
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(e.status().message().find("candidates"), std::string::npos);
+}
+
 void expect_resume_exact(const std::shared_ptr<Model>& model, float temp) {
   const std::vector<int32_t> prompt = model->tokenizer().encode("Once upon a time", true);
   auto e = make_engine(model);

@@ -1,6 +1,10 @@
 #include "model/sampler.h"
 
+#include <cmath>
+#include <cstring>
 #include <map>
+
+#include "kernels/sampling.h"
 
 #include "model/kv_cache.h"
 #include "test_util.h"
@@ -109,6 +113,142 @@ TEST(Sampler, ValidateNamesTheField) {
   p = SamplingParams();
   p.stop = {""};
   EXPECT_NE(validate(p).message().find("stop"), std::string::npos);
+}
+
+// ---- backend-side sampling: candidates + finishing == sample_token ---------------------
+
+// The ways a request can sample, from greedy to untruncated sampling with penalties.
+std::vector<SamplingParams> sampling_variants() {
+  std::vector<SamplingParams> v;
+  auto add = [&](float temp, int top_k, float top_p, float min_p, float rp, float fp, float pp) {
+    SamplingParams p;
+    p.temperature = temp;
+    p.top_k = top_k;
+    p.top_p = top_p;
+    p.min_p = min_p;
+    p.repeat_penalty = rp;
+    p.frequency_penalty = fp;
+    p.presence_penalty = pp;
+    v.push_back(p);
+  };
+  add(0, 0, 1, 0, 1, 0, 0);          // greedy
+  add(0, 0, 1, 0, 1.3f, 0.2f, 0.1f);  // greedy with penalties
+  add(0.8f, 40, 0.95f, 0, 1, 0, 0);   // the usual top-k + top-p
+  add(0.7f, 0, 0.9f, 0, 1, 0, 0);     // OpenAI-style: top-p only
+  add(1.0f, 0, 1, 0, 1, 0, 0);        // nothing truncated
+  add(1.5f, 0, 1, 0.05f, 1.1f, 0, 0); // min-p
+  add(0.9f, 2000, 0.5f, 0, 1, 0.5f, 0.3f);  // top-k beyond the candidates
+  return v;
+}
+
+// Candidates as a backend returns them (ref::sample_candidates on a copy of the row).
+int32_t sample_via_candidates(std::vector<float> logits, const SamplingParams& p, const std::vector<int32_t>& history,
+                              uint64_t seed, uint64_t draw, int32_t max_candidates, bool* fell_back) {
+  const int32_t V = static_cast<int32_t>(logits.size());
+  SampleRow row;
+  row.m = sample_candidates_wanted(p, V, max_candidates);
+  row.want_sums = sample_sums_wanted(p, V, row.m);
+  row.temperature = p.temperature;
+  row.repeat_penalty = p.repeat_penalty;
+  row.frequency_penalty = p.frequency_penalty;
+  row.presence_penalty = p.presence_penalty;
+  std::vector<int32_t> toks, counts;
+  for (const auto& [t, c] : penalty_entries(p, history, V)) {
+    toks.push_back(t);
+    counts.push_back(c);
+  }
+  row.pen_count = static_cast<int32_t>(toks.size());
+  std::vector<uint64_t> out(2 + row.m);
+  SampleArgs a;
+  a.logits = logits.data();
+  a.n_rows = 1;
+  a.n_vocab = V;
+  a.rows = &row;
+  a.pen_tokens = toks.data();
+  a.pen_counts = counts.data();
+  a.out = out.data();
+  ref::sample_candidates(a);
+  std::vector<SampleCandidate> c(row.m);
+  for (int32_t i = 0; i < row.m; ++i) c[i] = {sample_logit(out[2 + i]), sample_id(out[2 + i])};
+  double sums[2];
+  std::memcpy(sums, out.data(), sizeof sums);
+  const int32_t tok = sample_from_candidates(c.data(), c.size(), V, p, row.want_sums ? sums : nullptr, seed, draw);
+  *fell_back = tok < 0;
+  return tok >= 0 ? tok : sample_penalized(logits, p, seed, draw);  // logits: penalized by the "backend"
+}
+
+TEST(BackendSampling, CandidatesGiveSampleTokensChoice) {
+  const int32_t V = 3000;
+  std::vector<int32_t> history;
+  for (int i = 0; i < 100; ++i) history.push_back((i * 131) % V);
+  int fallbacks = 0, total = 0;
+  for (int32_t max_candidates : {kSampleMaxCandidates, 64, 8}) {
+    for (const SamplingParams& p : sampling_variants()) {
+      for (uint64_t seed = 0; seed < 40; ++seed) {
+        std::vector<float> logits = test::random_floats(V, static_cast<uint32_t>(seed * 7 + 1), 6.0f);
+        if (seed % 3 == 0)
+          for (auto& x : logits) x = std::round(x * 4) / 4;  // ties
+        if (seed % 5 == 0) logits[seed % V] = NAN;
+        SamplerState st{seed, seed * 3};
+        std::vector<float> host = logits;
+        const int32_t want = sample_token(host, p, history, &st);
+        bool fell_back = false;
+        const int32_t got = sample_via_candidates(logits, p, history, seed, seed * 3, max_candidates, &fell_back);
+        EXPECT_EQ(got, want) << "temp " << p.temperature << " top_k " << p.top_k << " top_p " << p.top_p
+                             << " min_p " << p.min_p << " seed " << seed << " m " << max_candidates;
+        const bool exact = p.temperature <= 0 || (p.top_k > 0 && p.top_k <= max_candidates);
+        if (exact) EXPECT_FALSE(fell_back) << "greedy and top-k within the candidates never need the whole row";
+        fallbacks += fell_back;
+        ++total;
+      }
+    }
+  }
+  // With 8 candidates the nucleus of a flat random row reaches past them: the fallback ran.
+  EXPECT_GT(fallbacks, 0);
+  EXPECT_LT(fallbacks, total);
+}
+
+TEST(BackendSampling, CandidateCountsAndSums) {
+  SamplingParams greedy;
+  EXPECT_EQ(sample_candidates_wanted(greedy, 32000, 1024), 1);
+  EXPECT_FALSE(sample_sums_wanted(greedy, 32000, 1));
+  SamplingParams topk;
+  topk.temperature = 0.8f;
+  topk.top_k = 40;
+  EXPECT_EQ(sample_candidates_wanted(topk, 32000, 1024), 40);
+  EXPECT_FALSE(sample_sums_wanted(topk, 32000, 40));
+  SamplingParams topp;
+  topp.temperature = 0.8f;
+  topp.top_p = 0.9f;
+  EXPECT_EQ(sample_candidates_wanted(topp, 32000, 1024), 1024);
+  EXPECT_TRUE(sample_sums_wanted(topp, 32000, 1024));
+  EXPECT_EQ(sample_candidates_wanted(topp, 300, 1024), 300);  // the whole row: exact, no sums
+  EXPECT_FALSE(sample_sums_wanted(topp, 300, 300));
+}
+
+TEST(BackendSampling, PenaltyEntriesAreDistinctSortedAndWindowed) {
+  SamplingParams p;
+  p.repeat_penalty = 1.2f;
+  p.penalty_last_n = 4;
+  const auto e = penalty_entries(p, {9, 1, 5, 1, 7, -3, 99}, 50);  // window: 1, 7, -3, 99 -> 1, 7
+  ASSERT_EQ(e.size(), 2u);
+  EXPECT_EQ(e[0], std::make_pair(1, 1));
+  EXPECT_EQ(e[1], std::make_pair(7, 1));
+  EXPECT_TRUE(penalty_entries(SamplingParams(), {1, 2, 3}, 50).empty());
+}
+
+TEST(Sampler, NanLogitsNeverWin) {
+  SamplingParams p;
+  SamplerState st;
+  auto l = logits_of({NAN, 0.5f, 2.0f, NAN});
+  EXPECT_EQ(sample_token(l, p, {}, &st), 2);
+  p.temperature = 1.0f;
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    SamplerState s2{seed, 0};
+    auto l2 = logits_of({NAN, 0.5f, 2.0f, NAN});
+    const int32_t t = sample_token(l2, p, {}, &s2);
+    EXPECT_TRUE(t == 1 || t == 2) << t;
+  }
 }
 
 TEST(BlockAllocator, AllocatesAllOrNothingAndReleases) {

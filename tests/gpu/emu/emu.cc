@@ -2,6 +2,7 @@
 // there): block-by-block launches with one OS thread per CUDA thread, real barriers for
 // __syncthreads() and warp shuffles, host memory as device memory, and a column-major
 // reference cublasGemmEx.
+#include <atomic>
 #include <barrier>
 #include <chrono>
 #include <cstdio>
@@ -98,6 +99,8 @@ float __shfl_xor_sync(unsigned, float v, int lane_mask) {
   w.bar.arrive_and_wait();
   return r;
 }
+
+unsigned atomicAdd(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_add(v); }
 
 // ---- runtime API ------------------------------------------------------------------------
 

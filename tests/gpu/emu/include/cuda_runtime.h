@@ -8,7 +8,7 @@
 // __shared__ variables become function statics (one block runs at a time); dynamic shared
 // memory is filled with NaN bytes before each block, so a read before a write shows.
 // Not emulated: timing, memory faults (out-of-bounds accesses are plain host UB: run
-// under -fsanitize=address to catch them), warp divergence rules, atomics.
+// under -fsanitize=address to catch them), warp divergence rules; of the atomics only atomicAdd on unsigned.
 #pragma once
 
 #include <cmath>
@@ -71,6 +71,24 @@ inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
   for (int i = 0; i < 4; ++i) r |= static_cast<unsigned>((v >> (8 * ((s >> (4 * i)) & 7))) & 0xff) << (8 * i);
   return r;
 }
+inline uint32_t __float_as_uint(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+inline long long __double_as_longlong(double d) {
+  long long u;
+  std::memcpy(&u, &d, 8);
+  return u;
+}
+// Explicitly rounded float arithmetic (the host compiler must not contract these: the
+// emulation is built without -march flags that would offer FMA).
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+// Atomics on shared or global memory (threads of a block are OS threads here).
+unsigned atomicAdd(unsigned* p, unsigned v);
 float __shfl_xor_sync(unsigned mask, float v, int lane_mask);
 void __syncthreads();
 
