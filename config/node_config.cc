@@ -215,6 +215,8 @@ const KeyDesc kKeys[] = {
   {"threads",       "model", "threads",       Kind::kInt,     0, 1024,         kNone, nullptr,         "N",    "CPU threads for the forward pass (0 = all cores)", DS_INT(threads)},
   {"gpus",          "model", "gpus",          Kind::kString,  0, 0,            kNone, check_gpus,      "0,1,...", "GPUs of this node's worker: one model replica split over them (tensor parallel, NCCL); empty = GPU 0", DS_STR(gpus)},
   {"tensor-parallel", "model", "tensor-parallel", Kind::kInt, 1, 64,           kNone, nullptr,         "N",    "CPU backend: split the worker's model over N rank threads (tensor parallel; 1 = off)", DS_INT(tensor_parallel)},
+  {"shard-step-timeout-ms", "model", "shard-step-timeout-ms", Kind::kMillis, 0, kHour, kNone, nullptr, "MS",
+   "Tensor parallel (gpus or tensor-parallel > 1): a step not finished in this many ms means a hung rank; the group is aborted and the worker restarts (the first step gets 10x; 0 = off)", DS_MS(shard_step_timeout)},
   {"max-batch",     "model", "max-batch",     Kind::kInt,     1, 1024,         kNone, nullptr,         "N",    "Most sequences a worker runs at once", DS_INT(max_batch)},
   {"ctx",           "model", "ctx",           Kind::kInt,     0, 1 << 24,      kNone, nullptr,         "N",    "Context length in tokens per sequence (0 = the model's)", DS_INT(ctx)},
   {"kv-cache-tokens", "model", "kv-cache-tokens", Kind::kInt, 0, 1 << 30,      kNone, nullptr,         "N",    "KV-cache capacity in token positions (0 = auto)", DS_INT(kv_cache_tokens)},

@@ -62,6 +62,7 @@ struct NodeConfig {
   int threads = 0;                                   // CPU threads, 0..1024; 0 = all cores
   std::string gpus;                                  // "0,1": one worker split over these GPUs (NCCL); "" = GPU 0
   int tensor_parallel = 1;                           // CPU: one worker split over this many rank threads
+  std::chrono::milliseconds shard_step_timeout{60'000};  // tensor parallel: a step's deadline (hung rank); 0 = off
   int max_batch = 8;                                 // running sequences per worker, 1..1024
   int ctx = 0;                                       // positions per sequence; 0 = the model's
   int kv_cache_tokens = 0;                           // KV capacity in positions; 0 = auto

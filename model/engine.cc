@@ -92,7 +92,8 @@ Result<std::unique_ptr<Engine>> Engine::CreateTensorParallel(std::shared_ptr<con
   DS_RETURN_IF_ERROR(check_tensor_parallel(*model, n));
   Result<EngineOptions> opts = normalize(c, o, c.kv_dim() / n);
   if (!opts.ok()) return opts.status();
-  Result<std::unique_ptr<ShardGroup>> g = ShardGroup::Create(model, std::move(ranks), opts->kv_block_size, kv_blocks(*opts), opts->max_step_tokens);
+  Result<std::unique_ptr<ShardGroup>> g = ShardGroup::Create(model, std::move(ranks), opts->kv_block_size, kv_blocks(*opts), opts->max_step_tokens,
+                                                             std::chrono::milliseconds(opts->shard_step_timeout_ms));
   if (!g.ok()) return g.status();
   std::unique_ptr<Engine> e(new Engine(std::move(model), nullptr, *opts));
   e->group_ = std::move(g).value();

@@ -18,6 +18,7 @@
 // so sampling, seeds and resume behave as in a single-rank engine. A failed rank fails
 // the group as one unit: step() returns a Status naming the rank, every sequence gets a
 // kError event, and the engine refuses all later work (drop it and build a new one).
+// So does a rank that hangs, when opts.shard_step_timeout_ms sets a step deadline.
 //
 // Thread-safety: none. One thread (the worker's) owns an Engine; a tensor-parallel
 // engine's rank threads are internal and joined by its destructor.
@@ -62,6 +63,8 @@ struct EngineOptions {
   int n_ctx = 0;                 // max positions per sequence; 0: the model's training context
   BackendSampling backend_sampling = BackendSampling::kAuto;
   int backend_sample_candidates = kSampleMaxCandidates;  // candidates per row, in [1, kSampleMaxCandidates]
+  int shard_step_timeout_ms = 0;  // tensor-parallel only: a step's deadline, then the group fails as hung
+                                  // (ShardGroup's Hang; the first step gets 10x); 0: none
 };
 
 enum class FinishReason { kNone, kStop, kLength, kCancelled, kError };
@@ -108,7 +111,8 @@ class Engine {
   // non-OK check fails the rank. Each rank holds a KV cache of opts' size for its own KV
   // heads (the 4 GiB default cap applies per rank). InvalidArgument when the model does
   // not split over that many ranks (check_tensor_parallel's message names the dimension
-  // and the rank counts that fit), or the vectors' sizes or ranks disagree.
+  // and the rank counts that fit), the vectors' sizes or ranks disagree, or
+  // opts.shard_step_timeout_ms is negative.
   static Result<std::unique_ptr<Engine>> CreateTensorParallel(std::shared_ptr<const Model> model,
                                                               std::vector<std::unique_ptr<Backend>> backends,
                                                               std::vector<std::unique_ptr<Communicator>> comms,

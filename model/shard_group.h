@@ -8,10 +8,12 @@
 // done. The collectives inside Forward pair the ranks' steps up; every rank ends a step
 // with the gathered logits, and run() returns rank 0's.
 //
-//   caller (rank 0)              rank r > 0 threads
-//   run(tokens): publish step -> wake, Forward::run(tokens), health check, done
-//                Forward::run(tokens), health check
+//   caller (rank 0)              rank r > 0 threads            watchdog thread
+//   run(tokens): publish step -> wake, Forward::run(tokens),   arm the deadline
+//                Forward::run    health check, done
+//                health check
 //                wait for every rank <- (on failure: abort the comm group first)
+//                                                              deadline passed: abort
 //
 // Failure: a rank fails when its Forward fails (a collective, a backend allocation) or
 // its health check (e.g. the CUDA backend's sticky error) says so. The first rank to fail
@@ -20,16 +22,38 @@
 // every later run() returns the same Status without running anything (a shard failure
 // fails the group as one unit; its owner drops and rebuilds it).
 //
-// Thread-safety: none (like Engine): one thread calls run(); the rank threads are
-// internal. Destruction joins them (they are idle between run() calls).
+// Hang (step_timeout > 0 and n > 1): a rank that neither finishes nor fails (a wedged GPU
+// kernel, a thread stuck outside any collective, an NCCL collective a peer never joins)
+// would block every other rank in the next collective, and run() with them. A watchdog
+// thread arms a deadline per step (the first step's is kFirstStepTimeoutFactor x longer:
+// mmapped weights page in, CUDA loads its modules); when it passes with a rank unfinished,
+// the watchdog aborts every rank's Communicator (this releases ranks blocked in a
+// collective, rank 0 in the caller's thread included) and run() returns, after at most a
+// grace period of min(step_timeout, 5 s) for the ranks to come back, Internal:
+//   "tensor-parallel rank 1 of 2 did not finish step 7 within 30000 ms (hung); group
+//    aborted; rank 0 returned after the abort"
+// naming the ranks that still had not returned (or, when all came back after the abort,
+// those unfinished at the deadline). The group is then failed as above. What cannot be
+// cut short:
+//   - rank 0 stuck outside a collective blocks run() in the caller's thread until it
+//     returns (the group is failed when it does);
+//   - a rank r > 0 that never returns is abandoned: run() returns without it (it runs on a
+//     copy of the step's tokens and block tables, so it never reads the caller's memory
+//     again), and the destructor, after another grace period, detaches its thread and
+//     leaks that rank's parts (backend, communicator, cache, Forward: GPU memory stays
+//     taken) instead of blocking forever; it writes one line to stderr saying so. If the
+//     thread ever returns it frees them itself.
+// A slow step is not a hang: step_timeout must exceed the slowest honest step (a full
+// prefill chunk), with room; ds-node's default is 60 s.
+//
+// Thread-safety: none (like Engine): one thread calls run(); the rank threads and the
+// watchdog are internal. Destruction joins them (they are idle between run() calls; see
+// Hang for a rank that never returns).
 #pragma once
 
-#include <atomic>
-#include <condition_variable>
-#include <cstdint>
+#include <chrono>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -57,10 +81,14 @@ class ShardGroup {
   // blocks of block_size positions of the rank's KV heads) and Forward (max_tokens per
   // step). InvalidArgument when the model does not split over that many ranks
   // (check_tensor_parallel's message), when a rank lacks a backend or communicator, or a
-  // communicator's rank()/size() is not its index / the group size; ResourceExhausted
-  // when a rank's cache or buffers do not fit.
+  // communicator's rank()/size() is not its index / the group size, or step_timeout is
+  // negative; ResourceExhausted when a rank's cache or buffers do not fit. step_timeout:
+  // the deadline of one step (see Hang above); 0: none (a hung rank blocks run() forever).
   static Result<std::unique_ptr<ShardGroup>> Create(std::shared_ptr<const Model> model, std::vector<ShardRank> ranks,
-                                                    int block_size, int n_blocks, int max_tokens);
+                                                    int block_size, int n_blocks, int max_tokens,
+                                                    std::chrono::milliseconds step_timeout = std::chrono::milliseconds(0));
+  // The first step's deadline is this many times step_timeout.
+  static constexpr int kFirstStepTimeoutFactor = 10;
   ~ShardGroup();
   ShardGroup(const ShardGroup&) = delete;
   ShardGroup& operator=(const ShardGroup&) = delete;
@@ -72,8 +100,9 @@ class ShardGroup {
   Backend& backend(int rank) { return *ranks_[rank]->backend; }
 
   // Runs tokens on every rank, as Forward::run (logits: rank 0's gathered [n_want,
-  // n_vocab]). Non-OK, naming the first rank that failed, when any rank failed; then, and
-  // after any earlier failure, the group is failed().
+  // n_vocab]). Non-OK, naming the first rank that failed, when any rank failed, or naming
+  // the hung ranks when the step missed its deadline; then, and after any earlier failure,
+  // the group is failed().
   // REQUIRES: the block tables the tokens point to stay unchanged until run() returns.
   Status run(const std::vector<ForwardToken>& tokens, std::vector<float>* logits);
   bool failed() const { return !failure_.ok(); }
@@ -92,23 +121,24 @@ class ShardGroup {
     Status status;              // of the last step; written by the rank, read after done
     std::thread thread;
   };
+  // What the caller, the rank threads and the watchdog share (shard_group.cc).
+  struct Shared;
 
   ShardGroup() = default;
-  void rank_loop(Rank& r);
-  // Runs the current step on r; on failure aborts the group (once) and records r first.
-  Status run_rank(Rank& r, const std::vector<ForwardToken>& tokens, std::vector<float>* logits);
+  // A rank thread's loop; it holds its Rank and the Shared state, so that an abandoned one
+  // never touches freed memory.
+  static void rank_loop(std::shared_ptr<Shared> sh, std::shared_ptr<Rank> r);
+  // Runs the step on r; on failure aborts the group (once) and records r first.
+  static Status run_rank(Shared& sh, Rank& r, const std::vector<ForwardToken>& tokens, std::vector<float>* logits);
+  void watch();  // the watchdog thread
+  // The hang Status of the step that just missed its deadline (run()'s caller thread).
+  Status hang_status(uint64_t step, const std::vector<int>& hung, const std::vector<int>& released) const;
 
-  std::vector<std::unique_ptr<Rank>> ranks_;  // rank 0 first
-  Status failure_;                            // sticky: the first failed step's Status
-
-  // The step handed to ranks > 0.
-  std::mutex mu_;
-  std::condition_variable start_cv_, done_cv_;
-  uint64_t step_ = 0;                                // guarded by mu_; bumped per run()
-  int pending_ = 0;                                  // guarded by mu_; ranks > 0 still running
-  bool stop_ = false;                                // guarded by mu_
-  const std::vector<ForwardToken>* tokens_ = nullptr;  // guarded by mu_ (read by ranks during a step)
-  std::atomic<int> first_failed_{-1};                // the rank whose failure aborted the group
+  std::vector<std::shared_ptr<Rank>> ranks_;  // rank 0 first
+  std::shared_ptr<Shared> shared_;
+  std::chrono::milliseconds step_timeout_{0};
+  std::thread watchdog_;  // only when step_timeout_ > 0 and size() > 1
+  Status failure_;        // sticky: the first failed step's Status
 };
 
 }  // namespace ds

@@ -238,6 +238,7 @@ int main(int argc, char** argv) {
   sc.worker.engine.kv_cache_tokens = cfg.kv_cache_tokens;
   sc.worker.engine.kv_block_size = cfg.kv_block_size;
   sc.worker.engine.max_step_tokens = cfg.max_step_tokens;
+  sc.worker.engine.shard_step_timeout_ms = static_cast<int>(cfg.shard_step_timeout.count());
   sc.worker.fault_crash_after_steps = cfg.fault_worker_crash_after_steps;
   sc.worker.fault_crash_count = cfg.fault_worker_crash_count;
   if (cfg.fault_worker_crash_after_steps > 0) {
@@ -256,10 +257,13 @@ int main(int argc, char** argv) {
   }
   if (sys.has_openssl_manager()) spdlog::info("TLS on: certificate {}, peers must be signed by {}", cfg.tls_certificate,
                                               cfg.tls_cafile.empty() ? cfg.tls_capath : cfg.tls_cafile);
+  const std::string step_timeout = cfg.shard_step_timeout.count() > 0
+                                       ? "step timeout " + std::to_string(cfg.shard_step_timeout.count()) + " ms"
+                                       : "no step timeout";
   spdlog::info("ds-node {} up on {}:{}, advertised as {} (model '{}', {} {}, ctx {}, max batch {}, worker w0 on {}, {} threads)",
                cfg.node_id, cfg.bind, *port, address, mc.name, mc.arch_name, (*model)->weight_type_name(), n_ctx, cfg.max_batch,
-               sc.worker.gpus.size() > 1   ? "cuda GPUs " + cfg.gpus + " (tensor parallel)"
-               : cfg.tensor_parallel > 1 ? "cpu, " + std::to_string(cfg.tensor_parallel) + " tensor-parallel ranks"
+               sc.worker.gpus.size() > 1   ? "cuda GPUs " + cfg.gpus + " (tensor parallel, " + step_timeout + ")"
+               : cfg.tensor_parallel > 1 ? "cpu, " + std::to_string(cfg.tensor_parallel) + " tensor-parallel ranks (" + step_timeout + ")"
                                          : sc.worker.backend,
                cfg.threads > 0 ? cfg.threads : static_cast<int>(std::thread::hardware_concurrency()));
 

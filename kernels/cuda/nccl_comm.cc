@@ -3,6 +3,8 @@
 #include "kernels/cuda/nccl_comm.h"
 
 #include <algorithm>
+#include <chrono>
+#include <condition_variable>
 #include <mutex>
 
 #include "kernels/cuda/cuda_backend.h"
@@ -28,18 +30,37 @@ std::string nccl_error(const char* call, ncclResult_t r, ncclComm_t comm) {
 
 // The communicators of one group; abort() aborts all of them once. For a multi-process
 // group it holds the one local communicator.
+//
+// abort() may come from any thread (a rank that failed, or ShardGroup's watchdog) while
+// other ranks' threads are inside an NCCL call. NCCL calls on one communicator must not
+// overlap (NCCL's thread-safety rules) and ncclCommAbort frees the communicator, so every
+// call is bracketed by begin_call()/end_call() and abort() first stops new calls, then
+// waits for those inside NCCL to leave. That wait is bounded (kCallDrain): an enqueue can
+// itself block (a lazy connection to a peer that never comes), and the abort must still
+// happen. Ranks merely waiting for a collective's kernel on their stream are not inside
+// NCCL; ncclCommAbort makes that kernel quit.
 class NcclGroup {
  public:
+  static constexpr std::chrono::milliseconds kCallDrain{2000};
+
   explicit NcclGroup(std::vector<ncclComm_t> comms) : comms_(std::move(comms)) {}
   ncclComm_t comm(int i) const { return comms_[i]; }
-  bool aborted() {
+  // false when the group was aborted; else the caller may use comm() until end_call().
+  bool begin_call() {
     std::lock_guard<std::mutex> lock(mu_);
-    return aborted_;
+    if (aborted_) return false;
+    ++in_calls_;
+    return true;
+  }
+  void end_call() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--in_calls_ == 0) calls_cv_.notify_all();
   }
   void abort() {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
     if (aborted_) return;
     aborted_ = true;
+    calls_cv_.wait_for(lock, kCallDrain, [&] { return in_calls_ == 0; });
     for (ncclComm_t c : comms_) ncclCommAbort(c);  // frees each communicator
   }
   // Frees communicator i unless the group was aborted (which freed it).
@@ -50,7 +71,9 @@ class NcclGroup {
 
  private:
   std::mutex mu_;
+  std::condition_variable calls_cv_;
   bool aborted_ = false;  // guarded by mu_
+  int in_calls_ = 0;      // guarded by mu_; threads between begin_call() and end_call()
   const std::vector<ncclComm_t> comms_;
 };
 
@@ -69,16 +92,13 @@ class NcclCommunicator final : public Communicator {
   int size() const override { return size_; }
 
   bool all_reduce_sum(float* buf, size_t n) override {
-    if (!ready()) return false;
-    return check("ncclAllReduce", ncclAllReduce(buf, buf, n, ncclFloat, ncclSum, comm(), stream()));
+    return call("ncclAllReduce", [&] { return ncclAllReduce(buf, buf, n, ncclFloat, ncclSum, comm(), stream()); });
   }
   bool all_gather(const float* send, size_t n_per_rank, float* recv) override {
-    if (!ready()) return false;
-    return check("ncclAllGather", ncclAllGather(send, recv, n_per_rank, ncclFloat, comm(), stream()));
+    return call("ncclAllGather", [&] { return ncclAllGather(send, recv, n_per_rank, ncclFloat, comm(), stream()); });
   }
   bool broadcast(float* buf, size_t n, int root) override {
-    if (!ready()) return false;
-    return check("ncclBroadcast", ncclBroadcast(buf, buf, n, ncclFloat, root, comm(), stream()));
+    return call("ncclBroadcast", [&] { return ncclBroadcast(buf, buf, n, ncclFloat, root, comm(), stream()); });
   }
 
   void abort() override { group_->abort(); }
@@ -87,23 +107,26 @@ class NcclCommunicator final : public Communicator {
  private:
   ncclComm_t comm() const { return group_->comm(index_); }
   cudaStream_t stream() const { return static_cast<cudaStream_t>(backend_.stream()); }
-  // Makes the rank's device current; false when the group was aborted.
-  bool ready() {
-    if (group_->aborted()) {
+  // Runs nccl_call (an NCCL collective on comm()) on the rank's device, inside the group's
+  // begin_call()/end_call(); false, with error_ set, when the group was aborted or a call
+  // failed.
+  template <class F>
+  bool call(const char* name, F nccl_call) {
+    if (!group_->begin_call()) {
       error_ = "NCCL communicator group aborted (another rank gave up)";
       return false;
     }
+    bool ok = false;
     const cudaError_t e = cudaSetDevice(backend_.options().device);
     if (e != cudaSuccess) {
       error_ = std::string("cudaSetDevice failed: ") + cudaGetErrorName(e) + ": " + cudaGetErrorString(e);
-      return false;
+    } else {
+      const ncclResult_t r = nccl_call();
+      ok = r == ncclSuccess;
+      if (!ok) error_ = nccl_error(name, r, comm());
     }
-    return true;
-  }
-  bool check(const char* call, ncclResult_t r) {
-    if (r == ncclSuccess) return true;
-    error_ = nccl_error(call, r, comm());
-    return false;
+    group_->end_call();
+    return ok;
   }
 
   std::shared_ptr<NcclGroup> group_;

@@ -7,7 +7,9 @@
 // and download() waits for it, as for the backend's own ops (cuda_backend.h). The
 // return value and last_error() report NCCL's immediate result only; a peer that dies
 // mid-collective makes the stream wait (NCCL reports it asynchronously), so the owner
-// needs a watchdog that calls abort().
+// needs a watchdog that calls abort() (ShardGroup's step timeout, model/shard_group.h).
+// abort() waits (up to 2 s) for NCCL calls other threads are inside to return before
+// ncclCommAbort frees the communicators.
 //
 // Builds without NCCL (nccl.h and libnccl not found when configuring) keep these
 // functions: they report that NCCL is missing.

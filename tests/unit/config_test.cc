@@ -85,6 +85,7 @@ const ContractKey kContract[] = {
     {"--failure-detector-threshold", "DS_FAILURE_DETECTOR_THRESHOLD", "cluster", "failure-detector-threshold"},
     {"--gpus", "DS_GPUS", "model", "gpus"},
     {"--tensor-parallel", "DS_TENSOR_PARALLEL", "model", "tensor-parallel"},
+    {"--shard-step-timeout-ms", "DS_SHARD_STEP_TIMEOUT_MS", "model", "shard-step-timeout-ms"},
     {"--tls-certificate", "DS_TLS_CERTIFICATE", "tls", "certificate"},
     {"--tls-key", "DS_TLS_KEY", "tls", "key"},
     {"--tls-passphrase", "DS_TLS_PASSPHRASE", "tls", "passphrase"},
@@ -117,6 +118,7 @@ TEST(Config, Defaults) {
   EXPECT_EQ(c.fd_interval, 200ms);
   EXPECT_EQ(c.fd_threshold, 8);
   EXPECT_EQ(c.fd_acceptable_pause, 1000ms);
+  EXPECT_EQ(c.shard_step_timeout, 60000ms);
   EXPECT_EQ(c.fault_worker_crash_after_steps, 0);
   EXPECT_EQ(c.fault_worker_crash_count, 1);
   EXPECT_FALSE(c.help_requested);
@@ -425,6 +427,21 @@ TEST(Config, ConnectionTimeoutMustExceedHeartbeat) {
       << msg;
   EXPECT_TRUE(load({"--connection-timeout-ms", "0"}).ok());   // timeout off
   EXPECT_TRUE(load({"--heartbeat-interval-ms", "0", "--connection-timeout-ms", "5"}).ok());  // heartbeat off
+}
+
+TEST(Config, ShardStepTimeout) {
+  EXPECT_EQ(load_ok({"--shard-step-timeout-ms", "0"}).shard_step_timeout, 0ms);  // off
+  EXPECT_EQ(load_ok({"--shard-step-timeout-ms", "250"}).shard_step_timeout, 250ms);
+  EXPECT_EQ(load_ok({}, {{"DS_SHARD_STEP_TIMEOUT_MS", "120000"}}).shard_step_timeout, 120000ms);
+  test::TempDir dir;
+  const std::string file = write(dir, "ds.toml", "[model]\nshard-step-timeout-ms = 5000\n");
+  EXPECT_EQ(load_ok({"--config", file}).shard_step_timeout, 5000ms);
+  EXPECT_EQ(load_error({"--shard-step-timeout-ms", "-1"}),
+            "--shard-step-timeout-ms='-1': not a duration in milliseconds (0..3600000)");
+  EXPECT_EQ(load_error({"--shard-step-timeout-ms", "30s"}),
+            "--shard-step-timeout-ms='30s': not a duration in milliseconds (0..3600000)");
+  EXPECT_EQ(load_error({}, {{"DS_SHARD_STEP_TIMEOUT_MS", "3600001"}}),
+            "DS_SHARD_STEP_TIMEOUT_MS='3600001': not a duration in milliseconds (0..3600000)");
 }
 
 TEST(Config, RepeatedFlagTakesLast) { EXPECT_EQ(load_ok({"--port", "1", "--port", "2"}).port, 2); }

@@ -3,8 +3,10 @@
 // resume, stop strings, cancel), a clear error for shapes that do not split, and a rank
 // failure that fails the step, the group and nothing else (no hang, clean destruction).
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <map>
+#include <mutex>
 
 #include "model/engine.h"
 #include "model/mkmodel.h"
@@ -441,6 +443,52 @@ TEST(TpEngineFailure, AFailedHealthCheckFailsTheGroup) {
             "Internal: tensor-parallel rank 1 of 2 failed (the group is aborted): GPU 1: an illegal memory access (injected)");
   EXPECT_EQ(out.at(0).tokens.size(), 3u);  // the failed step's tokens are not delivered
   expect_group_failed(**e, s, out, 2);
+}
+
+// A rank that hangs (here: its health check blocks until the test lets it go) fails the
+// step once shard_step_timeout_ms passes, like a failed rank (shard_group_test.cc has the
+// watchdog's own cases).
+TEST(TpEngineFailure, AHungRankFailsTheStepAfterTheStepTimeout) {
+  auto model = random_model(tp_spec("llama", DType::kF32));
+  std::vector<std::unique_ptr<Backend>> backends;
+  for (int r = 0; r < 2; ++r) backends.push_back(make_cpu_backend({1}));
+  std::mutex mu;
+  std::condition_variable cv;
+  bool release = false;
+  int steps = 0;
+  std::vector<std::function<Status()>> health = {{}, [&] {
+                                                   if (++steps == 3) {
+                                                     std::unique_lock<std::mutex> lock(mu);
+                                                     cv.wait(lock, [&] { return release; });
+                                                   }
+                                                   return Status::Ok();
+                                                 }};
+  EngineOptions o = options();
+  o.shard_step_timeout_ms = 300;
+  auto e = Engine::CreateTensorParallel(model, std::move(backends), make_cpu_comm_group(2), o, std::move(health));
+  ASSERT_TRUE(e.ok()) << e.status().ToString();
+  for (uint64_t i = 0; i < 2; ++i) ASSERT_TRUE((*e)->add(request(i, prompt_of(*model, i), 20)).ok());
+  std::map<uint64_t, Outcome> out;
+  const auto t0 = std::chrono::steady_clock::now();
+  const Status s = step_until_failure(**e, &out);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(10));
+  EXPECT_EQ(s.ToString(), "Internal: tensor-parallel rank 1 of 2 did not finish step 3 within 300 ms (hung); group aborted");
+  expect_group_failed(**e, s, out, 2);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    release = true;
+  }
+  cv.notify_all();
+  e->reset();  // joins rank 1, now out of its health check
+}
+
+TEST(TpEngineCreate, RefusesANegativeStepTimeout) {
+  EngineOptions o = options();
+  o.shard_step_timeout_ms = -1;
+  auto e = Engine::CreateCpuTensorParallel(random_model(tp_spec("llama", DType::kF32)), 2, 1, o);
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(e.status().message().find("step timeout"), std::string::npos) << e.status().message();
 }
 
 TEST(TpEngineFailure, DestructsWhileIdleAndWithSequencesRunning) {
