@@ -164,6 +164,23 @@ class Backend {
   // so it serves backends whose memory is host memory; the CUDA backend overrides it.
   virtual void sample_candidates(const SampleArgs& a);
 
+  // y[n, w.rows] += x[n, w.cols] * W^T: a projection and the residual add after it. tmp:
+  // scratch [n, w.rows] for the product (what it holds afterwards is unspecified).
+  // REQUIRES: y aliases neither x nor tmp.
+  virtual void matmul_add(const WeightRef& w, const float* x, int64_t n, float* y, float* tmp) {
+    matmul(w, x, n, tmp);
+    add(y, tmp, n * w.rows);
+  }
+  // RoPE on q [n, n_heads * head_dim] and k [n, n_kv_heads * head_dim] in place (positions
+  // pos), then k and v into the cache rows slots (store_kv with kv_dim = n_kv_heads * head_dim).
+  virtual void rope_store_kv(float* q, float* k, const float* v, int64_t n, int n_heads, int n_kv_heads, int head_dim,
+                             const int32_t* pos, const RopeParams& p, const int32_t* slots, float* k_cache,
+                             float* v_cache) {
+    rope(q, n, n_heads, head_dim, pos, p);
+    rope(k, n, n_kv_heads, head_dim, pos, p);
+    store_kv(k, v, n, slots, static_cast<int64_t>(n_kv_heads) * head_dim, k_cache, v_cache);
+  }
+
   // Recording and replay of a fixed op sequence (CUDA graphs): for a caller that issues the
   // same ops with the same arguments step after step (a decode step, whose varying inputs
   // live in backend memory). The defaults record nothing, so callers always have the

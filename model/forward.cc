@@ -214,7 +214,7 @@ Status Forward::forward_local(const std::vector<ForwardToken>& tokens, int64_t* 
 Status Forward::enqueue_layers(int64_t n, int64_t n_out) {
   const ModelConfig& c = config_;
   const int bs = kv_.block_size();
-  const int64_t D = c.n_embd, kv_dim = c.kv_dim();
+  const int64_t D = c.n_embd;
   be_.get_rows(tok_embd_, ids_, n, x_);
   AttentionArgs aa;
   aa.q = q_;
@@ -230,20 +230,26 @@ Status Forward::enqueue_layers(int64_t n, int64_t n_out) {
     const Layer& L = layers_[l];
     be_.rmsnorm(x_, L.attn_norm, n, D, c.rms_eps, xn_);
     be_.matmul_qkv(L.wq, L.wk, L.wv, L.bq, L.bk, L.bv, xn_, n, q_, k_, v_);  // + biases (qwen2)
-    be_.rope(q_, n, c.n_head, c.head_dim, pos_, c.rope);
-    be_.rope(k_, n, c.n_head_kv, c.head_dim, pos_, c.rope);
-    be_.store_kv(k_, v_, n, slots_, kv_dim, kv_.k(l), kv_.v(l));
+    be_.rope_store_kv(q_, k_, v_, n, c.n_head, c.n_head_kv, c.head_dim, pos_, c.rope, slots_, kv_.k(l), kv_.v(l));
     aa.k_cache = kv_.k(l);
     aa.v_cache = kv_.v(l);
     be_.attention(aa);
-    be_.matmul(L.wo, att_, n, o_);
-    if (comm_ && !comm_->all_reduce_sum(o_, n * D)) return comm_failed("all-reduce of the attention output");
-    be_.add(x_, o_, n * D);
+    if (comm_) {
+      be_.matmul(L.wo, att_, n, o_);
+      if (!comm_->all_reduce_sum(o_, n * D)) return comm_failed("all-reduce of the attention output");
+      be_.add(x_, o_, n * D);
+    } else {
+      be_.matmul_add(L.wo, att_, n, x_, o_);  // x += att Wo^T
+    }
     be_.rmsnorm(x_, L.ffn_norm, n, D, c.rms_eps, xn_);
     be_.matmul_swiglu(L.w_gate, L.w_up, xn_, n, gate_, up_);  // gate_ = silu(gate) * up; up_ scratch
-    be_.matmul(L.w_down, gate_, n, o_);
-    if (comm_ && !comm_->all_reduce_sum(o_, n * D)) return comm_failed("all-reduce of the FFN output");
-    be_.add(x_, o_, n * D);
+    if (comm_) {
+      be_.matmul(L.w_down, gate_, n, o_);
+      if (!comm_->all_reduce_sum(o_, n * D)) return comm_failed("all-reduce of the FFN output");
+      be_.add(x_, o_, n * D);
+    } else {
+      be_.matmul_add(L.w_down, gate_, n, x_, o_);  // x += ffn Wdown^T
+    }
   }
 
   // ---- this rank's logits for the tokens that want them ----

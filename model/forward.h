@@ -6,8 +6,10 @@
 // causal attention of each token over its sequence's cache; output projection;
 // residual; RMSNorm; SwiGLU FFN; residual. Then the final norm and the output
 // projection for the tokens that asked for logits. All scratch is allocated once.
-// The Q/K/V projections and the FFN's gate/up + SwiGLU go through Backend's fused ops
-// (matmul_qkv, matmul_swiglu): the same ops on the CPU, one launch each for a CUDA decode.
+// The Q/K/V projections, RoPE + the KV-cache store, the FFN's gate/up + SwiGLU and each
+// projection + residual add go through Backend's fused ops (matmul_qkv, rope_store_kv,
+// matmul_swiglu, matmul_add): the same ops on the CPU, one launch each for a CUDA decode
+// (8 launches a layer instead of 12).
 //
 // Tensor parallelism (model/tensor_parallel.h): a Forward made by CreateShard runs one
 // rank's slice of every layer; after the attention output and the FFN down projections

@@ -40,6 +40,14 @@ inline unsigned grid_for(int64_t total, int threads) {
 __device__ __forceinline__ float f16_to_f32(uint16_t h) { return __half2float(__ushort_as_half(h)); }
 __device__ __forceinline__ float bf16_to_f32(uint16_t h) { return __uint_as_float(static_cast<uint32_t>(h) << 16); }
 
+// float -> F16 / BF16 bits, round to nearest even (BF16: NaN stays a quiet NaN).
+__device__ __forceinline__ uint16_t f32_to_f16_bits(float f) { return __half_as_ushort(__float2half_rn(f)); }
+__device__ __forceinline__ uint16_t f32_to_bf16_bits(float f) {
+  const uint32_t u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
 // Sum over the 32 lanes; every lane gets the total. Fixed butterfly order: deterministic.
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

@@ -453,6 +453,21 @@ void CudaBackend::matmul_qkv(const WeightRef& wq, const WeightRef& wk, const Wei
   end(kOp);
 }
 
+void CudaBackend::matmul_add(const WeightRef& w, const float* x, int64_t n, float* y, float* tmp) {
+  constexpr const char* kOp = "matmul_add";
+  if (!fused_gemv_applies(w, w, n)) return Backend::matmul_add(w, x, n, y, tmp);
+  if (!begin(kOp)) return;
+  DS_CHECK_WEIGHT(kOp, w);
+  const size_t stride = row_bytes_of(w.type, w.cols);
+  for (int64_t j0 = 0; j0 < n; j0 += cuda::kGemvMaxN) {
+    const int nb = static_cast<int>(std::min<int64_t>(cuda::kGemvMaxN, n - j0));
+    if (!DS_CUDA_CHECK(kOp, cuda::gemv_add(w.type, w.data, stride, w.rows, w.cols, x + j0 * w.cols, nb,
+                                           y + j0 * w.rows, impl_->stream)))
+      return;
+  }
+  end(kOp);
+}
+
 void CudaBackend::matmul_swiglu(const WeightRef& w_gate, const WeightRef& w_up, const float* x, int64_t n, float* out,
                                 float* up) {
   constexpr const char* kOp = "matmul_swiglu";
@@ -491,6 +506,7 @@ void CudaBackend::matmul_cublas(const WeightRef& w, size_t row_stride, const flo
     gemm(static_cast<const float*>(w.data), w.rows, y);
     return;
   }
+  if (options_.gemm_half) return matmul_cublas_half(w, row_stride, x, n, y);
   const int64_t slice = std::min<int64_t>(w.rows, std::max<int64_t>(1, kScratchFloats / w.cols));
   float* buf = scratch(static_cast<size_t>(slice * w.cols) * sizeof(float), kOp);
   if (buf == nullptr) return;
@@ -501,6 +517,47 @@ void CudaBackend::matmul_cublas(const WeightRef& w, size_t row_stride, const flo
                                            nullptr, nr, buf, impl_->stream)))
       return;
     if (!gemm(buf, nr, y + r0)) return;
+  }
+}
+
+// The tensor-core path: X rounded to F16 (BF16 for BF16 weights) in scratch, then one
+// cublasGemmEx per weight slice with F16/BF16 operands, F32 output and F32 accumulation. F16
+// and BF16 weights are read in place; quantized ones are dequantized to F16 in slices of at
+// most kScratchFloats elements (after X in the same scratch buffer).
+void CudaBackend::matmul_cublas_half(const WeightRef& w, size_t row_stride, const float* x, int64_t n, float* y) {
+  constexpr const char* kOp = "matmul";
+  const bool bf16 = w.type == DType::kBF16;
+  const bool in_place = w.type == DType::kF16 || bf16;
+  const cudaDataType half_type = bf16 ? CUDA_R_16BF : CUDA_R_16F;
+  const int64_t slice = in_place ? w.rows : std::min<int64_t>(w.rows, std::max<int64_t>(1, kScratchFloats / w.cols));
+  const size_t x_bytes = (static_cast<size_t>(n * w.cols) * 2 + 255) / 256 * 256;
+  const size_t w_bytes = in_place ? 0 : static_cast<size_t>(slice * w.cols) * 2;
+  auto* buf = reinterpret_cast<uint8_t*>(scratch(x_bytes + w_bytes, kOp));
+  if (buf == nullptr) return;
+  auto* xh = reinterpret_cast<uint16_t*>(buf);
+  auto* wh = reinterpret_cast<uint16_t*>(buf + x_bytes);
+  if (!DS_CUDA_CHECK(kOp, cuda::to_half(DType::kF32, x, static_cast<size_t>(w.cols) * sizeof(float), w.cols, n, bf16,
+                                        xh, impl_->stream)))
+    return;
+  const float alpha = 1.0f, beta = 0.0f;
+  auto gemm = [&](const void* a, int64_t m, float* c) {
+    return DS_CUBLAS_CHECK(kOp, cublasGemmEx(impl_->cublas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(m),
+                                             static_cast<int>(n), static_cast<int>(w.cols), &alpha, a, half_type,
+                                             static_cast<int>(w.cols), xh, half_type, static_cast<int>(w.cols),
+                                             &beta, c, CUDA_R_32F, static_cast<int>(w.rows), CUBLAS_COMPUTE_32F,
+                                             CUBLAS_GEMM_DEFAULT));
+  };
+  if (in_place) {
+    gemm(w.data, w.rows, y);
+    return;
+  }
+  const auto* base = static_cast<const uint8_t*>(w.data);
+  for (int64_t r0 = 0; r0 < w.rows; r0 += slice) {
+    const int64_t nr = std::min(slice, w.rows - r0);
+    if (!DS_CUDA_CHECK(kOp, cuda::to_half(w.type, base + r0 * static_cast<int64_t>(row_stride), row_stride, w.cols, nr,
+                                          false, wh, impl_->stream)))
+      return;
+    if (!gemm(wh, nr, y + r0)) return;
   }
 }
 
@@ -528,6 +585,21 @@ void CudaBackend::rope(float* x, int64_t n, int n_heads, int head_dim, const int
     return (void)fail(kOp, "n_rot " + std::to_string(p.n_rot) + " must be even and in (0, head_dim " +
                                std::to_string(head_dim) + "]", __FILE__, __LINE__);
   DS_CUDA_CHECK(kOp, cuda::rope(x, n, n_heads, head_dim, pos, p, impl_->stream));
+  end(kOp);
+}
+
+void CudaBackend::rope_store_kv(float* q, float* k, const float* v, int64_t n, int n_heads, int n_kv_heads, int head_dim,
+                                const int32_t* pos, const RopeParams& p, const int32_t* slots, float* k_cache,
+                                float* v_cache) {
+  constexpr const char* kOp = "rope_store_kv";
+  if (!options_.fuse_decode)
+    return Backend::rope_store_kv(q, k, v, n, n_heads, n_kv_heads, head_dim, pos, p, slots, k_cache, v_cache);
+  if (!begin(kOp) || n <= 0 || n_heads <= 0 || n_kv_heads <= 0) return;
+  if (p.n_rot <= 0 || p.n_rot % 2 != 0 || p.n_rot > head_dim || head_dim % 2 != 0)
+    return (void)fail(kOp, "n_rot " + std::to_string(p.n_rot) + " must be even and in (0, head_dim " +
+                               std::to_string(head_dim) + "], head_dim even", __FILE__, __LINE__);
+  DS_CUDA_CHECK(kOp, cuda::rope_store_kv(q, k, v, n, n_heads, n_kv_heads, head_dim, pos, p, slots, k_cache, v_cache,
+                                         impl_->stream));
   end(kOp);
 }
 

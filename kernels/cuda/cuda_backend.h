@@ -48,10 +48,14 @@ struct CudaBackendOptions {
   int gemv_max_batch = 8;       // matmul: GEMV kernel (chunks of 8 rows) for n <= this, cuBLAS above
                                 // (on an H200, v3 at n = 32 takes 4x the time of cuBLAS: FMA/L1-bound)
   bool record_graphs = true;    // record_begin() captures CUDA graphs (false: always eager)
-  bool allow_tf32 = false;      // cuBLAS path: TF32 tensor cores (faster; ~1e-3 relative error)
+  bool gemm_half = true;        // cuBLAS path: F16 operands (BF16 for BF16 weights; F32 weights stay F32)
+                                // on the tensor cores with F32 accumulation; activations are rounded to
+                                // F16 (~5e-4 relative; BF16 ~4e-3). false: F32 SGEMM after dequantizing
+  bool allow_tf32 = false;      // cuBLAS F32 path: TF32 tensor cores (faster; ~1e-3 relative error)
   int gemv_version = 3;         // see kernels/cuda/gemv.cu: 1 = simple, 2 = warp per row, 3 = live
-  bool fuse_decode = true;      // matmul_qkv / matmul_swiglu: one GEMV v3 launch each where the GEMV
-                                // path applies (false: the separate ops, Backend's defaults)
+  bool fuse_decode = true;      // matmul_qkv / matmul_swiglu / matmul_add: one GEMV v3 launch each where
+                                // the GEMV path applies; rope_store_kv: one launch (false: the
+                                // separate ops, Backend's defaults)
 };
 
 class CudaBackend final : public Backend {
@@ -89,6 +93,12 @@ class CudaBackend final : public Backend {
                   const float* bv, const float* x, int64_t n, float* q, float* k, float* v) override;
   void matmul_swiglu(const WeightRef& w_gate, const WeightRef& w_up, const float* x, int64_t n, float* out,
                      float* up) override;
+  // Likewise one GEMV v3 launch with the residual add (else Backend's default).
+  void matmul_add(const WeightRef& w, const float* x, int64_t n, float* y, float* tmp) override;
+  // One launch under fuse_decode (any n; else Backend's default).
+  void rope_store_kv(float* q, float* k, const float* v, int64_t n, int n_heads, int n_kv_heads, int head_dim,
+                     const int32_t* pos, const RopeParams& p, const int32_t* slots, float* k_cache,
+                     float* v_cache) override;
   void sample_candidates(const SampleArgs& a) override;  // kernels/cuda/sample.cu
   bool replay(uint64_t key) override;
   bool record_begin(uint64_t key) override;
@@ -110,6 +120,7 @@ class CudaBackend final : public Backend {
   void set_gemv_version(int v) { options_.gemv_version = v; }
   void set_batch_invariant(bool on) { options_.batch_invariant = on; }
   void set_fuse_decode(bool on) { options_.fuse_decode = on; }
+  void set_gemm_half(bool on) { options_.gemm_half = on; }
   // "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)"
   const std::string& device_description() const { return device_description_; }
   size_t scratch_bytes() const { return scratch_bytes_; }
@@ -130,6 +141,7 @@ class CudaBackend final : public Backend {
   float* scratch(size_t bytes, const char* op);
   bool fused_gemv_applies(const WeightRef& a, const WeightRef& b, int64_t n) const;
   void matmul_cublas(const WeightRef& w, size_t row_stride, const float* x, int64_t n, float* y);
+  void matmul_cublas_half(const WeightRef& w, size_t row_stride, const float* x, int64_t n, float* y);
   bool wait(const char* op);    // cudaStreamSynchronize; recycles the upload staging space
   bool capture_refuses(const char* op);  // true (recording failed) when capturing
 

@@ -1,5 +1,5 @@
-// kernels/cuda/elementwise.cu: the row-wise and elementwise ops (get_rows, rmsnorm,
-// rope, swiglu, add, add_bias, store_kv). Reference: the functions of the same names in
+// kernels/cuda/elementwise.cu: the row-wise and elementwise ops (get_rows, to_half,
+// rmsnorm, rope, swiglu, add, add_bias, store_kv). Reference: the functions of the same names in
 // kernels/ref.cc (add, add_bias and store_kv have none there: they are exact, see
 // cpu_backend.cc). All are memory-bound grid-stride loops; one version each.
 #include "kernels/cuda/common.cuh"
@@ -21,6 +21,21 @@ __global__ void get_rows_kernel(const uint8_t* __restrict__ w, size_t row_stride
     const uint8_t* row = w + r * static_cast<int64_t>(row_stride);
     float* o = out + i * cols;
     for (int64_t k = threadIdx.x; k < cols; k += blockDim.x) o[k] = load_elem<T>(row, k);
+  }
+}
+
+// ---- to_half: GEMM operands for the tensor cores --------------------------------------
+// Row i of w as get_rows dequantizes it, rounded to F16 (kBf16: BF16) bits.
+template <DType T, bool kBf16>
+__global__ void to_half_kernel(const uint8_t* __restrict__ w, size_t row_stride, int64_t cols, int64_t n,
+                               uint16_t* __restrict__ out) {
+  for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
+    const uint8_t* row = w + i * static_cast<int64_t>(row_stride);
+    uint16_t* o = out + i * cols;
+    for (int64_t k = threadIdx.x; k < cols; k += blockDim.x) {
+      const float v = load_elem<T>(row, k);
+      o[k] = kBf16 ? f32_to_bf16_bits(v) : f32_to_f16_bits(v);
+    }
   }
 }
 
@@ -46,6 +61,21 @@ __global__ void rmsnorm_kernel(const float* x, const float* __restrict__ weight,
 // computed once per pair. The angle is computed as ref does: float(pos) * freq_scale in
 // float, then double pow/sincos; the rotation in double, rounded to float.
 // Pair d (< n_rot/2): normal style rotates (2d, 2d+1), neox (d, d + n_rot/2).
+// The angle of pair d at position pos, and the rotation of elements (a, b) of one head:
+// shared by rope_kernel and rope_store_kv_kernel so that both give the same bits.
+__device__ __forceinline__ void rope_angle(int32_t pos, int d, int n_rot, float freq_base, float freq_scale, double* s,
+                                           double* c) {
+  const float p = static_cast<float>(pos) * freq_scale;
+  const double inv_freq = pow(static_cast<double>(freq_base), -static_cast<double>(2 * d) / n_rot);
+  const double theta = static_cast<double>(p) * inv_freq;
+  sincos(theta, s, c);
+}
+__device__ __forceinline__ void rope_rotate(float* v, int a, int b, double s, double c) {
+  const double x0 = v[a], x1 = v[b];
+  v[a] = static_cast<float>(x0 * c - x1 * s);
+  v[b] = static_cast<float>(x0 * s + x1 * c);
+}
+
 __global__ void rope_kernel(float* x, int64_t n, int n_heads, int head_dim, const int32_t* __restrict__ pos,
                             bool neox, int n_rot, float freq_base, float freq_scale) {
   const int half = n_rot / 2;
@@ -54,18 +84,51 @@ __global__ void rope_kernel(float* x, int64_t n, int n_heads, int head_dim, cons
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t i = idx / half;
     const int d = static_cast<int>(idx - i * half);
-    const float p = static_cast<float>(pos[i]) * freq_scale;
-    const double inv_freq = pow(static_cast<double>(freq_base), -static_cast<double>(2 * d) / n_rot);
-    const double theta = static_cast<double>(p) * inv_freq;
     double s, c;
-    sincos(theta, &s, &c);
+    rope_angle(pos[i], d, n_rot, freq_base, freq_scale, &s, &c);
     const int a = neox ? d : 2 * d;
     const int b = neox ? d + half : 2 * d + 1;
-    for (int h = 0; h < n_heads; ++h) {
-      float* v = x + (i * n_heads + h) * static_cast<int64_t>(head_dim);
-      const double x0 = v[a], x1 = v[b];
-      v[a] = static_cast<float>(x0 * c - x1 * s);
-      v[b] = static_cast<float>(x0 * s + x1 * c);
+    for (int h = 0; h < n_heads; ++h) rope_rotate(x + (i * n_heads + h) * static_cast<int64_t>(head_dim), a, b, s, c);
+  }
+}
+
+// Backend::rope_store_kv in one launch: one thread per (token i, pair p < head_dim / 2). Pairs
+// p < n_rot / 2 are rope's pairs (rotated in q's and k's heads); the others cover the
+// unrotated dimensions [n_rot, head_dim) two at a time. Each thread then writes its two
+// elements of every KV head of k and v to the cache row slots[i].
+__global__ void rope_store_kv_kernel(float* q, float* k, const float* __restrict__ v, int64_t n, int n_heads,
+                                     int n_kv_heads, int head_dim, const int32_t* __restrict__ pos, bool neox,
+                                     int n_rot, float freq_base, float freq_scale, const int32_t* __restrict__ slots,
+                                     float* __restrict__ k_cache, float* __restrict__ v_cache) {
+  const int half = n_rot / 2, pairs = head_dim / 2;
+  const int64_t kv_dim = static_cast<int64_t>(n_kv_heads) * head_dim;
+  const int64_t total = n * pairs;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = idx / pairs;
+    const int p = static_cast<int>(idx - i * pairs);
+    const bool rotate = p < half;
+    double s = 0, c = 1;
+    int a, b;
+    if (rotate) {
+      rope_angle(pos[i], p, n_rot, freq_base, freq_scale, &s, &c);
+      a = neox ? p : 2 * p;
+      b = neox ? p + half : 2 * p + 1;
+    } else {
+      a = n_rot + 2 * (p - half);
+      b = a + 1;
+    }
+    if (rotate)
+      for (int h = 0; h < n_heads; ++h) rope_rotate(q + (i * n_heads + h) * static_cast<int64_t>(head_dim), a, b, s, c);
+    const int64_t dst = static_cast<int64_t>(slots[i]) * kv_dim;
+    for (int h = 0; h < n_kv_heads; ++h) {
+      const int64_t off = static_cast<int64_t>(h) * head_dim;
+      float* kh = k + i * kv_dim + off;
+      if (rotate) rope_rotate(kh, a, b, s, c);
+      k_cache[dst + off + a] = kh[a];
+      k_cache[dst + off + b] = kh[b];
+      v_cache[dst + off + a] = v[i * kv_dim + off + a];
+      v_cache[dst + off + b] = v[i * kv_dim + off + b];
     }
   }
 }
@@ -120,6 +183,17 @@ cudaError_t get_rows(DType t, const void* w, size_t row_stride, int64_t cols, co
   return ok ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 
+cudaError_t to_half(DType t, const void* w, size_t row_stride, int64_t cols, int64_t n, bool bf16, uint16_t* out,
+                    cudaStream_t stream) {
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(n, 65535));
+  const bool ok = dispatch_dtype(t, [&](auto tag) {
+    constexpr DType T = decltype(tag)::value;
+    auto kernel = bf16 ? &to_half_kernel<T, true> : &to_half_kernel<T, false>;
+    DS_LAUNCH(kernel, blocks, kThreads, 0, stream)(static_cast<const uint8_t*>(w), row_stride, cols, n, out);
+  });
+  return ok ? cudaGetLastError() : cudaErrorInvalidValue;
+}
+
 cudaError_t rmsnorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out,
                     cudaStream_t stream) {
   DS_LAUNCH(rmsnorm_kernel, static_cast<unsigned>(n), kThreads, 0, stream)(x, weight, dim, eps, out);
@@ -130,6 +204,15 @@ cudaError_t rope(float* x, int64_t n, int n_heads, int head_dim, const int32_t* 
                  cudaStream_t stream) {
   DS_LAUNCH(rope_kernel, grid_for(n * (p.n_rot / 2), kThreads), kThreads, 0, stream)(
       x, n, n_heads, head_dim, pos, p.style == RopeStyle::kNeox, p.n_rot, p.freq_base, p.freq_scale);
+  return cudaGetLastError();
+}
+
+cudaError_t rope_store_kv(float* q, float* k, const float* v, int64_t n, int n_heads, int n_kv_heads, int head_dim,
+                          const int32_t* pos, const RopeParams& p, const int32_t* slots, float* k_cache,
+                          float* v_cache, cudaStream_t stream) {
+  DS_LAUNCH(rope_store_kv_kernel, grid_for(n * (head_dim / 2), kThreads), kThreads, 0, stream)(
+      q, k, v, n, n_heads, n_kv_heads, head_dim, pos, p.style == RopeStyle::kNeox, p.n_rot, p.freq_base, p.freq_scale,
+      slots, k_cache, v_cache);
   return cudaGetLastError();
 }
 

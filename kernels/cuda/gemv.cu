@@ -395,7 +395,9 @@ __device__ __forceinline__ void v3_row_dots(const uint8_t* __restrict__ row, int
 }
 
 // NC: activation rows this instantiation can take (n <= NC; columns j >= n are skipped).
-template <DType T, int NC>
+// kAdd: y[j, r] += dot (gemv_add: the residual add fused in, the one float add that add
+// makes), else y[j, r] = dot.
+template <DType T, int NC, bool kAdd = false>
 __global__ void __launch_bounds__(kV3Warps * kWarpSize)
     gemv_v3_kernel(const uint8_t* __restrict__ w, size_t row_stride, int64_t rows, int64_t cols,
                    const float* __restrict__ x, int n, float* __restrict__ y, bool w_vec, bool x_vec) {
@@ -407,7 +409,10 @@ __global__ void __launch_bounds__(kV3Warps * kWarpSize)
 #pragma unroll
   for (int j = 0; j < NC; ++j) {
     if (j >= n) break;
-    if (lane == 0) y[j * rows + r] = dots[j];
+    if (lane == 0) {
+      if constexpr (kAdd) y[j * rows + r] += dots[j];
+      else y[j * rows + r] = dots[j];
+    }
   }
 }
 
@@ -546,6 +551,22 @@ cudaError_t gemv(int version, DType t, const void* w, size_t row_stride, int64_t
       launch_v3<decltype(tag)::value>(wb, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream);
     });
   }
+  return ok ? cudaGetLastError() : cudaErrorInvalidValue;
+}
+
+cudaError_t gemv_add(DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n,
+                     float* y, cudaStream_t stream) {
+  const bool w_vec = float_type(t) && cols % 8 == 0 && row_stride % 16 == 0 && aligned16(w);
+  const bool x_vec = cols % 8 == 0 && aligned16(x);
+  const auto blocks = static_cast<unsigned>((rows + kV3Warps - 1) / kV3Warps);
+  const auto* wb = static_cast<const uint8_t*>(w);
+  const bool ok = dispatch_dtype(t, [&](auto tag) {
+    constexpr DType T = decltype(tag)::value;
+    launch_nc(n, [&](auto nc) {
+      auto* kernel = gemv_v3_kernel<T, decltype(nc)::value, true>;
+      DS_LAUNCH(kernel, blocks, kV3Warps * kWarpSize, 0, stream)(wb, row_stride, rows, cols, x, n, y, w_vec, x_vec);
+    });
+  });
   return ok ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 

@@ -21,10 +21,19 @@ namespace ds::cuda {
 // out[i, :] = dequantized row (ids ? ids[i] : i) of w[*, cols]. Bit-identical to dequantize_row().
 cudaError_t get_rows(DType t, const void* w, size_t row_stride, int64_t cols, const int32_t* ids, int64_t n,
                      float* out, cudaStream_t stream);
+// out[i, :] = row i of w[n, cols] (type t, dequantized as get_rows does) rounded to F16 bits
+// (bf16: BF16 bits), round to nearest even: the tensor-core GEMM's operands.
+cudaError_t to_half(DType t, const void* w, size_t row_stride, int64_t cols, int64_t n, bool bf16, uint16_t* out,
+                    cudaStream_t stream);
 cudaError_t rmsnorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out,
                     cudaStream_t stream);
 cudaError_t rope(float* x, int64_t n, int n_heads, int head_dim, const int32_t* pos, const RopeParams& p,
                  cudaStream_t stream);
+// Backend::rope_store_kv in one launch, each element with rope's and store_kv's bits.
+// REQUIRES: head_dim even, 0 < n_rot <= head_dim, n_rot even.
+cudaError_t rope_store_kv(float* q, float* k, const float* v, int64_t n, int n_heads, int n_kv_heads, int head_dim,
+                          const int32_t* pos, const RopeParams& p, const int32_t* slots, float* k_cache,
+                          float* v_cache, cudaStream_t stream);
 cudaError_t swiglu(const float* gate, const float* up, int64_t count, float* out, cudaStream_t stream);
 cudaError_t add(float* x, const float* y, int64_t count, cudaStream_t stream);
 cudaError_t add_bias(float* x, const float* bias, int64_t n, int64_t dim, cudaStream_t stream);
@@ -60,6 +69,10 @@ struct GemvQkv {
 // REQUIRES: 1 <= n <= kGemvMaxN; supported t; cols a multiple of t's block.
 cudaError_t gemv_qkv(DType t, const GemvQkv& a, size_t row_stride, int64_t cols, const float* x, int n,
                      cudaStream_t stream);
+// y[j, r] += x[j, :] . W[r, :] (v3's dot, then the one float add of add()): a projection with
+// the residual add fused in. REQUIRES: as gemv_qkv; y does not alias x.
+cudaError_t gemv_add(DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n,
+                     float* y, cudaStream_t stream);
 // out[j, r] = silu(x[j, :] . W_gate[r, :]) * (x[j, :] . W_up[r, :]), both [rows, cols] of type t.
 // REQUIRES: as gemv_qkv; out does not alias x.
 cudaError_t gemv_swiglu(DType t, const void* w_gate, const void* w_up, size_t row_stride, int64_t rows, int64_t cols,

@@ -4,11 +4,13 @@
 //   ds-gpu-engine-check --golden DIR [--bench-dir DIR] [--no-bench]
 //
 // Step 3: greedy generation of DIR/stories260K.gguf (and -f16) on the CUDA backend must
-//         reproduce DIR/stories260K-golden.jsonl token for token.
+//         reproduce DIR/stories260K-golden.jsonl token for token (sampling on the GPU);
+//         six requests of every sampling kind must give the tokens of host sampling.
 // Step 4: for ds-mkmodel's bench-1b preset in Q8_0 and F16 (written to --bench-dir):
 //         prefill tok/s (512 tokens), decode tok/s at batch 1, 8 and 32, the weight bytes
 //         read per second at batch 1 against the device-to-device copy bandwidth measured
-//         here, and prefill time against the time of its GEMMs alone (backend matmuls).
+//         here, prefill time against the time of its GEMMs alone (backend matmuls), and
+//         sampled decode at batch 8 with sampling on the GPU vs on the host.
 // Exit status: 0 pass, 1 a check failed, 2 no usable GPU / setup failure.
 #include <cuda_runtime.h>
 
@@ -79,7 +81,9 @@ std::unique_ptr<ds::Backend> gpu() {
 // graphs: whether the backend records decode steps as CUDA graphs; *replays (when given)
 // points at the backend's replay counter afterwards.
 std::unique_ptr<ds::Engine> engine(std::shared_ptr<ds::Model> m, int max_batch, int ctx, int step_tokens,
-                                   bool graphs = true, const ds::CudaBackend** cuda = nullptr) {
+                                   bool graphs = true, const ds::CudaBackend** cuda = nullptr,
+                                   ds::BackendSampling sampling = ds::BackendSampling::kAuto,
+                                   int candidates = ds::kSampleMaxCandidates) {
   std::string err;
   ds::CudaBackendOptions co;
   co.record_graphs = graphs;
@@ -94,6 +98,8 @@ std::unique_ptr<ds::Engine> engine(std::shared_ptr<ds::Model> m, int max_batch, 
   o.n_ctx = ctx;
   o.max_step_tokens = step_tokens;
   o.kv_cache_tokens = max_batch * ctx;
+  o.backend_sampling = sampling;
+  o.backend_sample_candidates = candidates;
   auto e = ds::Engine::Create(std::move(m), std::move(be), o);
   if (!e.ok()) {
     std::printf("ERROR: engine: %s\n", e.status().ToString().c_str());
@@ -162,6 +168,59 @@ bool golden(const std::string& dir) {
   return ok;
 }
 
+// Requests of every sampling kind, n of them, for prompt ids from base.
+std::vector<ds::SequenceRequest> sampled_requests(int n, int max_tokens, int32_t base) {
+  std::vector<ds::SequenceRequest> rs;
+  for (int i = 0; i < n; ++i) {
+    ds::SequenceRequest r;
+    r.id = i;
+    r.prompt = {1, base + i, base + 2 * i + 1};
+    ds::SamplingParams& p = r.params;
+    p.max_tokens = max_tokens;
+    p.ignore_eos = true;
+    p.seed = 100 + i;
+    switch (i % 6) {
+      case 0: break;  // greedy
+      case 1: p.temperature = 0.8f; p.top_k = 40; p.top_p = 0.95f; break;
+      case 2: p.temperature = 0.7f; p.top_p = 0.9f; break;
+      case 3: p.temperature = 1.0f; break;
+      case 4: p.temperature = 1.2f; p.min_p = 0.05f; p.repeat_penalty = 1.3f; p.frequency_penalty = 0.4f; break;
+      default: p.repeat_penalty = 1.5f; p.presence_penalty = 0.5f; break;
+    }
+    rs.push_back(r);
+  }
+  return rs;
+}
+
+// Sampling on the GPU (Backend::sample_candidates) gives the tokens of host sampling from
+// the downloaded logits, for every kind of request; with 8 candidates the softmax sums and
+// the whole-row fallback run too.
+bool sampling(const std::string& dir) {
+  auto m = ds::Model::Load(dir + "/stories260K.gguf");
+  if (!m.ok()) return false;
+  bool ok = true;
+  for (int candidates : {ds::kSampleMaxCandidates, 8}) {
+    std::vector<std::vector<int32_t>> got[2];
+    ds::EngineStats st{};
+    for (int k = 0; k < 2; ++k) {
+      auto e = engine(*m, 6, 256, 256, true, nullptr, k == 0 ? ds::BackendSampling::kOff : ds::BackendSampling::kAuto,
+                      candidates);
+      if (!e) return false;
+      for (auto& r : sampled_requests(6, 40, 300))
+        if (!check_ok(e->add(r), "add")) return false;
+      got[k] = run(*e, 6);
+      if (k == 1) st = e->stats();
+    }
+    const bool same = got[0] == got[1] && got[0][0].size() == 40;
+    std::printf("sampling on the GPU, %4d candidates: %s (%llu tokens sampled there, %llu needed the whole row)\n",
+                candidates, same ? "same tokens as host sampling" : "MISMATCH with host sampling",
+                static_cast<unsigned long long>(st.backend_samples),
+                static_cast<unsigned long long>(st.backend_sample_fallbacks));
+    ok = ok && same && st.backend_samples == 240;
+  }
+  return ok;
+}
+
 double d2d_bandwidth_gbs() {
   const size_t bytes = size_t{1} << 30;
   void *a = nullptr, *b = nullptr;
@@ -181,6 +240,7 @@ double d2d_bandwidth_gbs() {
 bool bench(const std::string& dir, double copy_gbs) {
   std::printf("\n%-6s %10s %10s %10s %10s %9s %9s %11s %12s\n", "type", "prefill", "dec b1", "dec b8", "dec b32", "GB/s b1",
               "% copy", "prefill/gemm", "b1 no graph");
+  std::vector<std::string> sampled_lines;
   for (const char* tn : {"q8_0", "f16"}) {
     auto spec = ds::model_preset("bench-1b");
     ds::parse_dtype(tn, &spec->type);
@@ -232,6 +292,21 @@ bool bench(const std::string& dir, double copy_gbs) {
       dec.push_back(static_cast<double>(b) * gen / secs(t0));
       replays += cuda->replays();
     }
+    // Sampled decode at batch 8 (every kind of request): sampling on the GPU vs on the host.
+    double sampled[2] = {0, 0};
+    for (int k = 0; k < 2; ++k) {
+      auto e = engine(*m, 8, 256, 256, true, nullptr, k == 0 ? ds::BackendSampling::kAuto : ds::BackendSampling::kOff);
+      if (!e) return false;
+      for (auto& r : sampled_requests(8, gen + 1, 300))
+        if (!check_ok(e->add(r), "add")) return false;
+      std::vector<ds::TokenEvent> evs;
+      if (!check_ok(e->step(&evs), "step (prompts + first token)")) return false;
+      const auto t0 = Clock::now();
+      run(*e, 8);
+      sampled[k] = 8.0 * gen / secs(t0);
+    }
+    sampled_lines.push_back(std::string(tn) + ": sampled decode b8 " + std::to_string(sampled[0]) + " tok/s sampling on the GPU, " +
+                            std::to_string(sampled[1]) + " on the host (ratio " + std::to_string(sampled[0] / sampled[1]) + ")");
     // GEMM-only time of a prefill: every layer's matmuls at n = prompt.
     double gemm_s = 0;
     {
@@ -269,6 +344,7 @@ bool bench(const std::string& dir, double copy_gbs) {
   }
   std::printf("(tok/s; GB/s b1 = weight bytes x decode tok/s; %% copy = of the device-to-device copy bandwidth %.0f GB/s;\n"
               " prefill/gemm = prefill time over the time of its layer GEMMs alone: target <= 1.5)\n", copy_gbs);
+  for (const auto& l : sampled_lines) std::printf("%s\n", l.c_str());
   return true;
 }
 
@@ -292,6 +368,7 @@ int main(int argc, char** argv) {
   }
   bool ok = true;
   if (!gold.empty()) ok = golden(gold) && ok;
+  if (!gold.empty()) ok = sampling(gold) && ok;
   if (do_bench) ok = bench(bench_dir, d2d_bandwidth_gbs()) && ok;
   std::printf("RESULT: %s\n", ok ? "PASS" : "FAIL");
   return ok ? 0 : 1;

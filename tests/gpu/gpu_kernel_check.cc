@@ -273,8 +273,17 @@ void check_matmul(CudaBackend& b, CudaBackend& tf32, Rng& rng, bool quick) {
           b.set_gemv_version(kLiveGemv);
         } else {
           b.matmul(gw, dx.as(), n, dy.as());
-          const char* path = n > b.options().gemv_max_batch ? "/cublas" : "/gemv-auto";
-          compare("matmul/" + tn + path + suffix, dy.read(n * c.rows), wn, 1e-6, 2e-5, &sn);
+          const bool cublas = n > b.options().gemv_max_batch;
+          if (cublas && b.options().gemm_half && t != DType::kF32) {
+            // Tensor cores: X rounded to F16 (2^-11 relative; BF16 2^-8), quantized weights too.
+            const bool bf = t == DType::kBF16;
+            compare("matmul/" + tn + (bf ? "/cublas-bf16" : "/cublas-f16") + suffix, dy.read(n * c.rows), wn, 1e-5,
+                    bf ? 8e-3 : 1.5e-3, &sn);
+            b.set_gemm_half(false);
+            b.matmul(gw, dx.as(), n, dy.as());
+            b.set_gemm_half(true);
+          }
+          compare("matmul/" + tn + (cublas ? "/cublas" : "/gemv-auto") + suffix, dy.read(n * c.rows), wn, 1e-6, 2e-5, &sn);
           b.set_batch_invariant(true);
           b.matmul(gw, dx.as(), n, dy.as());
           const auto inv = dy.read(n * c.rows);
@@ -663,6 +672,104 @@ void check_attention(CudaBackend& b, Rng& rng) {
 // pair) replays to the same bits as the eager ops, sees new inputs uploaded between replays,
 // and a recording that meets an op it cannot record (the cuBLAS path) reports failure and
 // runs nothing.
+// matmul_add (one GEMV v3 launch with the residual add) and rope_store_kv (one launch):
+// against the reference and bit for bit against the separate ops (fuse_decode off).
+void check_fused_residual_rope(CudaBackend& b, Rng& rng, bool quick) {
+  struct Shape { int64_t rows, cols; };
+  for (DType t : kAllTypes) {
+    const std::string tn = ds::dtype_name(t);
+    for (Shape sh : {Shape{64, 96}, Shape{256, 512}, Shape{2048, 5632}}) {
+      if (quick && sh.rows > 256) continue;
+      const int64_t max_n = 9;
+      const auto w = make_weights(rng, t, sh.rows, sh.cols);
+      const auto x = rng.floats(max_n * sh.cols);
+      const auto res = rng.floats(max_n * sh.rows, -4, 4);
+      std::vector<float> want;
+      std::vector<double> scale;
+      ref_matmul_scaled(t, w, sh.rows, sh.cols, x, max_n, &want, &scale);
+      Buf dw(b, w), dx(b, x), dy(b, res), dy2(b, res), tmp(b, max_n * sh.rows * 4);
+      const WeightRef gw{t, dw.as<void>(), sh.rows, sh.cols};
+      for (int64_t n : {1, 3, 8, 9}) {
+        const std::string suffix = " " + shape(sh.rows, sh.cols) + " n=" + std::to_string(n) + (n > 8 ? " invariant" : "");
+        b.upload(dy.as(), res.data(), res.size() * 4);
+        b.upload(dy2.as(), res.data(), res.size() * 4);
+        if (n > 8) b.set_batch_invariant(true);
+        b.matmul_add(gw, dx.as(), n, dy.as(), tmp.as());
+        b.set_fuse_decode(false);
+        b.matmul_add(gw, dx.as(), n, dy2.as(), tmp.as());
+        b.set_fuse_decode(true);
+        b.set_batch_invariant(false);
+        const auto got = dy.read(n * sh.rows), sep = dy2.read(n * sh.rows);
+        std::vector<float> wn(n * sh.rows);
+        std::vector<double> sn(n * sh.rows);
+        for (int64_t i = 0; i < n * sh.rows; ++i) {
+          wn[i] = res[i] + want[i];
+          sn[i] = scale[i] + std::fabs(res[i]);
+        }
+        compare("fused-add/" + tn + suffix, got, wn, 1e-6, 2e-5, &sn);
+        expect("determinism/fused-add-bits " + tn + suffix, same_bits(got.data(), sep.data(), got.size()),
+               "the fused launch differs from matmul + add");
+      }
+    }
+  }
+  // rope_store_kv: both styles, GQA, partial rotation, scattered cache slots.
+  struct Rope { int n_heads, n_kv_heads, head_dim, n_rot; RopeStyle style; };
+  for (Rope rp : {Rope{4, 2, 16, 16, RopeStyle::kNormal}, Rope{4, 4, 32, 32, RopeStyle::kNeox},
+                  Rope{32, 4, 64, 64, RopeStyle::kNormal}, Rope{6, 2, 24, 16, RopeStyle::kNeox},
+                  Rope{6, 3, 24, 8, RopeStyle::kNormal}}) {
+    for (int64_t n : {1, 5, 17}) {
+      const int64_t qd = static_cast<int64_t>(rp.n_heads) * rp.head_dim, kvd = static_cast<int64_t>(rp.n_kv_heads) * rp.head_dim;
+      const auto q = rng.floats(n * qd), k = rng.floats(n * kvd), v = rng.floats(n * kvd);
+      std::vector<int32_t> pos(n), slots(n);
+      for (int64_t i = 0; i < n; ++i) {
+        pos[i] = static_cast<int32_t>(rng.below(4000));
+        slots[i] = static_cast<int32_t>((i * 7 + 3) % 64);  // distinct for n <= 64
+      }
+      const int64_t cache = 64 * kvd;
+      RopeParams p;
+      p.style = rp.style;
+      p.n_rot = rp.n_rot;
+      p.freq_base = 10000;
+      Buf dpos(b, pos), dslots(b, slots), dv(b, v);
+      Buf q1(b, q), k1(b, k), kc1(b, cache * 4), vc1(b, cache * 4);
+      Buf q2(b, q), k2(b, k), kc2(b, cache * 4), vc2(b, cache * 4);
+      b.rope_store_kv(q1.as(), k1.as(), dv.as(), n, rp.n_heads, rp.n_kv_heads, rp.head_dim, dpos.as<int32_t>(), p,
+                      dslots.as<int32_t>(), kc1.as(), vc1.as());
+      b.set_fuse_decode(false);
+      b.rope_store_kv(q2.as(), k2.as(), dv.as(), n, rp.n_heads, rp.n_kv_heads, rp.head_dim, dpos.as<int32_t>(), p,
+                      dslots.as<int32_t>(), kc2.as(), vc2.as());
+      b.set_fuse_decode(true);
+      const std::string suffix = " h" + std::to_string(rp.n_heads) + "/" + std::to_string(rp.n_kv_heads) + " hd" +
+                                 std::to_string(rp.head_dim) + " rot" + std::to_string(rp.n_rot) +
+                                 (rp.style == RopeStyle::kNeox ? " neox" : " normal") + " n=" + std::to_string(n);
+      bool same = true;
+      for (auto* pair : {&q1, &k1, &kc1, &vc1}) {
+        const Buf& other = pair == &q1 ? q2 : pair == &k1 ? k2 : pair == &kc1 ? kc2 : vc2;
+        const size_t count = pair == &q1 ? n * qd : pair == &k1 ? n * kvd : cache;
+        same = same && same_bits(pair->read(count).data(), other.read(count).data(), count);
+      }
+      expect("determinism/fused-rope-store-bits" + suffix, same, "differs from rope, rope, store_kv");
+      // And the reference: ref::rope on the host copies, then the cache rows.
+      std::vector<float> rq = q, rk = k;
+      ds::ref::rope(rq.data(), n, rp.n_heads, rp.head_dim, pos.data(), p);
+      ds::ref::rope(rk.data(), n, rp.n_kv_heads, rp.head_dim, pos.data(), p);
+      compare("fused-rope-store/q" + suffix, q1.read(n * qd), rq, 1e-6, 1e-5);
+      const auto kc = kc1.read(cache), vc = vc1.read(cache);
+      std::vector<float> gk, gv, wk, wv;
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t c = 0; c < kvd; ++c) {
+          gk.push_back(kc[slots[i] * kvd + c]);
+          gv.push_back(vc[slots[i] * kvd + c]);
+          wk.push_back(rk[i * kvd + c]);
+          wv.push_back(v[i * kvd + c]);
+        }
+      compare("fused-rope-store/k-cache" + suffix, gk, wk, 1e-6, 1e-5);
+      compare("fused-rope-store/v-cache" + suffix, gv, wv, 0, 0);
+    }
+  }
+  require_ok(b, "fused residual / rope");
+}
+
 // sample_candidates: penalties, NaN -> -inf, the m best in the sampler's order and the
 // softmax sums, against ref::sample_candidates on the same rows. Rows carry ties (values
 // rounded to a coarse grid), NaN, +-0, +-inf, and penalty entries. The penalized logits and
@@ -1097,7 +1204,8 @@ double bench_memcpy(CudaBackend& b, size_t bytes) {
   return gbps;
 }
 
-void bench_prefill(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols, int n) {
+void bench_prefill(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols, int n, bool half) {
+  b.set_gemm_half(half);
   const auto w = make_weights(rng, t, rows, cols);
   Buf dw(b, w), x(b, rng.floats(n * cols)), y(b, n * rows * 4);
   auto run = [&](int) { b.matmul(WeightRef{t, dw.as<void>(), rows, cols}, x.as(), n, y.as()); };
@@ -1107,8 +1215,10 @@ void bench_prefill(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols
   require_ok(b, "prefill benchmark");
   const std::string what =
       "matmul " + std::string(ds::dtype_name(t)) + " " + shape(rows, cols) + " n=" + std::to_string(n);
-  std::printf("BENCH %-36s %9.2f us  %8.2f TFLOP/s (cuBLAS F32 after dequantize)\n", what.c_str(), ms * 1e3,
-              2.0 * rows * cols * n / (ms * 1e-3) / 1e12);
+  std::printf("BENCH %-36s %9.2f us  %8.2f TFLOP/s (cuBLAS %s)\n", what.c_str(), ms * 1e3,
+              2.0 * rows * cols * n / (ms * 1e-3) / 1e12,
+              half ? "F16 tensor cores, F32 accumulation" : "F32 SGEMM after dequantize");
+  b.set_gemm_half(true);
 }
 
 void bench_attention(CudaBackend& b, Rng& rng, int n_tokens, int n_kv) {
@@ -1195,8 +1305,10 @@ void run_benchmarks(CudaBackend& b, Rng& rng) {
   for (const auto& [name, bw] : gemv_bw)
     std::printf("BENCH-RATIO gemv%d %-20s %8.1f GB/s = %5.1f%% of memcpy\n", kLiveGemv, name.c_str(), bw,
                 100.0 * bw / copy_bw);
-  bench_prefill(b, rng, DType::kF16, 5632, 2048, 128);
-  bench_prefill(b, rng, DType::kQ8_0, 5632, 2048, 512);
+  for (bool half : {false, true}) {
+    bench_prefill(b, rng, DType::kF16, 5632, 2048, 128, half);
+    bench_prefill(b, rng, DType::kQ8_0, 5632, 2048, 512, half);
+  }
   bench_attention(b, rng, 1, 4096);
   bench_attention(b, rng, 16, 1024);
   bench_sample(b, rng, 1, 1, false);
@@ -1237,6 +1349,7 @@ int main(int argc, char** argv) {
   auto b = CudaBackend::create(opts, &error);
   CudaBackendOptions tf32_opts = opts;
   tf32_opts.allow_tf32 = true;
+  tf32_opts.gemm_half = false;  // the TF32 check is of the F32 path
   auto tf32 = b ? CudaBackend::create(tf32_opts, &error) : nullptr;
   if (!b || !tf32) {
     std::printf("ERROR: %s\nRESULT: FAIL (no usable GPU)\n", error.c_str());
@@ -1256,6 +1369,7 @@ int main(int argc, char** argv) {
   check_attention(*b, rng);
   check_matmul(*b, *tf32, rng, quick);
   check_fused(*b, rng, quick);
+  check_fused_residual_rope(*b, rng, quick);
   check_sample(*b, rng, quick);
   check_recording(device, rng);
   check_nccl(device);

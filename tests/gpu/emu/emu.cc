@@ -7,11 +7,13 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <thread>
 #include <vector>
 
 #include "cublas_v2.h"
+#include "cuda_fp16.h"
 #include "cuda_runtime.h"
 
 namespace emu {
@@ -221,12 +223,20 @@ cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t transa, cublasOper
                             const void* alpha, const void* a, cudaDataType atype, int lda, const void* b,
                             cudaDataType btype, int ldb, const void* beta, void* c, cudaDataType ctype, int ldc,
                             cublasComputeType_t, cublasGemmAlgo_t) {
-  if (atype != CUDA_R_32F || btype != CUDA_R_32F || ctype != CUDA_R_32F) return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (atype != btype || ctype != CUDA_R_32F || (atype != CUDA_R_32F && atype != CUDA_R_16F && atype != CUDA_R_16BF))
+    return CUBLAS_STATUS_NOT_SUPPORTED;
+  auto load = [atype](const void* p, int64_t i) -> float {
+    if (atype == CUDA_R_32F) return static_cast<const float*>(p)[i];
+    const uint16_t h = static_cast<const uint16_t*>(p)[i];
+    if (atype == CUDA_R_16F) return __half2float(__ushort_as_half(h));
+    const uint32_t u = static_cast<uint32_t>(h) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  };
   if (m < 0 || n < 0 || k < 0 || lda < std::max(1, transa == CUBLAS_OP_N ? m : k) ||
       ldb < std::max(1, transb == CUBLAS_OP_N ? k : n) || ldc < std::max(1, m))
     return CUBLAS_STATUS_INVALID_VALUE;
-  const auto* A = static_cast<const float*>(a);
-  const auto* B = static_cast<const float*>(b);
   auto* C = static_cast<float*>(c);
   const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
   for (int j = 0; j < n; ++j) {
@@ -235,7 +245,7 @@ cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t transa, cublasOper
       for (int l = 0; l < k; ++l) {
         const int64_t ia = transa == CUBLAS_OP_N ? i + int64_t{l} * lda : l + int64_t{i} * lda;
         const int64_t ib = transb == CUBLAS_OP_N ? l + int64_t{j} * ldb : j + int64_t{l} * ldb;
-        const float av = A[ia], bv = B[ib];
+        const float av = load(a, ia), bv = load(b, ib);
         s += static_cast<double>(av) * bv;
       }
       float& out = C[i + static_cast<int64_t>(j) * ldc];

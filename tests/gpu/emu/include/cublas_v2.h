@@ -1,6 +1,6 @@
 // tests/gpu/emu/include/cublas_v2.h: cublasGemmEx and friends for the CPU emulation (see
 // cuda_runtime.h here): a plain column-major GEMM following cuBLAS's documented
-// semantics, F32 data only, so that CudaBackend's transpose/leading-dimension choices are
+// semantics (F32 output; F32, F16 or BF16 inputs), so that CudaBackend's transpose/leading-dimension choices are
 // tested too.
 #pragma once
 
@@ -15,7 +15,7 @@ enum cublasStatus_t {
   CUBLAS_STATUS_NOT_SUPPORTED = 15,
 };
 enum cublasOperation_t { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 };
-enum cudaDataType { CUDA_R_32F = 0, CUDA_R_16F = 2 };
+enum cudaDataType { CUDA_R_32F = 0, CUDA_R_16F = 2, CUDA_R_16BF = 14 };
 enum cublasComputeType_t { CUBLAS_COMPUTE_32F = 68, CUBLAS_COMPUTE_32F_FAST_TF32 = 77 };
 enum cublasGemmAlgo_t { CUBLAS_GEMM_DEFAULT = -1 };
 
