@@ -118,6 +118,7 @@ struct CudaBackend::Impl {
   std::map<uint64_t, cudaGraphExec_t> graphs;
 #endif
   std::set<uint64_t> refused;  // keys whose recording failed: never tried again
+  cudaEvent_t prof_start = nullptr, prof_stop = nullptr;  // profile_ops
 };
 
 CudaBackend::CudaBackend(const CudaBackendOptions& options) : options_(options), impl_(std::make_unique<Impl>()) {
@@ -162,7 +163,9 @@ bool CudaBackend::start() {
   constexpr const char* kOp = "create";
   return begin(kOp) && DS_CUDA_CHECK(kOp, cudaStreamCreateWithFlags(&impl_->stream, cudaStreamNonBlocking)) &&
          DS_CUBLAS_CHECK(kOp, cublasCreate(&impl_->cublas)) &&
-         DS_CUBLAS_CHECK(kOp, cublasSetStream(impl_->cublas, impl_->stream));
+         DS_CUBLAS_CHECK(kOp, cublasSetStream(impl_->cublas, impl_->stream)) &&
+         (!options_.profile_ops || (DS_CUDA_CHECK(kOp, cudaEventCreate(&impl_->prof_start)) &&
+                                    DS_CUDA_CHECK(kOp, cudaEventCreate(&impl_->prof_stop))));
 }
 
 CudaBackend::~CudaBackend() {
@@ -173,6 +176,8 @@ CudaBackend::~CudaBackend() {
   for (auto& [key, exec] : impl_->graphs) cudaGraphExecDestroy(exec);
 #endif
   if (impl_->staging) cudaFreeHost(impl_->staging);
+  if (impl_->prof_start) cudaEventDestroy(impl_->prof_start);
+  if (impl_->prof_stop) cudaEventDestroy(impl_->prof_stop);
   if (scratch_) cudaFree(scratch_);
   if (impl_->cublas) cublasDestroy(impl_->cublas);
   if (impl_->stream) cudaStreamDestroy(impl_->stream);
@@ -205,9 +210,23 @@ bool CudaBackend::check_cublas(int status, const char* op, const char* call, con
   return fail(op, what, file, line);
 }
 
-bool CudaBackend::begin(const char* op) { return DS_CUDA_CHECK(op, cudaSetDevice(impl_->device)); }
+bool CudaBackend::begin(const char* op) {
+  if (!DS_CUDA_CHECK(op, cudaSetDevice(impl_->device))) return false;
+  if (options_.profile_ops && impl_->prof_start) DS_CUDA_CHECK(op, cudaEventRecord(impl_->prof_start, impl_->stream));
+  return true;
+}
 
 void CudaBackend::end(const char* op) {
+  if (options_.profile_ops && impl_->prof_stop) {
+    float ms = 0;
+    if (DS_CUDA_CHECK(op, cudaEventRecord(impl_->prof_stop, impl_->stream)) &&
+        DS_CUDA_CHECK(op, cudaEventSynchronize(impl_->prof_stop)) &&
+        DS_CUDA_CHECK(op, cudaEventElapsedTime(&ms, impl_->prof_start, impl_->prof_stop))) {
+      OpTime& t = profile_[op];
+      ++t.calls;
+      t.ms += ms;
+    }
+  }
   if (options_.sync_each_op) DS_CUDA_CHECK(op, cudaStreamSynchronize(impl_->stream));
 }
 
@@ -257,7 +276,7 @@ bool CudaBackend::replay(uint64_t key) {
 bool CudaBackend::record_begin(uint64_t key) {
 #ifndef DS_CUDA_EMULATION
   constexpr const char* kOp = "record";
-  if (options_.sync_each_op || !options_.record_graphs || capturing_ || impl_->refused.count(key) || impl_->graphs.count(key) || !ok()) return false;
+  if (options_.sync_each_op || options_.profile_ops || !options_.record_graphs || capturing_ || impl_->refused.count(key) || impl_->graphs.count(key) || !ok()) return false;
   if (!begin(kOp)) return false;
   if (cudaStreamBeginCapture(impl_->stream, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
     cudaGetLastError();

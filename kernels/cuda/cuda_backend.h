@@ -34,6 +34,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -53,6 +54,8 @@ struct CudaBackendOptions {
                                 // F16 (~5e-4 relative; BF16 ~4e-3). false: F32 SGEMM after dequantizing
   bool allow_tf32 = false;      // cuBLAS F32 path: TF32 tensor cores (faster; ~1e-3 relative error)
   int gemv_version = 3;         // see kernels/cuda/gemv.cu: 1 = simple, 2 = warp per row, 3 = live
+  bool profile_ops = false;     // time every op with CUDA events (each op then waits for its kernels, and
+                                // nothing is recorded as a graph): op_profile() has the breakdown
   bool fuse_decode = true;      // matmul_qkv / matmul_swiglu / matmul_add: one GEMV v3 launch each where
                                 // the GEMV path applies; rope_store_kv: one launch (false: the
                                 // separate ops, Backend's defaults)
@@ -124,6 +127,14 @@ class CudaBackend final : public Backend {
   // "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)"
   const std::string& device_description() const { return device_description_; }
   size_t scratch_bytes() const { return scratch_bytes_; }
+  // Under options.profile_ops: calls and GPU milliseconds per op name since the last reset
+  // (an op that falls back to Backend's default counts as the ops it issues).
+  struct OpTime {
+    int64_t calls = 0;
+    double ms = 0;
+  };
+  const std::map<std::string, OpTime>& op_profile() const { return profile_; }
+  void reset_op_profile() { profile_.clear(); }
   // Recordings kept / replays done so far (tests and benchmarks).
   size_t recordings() const;
   int64_t replays() const { return replays_; }
@@ -155,6 +166,7 @@ class CudaBackend final : public Backend {
   bool capture_failed_ = false;
   uint64_t capture_key_ = 0;
   int64_t replays_ = 0;
+  std::map<std::string, OpTime> profile_;
 };
 
 }  // namespace ds

@@ -10,10 +10,12 @@
 //         prefill tok/s (512 tokens), decode tok/s at batch 1, 8 and 32, the weight bytes
 //         read per second at batch 1 against the device-to-device copy bandwidth measured
 //         here, prefill time against the time of its GEMMs alone (backend matmuls), and
-//         sampled decode at batch 8 with sampling on the GPU vs on the host.
+//         sampled decode at batch 8 with sampling on the GPU vs on the host, and the
+//         per-op GPU time of a batch-1 decode step (CudaBackendOptions::profile_ops).
 // Exit status: 0 pass, 1 a check failed, 2 no usable GPU / setup failure.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -83,10 +85,11 @@ std::unique_ptr<ds::Backend> gpu() {
 std::unique_ptr<ds::Engine> engine(std::shared_ptr<ds::Model> m, int max_batch, int ctx, int step_tokens,
                                    bool graphs = true, const ds::CudaBackend** cuda = nullptr,
                                    ds::BackendSampling sampling = ds::BackendSampling::kAuto,
-                                   int candidates = ds::kSampleMaxCandidates) {
+                                   int candidates = ds::kSampleMaxCandidates, bool profile = false) {
   std::string err;
   ds::CudaBackendOptions co;
   co.record_graphs = graphs;
+  co.profile_ops = profile;
   std::unique_ptr<ds::CudaBackend> be = ds::CudaBackend::create(co, &err);
   if (!be) {
     std::printf("ERROR: no CUDA backend: %s\n", err.c_str());
@@ -221,6 +224,46 @@ bool sampling(const std::string& dir) {
   return ok;
 }
 
+// Where a decode step's GPU time goes: every op timed with CUDA events (eager: each op
+// waits for its kernels, so the sum exceeds a graph replay's step; the shares are the point).
+bool profile_decode(const std::shared_ptr<ds::Model>& m, const char* tn, int batch, std::string* out) {
+  char line[256];
+  const ds::CudaBackend* cuda = nullptr;
+  auto e = engine(m, batch, 256, 256, false, &cuda, ds::BackendSampling::kAuto, ds::kSampleMaxCandidates, true);
+  if (!e) return false;
+  for (int i = 0; i < batch; ++i) {
+    ds::SequenceRequest r;
+    r.id = i;
+    r.prompt = {1, 300 + i, 400 + i};
+    r.params.max_tokens = 17;
+    r.params.ignore_eos = true;
+    if (!check_ok(e->add(r), "add")) return false;
+  }
+  std::vector<ds::TokenEvent> evs;
+  if (!check_ok(e->step(&evs), "step (prompts + first token)")) return false;
+  const_cast<ds::CudaBackend*>(cuda)->reset_op_profile();
+  int steps = 0;
+  run(*e, batch, &steps);
+  std::vector<std::pair<std::string, ds::CudaBackend::OpTime>> ops(cuda->op_profile().begin(), cuda->op_profile().end());
+  std::sort(ops.begin(), ops.end(), [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; });
+  double total = 0;
+  for (const auto& [name, t] : ops) total += t.ms;
+  std::snprintf(line, sizeof line, "\ndecode step profile, bench-1b %s, batch %d (%d steps; ops timed one by one):\n", tn,
+                batch, steps);
+  *out += line;
+  std::snprintf(line, sizeof line, "  %-20s %12s %12s %7s\n", "op", "calls/step", "us/step", "share");
+  *out += line;
+  for (const auto& [name, t] : ops) {
+    std::snprintf(line, sizeof line, "  %-20s %12.1f %12.1f %6.1f%%\n", name.c_str(),
+                  static_cast<double>(t.calls) / std::max(steps, 1), 1e3 * t.ms / std::max(steps, 1),
+                  100.0 * t.ms / std::max(total, 1e-9));
+    *out += line;
+  }
+  std::snprintf(line, sizeof line, "  %-20s %12s %12.1f\n", "total", "", 1e3 * total / std::max(steps, 1));
+  *out += line;
+  return true;
+}
+
 double d2d_bandwidth_gbs() {
   const size_t bytes = size_t{1} << 30;
   void *a = nullptr, *b = nullptr;
@@ -241,6 +284,7 @@ bool bench(const std::string& dir, double copy_gbs) {
   std::printf("\n%-6s %10s %10s %10s %10s %9s %9s %11s %12s\n", "type", "prefill", "dec b1", "dec b8", "dec b32", "GB/s b1",
               "% copy", "prefill/gemm", "b1 no graph");
   std::vector<std::string> sampled_lines;
+  std::string profiles;
   for (const char* tn : {"q8_0", "f16"}) {
     auto spec = ds::model_preset("bench-1b");
     ds::parse_dtype(tn, &spec->type);
@@ -307,6 +351,7 @@ bool bench(const std::string& dir, double copy_gbs) {
     }
     sampled_lines.push_back(std::string(tn) + ": sampled decode b8 " + std::to_string(sampled[0]) + " tok/s sampling on the GPU, " +
                             std::to_string(sampled[1]) + " on the host (ratio " + std::to_string(sampled[0] / sampled[1]) + ")");
+    if (!profile_decode(*m, tn, 1, &profiles)) return false;
     // GEMM-only time of a prefill: every layer's matmuls at n = prompt.
     double gemm_s = 0;
     {
@@ -345,6 +390,7 @@ bool bench(const std::string& dir, double copy_gbs) {
   std::printf("(tok/s; GB/s b1 = weight bytes x decode tok/s; %% copy = of the device-to-device copy bandwidth %.0f GB/s;\n"
               " prefill/gemm = prefill time over the time of its layer GEMMs alone: target <= 1.5)\n", copy_gbs);
   for (const auto& l : sampled_lines) std::printf("%s\n", l.c_str());
+  std::printf("%s", profiles.c_str());
   return true;
 }
 

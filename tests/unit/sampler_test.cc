@@ -197,7 +197,9 @@ TEST(BackendSampling, CandidatesGiveSampleTokensChoice) {
         EXPECT_EQ(got, want) << "temp " << p.temperature << " top_k " << p.top_k << " top_p " << p.top_p
                              << " min_p " << p.min_p << " seed " << seed << " m " << max_candidates;
         const bool exact = p.temperature <= 0 || (p.top_k > 0 && p.top_k <= max_candidates);
-        if (exact) EXPECT_FALSE(fell_back) << "greedy and top-k within the candidates never need the whole row";
+        if (exact) {
+          EXPECT_FALSE(fell_back) << "greedy and top-k within the candidates never need the whole row";
+        }
         fallbacks += fell_back;
         ++total;
       }
