@@ -59,6 +59,15 @@ struct AttentionArgs {
   int head_dim = 0;
   int block_size = 0;
   float scale = 1;             // usually 1/sqrt(head_dim)
+  // Split-K decode (optional; backends without attention_workspace_floats() ignore these).
+  // max_kv: an upper bound on every token's n_kv, fixed for all calls whose outputs must
+  // agree bit for bit (a Forward: the per-sequence context capacity); 0: unknown. The
+  // backend may cut positions into chunks whose size depends on max_kv (never on n_tokens),
+  // using workspace (backend memory, workspace_floats floats) for the partial results;
+  // with max_kv 0 or too small a workspace it runs its one-pass kernel.
+  int max_kv = 0;
+  float* workspace = nullptr;
+  size_t workspace_floats = 0;
 };
 
 // ---- backend-side sampling (model/sampler.h has the pipeline; kernels/sampling.h the
@@ -129,6 +138,12 @@ class Backend {
   // Causal attention of each query token over its sequence's cached keys and values (GQA:
   // head h reads KV head h / (n_heads / n_kv_heads)).
   virtual void attention(const AttentionArgs& a) = 0;
+  // Floats of AttentionArgs::workspace that attention() needs to use its split-K path for
+  // up to max_tokens tokens with these shapes and max_kv; 0: it has none (no workspace).
+  virtual size_t attention_workspace_floats(int64_t /*max_tokens*/, int /*n_heads*/, int /*head_dim*/,
+                                            int /*max_kv*/) const {
+    return 0;
+  }
 
   // Fused ops (decode): each default issues the separate ops above, in the order written,
   // so a backend overrides one only to save launches. An override computes every output

@@ -58,7 +58,8 @@ Result<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Model> mode
   Result<std::unique_ptr<KvCache>> kv = KvCache::Create(*e->backend_, c.n_layer, c.kv_dim(), opts->kv_block_size, kv_blocks(*opts));
   if (!kv.ok()) return kv.status();
   e->kv_ = std::move(kv).value();
-  Result<std::unique_ptr<Forward>> f = Forward::Create(e->model_, *e->backend_, *e->kv_, opts->max_step_tokens);
+  Result<std::unique_ptr<Forward>> f =
+      Forward::Create(e->model_, *e->backend_, *e->kv_, opts->max_step_tokens, {}, opts->n_ctx);
   if (!f.ok()) return f.status();
   e->fwd_ = std::move(f).value();
   e->sample_on_backend_ = opts->backend_sampling == BackendSampling::kOn ||
@@ -93,7 +94,7 @@ Result<std::unique_ptr<Engine>> Engine::CreateTensorParallel(std::shared_ptr<con
   Result<EngineOptions> opts = normalize(c, o, c.kv_dim() / n);
   if (!opts.ok()) return opts.status();
   Result<std::unique_ptr<ShardGroup>> g = ShardGroup::Create(model, std::move(ranks), opts->kv_block_size, kv_blocks(*opts), opts->max_step_tokens,
-                                                             std::chrono::milliseconds(opts->shard_step_timeout_ms));
+                                                             std::chrono::milliseconds(opts->shard_step_timeout_ms), opts->n_ctx);
   if (!g.ok()) return g.status();
   std::unique_ptr<Engine> e(new Engine(std::move(model), nullptr, *opts));
   e->group_ = std::move(g).value();

@@ -11,17 +11,20 @@
 namespace ds {
 
 Result<std::unique_ptr<Forward>> Forward::Create(std::shared_ptr<const Model> model, Backend& backend, KvCache& kv,
-                                                 int max_tokens, const std::function<void(size_t, size_t)>& progress) {
+                                                 int max_tokens, const std::function<void(size_t, size_t)>& progress,
+                                                 int max_seq_positions) {
   if (max_tokens <= 0) return Status::InvalidArgument("max tokens per step must be positive");
   const Model& m = *model;
   std::unique_ptr<Forward> f(new Forward(std::move(model), m.config(), m.weights(), backend, kv, max_tokens));
+  f->max_kv_ = max_seq_positions;
   DS_RETURN_IF_ERROR(f->Init(progress));
   return f;
 }
 
 Result<std::unique_ptr<Forward>> Forward::CreateShard(std::shared_ptr<const ModelShard> shard, Backend& backend,
                                                       Communicator& comm, KvCache& kv, int max_tokens,
-                                                      const std::function<void(size_t, size_t)>& progress) {
+                                                      const std::function<void(size_t, size_t)>& progress,
+                                                      int max_seq_positions) {
   if (max_tokens <= 0) return Status::InvalidArgument("max tokens per step must be positive");
   if (shard->rank != comm.rank() || shard->n_ranks != comm.size()) {
     return Status::InvalidArgument("the shard is rank " + std::to_string(shard->rank) + " of " + std::to_string(shard->n_ranks) +
@@ -30,6 +33,7 @@ Result<std::unique_ptr<Forward>> Forward::CreateShard(std::shared_ptr<const Mode
   const ModelShard& s = *shard;
   std::unique_ptr<Forward> f(new Forward(std::move(shard), s.config, s.weights, backend, kv, max_tokens));
   f->comm_ = &comm;
+  f->max_kv_ = max_seq_positions;
   for (int r = 0; r <= s.n_ranks; ++r) f->vocab_begin_.push_back(vocab_shard_begin(s.config.n_vocab, r, s.n_ranks));
   for (int r = 0; r < s.n_ranks; ++r) f->vocab_stride_ = std::max(f->vocab_stride_, f->vocab_begin_[r + 1] - f->vocab_begin_[r]);
   DS_RETURN_IF_ERROR(f->Init(progress));
@@ -127,6 +131,17 @@ Status Forward::Init(const std::function<void(size_t, size_t)>& progress) {
                   static_cast<void*>(up_), static_cast<void*>(logits_), static_cast<void*>(ids_), static_cast<void*>(pos_),
                   static_cast<void*>(slots_), static_cast<void*>(out_rows_), static_cast<void*>(att_tokens_)}) {
     if (!p) return Status::ResourceExhausted(std::string("out of ") + be_.name() + " memory for activation buffers");
+  }
+  // Split-K attention workspace (CUDA), sized once for max_tokens so that every run(),
+  // whatever its batch, takes the same path with the same chunks (determinism contract).
+  if (max_kv_ <= 0) {
+    const int64_t positions = static_cast<int64_t>(kv_.blocks().n_blocks()) * kv_.block_size();
+    max_kv_ = static_cast<int>(std::min<int64_t>(positions, INT32_MAX));
+  }
+  att_workspace_floats_ = be_.attention_workspace_floats(max_tokens_, c.n_head, c.head_dim, max_kv_);
+  if (att_workspace_floats_ > 0) {
+    att_workspace_ = buffer(att_workspace_floats_);
+    if (!att_workspace_) return Status::ResourceExhausted(std::string("out of ") + be_.name() + " memory for the attention workspace");
   }
   if (comm_) {
     const size_t R = comm_->size();
@@ -226,6 +241,9 @@ Status Forward::enqueue_layers(int64_t n, int64_t n_out) {
   aa.head_dim = c.head_dim;
   aa.block_size = bs;
   aa.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  aa.max_kv = max_kv_;
+  aa.workspace = att_workspace_;
+  aa.workspace_floats = att_workspace_floats_;
   for (int l = 0; l < c.n_layer; ++l) {
     const Layer& L = layers_[l];
     be_.rmsnorm(x_, L.attn_norm, n, D, c.rms_eps, xn_);

@@ -44,8 +44,12 @@ class Forward {
  public:
   // max_tokens: the most tokens one run() may get. Uploads weights when the backend
   // does not use host memory (progress as in LoadOptions).
+  // max_seq_positions: the most positions one sequence holds (the engine's n_ctx); 0: the
+  // KV cache's total positions. It only sizes the attention's split-K chunks and workspace
+  // (AttentionArgs::max_kv): a longer sequence still gets correct, just slower, attention.
   static Result<std::unique_ptr<Forward>> Create(std::shared_ptr<const Model> model, Backend& backend, KvCache& kv,
-                                                 int max_tokens, const std::function<void(size_t, size_t)>& progress = {});
+                                                 int max_tokens, const std::function<void(size_t, size_t)>& progress = {},
+                                                 int max_seq_positions = 0);
   // Rank comm.rank() of a tensor-parallel group of comm.size() ranks over shard (made
   // by shard_model for that rank and size). comm works on backend's memory; kv holds
   // the rank's KV heads (kv_dim == shard->config.kv_dim()). Every rank of the group must
@@ -53,7 +57,8 @@ class Forward {
   // up); a failed collective fails the call with kInternal.
   static Result<std::unique_ptr<Forward>> CreateShard(std::shared_ptr<const ModelShard> shard, Backend& backend,
                                                       Communicator& comm, KvCache& kv, int max_tokens,
-                                                      const std::function<void(size_t, size_t)>& progress = {});
+                                                      const std::function<void(size_t, size_t)>& progress = {},
+                                                      int max_seq_positions = 0);
   ~Forward();
 
   // Runs the tokens; logits (host memory, [n_want, n_vocab] in token order) for those
@@ -97,6 +102,9 @@ class Forward {
   Backend& be_;
   KvCache& kv_;
   int max_tokens_;
+  int max_kv_ = 0;                  // AttentionArgs::max_kv: max_seq_positions or the cache's positions
+  float* att_workspace_ = nullptr;  // [att_workspace_floats_] for the split-K attention; null when none
+  size_t att_workspace_floats_ = 0;
   std::vector<void*> owned_;  // backend allocations to free
   std::vector<Layer> layers_;
   WeightRef tok_embd_, output_;  // output_: [n_vocab, n_embd], or this rank's vocab rows

@@ -107,7 +107,7 @@ struct ShardGroup::Shared {
 
 Result<std::unique_ptr<ShardGroup>> ShardGroup::Create(std::shared_ptr<const Model> model, std::vector<ShardRank> ranks,
                                                        int block_size, int n_blocks, int max_tokens,
-                                                       std::chrono::milliseconds step_timeout) {
+                                                       std::chrono::milliseconds step_timeout, int max_seq_positions) {
   const int n = static_cast<int>(ranks.size());
   if (n < 1) return Status::InvalidArgument("a tensor-parallel group needs at least one rank");
   if (step_timeout.count() < 0) {
@@ -140,7 +140,8 @@ Result<std::unique_ptr<ShardGroup>> ShardGroup::Create(std::shared_ptr<const Mod
     Result<std::unique_ptr<KvCache>> kv = KvCache::Create(*rank->backend, c.n_layer, c.kv_dim(), block_size, n_blocks);
     if (!kv.ok()) return prefixed(kv.status(), rank_name(r, n) + ": ");
     rank->kv = std::move(kv).value();
-    Result<std::unique_ptr<Forward>> f = Forward::CreateShard(*shard, *rank->backend, *rank->comm, *rank->kv, max_tokens);
+    Result<std::unique_ptr<Forward>> f = Forward::CreateShard(*shard, *rank->backend, *rank->comm, *rank->kv, max_tokens, {},
+                                                                max_seq_positions);
     if (!f.ok()) return prefixed(f.status(), rank_name(r, n) + ": ");
     rank->fwd = std::move(f).value();
     g->ranks_.push_back(std::move(rank));

@@ -2,18 +2,39 @@
 // paged KV cache (Backend::attention).
 //
 // Reference: ref::attention (kernels/ref.cc): scores in double, max-subtracted softmax,
-// weighted sum of V. Here (version 1, the only one):
-//   - one block of kWarps warps per (token t, head h); grid = n_tokens * n_heads.
+// weighted sum of V. Both versions share one block body, attend_range(): a block of kWarps
+// warps walks the positions [p0, p1) of one (token t, head h):
 //   - lane l holds q[d] and its output accumulator for d = l + 32 i, i < kPerLane
 //     (kPerLane * 32 >= head_dim; head_dim <= 1024).
-//   - warp w takes the groups of kGroup consecutive positions g = w, w + kWarps, ...;
+//   - warp w takes the groups of kGroup consecutive positions p0 + kGroup g, g = w, w + kWarps, ...;
 //     for each position the score is a warp sum of q.k times scale (the kGroup sums
 //     interleave, hiding shuffle latency), and the warp keeps an online softmax: running
 //     max m, running sum l, acc = sum exp(s - m) v, rescaled by exp(m_old - m_new) when m grows.
 //   - the kWarps partial states are merged through shared memory:
-//     out = sum_w acc_w exp(m_w - M) / sum_w l_w exp(m_w - M), M = max_w m_w.
-// Any n_kv works (n_kv == 0 gives zeros, as ref). The result for (t, h) depends only on
-// its own n_kv, block table and data, never on n_tokens: deterministic per token.
+//     M = max_w m_w, L = sum_w l_w exp(m_w - M), O = sum_w acc_w exp(m_w - M);
+//     the block writes out = O / L, or (split-K) the unnormalized state (O, M, L).
+//
+// Version 1 (attention_v1, the fallback and the reference timing): one block per (t, h)
+// over [0, n_kv); grid = n_tokens * n_heads. Long contexts with few tokens leave most SMs
+// idle (one sequence, 32 heads: 32 blocks).
+//
+// Version 2 (split-K / flash-decoding; when AttentionArgs carries max_kv > 0 and a
+// workspace of attention_workspace_floats() floats):
+//   - chunk size C = max(kChunkMin, ceil(max_kv / kMaxChunks)) rounded up to a multiple of
+//     kWarps * kGroup, and n_chunks = ceil(max_kv / C) (<= kMaxChunks): both depend on max_kv
+//     only, so the workspace stays [n_tokens * n_heads * n_chunks, head_dim + 2] floats.
+//   - attention_split: one block per (t, h, chunk c), grid = n_tokens * n_heads * n_chunks
+//     (fixed for a call shape, so CUDA graphs replay it while n_kv changes on the device).
+//     Token t has nc = clamp(ceil(n_kv / C), 1, n_chunks) chunks; chunk c covers
+//     [c C, (c + 1) C), the last one up to n_kv (so an n_kv above max_kv is still exact,
+//     just slower); blocks with c >= nc exit at once. A token with nc == 1 (n_kv <= C,
+//     n_kv == 0 included) gets its output written directly, with the very arithmetic of
+//     version 1 (same bits). Otherwise each chunk writes its (O, M, L) to the workspace.
+//   - attention_merge: one block per (t, h); tokens with nc == 1 return at once, others get
+//     out = sum_c O_c exp(M_c - M) / sum_c L_c exp(M_c - M), M = max_c M_c, chunks in order.
+// Either way the result for (t, h) depends only on its own n_kv, block table and data (and
+// on max_kv, fixed by the caller), never on n_tokens: deterministic per token.
+#include <climits>
 #include <cmath>
 
 #include "kernels/cuda/common.cuh"
@@ -24,12 +45,33 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kGroup = 4;
+constexpr int kChunkMin = 256;   // positions per split-K chunk, at least
+constexpr int kMaxChunks = 32;   // split-K chunks per (token, head), at most
+constexpr int kChunkAlign = kWarps * kGroup;
 
+// Split-K chunking for max_kv > 0 (see the file comment).
+int chunk_size(int max_kv) {
+  const int c = std::max(kChunkMin, (max_kv + kMaxChunks - 1) / kMaxChunks);
+  return (c + kChunkAlign - 1) / kChunkAlign * kChunkAlign;
+}
+int chunk_count(int max_kv) {
+  const int c = chunk_size(max_kv);
+  return (max_kv + c - 1) / c;
+}
+
+// Chunks token of n_kv positions uses (>= 1: a token with n_kv == 0 still writes zeros).
+__device__ __forceinline__ int token_chunks(int n_kv, int chunk, int n_chunks) {
+  const int nc = (n_kv + chunk - 1) / chunk;
+  return nc < 1 ? 1 : nc > n_chunks ? n_chunks : nc;
+}
+
+// One block's pass over positions [p0, p1) of pair pi = t * n_heads + h (file comment).
+// partial == nullptr: out[pi] = O / L (zeros when p0 == p1); else partial[0, head_dim) = O,
+// partial[head_dim] = M, partial[head_dim + 1] = L. shm: [kWarps][kPerLane * 32] + 2 kWarps floats.
 template <int kPerLane>
-__global__ void __launch_bounds__(kWarps * kWarpSize) attention_kernel(AttentionArgs a) {
-  DS_DYNAMIC_SHARED(float, shm);  // [kWarps][kPerLane * 32] accumulators, then [kWarps] m, [kWarps] l
+__device__ __forceinline__ void attend_range(const AttentionArgs& a, int64_t pi, int p0, int p1, float* shm,
+                                             float* partial) {
   constexpr int kSpan = kPerLane * kWarpSize;
-  const int64_t pi = blockIdx.x;  // t * n_heads + h
   const int64_t t = pi / a.n_heads;
   const int h = static_cast<int>(pi - t * a.n_heads);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -38,7 +80,6 @@ __global__ void __launch_bounds__(kWarps * kWarpSize) attention_kernel(Attention
   const int64_t kv_dim = static_cast<int64_t>(a.n_kv_heads) * head_dim;
   const int64_t head_off = static_cast<int64_t>(h / group) * head_dim;
   const int32_t* block_table = a.tokens[t].block_table;
-  const int n_kv = a.tokens[t].n_kv;
   const int bs = a.block_size;
 
   const float* q = a.q + pi * head_dim;
@@ -51,15 +92,15 @@ __global__ void __launch_bounds__(kWarps * kWarpSize) attention_kernel(Attention
   }
   float m = -INFINITY, l = 0.0f;
 
-  for (int g = warp; g * kGroup < n_kv; g += kWarps) {
+  for (int g = warp; p0 + g * kGroup < p1; g += kWarps) {
     float s[kGroup];
     const float* vrow[kGroup];
 #pragma unroll
     for (int u = 0; u < kGroup; ++u) {
-      const int p = g * kGroup + u;
+      const int p = p0 + g * kGroup + u;
       float part = 0.0f;
       vrow[u] = nullptr;
-      if (p < n_kv) {
+      if (p < p1) {
         const int64_t row = static_cast<int64_t>(block_table[p / bs]) * bs + p % bs;
         const float* k = a.k_cache + row * kv_dim + head_off;
         vrow[u] = a.v_cache + row * kv_dim + head_off;
@@ -78,7 +119,7 @@ __global__ void __launch_bounds__(kWarps * kWarpSize) attention_kernel(Attention
       if (vrow[u] == nullptr) s[u] = -INFINITY;
       m_new = fmaxf(m_new, s[u]);
     }
-    // m_new is finite: position g * kGroup < n_kv is valid. exp(-inf) = 0 on the first group.
+    // m_new is finite: position p0 + g * kGroup < p1 is valid. exp(-inf) = 0 on the first group.
     const float corr = expf(m - m_new);
     l *= corr;
 #pragma unroll
@@ -117,6 +158,19 @@ __global__ void __launch_bounds__(kWarps * kWarpSize) attention_kernel(Attention
     f[w] = s_m[w] == -INFINITY ? 0.0f : expf(s_m[w] - mx);  // a warp that saw no position
     sum = fmaf(s_l[w], f[w], sum);
   }
+  if (partial != nullptr) {
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+      float o = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) o = fmaf(s_acc[w * kSpan + d], f[w], o);
+      partial[d] = o;
+    }
+    if (threadIdx.x == 0) {
+      partial[head_dim] = mx;
+      partial[head_dim + 1] = sum;
+    }
+    return;
+  }
   const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // n_kv == 0: zeros
   float* out = a.out + pi * head_dim;
   for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
@@ -127,23 +181,86 @@ __global__ void __launch_bounds__(kWarps * kWarpSize) attention_kernel(Attention
   }
 }
 
+// Version 1: block pi = t * n_heads + h over all of [0, n_kv).
 template <int kPerLane>
-cudaError_t launch(const AttentionArgs& a, cudaStream_t stream) {
+__global__ void __launch_bounds__(kWarps * kWarpSize) attention_v1(AttentionArgs a) {
+  DS_DYNAMIC_SHARED(float, shm);
+  const int64_t pi = blockIdx.x;
+  attend_range<kPerLane>(a, pi, 0, a.tokens[pi / a.n_heads].n_kv, shm, nullptr);
+}
+
+// Version 2, first pass: block pi * n_chunks + c over chunk c of pair pi.
+template <int kPerLane>
+__global__ void __launch_bounds__(kWarps * kWarpSize) attention_split(AttentionArgs a, int chunk, int n_chunks) {
+  DS_DYNAMIC_SHARED(float, shm);
+  const int64_t pi = blockIdx.x / n_chunks;
+  const int c = static_cast<int>(blockIdx.x - pi * n_chunks);
+  const int n_kv = a.tokens[pi / a.n_heads].n_kv;
+  const int nc = token_chunks(n_kv, chunk, n_chunks);
+  if (c >= nc) return;  // block-uniform: no barrier is skipped by part of a block
+  const int p0 = c * chunk, p1 = c == nc - 1 ? n_kv : p0 + chunk;
+  float* partial = nc == 1 ? nullptr : a.workspace + (pi * n_chunks + c) * (a.head_dim + 2);
+  attend_range<kPerLane>(a, pi, p0, p1, shm, partial);
+}
+
+// Version 2, second pass: block pi merges the chunks of pair pi (nothing to do when nc == 1).
+__global__ void __launch_bounds__(kWarps * kWarpSize) attention_merge(AttentionArgs a, int chunk, int n_chunks) {
+  __shared__ float s_w[kMaxChunks];
+  const int64_t pi = blockIdx.x;
+  const int nc = token_chunks(a.tokens[pi / a.n_heads].n_kv, chunk, n_chunks);
+  if (nc == 1) return;
+  const int head_dim = a.head_dim;
+  const int64_t rec = head_dim + 2;
+  const float* part = a.workspace + pi * n_chunks * rec;
+  // Every chunk saw >= 1 position: M_c finite, L_c >= 1.
+  float mx = -INFINITY;
+  for (int c = 0; c < nc; ++c) mx = fmaxf(mx, part[c * rec + head_dim]);
+  const int tid = static_cast<int>(threadIdx.x);
+  if (tid < nc) s_w[tid] = expf(part[tid * rec + head_dim] - mx);
+  __syncthreads();
+  float sum = 0.0f;
+  for (int c = 0; c < nc; ++c) sum = fmaf(part[c * rec + head_dim + 1], s_w[c], sum);
+  const float inv = 1.0f / sum;
+  float* out = a.out + pi * head_dim;
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    float o = 0.0f;
+    for (int c = 0; c < nc; ++c) o = fmaf(part[c * rec + d], s_w[c], o);
+    out[d] = o * inv;
+  }
+}
+
+template <int kPerLane>
+cudaError_t launch(const AttentionArgs& a, bool split, cudaStream_t stream) {
   const size_t shm = (kWarps * kPerLane * kWarpSize + 2 * kWarps) * sizeof(float);
-  const auto blocks = static_cast<unsigned>(a.n_tokens * a.n_heads);
-  DS_LAUNCH(attention_kernel<kPerLane>, blocks, kWarps * kWarpSize, shm, stream)(a);
+  const auto pairs = static_cast<unsigned>(a.n_tokens * a.n_heads);
+  if (!split) {
+    DS_LAUNCH(attention_v1<kPerLane>, pairs, kWarps * kWarpSize, shm, stream)(a);
+    return cudaGetLastError();
+  }
+  const int chunk = chunk_size(a.max_kv), n_chunks = chunk_count(a.max_kv);
+  DS_LAUNCH(attention_split<kPerLane>, pairs * static_cast<unsigned>(n_chunks), kWarps * kWarpSize, shm,
+            stream)(a, chunk, n_chunks);
+  if (n_chunks > 1) DS_LAUNCH(attention_merge, pairs, kWarps * kWarpSize, 0, stream)(a, chunk, n_chunks);
   return cudaGetLastError();
 }
 
 }  // namespace
 
+size_t attention_workspace_floats(int64_t n_tokens, int n_heads, int head_dim, int max_kv) {
+  if (n_tokens <= 0 || n_heads <= 0 || head_dim <= 0 || max_kv <= 0) return 0;
+  return static_cast<size_t>(n_tokens) * n_heads * chunk_count(max_kv) * (static_cast<size_t>(head_dim) + 2);
+}
+
 cudaError_t attention(const AttentionArgs& a, cudaStream_t stream) {
+  const size_t need = attention_workspace_floats(a.n_tokens, a.n_heads, a.head_dim, a.max_kv);
+  const bool split = need > 0 && a.workspace != nullptr && a.workspace_floats >= need &&
+                     a.n_tokens * a.n_heads * chunk_count(a.max_kv) <= INT_MAX;  // grid size
   const int per_lane = (a.head_dim + kWarpSize - 1) / kWarpSize;
-  if (per_lane <= 2) return launch<2>(a, stream);
-  if (per_lane <= 4) return launch<4>(a, stream);
-  if (per_lane <= 8) return launch<8>(a, stream);
-  if (per_lane <= 16) return launch<16>(a, stream);
-  if (per_lane <= 32) return launch<32>(a, stream);
+  if (per_lane <= 2) return launch<2>(a, split, stream);
+  if (per_lane <= 4) return launch<4>(a, split, stream);
+  if (per_lane <= 8) return launch<8>(a, split, stream);
+  if (per_lane <= 16) return launch<16>(a, split, stream);
+  if (per_lane <= 32) return launch<32>(a, split, stream);
   return cudaErrorInvalidValue;
 }
 

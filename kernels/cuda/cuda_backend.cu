@@ -677,6 +677,10 @@ void CudaBackend::sample_candidates(const SampleArgs& a) {
   end(kOp);
 }
 
+size_t CudaBackend::attention_workspace_floats(int64_t max_tokens, int n_heads, int head_dim, int max_kv) const {
+  return cuda::attention_workspace_floats(max_tokens, n_heads, head_dim, max_kv);
+}
+
 // ---- factory (backend.h) -----------------------------------------------------------------
 
 std::unique_ptr<Backend> make_cuda_backend(int device, std::string* error) {

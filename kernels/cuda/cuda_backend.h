@@ -89,7 +89,10 @@ class CudaBackend final : public Backend {
   void add_bias(float* x, const float* bias, int64_t n, int64_t dim) override;
   void store_kv(const float* k, const float* v, int64_t n, const int32_t* slots, int64_t kv_dim, float* k_cache,
                 float* v_cache) override;
+  // Split-K (kernels/cuda/attention.cu, version 2) when a.max_kv > 0 and a.workspace holds
+  // attention_workspace_floats(a.n_tokens, ...) floats; else the one-pass version 1.
   void attention(const AttentionArgs& a) override;
+  size_t attention_workspace_floats(int64_t max_tokens, int n_heads, int head_dim, int max_kv) const override;
   // One launch each when the GEMV path would run (n <= gemv_max_batch or batch_invariant,
   // gemv_version 3, fuse_decode, the matrices of one type and shape); else Backend's default.
   void matmul_qkv(const WeightRef& wq, const WeightRef& wk, const WeightRef& wv, const float* bq, const float* bk,

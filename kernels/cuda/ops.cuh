@@ -82,8 +82,13 @@ cudaError_t gemv_swiglu(DType t, const void* w_gate, const void* w_up, size_t ro
 
 constexpr int kAttentionMaxHeadDim = 1024;
 
-// Backend::attention. REQUIRES: 1 <= head_dim <= kAttentionMaxHeadDim, n_heads % n_kv_heads == 0.
+// Backend::attention: version 2 (split-K, two launches) when a.max_kv > 0 and a.workspace
+// holds attention_workspace_floats(a.n_tokens, ...) floats, else version 1 (one launch).
+// REQUIRES: 1 <= head_dim <= kAttentionMaxHeadDim, n_heads % n_kv_heads == 0.
 cudaError_t attention(const AttentionArgs& a, cudaStream_t stream);
+// Workspace floats version 2 needs for n_tokens tokens: n_tokens * n_heads * n_chunks *
+// (head_dim + 2), n_chunks <= 32 set by max_kv (attention.cu); 0 when max_kv <= 0.
+size_t attention_workspace_floats(int64_t n_tokens, int n_heads, int head_dim, int max_kv);
 
 // ---- sample.cu ------------------------------------------------------------------------
 

@@ -571,19 +571,33 @@ void check_elementwise(CudaBackend& b, Rng& rng) {
   require_ok(b, "elementwise");
 }
 
+// Attention: each case runs version 1 (no workspace) and, when max_kv > 0, version 2
+// (split-K over chunks set by max_kv), both against ref::attention. Version 2 must also give
+// every token the bits it gets when attended alone, the bits of version 1 for tokens of one
+// chunk (n_kv <= 256, the smallest chunk), and fall back to version 1 (same bits) when the
+// workspace is missing or too small.
 void check_attention(CudaBackend& b, Rng& rng) {
   struct Case {
     int n_heads, n_kv_heads, head_dim, block_size;
     std::vector<int> n_kv;  // per token
     bool one_sequence;      // all tokens share one block table (prefill); else one sequence each
+    int max_kv;             // > 0: also run version 2 with this bound
   };
   const std::vector<Case> cases = {
-      {4, 4, 64, 16, {1, 2, 5, 17, 64, 300}, false},
-      {8, 2, 128, 32, {1, 100, 1000, 2049}, false},  // GQA
-      {2, 1, 80, 16, {3, 77, 0}, false},             // head_dim % 32 != 0; n_kv = 0 gives zeros
-      {4, 2, 256, 16, {50, 129}, false},
-      {2, 2, 1024, 8, {9, 40}, false},               // the largest head_dim
-      {8, 8, 64, 16, {96, 97, 98, 99, 100}, true},   // prefill: consecutive positions
+      {4, 4, 64, 16, {1, 2, 5, 17, 64, 300}, false, 300},
+      {8, 2, 128, 32, {1, 100, 1000, 2049}, false, 2049},  // GQA; 2049: chunks of 256, the last has 1
+      {2, 1, 80, 16, {3, 77, 0}, false, 77},               // head_dim % 32 != 0; n_kv = 0 gives zeros
+      {4, 2, 256, 16, {50, 129}, false, 0},
+      {2, 2, 1024, 8, {9, 40}, false, 0},                  // the largest head_dim
+      {8, 8, 64, 16, {96, 97, 98, 99, 100}, true, 0},      // prefill: consecutive positions
+      // Version 2: chunks of 256 (max_kv 1024: 4 of them); n_kv 0, 1, < C, C, C + 1, several
+      // chunks, all of max_kv, beyond max_kv (the last chunk stretches); GQA.
+      {4, 2, 64, 16, {0, 1, 100, 256, 257, 700, 1024, 1100}, false, 1024},
+      // max_kv 20000: 32 chunks of 640 (625 rounded up to 16s); head_dim % 32 != 0.
+      {2, 1, 96, 16, {639, 640, 641, 1300}, false, 20000},
+      // prefill of one sequence across a chunk boundary, chunks of 256.
+      {4, 1, 64, 32, {250, 255, 256, 257, 260, 513}, true, 4096},
+      {2, 2, 1024, 8, {40, 300}, false, 512},              // the largest head_dim, 2 chunks
   };
   int case_no = 0;
   for (const Case& c : cases) {
@@ -648,21 +662,70 @@ void check_attention(CudaBackend& b, Rng& rng) {
     const auto got = dout.read(q.size());
     char name[128];
     std::snprintf(name, sizeof name, "attention heads=%d/%d hd=%d bs=%d tokens=%" PRId64 " #%d", c.n_heads,
-                  c.n_kv_heads, c.head_dim, c.block_size, n_tokens, case_no++);
+                  c.n_kv_heads, c.head_dim, c.block_size, n_tokens, case_no);
     compare(name, got, want, 1e-5, 1e-4);
 
-    // The last token attended alone gets the bits it got in the batch.
-    const int64_t last = n_tokens - 1, width = static_cast<int64_t>(c.n_heads) * c.head_dim;
+    // The token attended alone gets the bits it got in the batch.
+    const int64_t width = static_cast<int64_t>(c.n_heads) * c.head_dim;
     Buf one(b, width * 4);
-    AttentionArgs s = d;
-    s.q = dq.as() + last * width;
-    s.out = one.as();
-    s.tokens = dtok.as<AttentionToken>() + last;
-    s.n_tokens = 1;
-    b.attention(s);
-    const auto alone = one.read(width);
-    expect("determinism/attention-alone #" + std::to_string(case_no - 1),
-           same_bits(alone.data(), got.data() + last * width, width), "the last token alone differs from the batch");
+    auto alone_matches = [&](const AttentionArgs& batch, const std::vector<float>& batch_out, int64_t t) {
+      AttentionArgs s = batch;
+      s.q = dq.as() + t * width;
+      s.out = one.as();
+      s.tokens = dtok.as<AttentionToken>() + t;
+      s.n_tokens = 1;
+      b.attention(s);
+      const auto alone = one.read(width);
+      return same_bits(alone.data(), batch_out.data() + t * width, width);
+    };
+    expect("determinism/attention-alone #" + std::to_string(case_no), alone_matches(d, got, n_tokens - 1),
+           "the last token alone differs from the batch");
+
+    if (c.max_kv > 0) {
+      const size_t ws_floats = b.attention_workspace_floats(n_tokens, c.n_heads, c.head_dim, c.max_kv);
+      expect("attention-v2/workspace-size #" + std::to_string(case_no), ws_floats > 0, "no workspace for split-K");
+      Buf ws(b, ws_floats * 4), dout2(b, q.size() * 4);
+      AttentionArgs d2 = d;
+      d2.out = dout2.as();
+      d2.max_kv = c.max_kv;
+      d2.workspace = ws.as();
+      d2.workspace_floats = ws_floats;
+#ifdef DS_CUDA_EMULATION
+      const int64_t launches0 = emu::launches();
+#endif
+      b.attention(d2);
+#ifdef DS_CUDA_EMULATION
+      // Split and merge launches when max_kv spans more than one chunk (chunks >= 256 positions).
+      const int64_t launched = emu::launches() - launches0;
+      expect("attention-v2/launches #" + std::to_string(case_no), launched == (c.max_kv > 256 ? 2 : 1),
+             std::to_string(launched) + " launches");
+#endif
+      const auto got2 = dout2.read(q.size());
+      std::snprintf(name, sizeof name, "attention-v2 heads=%d/%d hd=%d bs=%d tokens=%" PRId64 " max_kv=%d #%d",
+                    c.n_heads, c.n_kv_heads, c.head_dim, c.block_size, n_tokens, c.max_kv, case_no);
+      compare(name, got2, want, 1e-5, 1e-4);
+      int64_t differ = -1, not_v1 = -1;
+      for (int64_t t = 0; t < n_tokens; ++t) {
+        if (differ < 0 && !alone_matches(d2, got2, t)) differ = t;
+        if (not_v1 < 0 && c.n_kv[t] <= 256 && !same_bits(got.data() + t * width, got2.data() + t * width, width))
+          not_v1 = t;
+      }
+      expect("determinism/attention-v2-alone #" + std::to_string(case_no), differ < 0,
+             "token " + std::to_string(differ) + " alone differs from the batch");
+      expect("attention-v2/one-chunk-is-v1 #" + std::to_string(case_no), not_v1 < 0,
+             "token " + std::to_string(not_v1) + " (one chunk) differs from version 1");
+      // Fallbacks: no workspace, or one float short of it, run version 1.
+      for (int variant = 0; variant < 2; ++variant) {
+        AttentionArgs f = d2;
+        if (variant == 0) f.workspace = nullptr;
+        else f.workspace_floats = ws_floats - 1;
+        b.attention(f);
+        expect(std::string("attention-v2/fallback-") + (variant == 0 ? "no-workspace" : "small-workspace") + " #" +
+                   std::to_string(case_no),
+               same_bits(dout2.read(q.size()).data(), got.data(), q.size()), "output differs from version 1");
+      }
+    }
+    ++case_no;
   }
   require_ok(b, "attention");
 }
@@ -971,6 +1034,58 @@ void check_recording(int device, Rng& rng) {
     expect("graph/fused-replay-same-bits", fused_same && b.replays() == replays0 + 2,
            "replayed fused ops differ from eager ones, or not every step replayed");
   }
+  // Split-K attention records once and replays while each token's n_kv changes on the device
+  // (the grid is fixed by max_kv): every replay gives the eager bits.
+  {
+    const int heads = 4, kv_heads = 2, hd = 64, bs = 16, max_kv = 1024, n = 2;
+    const int blocks = max_kv / bs;
+    std::vector<int32_t> table(n * blocks);
+    for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>(table.size() - 1 - i);
+    Buf dtable(b, table), dkc(b, rng.floats(table.size() * bs * kv_heads * hd)),
+        dvc(b, rng.floats(table.size() * bs * kv_heads * hd)), dq(b, rng.floats(n * heads * hd)),
+        dout(b, n * heads * hd * 4), dtok(b, n * sizeof(AttentionToken));
+    const size_t ws_floats = b.attention_workspace_floats(n, heads, hd, max_kv);
+    Buf ws(b, ws_floats * 4);
+    AttentionArgs a;
+    a.q = dq.as();
+    a.out = dout.as();
+    a.k_cache = dkc.as();
+    a.v_cache = dvc.as();
+    a.tokens = dtok.as<AttentionToken>();
+    a.n_tokens = n;
+    a.n_heads = heads;
+    a.n_kv_heads = kv_heads;
+    a.head_dim = hd;
+    a.block_size = bs;
+    a.scale = 0.125f;
+    a.max_kv = max_kv;
+    a.workspace = ws.as();
+    a.workspace_floats = ws_floats;
+    const int64_t replays0 = b.replays();
+    bool att_same = true;
+    const int n_kvs[3][2] = {{5, 300}, {700, 1}, {1024, 257}};
+    for (const auto& step : n_kvs) {
+      const std::vector<AttentionToken> toks = {{dtable.as<int32_t>(), step[0]}, {dtable.as<int32_t>() + blocks, step[1]}};
+      b.upload(dtok.as<void>(), toks.data(), toks.size() * sizeof(AttentionToken));
+      b.attention(a);
+      const auto eager = dout.read(n * heads * hd);
+      const std::vector<float> zeros(eager.size(), 0.0f);
+      b.upload(dout.as(), zeros.data(), zeros.size() * 4);
+      const uint64_t key = 6;
+      if (!b.replay(key)) {
+        if (!b.record_begin(key)) {
+          expect("graph/attention-record-begin", false, "record_begin refused");
+          break;
+        }
+        b.attention(a);
+        expect("graph/attention-record-end", b.record_end(), "recording failed: " + b.last_error());
+        expect("graph/attention-replay-after-record", b.replay(key), "no replay");
+      }
+      att_same = att_same && same_bits(dout.read(eager.size()).data(), eager.data(), eager.size());
+    }
+    expect("graph/attention-v2-replay-same-bits", att_same && b.replays() == replays0 + 3,
+           "replayed split-K attention differs from eager, or not every step replayed");
+  }
   // The cuBLAS path (n = 64) cannot be recorded: the recording fails and runs nothing.
   Buf dx64(b, rng.floats(64 * cols));
   const auto before = dy.read(64 * rows);
@@ -1221,7 +1336,8 @@ void bench_prefill(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols
   b.set_gemm_half(true);
 }
 
-void bench_attention(CudaBackend& b, Rng& rng, int n_tokens, int n_kv) {
+// max_kv 0: version 1; else version 2 with that bound. Returns the time in ms.
+double bench_attention(CudaBackend& b, Rng& rng, int n_tokens, int n_kv, int max_kv) {
   const int n_heads = 32, n_kv_heads = 8, head_dim = 128, bs = 16;
   const int64_t kv_dim = n_kv_heads * head_dim;
   const int blocks_per_seq = (n_kv + bs - 1) / bs;
@@ -1232,6 +1348,8 @@ void bench_attention(CudaBackend& b, Rng& rng, int n_tokens, int n_kv) {
   std::vector<AttentionToken> toks(n_tokens);
   for (int t = 0; t < n_tokens; ++t) toks[t] = {dtable.as<int32_t>() + t * blocks_per_seq, n_kv};
   Buf dtoks(b, toks);
+  const size_t ws_floats = b.attention_workspace_floats(n_tokens, n_heads, head_dim, max_kv);
+  Buf ws(b, std::max<size_t>(ws_floats, 1) * 4);
   AttentionArgs a;
   a.q = q.as();
   a.out = out.as();
@@ -1244,15 +1362,20 @@ void bench_attention(CudaBackend& b, Rng& rng, int n_tokens, int n_kv) {
   a.head_dim = head_dim;
   a.block_size = bs;
   a.scale = 1.0f / std::sqrt(128.0f);
+  a.max_kv = max_kv;
+  a.workspace = ws.as();
+  a.workspace_floats = ws_floats;
   auto s = static_cast<cudaStream_t>(b.stream());
   time_ms(s, 3, [&](int) { b.attention(a); });
   const double ms = time_ms(s, 20, [&](int) { b.attention(a); });
   require_ok(b, "attention benchmark");
   const double bytes = 2.0 * n_tokens * n_kv * kv_dim * 4;
   char what[96];
-  std::snprintf(what, sizeof what, "attention decode seqs=%d n_kv=%d", n_tokens, n_kv);
+  if (max_kv > 0) std::snprintf(what, sizeof what, "attention v2 seqs=%d n_kv=%d max_kv=%d", n_tokens, n_kv, max_kv);
+  else std::snprintf(what, sizeof what, "attention v1 seqs=%d n_kv=%d", n_tokens, n_kv);
   std::printf("BENCH %-36s %9.2f us  %8.1f GB/s (K+V bytes / time; 32/8 heads, hd 128)\n", what, ms * 1e3,
               bytes / (ms * 1e-3) / 1e9);
+  return ms;
 }
 
 // sample_candidates at decode: n_rows rows of a 32000 vocabulary, m candidates each.
@@ -1309,8 +1432,17 @@ void run_benchmarks(CudaBackend& b, Rng& rng) {
     bench_prefill(b, rng, DType::kF16, 5632, 2048, 128, half);
     bench_prefill(b, rng, DType::kQ8_0, 5632, 2048, 512, half);
   }
-  bench_attention(b, rng, 1, 4096);
-  bench_attention(b, rng, 16, 1024);
+  // Attention decode: version 1, then version 2 with max_kv = n_kv (tight: chunks of 256)
+  // and max_kv = 32768 (a loose bound, as from a KV cache of 8 x 4096 positions: chunks of 1024).
+  struct AttShape { int seqs, n_kv; };
+  for (AttShape as : {AttShape{1, 4096}, AttShape{16, 1024}}) {
+    const double v1 = bench_attention(b, rng, as.seqs, as.n_kv, 0);
+    for (int max_kv : {as.n_kv, 32768}) {
+      const double v2 = bench_attention(b, rng, as.seqs, as.n_kv, max_kv);
+      std::printf("BENCH-RATIO attention seqs=%d n_kv=%d max_kv=%d: v1/v2 = %.2fx\n", as.seqs, as.n_kv, max_kv,
+                  v1 / v2);
+    }
+  }
   bench_sample(b, rng, 1, 1, false);
   bench_sample(b, rng, 32, 1, false);
   bench_sample(b, rng, 8, 40, false);
