@@ -5,7 +5,8 @@
 //
 // Step 3: greedy generation of DIR/stories260K.gguf (and -f16) on the CUDA backend must
 //         reproduce DIR/stories260K-golden.jsonl token for token (sampling on the GPU);
-//         six requests of every sampling kind must give the tokens of host sampling.
+//         six requests of every sampling kind must give the tokens of host sampling; the
+//         tensor-parallel engine over NCCL on the visible GPUs (1 or 2) must reproduce the golden too.
 // Step 4: for ds-mkmodel's bench-1b preset in Q8_0 and F16 (written to --bench-dir):
 //         prefill tok/s (512 tokens), decode tok/s at batch 1, 8 and 32, the weight bytes
 //         read per second at batch 1 against the device-to-device copy bandwidth measured
@@ -167,6 +168,51 @@ bool golden(const std::string& dir) {
     }
     std::printf("golden %-22s %d/%d cases match\n", file, pass, n);
     ok = ok && pass == n && n > 0;
+  }
+  return ok;
+}
+
+// The tensor-parallel engine over NCCL (CreateCudaTensorParallel) on GPUs 0..n-1 reproduces
+// the golden greedy tokens: with one GPU a group of one rank (NCCL initialised, every
+// collective run, the sharded Forward and the ShardGroup on the device), with more GPUs a
+// real split. Skipped when the build has no NCCL.
+bool tensor_parallel_golden(const std::string& dir) {
+  int gpus = 0;
+  cudaGetDeviceCount(&gpus);
+  auto m = ds::Model::Load(dir + "/stories260K.gguf");
+  if (!m.ok()) return false;
+  bool ok = true;
+  for (int n = 1; n <= std::min(gpus, 2); ++n) {
+    std::vector<int> ids;
+    for (int g = 0; g < n; ++g) ids.push_back(g);
+    std::ifstream g(dir + "/stories260K-golden.jsonl");
+    std::string line;
+    int cases = 0, pass = 0;
+    while (std::getline(g, line)) {
+      const auto want = json_ints(line, "gen_ids");
+      ds::EngineOptions o;
+      o.max_batch = 1;
+      o.n_ctx = 512;
+      o.shard_step_timeout_ms = 60000;
+      auto e = ds::Engine::CreateCudaTensorParallel(*m, ids, o);
+      if (!e.ok() && e.status().code() == ds::StatusCode::kNotSupported) {
+        std::printf("tensor-parallel golden: skipped (%s)\n", e.status().ToString().c_str());
+        return true;
+      }
+      if (!e.ok()) {
+        std::printf("ERROR: tensor-parallel engine on %d GPU(s): %s\n", n, e.status().ToString().c_str());
+        return false;
+      }
+      ds::SequenceRequest r;
+      r.prompt = (*m)->tokenizer().encode(json_string(line, "prompt"), true);
+      r.params.max_tokens = static_cast<int>(want.size());
+      if (!check_ok((*e)->add(r), "add")) return false;
+      const bool same = run(**e, 1)[0] == want;
+      pass += same;
+      ++cases;
+    }
+    std::printf("golden tensor-parallel over NCCL, %d GPU(s): %d/%d cases match\n", n, pass, cases);
+    ok = ok && cases > 0 && pass == cases;
   }
   return ok;
 }
@@ -415,6 +461,7 @@ int main(int argc, char** argv) {
   bool ok = true;
   if (!gold.empty()) ok = golden(gold) && ok;
   if (!gold.empty()) ok = sampling(gold) && ok;
+  if (!gold.empty()) ok = tensor_parallel_golden(gold) && ok;
   if (do_bench) ok = bench(bench_dir, d2d_bandwidth_gbs()) && ok;
   std::printf("RESULT: %s\n", ok ? "PASS" : "FAIL");
   return ok ? 0 : 1;
