@@ -184,6 +184,7 @@ __device__ __forceinline__ void attend_range(const AttentionArgs& a, int64_t pi,
 // Version 1: block pi = t * n_heads + h over all of [0, n_kv).
 template <int kPerLane>
 __global__ void __launch_bounds__(kWarps * kWarpSize) attention_v1(AttentionArgs a) {
+  griddep_launch_dependents();  // the output projection's GEMV may start loading its weights
   DS_DYNAMIC_SHARED(float, shm);
   const int64_t pi = blockIdx.x;
   attend_range<kPerLane>(a, pi, 0, a.tokens[pi / a.n_heads].n_kv, shm, nullptr);
@@ -205,6 +206,7 @@ __global__ void __launch_bounds__(kWarps * kWarpSize) attention_split(AttentionA
 
 // Version 2, second pass: block pi merges the chunks of pair pi (nothing to do when nc == 1).
 __global__ void __launch_bounds__(kWarps * kWarpSize) attention_merge(AttentionArgs a, int chunk, int n_chunks) {
+  griddep_launch_dependents();  // the output projection's GEMV may start loading its weights
   __shared__ float s_w[kMaxChunks];
   const int64_t pi = blockIdx.x;
   const int nc = token_chunks(a.tokens[pi / a.n_heads].n_kv, chunk, n_chunks);

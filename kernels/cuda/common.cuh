@@ -26,6 +26,60 @@
 
 namespace ds::cuda {
 
+// ---- programmatic dependent launch (sm_90+) ----------------------------------------------
+// A kernel launched with DS_LAUNCH_PDL(..., true) may start while the kernel before it in the
+// stream is still running (once that one called griddep_launch_dependents(), or ended), so
+// its blocks can issue loads of data no earlier kernel writes (weights) early. Before it
+// reads or writes anything else it MUST call griddep_wait(), which returns once every
+// earlier kernel has completed and its writes are visible. griddep_launch_dependents() at a
+// kernel's start lets the next PDL kernel launch early; it never weakens that wait, so any
+// kernel may call it. Both are no-ops below sm_90, without PDL and under emulation.
+__device__ __forceinline__ void griddep_wait() {
+#if !defined(DS_CUDA_EMULATION) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void griddep_launch_dependents() {
+#if !defined(DS_CUDA_EMULATION) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+#ifndef DS_CUDA_EMULATION
+// DS_LAUNCH_PDL's launcher: cudaLaunchKernelEx with programmatic stream serialization when
+// pdl, else (or when that launch is refused) a plain launch.
+template <class K>
+struct PdlLaunch {
+  K kernel;
+  dim3 grid, block;
+  size_t shm;
+  cudaStream_t stream;
+  bool pdl;
+  template <class... A>
+  void operator()(A... args) const {
+    if (pdl) {
+      cudaLaunchConfig_t cfg = {};
+      cfg.gridDim = grid;
+      cfg.blockDim = block;
+      cfg.dynamicSmemBytes = shm;
+      cfg.stream = stream;
+      cudaLaunchAttribute attr[1];
+      attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attr[0].val.programmaticStreamSerializationAllowed = 1;
+      cfg.attrs = attr;
+      cfg.numAttrs = 1;
+      if (cudaLaunchKernelEx(&cfg, kernel, args...) == cudaSuccess) return;
+      cudaGetLastError();  // refused: launch it the plain way
+    }
+    kernel<<<grid, block, shm, stream>>>(args...);
+  }
+};
+#define DS_LAUNCH_PDL(kernel, grid, block, shm, stream, pdl) \
+  ::ds::cuda::PdlLaunch<decltype(kernel)>{kernel, dim3(grid), dim3(block), shm, stream, pdl}
+#else
+#define DS_LAUNCH_PDL(kernel, grid, block, shm, stream, pdl) ::emu::Launch(grid, block, shm, stream, kernel)
+#endif
+
 constexpr int kWarpSize = 32;
 constexpr int kQ8_0Bytes = 34;  // sizeof(BlockQ8_0): fp16 d + 32 int8
 constexpr int kQ4_0Bytes = 18;  // sizeof(BlockQ4_0): fp16 d + 16 bytes of nibbles

@@ -431,7 +431,7 @@ void CudaBackend::matmul(const WeightRef& w, const float* x, int64_t n, float* y
     for (int64_t j0 = 0; j0 < n; j0 += cuda::kGemvMaxN) {
       const int nb = static_cast<int>(std::min<int64_t>(cuda::kGemvMaxN, n - j0));
       if (!DS_CUDA_CHECK(kOp, cuda::gemv(options_.gemv_version, w.type, w.data, stride, w.rows, w.cols,
-                                         x + j0 * w.cols, nb, y + j0 * w.rows, impl_->stream)))
+                                         x + j0 * w.cols, nb, y + j0 * w.rows, impl_->stream, options_.pdl)))
         return;
     }
   } else {
@@ -467,7 +467,7 @@ void CudaBackend::matmul_qkv(const WeightRef& wq, const WeightRef& wk, const Wei
                           {bq, bk, bv},
                           {q + j0 * wq.rows, k + j0 * wk.rows, v + j0 * wv.rows},
                           {wq.rows, wk.rows, wv.rows}};
-    if (!DS_CUDA_CHECK(kOp, cuda::gemv_qkv(wq.type, a, stride, wq.cols, x + j0 * wq.cols, nb, impl_->stream))) return;
+    if (!DS_CUDA_CHECK(kOp, cuda::gemv_qkv(wq.type, a, stride, wq.cols, x + j0 * wq.cols, nb, impl_->stream, options_.pdl))) return;
   }
   end(kOp);
 }
@@ -481,7 +481,7 @@ void CudaBackend::matmul_add(const WeightRef& w, const float* x, int64_t n, floa
   for (int64_t j0 = 0; j0 < n; j0 += cuda::kGemvMaxN) {
     const int nb = static_cast<int>(std::min<int64_t>(cuda::kGemvMaxN, n - j0));
     if (!DS_CUDA_CHECK(kOp, cuda::gemv_add(w.type, w.data, stride, w.rows, w.cols, x + j0 * w.cols, nb,
-                                           y + j0 * w.rows, impl_->stream)))
+                                           y + j0 * w.rows, impl_->stream, options_.pdl)))
       return;
   }
   end(kOp);
@@ -499,7 +499,8 @@ void CudaBackend::matmul_swiglu(const WeightRef& w_gate, const WeightRef& w_up, 
   for (int64_t j0 = 0; j0 < n; j0 += cuda::kGemvMaxN) {
     const int nb = static_cast<int>(std::min<int64_t>(cuda::kGemvMaxN, n - j0));
     if (!DS_CUDA_CHECK(kOp, cuda::gemv_swiglu(w_gate.type, w_gate.data, w_up.data, stride, w_gate.rows, w_gate.cols,
-                                              x + j0 * w_gate.cols, nb, out + j0 * w_gate.rows, impl_->stream)))
+                                              x + j0 * w_gate.cols, nb, out + j0 * w_gate.rows, impl_->stream,
+                                              options_.pdl)))
       return;
   }
   end(kOp);

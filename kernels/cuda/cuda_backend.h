@@ -54,6 +54,8 @@ struct CudaBackendOptions {
                                 // F16 (~5e-4 relative; BF16 ~4e-3). false: F32 SGEMM after dequantizing
   bool allow_tf32 = false;      // cuBLAS F32 path: TF32 tensor cores (faster; ~1e-3 relative error)
   int gemv_version = 3;         // see kernels/cuda/gemv.cu: 1 = simple, 2 = warp per row, 3 = live
+  bool pdl = true;               // GEMV v3 launches (plain and fused) with programmatic dependent launch
+                                // (sm_90+): their weight loads start while the previous kernel ends
   bool profile_ops = false;     // time every op with CUDA events (each op then waits for its kernels, and
                                 // nothing is recorded as a graph): op_profile() has the breakdown
   bool fuse_decode = true;      // matmul_qkv / matmul_swiglu / matmul_add: one GEMV v3 launch each where
@@ -127,6 +129,7 @@ class CudaBackend final : public Backend {
   void set_batch_invariant(bool on) { options_.batch_invariant = on; }
   void set_fuse_decode(bool on) { options_.fuse_decode = on; }
   void set_gemm_half(bool on) { options_.gemm_half = on; }
+  void set_pdl(bool on) { options_.pdl = on; }
   // "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)"
   const std::string& device_description() const { return device_description_; }
   size_t scratch_bytes() const { return scratch_bytes_; }

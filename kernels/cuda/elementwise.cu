@@ -45,6 +45,7 @@ __global__ void to_half_kernel(const uint8_t* __restrict__ w, size_t row_stride,
 // CPU backend. In-place (out == x) is safe: every x is read before the block sum's barrier.
 __global__ void rmsnorm_kernel(const float* x, const float* __restrict__ weight, int64_t dim, float eps,
                                float* out) {
+  griddep_launch_dependents();  // the GEMV after a norm may start loading its weights
   __shared__ float red[32];
   const int64_t i = blockIdx.x;
   const float* xi = x + i * dim;

@@ -340,7 +340,8 @@ __device__ __forceinline__ void load_x8_at(const float* __restrict__ xj, int64_t
 }
 
 // The dot products of one weight row with the n (<= NC) activation rows x[j, :]: dots[j]
-// (every lane gets it) for j < n. The instructions for column j are the same whatever NC
+// (every lane gets it) for j < n. Calls griddep_wait() after issuing the first weight loads
+// and before touching x (a PDL launch overlaps those loads with the previous kernel). The instructions for column j are the same whatever NC
 // and n, and whatever kernel calls this (gemv, the fused QKV and gate/up kernels).
 // REQUIRES: called by a whole warp (uniform row).
 template <DType T, int NC>
@@ -355,12 +356,17 @@ __device__ __forceinline__ void v3_row_dots(const uint8_t* __restrict__ row, int
 #pragma unroll
   for (int j = 0; j < NC; ++j) acc[j] = 0.0f;
 
+  bool waited = false;
   for (int64_t c0 = lane; c0 < n_chunks; c0 += kWarpSize * kV3Unroll) {
     typename Tr::Raw raw[kV3Unroll];
 #pragma unroll
     for (int u = 0; u < kV3Unroll; ++u) {
       const int64_t c = c0 + u * kWarpSize;
       if (c < n_chunks) Tr::load(row, c, cols, w_vec, raw[u]);
+    }
+    if (!waited) {  // the first weight loads are in flight: now wait for the kernel that wrote x
+      griddep_wait();
+      waited = true;
     }
 #pragma unroll
     for (int u = 0; u < kV3Unroll; ++u) {
@@ -387,6 +393,7 @@ __device__ __forceinline__ void v3_row_dots(const uint8_t* __restrict__ row, int
       }
     }
   }
+  if (!waited) griddep_wait();  // a lane without chunks
 #pragma unroll
   for (int j = 0; j < NC; ++j) {
     if (j >= n) break;
@@ -401,9 +408,10 @@ template <DType T, int NC, bool kAdd = false>
 __global__ void __launch_bounds__(kV3Warps * kWarpSize)
     gemv_v3_kernel(const uint8_t* __restrict__ w, size_t row_stride, int64_t rows, int64_t cols,
                    const float* __restrict__ x, int n, float* __restrict__ y, bool w_vec, bool x_vec) {
+  griddep_launch_dependents();
   const int lane = threadIdx.x & 31;
   const int64_t r = static_cast<int64_t>(blockIdx.x) * kV3Warps + (threadIdx.x >> 5);
-  if (r >= rows) return;  // uniform per warp
+  if (r >= rows) return;  // uniform per warp (writes nothing, so needs no griddep_wait)
   float dots[NC];
   v3_row_dots<T, NC>(w + r * static_cast<int64_t>(row_stride), cols, x, n, w_vec, x_vec, dots);
 #pragma unroll
@@ -425,6 +433,7 @@ template <DType T, int NC>
 __global__ void __launch_bounds__(kV3Warps * kWarpSize)
     gemv_v3_qkv_kernel(GemvQkv a, size_t row_stride, int64_t cols, const float* __restrict__ x, int n, bool w_vec,
                        bool x_vec) {
+  griddep_launch_dependents();
   const int lane = threadIdx.x & 31;
   int64_t r = static_cast<int64_t>(blockIdx.x) * kV3Warps + (threadIdx.x >> 5);
   int m = 0;
@@ -463,6 +472,7 @@ __global__ void __launch_bounds__(kV3Warps * kWarpSize)
     gemv_v3_swiglu_kernel(const uint8_t* __restrict__ w_gate, const uint8_t* __restrict__ w_up, size_t row_stride,
                           int64_t rows, int64_t cols, const float* __restrict__ x, int n, float* __restrict__ out,
                           bool w_vec, bool x_vec) {
+  griddep_launch_dependents();
   __shared__ float up_dots[kSwigluRows][NC];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int slot = warp % kSwigluRows;
@@ -493,19 +503,19 @@ __global__ void __launch_bounds__(kV3Warps * kWarpSize)
 
 template <DType T, int NC>
 void launch_v3_nc(const uint8_t* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n, float* y,
-                  bool w_vec, bool x_vec, cudaStream_t stream) {
+                  bool w_vec, bool x_vec, cudaStream_t stream, bool pdl) {
   const auto blocks = static_cast<unsigned>((rows + kV3Warps - 1) / kV3Warps);
   auto* kernel = gemv_v3_kernel<T, NC>;
-  DS_LAUNCH(kernel, blocks, kV3Warps * kWarpSize, 0, stream)(w, row_stride, rows, cols, x, n, y, w_vec, x_vec);
+  DS_LAUNCH_PDL(kernel, blocks, kV3Warps * kWarpSize, 0, stream, pdl)(w, row_stride, rows, cols, x, n, y, w_vec, x_vec);
 }
 
 template <DType T>
 void launch_v3(const uint8_t* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n, float* y,
-               bool w_vec, bool x_vec, cudaStream_t stream) {
-  if (n <= 1) launch_v3_nc<T, 1>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream);
-  else if (n <= 2) launch_v3_nc<T, 2>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream);
-  else if (n <= 4) launch_v3_nc<T, 4>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream);
-  else launch_v3_nc<T, 8>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream);
+               bool w_vec, bool x_vec, cudaStream_t stream, bool pdl) {
+  if (n <= 1) launch_v3_nc<T, 1>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl);
+  else if (n <= 2) launch_v3_nc<T, 2>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl);
+  else if (n <= 4) launch_v3_nc<T, 4>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl);
+  else launch_v3_nc<T, 8>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl);
 }
 
 template <class Launch>
@@ -522,7 +532,7 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 }  // namespace
 
 cudaError_t gemv(int version, DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols,
-                 const float* x, int n, float* y, cudaStream_t stream) {
+                 const float* x, int n, float* y, cudaStream_t stream, bool pdl) {
   const auto* wb = static_cast<const uint8_t*>(w);
   bool ok = false;
   if (version == 1) {
@@ -548,14 +558,14 @@ cudaError_t gemv(int version, DType t, const void* w, size_t row_stride, int64_t
     const bool w_vec = float_type && cols % 8 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0 && row_stride % 16 == 0;
     const bool x_vec = cols % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
     ok = dispatch_dtype(t, [&](auto tag) {
-      launch_v3<decltype(tag)::value>(wb, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream);
+      launch_v3<decltype(tag)::value>(wb, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl);
     });
   }
   return ok ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 
 cudaError_t gemv_add(DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n,
-                     float* y, cudaStream_t stream) {
+                     float* y, cudaStream_t stream, bool pdl) {
   const bool w_vec = float_type(t) && cols % 8 == 0 && row_stride % 16 == 0 && aligned16(w);
   const bool x_vec = cols % 8 == 0 && aligned16(x);
   const auto blocks = static_cast<unsigned>((rows + kV3Warps - 1) / kV3Warps);
@@ -564,14 +574,15 @@ cudaError_t gemv_add(DType t, const void* w, size_t row_stride, int64_t rows, in
     constexpr DType T = decltype(tag)::value;
     launch_nc(n, [&](auto nc) {
       auto* kernel = gemv_v3_kernel<T, decltype(nc)::value, true>;
-      DS_LAUNCH(kernel, blocks, kV3Warps * kWarpSize, 0, stream)(wb, row_stride, rows, cols, x, n, y, w_vec, x_vec);
+      DS_LAUNCH_PDL(kernel, blocks, kV3Warps * kWarpSize, 0, stream, pdl)(wb, row_stride, rows, cols, x, n, y, w_vec,
+                                                                          x_vec);
     });
   });
   return ok ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 
 cudaError_t gemv_qkv(DType t, const GemvQkv& a, size_t row_stride, int64_t cols, const float* x, int n,
-                     cudaStream_t stream) {
+                     cudaStream_t stream, bool pdl) {
   const bool w_vec = float_type(t) && cols % 8 == 0 && row_stride % 16 == 0 && aligned16(a.w[0]) &&
                      aligned16(a.w[1]) && aligned16(a.w[2]);
   const bool x_vec = cols % 8 == 0 && aligned16(x);
@@ -581,14 +592,14 @@ cudaError_t gemv_qkv(DType t, const GemvQkv& a, size_t row_stride, int64_t cols,
     constexpr DType T = decltype(tag)::value;
     launch_nc(n, [&](auto nc) {
       auto* kernel = gemv_v3_qkv_kernel<T, decltype(nc)::value>;
-      DS_LAUNCH(kernel, blocks, kV3Warps * kWarpSize, 0, stream)(a, row_stride, cols, x, n, w_vec, x_vec);
+      DS_LAUNCH_PDL(kernel, blocks, kV3Warps * kWarpSize, 0, stream, pdl)(a, row_stride, cols, x, n, w_vec, x_vec);
     });
   });
   return ok ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 
 cudaError_t gemv_swiglu(DType t, const void* w_gate, const void* w_up, size_t row_stride, int64_t rows, int64_t cols,
-                        const float* x, int n, float* out, cudaStream_t stream) {
+                        const float* x, int n, float* out, cudaStream_t stream, bool pdl) {
   const bool w_vec =
       float_type(t) && cols % 8 == 0 && row_stride % 16 == 0 && aligned16(w_gate) && aligned16(w_up);
   const bool x_vec = cols % 8 == 0 && aligned16(x);
@@ -599,8 +610,8 @@ cudaError_t gemv_swiglu(DType t, const void* w_gate, const void* w_up, size_t ro
     constexpr DType T = decltype(tag)::value;
     launch_nc(n, [&](auto nc) {
       auto* kernel = gemv_v3_swiglu_kernel<T, decltype(nc)::value>;
-      DS_LAUNCH(kernel, blocks, kV3Warps * kWarpSize, 0, stream)(g, u, row_stride, rows, cols, x, n, out, w_vec,
-                                                                 x_vec);
+      DS_LAUNCH_PDL(kernel, blocks, kV3Warps * kWarpSize, 0, stream, pdl)(g, u, row_stride, rows, cols, x, n, out,
+                                                                          w_vec, x_vec);
     });
   });
   return ok ? cudaGetLastError() : cudaErrorInvalidValue;

@@ -52,8 +52,10 @@ constexpr int kGemvVersions = 3;
 //   3: one warp per row, 4 rows per block, all 8 chunks' loads issued before any math,
 //      n a template parameter, int8 -> float by byte permute (the live version)
 // REQUIRES: 1 <= n <= kGemvMaxN; 1 <= version <= kGemvVersions; supported t.
+// pdl (version 3 and the fused launches below): programmatic dependent launch (common.cuh),
+// the weight loads overlapping the end of the previous kernel.
 cudaError_t gemv(int version, DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols,
-                 const float* x, int n, float* y, cudaStream_t stream);
+                 const float* x, int n, float* y, cudaStream_t stream, bool pdl = false);
 
 // Fused decode launches (v3's per-row code; each output element gets the bits that gemv
 // version 3 followed by add_bias / swiglu gives it, whatever n).
@@ -68,15 +70,15 @@ struct GemvQkv {
 };
 // REQUIRES: 1 <= n <= kGemvMaxN; supported t; cols a multiple of t's block.
 cudaError_t gemv_qkv(DType t, const GemvQkv& a, size_t row_stride, int64_t cols, const float* x, int n,
-                     cudaStream_t stream);
+                     cudaStream_t stream, bool pdl = false);
 // y[j, r] += x[j, :] . W[r, :] (v3's dot, then the one float add of add()): a projection with
 // the residual add fused in. REQUIRES: as gemv_qkv; y does not alias x.
 cudaError_t gemv_add(DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n,
-                     float* y, cudaStream_t stream);
+                     float* y, cudaStream_t stream, bool pdl = false);
 // out[j, r] = silu(x[j, :] . W_gate[r, :]) * (x[j, :] . W_up[r, :]), both [rows, cols] of type t.
 // REQUIRES: as gemv_qkv; out does not alias x.
 cudaError_t gemv_swiglu(DType t, const void* w_gate, const void* w_up, size_t row_stride, int64_t rows, int64_t cols,
-                        const float* x, int n, float* out, cudaStream_t stream);
+                        const float* x, int n, float* out, cudaStream_t stream, bool pdl = false);
 
 // ---- attention.cu -------------------------------------------------------------------
 

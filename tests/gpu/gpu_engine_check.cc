@@ -81,6 +81,8 @@ std::unique_ptr<ds::Backend> gpu() {
   return be;
 }
 
+bool g_pdl = true;  // CudaBackendOptions::pdl of the engines made below
+
 // graphs: whether the backend records decode steps as CUDA graphs; *replays (when given)
 // points at the backend's replay counter afterwards.
 std::unique_ptr<ds::Engine> engine(std::shared_ptr<ds::Model> m, int max_batch, int ctx, int step_tokens,
@@ -91,6 +93,7 @@ std::unique_ptr<ds::Engine> engine(std::shared_ptr<ds::Model> m, int max_batch, 
   ds::CudaBackendOptions co;
   co.record_graphs = graphs;
   co.profile_ops = profile;
+  co.pdl = g_pdl;
   std::unique_ptr<ds::CudaBackend> be = ds::CudaBackend::create(co, &err);
   if (!be) {
     std::printf("ERROR: no CUDA backend: %s\n", err.c_str());
@@ -327,8 +330,8 @@ double d2d_bandwidth_gbs() {
 }
 
 bool bench(const std::string& dir, double copy_gbs) {
-  std::printf("\n%-6s %10s %10s %10s %10s %9s %9s %11s %12s\n", "type", "prefill", "dec b1", "dec b8", "dec b32", "GB/s b1",
-              "% copy", "prefill/gemm", "b1 no graph");
+  std::printf("\n%-6s %10s %10s %10s %10s %9s %9s %11s %12s %10s\n", "type", "prefill", "dec b1", "dec b8", "dec b32",
+              "GB/s b1", "% copy", "prefill/gemm", "b1 no graph", "b1 no PDL");
   std::vector<std::string> sampled_lines;
   std::string profiles;
   for (const char* tn : {"q8_0", "f16"}) {
@@ -361,9 +364,11 @@ bool bench(const std::string& dir, double copy_gbs) {
       prefill = prompt / secs(t0);
     }
     int64_t replays = 0;
-    for (int b : {1, 8, 32, -1}) {  // -1: batch 1 with graph recording off
+    for (int b : {1, 8, 32, -1, -2}) {  // -1: batch 1 with graph recording off; -2: batch 1 without PDL
       const ds::CudaBackend* cuda = nullptr;
-      auto e = engine(*m, b < 0 ? 1 : b, 256, 256, b > 0, &cuda);
+      g_pdl = b != -2;
+      auto e = engine(*m, b < 0 ? 1 : b, 256, 256, b != -1, &cuda);
+      g_pdl = true;
       b = b < 0 ? 1 : b;
       if (!e) return false;
       for (int i = 0; i < b; ++i) {
@@ -429,9 +434,9 @@ bool bench(const std::string& dir, double copy_gbs) {
       be->free(y);
     }
     const double gbs = (*m)->weights().bytes * dec[0] / 1e9;
-    std::printf("%-6s %10.1f %10.1f %10.1f %10.1f %9.1f %8.0f%% %11.2f %12.1f   (%lld graph replays)\n", tn, prefill,
-                dec[0], dec[1], dec[2], gbs, 100.0 * gbs / copy_gbs, (prompt / prefill) / gemm_s, dec[3],
-                static_cast<long long>(replays));
+    std::printf("%-6s %10.1f %10.1f %10.1f %10.1f %9.1f %8.0f%% %11.2f %12.1f %10.1f   (%lld graph replays)\n", tn,
+                prefill, dec[0], dec[1], dec[2], gbs, 100.0 * gbs / copy_gbs, (prompt / prefill) / gemm_s, dec[3],
+                dec[4], static_cast<long long>(replays));
   }
   std::printf("(tok/s; GB/s b1 = weight bytes x decode tok/s; %% copy = of the device-to-device copy bandwidth %.0f GB/s;\n"
               " prefill/gemm = prefill time over the time of its layer GEMMs alone: target <= 1.5)\n", copy_gbs);
