@@ -5,12 +5,15 @@
 #include <caf/system_messages.hpp>
 
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <deque>
 #include <map>
 #include <stdexcept>
 #include <thread>
 
 #include "actors/atoms.h"
+#include "actors/step_watch.h"
 
 #include <spdlog/spdlog.h>
 
@@ -28,6 +31,7 @@ struct WorkerState {
   int steps = 0;
   std::deque<std::pair<Clock::time_point, int>> recent;  // (time, tokens) of recent steps
   std::map<uint64_t, caf::actor> owner;                  // sequence -> the router that submitted it
+  std::unique_ptr<StepWatch> watch;                      // cfg.stuck_step_exit > 0
   static inline const char* name = "ds_worker";
 };
 
@@ -68,6 +72,18 @@ caf::behavior worker_behavior(caf::stateful_actor<WorkerState>* self, WorkerConf
     spdlog::error("worker {}: cannot start its engine: {}", st.cfg.id, st.engine_error);
     self->quit(caf::make_error(errc::internal, "engine did not start: " + st.engine_error));
     return {};
+  }
+  if (st.cfg.stuck_step_exit.count() > 0) {
+    const std::string id = st.cfg.id, backend = st.cfg.backend;
+    st.watch = std::make_unique<StepWatch>(
+        st.cfg.stuck_step_exit, 10, [id, backend](std::chrono::milliseconds running, std::chrono::milliseconds limit) {
+          spdlog::critical("worker {} ({}): an engine step has run for {} ms (limit {} ms): a wedged GPU kernel or a hung "
+                           "tensor-parallel rank; exiting (status {}) so that the cluster fails this node's requests over",
+                           id, backend, running.count(), limit.count(), kExitStuckStep);
+          spdlog::default_logger()->flush();
+          std::fflush(nullptr);
+          std::_Exit(kExitStuckStep);
+        });
   }
   // A remote router that died: cancel its sequences.
   self->set_down_handler([self](caf::down_msg& dm) {
@@ -143,7 +159,15 @@ caf::behavior worker_behavior(caf::stateful_actor<WorkerState>* self, WorkerConf
         s.stepping = false;
         if (!s.engine || s.engine->idle()) return;
         std::vector<TokenEvent> events;
-        Status st_step = s.engine->step(&events);
+        Status st_step;
+        {
+          StepWatch::Scope watched(s.watch.get());
+          if (s.cfg.fault_hang_after_steps > 0 && s.steps + 1 == s.cfg.fault_hang_after_steps) {
+            spdlog::warn("worker {}: injected hang in step {} (test.fault-worker-hang-after-steps)", s.cfg.id, s.steps + 1);
+            for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+          }
+          st_step = s.engine->step(&events);
+        }
         ++s.steps;
         if (!st_step.ok()) {
           // The engine itself failed (a backend error, or a rank of a tensor-parallel group:

@@ -13,6 +13,7 @@
 #include <caf/actor.hpp>
 #include <caf/actor_system.hpp>
 
+#include <chrono>
 #include <memory>
 #include <string>
 
@@ -30,10 +31,18 @@ struct WorkerConfig {
   std::vector<int> gpus;            // cuda: the GPUs of a tensor-parallel group (empty: GPU 0)
   int tensor_parallel = 1;          // cpu: rank threads of a tensor-parallel group
   EngineOptions engine;
+  // An engine step still running after this long (a wedged GPU kernel, a hung rank) exits
+  // the process with kExitStuckStep, so that the cluster fails the node's work over (the
+  // first step gets 10x; 0: never). See actors/step_watch.h.
+  std::chrono::milliseconds stuck_step_exit{0};
   int fault_crash_after_steps = 0;  // test-only: throw after this many steps (0: never)
+  int fault_hang_after_steps = 0;   // test-only: step number N never returns (0: never)
   int fault_crash_count = 1;        // test-only: how many incarnations in a row crash
   int restarts = 0;                 // how often the supervisor restarted this worker
 };
+
+// The exit status of a node that stopped itself over a stuck engine step.
+constexpr int kExitStuckStep = 6;
 
 // Spawns a detached worker that reports to router. Never fails: an engine that cannot
 // be created makes the worker answer every item with an error and report "failed".

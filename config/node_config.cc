@@ -217,6 +217,8 @@ const KeyDesc kKeys[] = {
   {"tensor-parallel", "model", "tensor-parallel", Kind::kInt, 1, 64,           kNone, nullptr,         "N",    "CPU backend: split the worker's model over N rank threads (tensor parallel; 1 = off)", DS_INT(tensor_parallel)},
   {"shard-step-timeout-ms", "model", "shard-step-timeout-ms", Kind::kMillis, 0, kHour, kNone, nullptr, "MS",
    "Tensor parallel (gpus or tensor-parallel > 1): a step not finished in this many ms means a hung rank; the group is aborted and the worker restarts (the first step gets 10x; 0 = off)", DS_MS(shard_step_timeout)},
+  {"stuck-step-exit-ms", "model", "stuck-step-exit-ms", Kind::kMillis, 0, 24 * kHour, kNone, nullptr, "MS",
+   "An engine step still running after this many ms (a wedged GPU kernel, a hung rank) makes the node exit with status 6, so the cluster fails its requests over (the first step gets 10x; 0 = off)", DS_MS(stuck_step_exit)},
   {"max-batch",     "model", "max-batch",     Kind::kInt,     1, 1024,         kNone, nullptr,         "N",    "Most sequences a worker runs at once", DS_INT(max_batch)},
   {"ctx",           "model", "ctx",           Kind::kInt,     0, 1 << 24,      kNone, nullptr,         "N",    "Context length in tokens per sequence (0 = the model's)", DS_INT(ctx)},
   {"kv-cache-tokens", "model", "kv-cache-tokens", Kind::kInt, 0, 1 << 30,      kNone, nullptr,         "N",    "KV-cache capacity in token positions (0 = auto)", DS_INT(kv_cache_tokens)},
@@ -238,6 +240,8 @@ const KeyDesc kKeys[] = {
    "TEST ONLY (integration/fault suites): a worker crashes after N engine steps (0 = off)", DS_INT(fault_worker_crash_after_steps)},
   {"fault-worker-crash-count", "test", "fault-worker-crash-count", Kind::kInt, 1, 1000, kNone, nullptr, "N",
    "TEST ONLY: how many worker incarnations in a row crash that way (then they run normally)", DS_INT(fault_worker_crash_count)},
+  {"fault-worker-hang-after-steps", "test", "fault-worker-hang-after-steps", Kind::kInt, 0, INT32_MAX, kNone, nullptr, "N",
+   "TEST ONLY: the worker's engine step number N never returns (a wedged GPU, simulated; 0 = off)", DS_INT(fault_worker_hang_after_steps)},
 };
 // clang-format on
 constexpr size_t kNumKeys = std::size(kKeys);

@@ -63,6 +63,7 @@ struct NodeConfig {
   std::string gpus;                                  // "0,1": one worker split over these GPUs (NCCL); "" = GPU 0
   int tensor_parallel = 1;                           // CPU: one worker split over this many rank threads
   std::chrono::milliseconds shard_step_timeout{60'000};  // tensor parallel: a step's deadline (hung rank); 0 = off
+  std::chrono::milliseconds stuck_step_exit{300'000};    // a step still running this long exits the node; 0 = off
   int max_batch = 8;                                 // running sequences per worker, 1..1024
   int ctx = 0;                                       // positions per sequence; 0 = the model's
   int kv_cache_tokens = 0;                           // KV capacity in positions; 0 = auto
@@ -86,6 +87,7 @@ struct NodeConfig {
   // ---- [test] TEST ONLY: fault switches for the integration and fault suites -------------
   int fault_worker_crash_after_steps = 0;            // a worker crashes after N steps; 0 = off
   int fault_worker_crash_count = 1;                  // how many incarnations in a row crash that way
+  int fault_worker_hang_after_steps = 0;             // test: step N of the worker never returns (0 = off)
 
   // ---- how this config was loaded (not settings; ignored by operator==) ------------------
   bool help_requested = false;                       // --help: the caller prints the help and exits 0

@@ -241,6 +241,12 @@ int main(int argc, char** argv) {
   sc.worker.engine.shard_step_timeout_ms = static_cast<int>(cfg.shard_step_timeout.count());
   sc.worker.fault_crash_after_steps = cfg.fault_worker_crash_after_steps;
   sc.worker.fault_crash_count = cfg.fault_worker_crash_count;
+  sc.worker.stuck_step_exit = cfg.stuck_step_exit;
+  sc.worker.fault_hang_after_steps = cfg.fault_worker_hang_after_steps;
+  if (cfg.fault_worker_hang_after_steps > 0) {
+    spdlog::warn("TEST FAULT armed: the worker's step {} never returns (test.fault-worker-hang-after-steps)",
+                 cfg.fault_worker_hang_after_steps);
+  }
   if (cfg.fault_worker_crash_after_steps > 0) {
     spdlog::warn("TEST FAULT armed: the worker crashes after {} steps (test.fault-worker-crash-after-steps)",
                  cfg.fault_worker_crash_after_steps);

@@ -164,6 +164,24 @@ TEST_F(NodeTest, WorkerCrashIsRestartedAndRequestsResume) {
   EXPECT_NE(n.process().err().find("restart"), std::string::npos);
 }
 
+TEST_F(NodeTest, StuckEngineStepExitsTheNodeSoTheClusterCanFailOver) {
+  // Step 3 never returns (a wedged GPU kernel, simulated): the node still answers heartbeats,
+  // so without the watch its requests would wait forever. With --stuck-step-exit-ms it logs the
+  // step and exits with status 6 (kExitStuckStep); the cluster tests show kill -9 failover.
+  test::Node& n = start({"--model", kStories, "--ctx", "512", "--fault-worker-hang-after-steps", "3",
+                         "--stuck-step-exit-ms", "400"});
+  std::string out, err;
+  const auto t0 = std::chrono::steady_clock::now();
+  // The request dies with the node: a non-zero status (the connection is lost), not a hang.
+  EXPECT_NE(run_cli(tool("ds-client") + " --connect " + n.address() + " generate --max-tokens 20 hi", &out, &err), 0);
+  EXPECT_EQ(n.process().wait_exit(std::chrono::seconds(30)), 6) << n.process().err();
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(30));
+  const std::string log = n.process().err();
+  EXPECT_NE(log.find("injected hang in step 3"), std::string::npos) << log;
+  EXPECT_NE(log.find("an engine step has run for"), std::string::npos) << log;
+  EXPECT_NE(log.find("limit 400 ms"), std::string::npos) << log;
+}
+
 TEST_F(NodeTest, WorkerThatKeepsFailingIsTakenOutNotRestartedForever) {
   test::Node& n = start({"--model", kStories, "--ctx", "512", "--fault-worker-crash-after-steps", "1",
                          "--fault-worker-crash-count", "1000"});

@@ -86,6 +86,8 @@ const ContractKey kContract[] = {
     {"--gpus", "DS_GPUS", "model", "gpus"},
     {"--tensor-parallel", "DS_TENSOR_PARALLEL", "model", "tensor-parallel"},
     {"--shard-step-timeout-ms", "DS_SHARD_STEP_TIMEOUT_MS", "model", "shard-step-timeout-ms"},
+    {"--stuck-step-exit-ms", "DS_STUCK_STEP_EXIT_MS", "model", "stuck-step-exit-ms"},
+    {"--fault-worker-hang-after-steps", "DS_FAULT_WORKER_HANG_AFTER_STEPS", "test", "fault-worker-hang-after-steps"},
     {"--tls-certificate", "DS_TLS_CERTIFICATE", "tls", "certificate"},
     {"--tls-key", "DS_TLS_KEY", "tls", "key"},
     {"--tls-passphrase", "DS_TLS_PASSPHRASE", "tls", "passphrase"},
