@@ -110,6 +110,11 @@ class Backend {
   // True when backend memory is host memory (CPU): weights are then used in place
   // (from the mmapped file) instead of being uploaded.
   virtual bool host_memory() const = 0;
+  // The backend's first failure since it was made ("" while healthy): a CUDA error, memory
+  // running out at run time. Ops do not report failures one by one (they are asynchronous);
+  // once this is non-empty their outputs are unspecified, and the owner should fail the work
+  // and drop the backend (the CUDA context may be unusable).
+  virtual std::string failure() const { return {}; }
   // Whether matmul/get_rows handle weights of type t.
   virtual bool supports(DType t) const { return dtype_traits(t).supported; }
   virtual void* alloc(size_t bytes) = 0;  // 64-byte aligned, zeroed; nullptr when out of memory

@@ -315,6 +315,12 @@ Status Engine::step(std::vector<TokenEvent>* events) {
       picked[j] = sample_token(row, s.req.params, s.tokens, &s.sampler);
     }
   }
+  // A failed backend (a CUDA error, memory running out) leaves its outputs unspecified: fail the
+  // step (the worker then restarts with a fresh backend) instead of emitting garbage tokens.
+  if (backend_) {
+    const std::string failure = backend_->failure();
+    if (!failure.empty()) return fail_step(Status::Internal(std::string(backend_->name()) + " backend failed: " + failure), events);
+  }
   for (size_t j = 0; j < wants.size(); ++j) {
     Seq& s = *wants[j];
     const int32_t tok = picked[j];
@@ -420,6 +426,11 @@ Status Engine::sample_on_backend(const std::vector<Seq*>& wants, float* logits, 
       row.resize(V);
       backend_->download(row.data(), logits + j * V, V * sizeof(float));
       tok = sample_penalized(row, s.req.params, s.sampler.seed, draw);
+    }
+    if (tok < 0 || tok >= V) {
+      return Status::Internal("backend sampling gave token id " + std::to_string(tok) + " (vocabulary " +
+                              std::to_string(V) + ")" +
+                              (backend_->failure().empty() ? "" : ": " + backend_->failure()));
     }
     (*picked)[j] = tok;
   }

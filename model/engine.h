@@ -138,7 +138,8 @@ class Engine {
   // Cancels a running or waiting sequence; its kCancelled event comes from the next step().
   void cancel(uint64_t id);
   // One forward pass; appends this step's events. Non-OK only for backend failures
-  // (then every running sequence has received a kError event). Tensor-parallel: a rank's
+  // (Backend::failure() non-empty after the step, or a failed allocation; then every running
+  // sequence has received a kError event). Tensor-parallel: a rank's
   // failure (naming the rank) also ends every waiting sequence with kError, and every
   // later step() returns it again.
   Status step(std::vector<TokenEvent>* events);

@@ -72,6 +72,7 @@ class CudaBackend final : public Backend {
   CudaBackend& operator=(const CudaBackend&) = delete;
 
   const char* name() const override { return "cuda"; }
+  std::string failure() const override { return error_; }
   bool host_memory() const override { return false; }
   // The CUDA kernels cover f32, f16, bf16, q8_0 and q4_0 (not the k-quants yet).
   bool supports(DType t) const override {

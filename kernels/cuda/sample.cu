@@ -5,9 +5,11 @@
 // Reference: ref::sample_candidates (kernels/sampling.cc). One block of kThreads per row:
 //   1. penalty entries applied in place with explicitly rounded float operations (the same
 //      bits as penalize_logit, which is compiled without FMA contraction); NaN -> -inf.
+//   (greedy rows, m == 1 without sums, stop after a block reduction to the best (key, id).)
 //   2. radix select over the 32-bit order key (sample_order_key): four passes of an 8-bit
-//      histogram find T, the key of the m-th best, and how many elements of key T belong to
-//      the m (the lowest ids among them: the sampler's tie order).
+//      histogram (shared atomics aggregated per warp with __match_any_sync) find T, the key
+//      of the m-th best, and how many elements of key T belong to the m (the lowest ids
+//      among them: the sampler's tie order).
 //   3. each thread scans a contiguous id range; exclusive scans of the per-thread counts of
 //      "key > T" and "key == T" give every candidate a slot, ties in id order.
 //   4. bitonic sort (descending) of (key << 32 | ~id) in shared memory: key descending,
@@ -62,16 +64,48 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleArgs a) {
   for (int64_t i = tid; i < V; i += kThreads)
     if ((__float_as_uint(l[i]) & 0x7fffffffu) > 0x7f800000u) l[i] = -INFINITY;
   __syncthreads();
+  uint64_t* out = a.out + row.out;
 
-  // 2. Radix select of the m-th best key.
+  // Greedy (the common case): the best (key, lowest id) by a block reduction, no selection.
+  if (m == 1 && !row.want_sums) {
+    unsigned long long best = 0;
+    for (int64_t i = tid; i < V; i += kThreads) {
+      const unsigned long long word =
+          (static_cast<unsigned long long>(order_key(l[i])) << 32) | (0xffffffffu - static_cast<uint32_t>(i));
+      best = word > best ? word : best;
+    }
+    cand[tid] = best;
+    __syncthreads();
+    for (int w = kThreads / 2; w > 0; w >>= 1) {
+      if (tid < w && cand[tid + w] > cand[tid]) cand[tid] = cand[tid + w];
+      __syncthreads();
+    }
+    if (tid == 0) {
+      const uint32_t id = 0xffffffffu - static_cast<uint32_t>(cand[0]);
+      out[0] = out[1] = 0;
+      out[2] = (static_cast<uint64_t>(id) << 32) | __float_as_uint(l[id]);
+    }
+    return;
+  }
+
+  // 2. Radix select of the m-th best key. The histogram's atomics are aggregated per warp
+  //    (lanes with the same bin add once): logits crowd a few exponent bins in the first pass.
+  const unsigned lane = tid & 31;
   uint32_t prefix = 0, mask = 0;
   unsigned remaining = m;
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int b = tid; b < 256; b += kThreads) hist[b] = 0;
     __syncthreads();
-    for (int64_t i = tid; i < V; i += kThreads) {
-      const uint32_t k = order_key(l[i]);
-      if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 255u], 1u);
+    for (int64_t base = 0; base < V; base += kThreads) {  // every lane of a warp runs each iteration
+      const int64_t i = base + tid;
+      unsigned bin = 256;  // none
+      if (i < V) {
+        const uint32_t k = order_key(l[i]);
+        if ((k & mask) == prefix) bin = (k >> shift) & 255u;
+      }
+      const unsigned peers = __match_any_sync(0xffffffffu, bin);
+      if (bin < 256 && lane == static_cast<unsigned>(__ffs(peers) - 1))
+        atomicAdd(&hist[bin], static_cast<unsigned>(__popc(peers)));
     }
     __syncthreads();
     if (tid == 0) {
@@ -150,7 +184,6 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SampleArgs a) {
   }
 
   // 5. Candidates and sums.
-  uint64_t* out = a.out + row.out;
   for (unsigned j = tid; j < m; j += kThreads) {
     const uint32_t id = 0xffffffffu - static_cast<uint32_t>(cand[j]);
     out[2 + j] = (static_cast<uint64_t>(id) << 32) | __float_as_uint(l[id]);

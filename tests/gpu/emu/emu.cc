@@ -28,9 +28,11 @@ struct Refill {
 };
 
 struct Warp {
-  explicit Warp(std::ptrdiff_t n) : bar(n) {}
+  explicit Warp(std::ptrdiff_t n) : bar(n), lanes(static_cast<unsigned>(n)) {}
   std::barrier<> bar;
+  unsigned lanes;  // threads in this warp (the block's last warp may be partial)
   float slot[32] = {};
+  unsigned uslot[32] = {};
 };
 
 struct Block {
@@ -103,6 +105,18 @@ float __shfl_xor_sync(unsigned, float v, int lane_mask) {
 }
 
 unsigned atomicAdd(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_add(v); }
+
+unsigned __match_any_sync(unsigned, unsigned value) {
+  emu::Warp& w = *emu::g_block->warps[threadIdx.x / 32];
+  const unsigned lane = threadIdx.x % 32;
+  w.uslot[lane] = value;
+  w.bar.arrive_and_wait();
+  unsigned peers = 0;
+  for (unsigned l = 0; l < w.lanes; ++l)
+    if (w.uslot[l] == value) peers |= 1u << l;
+  w.bar.arrive_and_wait();
+  return peers;
+}
 
 // ---- runtime API ------------------------------------------------------------------------
 

@@ -90,6 +90,10 @@ inline float __fdiv_rn(float a, float b) { return a / b; }
 // Atomics on shared or global memory (threads of a block are OS threads here).
 unsigned atomicAdd(unsigned* p, unsigned v);
 float __shfl_xor_sync(unsigned mask, float v, int lane_mask);
+// The lanes of the calling warp whose value equals this lane's (every lane must call it).
+unsigned __match_any_sync(unsigned mask, unsigned value);
+inline int __popc(unsigned v) { return __builtin_popcount(v); }
+inline int __ffs(unsigned v) { return __builtin_ffs(static_cast<int>(v)); }
 void __syncthreads();
 
 // ---- runtime API ------------------------------------------------------------------------
