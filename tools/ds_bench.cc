@@ -83,7 +83,16 @@ struct BenchResult {
   std::vector<std::pair<int, double>> decode;  // batch, tok/s
 };
 
-ds::Status run_once(const std::shared_ptr<ds::Model>& model, int threads, int prompt, int gen,
+// The backend a run measures: the CPU with `threads` threads, or CUDA GPU `gpu` (gpu >= 0).
+ds::Result<std::unique_ptr<ds::Backend>> make_backend(int threads, int gpu) {
+  if (gpu < 0) return ds::make_cpu_backend({threads});
+  std::string err;
+  std::unique_ptr<ds::Backend> b = ds::make_cuda_backend(gpu, &err);
+  if (!b) return ds::Status::NotSupported("no CUDA backend on GPU " + std::to_string(gpu) + ": " + err);
+  return b;
+}
+
+ds::Status run_once(const std::shared_ptr<ds::Model>& model, int threads, int gpu, int prompt, int gen,
                     const std::vector<int>& batches, BenchResult* out) {
   const int max_batch = *std::max_element(batches.begin(), batches.end());
   ds::EngineOptions eo;
@@ -95,7 +104,9 @@ ds::Status run_once(const std::shared_ptr<ds::Model>& model, int threads, int pr
   // sequence when n_ctx is not a multiple of the block size, and then a sequence of the batch
   // waits (this made 4-token-prompt runs ~18% slower).
   eo.kv_cache_tokens = max_batch * ((eo.n_ctx + eo.kv_block_size - 1) / eo.kv_block_size) * eo.kv_block_size;
-  auto engine = ds::Engine::Create(model, ds::make_cpu_backend({threads}), eo);
+  auto backend = make_backend(threads, gpu);
+  if (!backend.ok()) return backend.status();
+  auto engine = ds::Engine::Create(model, std::move(backend).value(), eo);
   if (!engine.ok()) return engine.status();
   ds::Engine& e = **engine;
   const int32_t n_vocab = model->config().n_vocab;
@@ -147,7 +158,8 @@ ds::Status run_once(const std::shared_ptr<ds::Model>& model, int threads, int pr
   return ds::Status::Ok();
 }
 
-int bench_engine(const std::string& path, int threads, int prompt, int gen, std::vector<int> batches, int repeats, bool json, bool quiet) {
+int bench_engine(const std::string& path, int threads, int gpu, int prompt, int gen, std::vector<int> batches, int repeats,
+                 bool json, bool quiet) {
   if (threads <= 0) threads = static_cast<int>(std::thread::hardware_concurrency());
   if (std::find(batches.begin(), batches.end(), 1) == batches.end()) batches.insert(batches.begin(), 1);
   ds::LoadOptions lo;
@@ -162,7 +174,7 @@ int bench_engine(const std::string& path, int threads, int prompt, int gen, std:
   std::vector<std::vector<double>> decode(batches.size());
   for (int r = 0; r < repeats; ++r) {
     BenchResult br;
-    if (ds::Status s = run_once(*model, threads, prompt, gen, batches, &br); !s.ok()) {
+    if (ds::Status s = run_once(*model, threads, gpu, prompt, gen, batches, &br); !s.ok()) {
       std::cerr << "ds-bench: " << s.ToString() << "\n";
       return ds::cli::kExitFailure;
     }
@@ -170,7 +182,7 @@ int bench_engine(const std::string& path, int threads, int prompt, int gen, std:
     for (size_t i = 0; i < batches.size(); ++i) decode[i].push_back(br.decode[i].second);
     if (!quiet && !json) std::cerr << "repeat " << r + 1 << "/" << repeats << " done\n";
   }
-  const double bw = measure_read_bandwidth(threads);
+  const double bw = gpu < 0 ? measure_read_bandwidth(threads) : 0;  // host memory: CPU runs only
   const double weight_bytes = static_cast<double>((*model)->weights().bytes) -
                               ((*model)->config().tied_output ? 0.0 : 0.0);
   const double d1 = median(decode[0]);
@@ -181,6 +193,8 @@ int bench_engine(const std::string& path, int threads, int prompt, int gen, std:
     j["model_name"] = c.name;
     j["arch"] = c.arch_name;
     j["type"] = (*model)->weight_type_name();
+    j["backend"] = gpu < 0 ? "cpu" : "cuda";
+    if (gpu >= 0) j["gpu"] = gpu;
     j["threads"] = threads;
     j["isa"] = ds::cpu_kernel_isa();
     j["prompt"] = prompt;
@@ -189,20 +203,25 @@ int bench_engine(const std::string& path, int threads, int prompt, int gen, std:
     j["prefill_tok_s"] = median(prefill);
     j["decode_tok_s"] = d1;
     j["weight_bytes"] = weight_bytes;
-    j["mem_read_gb_s"] = bw;
+    if (gpu < 0) j["mem_read_gb_s"] = bw;
     j["decode_gb_s"] = weight_bytes * d1 / 1e9;
     j["batches"] = nlohmann::json::array();
     for (size_t i = 0; i < batches.size(); ++i) j["batches"].push_back({{"batch", batches[i]}, {"decode_tok_s", median(decode[i])}});
     std::cout << j.dump() << "\n";
   } else {
     std::printf("model    %s (%s, %s, %d layers, dim %d)\n", path.c_str(), c.arch_name.c_str(), (*model)->weight_type_name().c_str(), c.n_layer, c.n_embd);
-    std::printf("threads  %d (%s kernels), median of %d\n\n", threads, ds::cpu_kernel_isa(), repeats);
+    if (gpu < 0) std::printf("threads  %d (%s kernels), median of %d\n\n", threads, ds::cpu_kernel_isa(), repeats);
+    else std::printf("backend  cuda, GPU %d, median of %d\n\n", gpu, repeats);
     std::printf("%-22s %12s\n", "test", "tok/s");
     std::printf("%-22s %12.1f\n", ("prefill pp" + std::to_string(prompt)).c_str(), median(prefill));
     for (size_t i = 0; i < batches.size(); ++i)
       std::printf("%-22s %12.1f\n", ("decode tg" + std::to_string(gen) + " batch " + std::to_string(batches[i])).c_str(), median(decode[i]));
-    std::printf("\nweights %.0f MiB; batch-1 decode reads %.1f GB/s; memory read bandwidth %.1f GB/s (%.0f%%)\n",
-                weight_bytes / 1048576.0, weight_bytes * d1 / 1e9, bw, 100.0 * weight_bytes * d1 / 1e9 / bw);
+    if (gpu < 0) {
+      std::printf("\nweights %.0f MiB; batch-1 decode reads %.1f GB/s; memory read bandwidth %.1f GB/s (%.0f%%)\n",
+                  weight_bytes / 1048576.0, weight_bytes * d1 / 1e9, bw, 100.0 * weight_bytes * d1 / 1e9 / bw);
+    } else {  // the GPU's copy bandwidth and per-op breakdown: tools/gpu-check.sh
+      std::printf("\nweights %.0f MiB; batch-1 decode reads %.1f GB/s\n", weight_bytes / 1048576.0, weight_bytes * d1 / 1e9);
+    }
   }
   return ds::cli::kExitOk;
 }
@@ -306,7 +325,7 @@ int engine_decode_tok_s(const LoadArgs& a, double* out) {
   std::vector<double> runs;
   for (int r = 0; r < 3; ++r) {
     BenchResult br;
-    if (ds::Status s = run_once(*model, a.threads, a.prompt_tokens, a.max_tokens, {a.concurrency}, &br); !s.ok()) {
+    if (ds::Status s = run_once(*model, a.threads, -1, a.prompt_tokens, a.max_tokens, {a.concurrency}, &br); !s.ok()) {
       std::cerr << "ds-bench: " << s.ToString() << "\n";
       return ds::cli::kExitFailure;
     }
@@ -443,8 +462,12 @@ int main(int argc, char** argv) {
   int threads = 0, prompt = 128, gen = 64, repeats = 3;
   std::vector<int> batches = {1, 8};
   bool json = false, quiet = false;
-  CLI::App* eng = app.add_subcommand("engine", "Prefill and decode throughput of the CPU engine on a GGUF model");
+  std::string backend = "cpu";
+  int gpu = 0;
+  CLI::App* eng = app.add_subcommand("engine", "Prefill and decode throughput of the engine (CPU or one GPU) on a GGUF model");
   eng->add_option("--model", model, "GGUF model file")->required()->check(CLI::ExistingFile);
+  eng->add_option("--backend", backend, "cpu or cuda (exit 1 when there is no usable GPU)")->check(CLI::IsMember({"cpu", "cuda"}));
+  eng->add_option("--gpu", gpu, "The GPU of --backend cuda (default 0)")->check(CLI::Range(0, 64));
   eng->add_option("--threads", threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 256));
   eng->add_option("--prompt", prompt, "Prompt tokens for the prefill test")->check(CLI::Range(1, 65536));
   eng->add_option("--gen", gen, "Tokens to decode per sequence")->check(CLI::Range(1, 65536));
@@ -481,5 +504,5 @@ int main(int argc, char** argv) {
   }
   if (load->parsed()) return bench_load(la);
   if (failover->parsed()) return ds::bench::bench_failover(fa);
-  return bench_engine(model, threads, prompt, gen, batches, repeats, json, quiet);
+  return bench_engine(model, threads, backend == "cuda" ? gpu : -1, prompt, gen, batches, repeats, json, quiet);
 }

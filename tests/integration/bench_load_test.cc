@@ -1,5 +1,6 @@
 // ds-bench load against a real ds-node: the closed loop finishes every request and
-// reports its figures; bad flags and an unreachable node give the documented exit codes.
+// reports its figures; bad flags and an unreachable node give the documented exit codes;
+// ds-bench engine --backend cuda runs on a GPU or says why not.
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <sys/wait.h>
@@ -105,6 +106,24 @@ TEST_F(BenchLoad, UnreachableNodeExits3) {
   EXPECT_EQ(bench("load --connect 127.0.0.1:" + std::to_string(port) + " --requests 1 --json", &out, 60), 3) << err_;
   EXPECT_TRUE(out.empty()) << out;
   EXPECT_NE(err_.find("cannot connect"), std::string::npos) << err_;
+}
+
+// ds-bench engine --backend cuda: a clear error and exit 1 where there is no usable GPU (here);
+// on a GPU machine, the same table as the CPU run.
+TEST_F(BenchLoad, EngineOnTheGpuOrAClearError) {
+  if (!std::filesystem::exists(kModel)) GTEST_SKIP() << "no " << kModel;
+  std::string out;
+  EXPECT_EQ(bench("engine --model " + kModel + " --backend tpu", &out), 2);
+  const int rc = bench("engine --model " + kModel + " --backend cuda --repeats 1 --gen 4 --prompt 8 --json -q", &out);
+  if (rc == 0) {
+    const auto j = nlohmann::json::parse(out);
+    EXPECT_EQ(j["backend"], "cuda");
+    EXPECT_GT(j["decode_tok_s"].get<double>(), 0);
+    return;
+  }
+  EXPECT_EQ(rc, 1) << err_;
+  EXPECT_NE(err_.find("no CUDA backend on GPU 0"), std::string::npos) << err_;
+  EXPECT_TRUE(out.empty()) << out;
 }
 
 }  // namespace
