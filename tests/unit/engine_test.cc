@@ -150,38 +150,17 @@ TEST(Engine, BatchedDecodeEqualsAloneSampledEveryType) {
 
 // The CPU backend that reports a failure (as the CUDA backend does after a CUDA error) once
 // it has run fail_after matmuls.
-class FailingBackend final : public Backend {
+class FailingBackend final : public test::ForwardingBackend {
  public:
   explicit FailingBackend(int fail_after) : fail_after_(fail_after) {}
   const char* name() const override { return "failing"; }
   std::string failure() const override { return matmuls_ >= fail_after_ ? "injected device fault" : ""; }
-  bool host_memory() const override { return true; }
-  void* alloc(size_t bytes) override { return cpu_->alloc(bytes); }
-  void free(void* p) override { cpu_->free(p); }
-  void upload(void* dst, const void* src, size_t bytes) override { cpu_->upload(dst, src, bytes); }
-  void download(void* dst, const void* src, size_t bytes) override { cpu_->download(dst, src, bytes); }
   void matmul(const WeightRef& w, const float* x, int64_t n, float* y) override {
     ++matmuls_;
-    cpu_->matmul(w, x, n, y);
+    ForwardingBackend::matmul(w, x, n, y);
   }
-  void get_rows(const WeightRef& w, const int32_t* ids, int64_t n, float* out) override { cpu_->get_rows(w, ids, n, out); }
-  void rmsnorm(const float* x, const float* wt, int64_t n, int64_t dim, float eps, float* out) override {
-    cpu_->rmsnorm(x, wt, n, dim, eps, out);
-  }
-  void rope(float* x, int64_t n, int h, int hd, const int32_t* pos, const RopeParams& p) override {
-    cpu_->rope(x, n, h, hd, pos, p);
-  }
-  void swiglu(const float* g, const float* u, int64_t count, float* out) override { cpu_->swiglu(g, u, count, out); }
-  void add(float* x, const float* y, int64_t count) override { cpu_->add(x, y, count); }
-  void add_bias(float* x, const float* b, int64_t n, int64_t dim) override { cpu_->add_bias(x, b, n, dim); }
-  void store_kv(const float* k, const float* v, int64_t n, const int32_t* slots, int64_t kv_dim, float* kc,
-                float* vc) override {
-    cpu_->store_kv(k, v, n, slots, kv_dim, kc, vc);
-  }
-  void attention(const AttentionArgs& a) override { cpu_->attention(a); }
 
  private:
-  std::unique_ptr<Backend> cpu_ = make_cpu_backend({1});
   int fail_after_;
   int matmuls_ = 0;
 };

@@ -15,7 +15,7 @@ namespace ds {
 namespace {
 
 // The CPU backend plus a workspace request of kFloatsPerHead floats per (token, head).
-class SpyBackend final : public Backend {
+class SpyBackend final : public test::ForwardingBackend {
  public:
   static constexpr size_t kFloatsPerHead = 3;
   struct Request {
@@ -24,34 +24,14 @@ class SpyBackend final : public Backend {
   };
 
   const char* name() const override { return "spy"; }
-  bool host_memory() const override { return cpu_->host_memory(); }
-  bool supports(DType t) const override { return cpu_->supports(t); }
   void* alloc(size_t bytes) override {
-    void* p = cpu_->alloc(bytes);
+    void* p = ForwardingBackend::alloc(bytes);
     allocs.emplace_back(p, bytes);
     return p;
   }
-  void free(void* p) override { cpu_->free(p); }
-  void upload(void* dst, const void* src, size_t bytes) override { cpu_->upload(dst, src, bytes); }
-  void download(void* dst, const void* src, size_t bytes) override { cpu_->download(dst, src, bytes); }
-  void matmul(const WeightRef& w, const float* x, int64_t n, float* y) override { cpu_->matmul(w, x, n, y); }
-  void get_rows(const WeightRef& w, const int32_t* ids, int64_t n, float* out) override { cpu_->get_rows(w, ids, n, out); }
-  void rmsnorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out) override {
-    cpu_->rmsnorm(x, weight, n, dim, eps, out);
-  }
-  void rope(float* x, int64_t n, int n_heads, int head_dim, const int32_t* pos, const RopeParams& p) override {
-    cpu_->rope(x, n, n_heads, head_dim, pos, p);
-  }
-  void swiglu(const float* gate, const float* up, int64_t count, float* out) override { cpu_->swiglu(gate, up, count, out); }
-  void add(float* x, const float* y, int64_t count) override { cpu_->add(x, y, count); }
-  void add_bias(float* x, const float* bias, int64_t n, int64_t dim) override { cpu_->add_bias(x, bias, n, dim); }
-  void store_kv(const float* k, const float* v, int64_t n, const int32_t* slots, int64_t kv_dim, float* k_cache,
-                float* v_cache) override {
-    cpu_->store_kv(k, v, n, slots, kv_dim, k_cache, v_cache);
-  }
   void attention(const AttentionArgs& a) override {
     seen.push_back(a);
-    cpu_->attention(a);
+    ForwardingBackend::attention(a);
   }
   size_t attention_workspace_floats(int64_t max_tokens, int n_heads, int head_dim, int max_kv) const override {
     requests.push_back({max_tokens, n_heads, head_dim, max_kv});
@@ -61,9 +41,6 @@ class SpyBackend final : public Backend {
   mutable std::vector<Request> requests;
   std::vector<std::pair<void*, size_t>> allocs;
   std::vector<AttentionArgs> seen;
-
- private:
-  std::unique_ptr<Backend> cpu_ = make_cpu_backend({1});
 };
 
 std::shared_ptr<const Model> make_model(const test::TempDir& dir, const ModelSpec& spec) {
