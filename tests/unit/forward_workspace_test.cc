@@ -43,14 +43,7 @@ class SpyBackend final : public test::ForwardingBackend {
   std::vector<AttentionArgs> seen;
 };
 
-std::shared_ptr<const Model> make_model(const test::TempDir& dir, const ModelSpec& spec) {
-  const std::string path = dir.file(spec.arch + "-" + dtype_name(spec.type) + ".gguf");
-  Status s = write_random_model(spec, path);
-  EXPECT_TRUE(s.ok()) << s.ToString();
-  auto m = Model::Load(path);
-  EXPECT_TRUE(m.ok()) << m.status().ToString();
-  return m.ok() ? std::shared_ptr<const Model>(*m) : nullptr;
-}
+using test::make_model;
 
 // Every attention() call of a run got max_kv and the workspace Init allocated.
 void expect_attention_fields(const SpyBackend& be, int max_kv, size_t floats) {

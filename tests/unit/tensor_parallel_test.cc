@@ -165,14 +165,7 @@ TEST(CpuCommErrors, AbortReleasesRanksBlockedInACollective) {
 
 // ---- The weight split ---------------------------------------------------------------------
 
-std::shared_ptr<const Model> make_model(const test::TempDir& dir, const ModelSpec& spec) {
-  const std::string path = dir.file(spec.arch + "-" + dtype_name(spec.type) + ".gguf");
-  Status s = write_random_model(spec, path);
-  EXPECT_TRUE(s.ok()) << s.ToString();
-  auto m = Model::Load(path);
-  EXPECT_TRUE(m.ok()) << m.status().ToString();
-  return m.ok() ? std::shared_ptr<const Model>(*m) : nullptr;
-}
+using test::make_model;
 
 ModelSpec tp_spec(const std::string& arch, DType type) { return test::tp_spec(arch, type, 21); }
 

@@ -13,6 +13,7 @@
 
 #include "kernels/backend.h"
 #include "model/mkmodel.h"
+#include "model/model.h"
 
 namespace ds::test {
 
@@ -108,5 +109,15 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// A random model of spec written into dir (named after its arch and type) and loaded.
+inline std::shared_ptr<const Model> make_model(const TempDir& dir, const ModelSpec& spec) {
+  const std::string path = dir.file(spec.arch + "-" + dtype_name(spec.type) + ".gguf");
+  Status s = write_random_model(spec, path);
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  auto m = Model::Load(path);
+  EXPECT_TRUE(m.ok()) << m.status().ToString();
+  return m.ok() ? std::shared_ptr<const Model>(*m) : nullptr;
+}
 
 }  // namespace ds::test
