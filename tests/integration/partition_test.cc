@@ -142,13 +142,15 @@ TEST_F(PartitionTest, MinorityOfTwoStopsAdmittingMajorityDownsItThenItRejoins) {
     rc = client_in(4, 5, &out);
     return rc == 4 && out.find("no_quorum") != std::string::npos;
   }, 20s)) << "rc " << rc << ": " << out;
-  // p5 says so in its log too (the refusal above may have come first, or from p4 after the
-  // client moved there: wait for the line rather than read the log once).
-  std::string log5;
+  // The minority node that refused says so in its log too: p4 or p5 (the client may have moved
+  // to p4; and a p5 that had not yet seen p4 as up when the link went down can take longer).
+  std::string log4, log5;
   EXPECT_TRUE(wait_for([&] {
+    log4 = test::slurp_file(dir_ + "/node-4.err");
     log5 = test::slurp_file(dir_ + "/node-5.err");
-    return log5.find("quorum-lost") != std::string::npos;
-  }, 20s)) << log5;
+    return log4.find("quorum-lost") != std::string::npos || log5.find("quorum-lost") != std::string::npos;
+  }, 20s)) << log4 << "\n" << log5;
+  EXPECT_EQ(log4.find("member-down p1 (incarnation"), std::string::npos) << "the minority downed a majority member:\n" << log4;
   EXPECT_EQ(log5.find("member-down p1 (incarnation"), std::string::npos) << "the minority downed a majority member:\n" << log5;
 
   // Heal: the two learn they were declared down and rejoin as new incarnations.
