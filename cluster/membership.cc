@@ -747,9 +747,9 @@ Output Membership::tick(TimePoint now) {
   refresh_watches(now);
 
   if (heartbeat_round) quorum_ = majority_heard_since(now - options_.quorum_window, nullptr);  // O(N)
-  if (!is_voter(self().state)) {
-    reported_quorum_ = true;  // a joining node admits no work yet: nothing to report
-  } else if (quorum_.has_quorum != reported_quorum_) {
+  // Reported for a joining member too: once accepted it admits work (the router reads
+  // has_quorum), so a joiner cut off before it saw itself up must say why it refuses.
+  if (quorum_.has_quorum != reported_quorum_) {
     reported_quorum_ = quorum_.has_quorum;
     event(quorum_.has_quorum ? EventKind::kQuorumRegained : EventKind::kQuorumLost, self_info_.node_id,
           self().incarnation, quorum_.reason);

@@ -143,7 +143,8 @@ TEST_F(PartitionTest, MinorityOfTwoStopsAdmittingMajorityDownsItThenItRejoins) {
     return rc == 4 && out.find("no_quorum") != std::string::npos;
   }, 20s)) << "rc " << rc << ": " << out;
   // The minority node that refused says so in its log too: p4 or p5 (the client may have moved
-  // to p4; and a p5 that had not yet seen p4 as up when the link went down can take longer).
+  // to p4). A node cut off before it saw itself up (still "joining" in its own view) reports it
+  // as well: it admits work once accepted (ClusterMembership.JoinersCutOff... in the unit tests).
   std::string log4, log5;
   EXPECT_TRUE(wait_for([&] {
     log4 = test::slurp_file(dir_ + "/node-4.err");

@@ -101,6 +101,7 @@ TEST(ClusterMembership, FiveNodesJoinThroughOneSeedAndConverge) {
   ASSERT_NE(e, nullptr);
   EXPECT_EQ(e->info().cluster_address, "10.0.0.3:4242");
   EXPECT_EQ(c.log.count(EventKind::kJoined), 5);
+  EXPECT_EQ(c.log.count(EventKind::kQuorumLost), 0);  // joiners too: no false alarm while joining
 }
 
 TEST(ClusterMembership, NodesJoinThroughDifferentSeeds) {
@@ -280,6 +281,35 @@ TEST(ClusterMembership, MinorityPartitionLosesQuorumAndSaysSo) {
         return true;
       },
       seconds(2)));
+}
+
+// Two nodes accepted by the seed but cut off before they learn that the leader marked them
+// up (their own view still says "joining"): they admit work once accepted, so they must lose
+// quorum and say so like any member (the CI flake of PartitionTest: no quorum-lost line).
+TEST(ClusterMembership, JoinersCutOffBeforeTheySeeThemselvesUpLoseQuorumAndSaySo) {
+  Cluster c(3);
+  const int a = c.sim.add_node(), b = c.sim.add_node();
+  c.sim.join(a, {0});
+  c.sim.join(b, {0});
+  ASSERT_TRUE(c.sim.run_until(
+      [&] {
+        for (int i : {a, b}) {
+          const Membership& v = c.sim.view(i);
+          if (v.phase() != Phase::kMember || v.self().state != MemberState::kJoining) return false;
+        }
+        return true;
+      },
+      seconds(5)));
+  c.sim.set_partition({0, 0, 0, 1, 1});
+  ASSERT_TRUE(c.sim.run_until([&] { return !c.sim.view(a).has_quorum() && !c.sim.view(b).has_quorum(); },
+                              seconds(10)));
+  c.sim.run_for(seconds(1));
+  for (int i : {a, b}) {
+    bool reported = false;
+    for (const auto& x : c.log.entries) reported |= x.node == i && x.e.kind == EventKind::kQuorumLost;
+    EXPECT_TRUE(reported) << "node " << i << " lost quorum silently: " << c.sim.view(i).quorum().reason;
+  }
+  for (int i : {0, 1, 2}) EXPECT_TRUE(c.sim.view(i).has_quorum()) << c.sim.view(i).quorum().reason;
 }
 
 TEST(ClusterMembership, EvenSplitGoesToTheSideWithTheOldestMember) {
