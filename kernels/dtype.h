@@ -8,6 +8,13 @@
 #include <cstdint>
 #include <cstring>
 
+// Helpers the CUDA kernels share with the host (plain inline functions elsewhere).
+#if defined(__CUDACC__)
+#define DS_HOST_DEVICE __host__ __device__
+#else
+#define DS_HOST_DEVICE
+#endif
+
 namespace ds {
 
 // GGUF/ggml type ids (ggml_type). Only the ones ds computes with are "supported";
@@ -73,7 +80,7 @@ static_assert(sizeof(BlockQ4_K) == 144, "Q4_K block must be 144 bytes (GGUF form
 // Scale and min (both 0..63) of Q4_K sub-block j < 8: j < 4 use the low 6 bits of
 // scales[j] and scales[j + 4]; j >= 4 take their low 4 bits from the nibbles of
 // scales[j + 4] and their top 2 bits from the top bits of scales[j - 4] / scales[j].
-inline void q4k_scale_min(const uint8_t* scales, int j, uint8_t* sc, uint8_t* m) {
+DS_HOST_DEVICE inline void q4k_scale_min(const uint8_t* scales, int j, uint8_t* sc, uint8_t* m) {
   if (j < 4) {
     *sc = scales[j] & 63;
     *m = scales[j + 4] & 63;

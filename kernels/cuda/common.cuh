@@ -1,6 +1,6 @@
 // kernels/cuda/common.cuh: device helpers shared by the CUDA kernels: fp16/bf16
 // conversion, warp and block sums, and the scalar element loader that mirrors
-// dequantize_row() in kernels/dtype.cc (the layouts are dtype.h's BlockQ8_0/BlockQ4_0).
+// dequantize_row() in kernels/dtype.cc (the layouts are dtype.h's blocks).
 //
 // Included by .cu files only.
 #pragma once
@@ -9,6 +9,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 
 #include "kernels/dtype.h"
@@ -83,7 +84,13 @@ struct PdlLaunch {
 constexpr int kWarpSize = 32;
 constexpr int kQ8_0Bytes = 34;  // sizeof(BlockQ8_0): fp16 d + 32 int8
 constexpr int kQ4_0Bytes = 18;  // sizeof(BlockQ4_0): fp16 d + 16 bytes of nibbles
+constexpr int kQ4_KBytes = 144; // sizeof(BlockQ4_K): fp16 d, dmin, 12 scale bytes, 128 of nibbles
+constexpr int kQ6_KBytes = 210; // sizeof(BlockQ6_K): 128 ql, 64 qh, 16 int8 scales, fp16 d
 static_assert(sizeof(BlockQ8_0) == kQ8_0Bytes && sizeof(BlockQ4_0) == kQ4_0Bytes, "GGUF block sizes");
+static_assert(sizeof(BlockQ4_K) == kQ4_KBytes && sizeof(BlockQ6_K) == kQ6_KBytes, "GGUF block sizes");
+static_assert(offsetof(BlockQ4_K, scales) == 4 && offsetof(BlockQ4_K, qs) == 16, "Q4_K layout");
+static_assert(offsetof(BlockQ6_K, qh) == 128 && offsetof(BlockQ6_K, scales) == 192 && offsetof(BlockQ6_K, d) == 208,
+              "Q6_K layout");
 
 // Blocks for a grid-stride loop over `total` items with `threads` per block.
 inline unsigned grid_for(int64_t total, int threads) {
@@ -134,6 +141,28 @@ __device__ __forceinline__ float load_elem(const uint8_t* row, int64_t k) {
     const uint8_t* b = row + (k / 32) * kQ8_0Bytes;
     const float d = f16_to_f32(*reinterpret_cast<const uint16_t*>(b));
     return d * static_cast<float>(static_cast<int8_t>(b[2 + k % 32]));
+  } else if constexpr (T == DType::kQ4_K) {
+    // dequantize_row: w = (d * sc) * q - dmin * m, two roundings and a subtraction (no fma).
+    const uint8_t* b = row + (k / 256) * kQ4_KBytes;
+    const int e = static_cast<int>(k % 256), j = e / 32;
+    uint8_t sc, m;
+    q4k_scale_min(b + 4, j, &sc, &m);
+    const float d = f16_to_f32(*reinterpret_cast<const uint16_t*>(b));
+    const float dmin = f16_to_f32(*reinterpret_cast<const uint16_t*>(b + 2));
+    const uint8_t byte = b[16 + 32 * (e / 64) + e % 32];
+    const int q = (e % 64) < 32 ? (byte & 0xF) : (byte >> 4);
+    return __fsub_rn(__fmul_rn(__fmul_rn(d, static_cast<float>(sc)), static_cast<float>(q)),
+                     __fmul_rn(dmin, static_cast<float>(m)));
+  } else if constexpr (T == DType::kQ6_K) {
+    // dequantize_row: w = (d * scale) * (q - 32).
+    const uint8_t* b = row + (k / 256) * kQ6_KBytes;
+    const int e = static_cast<int>(k % 256), h = e / 128, g = (e % 128) / 32, l = e % 32;
+    const uint8_t ql = b[64 * h + l + 32 * (g & 1)];
+    const uint8_t qh = b[128 + 32 * h + l];
+    const int q = (((g < 2) ? (ql & 0xF) : (ql >> 4)) | (((qh >> (2 * g)) & 3) << 4)) - 32;
+    const float d = f16_to_f32(*reinterpret_cast<const uint16_t*>(b + 208));
+    const float sc = static_cast<float>(static_cast<int8_t>(b[192 + e / 16]));
+    return __fmul_rn(__fmul_rn(d, sc), static_cast<float>(q));
   } else {
     static_assert(T == DType::kQ4_0, "unsupported type");
     const uint8_t* b = row + (k / 32) * kQ4_0Bytes;
@@ -160,6 +189,8 @@ bool dispatch_dtype(DType t, F&& f) {
     case DType::kBF16: f(DTypeTag<DType::kBF16>{}); return true;
     case DType::kQ8_0: f(DTypeTag<DType::kQ8_0>{}); return true;
     case DType::kQ4_0: f(DTypeTag<DType::kQ4_0>{}); return true;
+    case DType::kQ4_K: f(DTypeTag<DType::kQ4_K>{}); return true;
+    case DType::kQ6_K: f(DTypeTag<DType::kQ6_K>{}); return true;
     default: return false;
   }
 }

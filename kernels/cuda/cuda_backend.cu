@@ -30,7 +30,8 @@ constexpr size_t kStagingBytes = size_t{1} << 20;
 constexpr int64_t kScratchFloats = int64_t{16} << 20;
 
 bool supported(DType t) {
-  return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16 || t == DType::kQ8_0 || t == DType::kQ4_0;
+  return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16 || t == DType::kQ8_0 || t == DType::kQ4_0 ||
+         t == DType::kQ4_K || t == DType::kQ6_K;
 }
 
 const char* type_name(DType t) {
@@ -40,6 +41,8 @@ const char* type_name(DType t) {
     case DType::kBF16: return "bf16";
     case DType::kQ8_0: return "q8_0";
     case DType::kQ4_0: return "q4_0";
+    case DType::kQ4_K: return "q4_k";
+    case DType::kQ6_K: return "q6_k";
     default: return "an unsupported type";
   }
 }
@@ -48,7 +51,9 @@ std::string dtype_name_or_id(DType t) {
   return supported(t) ? type_name(t) : "id " + std::to_string(static_cast<uint32_t>(t));
 }
 
-int block_elems(DType t) { return t == DType::kQ8_0 || t == DType::kQ4_0 ? 32 : 1; }
+int block_elems(DType t) {
+  return t == DType::kQ8_0 || t == DType::kQ4_0 ? 32 : t == DType::kQ4_K || t == DType::kQ6_K ? 256 : 1;
+}
 
 // Bytes of one row of `cols` elements (as row_bytes() in dtype.cc; kept local so that
 // ds_cuda needs no symbol of ds_kernels). REQUIRES: supported(t).
@@ -59,6 +64,8 @@ size_t row_bytes_of(DType t, int64_t cols) {
     case DType::kBF16: return static_cast<size_t>(cols) * 2;
     case DType::kQ8_0: return static_cast<size_t>(cols / 32) * sizeof(BlockQ8_0);
     case DType::kQ4_0: return static_cast<size_t>(cols / 32) * sizeof(BlockQ4_0);
+    case DType::kQ4_K: return static_cast<size_t>(cols / 256) * sizeof(BlockQ4_K);
+    case DType::kQ6_K: return static_cast<size_t>(cols / 256) * sizeof(BlockQ6_K);
     default: return 0;
   }
 }

@@ -74,9 +74,11 @@ class CudaBackend final : public Backend {
   const char* name() const override { return "cuda"; }
   std::string failure() const override { return error_; }
   bool host_memory() const override { return false; }
-  // The CUDA kernels cover f32, f16, bf16, q8_0 and q4_0 (not the k-quants yet).
+  // The CUDA kernels cover f32, f16, bf16, q8_0, q4_0, q4_k and q6_k (every type the CPU
+  // backend computes with: Q4_K_M / Q6_K files run on the GPU too).
   bool supports(DType t) const override {
-    return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16 || t == DType::kQ8_0 || t == DType::kQ4_0;
+    return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16 || t == DType::kQ8_0 || t == DType::kQ4_0 ||
+           t == DType::kQ4_K || t == DType::kQ6_K;
   }
   void* alloc(size_t bytes) override;  // cudaMalloc (256-byte aligned), zeroed on the stream
   void free(void* p) override;         // waits for the stream first; nullptr is a no-op

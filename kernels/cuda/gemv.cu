@@ -108,6 +108,11 @@ __device__ __forceinline__ float load_chunk8(const uint8_t* __restrict__ row, in
       w[2 * i + 1] = static_cast<float>(static_cast<int8_t>(u >> 8));
     }
     return f16_to_f32(*reinterpret_cast<const uint16_t*>(b));
+  } else if constexpr (T == DType::kQ4_K || T == DType::kQ6_K) {
+    // K-quants (v2 is a validation path for them): the scalar loader, weights as floats.
+#pragma unroll
+    for (int i = 0; i < 8; ++i) w[i] = load_elem<T>(row, 8 * c + i);
+    return 1.0f;
   } else {
     static_assert(T == DType::kQ4_0, "unsupported type");
     // Chunk c is elements [8q, 8q+8) of block (c >> 2), q = c & 3: q = 0, 1 are the low
@@ -224,7 +229,7 @@ struct V3<DType::kF32> {
       for (int i = 0; i < 8; ++i) r.w[i] = 8 * c + i < cols ? p[i] : 0.0f;
     }
   }
-  static __device__ __forceinline__ float decode(const Raw& r, float* w) {
+  static __device__ __forceinline__ float decode(const Raw& r, int64_t, float* w) {
 #pragma unroll
     for (int i = 0; i < 8; ++i) w[i] = r.w[i];
     return 1.0f;
@@ -253,7 +258,7 @@ struct V3Half {  // F16 and BF16
       }
     }
   }
-  static __device__ __forceinline__ float decode(const Raw& r, float* w) {
+  static __device__ __forceinline__ float decode(const Raw& r, int64_t, float* w) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const uint16_t lo = static_cast<uint16_t>(r.u[i] & 0xffffu), hi = static_cast<uint16_t>(r.u[i] >> 16);
@@ -285,7 +290,7 @@ struct V3<DType::kQ8_0> {
     for (int i = 0; i < 4; ++i) r.q[i] = __ldg(q + i);
     r.d = __ldg(reinterpret_cast<const uint16_t*>(b));
   }
-  static __device__ __forceinline__ float decode(const Raw& r, float* w) {
+  static __device__ __forceinline__ float decode(const Raw& r, int64_t, float* w) {
     i8x4_to_f32(__byte_perm(r.q[0], r.q[1], 0x5410), w);
     i8x4_to_f32(__byte_perm(r.q[2], r.q[3], 0x5410), w + 4);
     return f16_to_f32(static_cast<uint16_t>(r.d));
@@ -310,7 +315,7 @@ struct V3<DType::kQ4_0> {
     for (int i = 0; i < 4; ++i) r.q[i] = __ldg(q + i);
     r.d = __ldg(reinterpret_cast<const uint16_t*>(b));
   }
-  static __device__ __forceinline__ float decode(const Raw& r, float* w) {
+  static __device__ __forceinline__ float decode(const Raw& r, int64_t, float* w) {
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
 #pragma unroll
@@ -325,6 +330,132 @@ struct V3<DType::kQ4_0> {
   // x of elements [8 half, 8 half + 8) of the chunk: low nibbles, then high nibbles.
   static __device__ __forceinline__ int64_t x_first(int64_t c, int half) { return (c >> 1) * 32 + (c & 1) * 8 + 16 * half; }
 };
+
+// Exact small unsigned int -> float for byte k of v (k < 4): 2^23 + byte, minus `bias` (2^23
+// + the value to subtract, exact for bytes and these biases).
+__device__ __forceinline__ float u8_to_f32(uint32_t v, int k, float bias) {
+  return __uint_as_float(__byte_perm(v, 0x4B000000u, 0x7440u | k)) - bias;
+}
+
+template <>
+struct V3<DType::kQ4_K> {
+  // Super-block c >> 3 (256 weights), chunk k = c & 7: nibble group g = k >> 1 (qs[32g ..
+  // 32g + 32)), bytes [16 (k & 1), + 16) of it. Their low nibbles are weights 64g + 16 (k & 1)
+  // + i of sub-block 2g, their high nibbles weights 64g + 32 + 16 (k & 1) + i of sub-block
+  // 2g + 1 (i < 16). The chunk's weights are dequantized to floats: w = fma(d sc, q, -dmin m).
+  static constexpr int kElems = 32;
+  struct Raw {
+    uint32_t h[4];  // d, dmin, scales[12]: the block's first 16 bytes
+    uint32_t q[4];  // the chunk's 16 bytes of nibbles
+  };
+  static __device__ __forceinline__ int64_t chunks(int64_t cols) { return cols / 32; }
+  // vec: the row is 16-byte aligned (row strides are multiples of 144, so every block is).
+  static __device__ __forceinline__ void load(const uint8_t* row, int64_t c, int64_t, bool vec, Raw& r) {
+    const uint8_t* b = row + (c >> 3) * kQ4_KBytes;
+    const uint8_t* q = b + 16 + 16 * (c & 7);
+    if (vec) {
+      const uint4 hv = __ldg(reinterpret_cast<const uint4*>(b));
+      const uint4 qv = __ldg(reinterpret_cast<const uint4*>(q));
+      r.h[0] = hv.x, r.h[1] = hv.y, r.h[2] = hv.z, r.h[3] = hv.w;
+      r.q[0] = qv.x, r.q[1] = qv.y, r.q[2] = qv.z, r.q[3] = qv.w;
+    } else {  // 2-byte aligned
+      const uint16_t* h16 = reinterpret_cast<const uint16_t*>(b);
+      const uint16_t* q16 = reinterpret_cast<const uint16_t*>(q);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        r.h[i] = static_cast<uint32_t>(__ldg(h16 + 2 * i)) | (static_cast<uint32_t>(__ldg(h16 + 2 * i + 1)) << 16);
+        r.q[i] = static_cast<uint32_t>(__ldg(q16 + 2 * i)) | (static_cast<uint32_t>(__ldg(q16 + 2 * i + 1)) << 16);
+      }
+    }
+  }
+  static __device__ __forceinline__ float decode(const Raw& r, int64_t c, float* w) {
+    uint8_t scales[12];
+#pragma unroll
+    for (int i = 0; i < 12; ++i) scales[i] = static_cast<uint8_t>(r.h[1 + i / 4] >> (8 * (i % 4)));
+    const int g = static_cast<int>(c & 7) >> 1;
+    const float d = f16_to_f32(static_cast<uint16_t>(r.h[0] & 0xffffu));
+    const float dmin = f16_to_f32(static_cast<uint16_t>(r.h[0] >> 16));
+    uint8_t sc, m;
+    q4k_scale_min(scales, 2 * g, &sc, &m);
+    const float d1 = d * static_cast<float>(sc), m1 = dmin * static_cast<float>(m);
+    q4k_scale_min(scales, 2 * g + 1, &sc, &m);
+    const float d2 = d * static_cast<float>(sc), m2 = dmin * static_cast<float>(m);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t lo = r.q[i] & 0x0F0F0F0Fu, hi = (r.q[i] >> 4) & 0x0F0F0F0Fu;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        w[4 * i + k] = fmaf(d1, u8_to_f32(lo, k, 8388608.0f), -m1);
+        w[16 + 4 * i + k] = fmaf(d2, u8_to_f32(hi, k, 8388608.0f), -m2);
+      }
+    }
+    return 1.0f;
+  }
+  // x of weights [8 part, 8 part + 8) of the chunk (part < 4; 0, 1 low nibbles, 2, 3 high).
+  static __device__ __forceinline__ int64_t x_first(int64_t c, int part) {
+    return (c >> 3) * 256 + 64 * ((c & 7) >> 1) + 16 * (c & 1) + 32 * (part >> 1) + 8 * (part & 1);
+  }
+};
+
+template <>
+struct V3<DType::kQ6_K> {
+  // Super-block c >> 3, chunk k = c & 7: half h = k >> 2, positions l in [l0, l0 + 8), l0 =
+  // 8 (k & 3), of its four 32-weight groups g: weight 128h + 32g + l has the 4 low bits of
+  // ql[64h + l + 32 (g & 1)] (low nibble for g < 2, high for g >= 2), the 2 high bits
+  // (qh[32h + l] >> 2g) & 3, and scale scales[8h + 2g + (l0 >= 16)]: w = d sc (q - 32).
+  // Blocks are 210 bytes, so only 2-byte aligned: 2-byte loads, kept apart until decode so
+  // that all of them issue before any result is needed.
+  static constexpr int kElems = 32;
+  struct Raw {
+    uint32_t a[4], b[4], qh[4];  // ql[64h + l0 ..], ql[64h + 32 + l0 ..], qh[32h + l0 ..], 2 bytes each
+    uint32_t sc[4];              // scales[8h + 2g], [8h + 2g + 1] for g < 4
+    uint32_t d;
+  };
+  static __device__ __forceinline__ int64_t chunks(int64_t cols) { return cols / 32; }
+  static __device__ __forceinline__ void load(const uint8_t* row, int64_t c, int64_t, bool, Raw& r) {
+    const uint8_t* blk = row + (c >> 3) * kQ6_KBytes;
+    const int h = static_cast<int>(c & 7) >> 2, l0 = 8 * static_cast<int>(c & 3);
+    const uint16_t* a = reinterpret_cast<const uint16_t*>(blk + 64 * h + l0);
+    const uint16_t* b = reinterpret_cast<const uint16_t*>(blk + 64 * h + 32 + l0);
+    const uint16_t* qh = reinterpret_cast<const uint16_t*>(blk + 128 + 32 * h + l0);
+    const uint16_t* sc = reinterpret_cast<const uint16_t*>(blk + 192 + 8 * h);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      r.a[i] = __ldg(a + i);
+      r.b[i] = __ldg(b + i);
+      r.qh[i] = __ldg(qh + i);
+      r.sc[i] = __ldg(sc + i);
+    }
+    r.d = __ldg(reinterpret_cast<const uint16_t*>(blk + 208));
+  }
+  static __device__ __forceinline__ float decode(const Raw& r, int64_t c, float* w) {
+    const float d = f16_to_f32(static_cast<uint16_t>(r.d));
+    const int hi_scale = (c & 3) >= 2 ? 8 : 0;  // l0 >= 16: the odd scale of each pair
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {  // bytes [4 half, 4 half + 4) of the 8 positions
+      const uint32_t A = __byte_perm(r.a[2 * half], r.a[2 * half + 1], 0x5410);
+      const uint32_t B = __byte_perm(r.b[2 * half], r.b[2 * half + 1], 0x5410);
+      const uint32_t H = __byte_perm(r.qh[2 * half], r.qh[2 * half + 1], 0x5410);
+      const uint32_t q[4] = {(A & 0x0F0F0F0Fu) | ((H << 4) & 0x30303030u), (B & 0x0F0F0F0Fu) | ((H << 2) & 0x30303030u),
+                             ((A >> 4) & 0x0F0F0F0Fu) | (H & 0x30303030u),
+                             ((B >> 4) & 0x0F0F0F0Fu) | ((H >> 2) & 0x30303030u)};
+#pragma unroll
+      for (int g = 0; g < 4; ++g) {
+        const float dsc = d * static_cast<float>(static_cast<int8_t>((r.sc[g] >> hi_scale) & 0xffu));
+#pragma unroll
+        for (int k = 0; k < 4; ++k) w[8 * g + 4 * half + k] = dsc * u8_to_f32(q[g], k, 8388640.0f);  // 2^23 + 32
+      }
+    }
+    return 1.0f;
+  }
+  static __device__ __forceinline__ int64_t x_first(int64_t c, int g) {
+    return (c >> 3) * 256 + 128 * ((c & 7) >> 2) + 32 * g + 8 * (c & 3);
+  }
+};
+
+// Chunks a lane keeps in flight: fewer for Q6_K, whose raw chunk takes 17 registers.
+template <DType T>
+constexpr int kV3UnrollOf = T == DType::kQ6_K ? 4 : kV3Unroll;
 
 // 8 consecutive x values from xj[i0]; past cols they read as 0 on the scalar path.
 __device__ __forceinline__ void load_x8_at(const float* __restrict__ xj, int64_t i0, int64_t cols, bool vec, float v[8]) {
@@ -356,11 +487,12 @@ __device__ __forceinline__ void v3_row_dots(const uint8_t* __restrict__ row, int
 #pragma unroll
   for (int j = 0; j < NC; ++j) acc[j] = 0.0f;
 
+  constexpr int kU = kV3UnrollOf<T>;
   bool waited = false;
-  for (int64_t c0 = lane; c0 < n_chunks; c0 += kWarpSize * kV3Unroll) {
-    typename Tr::Raw raw[kV3Unroll];
+  for (int64_t c0 = lane; c0 < n_chunks; c0 += kWarpSize * kU) {
+    typename Tr::Raw raw[kU];
 #pragma unroll
-    for (int u = 0; u < kV3Unroll; ++u) {
+    for (int u = 0; u < kU; ++u) {
       const int64_t c = c0 + u * kWarpSize;
       if (c < n_chunks) Tr::load(row, c, cols, w_vec, raw[u]);
     }
@@ -369,11 +501,11 @@ __device__ __forceinline__ void v3_row_dots(const uint8_t* __restrict__ row, int
       waited = true;
     }
 #pragma unroll
-    for (int u = 0; u < kV3Unroll; ++u) {
+    for (int u = 0; u < kU; ++u) {
       const int64_t c = c0 + u * kWarpSize;
       if (c >= n_chunks) break;  // c grows with u
       float wf[kE];
-      const float d = Tr::decode(raw[u], wf);
+      const float d = Tr::decode(raw[u], c, wf);
 #pragma unroll
       for (int j = 0; j < NC; ++j) {
         if (j >= n) break;
@@ -528,6 +660,11 @@ void launch_nc(int n, Launch&& launch) {
 
 bool float_type(DType t) { return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16; }
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+// 16-byte weight loads (v3): float rows of whole 8-element chunks and Q4_K, when every row is
+// 16-byte aligned.
+bool vec_weights(DType t, int64_t cols, size_t row_stride) {
+  return ((float_type(t) && cols % 8 == 0) || t == DType::kQ4_K) && row_stride % 16 == 0;
+}
 
 }  // namespace
 
@@ -554,8 +691,7 @@ cudaError_t gemv(int version, DType t, const void* w, size_t row_stride, int64_t
                                                                             w_vec, x_vec);
     });
   } else if (version == 3) {
-    const bool float_type = t == DType::kF32 || t == DType::kF16 || t == DType::kBF16;
-    const bool w_vec = float_type && cols % 8 == 0 && reinterpret_cast<uintptr_t>(w) % 16 == 0 && row_stride % 16 == 0;
+    const bool w_vec = vec_weights(t, cols, row_stride) && aligned16(w);
     const bool x_vec = cols % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
     ok = dispatch_dtype(t, [&](auto tag) {
       launch_v3<decltype(tag)::value>(wb, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl);
@@ -566,7 +702,7 @@ cudaError_t gemv(int version, DType t, const void* w, size_t row_stride, int64_t
 
 cudaError_t gemv_add(DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n,
                      float* y, cudaStream_t stream, bool pdl) {
-  const bool w_vec = float_type(t) && cols % 8 == 0 && row_stride % 16 == 0 && aligned16(w);
+  const bool w_vec = vec_weights(t, cols, row_stride) && aligned16(w);
   const bool x_vec = cols % 8 == 0 && aligned16(x);
   const auto blocks = static_cast<unsigned>((rows + kV3Warps - 1) / kV3Warps);
   const auto* wb = static_cast<const uint8_t*>(w);
@@ -583,8 +719,7 @@ cudaError_t gemv_add(DType t, const void* w, size_t row_stride, int64_t rows, in
 
 cudaError_t gemv_qkv(DType t, const GemvQkv& a, size_t row_stride, int64_t cols, const float* x, int n,
                      cudaStream_t stream, bool pdl) {
-  const bool w_vec = float_type(t) && cols % 8 == 0 && row_stride % 16 == 0 && aligned16(a.w[0]) &&
-                     aligned16(a.w[1]) && aligned16(a.w[2]);
+  const bool w_vec = vec_weights(t, cols, row_stride) && aligned16(a.w[0]) && aligned16(a.w[1]) && aligned16(a.w[2]);
   const bool x_vec = cols % 8 == 0 && aligned16(x);
   const int64_t warps = a.rows[0] + a.rows[1] + a.rows[2];
   const auto blocks = static_cast<unsigned>((warps + kV3Warps - 1) / kV3Warps);
@@ -600,8 +735,7 @@ cudaError_t gemv_qkv(DType t, const GemvQkv& a, size_t row_stride, int64_t cols,
 
 cudaError_t gemv_swiglu(DType t, const void* w_gate, const void* w_up, size_t row_stride, int64_t rows, int64_t cols,
                         const float* x, int n, float* out, cudaStream_t stream, bool pdl) {
-  const bool w_vec =
-      float_type(t) && cols % 8 == 0 && row_stride % 16 == 0 && aligned16(w_gate) && aligned16(w_up);
+  const bool w_vec = vec_weights(t, cols, row_stride) && aligned16(w_gate) && aligned16(w_up);
   const bool x_vec = cols % 8 == 0 && aligned16(x);
   const auto blocks = static_cast<unsigned>((rows + kSwigluRows - 1) / kSwigluRows);
   const auto* g = static_cast<const uint8_t*>(w_gate);

@@ -186,8 +186,10 @@ std::vector<uint8_t> make_weights(Rng& rng, DType t, int64_t rows, int64_t cols)
   return w;
 }
 
-const DType kAllTypes[] = {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0};
-bool is_quant(DType t) { return t == DType::kQ8_0 || t == DType::kQ4_0; }
+const DType kAllTypes[] = {DType::kF32,  DType::kF16,  DType::kBF16, DType::kQ8_0,
+                           DType::kQ4_0, DType::kQ4_K, DType::kQ6_K};
+// Rows of `cols` elements can be stored in type t (a whole number of its blocks).
+bool fits(DType t, int64_t cols) { return cols % ds::dtype_traits(t).block_size == 0; }
 std::string shape(int64_t a, int64_t b) { return std::to_string(a) + "x" + std::to_string(b); }
 
 // Fails the run (exit 2) when the backend recorded an error outside an expected-error test.
@@ -203,8 +205,8 @@ void require_ok(CudaBackend& b, const char* where) {
 void check_get_rows(CudaBackend& b, Rng& rng) {
   struct Shape { int64_t rows, cols; };
   for (DType t : kAllTypes) {
-    for (Shape s : {Shape{50, 64}, Shape{1000, 4096}, Shape{37, 100}}) {
-      if (is_quant(t) && s.cols % 32) continue;
+    for (Shape s : {Shape{50, 64}, Shape{1000, 4096}, Shape{37, 100}, Shape{29, 768}}) {
+      if (!fits(t, s.cols)) continue;
       const auto w = make_weights(rng, t, s.rows, s.cols);
       Buf dw(b, w);
       for (int64_t n : {1, 5, 64}) {
@@ -230,13 +232,14 @@ void check_matmul(CudaBackend& b, CudaBackend& tf32, Rng& rng, bool quick) {
       {64, 64, {1, 2, 3, 8, 9, 17}, false, false},
       {257, 512, {1, 3, 8, 9, 64}, false, false},
       {300, 4096, {1, 8, 9, 64}, false, false},
+      {96, 768, {1, 2, 8, 9}, false, false},          // 3 k-quant super-blocks: odd Q6_K blocks are 2-byte aligned
       {33, 100, {1, 3, 8, 9, 20}, true, false},        // cols % 8 != 0: GEMV scalar path
       {4500, 4096, {1, 9, 40}, false, true},           // > 16M elements: cuBLAS in slices (n > 32)
   };
   for (DType t : kAllTypes) {
     const std::string tn = ds::dtype_name(t);
     for (const Case& c : cases) {
-      if (c.float_only && is_quant(t)) continue;
+      if ((c.float_only && t != DType::kF32 && t != DType::kF16 && t != DType::kBF16) || !fits(t, c.cols)) continue;
       if (c.big && (quick || (t != DType::kF16 && t != DType::kQ8_0))) continue;
       const int64_t max_n = *std::max_element(c.ns.begin(), c.ns.end());
       const auto w = make_weights(rng, t, c.rows, c.cols);
@@ -318,6 +321,13 @@ void check_matmul(CudaBackend& b, CudaBackend& tf32, Rng& rng, bool quick) {
                "n=1 differs from row 0 of n=8");
         expect("determinism/gemv-align " + tn + " " + sh, same_bits(y1.data(), ys.data(), c.rows),
                "unaligned x gives other bits");
+        // Weights at a 4-byte (F32) or 2-byte aligned address: the narrow-load path, same bits.
+        const size_t off = t == DType::kF32 ? 4 : 2;
+        Buf wshift(b, w.size() + 16);
+        b.upload(wshift.as<uint8_t>() + off, w.data(), w.size());
+        b.matmul(WeightRef{t, wshift.as<uint8_t>() + off, c.rows, c.cols}, dx.as(), 1, dy.as());
+        expect("determinism/gemv-walign " + tn + " " + sh, same_bits(y1.data(), dy.read(c.rows).data(), c.rows),
+               "weights at an unaligned address give other bits");
       }
     }
   }
@@ -360,7 +370,7 @@ void check_fused(CudaBackend& b, Rng& rng, bool quick) {
   for (DType t : kAllTypes) {
     const std::string tn = ds::dtype_name(t);
     for (const Case& c : cases) {
-      if (c.float_only && is_quant(t)) continue;
+      if ((c.float_only && t != DType::kF32 && t != DType::kF16 && t != DType::kBF16) || !fits(t, c.cols)) continue;
       if (c.big && quick) continue;
       const int64_t max_n = 9, cols = c.cols;
       const int64_t rows[3] = {c.q_rows, c.kv_rows, c.kv_rows};
@@ -742,7 +752,7 @@ void check_fused_residual_rope(CudaBackend& b, Rng& rng, bool quick) {
   for (DType t : kAllTypes) {
     const std::string tn = ds::dtype_name(t);
     for (Shape sh : {Shape{64, 96}, Shape{256, 512}, Shape{2048, 5632}}) {
-      if (quick && sh.rows > 256) continue;
+      if ((quick && sh.rows > 256) || !fits(t, sh.cols)) continue;
       const int64_t max_n = 9;
       const auto w = make_weights(rng, t, sh.rows, sh.cols);
       const auto x = rng.floats(max_n * sh.cols);
@@ -1499,6 +1509,8 @@ void run_benchmarks(CudaBackend& b, Rng& rng) {
                            bench_gemv(b, rng, t, s.rows, s.cols, kLiveGemv, 1));
     }
   bench_gemv(b, rng, DType::kQ4_0, 5632, 2048, kLiveGemv, 1);
+  bench_gemv(b, rng, DType::kQ4_K, 5632, 2048, kLiveGemv, 1);
+  bench_gemv(b, rng, DType::kQ6_K, 5632, 2048, kLiveGemv, 1);
   bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, 2, 8);
   bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, kLiveGemv, 8);
   bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, kLiveGemv, 32);  // 4 launches of 8 (decode at batch 32)
@@ -1545,6 +1557,7 @@ void print_summary() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // line by line: a run cut short by its timeout keeps what it printed
   int device = 0;
   bool bench = true, quick = false;
   for (int i = 1; i < argc; ++i) {
