@@ -68,7 +68,16 @@ struct AttentionArgs {
   int max_kv = 0;
   float* workspace = nullptr;
   size_t workspace_floats = 0;
+  // Prefill tiles (optional; backends may ignore them): tokens [tiles[i], tiles[i + 1]) are
+  // consecutive tokens of one sequence (one block table), at most kAttentionTileTokens of
+  // them, and tiles[n_tiles] == n_tokens. A backend may then read each position's K and V
+  // once per tile instead of once per token; every output has the bits it has without tiles.
+  const int32_t* tiles = nullptr;  // [n_tiles + 1], backend memory
+  int64_t n_tiles = 0;
 };
+
+// The most tokens of one AttentionArgs tile.
+constexpr int kAttentionTileTokens = 8;
 
 // ---- backend-side sampling (model/sampler.h has the pipeline; kernels/sampling.h the
 // arithmetic both sides share) ----------------------------------------------------------

@@ -122,6 +122,7 @@ Status Forward::Init(const std::function<void(size_t, size_t)>& progress) {
   pos_ = reinterpret_cast<int32_t*>(buffer(T));
   slots_ = reinterpret_cast<int32_t*>(buffer(T));
   out_rows_ = reinterpret_cast<int32_t*>(buffer(T));
+  tiles_ = reinterpret_cast<int32_t*>(buffer(T + 1));
   att_tokens_ = static_cast<AttentionToken*>(be_.alloc(T * sizeof(AttentionToken)));
   if (att_tokens_) owned_.push_back(att_tokens_);
   table_capacity_ = 0;
@@ -129,7 +130,8 @@ Status Forward::Init(const std::function<void(size_t, size_t)>& progress) {
   for (void* p : {static_cast<void*>(x_), static_cast<void*>(xn_), static_cast<void*>(q_), static_cast<void*>(k_),
                   static_cast<void*>(v_), static_cast<void*>(att_), static_cast<void*>(o_), static_cast<void*>(gate_),
                   static_cast<void*>(up_), static_cast<void*>(logits_), static_cast<void*>(ids_), static_cast<void*>(pos_),
-                  static_cast<void*>(slots_), static_cast<void*>(out_rows_), static_cast<void*>(att_tokens_)}) {
+                  static_cast<void*>(slots_), static_cast<void*>(out_rows_), static_cast<void*>(tiles_),
+                  static_cast<void*>(att_tokens_)}) {
     if (!p) return Status::ResourceExhausted(std::string("out of ") + be_.name() + " memory for activation buffers");
   }
   // Split-K attention workspace (CUDA), sized once for max_tokens so that every run(),
@@ -209,6 +211,16 @@ Status Forward::forward_local(const std::vector<ForwardToken>& tokens, int64_t* 
   be_.upload(pos_, h_pos_.data(), n * sizeof(int32_t));
   be_.upload(slots_, h_slots_.data(), n * sizeof(int32_t));
   be_.upload(att_tokens_, h_att_.data(), n * sizeof(AttentionToken));
+  // Attention tiles: runs of up to kAttentionTileTokens adjacent tokens of one sequence
+  // (a prompt chunk's tokens share their K/V reads); none when every run has one token.
+  h_tiles_.assign(1, 0);
+  for (int64_t i = 1; i <= n; ++i) {
+    if (i == n || tokens[i].blocks != tokens[i - 1].blocks || i - h_tiles_.back() == kAttentionTileTokens)
+      h_tiles_.push_back(static_cast<int32_t>(i));
+  }
+  n_tiles_ = static_cast<int64_t>(h_tiles_.size()) - 1;
+  if (n_tiles_ == n) n_tiles_ = 0;
+  else be_.upload(tiles_, h_tiles_.data(), h_tiles_.size() * sizeof(int32_t));
   const int64_t n_out = static_cast<int64_t>(h_out_rows_.size());
   *n_out_tokens = n_out;
   if (n_out > 0 && n_out < n) be_.upload(out_rows_, h_out_rows_.data(), n_out * sizeof(int32_t));
@@ -216,7 +228,8 @@ Status Forward::forward_local(const std::vector<ForwardToken>& tokens, int64_t* 
   // ---- the transformer and the logits, recorded once per batch size and replayed ----
   // Every argument of the ops below is fixed for a given (n, n_out): what changes from step
   // to step (ids, positions, slots, block tables) was uploaded above into fixed buffers.
-  // Only decode-shaped steps (every token wants logits) of an unsharded Forward are recorded.
+  // Only decode-shaped steps (every token wants logits) of an unsharded Forward are recorded
+  // (they have one token per sequence, so no attention tiles).
   if (comm_ || n_out != n) return enqueue_layers(n, n_out);
   const uint64_t key = (record_id_ << 32) | static_cast<uint64_t>(n);
   if (be_.replay(key)) return Status::Ok();
@@ -244,6 +257,8 @@ Status Forward::enqueue_layers(int64_t n, int64_t n_out) {
   aa.max_kv = max_kv_;
   aa.workspace = att_workspace_;
   aa.workspace_floats = att_workspace_floats_;
+  aa.tiles = n_tiles_ > 0 ? tiles_ : nullptr;
+  aa.n_tiles = n_tiles_;
   for (int l = 0; l < c.n_layer; ++l) {
     const Layer& L = layers_[l];
     be_.rmsnorm(x_, L.attn_norm, n, D, c.rms_eps, xn_);

@@ -124,6 +124,11 @@ class Forward {
   float *x_, *xn_, *q_, *k_, *v_, *att_, *o_, *gate_, *up_, *logits_;
   // Per-run metadata (backend memory) and its host staging.
   int32_t *ids_, *pos_, *slots_, *tables_, *out_rows_;
+  // Attention tiles of the run (AttentionArgs::tiles): [n_tiles_ + 1]; n_tiles_ 0 when every
+  // token is alone in its tile (decode), which leaves the per-token kernels.
+  int32_t* tiles_ = nullptr;
+  int64_t n_tiles_ = 0;
+  std::vector<int32_t> h_tiles_;
   AttentionToken* att_tokens_;
   std::vector<int32_t> h_ids_, h_pos_, h_slots_, h_tables_, h_out_rows_;
   std::vector<AttentionToken> h_att_;

@@ -32,8 +32,13 @@
 //     version 1 (same bits). Otherwise each chunk writes its (O, M, L) to the workspace.
 //   - attention_merge: one block per (t, h); tokens with nc == 1 return at once, others get
 //     out = sum_c O_c exp(M_c - M) / sum_c L_c exp(M_c - M), M = max_c M_c, chunks in order.
+// Tiled (prefill; when AttentionArgs carries tiles and head_dim <= 128): one block per (tile
+// of up to 8 consecutive tokens of one sequence, h[, chunk c]); the tile's K and V rows are
+// staged in shared memory 32 positions at a time and read once for all its tokens, instead of
+// once per token (a 512-token prompt read every cached row ~256 times per head). Each token
+// goes through the same softmax_step() calls in the same order as in versions 1 / 2.
 // Either way the result for (t, h) depends only on its own n_kv, block table and data (and
-// on max_kv, fixed by the caller), never on n_tokens: deterministic per token.
+// on max_kv, fixed by the caller), never on n_tokens or the tiles: deterministic per token.
 #include <climits>
 #include <cmath>
 
@@ -65,83 +70,67 @@ __device__ __forceinline__ int token_chunks(int n_kv, int chunk, int n_chunks) {
   return nc < 1 ? 1 : nc > n_chunks ? n_chunks : nc;
 }
 
-// One block's pass over positions [p0, p1) of pair pi = t * n_heads + h (file comment).
-// partial == nullptr: out[pi] = O / L (zeros when p0 == p1); else partial[0, head_dim) = O,
-// partial[head_dim] = M, partial[head_dim + 1] = L. shm: [kWarps][kPerLane * 32] + 2 kWarps floats.
+// One warp's online-softmax step (file comment) over a group of kGroup positions whose K and V
+// rows are krow[u], vrow[u] (both nullptr past the range). The products and sums outside
+// fmaf are explicitly rounded (no contraction), so every kernel that calls this, whatever
+// memory its rows come from, gets the same bits for the same rows.
 template <int kPerLane>
-__device__ __forceinline__ void attend_range(const AttentionArgs& a, int64_t pi, int p0, int p1, float* shm,
-                                             float* partial) {
-  constexpr int kSpan = kPerLane * kWarpSize;
-  const int64_t t = pi / a.n_heads;
-  const int h = static_cast<int>(pi - t * a.n_heads);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int head_dim = a.head_dim;
-  const int group = a.n_heads / a.n_kv_heads;
-  const int64_t kv_dim = static_cast<int64_t>(a.n_kv_heads) * head_dim;
-  const int64_t head_off = static_cast<int64_t>(h / group) * head_dim;
-  const int32_t* block_table = a.tokens[t].block_table;
-  const int bs = a.block_size;
-
-  const float* q = a.q + pi * head_dim;
-  float qr[kPerLane], acc[kPerLane];
+__device__ __forceinline__ void softmax_step(const float (&qr)[kPerLane], const float* const (&krow)[kGroup],
+                                             const float* const (&vrow)[kGroup], int head_dim, float scale, int lane,
+                                             float& m, float& l, float (&acc)[kPerLane]) {
+  float s[kGroup];
 #pragma unroll
-  for (int i = 0; i < kPerLane; ++i) {
-    const int d = lane + kWarpSize * i;
-    qr[i] = d < head_dim ? q[d] : 0.0f;
-    acc[i] = 0.0f;
-  }
-  float m = -INFINITY, l = 0.0f;
-
-  for (int g = warp; p0 + g * kGroup < p1; g += kWarps) {
-    float s[kGroup];
-    const float* vrow[kGroup];
-#pragma unroll
-    for (int u = 0; u < kGroup; ++u) {
-      const int p = p0 + g * kGroup + u;
-      float part = 0.0f;
-      vrow[u] = nullptr;
-      if (p < p1) {
-        const int64_t row = static_cast<int64_t>(block_table[p / bs]) * bs + p % bs;
-        const float* k = a.k_cache + row * kv_dim + head_off;
-        vrow[u] = a.v_cache + row * kv_dim + head_off;
-#pragma unroll
-        for (int i = 0; i < kPerLane; ++i) {
-          const int d = lane + kWarpSize * i;
-          if (d < head_dim) part = fmaf(qr[i], k[d], part);
-        }
-      }
-      s[u] = part;
-    }
-    float m_new = m;
-#pragma unroll
-    for (int u = 0; u < kGroup; ++u) {
-      s[u] = warp_sum(s[u]) * a.scale;
-      if (vrow[u] == nullptr) s[u] = -INFINITY;
-      m_new = fmaxf(m_new, s[u]);
-    }
-    // m_new is finite: position p0 + g * kGroup < p1 is valid. exp(-inf) = 0 on the first group.
-    const float corr = expf(m - m_new);
-    l *= corr;
-#pragma unroll
-    for (int i = 0; i < kPerLane; ++i) acc[i] *= corr;
-#pragma unroll
-    for (int u = 0; u < kGroup; ++u) {
-      if (vrow[u] == nullptr) continue;
-      const float e = expf(s[u] - m_new);
-      l += e;
+  for (int u = 0; u < kGroup; ++u) {
+    float part = 0.0f;
+    if (krow[u] != nullptr) {
 #pragma unroll
       for (int i = 0; i < kPerLane; ++i) {
         const int d = lane + kWarpSize * i;
-        if (d < head_dim) acc[i] = fmaf(e, vrow[u][d], acc[i]);
+        if (d < head_dim) part = fmaf(qr[i], krow[u][d], part);
       }
     }
-    m = m_new;
+    s[u] = part;
   }
+  float m_new = m;
+#pragma unroll
+  for (int u = 0; u < kGroup; ++u) {
+    s[u] = __fmul_rn(warp_sum(s[u]), scale);
+    if (vrow[u] == nullptr) s[u] = -INFINITY;
+    m_new = fmaxf(m_new, s[u]);
+  }
+  // m_new is finite: the group's first position is in range. exp(-inf) = 0 on the first group.
+  const float corr = expf(m - m_new);
+  l = __fmul_rn(l, corr);
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) acc[i] = __fmul_rn(acc[i], corr);
+#pragma unroll
+  for (int u = 0; u < kGroup; ++u) {
+    if (vrow[u] == nullptr) continue;
+    const float e = expf(s[u] - m_new);
+    l = __fadd_rn(l, e);
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int d = lane + kWarpSize * i;
+      if (d < head_dim) acc[i] = fmaf(e, vrow[u][d], acc[i]);
+    }
+  }
+  m = m_new;
+}
 
-  // Merge the warps' states.
+// Merges the kWarps warps' states (m, l, acc) of pair pi through shm ([kWarps][kPerLane * 32]
+// + 2 kWarps floats): partial == nullptr: out[pi] = O / L (zeros when no position was seen);
+// else partial[0, head_dim) = O, partial[head_dim] = M, partial[head_dim + 1] = L.
+// Starts with a barrier, so a block may merge several pairs in a row through the same shm.
+template <int kPerLane>
+__device__ __forceinline__ void merge_warps(const AttentionArgs& a, int64_t pi, float m, float l,
+                                            const float (&acc)[kPerLane], float* shm, float* partial) {
+  constexpr int kSpan = kPerLane * kWarpSize;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int head_dim = a.head_dim;
   float* s_acc = shm;
   float* s_m = shm + kWarps * kSpan;
   float* s_l = s_m + kWarps;
+  __syncthreads();  // an earlier merge's readers are done with shm
 #pragma unroll
   for (int i = 0; i < kPerLane; ++i) s_acc[warp * kSpan + lane + kWarpSize * i] = acc[i];
   if (lane == 0) {
@@ -179,6 +168,49 @@ __device__ __forceinline__ void attend_range(const AttentionArgs& a, int64_t pi,
     for (int w = 0; w < kWarps; ++w) o = fmaf(s_acc[w * kSpan + d], f[w], o);
     out[d] = o * inv;
   }
+}
+
+// One block's pass over positions [p0, p1) of pair pi = t * n_heads + h (file comment); the
+// result goes to out[pi] or partial as merge_warps() says. shm: merge_warps()'s.
+template <int kPerLane>
+__device__ __forceinline__ void attend_range(const AttentionArgs& a, int64_t pi, int p0, int p1, float* shm,
+                                             float* partial) {
+  const int64_t t = pi / a.n_heads;
+  const int h = static_cast<int>(pi - t * a.n_heads);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int head_dim = a.head_dim;
+  const int group = a.n_heads / a.n_kv_heads;
+  const int64_t kv_dim = static_cast<int64_t>(a.n_kv_heads) * head_dim;
+  const int64_t head_off = static_cast<int64_t>(h / group) * head_dim;
+  const int32_t* block_table = a.tokens[t].block_table;
+  const int bs = a.block_size;
+
+  const float* q = a.q + pi * head_dim;
+  float qr[kPerLane], acc[kPerLane];
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) {
+    const int d = lane + kWarpSize * i;
+    qr[i] = d < head_dim ? q[d] : 0.0f;
+    acc[i] = 0.0f;
+  }
+  float m = -INFINITY, l = 0.0f;
+
+  for (int g = warp; p0 + g * kGroup < p1; g += kWarps) {
+    const float* krow[kGroup];
+    const float* vrow[kGroup];
+#pragma unroll
+    for (int u = 0; u < kGroup; ++u) {
+      const int p = p0 + g * kGroup + u;
+      krow[u] = vrow[u] = nullptr;
+      if (p < p1) {
+        const int64_t row = static_cast<int64_t>(block_table[p / bs]) * bs + p % bs;
+        krow[u] = a.k_cache + row * kv_dim + head_off;
+        vrow[u] = a.v_cache + row * kv_dim + head_off;
+      }
+    }
+    softmax_step<kPerLane>(qr, krow, vrow, head_dim, a.scale, lane, m, l, acc);
+  }
+  merge_warps<kPerLane>(a, pi, m, l, acc, shm, partial);
 }
 
 // Version 1: block pi = t * n_heads + h over all of [0, n_kv).
@@ -231,6 +263,138 @@ __global__ void __launch_bounds__(kWarps * kWarpSize) attention_merge(AttentionA
   }
 }
 
+// ---- tiled (prefill) ----------------------------------------------------------------
+// With AttentionArgs::tiles, block (tile i, head h[, chunk c]) serves the tile's tokens (one
+// sequence, <= kTileQ of them) together: positions are staged kStage at a time in shared
+// memory, K and V rows read once from the cache for the whole tile, and every warp runs the
+// tile's tokens through softmax_step() over the same groups, in the same order, as
+// attend_range() would for each token alone (the stage size is a multiple of kWarps *
+// kGroup, so warp w still takes groups w, w + kWarps, ...): the same bits as without tiles.
+// Version 1 (split false: [0, n_kv)) or version 2's first pass (chunk c of each token that
+// has one; attention_merge follows). head_dim <= 128 (kPerLane <= 4): registers hold kTileQ
+// queries and accumulators.
+constexpr int kTileQ = kAttentionTileTokens;
+constexpr int kStage = 32;
+static_assert(kStage % (kWarps * kGroup) == 0, "a stage holds whole rounds of groups");
+
+size_t tiled_shm_bytes(int head_dim, int per_lane) {
+  return (2 * static_cast<size_t>(kStage) * head_dim + static_cast<size_t>(kWarps) * per_lane * kWarpSize + 2 * kWarps) *
+         sizeof(float);
+}
+
+template <int kPerLane>
+__global__ void __launch_bounds__(kWarps * kWarpSize)
+    attention_tiled(AttentionArgs a, int chunk, int n_chunks, bool split) {
+  griddep_launch_dependents();
+  DS_DYNAMIC_SHARED(float, shm);
+  const int head_dim = a.head_dim;
+  float* s_k = shm;
+  float* s_v = shm + kStage * head_dim;
+  float* s_merge = s_v + kStage * head_dim;
+  const int64_t tile_head = split ? blockIdx.x / n_chunks : blockIdx.x;
+  const int c = split ? static_cast<int>(blockIdx.x - tile_head * n_chunks) : 0;
+  const int64_t tile = tile_head / a.n_heads;
+  const int h = static_cast<int>(tile_head - tile * a.n_heads);
+  const int t0 = a.tiles[tile], nt = a.tiles[tile + 1] - t0;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int group = a.n_heads / a.n_kv_heads;
+  const int64_t kv_dim = static_cast<int64_t>(a.n_kv_heads) * head_dim;
+  const int64_t head_off = static_cast<int64_t>(h / group) * head_dim;
+  const int32_t* block_table = a.tokens[t0].block_table;
+  const int bs = a.block_size;
+  const int p0 = c * chunk;
+
+  float qr[kTileQ][kPerLane], acc[kTileQ][kPerLane], m[kTileQ], l[kTileQ];
+  int p1[kTileQ];  // end of token j's range here; -1: it has no chunk c
+  int p_end = p0;
+#pragma unroll
+  for (int j = 0; j < kTileQ; ++j) {
+    p1[j] = -1;
+    m[j] = -INFINITY;
+    l[j] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) qr[j][i] = acc[j][i] = 0.0f;
+    if (j < nt) {
+      const int n_kv = a.tokens[t0 + j].n_kv;
+      if (!split) {
+        p1[j] = n_kv;
+      } else {
+        const int nc = token_chunks(n_kv, chunk, n_chunks);
+        if (c < nc) p1[j] = c == nc - 1 ? n_kv : p0 + chunk;
+      }
+      if (p1[j] >= 0) {
+        if (p1[j] > p_end) p_end = p1[j];
+        const float* q = a.q + (static_cast<int64_t>(t0 + j) * a.n_heads + h) * head_dim;
+#pragma unroll
+        for (int i = 0; i < kPerLane; ++i) {
+          const int d = lane + kWarpSize * i;
+          qr[j][i] = d < head_dim ? q[d] : 0.0f;
+        }
+      }
+    }
+  }
+
+  for (int base = p0; base < p_end; base += kStage) {
+    const int rows = p_end - base < kStage ? p_end - base : kStage;
+    __syncthreads();  // every warp is done with the previous stage
+    for (int r = warp; r < rows; r += kWarps) {
+      const int p = base + r;
+      const int64_t row = static_cast<int64_t>(block_table[p / bs]) * bs + p % bs;
+      const float* k = a.k_cache + row * kv_dim + head_off;
+      const float* v = a.v_cache + row * kv_dim + head_off;
+      for (int d = lane; d < head_dim; d += kWarpSize) {
+        s_k[r * head_dim + d] = k[d];
+        s_v[r * head_dim + d] = v[d];
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < kTileQ; ++j) {
+      if (j >= nt) break;
+      for (int gl = warp; gl < kStage / kGroup; gl += kWarps) {
+        const int g0 = base + gl * kGroup;
+        if (g0 >= p1[j]) break;  // groups come in increasing order (p1[j] == -1: none)
+        const float* krow[kGroup];
+        const float* vrow[kGroup];
+#pragma unroll
+        for (int u = 0; u < kGroup; ++u) {
+          const int p = g0 + u;
+          krow[u] = p < p1[j] ? s_k + (p - base) * head_dim : nullptr;
+          vrow[u] = p < p1[j] ? s_v + (p - base) * head_dim : nullptr;
+        }
+        softmax_step<kPerLane>(qr[j], krow, vrow, head_dim, a.scale, lane, m[j], l[j], acc[j]);
+      }
+    }
+  }
+
+#pragma unroll
+  for (int j = 0; j < kTileQ; ++j) {
+    if (j >= nt) break;
+    if (p1[j] < 0) continue;  // block-uniform, as every condition around merge_warps' barriers
+    const int64_t pi = static_cast<int64_t>(t0 + j) * a.n_heads + h;
+    float* partial = nullptr;
+    if (split && token_chunks(a.tokens[t0 + j].n_kv, chunk, n_chunks) > 1)
+      partial = a.workspace + (pi * n_chunks + c) * (head_dim + 2);
+    merge_warps<kPerLane>(a, pi, m[j], l[j], acc[j], s_merge, partial);
+  }
+}
+
+template <int kPerLane>
+cudaError_t launch_tiled(const AttentionArgs& a, bool split, cudaStream_t stream) {
+  const size_t shm = tiled_shm_bytes(a.head_dim, kPerLane);
+  const auto tile_heads = static_cast<unsigned>(a.n_tiles * a.n_heads);
+  if (!split) {
+    DS_LAUNCH(attention_tiled<kPerLane>, tile_heads, kWarps * kWarpSize, shm, stream)(a, 0, 1, false);
+    return cudaGetLastError();
+  }
+  const int chunk = chunk_size(a.max_kv), n_chunks = chunk_count(a.max_kv);
+  DS_LAUNCH(attention_tiled<kPerLane>, tile_heads * static_cast<unsigned>(n_chunks), kWarps * kWarpSize, shm,
+            stream)(a, chunk, n_chunks, true);
+  const auto pairs = static_cast<unsigned>(a.n_tokens * a.n_heads);
+  if (n_chunks > 1) DS_LAUNCH(attention_merge, pairs, kWarps * kWarpSize, 0, stream)(a, chunk, n_chunks);
+  return cudaGetLastError();
+}
+
 template <int kPerLane>
 cudaError_t launch(const AttentionArgs& a, bool split, cudaStream_t stream) {
   const size_t shm = (kWarps * kPerLane * kWarpSize + 2 * kWarps) * sizeof(float);
@@ -258,6 +422,9 @@ cudaError_t attention(const AttentionArgs& a, cudaStream_t stream) {
   const bool split = need > 0 && a.workspace != nullptr && a.workspace_floats >= need &&
                      a.n_tokens * a.n_heads * chunk_count(a.max_kv) <= INT_MAX;  // grid size
   const int per_lane = (a.head_dim + kWarpSize - 1) / kWarpSize;
+  if (a.tiles != nullptr && a.n_tiles > 0 && per_lane <= 4) {
+    return per_lane <= 2 ? launch_tiled<2>(a, split, stream) : launch_tiled<4>(a, split, stream);
+  }
   if (per_lane <= 2) return launch<2>(a, split, stream);
   if (per_lane <= 4) return launch<4>(a, split, stream);
   if (per_lane <= 8) return launch<8>(a, split, stream);

@@ -413,7 +413,7 @@ float* CudaBackend::scratch(size_t bytes, const char* op) {
   do {                                                                                                            \
     if (!supported((w).type))                                                                                     \
       return (void)fail(op, std::string("weight type ") + dtype_name_or_id((w).type) + " is not supported (f32, "  \
-                                "f16, bf16, q8_0, q4_0)", __FILE__, __LINE__);                                    \
+                                "f16, bf16, q8_0, q4_0, q4_k, q6_k)", __FILE__, __LINE__);                        \
     if ((w).rows < 0 || (w).cols < 0 || (w).cols % block_elems((w).type) != 0)                                   \
       return (void)fail(op, "bad weight shape [" + std::to_string((w).rows) + ", " + std::to_string((w).cols) +   \
                                 "] for " + type_name((w).type), __FILE__, __LINE__);                              \

@@ -592,6 +592,7 @@ void check_attention(CudaBackend& b, Rng& rng) {
     std::vector<int> n_kv;  // per token
     bool one_sequence;      // all tokens share one block table (prefill); else one sequence each
     int max_kv;             // > 0: also run version 2 with this bound
+    int seq_len = 0;        // > 0 (and !one_sequence): sequences of seq_len consecutive tokens
   };
   const std::vector<Case> cases = {
       {4, 4, 64, 16, {1, 2, 5, 17, 64, 300}, false, 300},
@@ -608,16 +609,26 @@ void check_attention(CudaBackend& b, Rng& rng) {
       // prefill of one sequence across a chunk boundary, chunks of 256.
       {4, 1, 64, 32, {250, 255, 256, 257, 260, 513}, true, 4096},
       {2, 2, 1024, 8, {40, 300}, false, 512},              // the largest head_dim, 2 chunks
+      // Prefill tiles (<= 8 tokens of one sequence): 20 tokens of one sequence (tiles 8, 8, 4),
+      // n_kv not monotonic; three sequences of 5 (tiles 5, 5, 5); GQA; head_dim 80 and 128.
+      {4, 2, 64, 16, {5, 9, 1, 33, 64, 65, 31, 32, 100, 99, 7, 0, 2, 48, 49, 50, 17, 16, 15, 120}, true, 0},
+      {2, 1, 80, 16, {1, 2, 3, 4, 5, 30, 31, 32, 33, 34, 60, 61, 62, 63, 64}, false, 0, 5},
+      {8, 2, 128, 32, {300, 301, 302, 303, 304, 305, 306, 307, 308, 257}, true, 1024},
+      {4, 4, 64, 16, {250, 255, 256, 257, 260, 513, 700, 1, 3}, false, 2048, 3},
   };
   int case_no = 0;
   for (const Case& c : cases) {
     const int64_t n_tokens = static_cast<int64_t>(c.n_kv.size());
     const int64_t kv_dim = static_cast<int64_t>(c.n_kv_heads) * c.head_dim;
     // Block tables: a random permutation of the cache's blocks.
+    auto seq_of = [&](int64_t t) -> int64_t { return c.one_sequence ? 0 : c.seq_len > 0 ? t / c.seq_len : t; };
     std::vector<std::vector<int32_t>> tables;
     int total_blocks = 0;
-    for (int64_t t = 0; t < (c.one_sequence ? 1 : n_tokens); ++t) {
-      const int len = c.one_sequence ? *std::max_element(c.n_kv.begin(), c.n_kv.end()) : c.n_kv[t];
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      if (seq_of(t) < static_cast<int64_t>(tables.size())) continue;  // its sequence has its table
+      int len = 0;
+      for (int64_t u = t; u < n_tokens; ++u)
+        if (seq_of(u) == seq_of(t)) len = std::max(len, c.n_kv[u]);
       tables.emplace_back(std::max(1, (len + c.block_size - 1) / c.block_size));
       total_blocks += static_cast<int>(tables.back().size());
     }
@@ -636,8 +647,7 @@ void check_attention(CudaBackend& b, Rng& rng) {
     const auto q = rng.floats(n_tokens * c.n_heads * c.head_dim, -2, 2);
 
     std::vector<AttentionToken> host_tokens(n_tokens);
-    for (int64_t t = 0; t < n_tokens; ++t)
-      host_tokens[t] = {tables[c.one_sequence ? 0 : t].data(), c.n_kv[t]};
+    for (int64_t t = 0; t < n_tokens; ++t) host_tokens[t] = {tables[seq_of(t)].data(), c.n_kv[t]};
     std::vector<float> want(q.size());
     AttentionArgs a;
     a.q = q.data();
@@ -656,7 +666,7 @@ void check_attention(CudaBackend& b, Rng& rng) {
     Buf dflat(b, flat), dkc(b, kc), dvc(b, vc), dq(b, q), dout(b, q.size() * 4);
     std::vector<AttentionToken> dev_tokens(n_tokens);
     for (int64_t t = 0; t < n_tokens; ++t) {
-      const int64_t table = c.one_sequence ? 0 : t;
+      const int64_t table = seq_of(t);
       int64_t start = 0;  // tables are concatenated in flat
       for (int64_t i = 0; i < table; ++i) start += static_cast<int64_t>(tables[i].size());
       dev_tokens[t] = {dflat.as<int32_t>() + start, c.n_kv[t]};
@@ -690,6 +700,22 @@ void check_attention(CudaBackend& b, Rng& rng) {
     };
     expect("determinism/attention-alone #" + std::to_string(case_no), alone_matches(d, got, n_tokens - 1),
            "the last token alone differs from the batch");
+    // Prefill tiles (runs of <= kAttentionTileTokens tokens of one sequence): the same bits.
+    std::vector<int32_t> tiles = {0};
+    for (int64_t t = 1; t <= n_tokens; ++t)
+      if (t == n_tokens || seq_of(t) != seq_of(t - 1) || t - tiles.back() == ds::kAttentionTileTokens)
+        tiles.push_back(static_cast<int32_t>(t));
+    Buf dtiles(b, tiles);
+    auto tiled_matches = [&](AttentionArgs s, const std::vector<float>& untiled) {
+      Buf tout(b, q.size() * 4);
+      s.out = tout.as();
+      s.tiles = dtiles.as<int32_t>();
+      s.n_tiles = static_cast<int64_t>(tiles.size()) - 1;
+      b.attention(s);
+      return same_bits(tout.read(q.size()).data(), untiled.data(), q.size());
+    };
+    expect("attention-tiled/same-bits #" + std::to_string(case_no) + " (" + std::to_string(tiles.size() - 1) + " tiles)",
+           tiled_matches(d, got), "tiled output differs from version 1");
 
     if (c.max_kv > 0) {
       const size_t ws_floats = b.attention_workspace_floats(n_tokens, c.n_heads, c.head_dim, c.max_kv);
@@ -722,6 +748,8 @@ void check_attention(CudaBackend& b, Rng& rng) {
       }
       expect("determinism/attention-v2-alone #" + std::to_string(case_no), differ < 0,
              "token " + std::to_string(differ) + " alone differs from the batch");
+      expect("attention-tiled/v2-same-bits #" + std::to_string(case_no), tiled_matches(d2, got2),
+             "tiled output differs from version 2");
       expect("attention-v2/one-chunk-is-v1 #" + std::to_string(case_no), not_v1 < 0,
              "token " + std::to_string(not_v1) + " (one chunk) differs from version 1");
       // Fallbacks: no workspace, or one float short of it, run version 1.
@@ -1449,6 +1477,46 @@ double bench_attention(CudaBackend& b, Rng& rng, int n_tokens, int n_kv, int max
   return ms;
 }
 
+// Attention of one prompt of n tokens (causal: token t sees t + 1 positions), bench-1b's
+// heads (32 / 4, hd 64): per token (version 1) vs in tiles of kAttentionTileTokens.
+void bench_prefill_attention(CudaBackend& b, Rng& rng, int n) {
+  const int n_heads = 32, n_kv_heads = 4, head_dim = 64, bs = 16;
+  const int64_t kv_dim = n_kv_heads * head_dim;
+  std::vector<int32_t> table((n + bs - 1) / bs);
+  for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>(i);
+  Buf dtable(b, table), kc(b, rng.floats(table.size() * bs * kv_dim)), vc(b, rng.floats(table.size() * bs * kv_dim));
+  Buf q(b, rng.floats(static_cast<size_t>(n) * n_heads * head_dim)), out(b, n * n_heads * head_dim * 4);
+  std::vector<AttentionToken> toks(n);
+  for (int t = 0; t < n; ++t) toks[t] = {dtable.as<int32_t>(), t + 1};
+  std::vector<int32_t> tiles;
+  for (int t = 0; t < n; t += ds::kAttentionTileTokens) tiles.push_back(t);
+  tiles.push_back(n);
+  Buf dtoks(b, toks), dtiles(b, tiles);
+  AttentionArgs a;
+  a.q = q.as();
+  a.out = out.as();
+  a.k_cache = kc.as();
+  a.v_cache = vc.as();
+  a.tokens = dtoks.as<AttentionToken>();
+  a.n_tokens = n;
+  a.n_heads = n_heads;
+  a.n_kv_heads = n_kv_heads;
+  a.head_dim = head_dim;
+  a.block_size = bs;
+  a.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  auto s = static_cast<cudaStream_t>(b.stream());
+  double ms[2];
+  for (int tiled = 0; tiled < 2; ++tiled) {
+    a.tiles = tiled ? dtiles.as<int32_t>() : nullptr;
+    a.n_tiles = tiled ? static_cast<int64_t>(tiles.size()) - 1 : 0;
+    time_ms(s, 3, [&](int) { b.attention(a); });
+    ms[tiled] = time_ms(s, 20, [&](int) { b.attention(a); });
+  }
+  require_ok(b, "prefill attention benchmark");
+  std::printf("BENCH attention prefill n=%-5d per token %9.2f us, tiled %9.2f us (%.2fx; 32/4 heads, hd 64)\n", n,
+              ms[0] * 1e3, ms[1] * 1e3, ms[0] / ms[1]);
+}
+
 // sample_candidates at decode: n_rows rows of a 32000 vocabulary, m candidates each.
 void bench_sample(CudaBackend& b, Rng& rng, int n_rows, int m, bool sums) {
   const int64_t V = 32000;
@@ -1527,6 +1595,7 @@ void run_benchmarks(CudaBackend& b, Rng& rng) {
     bench_prefill(b, rng, DType::kF16, 5632, 2048, 128, half);
     bench_prefill(b, rng, DType::kQ8_0, 5632, 2048, 512, half);
   }
+  for (int n : {128, 512, 2048}) bench_prefill_attention(b, rng, n);
   // Attention decode: version 1, then version 2 with max_kv = n_kv (tight: chunks of 256)
   // and max_kv = 32768 (a loose bound, as from a KV cache of 8 x 4096 positions: chunks of 1024).
   struct AttShape { int seqs, n_kv; };
@@ -1560,6 +1629,8 @@ int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // line by line: a run cut short by its timeout keeps what it printed
   int device = 0;
   bool bench = true, quick = false;
+  std::string only;  // ",a,b,": run only these check groups (and no benchmarks)
+  const char* kGroups = "errors,get_rows,elementwise,rmsnorm,rope,attention,matmul,fused,fused_residual_rope,sample,recording,pdl,nccl";
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--device") && i + 1 < argc) {
       device = std::atoi(argv[++i]);
@@ -1567,10 +1638,24 @@ int main(int argc, char** argv) {
       bench = false;
     } else if (!std::strcmp(argv[i], "--quick")) {
       quick = true;
+    } else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) {
+      only = std::string(",") + argv[++i] + ",";
+      bench = false;
     } else {
-      std::fprintf(stderr, "usage: %s [--device N] [--no-bench] [--quick]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--device N] [--no-bench] [--quick] [--only GROUP,...]\n  groups: %s\n", argv[0],
+                   kGroups);
+      return std::strcmp(argv[i], "--help") ? 2 : 0;
+    }
+  }
+  auto want = [&](const char* group) { return only.empty() || only.find(std::string(",") + group + ",") != std::string::npos; };
+  for (size_t a = 1; a < only.size();) {  // every named group exists
+    const size_t e = only.find(',', a);
+    const std::string g = only.substr(a, e - a);
+    if (!g.empty() && (std::string(",") + kGroups + ",").find("," + g + ",") == std::string::npos) {
+      std::fprintf(stderr, "unknown check group '%s' (groups: %s)\n", g.c_str(), kGroups);
       return 2;
     }
+    a = e + 1;
   }
   std::string error;
   CudaBackendOptions opts;
@@ -1591,19 +1676,19 @@ int main(int argc, char** argv) {
   std::printf("gpu_kernel_check: %s, CUDA runtime %d, driver %d\n\n", b->device_description().c_str(), runtime, driver);
 
   Rng rng(20240601);
-  check_errors(*b);
-  check_get_rows(*b, rng);
-  check_elementwise(*b, rng);
-  check_rmsnorm(*b, rng);
-  check_rope(*b, rng);
-  check_attention(*b, rng);
-  check_matmul(*b, *tf32, rng, quick);
-  check_fused(*b, rng, quick);
-  check_fused_residual_rope(*b, rng, quick);
-  check_sample(*b, rng, quick);
-  check_recording(device, rng);
-  check_pdl(device, rng);
-  check_nccl(device);
+  if (want("errors")) check_errors(*b);
+  if (want("get_rows")) check_get_rows(*b, rng);
+  if (want("elementwise")) check_elementwise(*b, rng);
+  if (want("rmsnorm")) check_rmsnorm(*b, rng);
+  if (want("rope")) check_rope(*b, rng);
+  if (want("attention")) check_attention(*b, rng);
+  if (want("matmul")) check_matmul(*b, *tf32, rng, quick);
+  if (want("fused")) check_fused(*b, rng, quick);
+  if (want("fused_residual_rope")) check_fused_residual_rope(*b, rng, quick);
+  if (want("sample")) check_sample(*b, rng, quick);
+  if (want("recording")) check_recording(device, rng);
+  if (want("pdl")) check_pdl(device, rng);
+  if (want("nccl")) check_nccl(device);
   print_summary();
 
   if (bench) {

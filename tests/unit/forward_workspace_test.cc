@@ -104,5 +104,39 @@ TEST(ForwardAttentionWorkspace, ShardAsksForItsOwnHeads) {
   EXPECT_EQ(be.requests[0].max_kv, 16);
 }
 
+// AttentionArgs::tiles: a prompt chunk's tokens in runs of at most kAttentionTileTokens,
+// a new tile at every change of sequence; a decode step (one token per sequence) has none.
+TEST(ForwardAttentionTiles, PromptRunsBecomeTilesDecodeStepsHaveNone) {
+  test::TempDir dir;
+  const ModelSpec spec = test::tp_spec("llama", DType::kF32, 5);
+  const auto model = make_model(dir, spec);
+  ASSERT_TRUE(model);
+  SpyBackend be;
+  auto kv = KvCache::Create(be, spec.layers, model->config().kv_dim(), 4, 10);
+  ASSERT_TRUE(kv.ok());
+  auto f = Forward::Create(model, be, **kv, 16);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  std::vector<int32_t> a_blocks, b_blocks;
+  ASSERT_TRUE((*kv)->blocks().allocate(3, &a_blocks));
+  ASSERT_TRUE((*kv)->blocks().allocate(1, &b_blocks));
+  // B's first token, then A's prompt of 11 tokens: tiles [0, 1) [1, 9) [9, 12).
+  std::vector<ForwardToken> toks = {{7, 0, &b_blocks, true}};
+  for (int32_t p = 0; p < 11; ++p) toks.push_back({1 + p, p, &a_blocks, p == 10});
+  std::vector<float> logits;
+  ASSERT_TRUE((*f)->run(toks, &logits).ok());
+  ASSERT_EQ(be.seen.size(), static_cast<size_t>(spec.layers));
+  const AttentionArgs& a = be.seen.back();
+  ASSERT_EQ(a.n_tiles, 3);
+  ASSERT_NE(a.tiles, nullptr);
+  EXPECT_EQ(std::vector<int32_t>(a.tiles, a.tiles + 4), (std::vector<int32_t>{0, 1, 9, 12}));
+  // A decode step: one token per sequence, no tiles.
+  be.seen.clear();
+  toks = {{3, 11, &a_blocks, true}, {4, 1, &b_blocks, true}};
+  ASSERT_TRUE((*f)->run(toks, &logits).ok());
+  ASSERT_FALSE(be.seen.empty());
+  EXPECT_EQ(be.seen.back().n_tiles, 0);
+  EXPECT_EQ(be.seen.back().tiles, nullptr);
+}
+
 }  // namespace
 }  // namespace ds

@@ -4,11 +4,13 @@
 # runs its checks. For machines without a GPU: it tests the kernels' indexing, reductions,
 # barriers and CudaBackend's dispatch (cuBLAS call shapes included), not speed.
 #
-#   tests/gpu/emu/run.sh [build-dir]        (default build-emu; a few minutes on 2 cores)
+#   tests/gpu/emu/run.sh [build-dir [gpu_kernel_check args]]   (default build-emu; ~10 minutes on 2 cores)
+#   tests/gpu/emu/run.sh build-emu --only attention,matmul     (some check groups only)
 #   DS_EMU_FLAGS="-fsanitize=address,undefined" tests/gpu/emu/run.sh build-emu-asan
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../../.." && pwd)
 out=${1:-$root/build-emu}
+shift || true  # the rest goes to gpu_kernel_check (e.g. --only attention,matmul)
 mkdir -p "$out"
 cxx=${CXX:-g++}
 # shellcheck disable=SC2206
@@ -34,5 +36,5 @@ for f in kernels/dtype.cc kernels/ref.cc kernels/sampling.cc kernels/cuda/nccl_c
   compile "$f"
 done
 "$cxx" "${flags[@]}" "${objs[@]}" -o "$out/gpu_kernel_check_emu"
-echo "emu: running $out/gpu_kernel_check_emu --quick --no-bench"
-exec "$out/gpu_kernel_check_emu" --quick --no-bench
+echo "emu: running $out/gpu_kernel_check_emu --quick --no-bench $*"
+exec "$out/gpu_kernel_check_emu" --quick --no-bench "$@"
