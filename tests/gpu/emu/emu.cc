@@ -1,16 +1,27 @@
 // tests/gpu/emu/emu.cc: the CPU emulation behind tests/gpu/emu/include (see cuda_runtime.h
-// there): block-by-block launches with one OS thread per CUDA thread, real barriers for
-// __syncthreads() and warp shuffles, host memory as device memory, and a column-major
-// reference cublasGemmEx.
+// there): block-by-block launches in which every CUDA thread is a fiber (a ucontext with its
+// own stack) of one OS thread, scheduled cooperatively: __syncthreads() and the warp
+// shuffles are barriers at which a fiber yields until the block's (or warp's) other threads
+// arrive. Host memory is device memory; cublasGemmEx is a column-major reference.
+//
+// Fibers instead of one OS thread per CUDA thread (the first version): a barrier costs a few
+// context switches in user space instead of a futex wake-up of every thread, which made the
+// kernel check ~10x slower and a whole engine run impractical.
+#include <ucontext.h>
+
 #include <atomic>
-#include <barrier>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <thread>
+#include <mutex>
 #include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define DS_EMU_ASAN 1
+#endif
 
 #include "cublas_v2.h"
 #include "cuda_fp16.h"
@@ -19,38 +30,48 @@
 namespace emu {
 namespace {
 
-struct Block;
+#if defined(DS_EMU_ASAN)
+constexpr size_t kStackBytes = size_t{1} << 20;  // ASan's redzones make frames larger
+#else
+constexpr size_t kStackBytes = size_t{256} << 10;
+#endif
 
-// Refills dynamic shared memory with NaN bytes between blocks (CUDA leaves it undefined).
-struct Refill {
-  Block* block;
-  void operator()() noexcept;
+struct Fiber {
+  ucontext_t ctx;
+  std::unique_ptr<char[]> stack;
+  bool done = false;
+  void* fake = nullptr;  // ASan's fake stack while switched out
+};
+
+// A barrier among `n` fibers: the last to arrive opens it (next generation).
+struct Barrier {
+  unsigned n = 0, arrived = 0;
+  uint64_t gen = 0;
 };
 
 struct Warp {
-  explicit Warp(std::ptrdiff_t n) : bar(n), lanes(static_cast<unsigned>(n)) {}
-  std::barrier<> bar;
-  unsigned lanes;  // threads in this warp (the block's last warp may be partial)
+  Barrier bar;
   float slot[32] = {};
   unsigned uslot[32] = {};
 };
 
-struct Block {
-  Block(unsigned threads, size_t shm) : sync(threads), done(threads, Refill{this}), shared(shm, 0xff) {
-    for (unsigned w = 0; w * 32 < threads; ++w)
-      warps.push_back(std::make_unique<Warp>(std::min(32u, threads - 32 * w)));
-  }
-  std::barrier<> sync;          // __syncthreads()
-  std::barrier<Refill> done;    // end of a block
-  std::vector<std::unique_ptr<Warp>> warps;
+// The running launch (launches are serialized: __shared__ variables are function statics).
+struct GridState {
+  const std::function<void()>* body = nullptr;
+  std::vector<Fiber> fibers;  // one per thread of a block; stacks kept across launches
+  ucontext_t sched;           // the scheduler (the launching thread's own stack)
+  unsigned current = 0;       // the fiber running
+  unsigned live = 0;          // fibers of the current block that have not returned
+  Barrier block_bar;
+  std::vector<Warp> warps;
   std::vector<unsigned char> shared;
+  void* sched_fake = nullptr;  // ASan bookkeeping of the scheduler's stack
+  const void* sched_bottom = nullptr;
+  size_t sched_size = 0;
 };
 
-void Refill::operator()() noexcept {
-  if (!block->shared.empty()) std::memset(block->shared.data(), 0xff, block->shared.size());
-}
-
-Block* g_block = nullptr;  // the running launch (launches do not overlap)
+GridState g_launch;
+std::mutex g_launch_mu;
 int64_t g_launches = 0;
 cudaError_t g_last_error = cudaSuccess;
 
@@ -58,63 +79,142 @@ void set_error(cudaError_t e) {
   if (g_last_error == cudaSuccess) g_last_error = e;
 }
 
+// The running fiber -> the scheduler; returns when the scheduler resumes it.
+void yield() {
+  GridState& L = g_launch;
+  Fiber& f = L.fibers[L.current];
+#if defined(DS_EMU_ASAN)
+  __sanitizer_start_switch_fiber(&f.fake, L.sched_bottom, L.sched_size);
+#endif
+  swapcontext(&f.ctx, &L.sched);
+#if defined(DS_EMU_ASAN)
+  __sanitizer_finish_switch_fiber(f.fake, nullptr, nullptr);
+#endif
+}
+
+void wait_at(Barrier& b) {
+  const uint64_t gen = b.gen;
+  if (++b.arrived == b.n) {
+    b.arrived = 0;
+    ++b.gen;
+    return;
+  }
+  while (b.gen == gen) yield();
+}
+
+// A CUDA thread: the kernel body once per block of the launch; between blocks it waits in
+// yield() until the scheduler starts the next block (after the last one it is dropped).
+void fiber_main() {
+  GridState& L = g_launch;
+#if defined(DS_EMU_ASAN)
+  __sanitizer_finish_switch_fiber(nullptr, &L.sched_bottom, &L.sched_size);
+#endif
+  for (;;) {
+    (*L.body)();
+    L.fibers[L.current].done = true;
+    --L.live;
+    yield();
+  }
+}
+
 }  // namespace
 
 void run_grid(unsigned grid, unsigned block, size_t shm, const std::function<void()>& body) {
+  std::lock_guard<std::mutex> lock(g_launch_mu);
   ++g_launches;
   if (grid == 0 || block == 0 || block > 1024 || shm > 48 * 1024) {
     std::fprintf(stderr, "emu: invalid launch configuration grid=%u block=%u shm=%zu\n", grid, block, shm);
     set_error(cudaErrorInvalidValue);
     return;
   }
-  Block b(block, shm);
-  g_block = &b;
-  std::vector<std::thread> threads;
-  threads.reserve(block);
-  for (unsigned t = 0; t < block; ++t) {
-    threads.emplace_back([&, t] {
-      threadIdx = {t, 0, 0};
-      blockDim = {block, 1, 1};
-      gridDim = {grid, 1, 1};
-      for (unsigned bx = 0; bx < grid; ++bx) {
-        blockIdx = {bx, 0, 0};
-        body();
-        b.done.arrive_and_wait();
-      }
-    });
+  GridState& L = g_launch;
+  L.body = &body;
+  if (L.fibers.size() < block) {
+    std::vector<Fiber> more(block);
+    for (size_t i = 0; i < L.fibers.size(); ++i) more[i].stack = std::move(L.fibers[i].stack);
+    for (auto& f : more)
+      if (!f.stack) f.stack.reset(new char[kStackBytes]);
+    L.fibers = std::move(more);
   }
-  for (auto& th : threads) th.join();
-  g_block = nullptr;
+  for (unsigned t = 0; t < block; ++t) {
+    Fiber& f = L.fibers[t];
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = f.stack.get();
+    f.ctx.uc_stack.ss_size = kStackBytes;
+    f.ctx.uc_link = nullptr;
+    makecontext(&f.ctx, fiber_main, 0);
+  }
+  L.block_bar = Barrier{block, 0, 0};
+  L.warps.assign((block + 31) / 32, Warp{});
+  for (unsigned w = 0; w < L.warps.size(); ++w) L.warps[w].bar.n = std::min(32u, block - 32 * w);
+  L.shared.assign(shm, 0xff);
+  ThreadCoords& c = coords();
+  c.block_dim = {block, 1, 1};
+  c.grid_dim = {grid, 1, 1};
+  for (unsigned bx = 0; bx < grid; ++bx) {
+    c.block_idx = {bx, 0, 0};
+    if (bx > 0 && !L.shared.empty()) std::memset(L.shared.data(), 0xff, L.shared.size());  // undefined between blocks
+    for (unsigned t = 0; t < block; ++t) L.fibers[t].done = false;
+    L.live = block;
+    while (L.live > 0) {  // round-robin passes over the block's threads
+      const unsigned live_before = L.live;
+      uint64_t gens = L.block_bar.gen;
+      for (const Warp& w : L.warps) gens += w.bar.gen;
+      for (unsigned t = 0; t < block; ++t) {
+        if (L.fibers[t].done) continue;
+        L.current = t;
+        c.thread_idx = {t, 0, 0};
+#if defined(DS_EMU_ASAN)
+        __sanitizer_start_switch_fiber(&L.sched_fake, L.fibers[t].stack.get(), kStackBytes);
+#endif
+        swapcontext(&L.sched, &L.fibers[t].ctx);
+#if defined(DS_EMU_ASAN)
+        __sanitizer_finish_switch_fiber(L.sched_fake, nullptr, nullptr);
+#endif
+      }
+      uint64_t gens_after = L.block_bar.gen;
+      for (const Warp& w : L.warps) gens_after += w.bar.gen;
+      // Every live fiber ran, none returned and no barrier opened: each waits at a barrier
+      // that a thread of its block or warp will never reach (it returned). Undefined on a
+      // GPU; a hang here.
+      if (L.live == live_before && gens_after == gens) {
+        std::fprintf(stderr, "emu: block %u of a launch of %u x %u threads: a barrier that not every thread reaches\n",
+                     bx, grid, block);
+        std::abort();
+      }
+    }
+  }
+  L.body = nullptr;
 }
 
-void* dynamic_shared() { return g_block->shared.data(); }
+void* dynamic_shared() { return g_launch.shared.data(); }
 int64_t launches() { return g_launches; }
 
 }  // namespace emu
 
-void __syncthreads() { emu::g_block->sync.arrive_and_wait(); }
+void __syncthreads() { emu::wait_at(emu::g_launch.block_bar); }
 
 float __shfl_xor_sync(unsigned, float v, int lane_mask) {
-  emu::Warp& w = *emu::g_block->warps[threadIdx.x / 32];
+  emu::Warp& w = emu::g_launch.warps[threadIdx.x / 32];
   const unsigned lane = threadIdx.x % 32;
   w.slot[lane] = v;
-  w.bar.arrive_and_wait();
+  emu::wait_at(w.bar);
   const float r = w.slot[(lane ^ static_cast<unsigned>(lane_mask)) % 32];
-  w.bar.arrive_and_wait();
+  emu::wait_at(w.bar);
   return r;
 }
 
 unsigned atomicAdd(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_add(v); }
 
 unsigned __match_any_sync(unsigned, unsigned value) {
-  emu::Warp& w = *emu::g_block->warps[threadIdx.x / 32];
+  emu::Warp& w = emu::g_launch.warps[threadIdx.x / 32];
   const unsigned lane = threadIdx.x % 32;
   w.uslot[lane] = value;
-  w.bar.arrive_and_wait();
+  emu::wait_at(w.bar);
   unsigned peers = 0;
-  for (unsigned l = 0; l < w.lanes; ++l)
+  for (unsigned l = 0; l < w.bar.n; ++l)
     if (w.uslot[l] == value) peers |= 1u << l;
-  w.bar.arrive_and_wait();
+  emu::wait_at(w.bar);
   return peers;
 }
 

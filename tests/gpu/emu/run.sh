@@ -4,7 +4,7 @@
 # runs its checks. For machines without a GPU: it tests the kernels' indexing, reductions,
 # barriers and CudaBackend's dispatch (cuBLAS call shapes included), not speed.
 #
-#   tests/gpu/emu/run.sh [build-dir [gpu_kernel_check args]]   (default build-emu; ~10 minutes on 2 cores)
+#   tests/gpu/emu/run.sh [build-dir [gpu_kernel_check args]]   (default build-emu; ~4 minutes on 2 cores)
 #   tests/gpu/emu/run.sh build-emu --only attention,matmul     (some check groups only)
 #   DS_EMU_FLAGS="-fsanitize=address,undefined" tests/gpu/emu/run.sh build-emu-asan
 set -euo pipefail

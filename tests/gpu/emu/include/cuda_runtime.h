@@ -2,8 +2,9 @@
 // and device language that ds's kernels (kernels/cuda) and tests/gpu use, so that the
 // kernels' indexing, reductions and synchronisation can be tested without a GPU.
 //
-// Model: a launch runs its blocks one after another; each block's threads are OS threads
-// (blockDim of them), so __syncthreads() and warp shuffles are real barriers. Device
+// Model: a launch runs its blocks one after another; each block's threads are fibers of the
+// launching OS thread (emu.cc), switched cooperatively at __syncthreads() and warp shuffles,
+// which are real barriers (a barrier some thread never reaches aborts the run). Device
 // memory is host memory; streams and events are no-ops (everything is synchronous).
 // __shared__ variables become function statics (one block runs at a time); dynamic shared
 // memory is filled with NaN bytes before each block, so a read before a write shows.
