@@ -586,6 +586,25 @@ void check_elementwise(CudaBackend& b, Rng& rng) {
 // every token the bits it gets when attended alone, the bits of version 1 for tokens of one
 // chunk (n_kv <= 256, the smallest chunk), and fall back to version 1 (same bits) when the
 // workspace is missing or too small.
+// AttentionArgs over device buffers: q and out [n, heads * hd], the caches, n tokens; scale
+// 1 / sqrt(hd), no split-K workspace, no tiles.
+AttentionArgs attention_args(const Buf& q, const Buf& out, const Buf& kc, const Buf& vc, const Buf& toks, int64_t n,
+                             int heads, int kv_heads, int hd, int bs) {
+  AttentionArgs a;
+  a.q = q.as();
+  a.out = out.as();
+  a.k_cache = kc.as();
+  a.v_cache = vc.as();
+  a.tokens = toks.as<AttentionToken>();
+  a.n_tokens = n;
+  a.n_heads = heads;
+  a.n_kv_heads = kv_heads;
+  a.head_dim = hd;
+  a.block_size = bs;
+  a.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  return a;
+}
+
 void check_attention(CudaBackend& b, Rng& rng) {
   struct Case {
     int n_heads, n_kv_heads, head_dim, block_size;
@@ -1145,18 +1164,7 @@ void check_recording(int device, Rng& rng) {
         dout(b, n * heads * hd * 4), dtok(b, n * sizeof(AttentionToken));
     const size_t ws_floats = b.attention_workspace_floats(n, heads, hd, max_kv);
     Buf ws(b, ws_floats * 4);
-    AttentionArgs a;
-    a.q = dq.as();
-    a.out = dout.as();
-    a.k_cache = dkc.as();
-    a.v_cache = dvc.as();
-    a.tokens = dtok.as<AttentionToken>();
-    a.n_tokens = n;
-    a.n_heads = heads;
-    a.n_kv_heads = kv_heads;
-    a.head_dim = hd;
-    a.block_size = bs;
-    a.scale = 0.125f;
+    AttentionArgs a = attention_args(dq, dout, dkc, dvc, dtok, n, heads, kv_heads, hd, bs);  // scale 1/8
     a.max_kv = max_kv;
     a.workspace = ws.as();
     a.workspace_floats = ws_floats;
@@ -1449,18 +1457,7 @@ double bench_attention(CudaBackend& b, Rng& rng, int n_tokens, int n_kv, int max
   Buf dtoks(b, toks);
   const size_t ws_floats = b.attention_workspace_floats(n_tokens, n_heads, head_dim, max_kv);
   Buf ws(b, std::max<size_t>(ws_floats, 1) * 4);
-  AttentionArgs a;
-  a.q = q.as();
-  a.out = out.as();
-  a.k_cache = kc.as();
-  a.v_cache = vc.as();
-  a.tokens = dtoks.as<AttentionToken>();
-  a.n_tokens = n_tokens;
-  a.n_heads = n_heads;
-  a.n_kv_heads = n_kv_heads;
-  a.head_dim = head_dim;
-  a.block_size = bs;
-  a.scale = 1.0f / std::sqrt(128.0f);
+  AttentionArgs a = attention_args(q, out, kc, vc, dtoks, n_tokens, n_heads, n_kv_heads, head_dim, bs);
   a.max_kv = max_kv;
   a.workspace = ws.as();
   a.workspace_floats = ws_floats;
@@ -1492,18 +1489,7 @@ void bench_prefill_attention(CudaBackend& b, Rng& rng, int n) {
   for (int t = 0; t < n; t += ds::kAttentionTileTokens) tiles.push_back(t);
   tiles.push_back(n);
   Buf dtoks(b, toks), dtiles(b, tiles);
-  AttentionArgs a;
-  a.q = q.as();
-  a.out = out.as();
-  a.k_cache = kc.as();
-  a.v_cache = vc.as();
-  a.tokens = dtoks.as<AttentionToken>();
-  a.n_tokens = n;
-  a.n_heads = n_heads;
-  a.n_kv_heads = n_kv_heads;
-  a.head_dim = head_dim;
-  a.block_size = bs;
-  a.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  AttentionArgs a = attention_args(q, out, kc, vc, dtoks, n, n_heads, n_kv_heads, head_dim, bs);
   auto s = static_cast<cudaStream_t>(b.stream());
   double ms[2];
   for (int tiled = 0; tiled < 2; ++tiled) {
