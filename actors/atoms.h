@@ -32,6 +32,7 @@ using leave_atom = caf::atom_constant<caf::atom("ds_leave")>;      // membership
 using shutdown_atom = caf::atom_constant<caf::atom("ds_shutdn")>;  // membership: announce down, stop
 using remove_atom = caf::atom_constant<caf::atom("ds_remove")>;    // forget a dead member (node id)
 using dnode_atom = caf::atom_constant<caf::atom("ds_dnode")>;      // ds-admin: drain node (id)
+using probe_atom = caf::atom_constant<caf::atom("ds_probe")>;      // membership: a dial's reachability probe answered
 
 // Errors a client can get from a node (category "ds").
 enum class errc : uint8_t {

@@ -19,6 +19,7 @@
 #include <set>
 
 #include "actors/atoms.h"
+#include "actors/dial.h"
 
 namespace ds::detail {
 
@@ -174,6 +175,10 @@ struct Client::Impl {
   }
   // Connects to host:port; the router there or an error.
   Result<caf::actor> connect(const std::string& host, uint16_t port) {
+    // A bounded probe first: the middleman's own connect blocks every later one of this client
+    // on a host that drops packets (dial.h), which would stall the move to another member.
+    if (Status st = probe_tcp(host, port, opts.connect_timeout); !st.ok())
+      return Status::IOError("cannot connect to " + host + ":" + std::to_string(port) + ": " + st.message());
     caf::scoped_actor self{sys};
     Result<caf::actor> out = Status::IOError("cannot connect to " + host + ":" + std::to_string(port));
     self->request(connector(sys), opts.connect_timeout, caf::connect_atom::value, host, port)

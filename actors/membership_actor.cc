@@ -1,5 +1,6 @@
 #include "actors/membership_actor.h"
 
+#include <caf/blocking_actor.hpp>
 #include <caf/event_based_actor.hpp>
 #include <caf/io/middleman.hpp>
 #include <caf/io/middleman_actor.hpp>
@@ -13,6 +14,7 @@
 
 #include "actors/atoms.h"
 #include "actors/client.h"
+#include "actors/dial.h"
 #include "actors/tls.h"
 #include "cluster/codec.h"
 
@@ -150,15 +152,30 @@ void connect(Self* self, const std::string& address) {
     return;
   }
   c.pending = true;
-  auto failed = [self, address](const std::string& why) {
-    Conn& c = self->state.conns[address];
-    c.pending = false;
-    c.retry_at = Clock::now() + kConnectRetry;
-    c.queue.clear();
-    spdlog::debug("cluster: cannot reach {}: {}", address, why);
-  };
-  auto mm = connector(self->system());
-  self->request(mm, kConnectTimeout, caf::connect_atom::value, host, port)
+  // Probe on a thread of its own first (dial.h: the middleman's connect blocks every dial of
+  // this process on a host that drops packets); the answer comes back as a probe_atom.
+  self->spawn([host, port, address, me = caf::actor_cast<caf::actor>(self)](caf::blocking_actor* b) {
+    const Status st = probe_tcp(host, port, kConnectTimeout);
+    b->send(me, probe_atom::value, address, st.ok() ? std::string() : st.message());
+  });
+}
+
+void dial_failed(Self* self, const std::string& address, const std::string& why) {
+  Conn& c = self->state.conns[address];
+  c.pending = false;
+  c.retry_at = Clock::now() + kConnectRetry;
+  c.queue.clear();
+  spdlog::debug("cluster: cannot reach {}: {}", address, why);
+}
+
+// The probe of `address` answered: connect through the middleman and ask for the membership actor.
+void dial(Self* self, const std::string& address, const std::string& probe_error) {
+  if (!probe_error.empty()) return dial_failed(self, address, probe_error);
+  std::string host;
+  uint16_t port = 0;
+  if (!parse_host_port(address, &host, &port)) return dial_failed(self, address, "malformed address");
+  auto failed = [self, address](const std::string& why) { dial_failed(self, address, why); };
+  self->request(connector(self->system()), kConnectTimeout, caf::connect_atom::value, host, port)
       .then(
           [self, address, failed](const caf::node_id&, caf::strong_actor_ptr& p, const std::set<std::string>&) {
             caf::actor router = caf::actor_cast<caf::actor>(p);
@@ -253,6 +270,7 @@ caf::behavior membership_behavior(Self* self, MembershipActorConfig cfg, caf::ac
   });
 
   return {
+      [=](probe_atom, const std::string& address, const std::string& error) { dial(self, address, error); },
       [=](tick_atom) {
         auto& s = self->state;
         const TimePoint now = Clock::now();
