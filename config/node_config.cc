@@ -29,6 +29,7 @@ namespace ds {
 namespace {
 
 constexpr const char* kBackendNames[] = {"auto", "cpu", "cuda"};                          // enum BackendKind
+constexpr const char* kKvTypeNames[] = {"auto", "f32", "f16"};                            // enum KvTypeKind
 constexpr const char* kLogFormatNames[] = {"text", "json"};                               // enum LogFormat
 constexpr const char* kSchedulerPolicyNames[] = {"sharing", "stealing"};                  // enum SchedulerPolicy
 constexpr const char* kLogLevelNames[] = {"trace", "debug", "info", "warn", "error", "off"};  // enum LogLevel
@@ -223,6 +224,7 @@ const KeyDesc kKeys[] = {
   {"ctx",           "model", "ctx",           Kind::kInt,     0, 1 << 24,      kNone, nullptr,         "N",    "Context length in tokens per sequence (0 = the model's)", DS_INT(ctx)},
   {"kv-cache-tokens", "model", "kv-cache-tokens", Kind::kInt, 0, 1 << 30,      kNone, nullptr,         "N",    "KV-cache capacity in token positions (0 = auto)", DS_INT(kv_cache_tokens)},
   {"kv-block-size", "model", "kv-block-size", Kind::kInt,     1, 1024,         kNone, nullptr,         "N",    "Token positions per KV-cache block", DS_INT(kv_block_size)},
+  {"kv-type",       "model", "kv-type",       Kind::kChoice,  0, 0,            kKvTypeNames, nullptr,  "", "KV-cache elements: f16 halves its memory (twice the sequences or context in the same memory); auto = f16 on GPUs, f32 on the CPU", DS_ENUM(kv_type, kKvTypeNames)},
   {"max-step-tokens", "model", "max-step-tokens", Kind::kInt, 1, 1 << 20,      kNone, nullptr,         "N",    "Most tokens in one forward pass (prefill chunk budget)", DS_INT(max_step_tokens)},
   {"max-tokens-limit", "model", "max-tokens-limit", Kind::kInt, 1, 1 << 24,    kNone, nullptr,         "N",    "Cap on max_tokens of one request", DS_INT(max_tokens_limit)},
   {"log-format",    "log", "format",          Kind::kChoice,  0, 0,            kLogFormatNames, nullptr, "", "Log line format", DS_ENUM(log_format, kLogFormatNames)},

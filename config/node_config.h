@@ -26,6 +26,7 @@
 namespace ds {
 
 enum class BackendKind { kAuto, kCpu, kCuda };
+enum class KvTypeKind { kAuto, kF32, kF16 };  // KV cache elements; auto: f16 on GPUs, f32 on the CPU
 // CAF's scheduler: sharing (one queue; idle threads sleep) or stealing (per-thread queues; idle
 // threads poll). The node's actors do little work (the workers run on their own threads), so
 // sharing is the default: stealing's polling wakes pre-empt the compute threads on small hosts.
@@ -68,6 +69,7 @@ struct NodeConfig {
   int ctx = 0;                                       // positions per sequence; 0 = the model's
   int kv_cache_tokens = 0;                           // KV capacity in positions; 0 = auto
   int kv_block_size = 16;                            // positions per KV block
+  KvTypeKind kv_type = KvTypeKind::kAuto;            // KV cache elements
   int max_step_tokens = 256;                         // tokens per forward pass
   int max_tokens_limit = 4096;                       // per-request cap on generated tokens
   // ---- [log] -----------------------------------------------------------------------------

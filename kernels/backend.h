@@ -40,8 +40,17 @@ struct RopeParams {
   float freq_scale = 1;      // linear scaling: position * freq_scale
 };
 
-// Paged KV cache of one layer: k and v are [n_blocks, block_size, kv_dim] floats.
+// Paged KV cache of one layer: k and v are [n_blocks, block_size, kv_dim] elements of its
+// type: F32, or F16 (half the memory; store_kv rounds to nearest even, attention reads the
+// halves exactly, so F16 attention is F32 attention over the rounded K and V).
 // Token position p of a sequence lives in block block_table[p / block_size], row p % block_size.
+struct KvLayer {
+  void* k = nullptr;
+  void* v = nullptr;
+  DType type = DType::kF32;  // kF32 or kF16
+};
+inline bool kv_type_supported(DType t) { return t == DType::kF32 || t == DType::kF16; }
+inline size_t kv_elem_bytes(DType t) { return t == DType::kF16 ? 2 : 4; }
 struct AttentionToken {
   const int32_t* block_table = nullptr;
   int32_t n_kv = 0;  // attend to positions [0, n_kv)
@@ -50,8 +59,8 @@ struct AttentionToken {
 struct AttentionArgs {
   const float* q = nullptr;    // [n_tokens, n_heads * head_dim]
   float* out = nullptr;        // [n_tokens, n_heads * head_dim]
-  const float* k_cache = nullptr;
-  const float* v_cache = nullptr;
+  const void* k_cache = nullptr;  // KvLayer::k / v, of kv_type elements (below)
+  const void* v_cache = nullptr;
   const AttentionToken* tokens = nullptr;  // [n_tokens]
   int64_t n_tokens = 0;
   int n_heads = 0;
@@ -74,6 +83,7 @@ struct AttentionArgs {
   // once per tile instead of once per token; every output has the bits it has without tiles.
   const int32_t* tiles = nullptr;  // [n_tiles + 1], backend memory
   int64_t n_tiles = 0;
+  DType kv_type = DType::kF32;     // k_cache / v_cache elements (KvLayer::type)
 };
 
 // The most tokens of one AttentionArgs tile.
@@ -146,9 +156,10 @@ class Backend {
   virtual void add(float* x, const float* y, int64_t count) = 0;
   // x[i, :] += bias, for i < n.
   virtual void add_bias(float* x, const float* bias, int64_t n, int64_t dim) = 0;
-  // Writes k[i], v[i] (kv_dim floats each) to cache row slots[i] (block * block_size + offset).
+  // Writes k[i], v[i] (kv_dim floats each) to cache row slots[i] (block * block_size + offset),
+  // converted to cache.type (F16: rounded to nearest even).
   virtual void store_kv(const float* k, const float* v, int64_t n, const int32_t* slots, int64_t kv_dim,
-                        float* k_cache, float* v_cache) = 0;
+                        const KvLayer& cache) = 0;
   // Causal attention of each query token over its sequence's cached keys and values (GQA:
   // head h reads KV head h / (n_heads / n_kv_heads)).
   virtual void attention(const AttentionArgs& a) = 0;
@@ -203,11 +214,10 @@ class Backend {
   // RoPE on q [n, n_heads * head_dim] and k [n, n_kv_heads * head_dim] in place (positions
   // pos), then k and v into the cache rows slots (store_kv with kv_dim = n_kv_heads * head_dim).
   virtual void rope_store_kv(float* q, float* k, const float* v, int64_t n, int n_heads, int n_kv_heads, int head_dim,
-                             const int32_t* pos, const RopeParams& p, const int32_t* slots, float* k_cache,
-                             float* v_cache) {
+                             const int32_t* pos, const RopeParams& p, const int32_t* slots, const KvLayer& cache) {
     rope(q, n, n_heads, head_dim, pos, p);
     rope(k, n, n_kv_heads, head_dim, pos, p);
-    store_kv(k, v, n, slots, static_cast<int64_t>(n_kv_heads) * head_dim, k_cache, v_cache);
+    store_kv(k, v, n, slots, static_cast<int64_t>(n_kv_heads) * head_dim, cache);
   }
 
   // Recording and replay of a fixed op sequence (CUDA graphs): for a caller that issues the

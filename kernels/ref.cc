@@ -52,6 +52,11 @@ void swiglu(const float* gate, const float* up, int64_t count, float* out) {
   for (int64_t i = 0; i < count; ++i) out[i] = static_cast<float>(gate[i] / (1.0 + std::exp(-static_cast<double>(gate[i]))) * up[i]);
 }
 
+// Element i of a KV cache of type t, as a float (exact).
+static float kv_at(const void* c, DType t, int64_t i) {
+  return t == DType::kF16 ? fp16_to_fp32_ref(static_cast<const uint16_t*>(c)[i]) : static_cast<const float*>(c)[i];
+}
+
 void attention(const AttentionArgs& a) {
   const int group = a.n_heads / a.n_kv_heads;
   const int64_t kv_dim = static_cast<int64_t>(a.n_kv_heads) * a.head_dim;
@@ -64,9 +69,9 @@ void attention(const AttentionArgs& a) {
       double mx = -INFINITY;
       for (int p = 0; p < tok.n_kv; ++p) {
         const int64_t row = static_cast<int64_t>(tok.block_table[p / a.block_size]) * a.block_size + p % a.block_size;
-        const float* k = a.k_cache + row * kv_dim + kvh * a.head_dim;
+        const int64_t k = row * kv_dim + kvh * a.head_dim;
         double s = 0;
-        for (int d = 0; d < a.head_dim; ++d) s += static_cast<double>(q[d]) * k[d];
+        for (int d = 0; d < a.head_dim; ++d) s += static_cast<double>(q[d]) * kv_at(a.k_cache, a.kv_type, k + d);
         score[p] = s * a.scale;
         mx = std::max(mx, score[p]);
       }
@@ -77,7 +82,7 @@ void attention(const AttentionArgs& a) {
         double acc = 0;
         for (int p = 0; p < tok.n_kv; ++p) {
           const int64_t row = static_cast<int64_t>(tok.block_table[p / a.block_size]) * a.block_size + p % a.block_size;
-          acc += score[p] / sum * a.v_cache[row * kv_dim + kvh * a.head_dim + d];
+          acc += score[p] / sum * kv_at(a.v_cache, a.kv_type, row * kv_dim + kvh * a.head_dim + d);
         }
         out[d] = static_cast<float>(acc);
       }

@@ -25,8 +25,12 @@ namespace {
 
 // opts with defaults filled in, or InvalidArgument. kv_dim: the KV width one rank's cache
 // holds (the model's, or a shard's), for the default capacity.
-Result<EngineOptions> normalize(const ModelConfig& c, const EngineOptions& o, int kv_dim) {
+// gpu: the backends' memory is not host memory (the default KV type is then F16).
+Result<EngineOptions> normalize(const ModelConfig& c, const EngineOptions& o, int kv_dim, bool gpu) {
   EngineOptions opts = o;
+  if (!opts.kv_type) opts.kv_type = gpu ? DType::kF16 : DType::kF32;
+  if (!kv_type_supported(*opts.kv_type))
+    return Status::InvalidArgument(std::string("no KV cache type ") + dtype_name(*opts.kv_type) + " (f32 or f16)");
   if (opts.max_batch <= 0 || opts.max_batch > 1024) return Status::InvalidArgument("max_batch must be in [1, 1024]");
   if (opts.kv_block_size <= 0 || opts.kv_block_size > 1024) return Status::InvalidArgument("kv block size must be in [1, 1024]");
   if (opts.n_ctx <= 0) opts.n_ctx = c.n_ctx_train;
@@ -34,7 +38,7 @@ Result<EngineOptions> normalize(const ModelConfig& c, const EngineOptions& o, in
   opts.max_step_tokens = std::max(opts.max_step_tokens, opts.max_batch);
   if (opts.backend_sample_candidates < 1 || opts.backend_sample_candidates > kSampleMaxCandidates)
     return Status::InvalidArgument("backend sample candidates must be in [1, " + std::to_string(kSampleMaxCandidates) + "]");
-  const size_t bytes_per_pos = static_cast<size_t>(c.n_layer) * kv_dim * 2 * sizeof(float);
+  const size_t bytes_per_pos = static_cast<size_t>(c.n_layer) * kv_dim * 2 * kv_elem_bytes(*opts.kv_type);
   if (opts.kv_cache_tokens <= 0) {
     // Room for every running sequence at full context (in whole blocks), within 4 GiB.
     const size_t cap = (size_t{4} << 30) / bytes_per_pos;
@@ -52,10 +56,12 @@ int kv_blocks(const EngineOptions& opts) { return (opts.kv_cache_tokens + opts.k
 Result<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Model> model, std::unique_ptr<Backend> backend,
                                                const EngineOptions& o) {
   const ModelConfig& c = model->config();
-  Result<EngineOptions> opts = normalize(c, o, c.kv_dim());
+  if (!backend) return Status::InvalidArgument("no backend");
+  Result<EngineOptions> opts = normalize(c, o, c.kv_dim(), !backend->host_memory());
   if (!opts.ok()) return opts.status();
   std::unique_ptr<Engine> e(new Engine(std::move(model), std::move(backend), *opts));
-  Result<std::unique_ptr<KvCache>> kv = KvCache::Create(*e->backend_, c.n_layer, c.kv_dim(), opts->kv_block_size, kv_blocks(*opts));
+  Result<std::unique_ptr<KvCache>> kv =
+      KvCache::Create(*e->backend_, c.n_layer, c.kv_dim(), opts->kv_block_size, kv_blocks(*opts), *opts->kv_type);
   if (!kv.ok()) return kv.status();
   e->kv_ = std::move(kv).value();
   Result<std::unique_ptr<Forward>> f =
@@ -91,10 +97,11 @@ Result<std::unique_ptr<Engine>> Engine::CreateTensorParallel(std::shared_ptr<con
   }
   const ModelConfig& c = model->config();
   DS_RETURN_IF_ERROR(check_tensor_parallel(*model, n));
-  Result<EngineOptions> opts = normalize(c, o, c.kv_dim() / n);
+  Result<EngineOptions> opts = normalize(c, o, c.kv_dim() / n, ranks[0].backend && !ranks[0].backend->host_memory());
   if (!opts.ok()) return opts.status();
   Result<std::unique_ptr<ShardGroup>> g = ShardGroup::Create(model, std::move(ranks), opts->kv_block_size, kv_blocks(*opts), opts->max_step_tokens,
-                                                             std::chrono::milliseconds(opts->shard_step_timeout_ms), opts->n_ctx);
+                                                             std::chrono::milliseconds(opts->shard_step_timeout_ms), opts->n_ctx,
+                                                             *opts->kv_type);
   if (!g.ok()) return g.status();
   std::unique_ptr<Engine> e(new Engine(std::move(model), nullptr, *opts));
   e->group_ = std::move(g).value();
@@ -443,6 +450,8 @@ EngineStats Engine::stats() const {
   s.waiting = static_cast<int>(waiting_.size());
   s.kv_blocks_total = kv().blocks().n_blocks();
   s.kv_blocks_used = s.kv_blocks_total - kv().blocks().n_free();
+  s.kv_type = kv().type();
+  s.kv_bytes = kv().bytes();
   s.tokens_generated = tokens_generated_;
   s.steps = steps_;
   s.backend_samples = backend_samples_;

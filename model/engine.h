@@ -30,6 +30,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -59,7 +60,9 @@ struct EngineOptions {
   int max_batch = 8;             // running sequences
   int max_step_tokens = 256;     // tokens per forward pass (prefill chunk budget)
   int kv_block_size = 16;        // positions per KV block
-  int kv_cache_tokens = 0;       // KV capacity in positions; 0: max_batch * n_ctx (capped at 1 GiB... see .cc)
+  int kv_cache_tokens = 0;       // KV capacity in positions; 0: max_batch * n_ctx (capped at 4 GiB of cache)
+  std::optional<DType> kv_type;  // KV cache elements: kF32 or kF16 (half the memory); unset: F16 on
+                                 // GPUs (backends whose memory is not host memory), F32 on the CPU
   int n_ctx = 0;                 // max positions per sequence; 0: the model's training context
   BackendSampling backend_sampling = BackendSampling::kAuto;
   int backend_sample_candidates = kSampleMaxCandidates;  // candidates per row, in [1, kSampleMaxCandidates]
@@ -91,6 +94,8 @@ struct EngineStats {
   int waiting = 0;
   int kv_blocks_total = 0;
   int kv_blocks_used = 0;
+  DType kv_type = DType::kF32;  // the KV cache's elements
+  size_t kv_bytes = 0;          // the KV cache's memory (tensor-parallel: each rank's share)
   uint64_t tokens_generated = 0;
   uint64_t steps = 0;
   uint64_t backend_samples = 0;           // tokens sampled from backend-side candidates

@@ -263,9 +263,11 @@ Status Forward::enqueue_layers(int64_t n, int64_t n_out) {
     const Layer& L = layers_[l];
     be_.rmsnorm(x_, L.attn_norm, n, D, c.rms_eps, xn_);
     be_.matmul_qkv(L.wq, L.wk, L.wv, L.bq, L.bk, L.bv, xn_, n, q_, k_, v_);  // + biases (qwen2)
-    be_.rope_store_kv(q_, k_, v_, n, c.n_head, c.n_head_kv, c.head_dim, pos_, c.rope, slots_, kv_.k(l), kv_.v(l));
-    aa.k_cache = kv_.k(l);
-    aa.v_cache = kv_.v(l);
+    const KvLayer cache = kv_.layer(l);
+    be_.rope_store_kv(q_, k_, v_, n, c.n_head, c.n_head_kv, c.head_dim, pos_, c.rope, slots_, cache);
+    aa.k_cache = cache.k;
+    aa.v_cache = cache.v;
+    aa.kv_type = cache.type;
     be_.attention(aa);
     if (comm_) {
       be_.matmul(L.wo, att_, n, o_);

@@ -21,18 +21,21 @@ void BlockAllocator::release(std::vector<int32_t>* table) {
   table->clear();
 }
 
-Result<std::unique_ptr<KvCache>> KvCache::Create(Backend& backend, int n_layer, int kv_dim, int block_size, int n_blocks) {
+Result<std::unique_ptr<KvCache>> KvCache::Create(Backend& backend, int n_layer, int kv_dim, int block_size, int n_blocks,
+                                                 DType type) {
   if (block_size <= 0 || n_blocks <= 0) return Status::InvalidArgument("KV cache needs a positive block size and block count");
-  std::unique_ptr<KvCache> c(new KvCache(backend, block_size, kv_dim, n_blocks));
-  const size_t per = static_cast<size_t>(n_blocks) * block_size * kv_dim * sizeof(float);
+  if (!kv_type_supported(type)) return Status::InvalidArgument(std::string("no KV cache of type ") + dtype_name(type) + " (f32 or f16)");
+  std::unique_ptr<KvCache> c(new KvCache(backend, block_size, kv_dim, n_blocks, type));
+  const size_t per = static_cast<size_t>(n_blocks) * block_size * kv_dim * kv_elem_bytes(type);
   for (int l = 0; l < n_layer; ++l) {
-    auto* k = static_cast<float*>(backend.alloc(per));
-    auto* v = static_cast<float*>(backend.alloc(per));
+    void* k = backend.alloc(per);
+    void* v = backend.alloc(per);
     if (k) c->k_.push_back(k);
     if (v) c->v_.push_back(v);
     if (!k || !v) {
       return Status::ResourceExhausted("cannot allocate the KV cache (" + std::to_string(2 * per * n_layer >> 20) +
-                                       " MiB on " + backend.name() + "): lower --kv-cache-tokens or --ctx");
+                                       " MiB of " + dtype_name(type) + " on " + backend.name() +
+                                       "): lower --kv-cache-tokens or --ctx" + (type == DType::kF32 ? ", or use --kv-type f16" : ""));
     }
     c->bytes_ += 2 * per;
   }
@@ -40,8 +43,8 @@ Result<std::unique_ptr<KvCache>> KvCache::Create(Backend& backend, int n_layer, 
 }
 
 KvCache::~KvCache() {
-  for (float* p : k_) backend_.free(p);
-  for (float* p : v_) backend_.free(p);
+  for (void* p : k_) backend_.free(p);
+  for (void* p : v_) backend_.free(p);
 }
 
 }  // namespace ds

@@ -1,7 +1,8 @@
 // model/kv_cache.h: the paged KV cache shared by all sequences of one engine.
 //
 // Memory is a pool of fixed-size blocks (block_size token positions each) per layer,
-// for keys and values: [n_blocks, block_size, kv_dim] floats in backend memory. A
+// for keys and values: [n_blocks, block_size, kv_dim] elements of the cache's type (F32, or
+// F16 for half the memory) in backend memory. A
 // sequence owns a block table; position p lives in block table[p / block_size].
 // BlockAllocator is the pure bookkeeping (a free list), tested on its own.
 //
@@ -34,7 +35,9 @@ class BlockAllocator {
 class KvCache {
  public:
   // Allocates the pool in backend memory; ResourceExhausted when it does not fit.
-  static Result<std::unique_ptr<KvCache>> Create(Backend& backend, int n_layer, int kv_dim, int block_size, int n_blocks);
+  // type: kF32 or kF16 (InvalidArgument otherwise).
+  static Result<std::unique_ptr<KvCache>> Create(Backend& backend, int n_layer, int kv_dim, int block_size, int n_blocks,
+                                                 DType type = DType::kF32);
   ~KvCache();
   KvCache(const KvCache&) = delete;
   KvCache& operator=(const KvCache&) = delete;
@@ -43,19 +46,22 @@ class KvCache {
   int kv_dim() const { return kv_dim_; }
   BlockAllocator& blocks() { return alloc_; }
   const BlockAllocator& blocks() const { return alloc_; }
-  float* k(int layer) { return k_[layer]; }
-  float* v(int layer) { return v_[layer]; }
+  DType type() const { return type_; }
+  // Layer `layer`'s keys and values, as the attention ops take them.
+  KvLayer layer(int layer) const { return KvLayer{k_[layer], v_[layer], type_}; }
   size_t bytes() const { return bytes_; }
   // Blocks needed to hold n positions.
   int blocks_for(int n_positions) const { return (n_positions + block_size_ - 1) / block_size_; }
 
  private:
-  KvCache(Backend& b, int block_size, int kv_dim, int n_blocks) : backend_(b), block_size_(block_size), kv_dim_(kv_dim), alloc_(n_blocks) {}
+  KvCache(Backend& b, int block_size, int kv_dim, int n_blocks, DType type)
+      : backend_(b), block_size_(block_size), kv_dim_(kv_dim), type_(type), alloc_(n_blocks) {}
   Backend& backend_;
   int block_size_;
   int kv_dim_;
+  DType type_;
   BlockAllocator alloc_;
-  std::vector<float*> k_, v_;
+  std::vector<void*> k_, v_;
   size_t bytes_ = 0;
 };
 

@@ -107,7 +107,8 @@ struct ShardGroup::Shared {
 
 Result<std::unique_ptr<ShardGroup>> ShardGroup::Create(std::shared_ptr<const Model> model, std::vector<ShardRank> ranks,
                                                        int block_size, int n_blocks, int max_tokens,
-                                                       std::chrono::milliseconds step_timeout, int max_seq_positions) {
+                                                       std::chrono::milliseconds step_timeout, int max_seq_positions,
+                                                       DType kv_type) {
   const int n = static_cast<int>(ranks.size());
   if (n < 1) return Status::InvalidArgument("a tensor-parallel group needs at least one rank");
   if (step_timeout.count() < 0) {
@@ -137,7 +138,7 @@ Result<std::unique_ptr<ShardGroup>> ShardGroup::Create(std::shared_ptr<const Mod
     Result<std::shared_ptr<const ModelShard>> shard = shard_model(model, r, n);
     if (!shard.ok()) return shard.status();
     const ModelConfig& c = (*shard)->config;
-    Result<std::unique_ptr<KvCache>> kv = KvCache::Create(*rank->backend, c.n_layer, c.kv_dim(), block_size, n_blocks);
+    Result<std::unique_ptr<KvCache>> kv = KvCache::Create(*rank->backend, c.n_layer, c.kv_dim(), block_size, n_blocks, kv_type);
     if (!kv.ok()) return prefixed(kv.status(), rank_name(r, n) + ": ");
     rank->kv = std::move(kv).value();
     Result<std::unique_ptr<Forward>> f = Forward::CreateShard(*shard, *rank->backend, *rank->comm, *rank->kv, max_tokens, {},

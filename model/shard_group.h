@@ -85,10 +85,11 @@ class ShardGroup {
   // negative; ResourceExhausted when a rank's cache or buffers do not fit. step_timeout:
   // the deadline of one step (see Hang above); 0: none (a hung rank blocks run() forever).
   // max_seq_positions: the most positions one sequence reaches (Forward::Create's).
+  // kv_type: every rank's KV cache elements (KvCache::Create).
   static Result<std::unique_ptr<ShardGroup>> Create(std::shared_ptr<const Model> model, std::vector<ShardRank> ranks,
                                                     int block_size, int n_blocks, int max_tokens,
                                                     std::chrono::milliseconds step_timeout = std::chrono::milliseconds(0),
-                                                    int max_seq_positions = 0);
+                                                    int max_seq_positions = 0, DType kv_type = DType::kF32);
   // The first step's deadline is this many times step_timeout.
   static constexpr int kFirstStepTimeoutFactor = 10;
   ~ShardGroup();

@@ -31,6 +31,7 @@
 #include <cstring>
 #include <iostream>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "actors/client.h"
@@ -93,9 +94,10 @@ ds::Result<std::unique_ptr<ds::Backend>> make_backend(int threads, int gpu) {
 }
 
 ds::Status run_once(const std::shared_ptr<ds::Model>& model, int threads, int gpu, int prompt, int gen,
-                    const std::vector<int>& batches, BenchResult* out) {
+                    const std::vector<int>& batches, BenchResult* out, std::optional<ds::DType> kv_type = std::nullopt) {
   const int max_batch = *std::max_element(batches.begin(), batches.end());
   ds::EngineOptions eo;
+  eo.kv_type = kv_type;
   eo.max_batch = max_batch;
   eo.max_step_tokens = std::max(prompt, max_batch);
   eo.n_ctx = std::min(model->config().n_ctx_train, prompt + gen + 8);
@@ -159,7 +161,10 @@ ds::Status run_once(const std::shared_ptr<ds::Model>& model, int threads, int gp
 }
 
 int bench_engine(const std::string& path, int threads, int gpu, int prompt, int gen, std::vector<int> batches, int repeats,
-                 bool json, bool quiet) {
+                 bool json, bool quiet, const std::string& kv_type_name) {
+  std::optional<ds::DType> kv_type;  // "auto": the engine's default (f16 on GPUs, f32 on the CPU)
+  if (kv_type_name != "auto") kv_type = kv_type_name == "f16" ? ds::DType::kF16 : ds::DType::kF32;
+  const char* kv_used = kv_type ? ds::dtype_name(*kv_type) : gpu < 0 ? "f32" : "f16";
   if (threads <= 0) threads = static_cast<int>(std::thread::hardware_concurrency());
   if (std::find(batches.begin(), batches.end(), 1) == batches.end()) batches.insert(batches.begin(), 1);
   ds::LoadOptions lo;
@@ -174,7 +179,7 @@ int bench_engine(const std::string& path, int threads, int gpu, int prompt, int 
   std::vector<std::vector<double>> decode(batches.size());
   for (int r = 0; r < repeats; ++r) {
     BenchResult br;
-    if (ds::Status s = run_once(*model, threads, gpu, prompt, gen, batches, &br); !s.ok()) {
+    if (ds::Status s = run_once(*model, threads, gpu, prompt, gen, batches, &br, kv_type); !s.ok()) {
       std::cerr << "ds-bench: " << s.ToString() << "\n";
       return ds::cli::kExitFailure;
     }
@@ -194,6 +199,7 @@ int bench_engine(const std::string& path, int threads, int gpu, int prompt, int 
     j["arch"] = c.arch_name;
     j["type"] = (*model)->weight_type_name();
     j["backend"] = gpu < 0 ? "cpu" : "cuda";
+    j["kv_type"] = kv_used;
     if (gpu >= 0) j["gpu"] = gpu;
     j["threads"] = threads;
     j["isa"] = ds::cpu_kernel_isa();
@@ -210,8 +216,8 @@ int bench_engine(const std::string& path, int threads, int gpu, int prompt, int 
     std::cout << j.dump() << "\n";
   } else {
     std::printf("model    %s (%s, %s, %d layers, dim %d)\n", path.c_str(), c.arch_name.c_str(), (*model)->weight_type_name().c_str(), c.n_layer, c.n_embd);
-    if (gpu < 0) std::printf("threads  %d (%s kernels), median of %d\n\n", threads, ds::cpu_kernel_isa(), repeats);
-    else std::printf("backend  cuda, GPU %d, median of %d\n\n", gpu, repeats);
+    if (gpu < 0) std::printf("threads  %d (%s kernels), KV cache %s, median of %d\n\n", threads, ds::cpu_kernel_isa(), kv_used, repeats);
+    else std::printf("backend  cuda, GPU %d, KV cache %s, median of %d\n\n", gpu, kv_used, repeats);
     std::printf("%-22s %12s\n", "test", "tok/s");
     std::printf("%-22s %12.1f\n", ("prefill pp" + std::to_string(prompt)).c_str(), median(prefill));
     for (size_t i = 0; i < batches.size(); ++i)
@@ -462,13 +468,15 @@ int main(int argc, char** argv) {
   int threads = 0, prompt = 128, gen = 64, repeats = 3;
   std::vector<int> batches = {1, 8};
   bool json = false, quiet = false;
-  std::string backend = "cpu";
+  std::string backend = "cpu", kv_type = "auto";
   int gpu = 0;
   CLI::App* eng = app.add_subcommand("engine", "Prefill and decode throughput of the engine (CPU or one GPU) on a GGUF model");
   eng->add_option("--model", model, "GGUF model file")->required()->check(CLI::ExistingFile);
   eng->add_option("--backend", backend, "cpu or cuda (exit 1 when there is no usable GPU)")->check(CLI::IsMember({"cpu", "cuda"}));
   eng->add_option("--gpu", gpu, "The GPU of --backend cuda (default 0)")->check(CLI::Range(0, 64));
   eng->add_option("--threads", threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 256));
+  eng->add_option("--kv-type", kv_type, "KV-cache elements: auto (f16 on GPUs, f32 on the CPU), f32 or f16")
+      ->check(CLI::IsMember({"auto", "f32", "f16"}));
   eng->add_option("--prompt", prompt, "Prompt tokens for the prefill test")->check(CLI::Range(1, 65536));
   eng->add_option("--gen", gen, "Tokens to decode per sequence")->check(CLI::Range(1, 65536));
   eng->add_option("--batch", batches, "Batch sizes for decode, comma separated")->delimiter(',')->check(CLI::Range(1, 1024));
@@ -504,5 +512,5 @@ int main(int argc, char** argv) {
   }
   if (load->parsed()) return bench_load(la);
   if (failover->parsed()) return ds::bench::bench_failover(fa);
-  return bench_engine(model, threads, backend == "cuda" ? gpu : -1, prompt, gen, batches, repeats, json, quiet);
+  return bench_engine(model, threads, backend == "cuda" ? gpu : -1, prompt, gen, batches, repeats, json, quiet, kv_type);
 }

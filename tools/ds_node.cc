@@ -237,6 +237,7 @@ int main(int argc, char** argv) {
   sc.worker.engine.n_ctx = n_ctx;
   sc.worker.engine.kv_cache_tokens = cfg.kv_cache_tokens;
   sc.worker.engine.kv_block_size = cfg.kv_block_size;
+  if (cfg.kv_type != ds::KvTypeKind::kAuto) sc.worker.engine.kv_type = cfg.kv_type == ds::KvTypeKind::kF16 ? ds::DType::kF16 : ds::DType::kF32;
   sc.worker.engine.max_step_tokens = cfg.max_step_tokens;
   sc.worker.engine.shard_step_timeout_ms = static_cast<int>(cfg.shard_step_timeout.count());
   sc.worker.fault_crash_after_steps = cfg.fault_worker_crash_after_steps;

@@ -89,22 +89,44 @@ class CpuBackend final : public Backend {
       for (int64_t k = 0; k < dim; ++k) x[i * dim + k] += bias[k];
   }
 
-  void store_kv(const float* k, const float* v, int64_t n, const int32_t* slots, int64_t kv_dim, float* k_cache,
-                float* v_cache) override {
+  void store_kv(const float* k, const float* v, int64_t n, const int32_t* slots, int64_t kv_dim,
+                const KvLayer& cache) override {
     for (int64_t i = 0; i < n; ++i) {
-      std::memcpy(k_cache + static_cast<int64_t>(slots[i]) * kv_dim, k + i * kv_dim, kv_dim * sizeof(float));
-      std::memcpy(v_cache + static_cast<int64_t>(slots[i]) * kv_dim, v + i * kv_dim, kv_dim * sizeof(float));
+      const int64_t dst = static_cast<int64_t>(slots[i]) * kv_dim;
+      if (cache.type == DType::kF16) {
+        auto* kc = static_cast<uint16_t*>(cache.k) + dst;
+        auto* vc = static_cast<uint16_t*>(cache.v) + dst;
+        for (int64_t c = 0; c < kv_dim; ++c) {
+          kc[c] = fp32_to_fp16_ref(k[i * kv_dim + c]);
+          vc[c] = fp32_to_fp16_ref(v[i * kv_dim + c]);
+        }
+      } else {
+        std::memcpy(static_cast<float*>(cache.k) + dst, k + i * kv_dim, kv_dim * sizeof(float));
+        std::memcpy(static_cast<float*>(cache.v) + dst, v + i * kv_dim, kv_dim * sizeof(float));
+      }
     }
   }
 
+  // F16 caches: each K / V row is widened to floats (exact) and goes through the F32 code, so
+  // the result is F32 attention over the rounded rows.
   void attention(const AttentionArgs& a) override {
     const int group = a.n_heads / a.n_kv_heads;
     const int64_t kv_dim = static_cast<int64_t>(a.n_kv_heads) * a.head_dim;
     const int64_t pairs = a.n_tokens * a.n_heads;
+    const bool f16 = a.kv_type == DType::kF16;
     pool_.run([&](int ith, int nth) {
       int64_t b, e;
       ThreadPool::split(pairs, ith, nth, &b, &e);
       std::vector<float>& score = score_[ith];
+      std::vector<float>& wide = wide_[ith];
+      if (f16 && wide.size() < static_cast<size_t>(a.head_dim)) wide.resize(a.head_dim);
+      // Row `row` of cache c (k_cache or v_cache) at this head, as floats.
+      auto row_of = [&](const void* c, int64_t row, int64_t head_off) -> const float* {
+        const int64_t off = row * kv_dim + head_off;
+        if (!f16) return static_cast<const float*>(c) + off;
+        cpu::f16_to_f32_row(static_cast<const uint16_t*>(c) + off, wide.data(), a.head_dim);
+        return wide.data();
+      };
       for (int64_t pi = b; pi < e; ++pi) {
         const int64_t t = pi / a.n_heads;
         const int h = static_cast<int>(pi % a.n_heads);
@@ -115,7 +137,7 @@ class CpuBackend final : public Backend {
         float mx = -INFINITY;
         for (int p = 0; p < tok.n_kv; ++p) {
           const int64_t row = static_cast<int64_t>(tok.block_table[p / a.block_size]) * a.block_size + p % a.block_size;
-          score[p] = cpu::dot_f32(q, a.k_cache + row * kv_dim + head_off, a.head_dim) * a.scale;
+          score[p] = cpu::dot_f32(q, row_of(a.k_cache, row, head_off), a.head_dim) * a.scale;
           mx = std::max(mx, score[p]);
         }
         float sum = 0;
@@ -125,7 +147,7 @@ class CpuBackend final : public Backend {
         std::memset(out, 0, a.head_dim * sizeof(float));
         for (int p = 0; p < tok.n_kv; ++p) {
           const int64_t row = static_cast<int64_t>(tok.block_table[p / a.block_size]) * a.block_size + p % a.block_size;
-          cpu::axpy_f32(score[p] * inv, a.v_cache + row * kv_dim + head_off, out, a.head_dim);
+          cpu::axpy_f32(score[p] * inv, row_of(a.v_cache, row, head_off), out, a.head_dim);
         }
       }
     });
@@ -146,6 +168,7 @@ class CpuBackend final : public Backend {
   std::vector<uint8_t> scratch_;
   std::vector<double> inv_freq_;
   std::vector<float> score_[256];
+  std::vector<float> wide_[256];  // per thread: one F16 cache row widened to floats
 };
 
 }  // namespace

@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "kernels/dtype.h"
+
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define DS_SIMD_AVX2 1
 #include <immintrin.h>
@@ -51,6 +53,16 @@ inline void axpy_f32(float a, const float* x, float* y, int64_t n) {
   for (; k + 8 <= n; k += 8) _mm256_storeu_ps(y + k, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + k), _mm256_loadu_ps(y + k)));
 #endif
   for (; k < n; ++k) y[k] += a * x[k];
+}
+
+// dst[0, n) = the halves src[0, n) as floats (exact).
+inline void f16_to_f32_row(const uint16_t* src, float* dst, int64_t n) {
+  int64_t k = 0;
+#ifdef DS_SIMD_AVX2
+  for (; k + 8 <= n; k += 8)
+    _mm256_storeu_ps(dst + k, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k))));
+#endif
+  for (; k < n; ++k) dst[k] = fp16_to_fp32(src[k]);
 }
 
 }  // namespace ds::cpu

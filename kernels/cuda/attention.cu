@@ -39,6 +39,9 @@
 // goes through the same softmax_step() calls in the same order as in versions 1 / 2.
 // Either way the result for (t, h) depends only on its own n_kv, block table and data (and
 // on max_kv, fixed by the caller), never on n_tokens or the tiles: deterministic per token.
+// F16 caches (AttentionArgs::kv_type): every kernel is instantiated for uint16_t rows read
+// with kv_get (exact widening, in registers or while staging a tile), so an F16 cache gives
+// the bits an F32 cache holding the same (rounded) values gives.
 #include <climits>
 #include <cmath>
 
@@ -74,9 +77,11 @@ __device__ __forceinline__ int token_chunks(int n_kv, int chunk, int n_chunks) {
 // rows are krow[u], vrow[u] (both nullptr past the range). The products and sums outside
 // fmaf are explicitly rounded (no contraction), so every kernel that calls this, whatever
 // memory its rows come from, gets the same bits for the same rows.
-template <int kPerLane>
-__device__ __forceinline__ void softmax_step(const float (&qr)[kPerLane], const float* const (&krow)[kGroup],
-                                             const float* const (&vrow)[kGroup], int head_dim, float scale, int lane,
+// T: the rows' element type (float: shared memory or an F32 cache; uint16_t: an F16 cache,
+// read exactly with kv_get, so both give the same bits for the same values).
+template <int kPerLane, class T>
+__device__ __forceinline__ void softmax_step(const float (&qr)[kPerLane], const T* const (&krow)[kGroup],
+                                             const T* const (&vrow)[kGroup], int head_dim, float scale, int lane,
                                              float& m, float& l, float (&acc)[kPerLane]) {
   float s[kGroup];
 #pragma unroll
@@ -86,7 +91,7 @@ __device__ __forceinline__ void softmax_step(const float (&qr)[kPerLane], const 
 #pragma unroll
       for (int i = 0; i < kPerLane; ++i) {
         const int d = lane + kWarpSize * i;
-        if (d < head_dim) part = fmaf(qr[i], krow[u][d], part);
+        if (d < head_dim) part = fmaf(qr[i], kv_get(krow[u] + d), part);
       }
     }
     s[u] = part;
@@ -111,7 +116,7 @@ __device__ __forceinline__ void softmax_step(const float (&qr)[kPerLane], const 
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {
       const int d = lane + kWarpSize * i;
-      if (d < head_dim) acc[i] = fmaf(e, vrow[u][d], acc[i]);
+      if (d < head_dim) acc[i] = fmaf(e, kv_get(vrow[u] + d), acc[i]);
     }
   }
   m = m_new;
@@ -171,8 +176,9 @@ __device__ __forceinline__ void merge_warps(const AttentionArgs& a, int64_t pi, 
 }
 
 // One block's pass over positions [p0, p1) of pair pi = t * n_heads + h (file comment); the
-// result goes to out[pi] or partial as merge_warps() says. shm: merge_warps()'s.
-template <int kPerLane>
+// result goes to out[pi] or partial as merge_warps() says. shm: merge_warps()'s. T: the
+// cache's element type.
+template <int kPerLane, class T>
 __device__ __forceinline__ void attend_range(const AttentionArgs& a, int64_t pi, int p0, int p1, float* shm,
                                              float* partial) {
   const int64_t t = pi / a.n_heads;
@@ -196,34 +202,34 @@ __device__ __forceinline__ void attend_range(const AttentionArgs& a, int64_t pi,
   float m = -INFINITY, l = 0.0f;
 
   for (int g = warp; p0 + g * kGroup < p1; g += kWarps) {
-    const float* krow[kGroup];
-    const float* vrow[kGroup];
+    const T* krow[kGroup];
+    const T* vrow[kGroup];
 #pragma unroll
     for (int u = 0; u < kGroup; ++u) {
       const int p = p0 + g * kGroup + u;
       krow[u] = vrow[u] = nullptr;
       if (p < p1) {
         const int64_t row = static_cast<int64_t>(block_table[p / bs]) * bs + p % bs;
-        krow[u] = a.k_cache + row * kv_dim + head_off;
-        vrow[u] = a.v_cache + row * kv_dim + head_off;
+        krow[u] = static_cast<const T*>(a.k_cache) + row * kv_dim + head_off;
+        vrow[u] = static_cast<const T*>(a.v_cache) + row * kv_dim + head_off;
       }
     }
-    softmax_step<kPerLane>(qr, krow, vrow, head_dim, a.scale, lane, m, l, acc);
+    softmax_step<kPerLane, T>(qr, krow, vrow, head_dim, a.scale, lane, m, l, acc);
   }
   merge_warps<kPerLane>(a, pi, m, l, acc, shm, partial);
 }
 
 // Version 1: block pi = t * n_heads + h over all of [0, n_kv).
-template <int kPerLane>
+template <int kPerLane, class T>
 __global__ void __launch_bounds__(kWarps * kWarpSize) attention_v1(AttentionArgs a) {
   griddep_launch_dependents();  // the output projection's GEMV may start loading its weights
   DS_DYNAMIC_SHARED(float, shm);
   const int64_t pi = blockIdx.x;
-  attend_range<kPerLane>(a, pi, 0, a.tokens[pi / a.n_heads].n_kv, shm, nullptr);
+  attend_range<kPerLane, T>(a, pi, 0, a.tokens[pi / a.n_heads].n_kv, shm, nullptr);
 }
 
 // Version 2, first pass: block pi * n_chunks + c over chunk c of pair pi.
-template <int kPerLane>
+template <int kPerLane, class T>
 __global__ void __launch_bounds__(kWarps * kWarpSize) attention_split(AttentionArgs a, int chunk, int n_chunks) {
   DS_DYNAMIC_SHARED(float, shm);
   const int64_t pi = blockIdx.x / n_chunks;
@@ -233,7 +239,7 @@ __global__ void __launch_bounds__(kWarps * kWarpSize) attention_split(AttentionA
   if (c >= nc) return;  // block-uniform: no barrier is skipped by part of a block
   const int p0 = c * chunk, p1 = c == nc - 1 ? n_kv : p0 + chunk;
   float* partial = nc == 1 ? nullptr : a.workspace + (pi * n_chunks + c) * (a.head_dim + 2);
-  attend_range<kPerLane>(a, pi, p0, p1, shm, partial);
+  attend_range<kPerLane, T>(a, pi, p0, p1, shm, partial);
 }
 
 // Version 2, second pass: block pi merges the chunks of pair pi (nothing to do when nc == 1).
@@ -282,7 +288,7 @@ size_t tiled_shm_bytes(int head_dim, int per_lane) {
          sizeof(float);
 }
 
-template <int kPerLane>
+template <int kPerLane, class T>
 __global__ void __launch_bounds__(kWarps * kWarpSize)
     attention_tiled(AttentionArgs a, int chunk, int n_chunks, bool split) {
   griddep_launch_dependents();
@@ -340,11 +346,11 @@ __global__ void __launch_bounds__(kWarps * kWarpSize)
     for (int r = warp; r < rows; r += kWarps) {
       const int p = base + r;
       const int64_t row = static_cast<int64_t>(block_table[p / bs]) * bs + p % bs;
-      const float* k = a.k_cache + row * kv_dim + head_off;
-      const float* v = a.v_cache + row * kv_dim + head_off;
-      for (int d = lane; d < head_dim; d += kWarpSize) {
-        s_k[r * head_dim + d] = k[d];
-        s_v[r * head_dim + d] = v[d];
+      const T* k = static_cast<const T*>(a.k_cache) + row * kv_dim + head_off;
+      const T* v = static_cast<const T*>(a.v_cache) + row * kv_dim + head_off;
+      for (int d = lane; d < head_dim; d += kWarpSize) {  // exact: the same values as from the cache
+        s_k[r * head_dim + d] = kv_get(k + d);
+        s_v[r * head_dim + d] = kv_get(v + d);
       }
     }
     __syncthreads();
@@ -362,7 +368,7 @@ __global__ void __launch_bounds__(kWarps * kWarpSize)
           krow[u] = p < p1[j] ? s_k + (p - base) * head_dim : nullptr;
           vrow[u] = p < p1[j] ? s_v + (p - base) * head_dim : nullptr;
         }
-        softmax_step<kPerLane>(qr[j], krow, vrow, head_dim, a.scale, lane, m[j], l[j], acc[j]);
+        softmax_step<kPerLane, float>(qr[j], krow, vrow, head_dim, a.scale, lane, m[j], l[j], acc[j]);
       }
     }
   }
@@ -379,33 +385,36 @@ __global__ void __launch_bounds__(kWarps * kWarpSize)
   }
 }
 
-template <int kPerLane>
+template <int kPerLane, class T>
 cudaError_t launch_tiled(const AttentionArgs& a, bool split, cudaStream_t stream) {
   const size_t shm = tiled_shm_bytes(a.head_dim, kPerLane);
   const auto tile_heads = static_cast<unsigned>(a.n_tiles * a.n_heads);
   if (!split) {
-    DS_LAUNCH(attention_tiled<kPerLane>, tile_heads, kWarps * kWarpSize, shm, stream)(a, 0, 1, false);
+    const auto kernel = &attention_tiled<kPerLane, T>;
+    DS_LAUNCH(kernel, tile_heads, kWarps * kWarpSize, shm, stream)(a, 0, 1, false);
     return cudaGetLastError();
   }
   const int chunk = chunk_size(a.max_kv), n_chunks = chunk_count(a.max_kv);
-  DS_LAUNCH(attention_tiled<kPerLane>, tile_heads * static_cast<unsigned>(n_chunks), kWarps * kWarpSize, shm,
-            stream)(a, chunk, n_chunks, true);
+  const auto kernel = &attention_tiled<kPerLane, T>;
+  DS_LAUNCH(kernel, tile_heads * static_cast<unsigned>(n_chunks), kWarps * kWarpSize, shm, stream)(a, chunk, n_chunks,
+                                                                                                  true);
   const auto pairs = static_cast<unsigned>(a.n_tokens * a.n_heads);
   if (n_chunks > 1) DS_LAUNCH(attention_merge, pairs, kWarps * kWarpSize, 0, stream)(a, chunk, n_chunks);
   return cudaGetLastError();
 }
 
-template <int kPerLane>
+template <int kPerLane, class T>
 cudaError_t launch(const AttentionArgs& a, bool split, cudaStream_t stream) {
   const size_t shm = (kWarps * kPerLane * kWarpSize + 2 * kWarps) * sizeof(float);
   const auto pairs = static_cast<unsigned>(a.n_tokens * a.n_heads);
   if (!split) {
-    DS_LAUNCH(attention_v1<kPerLane>, pairs, kWarps * kWarpSize, shm, stream)(a);
+    const auto kernel = &attention_v1<kPerLane, T>;
+    DS_LAUNCH(kernel, pairs, kWarps * kWarpSize, shm, stream)(a);
     return cudaGetLastError();
   }
   const int chunk = chunk_size(a.max_kv), n_chunks = chunk_count(a.max_kv);
-  DS_LAUNCH(attention_split<kPerLane>, pairs * static_cast<unsigned>(n_chunks), kWarps * kWarpSize, shm,
-            stream)(a, chunk, n_chunks);
+  const auto kernel = &attention_split<kPerLane, T>;
+  DS_LAUNCH(kernel, pairs * static_cast<unsigned>(n_chunks), kWarps * kWarpSize, shm, stream)(a, chunk, n_chunks);
   if (n_chunks > 1) DS_LAUNCH(attention_merge, pairs, kWarps * kWarpSize, 0, stream)(a, chunk, n_chunks);
   return cudaGetLastError();
 }
@@ -417,20 +426,25 @@ size_t attention_workspace_floats(int64_t n_tokens, int n_heads, int head_dim, i
   return static_cast<size_t>(n_tokens) * n_heads * chunk_count(max_kv) * (static_cast<size_t>(head_dim) + 2);
 }
 
-cudaError_t attention(const AttentionArgs& a, cudaStream_t stream) {
+template <class T>
+cudaError_t attention_of(const AttentionArgs& a, cudaStream_t stream) {
   const size_t need = attention_workspace_floats(a.n_tokens, a.n_heads, a.head_dim, a.max_kv);
   const bool split = need > 0 && a.workspace != nullptr && a.workspace_floats >= need &&
                      a.n_tokens * a.n_heads * chunk_count(a.max_kv) <= INT_MAX;  // grid size
   const int per_lane = (a.head_dim + kWarpSize - 1) / kWarpSize;
   if (a.tiles != nullptr && a.n_tiles > 0 && per_lane <= 4) {
-    return per_lane <= 2 ? launch_tiled<2>(a, split, stream) : launch_tiled<4>(a, split, stream);
+    return per_lane <= 2 ? launch_tiled<2, T>(a, split, stream) : launch_tiled<4, T>(a, split, stream);
   }
-  if (per_lane <= 2) return launch<2>(a, split, stream);
-  if (per_lane <= 4) return launch<4>(a, split, stream);
-  if (per_lane <= 8) return launch<8>(a, split, stream);
-  if (per_lane <= 16) return launch<16>(a, split, stream);
-  if (per_lane <= 32) return launch<32>(a, split, stream);
+  if (per_lane <= 2) return launch<2, T>(a, split, stream);
+  if (per_lane <= 4) return launch<4, T>(a, split, stream);
+  if (per_lane <= 8) return launch<8, T>(a, split, stream);
+  if (per_lane <= 16) return launch<16, T>(a, split, stream);
+  if (per_lane <= 32) return launch<32, T>(a, split, stream);
   return cudaErrorInvalidValue;
+}
+
+cudaError_t attention(const AttentionArgs& a, cudaStream_t stream) {
+  return a.kv_type == DType::kF16 ? attention_of<uint16_t>(a, stream) : attention_of<float>(a, stream);
 }
 
 }  // namespace ds::cuda

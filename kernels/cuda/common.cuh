@@ -103,6 +103,13 @@ __device__ __forceinline__ float bf16_to_f32(uint16_t h) { return __uint_as_floa
 
 // float -> F16 / BF16 bits, round to nearest even (BF16: NaN stays a quiet NaN).
 __device__ __forceinline__ uint16_t f32_to_f16_bits(float f) { return __half_as_ushort(__float2half_rn(f)); }
+
+// KV cache elements (Backend KvLayer): F32 as is, F16 as its bits (rounded to nearest even on
+// store, exact on load).
+__device__ __forceinline__ float kv_get(const float* p) { return *p; }
+__device__ __forceinline__ float kv_get(const uint16_t* p) { return f16_to_f32(*p); }
+__device__ __forceinline__ void kv_put(float* p, float x) { *p = x; }
+__device__ __forceinline__ void kv_put(uint16_t* p, float x) { *p = f32_to_f16_bits(x); }
 __device__ __forceinline__ uint16_t f32_to_bf16_bits(float f) {
   const uint32_t u = __float_as_uint(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);

@@ -616,16 +616,17 @@ void CudaBackend::rope(float* x, int64_t n, int n_heads, int head_dim, const int
 }
 
 void CudaBackend::rope_store_kv(float* q, float* k, const float* v, int64_t n, int n_heads, int n_kv_heads, int head_dim,
-                                const int32_t* pos, const RopeParams& p, const int32_t* slots, float* k_cache,
-                                float* v_cache) {
+                                const int32_t* pos, const RopeParams& p, const int32_t* slots, const KvLayer& cache) {
   constexpr const char* kOp = "rope_store_kv";
   if (!options_.fuse_decode)
-    return Backend::rope_store_kv(q, k, v, n, n_heads, n_kv_heads, head_dim, pos, p, slots, k_cache, v_cache);
+    return Backend::rope_store_kv(q, k, v, n, n_heads, n_kv_heads, head_dim, pos, p, slots, cache);
   if (!begin(kOp) || n <= 0 || n_heads <= 0 || n_kv_heads <= 0) return;
+  if (!kv_type_supported(cache.type))
+    return (void)fail(kOp, std::string("no KV cache of type ") + dtype_name(cache.type), __FILE__, __LINE__);
   if (p.n_rot <= 0 || p.n_rot % 2 != 0 || p.n_rot > head_dim || head_dim % 2 != 0)
     return (void)fail(kOp, "n_rot " + std::to_string(p.n_rot) + " must be even and in (0, head_dim " +
                                std::to_string(head_dim) + "], head_dim even", __FILE__, __LINE__);
-  DS_CUDA_CHECK(kOp, cuda::rope_store_kv(q, k, v, n, n_heads, n_kv_heads, head_dim, pos, p, slots, k_cache, v_cache,
+  DS_CUDA_CHECK(kOp, cuda::rope_store_kv(q, k, v, n, n_heads, n_kv_heads, head_dim, pos, p, slots, cache,
                                          impl_->stream));
   end(kOp);
 }
@@ -652,10 +653,12 @@ void CudaBackend::add_bias(float* x, const float* bias, int64_t n, int64_t dim) 
 }
 
 void CudaBackend::store_kv(const float* k, const float* v, int64_t n, const int32_t* slots, int64_t kv_dim,
-                           float* k_cache, float* v_cache) {
+                           const KvLayer& cache) {
   constexpr const char* kOp = "store_kv";
   if (!begin(kOp) || n <= 0 || kv_dim <= 0) return;
-  DS_CUDA_CHECK(kOp, cuda::store_kv(k, v, n, slots, kv_dim, k_cache, v_cache, impl_->stream));
+  if (!kv_type_supported(cache.type))
+    return (void)fail(kOp, std::string("no KV cache of type ") + dtype_name(cache.type), __FILE__, __LINE__);
+  DS_CUDA_CHECK(kOp, cuda::store_kv(k, v, n, slots, kv_dim, cache, impl_->stream));
   end(kOp);
 }
 
@@ -671,6 +674,8 @@ void CudaBackend::attention(const AttentionArgs& a) {
                                std::to_string(a.block_size) + " out of range", __FILE__, __LINE__);
   if (a.n_tokens * a.n_heads > INT_MAX)
     return (void)fail(kOp, "too many (token, head) pairs", __FILE__, __LINE__);
+  if (!kv_type_supported(a.kv_type))
+    return (void)fail(kOp, std::string("no KV cache of type ") + dtype_name(a.kv_type), __FILE__, __LINE__);
   DS_CUDA_CHECK(kOp, cuda::attention(a, impl_->stream));
   end(kOp);
 }

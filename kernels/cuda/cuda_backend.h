@@ -92,8 +92,8 @@ class CudaBackend final : public Backend {
   void swiglu(const float* gate, const float* up, int64_t count, float* out) override;
   void add(float* x, const float* y, int64_t count) override;
   void add_bias(float* x, const float* bias, int64_t n, int64_t dim) override;
-  void store_kv(const float* k, const float* v, int64_t n, const int32_t* slots, int64_t kv_dim, float* k_cache,
-                float* v_cache) override;
+  void store_kv(const float* k, const float* v, int64_t n, const int32_t* slots, int64_t kv_dim,
+                const KvLayer& cache) override;
   // Split-K (kernels/cuda/attention.cu, version 2) when a.max_kv > 0 and a.workspace holds
   // attention_workspace_floats(a.n_tokens, ...) floats; else the one-pass version 1.
   void attention(const AttentionArgs& a) override;
@@ -108,8 +108,7 @@ class CudaBackend final : public Backend {
   void matmul_add(const WeightRef& w, const float* x, int64_t n, float* y, float* tmp) override;
   // One launch under fuse_decode (any n; else Backend's default).
   void rope_store_kv(float* q, float* k, const float* v, int64_t n, int n_heads, int n_kv_heads, int head_dim,
-                     const int32_t* pos, const RopeParams& p, const int32_t* slots, float* k_cache,
-                     float* v_cache) override;
+                     const int32_t* pos, const RopeParams& p, const int32_t* slots, const KvLayer& cache) override;
   void sample_candidates(const SampleArgs& a) override;  // kernels/cuda/sample.cu
   bool replay(uint64_t key) override;
   bool record_begin(uint64_t key) override;

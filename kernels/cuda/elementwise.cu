@@ -97,10 +97,11 @@ __global__ void rope_kernel(float* x, int64_t n, int n_heads, int head_dim, cons
 // p < n_rot / 2 are rope's pairs (rotated in q's and k's heads); the others cover the
 // unrotated dimensions [n_rot, head_dim) two at a time. Each thread then writes its two
 // elements of every KV head of k and v to the cache row slots[i].
+template <class T>
 __global__ void rope_store_kv_kernel(float* q, float* k, const float* __restrict__ v, int64_t n, int n_heads,
                                      int n_kv_heads, int head_dim, const int32_t* __restrict__ pos, bool neox,
                                      int n_rot, float freq_base, float freq_scale, const int32_t* __restrict__ slots,
-                                     float* __restrict__ k_cache, float* __restrict__ v_cache) {
+                                     T* __restrict__ k_cache, T* __restrict__ v_cache) {
   const int half = n_rot / 2, pairs = head_dim / 2;
   const int64_t kv_dim = static_cast<int64_t>(n_kv_heads) * head_dim;
   const int64_t total = n * pairs;
@@ -126,10 +127,10 @@ __global__ void rope_store_kv_kernel(float* q, float* k, const float* __restrict
       const int64_t off = static_cast<int64_t>(h) * head_dim;
       float* kh = k + i * kv_dim + off;
       if (rotate) rope_rotate(kh, a, b, s, c);
-      k_cache[dst + off + a] = kh[a];
-      k_cache[dst + off + b] = kh[b];
-      v_cache[dst + off + a] = v[i * kv_dim + off + a];
-      v_cache[dst + off + b] = v[i * kv_dim + off + b];
+      kv_put(k_cache + dst + off + a, kh[a]);
+      kv_put(k_cache + dst + off + b, kh[b]);
+      kv_put(v_cache + dst + off + a, v[i * kv_dim + off + a]);
+      kv_put(v_cache + dst + off + b, v[i * kv_dim + off + b]);
     }
   }
 }
@@ -157,17 +158,18 @@ __global__ void add_bias_kernel(float* x, const float* __restrict__ bias, int64_
     x[i] += bias[i % dim];
 }
 
-// k[i, c] -> k_cache[slots[i], c] (and v), i < n, c < kv_dim.
+// k[i, c] -> k_cache[slots[i], c] (and v), i < n, c < kv_dim, converted to T (kv_put).
+template <class T>
 __global__ void store_kv_kernel(const float* __restrict__ k, const float* __restrict__ v, int64_t n,
-                                const int32_t* __restrict__ slots, int64_t kv_dim, float* __restrict__ k_cache,
-                                float* __restrict__ v_cache) {
+                                const int32_t* __restrict__ slots, int64_t kv_dim, T* __restrict__ k_cache,
+                                T* __restrict__ v_cache) {
   const int64_t total = n * kv_dim;
   for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t i = idx / kv_dim;
     const int64_t dst = static_cast<int64_t>(slots[i]) * kv_dim + (idx - i * kv_dim);
-    k_cache[dst] = k[idx];
-    v_cache[dst] = v[idx];
+    kv_put(k_cache + dst, k[idx]);
+    kv_put(v_cache + dst, v[idx]);
   }
 }
 
@@ -209,11 +211,19 @@ cudaError_t rope(float* x, int64_t n, int n_heads, int head_dim, const int32_t* 
 }
 
 cudaError_t rope_store_kv(float* q, float* k, const float* v, int64_t n, int n_heads, int n_kv_heads, int head_dim,
-                          const int32_t* pos, const RopeParams& p, const int32_t* slots, float* k_cache,
-                          float* v_cache, cudaStream_t stream) {
-  DS_LAUNCH(rope_store_kv_kernel, grid_for(n * (head_dim / 2), kThreads), kThreads, 0, stream)(
-      q, k, v, n, n_heads, n_kv_heads, head_dim, pos, p.style == RopeStyle::kNeox, p.n_rot, p.freq_base, p.freq_scale,
-      slots, k_cache, v_cache);
+                          const int32_t* pos, const RopeParams& p, const int32_t* slots, const KvLayer& cache,
+                          cudaStream_t stream) {
+  const auto grid = grid_for(n * (head_dim / 2), kThreads);
+  const bool neox = p.style == RopeStyle::kNeox;
+  if (cache.type == DType::kF16) {
+    DS_LAUNCH(rope_store_kv_kernel<uint16_t>, grid, kThreads, 0, stream)(
+        q, k, v, n, n_heads, n_kv_heads, head_dim, pos, neox, p.n_rot, p.freq_base, p.freq_scale, slots,
+        static_cast<uint16_t*>(cache.k), static_cast<uint16_t*>(cache.v));
+  } else {
+    DS_LAUNCH(rope_store_kv_kernel<float>, grid, kThreads, 0, stream)(
+        q, k, v, n, n_heads, n_kv_heads, head_dim, pos, neox, p.n_rot, p.freq_base, p.freq_scale, slots,
+        static_cast<float*>(cache.k), static_cast<float*>(cache.v));
+  }
   return cudaGetLastError();
 }
 
@@ -233,9 +243,16 @@ cudaError_t add_bias(float* x, const float* bias, int64_t n, int64_t dim, cudaSt
 }
 
 cudaError_t store_kv(const float* k, const float* v, int64_t n, const int32_t* slots, int64_t kv_dim,
-                     float* k_cache, float* v_cache, cudaStream_t stream) {
-  DS_LAUNCH(store_kv_kernel, grid_for(n * kv_dim, kThreads), kThreads, 0, stream)(k, v, n, slots, kv_dim, k_cache,
-                                                                                  v_cache);
+                     const KvLayer& cache, cudaStream_t stream) {
+  const auto grid = grid_for(n * kv_dim, kThreads);
+  if (cache.type == DType::kF16) {
+    DS_LAUNCH(store_kv_kernel<uint16_t>, grid, kThreads, 0, stream)(k, v, n, slots, kv_dim,
+                                                                    static_cast<uint16_t*>(cache.k),
+                                                                    static_cast<uint16_t*>(cache.v));
+  } else {
+    DS_LAUNCH(store_kv_kernel<float>, grid, kThreads, 0, stream)(k, v, n, slots, kv_dim, static_cast<float*>(cache.k),
+                                                                 static_cast<float*>(cache.v));
+  }
   return cudaGetLastError();
 }
 

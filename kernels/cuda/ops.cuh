@@ -32,13 +32,13 @@ cudaError_t rope(float* x, int64_t n, int n_heads, int head_dim, const int32_t* 
 // Backend::rope_store_kv in one launch, each element with rope's and store_kv's bits.
 // REQUIRES: head_dim even, 0 < n_rot <= head_dim, n_rot even.
 cudaError_t rope_store_kv(float* q, float* k, const float* v, int64_t n, int n_heads, int n_kv_heads, int head_dim,
-                          const int32_t* pos, const RopeParams& p, const int32_t* slots, float* k_cache,
-                          float* v_cache, cudaStream_t stream);
+                          const int32_t* pos, const RopeParams& p, const int32_t* slots, const KvLayer& cache,
+                          cudaStream_t stream);
 cudaError_t swiglu(const float* gate, const float* up, int64_t count, float* out, cudaStream_t stream);
 cudaError_t add(float* x, const float* y, int64_t count, cudaStream_t stream);
 cudaError_t add_bias(float* x, const float* bias, int64_t n, int64_t dim, cudaStream_t stream);
 cudaError_t store_kv(const float* k, const float* v, int64_t n, const int32_t* slots, int64_t kv_dim,
-                     float* k_cache, float* v_cache, cudaStream_t stream);
+                     const KvLayer& cache, cudaStream_t stream);
 
 // ---- gemv.cu ------------------------------------------------------------------------
 

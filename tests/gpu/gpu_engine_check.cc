@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -82,6 +83,7 @@ std::unique_ptr<ds::Backend> gpu() {
 }
 
 bool g_pdl = true;  // CudaBackendOptions::pdl of the engines made below
+std::optional<ds::DType> g_kv_type;  // EngineOptions::kv_type of the engines made below (unset: F16 on the GPU)
 // --quick (the CPU emulation of CUDA, tests/gpu/emu, where a step takes ~1 s): the golden's
 // first case and first 16 tokens, sampling for 10 tokens a request.
 bool g_quick = false;
@@ -108,6 +110,7 @@ std::unique_ptr<ds::Engine> engine(std::shared_ptr<ds::Model> m, int max_batch, 
   o.n_ctx = ctx;
   o.max_step_tokens = step_tokens;
   o.kv_cache_tokens = max_batch * ctx;
+  o.kv_type = g_kv_type;
   o.backend_sampling = sampling;
   o.backend_sample_candidates = candidates;
   auto e = ds::Engine::Create(std::move(m), std::move(be), o);
@@ -143,7 +146,10 @@ bool check_ok(const ds::Status& st, const char* what) {
 
 bool golden(const std::string& dir) {
   bool ok = true;
-  for (const char* file : {"stories260K.gguf", "stories260K-f16.gguf"}) {
+  // Each model with the default KV cache (F16 on the GPU), then an F32 one.
+  for (const char* file : {"stories260K.gguf", "stories260K-f16.gguf"})
+  for (const ds::DType kv : {ds::DType::kF16, ds::DType::kF32}) {
+    g_kv_type = kv;
     auto m = ds::Model::Load(dir + "/" + file);
     if (!m.ok()) {
       std::printf("ERROR: %s: %s\n", file, m.status().ToString().c_str());
@@ -172,12 +178,14 @@ bool golden(const std::string& dir) {
       if (!same) {
         size_t k = 0;
         while (k < got.size() && k < want.size() && got[k] == want[k]) ++k;
-        std::printf("  MISMATCH %s prompt '%s': first difference at token %zu\n", file, json_string(line, "prompt").c_str(), k);
+        std::printf("  MISMATCH %s (kv %s) prompt '%s': first difference at token %zu\n", file, ds::dtype_name(kv),
+                    json_string(line, "prompt").c_str(), k);
       }
     }
-    std::printf("golden %-22s %d/%d cases match\n", file, pass, n);
+    std::printf("golden %-22s kv %-3s %d/%d cases match\n", file, ds::dtype_name(kv), pass, n);
     ok = ok && pass == n && n > 0;
   }
+  g_kv_type.reset();
   return ok;
 }
 
@@ -413,6 +421,36 @@ bool bench(const std::string& dir, double copy_gbs) {
     }
     sampled_lines.push_back(std::string(tn) + ": sampled decode b8 " + std::to_string(sampled[0]) + " tok/s sampling on the GPU, " +
                             std::to_string(sampled[1]) + " on the host (ratio " + std::to_string(sampled[0] / sampled[1]) + ")");
+    // Long-context decode (attention reads the cache): batch 8 at ~1024 positions, F32 vs F16 cache.
+    if (!std::strcmp(tn, "q8_0")) {
+      double kv_tok_s[2] = {0, 0};
+      for (int k = 0; k < 2; ++k) {
+        g_kv_type = k == 0 ? ds::DType::kF32 : ds::DType::kF16;
+        auto e = engine(*m, 8, 1024 + gen + 8, 1024);
+        g_kv_type.reset();
+        if (!e) return false;
+        for (int i = 0; i < 8; ++i) {
+          ds::SequenceRequest r;
+          r.id = i;
+          for (int p = 0; p < 1024; ++p) r.prompt.push_back(300 + (p * 7919 + i * 104729) % 30000);
+          r.params.max_tokens = gen + 1;
+          r.params.ignore_eos = true;
+          if (!check_ok(e->add(r), "add")) return false;
+        }
+        int first_tokens = 0;  // prefill every prompt, up to its first token
+        for (int guard = 0; first_tokens < 8 && guard < 1000; ++guard) {
+          std::vector<ds::TokenEvent> evs;
+          if (!check_ok(e->step(&evs), "step (prefill)")) return false;
+          for (const auto& ev : evs) first_tokens += ev.token >= 0 && ev.index == 0 ? 1 : 0;
+        }
+        const auto t0 = Clock::now();
+        run(*e, 8);
+        kv_tok_s[k] = 8.0 * gen / secs(t0);
+      }
+      sampled_lines.push_back(std::string(tn) + ": decode b8 at 1024 positions " + std::to_string(kv_tok_s[0]) +
+                              " tok/s with an F32 KV cache, " + std::to_string(kv_tok_s[1]) + " with F16 (ratio " +
+                              std::to_string(kv_tok_s[1] / kv_tok_s[0]) + ")");
+    }
     if (!profile_decode(*m, tn, 1, &profiles)) return false;
     // GEMM-only time of a prefill: every layer's matmuls at n = prompt.
     double gemm_s = 0;

@@ -41,6 +41,7 @@ using ds::AttentionToken;
 using ds::CudaBackend;
 using ds::CudaBackendOptions;
 using ds::DType;
+using ds::KvLayer;
 using ds::RopeParams;
 using ds::RopeStyle;
 using ds::WeightRef;
@@ -139,6 +140,18 @@ void expect(const std::string& name, bool cond, const std::string& detail = "") 
 }
 
 bool same_bits(const float* a, const float* b, size_t n) { return std::memcmp(a, b, n * sizeof(float)) == 0; }
+
+// x as an F16 KV cache holds it: the halves' bits, and those values back as floats.
+std::vector<uint16_t> to_f16(const std::vector<float>& x) {
+  std::vector<uint16_t> h(x.size());
+  for (size_t i = 0; i < x.size(); ++i) h[i] = ds::fp32_to_fp16_ref(x[i]);
+  return h;
+}
+std::vector<float> f16_rounded(const std::vector<float>& x) {
+  std::vector<float> r(x.size());
+  for (size_t i = 0; i < x.size(); ++i) r[i] = ds::fp16_to_fp32_ref(ds::fp32_to_fp16_ref(x[i]));
+  return r;
+}
 
 // ---- device memory ------------------------------------------------------------------
 
@@ -574,9 +587,15 @@ void check_elementwise(CudaBackend& b, Rng& rng) {
       std::copy_n(v.data() + i * kv_dim, kv_dim, want_v.data() + slots[i] * kv_dim);
     }
     Buf dk(b, k), dv(b, v), dslots(b, slots), kc(b, want_k.size() * 4), vc(b, want_v.size() * 4);
-    b.store_kv(dk.as(), dv.as(), n, dslots.as<int32_t>(), kv_dim, kc.as(), vc.as());
+    b.store_kv(dk.as(), dv.as(), n, dslots.as<int32_t>(), kv_dim, KvLayer{kc.as(), vc.as(), DType::kF32});
     compare("store_kv/k kv_dim=" + std::to_string(kv_dim), kc.read(want_k.size()), want_k, 0, 0);
     compare("store_kv/v kv_dim=" + std::to_string(kv_dim), vc.read(want_v.size()), want_v, 0, 0);
+    // F16 cache: the halves rounded to nearest even (dtype.h's reference), bit for bit.
+    Buf hk(b, want_k.size() * 2), hv(b, want_v.size() * 2);
+    b.store_kv(dk.as(), dv.as(), n, dslots.as<int32_t>(), kv_dim, KvLayer{hk.as(), hv.as(), DType::kF16});
+    expect("store_kv/f16 kv_dim=" + std::to_string(kv_dim),
+           hk.read<uint16_t>(want_k.size()) == to_f16(want_k) && hv.read<uint16_t>(want_v.size()) == to_f16(want_v),
+           "the F16 cache differs from fp32_to_fp16_ref of the rows");
   }
   require_ok(b, "elementwise");
 }
@@ -665,121 +684,141 @@ void check_attention(CudaBackend& b, Rng& rng) {
     const auto vc = rng.floats(kc.size());
     const auto q = rng.floats(n_tokens * c.n_heads * c.head_dim, -2, 2);
 
-    std::vector<AttentionToken> host_tokens(n_tokens);
-    for (int64_t t = 0; t < n_tokens; ++t) host_tokens[t] = {tables[seq_of(t)].data(), c.n_kv[t]};
-    std::vector<float> want(q.size());
-    AttentionArgs a;
-    a.q = q.data();
-    a.out = want.data();
-    a.k_cache = kc.data();
-    a.v_cache = vc.data();
-    a.tokens = host_tokens.data();
-    a.n_tokens = n_tokens;
-    a.n_heads = c.n_heads;
-    a.n_kv_heads = c.n_kv_heads;
-    a.head_dim = c.head_dim;
-    a.block_size = c.block_size;
-    a.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-    ds::ref::attention(a);
+    // Each case with an F32 cache, then an F16 one (the reference gets the rounded values).
+    for (DType kvt : {DType::kF32, DType::kF16}) {
+      const bool f16 = kvt == DType::kF16;
+      const char* tag = f16 ? " f16" : "";
+      const std::vector<float> kc_ref = f16 ? f16_rounded(kc) : kc, vc_ref = f16 ? f16_rounded(vc) : vc;
+      std::vector<AttentionToken> host_tokens(n_tokens);
+      for (int64_t t = 0; t < n_tokens; ++t) host_tokens[t] = {tables[seq_of(t)].data(), c.n_kv[t]};
+      std::vector<float> want(q.size());
+      AttentionArgs a;
+      a.q = q.data();
+      a.out = want.data();
+      a.k_cache = kc_ref.data();
+      a.v_cache = vc_ref.data();
+      a.tokens = host_tokens.data();
+      a.n_tokens = n_tokens;
+      a.n_heads = c.n_heads;
+      a.n_kv_heads = c.n_kv_heads;
+      a.head_dim = c.head_dim;
+      a.block_size = c.block_size;
+      a.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+      ds::ref::attention(a);
 
-    Buf dflat(b, flat), dkc(b, kc), dvc(b, vc), dq(b, q), dout(b, q.size() * 4);
-    std::vector<AttentionToken> dev_tokens(n_tokens);
-    for (int64_t t = 0; t < n_tokens; ++t) {
-      const int64_t table = seq_of(t);
-      int64_t start = 0;  // tables are concatenated in flat
-      for (int64_t i = 0; i < table; ++i) start += static_cast<int64_t>(tables[i].size());
-      dev_tokens[t] = {dflat.as<int32_t>() + start, c.n_kv[t]};
-    }
-    Buf dtok(b, dev_tokens);
-    AttentionArgs d = a;
-    d.q = dq.as();
-    d.out = dout.as();
-    d.k_cache = dkc.as();
-    d.v_cache = dvc.as();
-    d.tokens = dtok.as<AttentionToken>();
-    b.attention(d);
-    const auto got = dout.read(q.size());
-    char name[128];
-    std::snprintf(name, sizeof name, "attention heads=%d/%d hd=%d bs=%d tokens=%" PRId64 " #%d", c.n_heads,
-                  c.n_kv_heads, c.head_dim, c.block_size, n_tokens, case_no);
-    compare(name, got, want, 1e-5, 1e-4);
-
-    // The token attended alone gets the bits it got in the batch.
-    const int64_t width = static_cast<int64_t>(c.n_heads) * c.head_dim;
-    Buf one(b, width * 4);
-    auto alone_matches = [&](const AttentionArgs& batch, const std::vector<float>& batch_out, int64_t t) {
-      AttentionArgs s = batch;
-      s.q = dq.as() + t * width;
-      s.out = one.as();
-      s.tokens = dtok.as<AttentionToken>() + t;
-      s.n_tokens = 1;
-      b.attention(s);
-      const auto alone = one.read(width);
-      return same_bits(alone.data(), batch_out.data() + t * width, width);
-    };
-    expect("determinism/attention-alone #" + std::to_string(case_no), alone_matches(d, got, n_tokens - 1),
-           "the last token alone differs from the batch");
-    // Prefill tiles (runs of <= kAttentionTileTokens tokens of one sequence): the same bits.
-    std::vector<int32_t> tiles = {0};
-    for (int64_t t = 1; t <= n_tokens; ++t)
-      if (t == n_tokens || seq_of(t) != seq_of(t - 1) || t - tiles.back() == ds::kAttentionTileTokens)
-        tiles.push_back(static_cast<int32_t>(t));
-    Buf dtiles(b, tiles);
-    auto tiled_matches = [&](AttentionArgs s, const std::vector<float>& untiled) {
-      Buf tout(b, q.size() * 4);
-      s.out = tout.as();
-      s.tiles = dtiles.as<int32_t>();
-      s.n_tiles = static_cast<int64_t>(tiles.size()) - 1;
-      b.attention(s);
-      return same_bits(tout.read(q.size()).data(), untiled.data(), q.size());
-    };
-    expect("attention-tiled/same-bits #" + std::to_string(case_no) + " (" + std::to_string(tiles.size() - 1) + " tiles)",
-           tiled_matches(d, got), "tiled output differs from version 1");
-
-    if (c.max_kv > 0) {
-      const size_t ws_floats = b.attention_workspace_floats(n_tokens, c.n_heads, c.head_dim, c.max_kv);
-      expect("attention-v2/workspace-size #" + std::to_string(case_no), ws_floats > 0, "no workspace for split-K");
-      Buf ws(b, ws_floats * 4), dout2(b, q.size() * 4);
-      AttentionArgs d2 = d;
-      d2.out = dout2.as();
-      d2.max_kv = c.max_kv;
-      d2.workspace = ws.as();
-      d2.workspace_floats = ws_floats;
-#ifdef DS_CUDA_EMULATION
-      const int64_t launches0 = emu::launches();
-#endif
-      b.attention(d2);
-#ifdef DS_CUDA_EMULATION
-      // Split and merge launches when max_kv spans more than one chunk (chunks >= 256 positions).
-      const int64_t launched = emu::launches() - launches0;
-      expect("attention-v2/launches #" + std::to_string(case_no), launched == (c.max_kv > 256 ? 2 : 1),
-             std::to_string(launched) + " launches");
-#endif
-      const auto got2 = dout2.read(q.size());
-      std::snprintf(name, sizeof name, "attention-v2 heads=%d/%d hd=%d bs=%d tokens=%" PRId64 " max_kv=%d #%d",
-                    c.n_heads, c.n_kv_heads, c.head_dim, c.block_size, n_tokens, c.max_kv, case_no);
-      compare(name, got2, want, 1e-5, 1e-4);
-      int64_t differ = -1, not_v1 = -1;
+      Buf dflat(b, flat), dq(b, q), dout(b, q.size() * 4);
+      Buf dkc = f16 ? Buf(b, to_f16(kc)) : Buf(b, kc), dvc = f16 ? Buf(b, to_f16(vc)) : Buf(b, vc);
+      std::vector<AttentionToken> dev_tokens(n_tokens);
       for (int64_t t = 0; t < n_tokens; ++t) {
-        if (differ < 0 && !alone_matches(d2, got2, t)) differ = t;
-        if (not_v1 < 0 && c.n_kv[t] <= 256 && !same_bits(got.data() + t * width, got2.data() + t * width, width))
-          not_v1 = t;
+        const int64_t table = seq_of(t);
+        int64_t start = 0;  // tables are concatenated in flat
+        for (int64_t i = 0; i < table; ++i) start += static_cast<int64_t>(tables[i].size());
+        dev_tokens[t] = {dflat.as<int32_t>() + start, c.n_kv[t]};
       }
-      expect("determinism/attention-v2-alone #" + std::to_string(case_no), differ < 0,
-             "token " + std::to_string(differ) + " alone differs from the batch");
-      expect("attention-tiled/v2-same-bits #" + std::to_string(case_no), tiled_matches(d2, got2),
-             "tiled output differs from version 2");
-      expect("attention-v2/one-chunk-is-v1 #" + std::to_string(case_no), not_v1 < 0,
-             "token " + std::to_string(not_v1) + " (one chunk) differs from version 1");
-      // Fallbacks: no workspace, or one float short of it, run version 1.
-      for (int variant = 0; variant < 2; ++variant) {
-        AttentionArgs f = d2;
-        if (variant == 0) f.workspace = nullptr;
-        else f.workspace_floats = ws_floats - 1;
-        b.attention(f);
-        expect(std::string("attention-v2/fallback-") + (variant == 0 ? "no-workspace" : "small-workspace") + " #" +
-                   std::to_string(case_no),
-               same_bits(dout2.read(q.size()).data(), got.data(), q.size()), "output differs from version 1");
+      Buf dtok(b, dev_tokens);
+      AttentionArgs d = a;
+      d.q = dq.as();
+      d.out = dout.as();
+      d.k_cache = dkc.as();
+      d.v_cache = dvc.as();
+      d.tokens = dtok.as<AttentionToken>();
+      d.kv_type = kvt;
+      b.attention(d);
+      const auto got = dout.read(q.size());
+      if (f16) {
+        // The F16 cache gives the bits of an F32 cache holding the rounded values.
+        Buf rkc(b, kc_ref), rvc(b, vc_ref), rout(b, q.size() * 4);
+        AttentionArgs r = d;
+        r.k_cache = rkc.as();
+        r.v_cache = rvc.as();
+        r.kv_type = DType::kF32;
+        r.out = rout.as();
+        b.attention(r);
+        expect("attention-f16/same-bits-as-rounded-f32 #" + std::to_string(case_no),
+               same_bits(rout.read(q.size()).data(), got.data(), q.size()), "differs from F32 over the rounded rows");
+      }
+      char name[128];
+      std::snprintf(name, sizeof name, "attention%s heads=%d/%d hd=%d bs=%d tokens=%" PRId64 " #%d", tag, c.n_heads,
+                    c.n_kv_heads, c.head_dim, c.block_size, n_tokens, case_no);
+      compare(name, got, want, 1e-5, 1e-4);
+
+      // The token attended alone gets the bits it got in the batch.
+      const int64_t width = static_cast<int64_t>(c.n_heads) * c.head_dim;
+      Buf one(b, width * 4);
+      auto alone_matches = [&](const AttentionArgs& batch, const std::vector<float>& batch_out, int64_t t) {
+        AttentionArgs s = batch;
+        s.q = dq.as() + t * width;
+        s.out = one.as();
+        s.tokens = dtok.as<AttentionToken>() + t;
+        s.n_tokens = 1;
+        b.attention(s);
+        const auto alone = one.read(width);
+        return same_bits(alone.data(), batch_out.data() + t * width, width);
+      };
+      expect("determinism/attention-alone" + std::string(tag) + " #" + std::to_string(case_no), alone_matches(d, got, n_tokens - 1),
+             "the last token alone differs from the batch");
+      // Prefill tiles (runs of <= kAttentionTileTokens tokens of one sequence): the same bits.
+      std::vector<int32_t> tiles = {0};
+      for (int64_t t = 1; t <= n_tokens; ++t)
+        if (t == n_tokens || seq_of(t) != seq_of(t - 1) || t - tiles.back() == ds::kAttentionTileTokens)
+          tiles.push_back(static_cast<int32_t>(t));
+      Buf dtiles(b, tiles);
+      auto tiled_matches = [&](AttentionArgs s, const std::vector<float>& untiled) {
+        Buf tout(b, q.size() * 4);
+        s.out = tout.as();
+        s.tiles = dtiles.as<int32_t>();
+        s.n_tiles = static_cast<int64_t>(tiles.size()) - 1;
+        b.attention(s);
+        return same_bits(tout.read(q.size()).data(), untiled.data(), q.size());
+      };
+      expect("attention-tiled/same-bits" + std::string(tag) + " #" + std::to_string(case_no) + " (" + std::to_string(tiles.size() - 1) + " tiles)",
+             tiled_matches(d, got), "tiled output differs from version 1");
+
+      if (c.max_kv > 0) {
+        const size_t ws_floats = b.attention_workspace_floats(n_tokens, c.n_heads, c.head_dim, c.max_kv);
+        expect("attention-v2/workspace-size" + std::string(tag) + " #" + std::to_string(case_no), ws_floats > 0, "no workspace for split-K");
+        Buf ws(b, ws_floats * 4), dout2(b, q.size() * 4);
+        AttentionArgs d2 = d;
+        d2.out = dout2.as();
+        d2.max_kv = c.max_kv;
+        d2.workspace = ws.as();
+        d2.workspace_floats = ws_floats;
+  #ifdef DS_CUDA_EMULATION
+        const int64_t launches0 = emu::launches();
+  #endif
+        b.attention(d2);
+  #ifdef DS_CUDA_EMULATION
+        // Split and merge launches when max_kv spans more than one chunk (chunks >= 256 positions).
+        const int64_t launched = emu::launches() - launches0;
+        expect("attention-v2/launches" + std::string(tag) + " #" + std::to_string(case_no), launched == (c.max_kv > 256 ? 2 : 1),
+               std::to_string(launched) + " launches");
+  #endif
+        const auto got2 = dout2.read(q.size());
+        std::snprintf(name, sizeof name, "attention-v2%s heads=%d/%d hd=%d bs=%d tokens=%" PRId64 " max_kv=%d #%d",
+                      tag, c.n_heads, c.n_kv_heads, c.head_dim, c.block_size, n_tokens, c.max_kv, case_no);
+        compare(name, got2, want, 1e-5, 1e-4);
+        int64_t differ = -1, not_v1 = -1;
+        for (int64_t t = 0; t < n_tokens; ++t) {
+          if (differ < 0 && !alone_matches(d2, got2, t)) differ = t;
+          if (not_v1 < 0 && c.n_kv[t] <= 256 && !same_bits(got.data() + t * width, got2.data() + t * width, width))
+            not_v1 = t;
+        }
+        expect("determinism/attention-v2-alone" + std::string(tag) + " #" + std::to_string(case_no), differ < 0,
+               "token " + std::to_string(differ) + " alone differs from the batch");
+        expect("attention-tiled/v2-same-bits" + std::string(tag) + " #" + std::to_string(case_no), tiled_matches(d2, got2),
+               "tiled output differs from version 2");
+        expect("attention-v2/one-chunk-is-v1" + std::string(tag) + " #" + std::to_string(case_no), not_v1 < 0,
+               "token " + std::to_string(not_v1) + " (one chunk) differs from version 1");
+        // Fallbacks: no workspace, or one float short of it, run version 1.
+        for (int variant = 0; variant < 2; ++variant) {
+          AttentionArgs f = d2;
+          if (variant == 0) f.workspace = nullptr;
+          else f.workspace_floats = ws_floats - 1;
+          b.attention(f);
+          expect(std::string("attention-v2/fallback-") + (variant == 0 ? "no-workspace" : "small-workspace") + tag + " #" +
+                     std::to_string(case_no),
+                 same_bits(dout2.read(q.size()).data(), got.data(), q.size()), "output differs from version 1");
+        }
       }
     }
     ++case_no;
@@ -853,15 +892,30 @@ void check_fused_residual_rope(CudaBackend& b, Rng& rng, bool quick) {
       Buf dpos(b, pos), dslots(b, slots), dv(b, v);
       Buf q1(b, q), k1(b, k), kc1(b, cache * 4), vc1(b, cache * 4);
       Buf q2(b, q), k2(b, k), kc2(b, cache * 4), vc2(b, cache * 4);
-      b.rope_store_kv(q1.as(), k1.as(), dv.as(), n, rp.n_heads, rp.n_kv_heads, rp.head_dim, dpos.as<int32_t>(), p,
-                      dslots.as<int32_t>(), kc1.as(), vc1.as());
-      b.set_fuse_decode(false);
-      b.rope_store_kv(q2.as(), k2.as(), dv.as(), n, rp.n_heads, rp.n_kv_heads, rp.head_dim, dpos.as<int32_t>(), p,
-                      dslots.as<int32_t>(), kc2.as(), vc2.as());
-      b.set_fuse_decode(true);
       const std::string suffix = " h" + std::to_string(rp.n_heads) + "/" + std::to_string(rp.n_kv_heads) + " hd" +
                                  std::to_string(rp.head_dim) + " rot" + std::to_string(rp.n_rot) +
                                  (rp.style == RopeStyle::kNeox ? " neox" : " normal") + " n=" + std::to_string(n);
+      // F16 caches (on copies of q and k): the fused launch writes the separate ops' halves.
+      {
+        Buf qh1(b, q), kh1(b, k), qh2(b, q), kh2(b, k);
+        Buf hk1(b, cache * 2), hv1(b, cache * 2), hk2(b, cache * 2), hv2(b, cache * 2);
+        b.rope_store_kv(qh1.as(), kh1.as(), dv.as(), n, rp.n_heads, rp.n_kv_heads, rp.head_dim, dpos.as<int32_t>(), p,
+                        dslots.as<int32_t>(), KvLayer{hk1.as(), hv1.as(), DType::kF16});
+        b.set_fuse_decode(false);
+        b.rope_store_kv(qh2.as(), kh2.as(), dv.as(), n, rp.n_heads, rp.n_kv_heads, rp.head_dim, dpos.as<int32_t>(), p,
+                        dslots.as<int32_t>(), KvLayer{hk2.as(), hv2.as(), DType::kF16});
+        b.set_fuse_decode(true);
+        expect("determinism/fused-rope-store-f16-bits" + suffix,
+               hk1.read<uint16_t>(cache) == hk2.read<uint16_t>(cache) &&
+                   hv1.read<uint16_t>(cache) == hv2.read<uint16_t>(cache),
+               "the F16 cache differs from rope, rope, store_kv's");
+      }
+      b.rope_store_kv(q1.as(), k1.as(), dv.as(), n, rp.n_heads, rp.n_kv_heads, rp.head_dim, dpos.as<int32_t>(), p,
+                      dslots.as<int32_t>(), KvLayer{kc1.as(), vc1.as(), DType::kF32});
+      b.set_fuse_decode(false);
+      b.rope_store_kv(q2.as(), k2.as(), dv.as(), n, rp.n_heads, rp.n_kv_heads, rp.head_dim, dpos.as<int32_t>(), p,
+                      dslots.as<int32_t>(), KvLayer{kc2.as(), vc2.as(), DType::kF32});
+      b.set_fuse_decode(true);
       bool same = true;
       for (auto* pair : {&q1, &k1, &kc1, &vc1}) {
         const Buf& other = pair == &q1 ? q2 : pair == &k1 ? k2 : pair == &kc1 ? kc2 : vc2;

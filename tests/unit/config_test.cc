@@ -71,6 +71,7 @@ const ContractKey kContract[] = {
     {"--ctx", "DS_CTX", "model", "ctx"},
     {"--kv-cache-tokens", "DS_KV_CACHE_TOKENS", "model", "kv-cache-tokens"},
     {"--kv-block-size", "DS_KV_BLOCK_SIZE", "model", "kv-block-size"},
+    {"--kv-type", "DS_KV_TYPE", "model", "kv-type"},
     {"--max-step-tokens", "DS_MAX_STEP_TOKENS", "model", "max-step-tokens"},
     {"--max-tokens-limit", "DS_MAX_TOKENS_LIMIT", "model", "max-tokens-limit"},
     {"--scheduler-threads", "DS_SCHEDULER_THREADS", "caf", "scheduler-threads"},
@@ -105,6 +106,7 @@ TEST(Config, Defaults) {
   EXPECT_EQ(c.drain_timeout, 30s);
   EXPECT_EQ(c.model_path, "");
   EXPECT_EQ(c.backend, BackendKind::kAuto);
+  EXPECT_EQ(c.kv_type, KvTypeKind::kAuto);
   EXPECT_EQ(c.threads, 0);
   EXPECT_EQ(c.max_batch, 8);
   EXPECT_EQ(c.ctx, 0);
@@ -280,6 +282,11 @@ TEST(Config, BadTomlValueRejectedNamingKey) {
   EXPECT_NE(msg.find("config file " + path + ": node.port='70000': not a port number"), std::string::npos) << msg;
   const std::string bad = load_error({"--config", write(dir, "b.toml", "[model]\nbackend = \"gpu\"\n")});
   EXPECT_NE(bad.find("model.backend='gpu': not one of auto|cpu|cuda"), std::string::npos) << bad;
+  const std::string kv = load_error({"--kv-type", "q8_0"});
+  EXPECT_NE(kv.find("q8_0"), std::string::npos) << kv;
+  EXPECT_NE(kv.find("auto|f32|f16"), std::string::npos) << kv;
+  EXPECT_EQ(load_ok({"--kv-type", "f16"}).kv_type, KvTypeKind::kF16);
+  EXPECT_EQ(load_ok({"--config", write(dir, "k.toml", "[model]\nkv-type = \"f32\"\n")}).kv_type, KvTypeKind::kF32);
 }
 
 TEST(Config, TomlSyntaxErrorRejected) {

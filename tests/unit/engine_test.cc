@@ -4,6 +4,7 @@
 
 #include <fstream>
 #include <map>
+#include <optional>
 
 #include "model/engine.h"
 #include "model/mkmodel.h"
@@ -18,8 +19,10 @@ std::shared_ptr<Model> load(const std::string& path) {
   return m.ok() ? *m : nullptr;
 }
 
-std::unique_ptr<Engine> make_engine(std::shared_ptr<Model> m, int max_batch = 8, int kv_tokens = 0, int step_tokens = 256) {
+std::unique_ptr<Engine> make_engine(std::shared_ptr<Model> m, int max_batch = 8, int kv_tokens = 0, int step_tokens = 256,
+                                    std::optional<DType> kv_type = std::nullopt) {
   EngineOptions o;
+  o.kv_type = kv_type;
   o.max_batch = max_batch;
   o.kv_cache_tokens = kv_tokens;
   o.max_step_tokens = step_tokens;
@@ -82,12 +85,16 @@ TEST_P(EngineGolden, GreedyMatchesLlamaCppTokenForToken) {
     const std::vector<int32_t> want_prompt = j["prompt_ids"], want_gen = j["gen_ids"];
     const std::vector<int32_t> prompt = model->tokenizer().encode(j["prompt"].get<std::string>(), true);
     EXPECT_EQ(prompt, want_prompt) << j["prompt"];
-    auto e = make_engine(model);
-    ASSERT_TRUE(e->add(request(1, prompt, j["n_predict"])).ok());
-    auto out = run_all(*e);
-    EXPECT_EQ(out[1].tokens, want_gen) << j["prompt"];
-    EXPECT_EQ(out[1].text, j["text"].get<std::string>());
-    EXPECT_EQ(out[1].finish, FinishReason::kLength);
+    // The default cache (F32 on the CPU), then an F16 one (as GPUs use by default): llama.cpp's
+    // default cache is F16 too.
+    for (DType kv : {DType::kF32, DType::kF16}) {
+      auto e = make_engine(model, 8, 0, 256, kv);
+      ASSERT_TRUE(e->add(request(1, prompt, j["n_predict"])).ok());
+      auto out = run_all(*e);
+      EXPECT_EQ(out[1].tokens, want_gen) << j["prompt"] << " (KV cache " << dtype_name(kv) << ")";
+      EXPECT_EQ(out[1].text, j["text"].get<std::string>());
+      EXPECT_EQ(out[1].finish, FinishReason::kLength);
+    }
     ++cases;
   }
   EXPECT_EQ(cases, 3);
@@ -138,6 +145,44 @@ void expect_batch_equals_alone(const std::shared_ptr<Model>& model, float temp) 
 TEST(Engine, BatchedDecodeEqualsAloneGreedyStories) {
   DS_REQUIRE_SHARED_MODELS();
   expect_batch_equals_alone(load(test::shared_models() + "/stories260K.gguf"), 0);
+}
+
+TEST(Engine, AnF16KvCacheTakesHalfTheMemoryAndKeepsBatchInvariance) {
+  DS_REQUIRE_SHARED_MODELS();
+  auto model = load(test::shared_models() + "/stories260K.gguf");
+  ASSERT_TRUE(model);
+  auto f32 = make_engine(model, 8, 1024, 256, DType::kF32), f16 = make_engine(model, 8, 1024, 256, DType::kF16);
+  ASSERT_TRUE(f32 && f16);
+  const EngineStats s32 = f32->stats(), s16 = f16->stats();
+  EXPECT_EQ(s32.kv_type, DType::kF32);
+  EXPECT_EQ(s16.kv_type, DType::kF16);
+  EXPECT_GT(s16.kv_bytes, 0u);
+  EXPECT_EQ(s16.kv_bytes * 2, s32.kv_bytes);
+  EXPECT_EQ(s16.kv_blocks_total, s32.kv_blocks_total);
+  // The CPU default is F32; an unsupported type is a clear error.
+  EXPECT_EQ(make_engine(model)->stats().kv_type, DType::kF32);
+  EngineOptions bad;
+  bad.kv_type = DType::kQ8_0;
+  auto e = Engine::Create(model, make_cpu_backend({1}), bad);
+  ASSERT_FALSE(e.ok());
+  EXPECT_NE(e.status().message().find("q8_0"), std::string::npos) << e.status().message();
+  // Sequences decoded together get the tokens they get alone, on the F16 cache too.
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 4; ++i) {
+    std::vector<int32_t> p = {model->tokenizer().bos()};
+    for (int k = 0; k <= i * 5; ++k) p.push_back(300 + (i * 31 + k * 7) % 200);
+    prompts.push_back(p);
+  }
+  std::map<uint64_t, Outcome> alone;
+  for (int i = 0; i < 4; ++i) {
+    auto one = make_engine(model, 1, 0, 256, DType::kF16);
+    ASSERT_TRUE(one->add(request(i, prompts[i], 20, 0.8f, 7 + i)).ok());
+    alone[i] = run_all(*one)[i];
+  }
+  auto batch = make_engine(model, 4, 0, 8, DType::kF16);
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(batch->add(request(i, prompts[i], 20, 0.8f, 7 + i)).ok());
+  auto together = run_all(*batch);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(together[i].tokens, alone[i].tokens) << "sequence " << i;
 }
 
 TEST(Engine, BatchedDecodeEqualsAloneSampledEveryType) {

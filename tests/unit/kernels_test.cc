@@ -162,5 +162,50 @@ TEST(Kernels, PagedAttentionWithGqa) {
   EXPECT_LE(rel_err(out.data(), outr.data(), out.size()), 1e-5);
 }
 
+// An F16 cache: store_kv rounds to nearest even, and attention over it gives the bits of
+// attention over an F32 cache holding the rounded values (the reference agrees too).
+TEST(Kernels, F16KvCacheIsF32AttentionOverTheRoundedRows) {
+  auto be = make_cpu_backend({2});
+  const int heads = 4, kv_heads = 2, hd = 40, bs = 4, n_blocks = 8, n = n_blocks * bs;
+  const int64_t kv_dim = kv_heads * hd;
+  auto k = test::random_floats(n * kv_dim, 31, 3.0f), v = test::random_floats(n * kv_dim, 32, 3.0f);
+  k[5] = 1e-7f;     // an F16 subnormal
+  v[7] = 70000.0f;  // past the largest half: inf
+  std::vector<int32_t> slots(n);
+  for (int i = 0; i < n; ++i) slots[i] = (i * 5 + 3) % n;  // scattered rows
+  std::vector<uint16_t> k16(n * kv_dim), v16(n * kv_dim);
+  be->store_kv(k.data(), v.data(), n, slots.data(), kv_dim, KvLayer{k16.data(), v16.data(), DType::kF16});
+  std::vector<float> kr(n * kv_dim), vr(n * kv_dim);  // the rounded values, at the same rows
+  for (int i = 0; i < n; ++i)
+    for (int64_t c = 0; c < kv_dim; ++c) {
+      const int64_t at = slots[i] * kv_dim + c;
+      ASSERT_EQ(k16[at], fp32_to_fp16_ref(k[i * kv_dim + c]));
+      ASSERT_EQ(v16[at], fp32_to_fp16_ref(v[i * kv_dim + c]));
+      kr[at] = fp16_to_fp32_ref(k16[at]);
+      vr[at] = fp16_to_fp32_ref(v16[at]);
+    }
+  EXPECT_TRUE(std::isinf(fp16_to_fp32_ref(v16[slots[0] * kv_dim + 7])));
+  for (auto& x : v) x = std::min(x, 60000.0f);  // keep the attention inputs finite from here on
+  be->store_kv(k.data(), v.data(), n, slots.data(), kv_dim, KvLayer{k16.data(), v16.data(), DType::kF16});
+  for (int64_t i = 0; i < n * kv_dim; ++i) vr[i] = fp16_to_fp32_ref(v16[i]);
+  const std::vector<int32_t> table = {3, 0, 6, 1, 7, 2, 4, 5};
+  const AttentionToken toks[3] = {{table.data(), 1}, {table.data(), 17}, {table.data(), 32}};
+  const auto q = test::random_floats(3 * heads * hd, 33, 2.0f);
+  std::vector<float> out16(3 * heads * hd), out32(out16.size()), outr(out16.size());
+  AttentionArgs a{q.data(), out16.data(), k16.data(), v16.data(), toks, 3, heads, kv_heads, hd, bs, 1.0f / std::sqrt(40.0f)};
+  a.kv_type = DType::kF16;
+  be->attention(a);
+  AttentionArgs b = a;
+  b.k_cache = kr.data();
+  b.v_cache = vr.data();
+  b.kv_type = DType::kF32;
+  b.out = out32.data();
+  be->attention(b);
+  EXPECT_EQ(std::memcmp(out16.data(), out32.data(), out16.size() * sizeof(float)), 0);
+  a.out = outr.data();
+  ref::attention(a);  // the reference reads the halves itself
+  EXPECT_LE(rel_err(out16.data(), outr.data(), out16.size()), 1e-5);
+}
+
 }  // namespace
 }  // namespace ds

@@ -74,9 +74,9 @@ class ForwardingBackend : public Backend {
   void swiglu(const float* gate, const float* up, int64_t count, float* out) override { inner_->swiglu(gate, up, count, out); }
   void add(float* x, const float* y, int64_t count) override { inner_->add(x, y, count); }
   void add_bias(float* x, const float* bias, int64_t n, int64_t dim) override { inner_->add_bias(x, bias, n, dim); }
-  void store_kv(const float* k, const float* v, int64_t n, const int32_t* slots, int64_t kv_dim, float* k_cache,
-                float* v_cache) override {
-    inner_->store_kv(k, v, n, slots, kv_dim, k_cache, v_cache);
+  void store_kv(const float* k, const float* v, int64_t n, const int32_t* slots, int64_t kv_dim,
+                const KvLayer& cache) override {
+    inner_->store_kv(k, v, n, slots, kv_dim, cache);
   }
   void attention(const AttentionArgs& a) override { inner_->attention(a); }
   size_t attention_workspace_floats(int64_t max_tokens, int n_heads, int head_dim, int max_kv) const override {
