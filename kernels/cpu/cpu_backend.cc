@@ -107,8 +107,9 @@ class CpuBackend final : public Backend {
     }
   }
 
-  // F16 caches: each K / V row is widened to floats (exact) and goes through the F32 code, so
-  // the result is F32 attention over the rounded rows.
+  // F16 caches: K and V rows are widened to floats in registers (exact) by dot / axpy kernels
+  // that do the F32 ones' operations in the same order, so the result is F32 attention over
+  // the rounded rows, bit for bit.
   void attention(const AttentionArgs& a) override {
     const int group = a.n_heads / a.n_kv_heads;
     const int64_t kv_dim = static_cast<int64_t>(a.n_kv_heads) * a.head_dim;
@@ -118,14 +119,13 @@ class CpuBackend final : public Backend {
       int64_t b, e;
       ThreadPool::split(pairs, ith, nth, &b, &e);
       std::vector<float>& score = score_[ith];
-      std::vector<float>& wide = wide_[ith];
-      if (f16 && wide.size() < static_cast<size_t>(a.head_dim)) wide.resize(a.head_dim);
-      // Row `row` of cache c (k_cache or v_cache) at this head, as floats.
-      auto row_of = [&](const void* c, int64_t row, int64_t head_off) -> const float* {
-        const int64_t off = row * kv_dim + head_off;
-        if (!f16) return static_cast<const float*>(c) + off;
-        cpu::f16_to_f32_row(static_cast<const uint16_t*>(c) + off, wide.data(), a.head_dim);
-        return wide.data();
+      auto dot_k = [&](const float* q, int64_t off) {
+        return f16 ? cpu::dot_f32_f16(q, static_cast<const uint16_t*>(a.k_cache) + off, a.head_dim)
+                   : cpu::dot_f32(q, static_cast<const float*>(a.k_cache) + off, a.head_dim);
+      };
+      auto axpy_v = [&](float w, int64_t off, float* out) {
+        if (f16) cpu::axpy_f32_f16(w, static_cast<const uint16_t*>(a.v_cache) + off, out, a.head_dim);
+        else cpu::axpy_f32(w, static_cast<const float*>(a.v_cache) + off, out, a.head_dim);
       };
       for (int64_t pi = b; pi < e; ++pi) {
         const int64_t t = pi / a.n_heads;
@@ -137,7 +137,7 @@ class CpuBackend final : public Backend {
         float mx = -INFINITY;
         for (int p = 0; p < tok.n_kv; ++p) {
           const int64_t row = static_cast<int64_t>(tok.block_table[p / a.block_size]) * a.block_size + p % a.block_size;
-          score[p] = cpu::dot_f32(q, row_of(a.k_cache, row, head_off), a.head_dim) * a.scale;
+          score[p] = dot_k(q, row * kv_dim + head_off) * a.scale;
           mx = std::max(mx, score[p]);
         }
         float sum = 0;
@@ -147,7 +147,7 @@ class CpuBackend final : public Backend {
         std::memset(out, 0, a.head_dim * sizeof(float));
         for (int p = 0; p < tok.n_kv; ++p) {
           const int64_t row = static_cast<int64_t>(tok.block_table[p / a.block_size]) * a.block_size + p % a.block_size;
-          cpu::axpy_f32(score[p] * inv, row_of(a.v_cache, row, head_off), out, a.head_dim);
+          axpy_v(score[p] * inv, row * kv_dim + head_off, out);
         }
       }
     });
@@ -168,7 +168,6 @@ class CpuBackend final : public Backend {
   std::vector<uint8_t> scratch_;
   std::vector<double> inv_freq_;
   std::vector<float> score_[256];
-  std::vector<float> wide_[256];  // per thread: one F16 cache row widened to floats
 };
 
 }  // namespace

@@ -17,6 +17,17 @@
 
 namespace ds::cpu {
 
+// a * b + c for the scalar tails: one fused operation where the vector code is FMA code (so a
+// tail's bits never depend on whether the compiler contracted it in that inlining context),
+// the plain expression otherwise (no FMA instruction to contract into).
+inline float tail_fma(float a, float b, float c) {
+#ifdef DS_SIMD_AVX2
+  return __builtin_fmaf(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
 #ifdef DS_SIMD_AVX2
 inline float hsum(__m256 v) {
   const __m128 lo = _mm256_castps256_ps128(v);
@@ -41,7 +52,7 @@ inline float dot_f32(const float* a, const float* b, int64_t n) {
   for (; k + 8 <= n; k += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc0);
   sum = hsum(_mm256_add_ps(acc0, acc1));
 #endif
-  for (; k < n; ++k) sum += a[k] * b[k];
+  for (; k < n; ++k) sum = tail_fma(a[k], b[k], sum);
   return sum;
 }
 
@@ -52,17 +63,39 @@ inline void axpy_f32(float a, const float* x, float* y, int64_t n) {
   const __m256 av = _mm256_set1_ps(a);
   for (; k + 8 <= n; k += 8) _mm256_storeu_ps(y + k, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + k), _mm256_loadu_ps(y + k)));
 #endif
-  for (; k < n; ++k) y[k] += a * x[k];
+  for (; k < n; ++k) y[k] = tail_fma(a, x[k], y[k]);
 }
 
-// dst[0, n) = the halves src[0, n) as floats (exact).
-inline void f16_to_f32_row(const uint16_t* src, float* dst, int64_t n) {
+// dot_f32(a, widened b) for b of halves, widened in registers: the same operations in the
+// same order as dot_f32, so the same bits as dot_f32 over the widened values.
+inline float dot_f32_f16(const float* a, const uint16_t* b, int64_t n) {
+  int64_t k = 0;
+  float sum = 0;
+#ifdef DS_SIMD_AVX2
+  auto h8 = [](const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); };
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  for (; k + 16 <= n; k += 16) {
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), h8(b + k), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), h8(b + k + 8), acc1);
+  }
+  for (; k + 8 <= n; k += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), h8(b + k), acc0);
+  sum = hsum(_mm256_add_ps(acc0, acc1));
+#endif
+  for (; k < n; ++k) sum = tail_fma(a[k], fp16_to_fp32(b[k]), sum);
+  return sum;
+}
+
+// axpy_f32(a, widened x, y, n) for x of halves (same bits as axpy_f32 over the widened values).
+inline void axpy_f32_f16(float a, const uint16_t* x, float* y, int64_t n) {
   int64_t k = 0;
 #ifdef DS_SIMD_AVX2
-  for (; k + 8 <= n; k += 8)
-    _mm256_storeu_ps(dst + k, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k))));
+  const __m256 av = _mm256_set1_ps(a);
+  for (; k + 8 <= n; k += 8) {
+    const __m256 xv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + k)));
+    _mm256_storeu_ps(y + k, _mm256_fmadd_ps(av, xv, _mm256_loadu_ps(y + k)));
+  }
 #endif
-  for (; k < n; ++k) dst[k] = fp16_to_fp32(src[k]);
+  for (; k < n; ++k) y[k] = tail_fma(a, fp16_to_fp32(x[k]), y[k]);
 }
 
 }  // namespace ds::cpu
