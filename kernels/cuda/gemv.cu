@@ -27,7 +27,9 @@
 //       at n=8 it is bound by the per-column x loads and FMAs (297 GB/s, as v2), and n=32 in
 //       four launches takes 65 us, slower than cuBLAS: matmul keeps cuBLAS for n > 8.
 //       Fused decode launches (gemv_qkv, gemv_swiglu) run the same per-row code
-//       (v3_row_dots) over several matrices in one launch. Next: x in shared memory for n > 1.
+//       (v3_rows_dots) over several matrices in one launch. For n > 1 a warp takes 2 rows
+//       (kV3BatchedRows) and loads each x chunk once for both, halving the x loads that bound
+//       n = 8 (not yet timed on a GPU; kV3BatchedRows = 1 restores one row per warp).
 //
 // Determinism: in every version the instruction sequence producing y[j, r] depends only
 // on r, j's activation row and the weights, never on n (<= 8), so a sequence decoded in a
@@ -470,31 +472,43 @@ __device__ __forceinline__ void load_x8_at(const float* __restrict__ xj, int64_t
   }
 }
 
-// The dot products of one weight row with the n (<= NC) activation rows x[j, :]: dots[j]
-// (every lane gets it) for j < n. Calls griddep_wait() after issuing the first weight loads
-// and before touching x (a PDL launch overlaps those loads with the previous kernel). The instructions for column j are the same whatever NC
-// and n, and whatever kernel calls this (gemv, the fused QKV and gate/up kernels).
-// REQUIRES: called by a whole warp (uniform row).
-template <DType T, int NC>
-__device__ __forceinline__ void v3_row_dots(const uint8_t* __restrict__ row, int64_t cols, const float* __restrict__ x,
-                                            int n, bool w_vec, bool x_vec, float dots[NC]) {
+// The dot products of R weight rows with the n (<= NC) activation rows x[j, :]:
+// dots[i][j] (every lane gets it) for j < n and rows[i] non-null (a null row is skipped).
+// Calls griddep_wait() after issuing the first weight loads and before touching x (a PDL
+// launch overlaps those loads with the previous kernel). Each x chunk is loaded once per
+// column and used for all R rows: for n > 1 the x loads, not the weights, bound the kernel
+// (one 32-byte x load per column per 8 weights), so R rows per warp cut them by R. The
+// instructions for row i and column j are the same whatever R, NC and n, and whatever
+// kernel calls this (gemv, the fused QKV and gate/up kernels): lane l adds its chunks
+// l, l + 32, l + 64, ... of the row in increasing order, and the loads in flight (kU / R per
+// row) only change when the loads are issued. REQUIRES: called by a whole warp (uniform rows).
+template <DType T, int NC, int R>
+__device__ __forceinline__ void v3_rows_dots(const uint8_t* const (&rows)[R], int64_t cols,
+                                             const float* __restrict__ x, int n, bool w_vec, bool x_vec,
+                                             float (&dots)[R][NC]) {
   using Tr = V3<T>;
   constexpr int kE = Tr::kElems;
   constexpr bool kQuant = T == DType::kQ8_0 || T == DType::kQ4_0;
   const int lane = threadIdx.x & 31;
   const int64_t n_chunks = Tr::chunks(cols);
-  float acc[NC];
+  float acc[R][NC];
 #pragma unroll
-  for (int j = 0; j < NC; ++j) acc[j] = 0.0f;
+  for (int i = 0; i < R; ++i)
+#pragma unroll
+    for (int j = 0; j < NC; ++j) acc[i][j] = 0.0f;
 
-  constexpr int kU = kV3UnrollOf<T>;
+  constexpr int kU = kV3UnrollOf<T> / R > 0 ? kV3UnrollOf<T> / R : 1;
   bool waited = false;
   for (int64_t c0 = lane; c0 < n_chunks; c0 += kWarpSize * kU) {
-    typename Tr::Raw raw[kU];
+    typename Tr::Raw raw[R][kU];
 #pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      const int64_t c = c0 + u * kWarpSize;
-      if (c < n_chunks) Tr::load(row, c, cols, w_vec, raw[u]);
+    for (int i = 0; i < R; ++i) {
+      if (rows[i] == nullptr) continue;
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        const int64_t c = c0 + u * kWarpSize;
+        if (c < n_chunks) Tr::load(rows[i], c, cols, w_vec, raw[i][u]);
+      }
     }
     if (!waited) {  // the first weight loads are in flight: now wait for the kernel that wrote x
       griddep_wait();
@@ -504,8 +518,10 @@ __device__ __forceinline__ void v3_row_dots(const uint8_t* __restrict__ row, int
     for (int u = 0; u < kU; ++u) {
       const int64_t c = c0 + u * kWarpSize;
       if (c >= n_chunks) break;  // c grows with u
-      float wf[kE];
-      const float d = Tr::decode(raw[u], c, wf);
+      float wf[R][kE];
+      float d[R];
+#pragma unroll
+      for (int i = 0; i < R; ++i) d[i] = rows[i] != nullptr ? Tr::decode(raw[i][u], c, wf[i]) : 0.0f;
 #pragma unroll
       for (int j = 0; j < NC; ++j) {
         if (j >= n) break;
@@ -513,25 +529,38 @@ __device__ __forceinline__ void v3_row_dots(const uint8_t* __restrict__ row, int
         float xv[kE];
 #pragma unroll
         for (int h = 0; h < kE / 8; ++h) load_x8_at(xj, Tr::x_first(c, h), cols, x_vec, xv + 8 * h);
-        if constexpr (kQuant) {
-          float s = 0.0f;
 #pragma unroll
-          for (int i = 0; i < kE; ++i) s = fmaf(wf[i], xv[i], s);
-          acc[j] = fmaf(d, s, acc[j]);
-        } else {
+        for (int i = 0; i < R; ++i) {
+          if (rows[i] == nullptr) continue;
+          if constexpr (kQuant) {
+            float s = 0.0f;
 #pragma unroll
-          for (int i = 0; i < kE; ++i) acc[j] = fmaf(wf[i], xv[i], acc[j]);
+            for (int e = 0; e < kE; ++e) s = fmaf(wf[i][e], xv[e], s);
+            acc[i][j] = fmaf(d[i], s, acc[i][j]);
+          } else {
+#pragma unroll
+            for (int e = 0; e < kE; ++e) acc[i][j] = fmaf(wf[i][e], xv[e], acc[i][j]);
+          }
         }
       }
     }
   }
   if (!waited) griddep_wait();  // a lane without chunks
 #pragma unroll
-  for (int j = 0; j < NC; ++j) {
-    if (j >= n) break;
-    dots[j] = warp_sum(acc[j]);
-  }
+  for (int i = 0; i < R; ++i)
+#pragma unroll
+    for (int j = 0; j < NC; ++j) {
+      if (j >= n) break;
+      dots[i][j] = warp_sum(acc[i][j]);  // every lane takes part (also for a skipped row)
+    }
 }
+
+// Rows per warp of the v3 kernels for NC activation rows: 1 for one (decode at batch 1 is
+// bound by the weight bytes: the more warps the better), 2 for more (bound by the x loads).
+// Setting kV3BatchedRows to 1 gives the one-row-per-warp kernels back, bit for bit.
+constexpr int kV3BatchedRows = 2;
+template <int NC>
+constexpr int kV3Rows = NC > 1 ? kV3BatchedRows : 1;
 
 // NC: activation rows this instantiation can take (n <= NC; columns j >= n are skipped).
 // kAdd: y[j, r] += dot (gemv_add: the residual add fused in, the one float add that add
@@ -541,17 +570,24 @@ __global__ void __launch_bounds__(kV3Warps * kWarpSize)
     gemv_v3_kernel(const uint8_t* __restrict__ w, size_t row_stride, int64_t rows, int64_t cols,
                    const float* __restrict__ x, int n, float* __restrict__ y, bool w_vec, bool x_vec) {
   griddep_launch_dependents();
+  constexpr int R = kV3Rows<NC>;
   const int lane = threadIdx.x & 31;
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * kV3Warps + (threadIdx.x >> 5);
-  if (r >= rows) return;  // uniform per warp (writes nothing, so needs no griddep_wait)
-  float dots[NC];
-  v3_row_dots<T, NC>(w + r * static_cast<int64_t>(row_stride), cols, x, n, w_vec, x_vec, dots);
+  const int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kV3Warps + (threadIdx.x >> 5)) * R;
+  if (r0 >= rows) return;  // uniform per warp (writes nothing, so needs no griddep_wait)
+  const uint8_t* row_ptrs[R];
 #pragma unroll
-  for (int j = 0; j < NC; ++j) {
-    if (j >= n) break;
-    if (lane == 0) {
-      if constexpr (kAdd) y[j * rows + r] += dots[j];
-      else y[j * rows + r] = dots[j];
+  for (int i = 0; i < R; ++i) row_ptrs[i] = r0 + i < rows ? w + (r0 + i) * static_cast<int64_t>(row_stride) : nullptr;
+  float dots[R][NC] = {};
+  v3_rows_dots<T, NC, R>(row_ptrs, cols, x, n, w_vec, x_vec, dots);
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    if (row_ptrs[i] == nullptr || lane != 0) continue;
+    const int64_t r = r0 + i;
+#pragma unroll
+    for (int j = 0; j < NC; ++j) {
+      if (j >= n) break;
+      if constexpr (kAdd) y[j * rows + r] += dots[i][j];
+      else y[j * rows + r] = dots[i][j];
     }
   }
 }
@@ -566,38 +602,52 @@ __global__ void __launch_bounds__(kV3Warps * kWarpSize)
     gemv_v3_qkv_kernel(GemvQkv a, size_t row_stride, int64_t cols, const float* __restrict__ x, int n, bool w_vec,
                        bool x_vec) {
   griddep_launch_dependents();
+  constexpr int R = kV3Rows<NC>;
   const int lane = threadIdx.x & 31;
-  int64_t r = static_cast<int64_t>(blockIdx.x) * kV3Warps + (threadIdx.x >> 5);
-  int m = 0;
-  if (r >= a.rows[0]) {
-    r -= a.rows[0];
-    m = 1;
-    if (r >= a.rows[1]) {
-      r -= a.rows[1];
-      m = 2;
-      if (r >= a.rows[2]) return;  // uniform per warp
-    }
-  }
-  const void* w = m == 0 ? a.w[0] : m == 1 ? a.w[1] : a.w[2];
-  const float* bias = m == 0 ? a.bias[0] : m == 1 ? a.bias[1] : a.bias[2];
-  float* y = m == 0 ? a.y[0] : m == 1 ? a.y[1] : a.y[2];
-  const int64_t rows = m == 0 ? a.rows[0] : m == 1 ? a.rows[1] : a.rows[2];
-  float dots[NC];
-  v3_row_dots<T, NC>(static_cast<const uint8_t*>(w) + r * static_cast<int64_t>(row_stride), cols, x, n, w_vec, x_vec,
-                     dots);
-  const float b = bias ? bias[r] : 0.0f;
+  const int64_t g0 = (static_cast<int64_t>(blockIdx.x) * kV3Warps + (threadIdx.x >> 5)) * R;
+  if (g0 >= a.rows[0] + a.rows[1] + a.rows[2]) return;  // uniform per warp
+  const uint8_t* row_ptrs[R];
+  int mat[R];
+  int64_t at[R];
 #pragma unroll
-  for (int j = 0; j < NC; ++j) {
-    if (j >= n) break;
-    if (lane == 0) y[j * rows + r] = bias ? dots[j] + b : dots[j];
+  for (int i = 0; i < R; ++i) {  // row g0 + i of the concatenated range: matrix mat[i], row at[i]
+    int64_t r = g0 + i;
+    int m = 0;
+    if (r >= a.rows[0]) {
+      r -= a.rows[0];
+      m = 1;
+      if (r >= a.rows[1]) {
+        r -= a.rows[1];
+        m = 2;
+      }
+    }
+    mat[i] = m;
+    at[i] = r;
+    row_ptrs[i] = r < a.rows[m] ? static_cast<const uint8_t*>(a.w[m]) + r * static_cast<int64_t>(row_stride) : nullptr;
+  }
+  float dots[R][NC] = {};
+  v3_rows_dots<T, NC, R>(row_ptrs, cols, x, n, w_vec, x_vec, dots);
+#pragma unroll
+  for (int i = 0; i < R; ++i) {
+    if (row_ptrs[i] == nullptr || lane != 0) continue;
+    const int m = mat[i];
+    const int64_t r = at[i], rows = a.rows[m];
+    const float* bias = a.bias[m];
+    float* y = a.y[m];
+    const float b = bias ? bias[r] : 0.0f;
+#pragma unroll
+    for (int j = 0; j < NC; ++j) {
+      if (j >= n) break;
+      y[j * rows + r] = bias ? dots[i][j] + b : dots[i][j];
+    }
   }
 }
 
 // Gate and up projections with SwiGLU in one launch: a block of kV3Warps warps takes
-// kV3Warps / 2 rows; its first half of warps computes their gate dots, the second half
-// their up dots (one row per warp, as gemv), and the up dots meet the gate dots through
-// shared memory. out[j, r] = g / (1 + expf(-g)) * u, swiglu_kernel's expression.
-constexpr int kSwigluRows = kV3Warps / 2;  // rows per block
+// kV3Warps / 2 row groups of R rows; its first half of warps computes their gate dots, the
+// second half their up dots (R rows per warp, as gemv), and the up dots meet the gate dots
+// through shared memory. out[j, r] = g / (1 + expf(-g)) * u, swiglu_kernel's expression.
+constexpr int kSwigluRows = kV3Warps / 2;  // row groups per block
 
 template <DType T, int NC>
 __global__ void __launch_bounds__(kV3Warps * kWarpSize)
@@ -605,38 +655,54 @@ __global__ void __launch_bounds__(kV3Warps * kWarpSize)
                           int64_t rows, int64_t cols, const float* __restrict__ x, int n, float* __restrict__ out,
                           bool w_vec, bool x_vec) {
   griddep_launch_dependents();
-  __shared__ float up_dots[kSwigluRows][NC];
+  constexpr int R = kV3Rows<NC>;
+  __shared__ float up_dots[kSwigluRows][R][NC];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int slot = warp % kSwigluRows;
   const bool is_up = warp >= kSwigluRows;
-  const int64_t r = static_cast<int64_t>(blockIdx.x) * kSwigluRows + slot;
-  float dots[NC];
-  if (r < rows) {  // uniform per warp; no return: every thread reaches the barrier
-    v3_row_dots<T, NC>((is_up ? w_up : w_gate) + r * static_cast<int64_t>(row_stride), cols, x, n, w_vec, x_vec,
-                       dots);
+  const int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kSwigluRows + slot) * R;
+  const uint8_t* row_ptrs[R];
+#pragma unroll
+  for (int i = 0; i < R; ++i)
+    row_ptrs[i] = r0 + i < rows ? (is_up ? w_up : w_gate) + (r0 + i) * static_cast<int64_t>(row_stride) : nullptr;
+  float dots[R][NC] = {};
+  if (r0 < rows) {  // uniform per warp; no return: every thread reaches the barrier
+    v3_rows_dots<T, NC, R>(row_ptrs, cols, x, n, w_vec, x_vec, dots);
     if (is_up && lane == 0) {
 #pragma unroll
-      for (int j = 0; j < NC; ++j) {
-        if (j >= n) break;
-        up_dots[slot][j] = dots[j];
-      }
+      for (int i = 0; i < R; ++i)
+#pragma unroll
+        for (int j = 0; j < NC; ++j) {
+          if (j >= n) break;
+          up_dots[slot][i][j] = dots[i][j];
+        }
     }
   }
   __syncthreads();
-  if (r < rows && !is_up && lane == 0) {
+  if (r0 < rows && !is_up && lane == 0) {
 #pragma unroll
-    for (int j = 0; j < NC; ++j) {
-      if (j >= n) break;
-      const float g = dots[j];
-      out[j * rows + r] = g / (1.0f + expf(-g)) * up_dots[slot][j];
+    for (int i = 0; i < R; ++i) {
+      if (row_ptrs[i] == nullptr) continue;
+#pragma unroll
+      for (int j = 0; j < NC; ++j) {
+        if (j >= n) break;
+        const float g = dots[i][j];
+        out[j * rows + r0 + i] = g / (1.0f + expf(-g)) * up_dots[slot][i][j];
+      }
     }
   }
+}
+
+// Blocks of a v3 launch over `rows` rows (kV3Warps warps of R rows each).
+unsigned v3_blocks(int64_t rows, int rows_per_warp) {
+  const int64_t per_block = static_cast<int64_t>(kV3Warps) * rows_per_warp;
+  return static_cast<unsigned>((rows + per_block - 1) / per_block);
 }
 
 template <DType T, int NC>
 void launch_v3_nc(const uint8_t* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n, float* y,
                   bool w_vec, bool x_vec, cudaStream_t stream, bool pdl) {
-  const auto blocks = static_cast<unsigned>((rows + kV3Warps - 1) / kV3Warps);
+  const auto blocks = v3_blocks(rows, kV3Rows<NC>);
   auto* kernel = gemv_v3_kernel<T, NC>;
   DS_LAUNCH_PDL(kernel, blocks, kV3Warps * kWarpSize, 0, stream, pdl)(w, row_stride, rows, cols, x, n, y, w_vec, x_vec);
 }
@@ -704,11 +770,11 @@ cudaError_t gemv_add(DType t, const void* w, size_t row_stride, int64_t rows, in
                      float* y, cudaStream_t stream, bool pdl) {
   const bool w_vec = vec_weights(t, cols, row_stride) && aligned16(w);
   const bool x_vec = cols % 8 == 0 && aligned16(x);
-  const auto blocks = static_cast<unsigned>((rows + kV3Warps - 1) / kV3Warps);
   const auto* wb = static_cast<const uint8_t*>(w);
   const bool ok = dispatch_dtype(t, [&](auto tag) {
     constexpr DType T = decltype(tag)::value;
     launch_nc(n, [&](auto nc) {
+      const auto blocks = v3_blocks(rows, kV3Rows<decltype(nc)::value>);
       auto* kernel = gemv_v3_kernel<T, decltype(nc)::value, true>;
       DS_LAUNCH_PDL(kernel, blocks, kV3Warps * kWarpSize, 0, stream, pdl)(wb, row_stride, rows, cols, x, n, y, w_vec,
                                                                           x_vec);
@@ -721,11 +787,11 @@ cudaError_t gemv_qkv(DType t, const GemvQkv& a, size_t row_stride, int64_t cols,
                      cudaStream_t stream, bool pdl) {
   const bool w_vec = vec_weights(t, cols, row_stride) && aligned16(a.w[0]) && aligned16(a.w[1]) && aligned16(a.w[2]);
   const bool x_vec = cols % 8 == 0 && aligned16(x);
-  const int64_t warps = a.rows[0] + a.rows[1] + a.rows[2];
-  const auto blocks = static_cast<unsigned>((warps + kV3Warps - 1) / kV3Warps);
+  const int64_t all_rows = a.rows[0] + a.rows[1] + a.rows[2];
   const bool ok = dispatch_dtype(t, [&](auto tag) {
     constexpr DType T = decltype(tag)::value;
     launch_nc(n, [&](auto nc) {
+      const auto blocks = v3_blocks(all_rows, kV3Rows<decltype(nc)::value>);
       auto* kernel = gemv_v3_qkv_kernel<T, decltype(nc)::value>;
       DS_LAUNCH_PDL(kernel, blocks, kV3Warps * kWarpSize, 0, stream, pdl)(a, row_stride, cols, x, n, w_vec, x_vec);
     });
@@ -737,12 +803,13 @@ cudaError_t gemv_swiglu(DType t, const void* w_gate, const void* w_up, size_t ro
                         const float* x, int n, float* out, cudaStream_t stream, bool pdl) {
   const bool w_vec = vec_weights(t, cols, row_stride) && aligned16(w_gate) && aligned16(w_up);
   const bool x_vec = cols % 8 == 0 && aligned16(x);
-  const auto blocks = static_cast<unsigned>((rows + kSwigluRows - 1) / kSwigluRows);
   const auto* g = static_cast<const uint8_t*>(w_gate);
   const auto* u = static_cast<const uint8_t*>(w_up);
   const bool ok = dispatch_dtype(t, [&](auto tag) {
     constexpr DType T = decltype(tag)::value;
     launch_nc(n, [&](auto nc) {
+      const int64_t per_block = static_cast<int64_t>(kSwigluRows) * kV3Rows<decltype(nc)::value>;
+      const auto blocks = static_cast<unsigned>((rows + per_block - 1) / per_block);
       auto* kernel = gemv_v3_swiglu_kernel<T, decltype(nc)::value>;
       DS_LAUNCH_PDL(kernel, blocks, kV3Warps * kWarpSize, 0, stream, pdl)(g, u, row_stride, rows, cols, x, n, out,
                                                                           w_vec, x_vec);

@@ -1498,7 +1498,7 @@ void bench_prefill(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols
 }
 
 // max_kv 0: version 1; else version 2 with that bound. Returns the time in ms.
-double bench_attention(CudaBackend& b, Rng& rng, int n_tokens, int n_kv, int max_kv) {
+double bench_attention(CudaBackend& b, Rng& rng, int n_tokens, int n_kv, int max_kv, DType kv_type = DType::kF32) {
   const int n_heads = 32, n_kv_heads = 8, head_dim = 128, bs = 16;
   const int64_t kv_dim = n_kv_heads * head_dim;
   const int blocks_per_seq = (n_kv + bs - 1) / bs;
@@ -1515,14 +1515,16 @@ double bench_attention(CudaBackend& b, Rng& rng, int n_tokens, int n_kv, int max
   a.max_kv = max_kv;
   a.workspace = ws.as();
   a.workspace_floats = ws_floats;
+  a.kv_type = kv_type;  // an F16 cache reads the first half of the buffers (zeros either way)
   auto s = static_cast<cudaStream_t>(b.stream());
   time_ms(s, 3, [&](int) { b.attention(a); });
   const double ms = time_ms(s, 20, [&](int) { b.attention(a); });
   require_ok(b, "attention benchmark");
-  const double bytes = 2.0 * n_tokens * n_kv * kv_dim * 4;
+  const double bytes = 2.0 * n_tokens * n_kv * kv_dim * static_cast<double>(ds::kv_elem_bytes(kv_type));
+  const char* tag = kv_type == DType::kF16 ? " f16" : "";
   char what[96];
-  if (max_kv > 0) std::snprintf(what, sizeof what, "attention v2 seqs=%d n_kv=%d max_kv=%d", n_tokens, n_kv, max_kv);
-  else std::snprintf(what, sizeof what, "attention v1 seqs=%d n_kv=%d", n_tokens, n_kv);
+  if (max_kv > 0) std::snprintf(what, sizeof what, "attention v2%s seqs=%d n_kv=%d max_kv=%d", tag, n_tokens, n_kv, max_kv);
+  else std::snprintf(what, sizeof what, "attention v1%s seqs=%d n_kv=%d", tag, n_tokens, n_kv);
   std::printf("BENCH %-36s %9.2f us  %8.1f GB/s (K+V bytes / time; 32/8 heads, hd 128)\n", what, ms * 1e3,
               bytes / (ms * 1e-3) / 1e9);
   return ms;
@@ -1620,7 +1622,9 @@ void run_benchmarks(CudaBackend& b, Rng& rng) {
   bench_gemv(b, rng, DType::kQ4_K, 5632, 2048, kLiveGemv, 1);
   bench_gemv(b, rng, DType::kQ6_K, 5632, 2048, kLiveGemv, 1);
   bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, 2, 8);
-  bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, kLiveGemv, 8);
+  bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, kLiveGemv, 8);  // 2 rows per warp for n > 1 (v1 of it: 297 GB/s)
+  bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, kLiveGemv, 4);
+  bench_gemv(b, rng, DType::kF16, 5632, 2048, kLiveGemv, 8);
   bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, kLiveGemv, 32);  // 4 launches of 8 (decode at batch 32)
   bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, 1, 1);  // v1, for comparison
   for (DType t : {DType::kQ8_0, DType::kF16})
@@ -1646,6 +1650,11 @@ void run_benchmarks(CudaBackend& b, Rng& rng) {
       std::printf("BENCH-RATIO attention seqs=%d n_kv=%d max_kv=%d: v1/v2 = %.2fx\n", as.seqs, as.n_kv, max_kv,
                   v1 / v2);
     }
+    // The same split-K decode over an F16 cache (half the bytes).
+    const double v2_32 = bench_attention(b, rng, as.seqs, as.n_kv, as.n_kv);
+    const double v2_16 = bench_attention(b, rng, as.seqs, as.n_kv, as.n_kv, DType::kF16);
+    std::printf("BENCH-RATIO attention seqs=%d n_kv=%d: F32 cache / F16 cache time = %.2fx\n", as.seqs, as.n_kv,
+                v2_32 / v2_16);
   }
   bench_pdl(b, rng, DType::kQ8_0);
   bench_pdl(b, rng, DType::kF16);
