@@ -124,12 +124,14 @@ struct WorkerStatus {
   int32_t kv_blocks_total = 0;
   double tokens_per_s = 0;  // over the last 10 s
   int32_t restarts = 0;
+  std::string kv_type;      // KV-cache elements: "f32" or "f16" ("" while no engine runs)
+  int64_t kv_bytes = 0;     // KV-cache memory (tensor parallel: each rank's share)
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, WorkerStatus& x) {
   return f(caf::meta::type_name("ds_worker_status"), x.id, x.backend, x.state, x.active, x.queued, x.kv_blocks_used,
-           x.kv_blocks_total, x.tokens_per_s, x.restarts);
+           x.kv_blocks_total, x.tokens_per_s, x.restarts, x.kv_type, x.kv_bytes);
 }
 
 struct NodeStatus {

@@ -211,6 +211,8 @@ caf::behavior worker_behavior(caf::stateful_actor<WorkerState>* self, WorkerConf
           ws.queued = es.waiting;
           ws.kv_blocks_used = es.kv_blocks_used;
           ws.kv_blocks_total = es.kv_blocks_total;
+          ws.kv_type = dtype_name(es.kv_type);
+          ws.kv_bytes = static_cast<int64_t>(es.kv_bytes);
         }
         int tokens = 0;
         const auto now = Clock::now();

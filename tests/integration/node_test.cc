@@ -364,6 +364,8 @@ TEST_F(NodeTest, StatusShowsNodeAndWorkerAsTableAndJson) {
   EXPECT_EQ(j["nodes"][0]["workers"][0]["backend"], "cpu");
   EXPECT_EQ(j["nodes"][0]["workers"][0]["state"], "running");
   EXPECT_GT(j["nodes"][0]["workers"][0]["kv_blocks_total"].get<int>(), 0);
+  EXPECT_EQ(j["nodes"][0]["workers"][0]["kv_type"], "f32");  // --kv-type auto on the CPU
+  EXPECT_GT(j["nodes"][0]["workers"][0]["kv_bytes"].get<int64_t>(), 0);
   ASSERT_EQ(run_cli(tool("ds-admin") + " --connect " + n.address() + " cluster status", &out, &err), 0) << err;
   EXPECT_NE(out.find("WORKER"), std::string::npos);
 }
