@@ -92,6 +92,17 @@ TEST_F(NodeTest, GreedyOverTheNodeMatchesGolden) {
   expect_golden(n);
 }
 
+TEST_F(NodeTest, AnF16KvCacheServesTheGoldenTokensAndStatusSaysSo) {
+  test::Node& n = start({"--model", kStories, "--ctx", "512", "--kv-type", "f16"});
+  expect_golden(n);
+  auto c = connect(n);
+  ASSERT_TRUE(c);
+  auto st = c->status();
+  ASSERT_TRUE(st.ok());
+  EXPECT_EQ(st->workers.at(0).kv_type, "f16");
+  EXPECT_GT(st->workers.at(0).kv_bytes, 0);
+}
+
 TEST_F(NodeTest, TensorParallelWorkerServesTheGoldenTokens) {
   // One worker whose model is split over 2 CPU rank threads (the GPU path splits the same way
   // over --gpus with NCCL): same tokens as the single-rank engine.
