@@ -73,6 +73,13 @@ caf::behavior worker_behavior(caf::stateful_actor<WorkerState>* self, WorkerConf
     self->quit(caf::make_error(errc::internal, "engine did not start: " + st.engine_error));
     return {};
   }
+  {
+    const EngineStats es = st.engine->stats();
+    spdlog::info("worker {}: {} engine, KV cache {} x {} positions of {} ({:.1f} MiB{})", st.cfg.id, st.cfg.backend,
+                 es.kv_blocks_total, st.engine->options().kv_block_size, dtype_name(es.kv_type),
+                 static_cast<double>(es.kv_bytes) / (1 << 20),
+                 st.engine->ranks() > 1 ? " per rank" : "");
+  }
   if (st.cfg.stuck_step_exit.count() > 0) {
     const std::string id = st.cfg.id, backend = st.cfg.backend;
     st.watch = std::make_unique<StepWatch>(
