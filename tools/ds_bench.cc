@@ -93,15 +93,19 @@ ds::Result<std::unique_ptr<ds::Backend>> make_backend(int threads, int gpu) {
   return b;
 }
 
+// decode_ctx: the decode test's prompts have this many tokens, so its steps attend over
+// decode_ctx .. decode_ctx + gen positions (1: short contexts, weights dominate).
 ds::Status run_once(const std::shared_ptr<ds::Model>& model, int threads, int gpu, int prompt, int gen,
-                    const std::vector<int>& batches, BenchResult* out, std::optional<ds::DType> kv_type = std::nullopt) {
+                    const std::vector<int>& batches, BenchResult* out, std::optional<ds::DType> kv_type = std::nullopt,
+                    int decode_ctx = 1) {
   const int max_batch = *std::max_element(batches.begin(), batches.end());
   ds::EngineOptions eo;
   eo.kv_type = kv_type;
   eo.max_batch = max_batch;
   eo.max_step_tokens = std::max(prompt, max_batch);
-  eo.n_ctx = std::min(model->config().n_ctx_train, prompt + gen + 8);
-  eo.n_ctx = std::max(eo.n_ctx, prompt + gen + 8);
+  const int longest = std::max(prompt, decode_ctx);
+  eo.n_ctx = std::min(model->config().n_ctx_train, longest + gen + 8);
+  eo.n_ctx = std::max(eo.n_ctx, longest + gen + 8);
   // Whole blocks per sequence: a cache of max_batch * n_ctx positions can be a block short per
   // sequence when n_ctx is not a multiple of the block size, and then a sequence of the batch
   // waits (this made 4-token-prompt runs ~18% slower).
@@ -143,12 +147,16 @@ ds::Status run_once(const std::shared_ptr<ds::Model>& model, int threads, int gp
     for (int i = 0; i < b; ++i) {
       ds::SequenceRequest r;
       r.id = next_id++;
-      r.prompt = tokens(1, i);
+      r.prompt = tokens(decode_ctx, i);
       r.params.max_tokens = gen + 1;
       r.params.ignore_eos = true;
       DS_RETURN_IF_ERROR(e.add(r));
     }
-    DS_RETURN_IF_ERROR(drain(&evs));  // first step: prompts + first tokens
+    for (int firsts = 0; firsts < b;) {  // the prompts (one or more steps) up to every first token
+      DS_RETURN_IF_ERROR(drain(&evs));
+      for (const auto& ev : evs) firsts += ev.token >= 0 && ev.index == 0 ? 1 : 0;
+      if (e.idle()) break;
+    }
     const auto t0 = Clock::now();
     int produced = 0;
     while (!e.idle()) {
@@ -161,7 +169,7 @@ ds::Status run_once(const std::shared_ptr<ds::Model>& model, int threads, int gp
 }
 
 int bench_engine(const std::string& path, int threads, int gpu, int prompt, int gen, std::vector<int> batches, int repeats,
-                 bool json, bool quiet, const std::string& kv_type_name) {
+                 bool json, bool quiet, const std::string& kv_type_name, int decode_ctx) {
   std::optional<ds::DType> kv_type;  // "auto": the engine's default (f16 on GPUs, f32 on the CPU)
   if (kv_type_name != "auto") kv_type = kv_type_name == "f16" ? ds::DType::kF16 : ds::DType::kF32;
   const char* kv_used = kv_type ? ds::dtype_name(*kv_type) : gpu < 0 ? "f32" : "f16";
@@ -179,7 +187,7 @@ int bench_engine(const std::string& path, int threads, int gpu, int prompt, int 
   std::vector<std::vector<double>> decode(batches.size());
   for (int r = 0; r < repeats; ++r) {
     BenchResult br;
-    if (ds::Status s = run_once(*model, threads, gpu, prompt, gen, batches, &br, kv_type); !s.ok()) {
+    if (ds::Status s = run_once(*model, threads, gpu, prompt, gen, batches, &br, kv_type, decode_ctx); !s.ok()) {
       std::cerr << "ds-bench: " << s.ToString() << "\n";
       return ds::cli::kExitFailure;
     }
@@ -200,6 +208,7 @@ int bench_engine(const std::string& path, int threads, int gpu, int prompt, int 
     j["type"] = (*model)->weight_type_name();
     j["backend"] = gpu < 0 ? "cpu" : "cuda";
     j["kv_type"] = kv_used;
+    j["decode_ctx"] = decode_ctx;
     if (gpu >= 0) j["gpu"] = gpu;
     j["threads"] = threads;
     j["isa"] = ds::cpu_kernel_isa();
@@ -221,7 +230,11 @@ int bench_engine(const std::string& path, int threads, int gpu, int prompt, int 
     std::printf("%-22s %12s\n", "test", "tok/s");
     std::printf("%-22s %12.1f\n", ("prefill pp" + std::to_string(prompt)).c_str(), median(prefill));
     for (size_t i = 0; i < batches.size(); ++i)
-      std::printf("%-22s %12.1f\n", ("decode tg" + std::to_string(gen) + " batch " + std::to_string(batches[i])).c_str(), median(decode[i]));
+      std::printf("%-22s %12.1f\n",
+                  ("decode tg" + std::to_string(gen) + (decode_ctx > 1 ? " @" + std::to_string(decode_ctx) : std::string()) +
+                   " batch " + std::to_string(batches[i]))
+                      .c_str(),
+                  median(decode[i]));
     if (gpu < 0) {
       std::printf("\nweights %.0f MiB; batch-1 decode reads %.1f GB/s; memory read bandwidth %.1f GB/s (%.0f%%)\n",
                   weight_bytes / 1048576.0, weight_bytes * d1 / 1e9, bw, 100.0 * weight_bytes * d1 / 1e9 / bw);
@@ -469,7 +482,7 @@ int main(int argc, char** argv) {
   std::vector<int> batches = {1, 8};
   bool json = false, quiet = false;
   std::string backend = "cpu", kv_type = "auto";
-  int gpu = 0;
+  int gpu = 0, decode_ctx = 1;
   CLI::App* eng = app.add_subcommand("engine", "Prefill and decode throughput of the engine (CPU or one GPU) on a GGUF model");
   eng->add_option("--model", model, "GGUF model file")->required()->check(CLI::ExistingFile);
   eng->add_option("--backend", backend, "cpu or cuda (exit 1 when there is no usable GPU)")->check(CLI::IsMember({"cpu", "cuda"}));
@@ -479,6 +492,9 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "f32", "f16"}));
   eng->add_option("--prompt", prompt, "Prompt tokens for the prefill test")->check(CLI::Range(1, 65536));
   eng->add_option("--gen", gen, "Tokens to decode per sequence")->check(CLI::Range(1, 65536));
+  eng->add_option("--decode-ctx", decode_ctx,
+                  "Prompt tokens of each decode test sequence, so decode attends over this many positions (default 1)")
+      ->check(CLI::Range(1, 1 << 20));
   eng->add_option("--batch", batches, "Batch sizes for decode, comma separated")->delimiter(',')->check(CLI::Range(1, 1024));
   eng->add_option("--repeats", repeats, "Runs; the median is reported")->check(CLI::Range(1, 100));
   eng->add_flag("--json", json, "One JSON object instead of a table");
@@ -512,5 +528,6 @@ int main(int argc, char** argv) {
   }
   if (load->parsed()) return bench_load(la);
   if (failover->parsed()) return ds::bench::bench_failover(fa);
-  return bench_engine(model, threads, backend == "cuda" ? gpu : -1, prompt, gen, batches, repeats, json, quiet, kv_type);
+  return bench_engine(model, threads, backend == "cuda" ? gpu : -1, prompt, gen, batches, repeats, json, quiet, kv_type,
+                      decode_ctx);
 }

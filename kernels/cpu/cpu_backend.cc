@@ -135,19 +135,25 @@ class CpuBackend final : public Backend {
         const int64_t head_off = static_cast<int64_t>(h / group) * a.head_dim;
         if (score.size() < static_cast<size_t>(tok.n_kv)) score.resize(tok.n_kv);
         float mx = -INFINITY;
-        for (int p = 0; p < tok.n_kv; ++p) {
-          const int64_t row = static_cast<int64_t>(tok.block_table[p / a.block_size]) * a.block_size + p % a.block_size;
-          score[p] = dot_k(q, row * kv_dim + head_off) * a.scale;
-          mx = std::max(mx, score[p]);
+        // Positions block by block (no division per position): p = blk * bs + o.
+        const int bs = a.block_size;
+        for (int p0 = 0, blk = 0; p0 < tok.n_kv; p0 += bs, ++blk) {
+          const int64_t base = static_cast<int64_t>(tok.block_table[blk]) * bs * kv_dim + head_off;
+          for (int o = 0, end = std::min(bs, tok.n_kv - p0); o < end; ++o) {
+            const int p = p0 + o;
+            score[p] = dot_k(q, base + o * kv_dim) * a.scale;
+            mx = std::max(mx, score[p]);
+          }
         }
         float sum = 0;
         for (int p = 0; p < tok.n_kv; ++p) sum += (score[p] = std::exp(score[p] - mx));
         const float inv = 1.0f / sum;
         float* out = a.out + pi * a.head_dim;
         std::memset(out, 0, a.head_dim * sizeof(float));
-        for (int p = 0; p < tok.n_kv; ++p) {
-          const int64_t row = static_cast<int64_t>(tok.block_table[p / a.block_size]) * a.block_size + p % a.block_size;
-          axpy_v(score[p] * inv, row * kv_dim + head_off, out);
+        for (int p0 = 0, blk = 0; p0 < tok.n_kv; p0 += bs, ++blk) {
+          const int64_t base = static_cast<int64_t>(tok.block_table[blk]) * bs * kv_dim + head_off;
+          for (int o = 0, end = std::min(bs, tok.n_kv - p0); o < end; ++o)
+            axpy_v(score[p0 + o] * inv, base + o * kv_dim, out);
         }
       }
     });
