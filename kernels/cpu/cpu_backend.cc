@@ -107,6 +107,8 @@ class CpuBackend final : public Backend {
     }
   }
 
+  static constexpr int kMaxHeadsPerRun = 64;
+
   // F16 caches: K and V rows are widened to floats in registers (exact) by dot / axpy kernels
   // that do the F32 ones' operations in the same order, so the result is F32 attention over
   // the rounded rows, bit for bit.
@@ -127,34 +129,54 @@ class CpuBackend final : public Backend {
         if (f16) cpu::axpy_f32_f16(w, static_cast<const uint16_t*>(a.v_cache) + off, out, a.head_dim);
         else cpu::axpy_f32(w, static_cast<const float*>(a.v_cache) + off, out, a.head_dim);
       };
-      for (int64_t pi = b; pi < e; ++pi) {
-        const int64_t t = pi / a.n_heads;
-        const int h = static_cast<int>(pi % a.n_heads);
+      // This thread's (token, head) pairs, one token's run of heads at a time: each cached row
+      // is then read once for all of the run's heads, position after position (one
+      // contiguous stretch of the row instead of one head's slice per pass: decode at long
+      // contexts streams the cache from memory). Every head's operations are those of a
+      // pass of its own, in the same order: the same bits whatever the split.
+      const int bs = a.block_size;
+      for (int64_t pi0 = b; pi0 < e;) {
+        const int64_t t = pi0 / a.n_heads;
+        const int h0 = static_cast<int>(pi0 % a.n_heads);
+        const int nh = static_cast<int>(std::min<int64_t>(e - pi0, a.n_heads - h0));  // heads h0 .. h0 + nh - 1
         const AttentionToken& tok = a.tokens[t];
-        const float* q = a.q + pi * a.head_dim;
-        const int64_t head_off = static_cast<int64_t>(h / group) * a.head_dim;
-        if (score.size() < static_cast<size_t>(tok.n_kv)) score.resize(tok.n_kv);
-        float mx = -INFINITY;
-        // Positions block by block (no division per position): p = blk * bs + o.
-        const int bs = a.block_size;
-        for (int p0 = 0, blk = 0; p0 < tok.n_kv; p0 += bs, ++blk) {
-          const int64_t base = static_cast<int64_t>(tok.block_table[blk]) * bs * kv_dim + head_off;
-          for (int o = 0, end = std::min(bs, tok.n_kv - p0); o < end; ++o) {
-            const int p = p0 + o;
-            score[p] = dot_k(q, base + o * kv_dim) * a.scale;
-            mx = std::max(mx, score[p]);
+        const int64_t n_kv = tok.n_kv;
+        if (score.size() < static_cast<size_t>(nh * n_kv)) score.resize(static_cast<size_t>(nh * n_kv));
+        float mx[kMaxHeadsPerRun], inv[kMaxHeadsPerRun];
+        for (int hb = 0; hb < nh; hb += kMaxHeadsPerRun) {  // runs of at most kMaxHeadsPerRun heads
+          const int hn = std::min(kMaxHeadsPerRun, nh - hb);
+          auto head_off = [&](int j) { return static_cast<int64_t>((h0 + hb + j) / group) * a.head_dim; };
+          auto q_of = [&](int j) { return a.q + (pi0 + hb + j) * a.head_dim; };
+          float* sc = score.data() + static_cast<size_t>(hb) * n_kv;  // head j's scores: sc[j * n_kv + p]
+          for (int j = 0; j < hn; ++j) mx[j] = -INFINITY;
+          // Positions block by block (no division per position): p = blk * bs + o.
+          for (int p0 = 0, blk = 0; p0 < n_kv; p0 += bs, ++blk) {
+            const int64_t base = static_cast<int64_t>(tok.block_table[blk]) * bs * kv_dim;
+            for (int o = 0, end = static_cast<int>(std::min<int64_t>(bs, n_kv - p0)); o < end; ++o) {
+              const int p = p0 + o;
+              for (int j = 0; j < hn; ++j) {
+                float& s = sc[j * n_kv + p];
+                s = dot_k(q_of(j), base + o * kv_dim + head_off(j)) * a.scale;
+                mx[j] = std::max(mx[j], s);
+              }
+            }
+          }
+          for (int j = 0; j < hn; ++j) {
+            float sum = 0;
+            float* sj = sc + j * n_kv;
+            for (int p = 0; p < n_kv; ++p) sum += (sj[p] = std::exp(sj[p] - mx[j]));
+            inv[j] = 1.0f / sum;
+            std::memset(a.out + (pi0 + hb + j) * a.head_dim, 0, a.head_dim * sizeof(float));
+          }
+          for (int p0 = 0, blk = 0; p0 < n_kv; p0 += bs, ++blk) {
+            const int64_t base = static_cast<int64_t>(tok.block_table[blk]) * bs * kv_dim;
+            for (int o = 0, end = static_cast<int>(std::min<int64_t>(bs, n_kv - p0)); o < end; ++o)
+              for (int j = 0; j < hn; ++j)
+                axpy_v(sc[j * n_kv + p0 + o] * inv[j], base + o * kv_dim + head_off(j),
+                       a.out + (pi0 + hb + j) * a.head_dim);
           }
         }
-        float sum = 0;
-        for (int p = 0; p < tok.n_kv; ++p) sum += (score[p] = std::exp(score[p] - mx));
-        const float inv = 1.0f / sum;
-        float* out = a.out + pi * a.head_dim;
-        std::memset(out, 0, a.head_dim * sizeof(float));
-        for (int p0 = 0, blk = 0; p0 < tok.n_kv; p0 += bs, ++blk) {
-          const int64_t base = static_cast<int64_t>(tok.block_table[blk]) * bs * kv_dim + head_off;
-          for (int o = 0, end = std::min(bs, tok.n_kv - p0); o < end; ++o)
-            axpy_v(score[p0 + o] * inv, base + o * kv_dim, out);
-        }
+        pi0 += nh;
       }
     });
   }
