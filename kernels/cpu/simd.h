@@ -39,63 +39,48 @@ inline float hsum(__m256 v) {
 }
 #endif
 
-// Dot product of two float vectors of length n (fixed summation order).
-inline float dot_f32(const float* a, const float* b, int64_t n) {
+// Element loads of the second operand of dot / axpy: floats as they are, halves (an F16 KV
+// cache) widened exactly. One template body serves both, so the F16 versions do the F32
+// versions' operations in the same order: the same bits as F32 over the widened values.
+inline float load1(const float* p) { return *p; }
+inline float load1(const uint16_t* p) { return fp16_to_fp32(*p); }
+#ifdef DS_SIMD_AVX2
+inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+#endif
+
+// Dot product of a with b (floats or halves) over n elements (fixed summation order).
+template <class B>
+inline float dot(const float* a, const B* b, int64_t n) {
   int64_t k = 0;
   float sum = 0;
 #ifdef DS_SIMD_AVX2
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   for (; k + 16 <= n; k += 16) {
-    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), _mm256_loadu_ps(b + k + 8), acc1);
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), load8(b + k), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), load8(b + k + 8), acc1);
   }
-  for (; k + 8 <= n; k += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc0);
+  for (; k + 8 <= n; k += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), load8(b + k), acc0);
   sum = hsum(_mm256_add_ps(acc0, acc1));
 #endif
-  for (; k < n; ++k) sum = tail_fma(a[k], b[k], sum);
+  for (; k < n; ++k) sum = tail_fma(a[k], load1(b + k), sum);
   return sum;
 }
 
-// y += a * x over n floats.
-inline void axpy_f32(float a, const float* x, float* y, int64_t n) {
+// y += a * x over n elements of x (floats or halves).
+template <class X>
+inline void axpy(float a, const X* x, float* y, int64_t n) {
   int64_t k = 0;
 #ifdef DS_SIMD_AVX2
   const __m256 av = _mm256_set1_ps(a);
-  for (; k + 8 <= n; k += 8) _mm256_storeu_ps(y + k, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + k), _mm256_loadu_ps(y + k)));
+  for (; k + 8 <= n; k += 8) _mm256_storeu_ps(y + k, _mm256_fmadd_ps(av, load8(x + k), _mm256_loadu_ps(y + k)));
 #endif
-  for (; k < n; ++k) y[k] = tail_fma(a, x[k], y[k]);
+  for (; k < n; ++k) y[k] = tail_fma(a, load1(x + k), y[k]);
 }
 
-// dot_f32(a, widened b) for b of halves, widened in registers: the same operations in the
-// same order as dot_f32, so the same bits as dot_f32 over the widened values.
-inline float dot_f32_f16(const float* a, const uint16_t* b, int64_t n) {
-  int64_t k = 0;
-  float sum = 0;
-#ifdef DS_SIMD_AVX2
-  auto h8 = [](const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); };
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  for (; k + 16 <= n; k += 16) {
-    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), h8(b + k), acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), h8(b + k + 8), acc1);
-  }
-  for (; k + 8 <= n; k += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), h8(b + k), acc0);
-  sum = hsum(_mm256_add_ps(acc0, acc1));
-#endif
-  for (; k < n; ++k) sum = tail_fma(a[k], fp16_to_fp32(b[k]), sum);
-  return sum;
-}
-
-// axpy_f32(a, widened x, y, n) for x of halves (same bits as axpy_f32 over the widened values).
-inline void axpy_f32_f16(float a, const uint16_t* x, float* y, int64_t n) {
-  int64_t k = 0;
-#ifdef DS_SIMD_AVX2
-  const __m256 av = _mm256_set1_ps(a);
-  for (; k + 8 <= n; k += 8) {
-    const __m256 xv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + k)));
-    _mm256_storeu_ps(y + k, _mm256_fmadd_ps(av, xv, _mm256_loadu_ps(y + k)));
-  }
-#endif
-  for (; k < n; ++k) y[k] = tail_fma(a, fp16_to_fp32(x[k]), y[k]);
-}
+inline float dot_f32(const float* a, const float* b, int64_t n) { return dot(a, b, n); }
+inline void axpy_f32(float a, const float* x, float* y, int64_t n) { axpy(a, x, y, n); }
+inline float dot_f32_f16(const float* a, const uint16_t* b, int64_t n) { return dot(a, b, n); }
+inline void axpy_f32_f16(float a, const uint16_t* x, float* y, int64_t n) { axpy(a, x, y, n); }
 
 }  // namespace ds::cpu

@@ -716,12 +716,8 @@ void check_attention(CudaBackend& b, Rng& rng) {
         dev_tokens[t] = {dflat.as<int32_t>() + start, c.n_kv[t]};
       }
       Buf dtok(b, dev_tokens);
-      AttentionArgs d = a;
-      d.q = dq.as();
-      d.out = dout.as();
-      d.k_cache = dkc.as();
-      d.v_cache = dvc.as();
-      d.tokens = dtok.as<AttentionToken>();
+      AttentionArgs d = attention_args(dq, dout, dkc, dvc, dtok, n_tokens, c.n_heads, c.n_kv_heads, c.head_dim,
+                                       c.block_size);
       d.kv_type = kvt;
       b.attention(d);
       const auto got = dout.read(q.size());

@@ -34,6 +34,13 @@ class NodeTest : public ::testing::Test {
     return *nodes_.back();
   }
   std::unique_ptr<Client> connect(const test::Node& n) { return test::connect_client(n); }
+  // The first worker's status as n reports it (empty id when n does not answer).
+  WorkerStatus first_worker(const test::Node& n) {
+    auto c = connect(n);
+    if (!c) return {};
+    auto st = c->status();
+    return st.ok() && !st->workers.empty() ? st->workers.at(0) : WorkerStatus{};
+  }
   // Greedy tokens of prompt computed in this process, the reference for remote runs.
   std::vector<int32_t> local_tokens(const std::string& prompt, int n) {
     auto m = Model::Load(kStories);
@@ -95,12 +102,9 @@ TEST_F(NodeTest, GreedyOverTheNodeMatchesGolden) {
 TEST_F(NodeTest, AnF16KvCacheServesTheGoldenTokensAndStatusSaysSo) {
   test::Node& n = start({"--model", kStories, "--ctx", "512", "--kv-type", "f16"});
   expect_golden(n);
-  auto c = connect(n);
-  ASSERT_TRUE(c);
-  auto st = c->status();
-  ASSERT_TRUE(st.ok());
-  EXPECT_EQ(st->workers.at(0).kv_type, "f16");
-  EXPECT_GT(st->workers.at(0).kv_bytes, 0);
+  const WorkerStatus w = first_worker(n);
+  EXPECT_EQ(w.kv_type, "f16");
+  EXPECT_GT(w.kv_bytes, 0);
 }
 
 TEST_F(NodeTest, TensorParallelWorkerServesTheGoldenTokens) {
@@ -109,11 +113,7 @@ TEST_F(NodeTest, TensorParallelWorkerServesTheGoldenTokens) {
   test::Node& n = start({"--model", kStories, "--ctx", "512", "--tensor-parallel", "2"});
   EXPECT_NE(n.process().err().find("2 tensor-parallel ranks"), std::string::npos) << n.process().err();
   expect_golden(n);
-  auto c = connect(n);
-  ASSERT_TRUE(c);
-  auto st = c->status();
-  ASSERT_TRUE(st.ok());
-  EXPECT_EQ(st->workers.at(0).backend, "cpu-tp2");
+  EXPECT_EQ(first_worker(n).backend, "cpu-tp2");
   // --gpus needs a CUDA backend.
   std::string err;
   EXPECT_EQ(run_cli(tool("ds-node") + " --model " + kStories + " --backend cpu --gpus 0,1 --port 1", nullptr, &err), 2);
