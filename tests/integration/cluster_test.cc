@@ -56,6 +56,28 @@ class ClusterTest : public ::testing::Test {
     }
     return false;
   }
+  // Waits until every started node's own view has `members` members, all up. (converged()
+  // reads one node's status, where a member's count includes joining members: a node that
+  // still sees some as joining counts fewer voters, and with a stale view a pair of nodes
+  // cut off from three can hold a "majority" of the voters it knows.)
+  bool every_view_up(size_t members, std::chrono::seconds timeout = 20s) {
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    std::vector<std::unique_ptr<Client>> clients;
+    for (const auto& n : nodes_) clients.push_back(connect(*n));
+    while (std::chrono::steady_clock::now() < end) {
+      bool all = true;
+      for (auto& c : clients) {
+        auto v = c ? c->members() : Result<MemberView>(Status::IOError("not connected"));
+        size_t up = 0;
+        if (v.ok())
+          for (const auto& m : v->members) up += m.state == "up" ? 1 : 0;
+        all = all && v.ok() && up == members && v->members.size() == members;
+      }
+      if (all) return true;
+      std::this_thread::sleep_for(50ms);
+    }
+    return false;
+  }
   // The member `id` as c's node sees it (state "" when absent).
   NodeStatus member(Client& c, const std::string& id) {
     auto cs = c.cluster_status();
@@ -269,6 +291,7 @@ TEST_F(ClusterTest, MinorityWithoutQuorumRefusesWorkAndRecovers) {
   ASSERT_TRUE(connected.ok()) << connected.status().ToString();
   auto client = std::move(connected).value();
   ASSERT_TRUE(converged(*client, 5));
+  ASSERT_TRUE(every_view_up(5));
   for (int i = 2; i < 5; ++i) nodes_[i]->process().signal(SIGSTOP);
   GenerateRequest r;
   r.prompt = "minority";
