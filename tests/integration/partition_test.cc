@@ -126,26 +126,6 @@ TEST_F(PartitionTest, MinorityOfTwoStopsAdmittingMajorityDownsItThenItRejoins) {
     return up;
   };
   ASSERT_TRUE(wait_for([&] { return up_count() == 5; }, 30s)) << test::slurp_file(dir_ + "/node-1.err");
-  // Every node's own view has all five up before the cut: a node that still saw some as
-  // joining would count fewer voters, and the two cut off could then hold a "majority" of them.
-  std::vector<std::unique_ptr<Client>> each;
-  for (int i = 1; i <= 5; ++i) {
-    ClientOptions oi = o;
-    oi.host = ip(i);
-    auto r = Client::Connect(oi);
-    if (r.ok()) each.push_back(std::move(r).value());
-  }
-  ASSERT_EQ(each.size(), 5u);
-  ASSERT_TRUE(wait_for([&] {
-    for (auto& ci : each) {
-      auto v = view(*ci);
-      int up = 0;
-      for (auto& [nid, m] : v) up += m.state == "up" ? 1 : 0;
-      if (up != 5 || v.size() != 5) return false;
-    }
-    return true;
-  }, 30s));
-  each.clear();
   const uint64_t inc4 = view(*c)[id(4)].incarnation;
 
   // Reach p4 from here once, so that this namespace knows its link address: across the cut,
