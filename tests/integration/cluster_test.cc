@@ -154,11 +154,30 @@ TEST_F(ClusterTest, KillNineMidStreamEveryRequestCompletesExactly) {
   auto client = start_three();
   ASSERT_TRUE(client);
   test::Node& a = *nodes_[0];
-  test::Node& c = *nodes_[2];
 
   const int kRequests = 9, kTokens = 500;
   const auto undisturbed = run_all(*client, kRequests, kTokens, "story");
-  const auto disturbed = run_all(*client, kRequests, kTokens, "story", [&] { c.process().signal(SIGKILL); }, kRequests * 50);
+  // Routers place by the larger of their own count and the gossiped load, which trails by up
+  // to ~2 s (load_publish_interval + gossip): let the first run's loads settle, so that a's
+  // router spreads the second run over all three nodes.
+  std::this_thread::sleep_for(2500ms);
+  // Kill a node that runs some of the requests (c unless only b does): placement is random,
+  // and a victim with nothing to fail over would test nothing.
+  test::Node* victim = nodes_[2].get();
+  const auto disturbed = run_all(*client, kRequests, kTokens, "story", [&] {
+    auto cs = client->cluster_status();
+    auto active = [&](const test::Node& n) {
+      int k = 0;
+      if (cs.ok())
+        for (const auto& ns : cs->nodes)
+          if (ns.node_id == id_of(n))
+            for (const auto& w : ns.workers) k += w.active + w.queued;
+      return k;
+    };
+    if (active(*nodes_[2]) == 0 && active(*nodes_[1]) > 0) victim = nodes_[1].get();
+    victim->process().signal(SIGKILL);
+  }, kRequests * 50);
+  test::Node& c = *victim;
   for (int i = 0; i < kRequests; ++i) {
     ASSERT_TRUE(undisturbed[i].ok()) << undisturbed[i].status().ToString();
     ASSERT_TRUE(disturbed[i].ok()) << "request " << i << ": " << disturbed[i].status().ToString();  // includes the seq check
