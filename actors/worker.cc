@@ -79,6 +79,7 @@ caf::behavior worker_behavior(caf::stateful_actor<WorkerState>* self, WorkerConf
                  es.kv_blocks_total, st.engine->options().kv_block_size, dtype_name(es.kv_type),
                  static_cast<double>(es.kv_bytes) / (1 << 20),
                  st.engine->ranks() > 1 ? " per rank" : "");
+    if (!st.engine->memory_note().empty()) spdlog::info("worker {}: {}", st.cfg.id, st.engine->memory_note());
   }
   if (st.cfg.stuck_step_exit.count() > 0) {
     const std::string id = st.cfg.id, backend = st.cfg.backend;

@@ -70,6 +70,7 @@ struct NodeConfig {
   int kv_cache_tokens = 0;                           // KV capacity in positions; 0 = auto
   int kv_block_size = 16;                            // positions per KV block
   KvTypeKind kv_type = KvTypeKind::kAuto;            // KV cache elements
+  int gpu_memory_percent = 90;                       // GPUs: weights + buffers + KV cache within this % of each device
   int max_step_tokens = 256;                         // tokens per forward pass
   int max_tokens_limit = 4096;                       // per-request cap on generated tokens
   // ---- [log] -----------------------------------------------------------------------------

@@ -136,6 +136,9 @@ class Backend {
   virtual std::string failure() const { return {}; }
   // Whether matmul/get_rows handle weights of type t.
   virtual bool supports(DType t) const { return dtype_traits(t).supported; }
+  // Device memory now free and in all, for backends whose memory is not host memory (GPUs):
+  // the engine fits its KV cache into it (EngineOptions::memory_percent). False: unknown.
+  virtual bool memory_info(size_t* /*free_bytes*/, size_t* /*total_bytes*/) const { return false; }
   virtual void* alloc(size_t bytes) = 0;  // 64-byte aligned, zeroed; nullptr when out of memory
   virtual void free(void* p) = 0;
   // Copies between host memory and backend memory.

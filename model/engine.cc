@@ -1,6 +1,7 @@
 #include "model/engine.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #include "kernels/sampling.h"
@@ -26,7 +27,9 @@ namespace {
 // opts with defaults filled in, or InvalidArgument. kv_dim: the KV width one rank's cache
 // holds (the model's, or a shard's), for the default capacity.
 // gpu: the backends' memory is not host memory (the default KV type is then F16).
-Result<EngineOptions> normalize(const ModelConfig& c, const EngineOptions& o, int kv_dim, bool gpu) {
+// memory_known: the backend reports its device memory; an automatic KV capacity is then left at
+// max_batch * n_ctx (no 4 GiB cap) for fit_memory() to cut to what fits.
+Result<EngineOptions> normalize(const ModelConfig& c, const EngineOptions& o, int kv_dim, bool gpu, bool memory_known) {
   EngineOptions opts = o;
   if (!opts.kv_type) opts.kv_type = gpu ? DType::kF16 : DType::kF32;
   if (!kv_type_supported(*opts.kv_type))
@@ -38,10 +41,12 @@ Result<EngineOptions> normalize(const ModelConfig& c, const EngineOptions& o, in
   opts.max_step_tokens = std::max(opts.max_step_tokens, opts.max_batch);
   if (opts.backend_sample_candidates < 1 || opts.backend_sample_candidates > kSampleMaxCandidates)
     return Status::InvalidArgument("backend sample candidates must be in [1, " + std::to_string(kSampleMaxCandidates) + "]");
+  if (opts.memory_percent < 0 || opts.memory_percent > 100) return Status::InvalidArgument("memory percent must be in [0, 100]");
   const size_t bytes_per_pos = static_cast<size_t>(c.n_layer) * kv_dim * 2 * kv_elem_bytes(*opts.kv_type);
   if (opts.kv_cache_tokens <= 0) {
-    // Room for every running sequence at full context (in whole blocks), within 4 GiB.
-    const size_t cap = (size_t{4} << 30) / bytes_per_pos;
+    // Room for every running sequence at full context (in whole blocks), within 4 GiB when
+    // the memory is not known (the CPU), else within the device's memory (fit_memory).
+    const size_t cap = memory_known ? size_t{INT32_MAX} / 2 : (size_t{4} << 30) / bytes_per_pos;
     const size_t per_seq = (static_cast<size_t>(opts.n_ctx) + opts.kv_block_size - 1) / opts.kv_block_size * opts.kv_block_size;
     opts.kv_cache_tokens = static_cast<int>(std::clamp<size_t>(static_cast<size_t>(opts.max_batch) * per_seq,
                                                                std::min<size_t>(per_seq, cap), cap));
@@ -51,15 +56,99 @@ Result<EngineOptions> normalize(const ModelConfig& c, const EngineOptions& o, in
 
 int kv_blocks(const EngineOptions& opts) { return (opts.kv_cache_tokens + opts.kv_block_size - 1) / opts.kv_block_size; }
 
+size_t kv_bytes_per_position(const ModelConfig& c, int kv_dim, DType t) {
+  return static_cast<size_t>(c.n_layer) * kv_dim * 2 * kv_elem_bytes(t);
+}
+
+// Device memory a Forward takes besides weights and KV cache, over-estimated: its activation
+// buffers (model/forward.cc), the split-K attention workspace, the GEMM operands in half
+// precision (kernels/cuda: x and a dequantized weight slice of at most 64 MiB), block tables,
+// and 64 MiB for the rest (cuBLAS workspace, CUDA graphs, sampling buffers).
+size_t working_bytes(const ModelConfig& c, const EngineOptions& o, const Backend& be) {
+  const size_t T = static_cast<size_t>(o.max_step_tokens), D = c.n_embd, F = c.n_ff, V = c.n_vocab;
+  const size_t q = static_cast<size_t>(c.n_head) * c.head_dim, kv = c.kv_dim();
+  const size_t floats = T * (3 * D + 2 * q + 2 * kv + 2 * F + V + 9) +
+                        be.attention_workspace_floats(o.max_step_tokens, c.n_head, c.head_dim, o.n_ctx);
+  const size_t tables = static_cast<size_t>(o.max_batch) * ((o.n_ctx + o.kv_block_size - 1) / o.kv_block_size) * 4 * 2;
+  return floats * 4 + (size_t{64} << 20) + 2 * T * std::max(D, F) + tables + (size_t{64} << 20);
+}
+
+std::string mib(size_t bytes) { return std::to_string((bytes + (size_t{1} << 19)) >> 20) + " MiB"; }
+
+// GPUs: fits opts->kv_cache_tokens into the devices' memory (the least free of them), with
+// `weights` bytes of weights on each; *out: the plan (its note says what was decided).
+Status fit_memory(const ModelConfig& c, EngineOptions* opts, int requested_tokens, int kv_dim,
+                  const std::vector<const Backend*>& backends, size_t weights, KvMemoryPlan* out) {
+  size_t free = SIZE_MAX, total = SIZE_MAX;
+  for (const Backend* b : backends) {
+    size_t f = 0, t = 0;
+    if (!b || !b->memory_info(&f, &t)) return Status::Ok();  // unknown: as on the CPU
+    free = std::min(free, f);
+    total = std::min(total, t);
+  }
+  if (backends.empty()) return Status::Ok();
+  Result<KvMemoryPlan> plan = plan_kv_memory(*opts, requested_tokens, weights, working_bytes(c, *opts, *backends[0]),
+                                             kv_bytes_per_position(c, kv_dim, *opts->kv_type), free, total);
+  if (!plan.ok()) return plan.status();
+  opts->kv_cache_tokens = plan->kv_tokens;
+  *out = std::move(plan).value();
+  return Status::Ok();
+}
+
 }  // namespace
+
+Result<KvMemoryPlan> plan_kv_memory(const EngineOptions& o, int requested_tokens, size_t weights,
+                                    size_t working, size_t per_position, size_t free, size_t total) {
+  KvMemoryPlan p;
+  p.budget = std::min(free, total / 100 * static_cast<size_t>(o.memory_percent));
+  p.weights = weights;
+  p.working = working;
+  p.per_position = std::max<size_t>(per_position, 1);
+  const size_t bs = static_cast<size_t>(o.kv_block_size);
+  const size_t one_seq = (static_cast<size_t>(o.n_ctx) + bs - 1) / bs * bs;
+  const size_t fixed = weights + working;
+  const std::string figures = mib(p.budget) + " usable (" + std::to_string(o.memory_percent) + "% of " + mib(total) +
+                              ", " + mib(free) + " free), weights " + mib(weights) + ", working buffers " + mib(working);
+  if (p.budget < fixed || (p.budget - fixed) / p.per_position < one_seq) {
+    return Status::ResourceExhausted(
+        "not enough GPU memory for the KV cache of one " + std::to_string(o.n_ctx) + "-position sequence (" +
+        mib(one_seq * p.per_position) + "): " + figures +
+        "; lower --ctx or --max-step-tokens, use --kv-type f16 or a smaller quantization, or raise --gpu-memory-percent");
+  }
+  const size_t fit = std::min<size_t>((p.budget - fixed) / p.per_position / bs * bs, size_t{INT32_MAX} / bs * bs);
+  const size_t want = (static_cast<size_t>(o.kv_cache_tokens) + bs - 1) / bs * bs;
+  if (want <= fit) {
+    p.kv_tokens = o.kv_cache_tokens;
+    p.note = "KV cache of " + std::to_string(want) + " positions (" + mib(want * p.per_position) + ") fits: " + figures;
+    return p;
+  }
+  if (requested_tokens > 0) {
+    return Status::ResourceExhausted("--kv-cache-tokens " + std::to_string(requested_tokens) + " needs " +
+                                     mib(want * p.per_position) + " but at most " + std::to_string(fit) +
+                                     " positions fit: " + figures + "; ask for fewer or use 0 (auto)");
+  }
+  p.kv_tokens = static_cast<int>(fit);
+  p.reduced = true;
+  p.note = "KV cache cut from " + std::to_string(want) + " positions (max-batch x ctx) to " + std::to_string(fit) +
+           " (" + mib(fit * p.per_position) + ") to fit: " + figures +
+           "; sequences wait for cache blocks when all are taken";
+  return p;
+}
 
 Result<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Model> model, std::unique_ptr<Backend> backend,
                                                const EngineOptions& o) {
   const ModelConfig& c = model->config();
   if (!backend) return Status::InvalidArgument("no backend");
-  Result<EngineOptions> opts = normalize(c, o, c.kv_dim(), !backend->host_memory());
+  size_t free_bytes = 0, total_bytes = 0;
+  const bool memory_known = o.memory_percent > 0 && backend->memory_info(&free_bytes, &total_bytes);
+  Result<EngineOptions> opts = normalize(c, o, c.kv_dim(), !backend->host_memory(), memory_known);
   if (!opts.ok()) return opts.status();
+  KvMemoryPlan plan;
+  if (memory_known) {
+    DS_RETURN_IF_ERROR(fit_memory(c, &*opts, o.kv_cache_tokens, c.kv_dim(), {backend.get()}, model->weights().bytes, &plan));
+  }
   std::unique_ptr<Engine> e(new Engine(std::move(model), std::move(backend), *opts));
+  e->memory_plan_ = std::move(plan);
   Result<std::unique_ptr<KvCache>> kv =
       KvCache::Create(*e->backend_, c.n_layer, c.kv_dim(), opts->kv_block_size, kv_blocks(*opts), *opts->kv_type);
   if (!kv.ok()) return kv.status();
@@ -97,14 +186,30 @@ Result<std::unique_ptr<Engine>> Engine::CreateTensorParallel(std::shared_ptr<con
   }
   const ModelConfig& c = model->config();
   DS_RETURN_IF_ERROR(check_tensor_parallel(*model, n));
-  Result<EngineOptions> opts = normalize(c, o, c.kv_dim() / n, ranks[0].backend && !ranks[0].backend->host_memory());
+  std::vector<const Backend*> rank_backends;
+  bool memory_known = o.memory_percent > 0;
+  for (const ShardRank& r : ranks) {
+    size_t f = 0, t = 0;
+    rank_backends.push_back(r.backend.get());
+    memory_known = memory_known && r.backend && r.backend->memory_info(&f, &t);
+  }
+  Result<EngineOptions> opts =
+      normalize(c, o, c.kv_dim() / n, ranks[0].backend && !ranks[0].backend->host_memory(), memory_known);
   if (!opts.ok()) return opts.status();
+  KvMemoryPlan plan;
+  if (memory_known) {  // each rank holds about 1/n of the weights (embeddings and norms are replicated)
+    DS_RETURN_IF_ERROR(fit_memory(c, &*opts, o.kv_cache_tokens, c.kv_dim() / n, rank_backends,
+                                  model->weights().bytes / n + model->weights().tok_embd.row_stride() *
+                                                                   static_cast<size_t>(model->weights().tok_embd.rows),
+                                  &plan));
+  }
   Result<std::unique_ptr<ShardGroup>> g = ShardGroup::Create(model, std::move(ranks), opts->kv_block_size, kv_blocks(*opts), opts->max_step_tokens,
                                                              std::chrono::milliseconds(opts->shard_step_timeout_ms), opts->n_ctx,
                                                              *opts->kv_type);
   if (!g.ok()) return g.status();
   std::unique_ptr<Engine> e(new Engine(std::move(model), nullptr, *opts));
   e->group_ = std::move(g).value();
+  e->memory_plan_ = std::move(plan);
   return e;
 }
 

@@ -60,7 +60,12 @@ struct EngineOptions {
   int max_batch = 8;             // running sequences
   int max_step_tokens = 256;     // tokens per forward pass (prefill chunk budget)
   int kv_block_size = 16;        // positions per KV block
-  int kv_cache_tokens = 0;       // KV capacity in positions; 0: max_batch * n_ctx (capped at 4 GiB of cache)
+  int kv_cache_tokens = 0;       // KV capacity in positions; 0: max_batch * n_ctx, within 4 GiB of cache on
+                                 // the CPU and within memory_percent of the device's memory on GPUs
+  int memory_percent = 90;       // GPUs: weights, working buffers and KV cache stay within this percent of
+                                 // the device's memory and within what is free at start (plan_kv_memory);
+                                 // 0: no fitting (the capacity as on the CPU; allocation failures still
+                                 // give clean errors)
   std::optional<DType> kv_type;  // KV cache elements: kF32 or kF16 (half the memory); unset: F16 on
                                  // GPUs (backends whose memory is not host memory), F32 on the CPU
   int n_ctx = 0;                 // max positions per sequence; 0: the model's training context
@@ -101,6 +106,25 @@ struct EngineStats {
   uint64_t backend_samples = 0;           // tokens sampled from backend-side candidates
   uint64_t backend_sample_fallbacks = 0;  // of those, how many needed the whole row downloaded
 };
+
+// How an engine on a GPU fits into its device's memory (plan_kv_memory).
+struct KvMemoryPlan {
+  size_t budget = 0;        // min(free, memory_percent of total)
+  size_t weights = 0;       // model weights (one rank's share)
+  size_t working = 0;       // activation buffers, attention workspace, GEMM scratch, a margin
+  size_t per_position = 0;  // KV-cache bytes of one token position (all layers, K and V)
+  int kv_tokens = 0;        // the capacity chosen (whole blocks)
+  bool reduced = false;     // an automatic capacity was cut to fit
+  std::string note;         // what was decided, in words (for the worker's log)
+};
+
+// The KV capacity for an engine with these (normalized) options on a device with `free` of
+// `total` bytes, whose weights take `weights` bytes and per-position cache `per_position`:
+// the requested capacity when it fits; an automatic one (requested_tokens 0) cut to what
+// fits; ResourceExhausted, naming the figures and what to change, when not even one
+// sequence of n_ctx positions fits, or an explicit kv_cache_tokens does not.
+Result<KvMemoryPlan> plan_kv_memory(const EngineOptions& normalized, int requested_tokens,
+                                    size_t weights, size_t working, size_t per_position, size_t free, size_t total);
 
 class ShardGroup;
 
@@ -150,6 +174,10 @@ class Engine {
   Status step(std::vector<TokenEvent>* events);
   bool idle() const { return running_.empty() && waiting_.empty() && cancelled_.empty(); }
   EngineStats stats() const;
+  // How the KV cache was fitted into the device's memory ("" on the CPU): the worker logs it.
+  const std::string& memory_note() const { return memory_plan_.note; }
+  // The plan behind it (all zero on the CPU).
+  const KvMemoryPlan& memory_plan() const { return memory_plan_; }
   const Model& model() const { return *model_; }
   const EngineOptions& options() const { return opts_; }
   // The backend (tensor-parallel: rank 0's).
@@ -199,6 +227,7 @@ class Engine {
   std::vector<uint64_t> cancelled_;
   std::vector<float> logits_;
   bool sample_on_backend_ = false;
+  KvMemoryPlan memory_plan_;
   Scratch samp_rows_, samp_pen_tokens_, samp_pen_counts_, samp_out_;
   uint64_t backend_samples_ = 0, backend_sample_fallbacks_ = 0;
   uint64_t tokens_generated_ = 0;

@@ -236,6 +236,7 @@ int main(int argc, char** argv) {
   sc.worker.engine.max_batch = cfg.max_batch;
   sc.worker.engine.n_ctx = n_ctx;
   sc.worker.engine.kv_cache_tokens = cfg.kv_cache_tokens;
+  sc.worker.engine.memory_percent = cfg.gpu_memory_percent;
   sc.worker.engine.kv_block_size = cfg.kv_block_size;
   if (cfg.kv_type != ds::KvTypeKind::kAuto) sc.worker.engine.kv_type = cfg.kv_type == ds::KvTypeKind::kF16 ? ds::DType::kF16 : ds::DType::kF32;
   sc.worker.engine.max_step_tokens = cfg.max_step_tokens;

@@ -334,6 +334,14 @@ void CudaBackend::forget_recordings() {
 
 // ---- memory -------------------------------------------------------------------------
 
+bool CudaBackend::memory_info(size_t* free_bytes, size_t* total_bytes) const {
+  if (cudaSetDevice(impl_->device) != cudaSuccess || cudaMemGetInfo(free_bytes, total_bytes) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return true;
+}
+
 void* CudaBackend::alloc(size_t bytes) {
   constexpr const char* kOp = "alloc";
   if (capture_refuses(kOp) || !begin(kOp)) return nullptr;

@@ -74,6 +74,7 @@ class CudaBackend final : public Backend {
   const char* name() const override { return "cuda"; }
   std::string failure() const override { return error_; }
   bool host_memory() const override { return false; }
+  bool memory_info(size_t* free_bytes, size_t* total_bytes) const override;
   // The CUDA kernels cover f32, f16, bf16, q8_0, q4_0, q4_k and q6_k (every type the CPU
   // backend computes with: Q4_K_M / Q6_K files run on the GPU too).
   bool supports(DType t) const override {

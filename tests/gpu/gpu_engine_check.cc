@@ -5,8 +5,10 @@
 //
 // Step 3: greedy generation of DIR/stories260K.gguf (and -f16) on the CUDA backend must
 //         reproduce DIR/stories260K-golden.jsonl token for token (sampling on the GPU);
-//         six requests of every sampling kind must give the tokens of host sampling; the
-//         tensor-parallel engine over NCCL on the visible GPUs (1 or 2) must reproduce the golden too.
+//         six requests of every sampling kind must give the tokens of host sampling; running
+//         out of device memory at load and at run time must give a clear error and give every
+//         byte back (memory_errors); the tensor-parallel engine over NCCL on the visible GPUs
+//         (1 or 2) must reproduce the golden too.
 // Step 4: for ds-mkmodel's bench-1b preset in Q8_0 and F16 (written to --bench-dir):
 //         prefill tok/s (512 tokens), decode tok/s at batch 1, 8 and 32, the weight bytes
 //         read per second at batch 1 against the device-to-device copy bandwidth measured
@@ -19,8 +21,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -186,6 +190,171 @@ bool golden(const std::string& dir) {
     ok = ok && pass == n && n > 0;
   }
   g_kv_type.reset();
+  return ok;
+}
+
+// Out of device memory, at load and at run time: a clear error (ResourceExhausted or a backend
+// failure naming the memory), never a crash, and every byte of an engine given back when it
+// goes, failed or not. A ballast allocation leaves the engine only part of the free memory (on
+// a GPU as under the emulation, which counts device memory against DS_EMU_DEVICE_MEMORY). The
+// run-time case keeps exactly what loading took: the first prompt's scratch (cuBLAS operands,
+// block tables) cannot be had. Under the emulation that failure is required; on a GPU, where
+// allocations come in pages, the step may also succeed (then its tokens are checked).
+bool memory_errors(const std::string& dir) {
+  auto m = ds::Model::Load(dir + "/stories260K-f16.gguf");
+  if (!m.ok()) {
+    std::printf("ERROR: %s\n", m.status().ToString().c_str());
+    return false;
+  }
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  const bool emulated = std::strstr(prop.name, "emulation") != nullptr;
+  const size_t slack = emulated ? 0 : size_t{8} << 20;  // a GPU's driver may keep a few pages
+  auto free_bytes = [] {
+    size_t f = 0, t = 0;
+    cudaMemGetInfo(&f, &t);
+    return f;
+  };
+  // fit: EngineOptions::memory_percent 90 (fit the KV cache into the memory) or 0 (no plan, so
+  // the allocations themselves run out).
+  auto make = [&](ds::Status* st, int max_batch = 2, int kv_tokens = 512, bool fit = false) -> std::unique_ptr<ds::Engine> {
+    std::string err;
+    std::unique_ptr<ds::CudaBackend> be = ds::CudaBackend::create(ds::CudaBackendOptions{}, &err);
+    if (!be) {
+      *st = ds::Status::ResourceExhausted("no CUDA backend: " + err);
+      return nullptr;
+    }
+    ds::EngineOptions o;
+    o.max_batch = max_batch;
+    o.n_ctx = 256;
+    o.max_step_tokens = 128;
+    o.kv_cache_tokens = kv_tokens;
+    o.memory_percent = fit ? 90 : 0;
+    auto e = ds::Engine::Create(*m, std::move(be), o);
+    *st = e.status();
+    return e.ok() ? std::move(e).value() : nullptr;
+  };
+  // A 24-token prompt: one prefill chunk of more than 8 tokens (the cuBLAS path).
+  std::vector<int32_t> prompt = (*m)->tokenizer().encode("Once upon a time, there was a little girl named Lily.", true);
+  while (prompt.size() < 24) prompt.push_back(prompt[1 + prompt.size() % 10]);
+  prompt.resize(24);
+  ds::SequenceRequest r;
+  r.id = 0;
+  r.prompt = prompt;
+  r.params.max_tokens = 4;
+  // Steps until idle or the first failure; the tokens, and the failure in *st.
+  auto generate = [&](ds::Engine& e, ds::Status* st) {
+    std::vector<int32_t> toks;
+    *st = e.add(r);
+    while (st->ok() && !e.idle()) {
+      std::vector<ds::TokenEvent> evs;
+      *st = e.step(&evs);
+      for (const auto& ev : evs)
+        if (ev.token >= 0) toks.push_back(ev.token);
+    }
+    return toks;
+  };
+  auto memory_error = [](const ds::Status& st) {
+    return st.code() == ds::StatusCode::kResourceExhausted || st.message().find("memory") != std::string::npos;
+  };
+  bool ok = true;
+  auto expect = [&](bool cond, const std::string& what) {
+    std::printf("memory %-58s %s\n", what.c_str(), cond ? "ok" : "FAIL");
+    ok = ok && cond;
+  };
+
+  const auto t0 = Clock::now();
+  ds::Status st;
+  {  // warm-up: a GPU loads kernels (and cuBLAS its own) into device memory at first use, for good
+    auto e = make(&st);
+    if (e) generate(*e, &st);
+  }
+  const size_t f0 = free_bytes();
+  size_t need = 0;
+  std::vector<int32_t> want;
+  {
+    auto e = make(&st);
+    if (!e) {
+      std::printf("ERROR: engine: %s\n", st.ToString().c_str());
+      return false;
+    }
+    need = f0 - free_bytes();
+    want = generate(*e, &st);
+    expect(st.ok() && want.size() == 4, "baseline: 4 tokens (" + std::to_string(need >> 10) + " KiB at load)");
+  }
+  expect(free_bytes() + slack >= f0, "baseline engine gave its memory back");
+
+  auto with_ballast = [&](size_t leave, const std::function<void()>& body) {
+    const size_t f = free_bytes();
+    void* ballast = nullptr;
+    if (f > leave && cudaMalloc(&ballast, f - leave) != cudaSuccess) {
+      cudaGetLastError();
+      ballast = nullptr;
+    }
+    if (ballast == nullptr && f > leave) {
+      std::printf("memory: could not place a %zu-byte ballast; skipped\n", f - leave);
+      return;
+    }
+    body();
+    cudaFree(ballast);
+  };
+
+  // At load: half of what loading takes.
+  with_ballast(need / 2, [&] {
+    auto e = make(&st);
+    expect(e == nullptr && memory_error(st), "load with half the memory: " + (e ? std::string("it loaded") : st.ToString()).substr(0, 48));
+  });
+  expect(free_bytes() + slack >= f0, "the failed load gave its memory back");
+
+  // At run time: exactly what loading takes.
+  with_ballast(need, [&] {
+    auto e = make(&st);
+    if (!e) {  // a GPU's page granularity can make even that too little
+      expect(!emulated && memory_error(st), "run time: the load failed instead: " + st.ToString().substr(0, 28));
+      return;
+    }
+    const auto got = generate(*e, &st);
+    if (st.ok()) expect(!emulated && got == want, "run time: the step had room after all (GPU pages)");
+    else expect(memory_error(st), "run time: the step failed: " + st.ToString().substr(0, 40));
+  });
+  expect(free_bytes() + slack >= f0, "the failed engine gave its memory back");
+
+  // An automatic KV cache (max-batch 128 x ctx 256 = 32768 positions) where only ~20000 fit
+  // beside the weights and buffers: it is cut to fit, and the engine runs. (A GPU's pages make
+  // the free memory known to ~2 MiB: +-4096 positions there.)
+  {
+    ds::KvMemoryPlan big;
+    {
+      auto e = make(&st, 128, 0, true);
+      if (e) big = e->memory_plan();
+      expect(e && !big.reduced && big.kv_tokens == 128 * 256, "auto KV cache with room: 32768 positions: " +
+                                                                    (e ? std::to_string(big.kv_tokens) : st.ToString().substr(0, 20)));
+    }
+    if (big.per_position > 0) {
+      const size_t target = 20000;
+      with_ballast(big.weights + big.working + target * big.per_position, [&] {
+        auto e = make(&st, 128, 0, true);
+        const ds::KvMemoryPlan p = e ? e->memory_plan() : ds::KvMemoryPlan{};
+        const long got = p.kv_tokens, want_kv = static_cast<long>(target / 16 * 16), tol = emulated ? 0 : 4096;
+        expect(e && p.reduced && std::labs(got - want_kv) <= tol,
+               "auto KV cache cut to fit: " + (e ? std::to_string(got) + " positions (want " + std::to_string(want_kv) + ")"
+                                                 : st.ToString().substr(0, 40)));
+        if (e) {
+          std::printf("  %s\n", p.note.c_str());
+          const auto got_toks = generate(*e, &st);
+          expect(st.ok() && got_toks == want, "the cut cache runs: the baseline tokens");
+        }
+      });
+    }
+  }
+
+  // And a fresh engine runs as before.
+  {
+    auto e = make(&st);
+    const auto got = e ? generate(*e, &st) : std::vector<int32_t>{};
+    expect(e && st.ok() && got == want, "afterwards a new engine gives the baseline tokens");
+  }
+  std::printf("memory checks: %.1f s\n", secs(t0));
   return ok;
 }
 
@@ -517,6 +686,7 @@ int main(int argc, char** argv) {
   bool ok = true;
   if (!gold.empty()) ok = golden(gold) && ok;
   if (!gold.empty()) ok = sampling(gold) && ok;
+  if (!gold.empty()) ok = memory_errors(gold) && ok;
   if (!gold.empty()) ok = tensor_parallel_golden(gold) && ok;
   if (do_bench) ok = bench(bench_dir, d2d_bandwidth_gbs()) && ok;
   std::printf("RESULT: %s\n", ok ? "PASS" : "FAIL");

@@ -72,6 +72,7 @@ const ContractKey kContract[] = {
     {"--kv-cache-tokens", "DS_KV_CACHE_TOKENS", "model", "kv-cache-tokens"},
     {"--kv-block-size", "DS_KV_BLOCK_SIZE", "model", "kv-block-size"},
     {"--kv-type", "DS_KV_TYPE", "model", "kv-type"},
+    {"--gpu-memory-percent", "DS_GPU_MEMORY_PERCENT", "model", "gpu-memory-percent"},
     {"--max-step-tokens", "DS_MAX_STEP_TOKENS", "model", "max-step-tokens"},
     {"--max-tokens-limit", "DS_MAX_TOKENS_LIMIT", "model", "max-tokens-limit"},
     {"--scheduler-threads", "DS_SCHEDULER_THREADS", "caf", "scheduler-threads"},
@@ -286,6 +287,10 @@ TEST(Config, BadTomlValueRejectedNamingKey) {
   EXPECT_NE(kv.find("q8_0"), std::string::npos) << kv;
   EXPECT_NE(kv.find("auto|f32|f16"), std::string::npos) << kv;
   EXPECT_EQ(load_ok({"--kv-type", "f16"}).kv_type, KvTypeKind::kF16);
+  EXPECT_EQ(load_ok({}).gpu_memory_percent, 90);
+  EXPECT_EQ(load_ok({"--gpu-memory-percent", "50"}).gpu_memory_percent, 50);
+  EXPECT_NE(load_error({"--gpu-memory-percent", "0"}).find("gpu-memory-percent"), std::string::npos);
+  EXPECT_NE(load_error({"--gpu-memory-percent", "101"}).find("gpu-memory-percent"), std::string::npos);
   EXPECT_EQ(load_ok({"--config", write(dir, "k.toml", "[model]\nkv-type = \"f32\"\n")}).kv_type, KvTypeKind::kF32);
 }
 

@@ -185,6 +185,46 @@ TEST(Engine, AnF16KvCacheTakesHalfTheMemoryAndKeepsBatchInvariance) {
   for (int i = 0; i < 4; ++i) EXPECT_EQ(together[i].tokens, alone[i].tokens) << "sequence " << i;
 }
 
+// GPUs: the KV cache is fitted into the device's memory (model/engine.h plan_kv_memory).
+TEST(EngineMemory, PlanKeepsWhatFitsCutsAnAutomaticCacheAndExplainsWhatDoesNot) {
+  constexpr size_t kMB = 1000 * 1000;
+  EngineOptions o;
+  o.kv_block_size = 16;
+  o.n_ctx = 256;
+  o.kv_cache_tokens = 2048;  // normalized: max_batch 8 x n_ctx
+  o.memory_percent = 90;
+  // Room for 60,000 positions of 1000 bytes: the 2048 asked for fit.
+  auto p = plan_kv_memory(o, 0, 10 * kMB, 20 * kMB, 1000, 100 * kMB, 100 * kMB);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_EQ(p->kv_tokens, 2048);
+  EXPECT_FALSE(p->reduced);
+  EXPECT_EQ(p->budget, 90 * kMB);
+  EXPECT_NE(p->note.find("fits"), std::string::npos) << p->note;
+  // Only 12 MB free: 1 MB left after weights and buffers, 1000 positions, 992 in whole blocks.
+  p = plan_kv_memory(o, 0, 10 * kMB, 1 * kMB, 1000, 12 * kMB, 100 * kMB);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_EQ(p->kv_tokens, 992);
+  EXPECT_TRUE(p->reduced);
+  EXPECT_NE(p->note.find("cut from 2048 positions"), std::string::npos) << p->note;
+  // The same capacity asked for explicitly cannot be honoured: an error that says what fits.
+  p = plan_kv_memory(o, 2048, 10 * kMB, 1 * kMB, 1000, 12 * kMB, 100 * kMB);
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.status().code(), StatusCode::kResourceExhausted);
+  EXPECT_NE(p.status().message().find("--kv-cache-tokens 2048"), std::string::npos) << p.status().message();
+  EXPECT_NE(p.status().message().find("at most 992 positions"), std::string::npos) << p.status().message();
+  // Not even one 256-position sequence: the error names the figures and what to change.
+  p = plan_kv_memory(o, 0, 10 * kMB, 1 * kMB, 10000, 12 * kMB, 100 * kMB);
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.status().code(), StatusCode::kResourceExhausted);
+  for (const char* part : {"one 256-position sequence", "weights 10 MiB", "--ctx", "--gpu-memory-percent"})
+    EXPECT_NE(p.status().message().find(part), std::string::npos) << part << ": " << p.status().message();
+  // The percentage bounds the budget even when more is free.
+  o.memory_percent = 10;
+  p = plan_kv_memory(o, 0, 10 * kMB, 1 * kMB, 1000, 100 * kMB, 100 * kMB);
+  ASSERT_FALSE(p.ok());
+  EXPECT_NE(p.status().message().find("(10% of"), std::string::npos) << p.status().message();
+}
+
 TEST(Engine, BatchedDecodeEqualsAloneSampledEveryType) {
   for (DType t : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0}) {
     SCOPED_TRACE(dtype_name(t));

@@ -16,6 +16,8 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <unordered_map>
+#include <algorithm>
 #include <vector>
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -218,6 +220,24 @@ unsigned __match_any_sync(unsigned, unsigned value) {
   return peers;
 }
 
+// Device memory: host memory, counted against a notional total (DS_EMU_DEVICE_MEMORY bytes,
+// default 16 GiB, the totalGlobalMem reported above), so that out-of-memory paths run here as
+// on a GPU and cudaMemGetInfo tells what is in use (leak checks).
+namespace emu {
+namespace {
+std::mutex g_mem_mu;
+std::unordered_map<void*, size_t> g_allocations;  // device allocations -> rounded bytes
+size_t g_mem_used = 0;
+size_t mem_total() {
+  static const size_t total = [] {
+    const char* v = std::getenv("DS_EMU_DEVICE_MEMORY");
+    return v && *v ? static_cast<size_t>(std::strtoull(v, nullptr, 10)) : size_t{16} << 30;
+  }();
+  return total;
+}
+}  // namespace
+}  // namespace emu
+
 // ---- runtime API ------------------------------------------------------------------------
 
 cudaError_t cudaGetDeviceCount(int* count) {
@@ -235,7 +255,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   std::snprintf(prop->name, sizeof prop->name, "CPU emulation of an sm_90 GPU");
   prop->major = 9;
   prop->multiProcessorCount = 1;
-  prop->totalGlobalMem = size_t{16} << 30;
+  prop->totalGlobalMem = emu::mem_total();
   return cudaSuccess;
 }
 
@@ -259,7 +279,13 @@ const char* cudaGetErrorName(cudaError_t e) {
     default: return "cudaError(emulated)";
   }
 }
-const char* cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "no error" : "emulated CUDA error"; }
+const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {  // the runtime's own strings where tests look for them
+    case cudaSuccess: return "no error";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    default: return "emulated CUDA error";
+  }
+}
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
   *s = reinterpret_cast<cudaStream_t>(new char);
@@ -273,19 +299,43 @@ cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 
 cudaError_t cudaMalloc(void** p, size_t bytes) {
   *p = nullptr;
-  if (bytes > (size_t{1} << 36)) return emu::g_last_error = cudaErrorMemoryAllocation;
-  const size_t rounded = (bytes + 255) / 256 * 256;
-  *p = std::aligned_alloc(256, rounded == 0 ? 256 : rounded);
+  const size_t rounded = (std::max<size_t>(bytes, 1) + 255) / 256 * 256;
+  std::lock_guard<std::mutex> lock(emu::g_mem_mu);
+  if (rounded > emu::mem_total() - emu::g_mem_used) return emu::g_last_error = cudaErrorMemoryAllocation;
+  *p = std::aligned_alloc(256, rounded);
   if (*p == nullptr) return emu::g_last_error = cudaErrorMemoryAllocation;
-  std::memset(*p, 0xcd, rounded);  // not zeroed, as on a GPU
+  // Not zeroed, as on a GPU (a huge block, such as a test's ballast, is left as the OS gives
+  // it: writing it would take seconds and its pages).
+  if (rounded <= (size_t{64} << 20)) std::memset(*p, 0xcd, rounded);
+  emu::g_allocations[*p] = rounded;
+  emu::g_mem_used += rounded;
   return cudaSuccess;
 }
 cudaError_t cudaFree(void* p) {
+  if (p == nullptr) return cudaSuccess;
+  std::lock_guard<std::mutex> lock(emu::g_mem_mu);
+  auto it = emu::g_allocations.find(p);
+  if (it == emu::g_allocations.end()) return emu::g_last_error = cudaErrorInvalidDevicePointer;
+  emu::g_mem_used -= it->second;
+  emu::g_allocations.erase(it);
   std::free(p);
   return cudaSuccess;
 }
-cudaError_t cudaMallocHost(void** p, size_t bytes) { return cudaMalloc(p, bytes); }
-cudaError_t cudaFreeHost(void* p) { return cudaFree(p); }
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  std::lock_guard<std::mutex> lock(emu::g_mem_mu);
+  *free_bytes = emu::mem_total() - emu::g_mem_used;
+  *total_bytes = emu::mem_total();
+  return cudaSuccess;
+}
+// Pinned host memory: not device memory.
+cudaError_t cudaMallocHost(void** p, size_t bytes) {
+  *p = std::aligned_alloc(256, (std::max<size_t>(bytes, 1) + 255) / 256 * 256);
+  return *p ? cudaSuccess : (emu::g_last_error = cudaErrorMemoryAllocation);
+}
+cudaError_t cudaFreeHost(void* p) {
+  std::free(p);
+  return cudaSuccess;
+}
 cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t) {
   std::memset(p, value, bytes);
   return cudaSuccess;
