@@ -190,8 +190,15 @@ int main(int argc, char** argv) {
   setup_logging(cfg);
   const bool use_cuda = cfg.backend == ds::BackendKind::kCuda ||
                         (cfg.backend == ds::BackendKind::kAuto && ds::cuda_backend_available());
+  // Why no GPU can be used, in the CUDA runtime's words (no device, driver too old, no CUDA
+  // in this build), for the error that refuses --backend cuda or --gpus.
+  auto no_gpu_reason = [] {
+    std::string why;
+    if (ds::make_cuda_backend(0, &why) != nullptr || why.empty()) why = "no usable CUDA device";
+    return why;
+  };
   if (cfg.backend == ds::BackendKind::kCuda && !ds::cuda_backend_available()) {
-    spdlog::error("--backend cuda: no usable CUDA device (or this build has no CUDA backend)");
+    spdlog::error("--backend cuda: {}", no_gpu_reason());
     return 1;
   }
 
@@ -230,7 +237,7 @@ int main(int argc, char** argv) {
     for (std::string g; std::getline(gs, g, ',');) sc.worker.gpus.push_back(std::stoi(g));  // checked by the config
   }
   if (!sc.worker.gpus.empty() && !use_cuda) {
-    spdlog::error("--gpus {}: no usable CUDA device (or this build has no CUDA backend)", cfg.gpus);
+    spdlog::error("--gpus {}: {}", cfg.gpus, no_gpu_reason());
     return 1;
   }
   sc.worker.engine.max_batch = cfg.max_batch;
