@@ -61,9 +61,9 @@ Status validate(const MembershipOptions& o) {
   if (!(o.rumor_rounds_factor > 0)) return Status::InvalidArgument("membership rumor_rounds_factor must be > 0");
   if (o.load_rumor_rounds < 0) return Status::InvalidArgument("membership load_rumor_rounds must be >= 0");
   if (o.down_after < Duration::zero() || o.evidence_slack < Duration::zero() || o.eager_push_gap < Duration::zero() ||
-      o.remove_after < Duration::zero() || o.hop_allowance < Duration::zero()) {
+      o.remove_after < Duration::zero() || o.hop_allowance < Duration::zero() || o.pause_grace < Duration::zero()) {
     return Status::InvalidArgument(
-        "membership down_after, evidence_slack, eager_push_gap, remove_after, hop_allowance must be >= 0");
+        "membership down_after, evidence_slack, eager_push_gap, remove_after, hop_allowance, pause_grace must be >= 0");
   }
   if (o.quorum_window <= 4 * o.gossip_interval) {
     return Status::InvalidArgument("membership quorum_window (" + seconds_text(o.quorum_window) +
@@ -189,6 +189,7 @@ void Membership::apply(uint32_t idx, MemberEntry e, Source src, TimePoint now, s
                        bool force_news) {
   Slot& s = slots_[idx];
   const MemberEntry old = s.entry;  // copy: shared details, small strings
+  s.before_verdict.reset();  // decide_downs() sets it again after its own apply
   const bool known = old.incarnation != 0;
   const bool new_incarnation = known && old.incarnation != e.incarnation;
   const bool was_live = known && is_live(old.state);
@@ -418,6 +419,16 @@ void Membership::rejoin(TimePoint now) {
   watches_.clear();
   ring_dirty_ = true;
   apply(self_idx_, std::move(next), Source::kLocal, now, "rejoining as a new incarnation");
+  // The cluster declared this node down, and it did not know: the down verdicts it reached
+  // since may be a zombie's (its silence was its own). The others dropped them (from_zombie);
+  // withdraw them here too, or the new incarnation would spread them. A verdict the cluster
+  // did share comes back by anti-entropy (its entry supersedes the one restored).
+  for (uint32_t i = 0; i < slots_.size(); ++i) {
+    if (i == self_idx_ || !slots_[i].before_verdict) continue;
+    MemberEntry before = std::move(*slots_[i].before_verdict);
+    apply(i, std::move(before), Source::kSync, now,
+          "down verdict withdrawn: this node learned it was itself declared down, so the verdict may be a zombie's");
+  }
 }
 
 // ---- life cycle -----------------------------------------------------------------------------------
@@ -646,8 +657,19 @@ void Membership::handle(const JoinReply& m, TimePoint now) {
   quorum_ = majority_heard_since(now - options_.quorum_window, nullptr);
 }
 
+// A process declared down that has not learned it yet (it was stopped, cut off, or its links are
+// still coming back) keeps gossiping its own view, with its own verdicts: it may have declared
+// healthy members down, or mark them unreachable, from its silence. Those entries are not
+// merged, nor its liveness evidence; it learns its fate from the anti-entropy answers it gets
+// (SyncDigest and the entries it asks for are still answered) and rejoins as a new incarnation.
+bool Membership::from_zombie(const Sender& from) const {
+  const Slot* s = find_slot(from.node_id);
+  if (s == nullptr || s->entry.incarnation == 0 || from.node_id == self_info_.node_id) return false;
+  return from.incarnation < s->entry.incarnation || (from.incarnation == s->entry.incarnation && !is_live(s->entry.state));
+}
+
 void Membership::handle(const Gossip& g, TimePoint now) {
-  if (!check_cluster(g.cluster_name, g.from) || phase_ != Phase::kMember) return;
+  if (!check_cluster(g.cluster_name, g.from) || phase_ != Phase::kMember || from_zombie(g.from)) return;
   for (const MemberEntry& e : g.entries) merge(e, Source::kRumor, now);
   liveness_.merge(g.liveness, now);
   note_direct(g.from, now);
@@ -693,8 +715,10 @@ void Membership::handle(const SyncDigest& d, TimePoint now) {
 
 void Membership::handle(const SyncEntries& m, TimePoint now) {
   if (!check_cluster(m.cluster_name, m.from) || phase_ != Phase::kMember) return;
-  note_direct(m.from, now);
-  for (const MemberEntry& e : m.entries) merge(e, Source::kSync, now);
+  if (!from_zombie(m.from)) {
+    note_direct(m.from, now);
+    for (const MemberEntry& e : m.entries) merge(e, Source::kSync, now);
+  }
   if (m.wanted.empty()) return;
   std::vector<uint32_t> give;
   for (const NodeId& id : m.wanted) {
@@ -777,9 +801,11 @@ Output Membership::tick(TimePoint now) {
 void Membership::observe_clock(TimePoint now) {
   if (started_clock_ && phase_ == Phase::kMember && now - last_input_ > options_.self_pause_threshold) {
     for (auto& [id, w] : watches_) w.detector.reset(now);
+    grace_until_ = now + options_.pause_grace;
     event(EventKind::kSelfPaused, self_info_.node_id, self().incarnation,
           "no input for " + seconds_text(now - last_input_) +
-              " (process stopped or overloaded): failure detectors restarted; peers may have declared this node down");
+              " (process stopped or overloaded): failure detectors restarted, no verdicts for " +
+              seconds_text(options_.pause_grace) + "; peers may have declared this node down");
   }
   if (!started_clock_ || now > last_input_) last_input_ = now;
   started_clock_ = true;
@@ -822,8 +848,11 @@ void Membership::refresh_watches(TimePoint now) {
 
 void Membership::evaluate_watches(TimePoint now) {
   bool changed = false;
+  // Right after a stall of this process its silence is its own, and its links may still be
+  // coming back: no peer is found unavailable before the grace ends.
+  const bool grace = now < grace_until_;
   for (auto& [id, w] : watches_) {
-    const bool available = w.detector.is_available(now);
+    const bool available = grace || w.detector.is_available(now);
     if (!available && !w.unavailable) {
       w.unavailable = true;
       w.unavailable_since = now;
@@ -843,6 +872,7 @@ void Membership::decide_downs(TimePoint now) {
   };
   std::vector<Decision> decisions;
   if (!quorum_.has_quorum) return;  // a minority downs no one; kQuorumLost says so
+  if (now < grace_until_) return;    // just woke from a stall: maybe a zombie, links coming back
   for (const auto& [id, w] : watches_) {
     if (!w.unavailable || now - w.unavailable_since < options_.down_after) continue;
     const uint32_t idx = lookup(id);
@@ -864,10 +894,12 @@ void Membership::decide_downs(TimePoint now) {
                                          " of " + std::to_string(q.voters) + " voting members heard from since"});
   }
   for (Decision& d : decisions) {
-    MemberEntry next = slots_[d.idx].entry;
+    MemberEntry before = slots_[d.idx].entry;
+    MemberEntry next = before;
     next.state = MemberState::kDown;
     ++next.version;
     apply(d.idx, std::move(next), Source::kLocal, now, d.reason);
+    slots_[d.idx].before_verdict = std::move(before);
   }
 }
 

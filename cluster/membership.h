@@ -31,6 +31,9 @@
 //    the owner stops admitting cluster work.
 //  - Leader: the up member with the smallest (up_number, node_id) (the oldest). With quorum, it
 //    moves joining members to up and down members to removed after remove_after.
+//  - Zombies: a node that resumes from a stall reaches no verdict for pause_grace; entries from
+//    an incarnation known down (or older than known) are not merged; a node that learns it was
+//    declared down withdraws its own down verdicts before rejoining (README.md, "Zombies").
 //  - Incarnations: a restarted node (same id, higher incarnation) replaces the old record
 //    (kMemberRestarted: the old work is dead). A node that learns it was declared down rejoins
 //    as incarnation + 1 (auto_rejoin) after telling its owner (kSelfDowned).
@@ -83,6 +86,10 @@ struct MembershipOptions {
   Duration quorum_window = milliseconds(3000);     // has_quorum(): voters heard within this window
   Duration remove_after = milliseconds(30000);     // leader: down -> removed
   Duration self_pause_threshold = milliseconds(700);  // no input for this long = this process stalled
+  Duration pause_grace = milliseconds(5000);       // after such a stall: no verdicts (unreachable, down)
+                                                   // for this long. The process may be a zombie (declared
+                                                   // down meanwhile, not told yet) whose links come back
+                                                   // one by one as connections are redialled
   bool auto_rejoin = true;                         // rejoin as a new incarnation when declared down
   uint64_t seed = 1;                               // the RNG (gossip targets, seed order)
 };
@@ -186,6 +193,10 @@ class Membership {
     bool urgent = false;            // queued for the next eager push
     bool in_ring = false;
     uint32_t live_index = UINT32_MAX;  // position in live_peers_
+    // The entry before this node declared the member down, until any other change to it: if
+    // this node learns it was itself declared down, the verdict may be a zombie's and is
+    // withdrawn (rejoin()); a sound one comes back from the others by anti-entropy.
+    std::optional<MemberEntry> before_verdict;
   };
 
   // What the O(N) quorum scan reads, packed (a copy of Slot fields, kept by sync_hot()).
@@ -246,6 +257,8 @@ class Membership {
   void handle(const Heartbeat& m, TimePoint now);
   void handle(const HeartbeatAck& m, TimePoint now);
   bool check_cluster(const std::string& name, const Sender& from);
+  // A zombie: an incarnation this view has as down or removed, or one older than it knows.
+  bool from_zombie(const Sender& from) const;
   void try_join(TimePoint now);
   void refresh_watches(TimePoint now);
   void evaluate_watches(TimePoint now);
@@ -297,6 +310,7 @@ class Membership {
   TimePoint last_load_publish_ = TimePoint::min();
   TimePoint last_input_{};
   bool started_clock_ = false;
+  TimePoint grace_until_{};  // pause_grace after a stall: no verdicts before this
   bool workers_dirty_ = false;
   std::vector<WorkerSummary> workers_;
 

@@ -92,6 +92,12 @@ void Simulation::set_partition(const std::vector<int>& side) {
   for (int i = 0; i < size(); ++i) nodes_[i].side = i < static_cast<int>(side.size()) ? side[i] : 0;
 }
 
+void Simulation::set_link(int a, int b, bool up) {
+  const auto key = std::minmax(a, b);
+  if (up) cut_links_.erase({key.first, key.second});
+  else cut_links_.insert({key.first, key.second});
+}
+
 void Simulation::with_node(int i, const std::function<Output(Membership&, TimePoint)>& call) {
   assert(running(i));
   dispatch(i, call(*nodes_[i].membership, now_));
@@ -125,7 +131,9 @@ void Simulation::dispatch(int from, Output out) {
     ++stats_.by_kind[message_kind_name(o.message)];
     auto it = by_address_.find(o.to_address);
     const bool lost = net_.loss > 0 && unit(rng_) < net_.loss;
-    if (it == by_address_.end() || lost || nodes_[it->second].side != nodes_[from].side) {
+    const bool cut = it != by_address_.end() && !cut_links_.empty() &&
+                     cut_links_.count({std::min(from, it->second), std::max(from, it->second)}) > 0;
+    if (it == by_address_.end() || lost || cut || nodes_[it->second].side != nodes_[from].side) {
       ++stats_.dropped;
       continue;
     }

@@ -18,6 +18,7 @@
 #include <memory>
 #include <queue>
 #include <random>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -65,6 +66,9 @@ class Simulation {
   // Nodes on different sides cannot reach each other; `side[i]` for node i (missing = 0).
   void set_partition(const std::vector<int>& side);
   void heal() { set_partition({}); }
+  // Cut (or restore) the link between nodes a and b alone, both ways: a connection that is down
+  // or being re-established (CAF's connections close after their timeout and are redialled).
+  void set_link(int a, int b, bool up);
   void set_network(const NetworkOptions& net) { net_ = net; }
   // Call a member of node i directly (remove(), update_workers() ...) and deliver its output.
   void with_node(int i, const std::function<Output(Membership&, TimePoint)>& call);
@@ -126,6 +130,7 @@ class Simulation {
   TimePoint now_{};
   uint64_t seq_ = 0;
   std::vector<Node> nodes_;
+  std::set<std::pair<int, int>> cut_links_;  // (min, max) node pairs
   std::unordered_map<std::string, int> by_address_;
   std::priority_queue<Event, std::vector<Event>, std::greater<Event>> queue_;
   std::vector<ClusterMessage> pool_;

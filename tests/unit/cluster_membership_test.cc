@@ -75,7 +75,8 @@ bool all_see(const Simulation& sim, int subject, uint64_t incarnation, MemberSta
 struct Cluster {
   Simulation sim;
   Log log;
-  explicit Cluster(int n, NetworkOptions net = lan(), MembershipOptions o = {}) : sim(o, net, kSeed) {
+  explicit Cluster(int n, NetworkOptions net = lan(), MembershipOptions o = {}, uint64_t seed = kSeed)
+      : sim(o, net, seed) {
     log.attach(sim);
     for (int i = 0; i < n; ++i) sim.add_node();
     sim.found(0);
@@ -193,6 +194,46 @@ TEST(ClusterMembership, StoppedNodeIsMarkedDownAndRejoinsAsNewIncarnation) {
   EXPECT_GE(c.log.count(EventKind::kSelfPaused, "n0004"), 1);
   // Nobody declared anyone else down because of the stall.
   EXPECT_EQ(c.log.count(EventKind::kMemberDown, "", true), c.log.count(EventKind::kMemberDown, "n0004", true));
+}
+
+// A node stopped long enough to be declared down (and for the other nodes to close their
+// connections to it) wakes up a zombie: it does not know yet that it is down, its detectors
+// restart, and its links come back one by one as connections are redialled. No healthy member
+// may lose its incarnation because of what it concludes meanwhile (ds-bench failover --signal
+// stop --stop-seconds 12 saw thawed nodes down healthy peers whose links came back last, and
+// the verdicts spread: 3 false downs in 6 rounds). Here: n4 is stopped 12 s; on waking its
+// links stay cut 1.9 s, then come back except the one to n2, which stays cut 3 s more (so n2
+// and n4's new incarnation cannot hear each other: one of them is downed, and it must be n4).
+TEST(ClusterMembership, AZombieWakingFromAStopCostsNoHealthyMemberItsIncarnation) {
+  for (uint64_t seed : {1, 2, 3, 4, 5, 6}) {
+    Cluster c(5, NetworkOptions{0.0, milliseconds(5), milliseconds(50)}, {}, seed);
+    const uint64_t inc = c.sim.incarnation(4);
+    std::vector<uint64_t> incarnations;
+    for (int i = 0; i < 4; ++i) incarnations.push_back(c.sim.incarnation(i));
+    c.sim.pause(4);
+    ASSERT_TRUE(c.sim.run_until([&] { return all_see(c.sim, 4, inc, MemberState::kDown); }, seconds(10)));
+    c.sim.run_for(seconds(10));
+    for (int i = 0; i < 4; ++i) c.sim.set_link(4, i, false);
+    c.sim.resume(4);
+    c.sim.run_for(milliseconds(1900));
+    for (int i : {0, 1, 3}) c.sim.set_link(4, i, true);
+    c.sim.run_for(seconds(3));
+    c.sim.set_link(4, 2, true);
+    ASSERT_TRUE(c.sim.run_until([&] { return all_up(c.sim); }, seconds(20))) << "seed " << seed;
+    // (Its new incarnation may be downed once more by n2, which cannot hear it for 3 s.)
+    EXPECT_GT(c.sim.incarnation(4), inc) << "seed " << seed;
+    // No healthy member lost its incarnation: whatever n4 concluded while it was a zombie
+    // (before it learned its own fate) was dropped by the others and withdrawn by n4.
+    std::string downs;
+    for (const auto& x : c.log.entries)
+      if (x.e.kind == EventKind::kMemberDown && x.e.decided_here)
+        downs += c.sim.node_id(x.node) + " downed " + x.e.node_id + " at " + std::to_string(secs(x.at.time_since_epoch())) +
+                 " s: " + x.e.reason + "\n";
+    for (int i = 0; i < 4; ++i) {
+      EXPECT_EQ(c.log.count(EventKind::kSelfDowned, c.sim.node_id(i)), 0) << "seed " << seed << ":\n" << downs;
+      EXPECT_EQ(c.sim.incarnation(i), incarnations[i]) << "seed " << seed;
+    }
+  }
 }
 
 TEST(ClusterMembership, RestartedNodeReplacesItsOldIncarnation) {
