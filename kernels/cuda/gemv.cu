@@ -29,7 +29,8 @@
 //       Fused decode launches (gemv_qkv, gemv_swiglu) run the same per-row code
 //       (v3_rows_dots) over several matrices in one launch. For n > 1 a warp takes 2 rows
 //       (kV3BatchedRows) and loads each x chunk once for both, halving the x loads that bound
-//       n = 8 (not yet timed on a GPU; kV3BatchedRows = 1 restores one row per warp).
+//       n = 8 (not yet timed on a GPU; kV3BatchedRows = 1 restores one row per warp; version 4
+//       is the plain GEMV with one row per warp, so gpu_kernel_check times both in one run).
 //
 // Determinism: in every version the instruction sequence producing y[j, r] depends only
 // on r, j's activation row and the weights, never on n (<= 8), so a sequence decoded in a
@@ -565,12 +566,12 @@ constexpr int kV3Rows = NC > 1 ? kV3BatchedRows : 1;
 // NC: activation rows this instantiation can take (n <= NC; columns j >= n are skipped).
 // kAdd: y[j, r] += dot (gemv_add: the residual add fused in, the one float add that add
 // makes), else y[j, r] = dot.
-template <DType T, int NC, bool kAdd = false>
+// R: rows per warp (kV3Rows<NC>; 1 for version 4).
+template <DType T, int NC, bool kAdd = false, int R = kV3Rows<NC>>
 __global__ void __launch_bounds__(kV3Warps * kWarpSize)
     gemv_v3_kernel(const uint8_t* __restrict__ w, size_t row_stride, int64_t rows, int64_t cols,
                    const float* __restrict__ x, int n, float* __restrict__ y, bool w_vec, bool x_vec) {
   griddep_launch_dependents();
-  constexpr int R = kV3Rows<NC>;
   const int lane = threadIdx.x & 31;
   const int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kV3Warps + (threadIdx.x >> 5)) * R;
   if (r0 >= rows) return;  // uniform per warp (writes nothing, so needs no griddep_wait)
@@ -699,21 +700,25 @@ unsigned v3_blocks(int64_t rows, int rows_per_warp) {
   return static_cast<unsigned>((rows + per_block - 1) / per_block);
 }
 
-template <DType T, int NC>
+template <DType T, int NC, int R>
 void launch_v3_nc(const uint8_t* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n, float* y,
                   bool w_vec, bool x_vec, cudaStream_t stream, bool pdl) {
-  const auto blocks = v3_blocks(rows, kV3Rows<NC>);
-  auto* kernel = gemv_v3_kernel<T, NC>;
+  const auto blocks = v3_blocks(rows, R);
+  auto* kernel = gemv_v3_kernel<T, NC, false, R>;
   DS_LAUNCH_PDL(kernel, blocks, kV3Warps * kWarpSize, 0, stream, pdl)(w, row_stride, rows, cols, x, n, y, w_vec, x_vec);
 }
 
+// one_row: version 4 (one row per warp whatever n).
 template <DType T>
 void launch_v3(const uint8_t* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n, float* y,
-               bool w_vec, bool x_vec, cudaStream_t stream, bool pdl) {
-  if (n <= 1) launch_v3_nc<T, 1>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl);
-  else if (n <= 2) launch_v3_nc<T, 2>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl);
-  else if (n <= 4) launch_v3_nc<T, 4>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl);
-  else launch_v3_nc<T, 8>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl);
+               bool w_vec, bool x_vec, cudaStream_t stream, bool pdl, bool one_row) {
+  if (n <= 1) launch_v3_nc<T, 1, 1>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl);
+  else if (one_row && n <= 2) launch_v3_nc<T, 2, 1>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl);
+  else if (one_row && n <= 4) launch_v3_nc<T, 4, 1>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl);
+  else if (one_row) launch_v3_nc<T, 8, 1>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl);
+  else if (n <= 2) launch_v3_nc<T, 2, kV3Rows<2>>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl);
+  else if (n <= 4) launch_v3_nc<T, 4, kV3Rows<4>>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl);
+  else launch_v3_nc<T, 8, kV3Rows<8>>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl);
 }
 
 template <class Launch>
@@ -756,11 +761,11 @@ cudaError_t gemv(int version, DType t, const void* w, size_t row_stride, int64_t
       DS_LAUNCH(gemv_v2_kernel<T>, blocks, kV2Warps * kWarpSize, 0, stream)(wb, row_stride, rows, cols, x, n, y,
                                                                             w_vec, x_vec);
     });
-  } else if (version == 3) {
+  } else if (version == 3 || version == 4) {
     const bool w_vec = vec_weights(t, cols, row_stride) && aligned16(w);
     const bool x_vec = cols % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
     ok = dispatch_dtype(t, [&](auto tag) {
-      launch_v3<decltype(tag)::value>(wb, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl);
+      launch_v3<decltype(tag)::value>(wb, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl, version == 4);
     });
   }
   return ok ? cudaGetLastError() : cudaErrorInvalidValue;

@@ -43,14 +43,17 @@ cudaError_t store_kv(const float* k, const float* v, int64_t n, const int32_t* s
 // ---- gemv.cu ------------------------------------------------------------------------
 
 constexpr int kGemvMaxN = 8;  // activation rows one GEMV launch handles
-constexpr int kGemvVersions = 3;
+constexpr int kGemvVersions = 4;
 
 // y[n, rows] = x[n, cols] * W^T for n <= kGemvMaxN. Each y element is computed by the
 // same instructions whatever n (determinism contract). Versions:
 //   1: one thread per output element, scalar loads (simple, slow; a second opinion)
 //   2: one warp per weight row, 8-element chunks with 16-byte loads, 4 chunks in flight
 //   3: one warp per row, 4 rows per block, all 8 chunks' loads issued before any math,
-//      n a template parameter, int8 -> float by byte permute (the live version)
+//      n a template parameter, int8 -> float by byte permute (the live version); for n > 1 a
+//      warp takes two rows and loads each activation chunk once for both
+//   4: version 3 with one row per warp for every n (v3 as it was before two rows per warp),
+//      bit-identical to it: kept so that one GPU run times both (gpu_kernel_check)
 // REQUIRES: 1 <= n <= kGemvMaxN; 1 <= version <= kGemvVersions; supported t.
 // pdl (version 3 and the fused launches below): programmatic dependent launch (common.cuh),
 // the weight loads overlapping the end of the previous kernel.
