@@ -775,6 +775,9 @@ Output Membership::tick(TimePoint now) {
   // has_quorum), so a joiner cut off before it saw itself up must say why it refuses.
   if (quorum_.has_quorum != reported_quorum_) {
     reported_quorum_ = quorum_.has_quorum;
+    // Back from a minority side (a partition healed): the majority has probably declared this
+    // node down, and it has not heard yet; links come back one by one. No verdicts for a while.
+    if (quorum_.has_quorum && phase_ == Phase::kMember) grace_until_ = std::max(grace_until_, now + options_.pause_grace);
     event(quorum_.has_quorum ? EventKind::kQuorumRegained : EventKind::kQuorumLost, self_info_.node_id,
           self().incarnation, quorum_.reason);
   }

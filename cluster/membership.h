@@ -31,7 +31,8 @@
 //    the owner stops admitting cluster work.
 //  - Leader: the up member with the smallest (up_number, node_id) (the oldest). With quorum, it
 //    moves joining members to up and down members to removed after remove_after.
-//  - Zombies: a node that resumes from a stall reaches no verdict for pause_grace; entries from
+//  - Zombies: a node that resumes from a stall, or regains quorum, reaches no verdict for
+//    pause_grace; entries from
 //    an incarnation known down (or older than known) are not merged; a node that learns it was
 //    declared down withdraws its own down verdicts before rejoining (README.md, "Zombies").
 //  - Incarnations: a restarted node (same id, higher incarnation) replaces the old record
@@ -86,10 +87,11 @@ struct MembershipOptions {
   Duration quorum_window = milliseconds(3000);     // has_quorum(): voters heard within this window
   Duration remove_after = milliseconds(30000);     // leader: down -> removed
   Duration self_pause_threshold = milliseconds(700);  // no input for this long = this process stalled
-  Duration pause_grace = milliseconds(5000);       // after such a stall: no verdicts (unreachable, down)
-                                                   // for this long. The process may be a zombie (declared
-                                                   // down meanwhile, not told yet) whose links come back
-                                                   // one by one as connections are redialled
+  Duration pause_grace = milliseconds(5000);       // after such a stall, or on regaining quorum: no
+                                                   // verdicts (unreachable, down) for this long. The process
+                                                   // may be a zombie (declared down meanwhile, not told yet)
+                                                   // whose links come back one by one as connections are
+                                                   // redialled
   bool auto_rejoin = true;                         // rejoin as a new incarnation when declared down
   uint64_t seed = 1;                               // the RNG (gossip targets, seed order)
 };

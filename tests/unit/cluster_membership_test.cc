@@ -236,6 +236,30 @@ TEST(ClusterMembership, AZombieWakingFromAStopCostsNoHealthyMemberItsIncarnation
   }
 }
 
+// The same after a partition: n3 and n4 are cut off 12 s (the majority downs them); when it
+// heals, their links to n2 come back 3 s after the others. Zombies both, they regain quorum
+// from n0 and n1 while n2 is still silent to them; neither may cost n2 its incarnation, not
+// even by way of the other (a netns chaos run saw p4 down p3 that way, and p5, which had
+// accepted it, carry the verdict into its new incarnation).
+TEST(ClusterMembership, ZombiesBackFromAPartitionCostNoHealthyMemberItsIncarnation) {
+  for (uint64_t seed : {1, 2, 3, 4, 5, 6}) {
+    Cluster c(5, NetworkOptions{0.0, milliseconds(5), milliseconds(50)}, {}, seed);
+    std::vector<uint64_t> incarnations;
+    for (int i = 0; i < 3; ++i) incarnations.push_back(c.sim.incarnation(i));
+    c.sim.set_partition({0, 0, 0, 1, 1});
+    c.sim.run_for(seconds(12));
+    for (int z : {3, 4}) c.sim.set_link(z, 2, false);
+    c.sim.heal();
+    c.sim.run_for(seconds(3));
+    for (int z : {3, 4}) c.sim.set_link(z, 2, true);
+    ASSERT_TRUE(c.sim.run_until([&] { return all_up(c.sim); }, seconds(20))) << "seed " << seed;
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_EQ(c.log.count(EventKind::kSelfDowned, c.sim.node_id(i)), 0) << "seed " << seed << " n" << i;
+      EXPECT_EQ(c.sim.incarnation(i), incarnations[i]) << "seed " << seed;
+    }
+  }
+}
+
 TEST(ClusterMembership, RestartedNodeReplacesItsOldIncarnation) {
   Cluster c(5);
   const uint64_t old_inc = c.sim.incarnation(2);
