@@ -33,6 +33,10 @@ struct Stream {
   GenerateResult res;
   Status st = Status::Ok();
   bool done = false;
+  // The node running it died mid-stream: generate() resumes it on another member after the
+  // tokens received (lost_reason says why, for the error if it cannot).
+  bool lost = false;
+  std::string lost_reason;
   caf::actor_addr router;
   std::chrono::steady_clock::time_point last = std::chrono::steady_clock::now();
 };
@@ -88,7 +92,15 @@ caf::behavior streams_behavior(caf::stateful_actor<StreamsState>* self, std::chr
     s.watched.erase(dm.source);
     for (auto it = s.by_id.begin(); it != s.by_id.end();) {
       if (it->second->router == dm.source) {
-        finish_stream(*it->second, Status::IOError("connection to the node lost (" + caf::to_string(dm.reason) + ")"));
+        Stream& st = *it->second;
+        {
+          std::lock_guard<std::mutex> lock(st.mu);
+          if (!st.done) {
+            st.lost = true;
+            st.lost_reason = "connection to the node lost (" + caf::to_string(dm.reason) + ")";
+          }
+        }
+        st.cv.notify_all();
         it = s.by_id.erase(it);
       } else {
         ++it;
@@ -339,10 +351,42 @@ Result<GenerateResult> Client::generate(const GenerateRequest& req, const std::f
   }
   if (!st.ok()) return st;
   bool cancel_sent = false;
+  int resumes = 0;
   std::unique_lock<std::mutex> lock(stream->mu);
   while (!stream->done) {
     stream->cv.wait_for(lock, std::chrono::milliseconds(100));
     if (stream->done) break;
+    if (stream->lost) {
+      // The node running the stream died: go on from the tokens received, on another member
+      // (the cluster fails over work whose worker dies, but this node held the stream itself).
+      stream->lost = false;
+      stream->last = std::chrono::steady_clock::now();
+      const std::string why = stream->lost_reason;
+      GenerateRequest again = req;
+      again.id = stream->res.id;
+      again.resume_tokens = stream->res.tokens;
+      again.resume_seq = stream->res.chunks;
+      if (static_cast<int64_t>(again.resume_tokens.size()) >= req.max_tokens) {  // only the end was lost
+        stream->res.finish_reason = "length";
+        stream->done = true;
+        stream->on_chunk = nullptr;
+        break;
+      }
+      lock.unlock();
+      Status rs = Status::IOError(why);
+      if (++resumes <= 3 && impl_->fail_over(router)) {
+        router = impl_->current();
+        self->request(impl_->streams, impl_->opts.connect_timeout + std::chrono::seconds(1), gen_atom::value, router,
+                      again, stream)
+            .receive([&](std::string&) { rs = Status::Ok(); },
+                     [&](caf::error& e) { rs = Status::IOError(why + "; resuming on another member failed: " + render_error(e)); });
+      } else {
+        rs = Status::IOError(why + "; no other member to resume on");
+      }
+      if (!rs.ok()) finish_stream(*stream, rs);
+      lock.lock();
+      continue;
+    }
     if (cancel && cancel->load() && !cancel_sent) {
       caf::anon_send(router, cancel_atom::value, id);
       cancel_sent = true;

@@ -37,13 +37,17 @@ struct GenerateRequest {
   std::vector<std::string> stop;
   bool stream = true;
   std::string trace_id;  // propagated into every log line about the request; empty: = id
+  // Resume (ds::Client, when the node that ran the stream died): the tokens the client already
+  // received and the number of chunks; the stream continues after them (chunk resume_seq next).
+  std::vector<int32_t> resume_tokens;
+  uint32_t resume_seq = 0;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, GenerateRequest& x) {
   return f(caf::meta::type_name("ds_generate_request"), x.id, x.prompt, x.prompt_tokens, x.add_bos, x.max_tokens,
            x.temperature, x.top_k, x.top_p, x.min_p, x.repeat_penalty, x.frequency_penalty, x.presence_penalty, x.seed,
-           x.stop, x.stream, x.trace_id);
+           x.stop, x.stream, x.trace_id, x.resume_tokens, x.resume_seq);
 }
 
 // One piece of a stream: generated token(s) and the text they completed.

@@ -87,6 +87,15 @@ std::string validate_request(const RouterState& s, GenerateRequest& r, std::vect
   if (static_cast<int>(prompt->size()) >= s.cfg.n_ctx) {
     return "the prompt has " + std::to_string(prompt->size()) + " tokens but the context holds " + std::to_string(s.cfg.n_ctx);
   }
+  if (!r.resume_tokens.empty()) {
+    for (int32_t t : r.resume_tokens)
+      if (t < 0 || t >= tok.n_vocab()) return "resume token " + std::to_string(t) + " is outside the vocabulary";
+    if (static_cast<int64_t>(r.resume_tokens.size()) >= r.max_tokens)
+      return "resume: " + std::to_string(r.resume_tokens.size()) + " tokens already received, max_tokens is " + std::to_string(r.max_tokens);
+    if (prompt->size() + r.resume_tokens.size() >= static_cast<size_t>(s.cfg.n_ctx))
+      return "resume: the prompt and the tokens already received fill the context";
+    if (r.resume_seq < r.resume_tokens.size()) return "resume: fewer chunks than tokens received";
+  }
   return "";
 }
 
@@ -333,13 +342,23 @@ caf::behavior router_behavior(caf::stateful_actor<RouterState>* self, RouterConf
         if (req.id.empty()) req.id = s.cfg.node_id + "-" + std::to_string(seq_id);
         if (req.trace_id.empty()) req.trace_id = req.id;
         Inflight f;
+        // A resume (its first node died): the stream goes on after what the client received.
+        f.generated = std::move(req.resume_tokens);
+        f.next_seq = req.resume_seq;
+        req.resume_tokens.clear();
         f.req = req;
         f.prompt = std::move(prompt);
         f.client = client;
         f.start = Clock::now();
         if (client) self->monitor(client);
-        spdlog::info("request={} trace={} accepted ({} prompt tokens, max_tokens {})", req.id, req.trace_id, f.prompt.size(),
-                     req.max_tokens);
+        if (f.generated.empty()) {
+          spdlog::info("request={} trace={} accepted ({} prompt tokens, max_tokens {})", req.id, req.trace_id,
+                       f.prompt.size(), req.max_tokens);
+        } else {
+          spdlog::info("request={} trace={} accepted as a resume after {} tokens ({} chunks) its client received from a "
+                       "node that died ({} prompt tokens, max_tokens {})",
+                       req.id, req.trace_id, f.generated.size(), f.next_seq, f.prompt.size(), req.max_tokens);
+        }
         f.worker = target;
         self->send(target, submit_atom::value, work_item(seq_id, f));
         s.by_id[req.id] = seq_id;

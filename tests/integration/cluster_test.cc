@@ -307,6 +307,33 @@ TEST_F(ClusterTest, ClientMovesToAnotherMemberWhenItsNodeDies) {
   EXPECT_EQ(client->node_address(), a.address());
 }
 
+// The node the client streams through dies (SIGKILL) mid-stream: the client resumes each
+// stream on another member after the tokens it received, so every stream still completes
+// exactly (same tokens as undisturbed, one chunk per token, no gap: the seq check).
+TEST_F(ClusterTest, KillingTheClientsOwnNodeMidStreamLosesNoStream) {
+  auto client = start_three();
+  ASSERT_TRUE(client);
+  test::Node& a = *nodes_[0];
+  ASSERT_TRUE(client->members().ok());  // learns b's and c's addresses
+  const int kRequests = 6, kTokens = 400;
+  const auto undisturbed = run_all(*client, kRequests, kTokens, "story");
+  const auto disturbed =
+      run_all(*client, kRequests, kTokens, "story", [&] { a.process().signal(SIGKILL); }, kRequests * 40);
+  for (int i = 0; i < kRequests; ++i) {
+    ASSERT_TRUE(undisturbed[i].ok()) << undisturbed[i].status().ToString();
+    ASSERT_TRUE(disturbed[i].ok()) << "request " << i << ": " << disturbed[i].status().ToString();
+    EXPECT_EQ(disturbed[i]->finish_reason, "length") << disturbed[i]->error;
+    EXPECT_EQ(disturbed[i]->tokens, undisturbed[i]->tokens) << "request " << i;
+    EXPECT_EQ(disturbed[i]->text, undisturbed[i]->text) << "request " << i;
+    EXPECT_EQ(disturbed[i]->chunks, static_cast<uint32_t>(kTokens));
+  }
+  EXPECT_NE(client->node_address(), a.address());
+  bool resumed = false;
+  for (size_t i = 1; i < nodes_.size(); ++i)
+    resumed = resumed || nodes_[i]->process().err().find("accepted as a resume") != std::string::npos;
+  EXPECT_TRUE(resumed) << "no stream was resumed on another member";
+}
+
 TEST_F(ClusterTest, MinorityWithoutQuorumRefusesWorkAndRecovers) {
   // Freeze 3 of 5: the 2 left are a minority. They must not declare the majority down (they
   // cannot gather majority evidence) and must refuse new work, saying why.
