@@ -745,6 +745,7 @@ void Membership::handle(const HeartbeatAck& a, TimePoint now) {
     hot_[w.slot].evidence = s.evidence;
   }
   if (now >= w.detector.last_heartbeat()) w.detector.heartbeat(now);
+  w.answered = true;
   if (a.seq == w.last_ping_seq) liveness_.on_round_trip(now - w.last_ping_sent);
 }
 
@@ -844,7 +845,9 @@ void Membership::refresh_watches(TimePoint now) {
   for (const auto& [id, idx] : want) {
     if (watches_.count(id)) continue;
     const MemberEntry& e = slots_[idx].entry;
-    watches_.emplace(id, Watch{idx, e.incarnation, e.info().cluster_address, PhiAccrualDetector(options_.detector, now)});
+    Watch w{idx, e.incarnation, e.info().cluster_address, PhiAccrualDetector(options_.detector, now)};
+    w.since = now;
+    watches_.emplace(id, std::move(w));
   }
   if (observations_changed) publish_self(now, false);
 }
@@ -855,7 +858,11 @@ void Membership::evaluate_watches(TimePoint now) {
   // coming back: no peer is found unavailable before the grace ends.
   const bool grace = now < grace_until_;
   for (auto& [id, w] : watches_) {
-    const bool available = grace || w.detector.is_available(now);
+    // A member never heard from yet (it just joined or restarted, or this node just started to
+    // watch it) gets pause_grace: the connections to a new process are still being set up
+    // (a rolling restart saw a restarted node and a peer down each other 1.8 s after it came up).
+    const bool new_watch = !w.answered && now - w.since < options_.pause_grace;
+    const bool available = grace || new_watch || w.detector.is_available(now);
     if (!available && !w.unavailable) {
       w.unavailable = true;
       w.unavailable_since = now;

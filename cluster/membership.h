@@ -218,6 +218,8 @@ class Membership {
     TimePoint unavailable_since{};
     uint64_t last_ping_seq = 0;
     TimePoint last_ping_sent{};
+    TimePoint since{};     // watched since (a new member, or a new monitor of it)
+    bool answered = false;  // any heartbeat answer yet: until then, pause_grace before a verdict
   };
 
   struct RefHash {
