@@ -131,6 +131,9 @@ caf::behavior streams_behavior(caf::stateful_actor<StreamsState>* self, std::chr
         if (it == self->state.by_id.end()) return;
         Stream& s = *it->second;
         std::lock_guard<std::mutex> lock(s.mu);
+        // Only the node the stream runs on now: after a resume, a node that was only cut off
+        // (not dead) may still send what it had.
+        if (self->current_sender() && self->current_sender()->address() != s.router) return;
         s.last = std::chrono::steady_clock::now();
         if (c.seq != s.res.chunks && s.st.ok()) {
           s.st = Status::Internal("stream of " + s.res.id + " broken: chunk " + std::to_string(c.seq) + " after " +
@@ -144,6 +147,7 @@ caf::behavior streams_behavior(caf::stateful_actor<StreamsState>* self, std::chr
       [=](FinalMessage& f) {
         auto it = self->state.by_id.find(f.id);
         if (it == self->state.by_id.end()) return;
+        if (self->current_sender() && self->current_sender()->address() != it->second->router) return;
         StreamPtr sp = it->second;
         self->state.by_id.erase(it);
         {
