@@ -15,6 +15,46 @@ float penalize_logit(float l, int32_t count, float repeat_penalty, float frequen
   return l - sub;
 }
 
+void merge_sampled_slices(const std::vector<const uint64_t*>& slices, const std::vector<int32_t>& slice_m,
+                          const std::vector<int64_t>& id_begin, int32_t m, bool want_sums, float temperature,
+                          uint64_t* out) {
+  const size_t R = slices.size();
+  // An R-way merge of lists already in the sampler's order (key descending, id ascending;
+  // slices cover increasing id ranges, so on equal keys the lower slice's id is lower).
+  std::vector<int32_t> at(R, 0);
+  for (int32_t j = 0; j < m; ++j) {
+    size_t best = R;
+    uint32_t best_key = 0;
+    for (size_t r = 0; r < R; ++r) {
+      if (at[r] >= slice_m[r]) continue;
+      const uint32_t k = sample_order_key(sample_logit(slices[r][2 + at[r]]));
+      if (best == R || k > best_key) {
+        best = r;
+        best_key = k;
+      }
+    }
+    if (best == R) break;  // fewer candidates than m (REQUIRES says this does not happen)
+    const uint64_t w = slices[best][2 + at[best]++];
+    out[2 + j] = sample_pack(sample_logit(w), static_cast<int32_t>(sample_id(w) + id_begin[best]));
+  }
+  double s1 = 0, s2 = 0;
+  if (want_sums) {
+    const double mx = sample_logit(out[2]);
+    for (size_t r = 0; r < R; ++r) {
+      if (slice_m[r] < 1) continue;
+      const double mr = sample_logit(slices[r][2]);
+      if (mr == -INFINITY && mx != -INFINITY) continue;  // exp(-inf) adds nothing; its own sums are NaN
+      double a1, a2;
+      std::memcpy(&a1, &slices[r][0], 8);
+      std::memcpy(&a2, &slices[r][1], 8);
+      s1 += a1 * std::exp(mr - mx);
+      s2 += a2 * std::exp((mr - mx) / temperature);
+    }
+  }
+  std::memcpy(&out[0], &s1, 8);
+  std::memcpy(&out[1], &s2, 8);
+}
+
 namespace ref {
 
 void sample_candidates(const SampleArgs& a) {

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "kernels/backend.h"
 
@@ -40,6 +41,20 @@ inline float sample_logit(uint64_t word) {
   return f;
 }
 inline int32_t sample_id(uint64_t word) { return static_cast<int32_t>(word >> 32); }
+
+// Merges the words of one logits row that was sampled in vocabulary slices (tensor
+// parallelism: Backend::sample_candidates on each rank's slice of the row, with penalties
+// for that slice's ids and the row's want_sums) into the words sample_candidates gives for
+// the whole row: slice r's words (2 + slice_m[r]: sums, then candidates with ids local to
+// the slice, which starts at id id_begin[r]) -> out (2 + m words). The candidates are the
+// row's m best in the sampler's order, exactly; the sums are the slices' rescaled to the
+// row's best logit (s1 += s1_r * exp(max_r - max), s2 += s2_r * exp((max_r - max) / T)), in
+// double: they equal the whole row's up to summation order. A slice whose best logit is
+// -inf adds nothing (unless every slice's is). REQUIRES: m <= sum of slice_m, each slice's
+// candidates in the sampler's order.
+void merge_sampled_slices(const std::vector<const uint64_t*>& slices, const std::vector<int32_t>& slice_m,
+                          const std::vector<int64_t>& id_begin, int32_t m, bool want_sums, float temperature,
+                          uint64_t* out);
 
 namespace ref {
 // Backend::sample_candidates on host memory: penalties, NaN -> -inf, a stable sort of the

@@ -209,6 +209,7 @@ Result<std::unique_ptr<Engine>> Engine::CreateTensorParallel(std::shared_ptr<con
   if (!g.ok()) return g.status();
   std::unique_ptr<Engine> e(new Engine(std::move(model), nullptr, *opts));
   e->group_ = std::move(g).value();
+  e->sample_on_backend_ = opts->backend_sampling != BackendSampling::kOff;
   e->memory_plan_ = std::move(plan);
   return e;
 }
@@ -226,8 +227,6 @@ Engine::Engine(std::shared_ptr<const Model> m, std::unique_ptr<Backend> b, const
     : model_(std::move(m)), backend_(std::move(b)), opts_(o) {}
 
 Engine::~Engine() {
-  for (Scratch* sc : {&samp_rows_, &samp_pen_tokens_, &samp_pen_counts_, &samp_out_})
-    if (sc->p) backend_->free(sc->p);
   group_.reset();  // joins the rank threads
   fwd_.reset();
   kv_.reset();
@@ -402,11 +401,20 @@ Status Engine::step(std::vector<TokenEvent>* events) {
     }
   }
 
-  Status st;
-  float* backend_logits = nullptr;
+  // Sampling where the logits are (sample_on_backend_): each row's draw number is its
+  // sampler's counter, advanced once the step succeeded.
+  const int32_t n_vocab = model_->config().n_vocab;
+  SampleStep sampling;
   if (sample_on_backend_) {
-    int64_t n_out = 0;
-    st = fwd_->run_on_backend(batch, &backend_logits, &n_out);
+    for (Seq* s : wants)
+      sampling.add(s->req.params, s->tokens, n_vocab, opts_.backend_sample_candidates, s->sampler.seed, s->sampler.counter);
+  }
+  std::vector<int32_t> picked(wants.size());
+  int fallbacks = 0;
+  Status st;
+  if (sample_on_backend_) {
+    st = group_ ? group_->run_sampled(batch, sampling, &picked, &fallbacks)
+                : fwd_->run_sampled(batch, sampling, &picked, &fallbacks);
   } else {
     st = group_ ? group_->run(batch, &logits_) : fwd_->run(batch, &logits_);
   }
@@ -414,12 +422,11 @@ Status Engine::step(std::vector<TokenEvent>* events) {
   if (!st.ok()) return fail_step(st, events);
   for (auto& [s, take] : work) s->n_done += take;
 
-  std::vector<int32_t> picked(wants.size());
   if (sample_on_backend_) {
-    st = sample_on_backend(wants, backend_logits, &picked);
-    if (!st.ok()) return fail_step(st, events);
+    for (Seq* s : wants) s->sampler.counter++;
+    backend_samples_ += wants.size();
+    backend_sample_fallbacks_ += fallbacks;
   } else {
-    const int32_t n_vocab = model_->config().n_vocab;
     std::vector<float> row(n_vocab);
     for (size_t j = 0; j < wants.size(); ++j) {
       Seq& s = *wants[j];
@@ -432,6 +439,13 @@ Status Engine::step(std::vector<TokenEvent>* events) {
   if (backend_) {
     const std::string failure = backend_->failure();
     if (!failure.empty()) return fail_step(Status::Internal(std::string(backend_->name()) + " backend failed: " + failure), events);
+  }
+  for (int32_t tok : picked) {
+    if (tok < 0 || tok >= n_vocab) {
+      return fail_step(Status::Internal("sampling gave token id " + std::to_string(tok) + " (vocabulary " +
+                                        std::to_string(n_vocab) + ")"),
+                       events);
+    }
   }
   for (size_t j = 0; j < wants.size(); ++j) {
     Seq& s = *wants[j];
@@ -461,92 +475,6 @@ Status Engine::fail_step(const Status& st, std::vector<TokenEvent>* events) {
     waiting_.clear();
   }
   return st;
-}
-
-bool Engine::grow(Scratch& s, size_t bytes) {
-  if (s.bytes >= bytes) return true;
-  if (s.p) backend_->free(s.p);
-  const size_t want = std::max(bytes, s.bytes * 2);
-  s.p = backend_->alloc(want);
-  s.bytes = s.p ? want : 0;
-  return s.p != nullptr;
-}
-
-Status Engine::sample_on_backend(const std::vector<Seq*>& wants, float* logits, std::vector<int32_t>* picked) {
-  const int32_t V = model_->config().n_vocab;
-  const int64_t n = static_cast<int64_t>(wants.size());
-  if (n == 0) return Status::Ok();
-  std::vector<SampleRow> rows(n);
-  std::vector<int32_t> pen_tokens, pen_counts;
-  int64_t words = 0;
-  for (int64_t j = 0; j < n; ++j) {
-    const SamplingParams& p = wants[j]->req.params;
-    SampleRow& r = rows[j];
-    r.m = sample_candidates_wanted(p, V, opts_.backend_sample_candidates);
-    r.want_sums = sample_sums_wanted(p, V, r.m);
-    r.temperature = p.temperature;
-    r.repeat_penalty = p.repeat_penalty;
-    r.frequency_penalty = p.frequency_penalty;
-    r.presence_penalty = p.presence_penalty;
-    r.pen_begin = static_cast<int32_t>(pen_tokens.size());
-    for (const auto& [tok, count] : penalty_entries(p, wants[j]->tokens, V)) {
-      pen_tokens.push_back(tok);
-      pen_counts.push_back(count);
-    }
-    r.pen_count = static_cast<int32_t>(pen_tokens.size()) - r.pen_begin;
-    r.out = words;
-    words += 2 + r.m;
-  }
-  const size_t n_pen = std::max<size_t>(pen_tokens.size(), 1);
-  if (!grow(samp_rows_, n * sizeof(SampleRow)) || !grow(samp_pen_tokens_, n_pen * sizeof(int32_t)) ||
-      !grow(samp_pen_counts_, n_pen * sizeof(int32_t)) || !grow(samp_out_, words * sizeof(uint64_t))) {
-    return Status::ResourceExhausted("out of " + std::string(backend_->name()) + " memory for sampling buffers");
-  }
-  backend_->upload(samp_rows_.p, rows.data(), rows.size() * sizeof(SampleRow));
-  if (!pen_tokens.empty()) {
-    backend_->upload(samp_pen_tokens_.p, pen_tokens.data(), pen_tokens.size() * sizeof(int32_t));
-    backend_->upload(samp_pen_counts_.p, pen_counts.data(), pen_counts.size() * sizeof(int32_t));
-  }
-  SampleArgs a;
-  a.logits = logits;
-  a.n_rows = n;
-  a.n_vocab = V;
-  a.rows = static_cast<const SampleRow*>(samp_rows_.p);
-  a.pen_tokens = static_cast<const int32_t*>(samp_pen_tokens_.p);
-  a.pen_counts = static_cast<const int32_t*>(samp_pen_counts_.p);
-  a.out = static_cast<uint64_t*>(samp_out_.p);
-  backend_->sample_candidates(a);
-  std::vector<uint64_t> out(words);
-  backend_->download(out.data(), samp_out_.p, out.size() * sizeof(uint64_t));
-
-  std::vector<SampleCandidate> cands;
-  std::vector<float> row;
-  for (int64_t j = 0; j < n; ++j) {
-    Seq& s = *wants[j];
-    const SampleRow& r = rows[j];
-    const uint64_t draw = s.sampler.counter++;
-    const uint64_t* w = out.data() + r.out;
-    double sums[2];
-    std::memcpy(sums, w, sizeof sums);
-    cands.resize(r.m);
-    for (int32_t i = 0; i < r.m; ++i) cands[i] = {sample_logit(w[2 + i]), sample_id(w[2 + i])};
-    int32_t tok = sample_from_candidates(cands.data(), cands.size(), V, s.req.params, r.want_sums ? sums : nullptr,
-                                         s.sampler.seed, draw);
-    ++backend_samples_;
-    if (tok < 0) {  // the candidates cannot tell: the whole (penalized) row
-      ++backend_sample_fallbacks_;
-      row.resize(V);
-      backend_->download(row.data(), logits + j * V, V * sizeof(float));
-      tok = sample_penalized(row, s.req.params, s.sampler.seed, draw);
-    }
-    if (tok < 0 || tok >= V) {
-      return Status::Internal("backend sampling gave token id " + std::to_string(tok) + " (vocabulary " +
-                              std::to_string(V) + ")" +
-                              (backend_->failure().empty() ? "" : ": " + backend_->failure()));
-    }
-    (*picked)[j] = tok;
-  }
-  return Status::Ok();
 }
 
 EngineStats Engine::stats() const {

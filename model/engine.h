@@ -49,11 +49,13 @@ namespace ds {
 // (and softmax sums) in backend memory; only those are downloaded, and the host finishes
 // the draw (sample_from_candidates, model/sampler.h), falling back to the whole row when
 // the candidates cannot tell. Tokens are those of host sampling (exactly for greedy and
-// top-k <= the candidate count; otherwise up to the order of a double sum).
+// top-k <= the candidate count; otherwise up to the order of a double sum). Tensor-parallel,
+// each rank samples its vocabulary slice and only the candidates are gathered
+// (Forward::run_sampled), instead of every rank's logits.
 enum class BackendSampling {
-  kAuto,  // on the backend when its memory is not host memory (GPUs) and the engine is single-rank
-  kOff,   // on the host, from the whole downloaded logits
-  kOn,    // on the backend even when it is host memory (single-rank only; for tests)
+  kAuto,  // on the backend for GPUs (memory not host memory) and for every tensor-parallel engine
+  kOff,   // on the host, from the whole downloaded (tensor-parallel: gathered) logits
+  kOn,    // on the backend even when it is host memory (for tests)
 };
 
 struct EngineOptions {
@@ -204,15 +206,6 @@ class Engine {
   void finish(Seq& s, FinishReason r, std::vector<TokenEvent>* events, std::string error = {});
   // Fails every running sequence (and, tensor-parallel, every waiting one) with st.
   Status fail_step(const Status& st, std::vector<TokenEvent>* events);
-  // Picks one token per wants entry from logits in backend memory ([wants.size(), n_vocab])
-  // with Backend::sample_candidates, advancing each sequence's sampler.
-  Status sample_on_backend(const std::vector<Seq*>& wants, float* logits, std::vector<int32_t>* picked);
-  // Backend memory for sample_on_backend, grown on demand.
-  struct Scratch {
-    void* p = nullptr;
-    size_t bytes = 0;
-  };
-  bool grow(Scratch& s, size_t bytes);
   // Runs the sampled token through detokenizer and stop strings; returns true when done.
   bool emit_token(Seq& s, int32_t tok, std::vector<TokenEvent>* events);
 
@@ -228,7 +221,6 @@ class Engine {
   std::vector<float> logits_;
   bool sample_on_backend_ = false;
   KvMemoryPlan memory_plan_;
-  Scratch samp_rows_, samp_pen_tokens_, samp_pen_counts_, samp_out_;
   uint64_t backend_samples_ = 0, backend_sample_fallbacks_ = 0;
   uint64_t tokens_generated_ = 0;
   uint64_t steps_ = 0;

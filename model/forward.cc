@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "kernels/comm.h"
+#include "kernels/sampling.h"
 #include "model/tensor_parallel.h"
 
 namespace ds {
@@ -148,9 +149,7 @@ Status Forward::Init(const std::function<void(size_t, size_t)>& progress) {
   if (comm_) {
     const size_t R = comm_->size();
     gathered_ = buffer(R * T * vocab_stride_);
-    pairs_ = buffer(T * 2);
-    pairs_all_ = buffer(R * T * 2);
-    if (!gathered_ || !pairs_ || !pairs_all_) {
+    if (!gathered_) {
       return Status::ResourceExhausted(std::string("out of ") + be_.name() + " memory for the logit gather buffers");
     }
   }
@@ -304,6 +303,10 @@ Status Forward::enqueue_layers(int64_t n, int64_t n_out) {
 Status Forward::run(const std::vector<ForwardToken>& tokens, std::vector<float>* logits) {
   int64_t n_out = 0;
   DS_RETURN_IF_ERROR(forward_local(tokens, &n_out));
+  return gather_logits(n_out, logits);
+}
+
+Status Forward::gather_logits(int64_t n_out, std::vector<float>* logits) {
   const int64_t V = config_.n_vocab;
   logits->resize(static_cast<size_t>(n_out) * V);
   if (n_out == 0) return Status::Ok();
@@ -326,52 +329,79 @@ Status Forward::run(const std::vector<ForwardToken>& tokens, std::vector<float>*
   return Status::Ok();
 }
 
-Status Forward::run_on_backend(const std::vector<ForwardToken>& tokens, float** logits, int64_t* n_out) {
-  if (comm_) return Status::NotSupported("a tensor-parallel shard's logits are split over its ranks");
-  DS_RETURN_IF_ERROR(forward_local(tokens, n_out));
-  *logits = logits_;
-  return Status::Ok();
-}
-
-Status Forward::run_argmax(const std::vector<ForwardToken>& tokens, std::vector<int32_t>* ids) {
+Status Forward::run_sampled(const std::vector<ForwardToken>& tokens, const SampleStep& step,
+                            std::vector<int32_t>* picked, int* fallbacks) {
   int64_t n_out = 0;
   DS_RETURN_IF_ERROR(forward_local(tokens, &n_out));
-  ids->assign(n_out, 0);
+  if (n_out != static_cast<int64_t>(step.size())) {
+    return Status::Internal("run_sampled: " + std::to_string(step.size()) + " sampling rows for " +
+                            std::to_string(n_out) + " tokens that want logits");
+  }
+  picked->assign(n_out, -1);
+  *fallbacks = 0;
   if (n_out == 0) return Status::Ok();
-  // This rank's best (first largest) logit per token; NaN never wins.
-  const int64_t rows = output_.rows, first = comm_ ? vocab_begin_[comm_->rank()] : 0;
-  h_local_.resize(static_cast<size_t>(n_out) * rows);
-  be_.download(h_local_.data(), logits_, h_local_.size() * sizeof(float));
-  std::vector<float> best(n_out, -INFINITY);
-  for (int64_t t = 0; t < n_out; ++t) {
-    const float* l = h_local_.data() + t * rows;
-    int64_t arg = 0;
-    for (int64_t i = 0; i < rows; ++i) {
-      if (l[i] > l[arg] || std::isnan(l[arg])) arg = i;
+  if (!sampler_) sampler_ = std::make_unique<BackendSampler>(be_);
+  const int32_t V = config_.n_vocab;
+  const int R = comm_ ? comm_->size() : 1, rank = comm_ ? comm_->rank() : 0;
+  const int64_t begin = comm_ ? vocab_begin_[rank] : 0, rows = output_.rows;
+
+  // This rank's slice of each row: at most its rows as candidates, the penalty entries of
+  // its ids (made local); every rank keeps the step's word layout, so slots line up.
+  std::vector<SampleRow> local = step.rows;
+  std::vector<int32_t> pen_tokens, pen_counts;
+  for (SampleRow& r : local) {
+    r.m = static_cast<int32_t>(std::min<int64_t>(r.m, rows));
+    const int32_t b = r.pen_begin, e = r.pen_begin + r.pen_count;
+    r.pen_begin = static_cast<int32_t>(pen_tokens.size());
+    for (int32_t i = b; i < e; ++i) {
+      const int64_t id = step.pen_tokens[i] - begin;
+      if (id < 0 || id >= rows) continue;
+      pen_tokens.push_back(static_cast<int32_t>(id));
+      pen_counts.push_back(step.pen_counts[i]);
     }
-    best[t] = std::isnan(l[arg]) ? -INFINITY : l[arg];
-    (*ids)[t] = static_cast<int32_t>(first + arg);
+    r.pen_count = static_cast<int32_t>(pen_tokens.size()) - r.pen_begin;
   }
-  if (!comm_) return Status::Ok();
-  // Gather (value, index) pairs, the index's bits carried in a float (copied, never added).
-  std::vector<float> pairs(n_out * 2);
-  for (int64_t t = 0; t < n_out; ++t) {
-    pairs[2 * t] = best[t];
-    std::memcpy(&pairs[2 * t + 1], &(*ids)[t], sizeof(float));
-  }
-  be_.upload(pairs_, pairs.data(), pairs.size() * sizeof(float));
-  if (!comm_->all_gather(pairs_, pairs.size(), pairs_all_)) return comm_failed("all-gather of the greedy tokens");
-  h_gathered_.resize(comm_->size() * pairs.size());
-  be_.download(h_gathered_.data(), pairs_all_, h_gathered_.size() * sizeof(float));
-  for (int64_t t = 0; t < n_out; ++t) {
-    float top = -INFINITY;
-    for (int r = 0; r < comm_->size(); ++r) {  // rank order is index order: the first largest wins ties
-      const float* p = h_gathered_.data() + (r * n_out + t) * 2;
-      if (r == 0 || p[0] > top) {
-        top = p[0];
-        std::memcpy(&(*ids)[t], &p[1], sizeof(float));
+  DS_RETURN_IF_ERROR(sampler_->run(logits_, rows, local, pen_tokens, pen_counts, step.words));
+
+  std::vector<uint64_t> words(static_cast<size_t>(step.words));
+  if (!comm_) {
+    be_.download(words.data(), sampler_->words(), words.size() * sizeof(uint64_t));
+  } else {
+    // Every rank gathers every slice's words (the bits travel as floats, never added) and
+    // merges them the same way, so all ranks pick the same tokens and agree on the fallbacks.
+    const size_t per_rank = 2 * static_cast<size_t>(step.words);
+    float* all = sampler_->gather_buffer(R * per_rank);
+    if (!all) return Status::ResourceExhausted(std::string("out of ") + be_.name() + " memory for sampling buffers");
+    if (!comm_->all_gather(reinterpret_cast<const float*>(sampler_->words()), per_rank, all))
+      return comm_failed("all-gather of the sampling candidates");
+    std::vector<uint64_t> h(R * static_cast<size_t>(step.words));
+    be_.download(h.data(), all, h.size() * sizeof(uint64_t));
+    std::vector<const uint64_t*> slices(R);
+    std::vector<int32_t> slice_m(R);
+    for (int64_t j = 0; j < n_out; ++j) {
+      const SampleRow& r = step.rows[j];
+      for (int q = 0; q < R; ++q) {
+        slices[q] = h.data() + q * step.words + r.out;
+        slice_m[q] = static_cast<int32_t>(std::min<int64_t>(r.m, vocab_begin_[q + 1] - vocab_begin_[q]));
       }
+      merge_sampled_slices(slices, slice_m, vocab_begin_, r.m, r.want_sums != 0, r.temperature,
+                           words.data() + r.out);
     }
+  }
+  std::vector<int64_t> whole;  // rows the candidates cannot tell
+  for (int64_t j = 0; j < n_out; ++j) {
+    (*picked)[j] = pick_token(step, j, V, words.data());
+    if ((*picked)[j] < 0) whole.push_back(j);
+  }
+  if (whole.empty()) return Status::Ok();
+  // The whole penalized rows (sample_candidates penalized logits_ in place): sharded, every
+  // rank takes part in the gather, as every rank found the same rows.
+  *fallbacks = static_cast<int>(whole.size());
+  std::vector<float> all_rows, row(V);
+  DS_RETURN_IF_ERROR(gather_logits(n_out, &all_rows));
+  for (int64_t j : whole) {
+    std::copy(all_rows.begin() + j * V, all_rows.begin() + (j + 1) * V, row.begin());
+    (*picked)[j] = sample_penalized(row, step.params[j], step.seeds[j], step.draws[j]);
   }
   return Status::Ok();
 }

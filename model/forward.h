@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "model/backend_sampler.h"
 #include "model/kv_cache.h"
 #include "model/model.h"
 
@@ -53,7 +54,7 @@ class Forward {
   // Rank comm.rank() of a tensor-parallel group of comm.size() ranks over shard (made
   // by shard_model for that rank and size). comm works on backend's memory; kv holds
   // the rank's KV heads (kv_dim == shard->config.kv_dim()). Every rank of the group must
-  // make the same calls to run()/run_argmax() with the same tokens (the collectives pair
+  // make the same calls to run()/run_sampled() with the same tokens (the collectives pair
   // up); a failed collective fails the call with kInternal.
   static Result<std::unique_ptr<Forward>> CreateShard(std::shared_ptr<const ModelShard> shard, Backend& backend,
                                                       Communicator& comm, KvCache& kv, int max_tokens,
@@ -64,15 +65,15 @@ class Forward {
   // Runs the tokens; logits (host memory, [n_want, n_vocab] in token order) for those
   // with want_logits. REQUIRES: tokens.size() <= max_tokens, every block table covers pos.
   Status run(const std::vector<ForwardToken>& tokens, std::vector<float>* logits);
-  // As run(), but returns only the greedy token (the first index of the largest logit)
-  // of each token that wants logits. A sharded Forward gathers one (value, index) pair
-  // per token and rank instead of every logit.
-  Status run_argmax(const std::vector<ForwardToken>& tokens, std::vector<int32_t>* ids);
-
-  // As run(), but the logits stay in backend memory: *logits = [n_out, n_vocab] there,
-  // valid (and the caller's to modify, e.g. by Backend::sample_candidates) until the next
-  // run. NotSupported for a tensor-parallel shard (its logits are split over ranks).
-  Status run_on_backend(const std::vector<ForwardToken>& tokens, float** logits, int64_t* n_out);
+  // As run(), then samples one token per token that wants logits (step: its rows, in
+  // order; model/backend_sampler.h) where the logits are: Backend::sample_candidates, only
+  // the candidates downloaded. Sharded, each rank samples its vocabulary slice and every
+  // rank gathers the slices' candidates (2 + m words a row and rank instead of the row's
+  // logits) and merges them, so every rank picks the same tokens. picked: the tokens, those
+  // of host sampling (sample_token) from run()'s logits; *fallbacks: how many rows the
+  // candidates could not tell, sampled from the whole (gathered) row.
+  Status run_sampled(const std::vector<ForwardToken>& tokens, const SampleStep& step, std::vector<int32_t>* picked,
+                     int* fallbacks);
 
   int max_tokens() const { return max_tokens_; }
 
@@ -84,6 +85,8 @@ class Forward {
   // Runs the layers and this rank's output rows: logits_ = [n_out, output_.rows] for the
   // *n_out tokens that want logits.
   Status forward_local(const std::vector<ForwardToken>& tokens, int64_t* n_out);
+  // logits_ of the n_out tokens (gathered over the ranks when sharded) -> host [n_out, n_vocab].
+  Status gather_logits(int64_t n_out, std::vector<float>* logits);
   // Enqueues the layers and the logits of n tokens (n_out of them want logits) on metadata
   // already uploaded; a decode step's sequence is recorded and replayed (Backend::replay).
   Status enqueue_layers(int64_t n, int64_t n_out);
@@ -117,8 +120,8 @@ class Forward {
   std::vector<int64_t> vocab_begin_;
   int64_t vocab_stride_ = 0;
   float* gathered_ = nullptr;  // [n_ranks, max_tokens * vocab_stride_]
-  float *pairs_ = nullptr, *pairs_all_ = nullptr;  // [max_tokens, 2], [n_ranks, max_tokens, 2]: (value, index bits)
-  std::vector<float> h_local_, h_gathered_;
+  std::vector<float> h_gathered_;
+  std::unique_ptr<BackendSampler> sampler_;  // run_sampled's buffers, made on first use
 
   // Activations, [max_tokens, width] each (backend memory).
   float *x_, *xn_, *q_, *k_, *v_, *att_, *o_, *gate_, *up_, *logits_;

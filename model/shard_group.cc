@@ -72,7 +72,9 @@ struct ShardGroup::Shared {
   // unchanged until every rank is done or the group failed for good): the caller's, or
   // with a watchdog the copy below, whose blocks point into tables.
   const std::vector<ForwardToken>* tokens = nullptr;
+  const SampleStep* sampling = nullptr;  // run_sampled's step (copied with a watchdog), else null
   std::vector<ForwardToken> token_copy;
+  SampleStep sampling_copy;
   std::vector<std::vector<int32_t>> tables;
   std::vector<const std::vector<int32_t>*> table_from;  // scratch: the caller's table of tables[i]
   std::vector<int> table_of;                            // scratch: per token, its index in tables or -1
@@ -191,14 +193,16 @@ void ShardGroup::rank_loop(std::shared_ptr<Shared> sh, std::shared_ptr<Rank> r) 
   uint64_t seen = 0;
   for (;;) {
     const std::vector<ForwardToken>* tokens = nullptr;
+    const SampleStep* sampling = nullptr;
     {
       std::unique_lock<std::mutex> lock(sh->mu);
       sh->start_cv.wait(lock, [&] { return sh->stop || sh->step != seen; });
       if (sh->stop) break;
       seen = sh->step;
       tokens = sh->tokens;
+      sampling = sh->sampling;
     }
-    r->status = run_rank(*sh, *r, *tokens, &r->logits);
+    r->status = run_rank(*sh, *r, *tokens, sampling, &r->logits, &r->picked, &r->fallbacks);
     {
       std::lock_guard<std::mutex> lock(sh->mu);
       sh->done[r->index] = 1;
@@ -210,8 +214,9 @@ void ShardGroup::rank_loop(std::shared_ptr<Shared> sh, std::shared_ptr<Rank> r) 
   sh->exit_cv.notify_all();
 }
 
-Status ShardGroup::run_rank(Shared& sh, Rank& r, const std::vector<ForwardToken>& tokens, std::vector<float>* logits) {
-  Status s = r.fwd->run(tokens, logits);
+Status ShardGroup::run_rank(Shared& sh, Rank& r, const std::vector<ForwardToken>& tokens, const SampleStep* sampling,
+                            std::vector<float>* logits, std::vector<int32_t>* picked, int* fallbacks) {
+  Status s = sampling ? r.fwd->run_sampled(tokens, *sampling, picked, fallbacks) : r.fwd->run(tokens, logits);
   if (s.ok() && r.health) s = r.health();
   if (!s.ok()) {
     // Claim "first" before aborting: ranks that fail because of the abort come later.
@@ -257,6 +262,16 @@ Status ShardGroup::hang_status(uint64_t step, const std::vector<int>& hung, cons
 }
 
 Status ShardGroup::run(const std::vector<ForwardToken>& tokens, std::vector<float>* logits) {
+  return run_step(tokens, nullptr, logits, nullptr, nullptr);
+}
+
+Status ShardGroup::run_sampled(const std::vector<ForwardToken>& tokens, const SampleStep& step,
+                               std::vector<int32_t>* picked, int* fallbacks) {
+  return run_step(tokens, &step, nullptr, picked, fallbacks);
+}
+
+Status ShardGroup::run_step(const std::vector<ForwardToken>& tokens, const SampleStep* sampling,
+                            std::vector<float>* logits, std::vector<int32_t>* picked, int* fallbacks) {
   if (failed()) return failure_;
   Shared& sh = *shared_;
   const bool watched = watchdog_.joinable();
@@ -265,6 +280,8 @@ Status ShardGroup::run(const std::vector<ForwardToken>& tokens, std::vector<floa
     std::lock_guard<std::mutex> lock(sh.mu);
     if (watched) sh.copy_tokens(tokens);  // a rank run() gives up on must not read the caller's
     sh.tokens = watched ? &sh.token_copy : &tokens;
+    if (watched && sampling) sh.sampling_copy = *sampling;
+    sh.sampling = !sampling ? nullptr : watched ? &sh.sampling_copy : sampling;
     std::fill(sh.done.begin(), sh.done.end(), 0);
     sh.pending = size() - 1;
     step = ++sh.step;
@@ -273,7 +290,11 @@ Status ShardGroup::run(const std::vector<ForwardToken>& tokens, std::vector<floa
   }
   sh.start_cv.notify_all();
   sh.watch_cv.notify_all();
-  ranks_[0]->status = run_rank(sh, *ranks_[0], tokens, logits);
+  std::vector<float> unused_logits;
+  std::vector<int32_t> unused_picked;
+  int unused_fallbacks = 0;
+  ranks_[0]->status = run_rank(sh, *ranks_[0], tokens, sampling, logits ? logits : &unused_logits,
+                               picked ? picked : &unused_picked, fallbacks ? fallbacks : &unused_fallbacks);
   std::unique_lock<std::mutex> lock(sh.mu);
   sh.done[0] = 1;
   sh.done_cv.wait(lock, [&] { return sh.pending == 0 || sh.fired; });

@@ -108,6 +108,10 @@ class ShardGroup {
   // the group is failed().
   // REQUIRES: the block tables the tokens point to stay unchanged until run() returns.
   Status run(const std::vector<ForwardToken>& tokens, std::vector<float>* logits);
+  // As run(), but every rank samples its vocabulary slice (Forward::run_sampled): picked and
+  // fallbacks are rank 0's (every rank picks the same tokens). Same failure rules.
+  Status run_sampled(const std::vector<ForwardToken>& tokens, const SampleStep& step, std::vector<int32_t>* picked,
+                     int* fallbacks);
   bool failed() const { return !failure_.ok(); }
   // The failed step's Status (OK while not failed()).
   const Status& failure() const { return failure_; }
@@ -121,6 +125,8 @@ class ShardGroup {
     std::unique_ptr<KvCache> kv;
     std::unique_ptr<Forward> fwd;
     std::vector<float> logits;  // this rank's copy of the gathered logits
+    std::vector<int32_t> picked;  // this rank's tokens of a sampled step
+    int fallbacks = 0;
     Status status;              // of the last step; written by the rank, read after done
     std::thread thread;
   };
@@ -132,7 +138,11 @@ class ShardGroup {
   // never touches freed memory.
   static void rank_loop(std::shared_ptr<Shared> sh, std::shared_ptr<Rank> r);
   // Runs the step on r; on failure aborts the group (once) and records r first.
-  static Status run_rank(Shared& sh, Rank& r, const std::vector<ForwardToken>& tokens, std::vector<float>* logits);
+  // A sampled step when sampling is set (picked, fallbacks), else a logits one (logits).
+  static Status run_rank(Shared& sh, Rank& r, const std::vector<ForwardToken>& tokens, const SampleStep* sampling,
+                         std::vector<float>* logits, std::vector<int32_t>* picked, int* fallbacks);
+  Status run_step(const std::vector<ForwardToken>& tokens, const SampleStep* sampling, std::vector<float>* logits,
+                  std::vector<int32_t>* picked, int* fallbacks);
   void watch();  // the watchdog thread
   // The hang Status of the step that just missed its deadline (run()'s caller thread).
   Status hang_status(uint64_t step, const std::vector<int>& hung, const std::vector<int>& released) const;

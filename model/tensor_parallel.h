@@ -11,8 +11,9 @@
 //   output: an all-reduce makes the residual stream identical on every rank.
 // and once:
 //   output     vocab rows [V*r/n, V*(r+1)/n) of the output matrix (vocab-parallel; sizes
-//              differ by at most one row): logits are all-gathered (Forward::run), or only
-//              each rank's best (value, index) is (Forward::run_argmax).
+//              differ by at most one row): logits are all-gathered (Forward::run), or each
+//              rank samples its slice and only the candidates (greedy: the best
+//              (value, id)) are gathered and merged (Forward::run_sampled).
 //   replicated token embedding, norms (small, and every rank needs the whole residual).
 //
 // Row slices point into the model's mapped file, so any weight type splits by rows;

@@ -207,6 +207,49 @@ TEST_P(TpEngine, ContinuousBatchingMatchesSingleRankGreedyAndSampled) {
   }
 }
 
+// The group samples each rank's vocabulary slice and gathers only the candidates
+// (BackendSampling::kAuto); its tokens are those of host sampling from the gathered logits
+// (kOff), for every kind of request, also with 8 candidates (flat nuclei then need the whole
+// row, gathered for those rows only).
+TEST_P(TpEngine, SamplingTheSlicesGivesHostSamplingsTokens) {
+  auto requests = [&] {
+    std::vector<SequenceRequest> rs;
+    for (int i = 0; i < 5; ++i) {
+      SequenceRequest r = request(i, prompt_of(*model_, i), 16, 0.0f, 900 + i);
+      SamplingParams& p = r.params;
+      if (i == 1) { p.temperature = 0.7f; p.top_p = 0.9f; }
+      if (i == 2) { p.temperature = 1.0f; }
+      if (i == 3) { p.temperature = 1.2f; p.min_p = 0.05f; p.repeat_penalty = 1.3f; p.frequency_penalty = 0.4f; }
+      if (i == 4) { p.temperature = 0.9f; p.top_k = 20; p.presence_penalty = 0.5f; p.penalty_last_n = 8; }
+      rs.push_back(r);
+    }
+    return rs;
+  };
+  auto go = [&](BackendSampling where, int candidates, EngineStats* st) {
+    EngineOptions o = options();
+    o.backend_sampling = where;
+    o.backend_sample_candidates = candidates;
+    auto e = tp_engine(model_, ranks(), o);
+    EXPECT_TRUE(e);
+    if (!e) return std::map<uint64_t, Outcome>{};
+    for (auto& r : requests()) EXPECT_TRUE(e->add(r).ok());
+    auto out = run(*e);
+    *st = e->stats();
+    return out;
+  };
+  EngineStats host, slices, few;
+  const auto want = go(BackendSampling::kOff, kSampleMaxCandidates, &host);
+  expect_same(go(BackendSampling::kAuto, kSampleMaxCandidates, &slices), want);
+  expect_same(go(BackendSampling::kAuto, 8, &few), want);
+  EXPECT_EQ(host.backend_samples, 0u);
+  EXPECT_EQ(slices.backend_samples, 5u * 16);
+  EXPECT_EQ(few.backend_samples, 5u * 16);
+  if (model_->config().n_vocab > 64) {
+    EXPECT_GT(few.backend_sample_fallbacks, 0u);  // 8 candidates cannot hold a flat nucleus
+  }
+  EXPECT_LT(few.backend_sample_fallbacks, few.backend_samples);
+}
+
 TEST_P(TpEngine, ResumeContinuesExactly) {
   for (float temp : {0.0f, 0.8f}) {
     SCOPED_TRACE(temp);

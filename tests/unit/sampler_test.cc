@@ -210,6 +210,91 @@ TEST(BackendSampling, CandidatesGiveSampleTokensChoice) {
   EXPECT_LT(fallbacks, total);
 }
 
+// Tensor parallelism: each rank's slice of a row sampled on its own (penalties of its ids
+// only), the slices' words merged: exactly the whole row's candidates, and its sums up to
+// summation order. Ties across slice boundaries, NaN, slices all -inf.
+TEST(BackendSampling, SlicesMergeIntoTheWholeRowsCandidates) {
+  const int32_t V = 3001;
+  std::vector<int32_t> pen_tokens, pen_counts;
+  for (int i = 0; i < 60; ++i) {
+    pen_tokens.push_back(i * 50);  // distinct, sorted, spread over every slice
+    pen_counts.push_back(1 + i % 3);
+  }
+  auto candidates = [&](std::vector<float> l, SampleRow row, const std::vector<int32_t>& toks,
+                        const std::vector<int32_t>& counts) {
+    row.pen_begin = 0;
+    row.pen_count = static_cast<int32_t>(toks.size());
+    row.out = 0;
+    std::vector<uint64_t> out(2 + row.m);
+    SampleArgs a;
+    a.logits = l.data();
+    a.n_rows = 1;
+    a.n_vocab = static_cast<int64_t>(l.size());
+    a.rows = &row;
+    a.pen_tokens = toks.data();
+    a.pen_counts = counts.data();
+    a.out = out.data();
+    ref::sample_candidates(a);
+    return out;
+  };
+  int checked = 0;
+  for (int R : {2, 3, 4}) {
+    std::vector<int64_t> begin(R + 1);
+    for (int r = 0; r <= R; ++r) begin[r] = static_cast<int64_t>(V) * r / R;
+    for (int32_t m : {1, 40, 1024}) {
+      for (uint32_t seed = 0; seed < 12; ++seed) {
+        std::vector<float> l = test::random_floats(V, seed * 13 + R, 5.0f);
+        if (seed % 2 == 0)
+          for (auto& x : l) x = std::round(x * 2) / 2;  // many ties, across slices too
+        if (seed % 3 == 0) l[seed * 7] = NAN;
+        if (seed % 4 == 1)  // one slice with nothing but -inf
+          std::fill(l.begin() + begin[seed % R], l.begin() + begin[seed % R + 1], -INFINITY);
+        SampleRow row;
+        row.m = m;
+        row.want_sums = 1;
+        row.temperature = 0.7f;
+        row.repeat_penalty = 1.3f;
+        row.frequency_penalty = 0.2f;
+        row.presence_penalty = 0.4f;
+        const std::vector<uint64_t> whole = candidates(l, row, pen_tokens, pen_counts);
+        std::vector<std::vector<uint64_t>> slice_words(R);
+        std::vector<const uint64_t*> slices(R);
+        std::vector<int32_t> slice_m(R);
+        for (int r = 0; r < R; ++r) {
+          std::vector<int32_t> toks, counts;
+          for (size_t i = 0; i < pen_tokens.size(); ++i) {
+            if (pen_tokens[i] >= begin[r] && pen_tokens[i] < begin[r + 1]) {
+              toks.push_back(static_cast<int32_t>(pen_tokens[i] - begin[r]));
+              counts.push_back(pen_counts[i]);
+            }
+          }
+          SampleRow local = row;
+          local.m = static_cast<int32_t>(std::min<int64_t>(m, begin[r + 1] - begin[r]));
+          slice_m[r] = local.m;
+          slice_words[r] = candidates(std::vector<float>(l.begin() + begin[r], l.begin() + begin[r + 1]), local, toks, counts);
+          slices[r] = slice_words[r].data();
+        }
+        std::vector<uint64_t> merged(2 + m);
+        merge_sampled_slices(slices, slice_m, begin, m, true, row.temperature, merged.data());
+        const std::string where = std::to_string(R) + " ranks, m " + std::to_string(m) + ", seed " + std::to_string(seed);
+        for (int32_t i = 0; i < m; ++i) {
+          ASSERT_EQ(sample_id(merged[2 + i]), sample_id(whole[2 + i])) << where << ", candidate " << i;
+          ASSERT_EQ(sample_order_key(sample_logit(merged[2 + i])), sample_order_key(sample_logit(whole[2 + i]))) << where;
+        }
+        for (int k = 0; k < 2; ++k) {
+          double a, b;
+          std::memcpy(&a, &merged[k], 8);
+          std::memcpy(&b, &whole[k], 8);
+          EXPECT_NEAR(a, b, 1e-12 * b) << where << ", sum " << k;
+          EXPECT_GE(a, 1.0) << where;  // the best candidate itself adds exp(0)
+        }
+        ++checked;
+      }
+    }
+  }
+  EXPECT_EQ(checked, 3 * 3 * 12);
+}
+
 TEST(BackendSampling, CandidateCountsAndSums) {
   SamplingParams greedy;
   EXPECT_EQ(sample_candidates_wanted(greedy, 32000, 1024), 1);

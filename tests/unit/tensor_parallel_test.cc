@@ -10,6 +10,7 @@
 #include "kernels/comm.h"
 #include "model/forward.h"
 #include "model/mkmodel.h"
+#include "model/sampler.h"
 #include "model/tensor_parallel.h"
 #include "test_util.h"
 
@@ -280,19 +281,35 @@ TEST_P(TensorParallelForward, ShardedLogitsMatchUnsharded) {
   const int kBlockSize = 4, kBlocks = 3, kPrefill = 6;
   const int64_t V = spec.vocab;
 
-  // Runs the schedule on one Forward: logits and greedy ids per position.
+  // A sampled request with penalties: its token at position t (history tokens[0..t]) is
+  // drawn with draw number t.
+  SamplingParams sp;
+  sp.temperature = 0.9f;
+  sp.top_p = 0.95f;
+  sp.repeat_penalty = 1.3f;
+  sp.presence_penalty = 0.5f;
+  // Runs the schedule on one Forward: logits, greedy ids and sampled ids per position.
   auto schedule = [&](Forward& f, std::vector<int32_t>& blocks, std::vector<std::vector<float>>* logits,
-                      std::vector<int32_t>* greedy) -> Status {
+                      std::vector<int32_t>* greedy, std::vector<int32_t>* sampled) -> Status {
     auto step = [&](size_t from, size_t to) -> Status {
       std::vector<ForwardToken> batch;
       for (size_t t = from; t < to; ++t) batch.push_back({tokens[t], static_cast<int32_t>(t), &blocks, true});
       std::vector<float> l;
       DS_RETURN_IF_ERROR(f.run(batch, &l));
       for (size_t i = 0; i < batch.size(); ++i) logits->emplace_back(l.begin() + i * V, l.begin() + (i + 1) * V);
-      // The greedy path recomputes the same positions (rewriting the same KV rows).
+      // The sampling paths recompute the same positions (rewriting the same KV rows).
+      SampleStep g, smp;
+      for (size_t t = from; t < to; ++t) {
+        const std::vector<int32_t> history(tokens.begin(), tokens.begin() + t + 1);
+        g.add(SamplingParams{}, history, static_cast<int32_t>(V), kSampleMaxCandidates, 0, t);
+        smp.add(sp, history, static_cast<int32_t>(V), 16, 77, t);  // 16 candidates: some rows need the whole row
+      }
       std::vector<int32_t> ids;
-      DS_RETURN_IF_ERROR(f.run_argmax(batch, &ids));
+      int fallbacks = 0;
+      DS_RETURN_IF_ERROR(f.run_sampled(batch, g, &ids, &fallbacks));
       greedy->insert(greedy->end(), ids.begin(), ids.end());
+      DS_RETURN_IF_ERROR(f.run_sampled(batch, smp, &ids, &fallbacks));
+      sampled->insert(sampled->end(), ids.begin(), ids.end());
       return Status::Ok();
     };
     DS_RETURN_IF_ERROR(step(0, kPrefill));
@@ -301,7 +318,7 @@ TEST_P(TensorParallelForward, ShardedLogitsMatchUnsharded) {
   };
 
   std::vector<std::vector<float>> want;
-  std::vector<int32_t> want_greedy;
+  std::vector<int32_t> want_greedy, want_sampled;
   {
     auto be = make_cpu_backend({1});
     auto kv = KvCache::Create(*be, spec.layers, model->config().kv_dim(), kBlockSize, kBlocks);
@@ -310,12 +327,12 @@ TEST_P(TensorParallelForward, ShardedLogitsMatchUnsharded) {
     ASSERT_TRUE(f.ok()) << f.status().ToString();
     std::vector<int32_t> blocks;
     ASSERT_TRUE((*kv)->blocks().allocate(kBlocks, &blocks));
-    const Status s = schedule(**f, blocks, &want, &want_greedy);
+    const Status s = schedule(**f, blocks, &want, &want_greedy, &want_sampled);
     ASSERT_TRUE(s.ok()) << s.ToString();
   }
 
   std::vector<std::vector<std::vector<float>>> got(c.ranks);
-  std::vector<std::vector<int32_t>> got_greedy(c.ranks);
+  std::vector<std::vector<int32_t>> got_greedy(c.ranks), got_sampled(c.ranks);
   expect_all_ok(run_ranks(c.ranks, [&](int r, Communicator& comm) -> Status {
     Result<std::shared_ptr<const ModelShard>> shard = shard_model(model, r, c.ranks);
     if (!shard.ok()) return shard.status();
@@ -326,7 +343,7 @@ TEST_P(TensorParallelForward, ShardedLogitsMatchUnsharded) {
     if (!f.ok()) return f.status();
     std::vector<int32_t> blocks;
     if (!(*kv)->blocks().allocate(kBlocks, &blocks)) return Status::Internal("no KV blocks");
-    return schedule(**f, blocks, &got[r], &got_greedy[r]);
+    return schedule(**f, blocks, &got[r], &got_greedy[r], &got_sampled[r]);
   }));
   if (HasFailure()) return;
 
@@ -337,6 +354,7 @@ TEST_P(TensorParallelForward, ShardedLogitsMatchUnsharded) {
     ASSERT_EQ(got[r].size(), tokens.size());
     EXPECT_EQ(got[r], got[0]) << "rank " << r << " got other logits than rank 0";  // a gather copies
     EXPECT_EQ(got_greedy[r], got_greedy[0]) << "rank " << r;
+    EXPECT_EQ(got_sampled[r], got_sampled[0]) << "rank " << r;
   }
   for (size_t t = 0; t < tokens.size(); ++t) {
     double num = 0, den = 0;
@@ -349,6 +367,15 @@ TEST_P(TensorParallelForward, ShardedLogitsMatchUnsharded) {
     // unless the top two unsharded logits are closer than the tolerance allows.
     const auto& l = got[0][t];
     EXPECT_EQ(got_greedy[0][t], std::max_element(l.begin(), l.end()) - l.begin()) << "position " << t;
+    // The sampled token is host sampling's from the gathered logits (sharded: from the
+    // slices' merged candidates; unsharded: from the backend's), for each Forward.
+    for (const bool sharded : {true, false}) {
+      std::vector<float> row = sharded ? got[0][t] : want[t];
+      SamplerState st{77, t};
+      const std::vector<int32_t> history(tokens.begin(), tokens.begin() + t + 1);
+      EXPECT_EQ((sharded ? got_sampled[0] : want_sampled)[t], sample_token(row, sp, history, &st))
+          << "position " << t << (sharded ? " sharded" : " unsharded");
+    }
     std::vector<float> sorted = want[t];
     std::partial_sort(sorted.begin(), sorted.begin() + 2, sorted.end(), std::greater<float>());
     if (sorted[0] - sorted[1] > 2 * tol * den) {
