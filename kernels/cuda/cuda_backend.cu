@@ -25,6 +25,10 @@ namespace {
 // Pinned host memory that small uploads are staged in (recycled at every wait).
 constexpr size_t kStagingBytes = size_t{1} << 20;
 
+// cuBLAS's workspace, allocated once and set on the handle, so that a recorded (captured)
+// GEMM never allocates: 32 MiB, what cuBLAS recommends for Hopper.
+constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
+
 // Scratch for dequantized weights on the cuBLAS path: at most this many floats (64 MiB);
 // larger matrices are multiplied in slices of rows.
 constexpr int64_t kScratchFloats = int64_t{16} << 20;
@@ -125,6 +129,8 @@ struct CudaBackend::Impl {
   std::map<uint64_t, cudaGraphExec_t> graphs;
 #endif
   std::set<uint64_t> refused;  // keys whose recording failed: never tried again
+  std::map<uint64_t, int> retried;  // keys whose recording failed only for scratch growth: retries
+  void* cublas_workspace = nullptr;  // kCublasWorkspaceBytes, set as the handle's workspace
   cudaEvent_t prof_start = nullptr, prof_stop = nullptr;  // profile_ops
 };
 
@@ -171,6 +177,8 @@ bool CudaBackend::start() {
   return begin(kOp) && DS_CUDA_CHECK(kOp, cudaStreamCreateWithFlags(&impl_->stream, cudaStreamNonBlocking)) &&
          DS_CUBLAS_CHECK(kOp, cublasCreate(&impl_->cublas)) &&
          DS_CUBLAS_CHECK(kOp, cublasSetStream(impl_->cublas, impl_->stream)) &&
+         DS_CUDA_CHECK(kOp, cudaMalloc(&impl_->cublas_workspace, kCublasWorkspaceBytes)) &&
+         DS_CUBLAS_CHECK(kOp, cublasSetWorkspace(impl_->cublas, impl_->cublas_workspace, kCublasWorkspaceBytes)) &&
          (!options_.profile_ops || (DS_CUDA_CHECK(kOp, cudaEventCreate(&impl_->prof_start)) &&
                                     DS_CUDA_CHECK(kOp, cudaEventCreate(&impl_->prof_stop))));
 }
@@ -187,6 +195,7 @@ CudaBackend::~CudaBackend() {
   if (impl_->prof_stop) cudaEventDestroy(impl_->prof_stop);
   if (scratch_) cudaFree(scratch_);
   if (impl_->cublas) cublasDestroy(impl_->cublas);
+  if (impl_->cublas_workspace) cudaFree(impl_->cublas_workspace);
   if (impl_->stream) cudaStreamDestroy(impl_->stream);
   cudaGetLastError();
 }
@@ -205,12 +214,16 @@ bool CudaBackend::check_cuda(int code, const char* op, const char* call, const c
   const auto e = static_cast<cudaError_t>(code);
   if (e == cudaSuccess) return true;
   cudaGetLastError();  // reset a non-sticky error so the next launch check does not see it again
+  // While recording nothing runs: an error fails the recording, and the step then runs
+  // eagerly, where a real error fails the backend.
+  if (capturing_) return !capture_refuses(op);
   return fail(op, call_name(call) + " failed: " + describe(e), file, line);
 }
 
 bool CudaBackend::check_cublas(int status, const char* op, const char* call, const char* file, int line) {
   const auto s = static_cast<cublasStatus_t>(status);
   if (s == CUBLAS_STATUS_SUCCESS) return true;
+  if (capturing_) return !capture_refuses(op);  // as in check_cuda
   std::string what = call_name(call) + " failed: " + cublasGetStatusName(s) + " (" + cublasGetStatusString(s) + ")";
   if (s == CUBLAS_STATUS_NOT_INITIALIZED || s == CUBLAS_STATUS_ALLOC_FAILED)
     what += " HINT: cuBLAS could not start or allocate its workspace: is the GPU out of memory?";
@@ -244,9 +257,11 @@ bool CudaBackend::wait(const char* op) {
   return done;
 }
 
-bool CudaBackend::capture_refuses(const char* /*op*/) {
+bool CudaBackend::capture_refuses(const char* /*op*/, bool for_now) {
   if (!capturing_) return false;
   capture_failed_ = true;
+  if (for_now) capture_retry_ = true;
+  else capture_final_ = true;
   return true;
 }
 
@@ -291,7 +306,7 @@ bool CudaBackend::record_begin(uint64_t key) {
     return false;
   }
   capturing_ = true;
-  capture_failed_ = false;
+  capture_failed_ = capture_retry_ = capture_final_ = false;
   capture_key_ = key;
   return true;
 #else
@@ -311,7 +326,9 @@ bool CudaBackend::record_end() {
   if (graph) cudaGraphDestroy(graph);
   if (e != cudaSuccess || exec == nullptr) {
     cudaGetLastError();
-    impl_->refused.insert(capture_key_);
+    // Refused for good unless only the scratch buffer was too small (a few tries).
+    const bool retry = capture_retry_ && !capture_final_ && ++impl_->retried[capture_key_] <= kRecordRetries;
+    if (!retry) impl_->refused.insert(capture_key_);
     return false;
   }
   impl_->graphs[capture_key_] = exec;
@@ -329,6 +346,7 @@ void CudaBackend::forget_recordings() {
   for (auto& [key, exec] : impl_->graphs) cudaGraphExecDestroy(exec);
   impl_->graphs.clear();
   impl_->refused.clear();
+  impl_->retried.clear();
 #endif
 }
 
@@ -399,8 +417,9 @@ void CudaBackend::download(void* dst, const void* src, size_t bytes) {
 
 float* CudaBackend::scratch(size_t bytes, const char* op) {
   if (bytes <= scratch_bytes_) return static_cast<float*>(scratch_);
-  if (capture_refuses(op)) return nullptr;
+  if (capture_refuses(op, /*for_now=*/true)) return nullptr;  // the eager run grows it; then record again
   if (scratch_) {
+    forget_recordings();  // recorded steps point into the old buffer (the cuBLAS and tensor-core paths)
     wait(op);
     DS_CUDA_CHECK(op, cudaFree(scratch_));
     scratch_ = nullptr;
@@ -449,11 +468,26 @@ void CudaBackend::matmul(const WeightRef& w, const float* x, int64_t n, float* y
                                          x + j0 * w.cols, nb, y + j0 * w.rows, impl_->stream, options_.pdl)))
         return;
     }
+  } else if (tc_gemm_applies(w, n)) {
+    matmul_tc(kOp, w, stride, x, n, y, false);
   } else {
-    if (capture_refuses(kOp)) return;  // cuBLAS is not recorded
-    matmul_cublas(w, stride, x, n, y);
+    matmul_cublas(w, stride, x, n, y);  // recorded too (cuBLAS has its own workspace: no allocation)
   }
   end(kOp);
+}
+
+bool CudaBackend::tc_gemm_applies(const WeightRef& w, int64_t n) const {
+  return options_.tc_gemm && !options_.batch_invariant && n > std::max(options_.gemv_max_batch, 1) &&
+         n <= cuda::kGemmTcMaxN && w.rows > 0 &&
+         cuda::gemm_tc_supports(w.type, w.data, row_bytes_of(w.type, w.cols), w.cols, static_cast<int>(n));
+}
+
+void CudaBackend::matmul_tc(const char* op, const WeightRef& w, size_t row_stride, const float* x, int64_t n, float* y,
+                            bool add) {
+  const int nn = static_cast<int>(n);
+  void* buf = scratch(cuda::gemm_tc_scratch_bytes(w.type, w.rows, w.cols, nn), op);
+  if (buf == nullptr) return;
+  DS_CUDA_CHECK(op, cuda::gemm_tc(w.type, w.data, row_stride, w.rows, w.cols, x, nn, y, add, buf, impl_->stream));
 }
 
 // The fused GEMV kernels take two (three) matrices of one type and column count, on the
@@ -489,6 +523,12 @@ void CudaBackend::matmul_qkv(const WeightRef& wq, const WeightRef& wk, const Wei
 
 void CudaBackend::matmul_add(const WeightRef& w, const float* x, int64_t n, float* y, float* tmp) {
   constexpr const char* kOp = "matmul_add";
+  if (!fused_gemv_applies(w, w, n) && tc_gemm_applies(w, n)) {  // the residual add fused in, as the GEMV's
+    if (!begin(kOp)) return;
+    DS_CHECK_WEIGHT(kOp, w);
+    matmul_tc(kOp, w, row_bytes_of(w.type, w.cols), x, n, y, true);
+    return end(kOp);
+  }
   if (!fused_gemv_applies(w, w, n)) return Backend::matmul_add(w, x, n, y, tmp);
   if (!begin(kOp)) return;
   DS_CHECK_WEIGHT(kOp, w);

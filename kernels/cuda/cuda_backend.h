@@ -25,8 +25,10 @@
 // alloc() returns nullptr when out of memory without recording an error.
 //
 // Determinism: every kernel computes each output element with the same arithmetic
-// whatever n, except matmul with n > options.gemv_max_batch (8), which goes to cuBLAS (its per-element arithmetic
-// depends on the shape); set options.batch_invariant to run the GEMV kernel for every n
+// whatever n, except matmul with n > options.gemv_max_batch (8), which goes to the tensor-core
+// small-batch kernel (n <= 32; its arithmetic depends on the matrix shape only, so every n in
+// 9..32 gives the same bits) or to cuBLAS (its per-element arithmetic depends on the shape);
+// set options.batch_invariant to run the GEMV kernel for every n
 // (bit-identical rows whatever the batch, slower prefill).
 //
 // Thread-safety: as Backend: one caller at a time. Each call makes its device current.
@@ -58,6 +60,9 @@ struct CudaBackendOptions {
                                 // (sm_90+): their weight loads start while the previous kernel ends
   bool profile_ops = false;     // time every op with CUDA events (each op then waits for its kernels, and
                                 // nothing is recorded as a graph): op_profile() has the breakdown
+  bool tc_gemm = true;          // matmul / matmul_add with gemv_max_batch < n <= 32 and F16, Q8_0, Q4_0 or
+                                // Q4_K weights: the tensor-core small-batch kernel (gemm_tc.cu; weights
+                                // read once, no F16 copy of them) instead of cuBLAS
   bool fuse_decode = true;      // matmul_qkv / matmul_swiglu / matmul_add: one GEMV v3 launch each where
                                 // the GEMV path applies; rope_store_kv: one launch (false: the
                                 // separate ops, Backend's defaults)
@@ -133,6 +138,9 @@ class CudaBackend final : public Backend {
   void set_fuse_decode(bool on) { options_.fuse_decode = on; }
   void set_gemm_half(bool on) { options_.gemm_half = on; }
   void set_pdl(bool on) { options_.pdl = on; }
+  void set_tc_gemm(bool on) { options_.tc_gemm = on; }
+  // Whether matmul(w, x, n, y) runs the tensor-core small-batch kernel (options.tc_gemm).
+  bool tc_gemm_applies(const WeightRef& w, int64_t n) const;
   // "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)"
   const std::string& device_description() const { return device_description_; }
   size_t scratch_bytes() const { return scratch_bytes_; }
@@ -162,8 +170,13 @@ class CudaBackend final : public Backend {
   bool fused_gemv_applies(const WeightRef& a, const WeightRef& b, int64_t n) const;
   void matmul_cublas(const WeightRef& w, size_t row_stride, const float* x, int64_t n, float* y);
   void matmul_cublas_half(const WeightRef& w, size_t row_stride, const float* x, int64_t n, float* y);
+  // y (+)= x W^T with gemm_tc (REQUIRES: tc_gemm_applies); op names the calling op.
+  void matmul_tc(const char* op, const WeightRef& w, size_t row_stride, const float* x, int64_t n, float* y, bool add);
   bool wait(const char* op);    // cudaStreamSynchronize; recycles the upload staging space
-  bool capture_refuses(const char* op);  // true (recording failed) when capturing
+  // True (the recording failed) when capturing; for_now: only because a buffer must grow
+  // first (the key may be recorded again after the eager run grew it).
+  bool capture_refuses(const char* op, bool for_now = false);
+  static constexpr int kRecordRetries = 2;
 
   CudaBackendOptions options_;
   std::unique_ptr<Impl> impl_;
@@ -173,6 +186,7 @@ class CudaBackend final : public Backend {
   size_t scratch_bytes_ = 0;
   bool capturing_ = false;
   bool capture_failed_ = false;
+  bool capture_retry_ = false, capture_final_ = false;  // why it failed (capture_refuses)
   uint64_t capture_key_ = 0;
   int64_t replays_ = 0;
   std::map<std::string, OpTime> profile_;

@@ -83,6 +83,26 @@ cudaError_t gemv_add(DType t, const void* w, size_t row_stride, int64_t rows, in
 cudaError_t gemv_swiglu(DType t, const void* w_gate, const void* w_up, size_t row_stride, int64_t rows, int64_t cols,
                         const float* x, int n, float* out, cudaStream_t stream, bool pdl = false);
 
+// ---- gemm_tc.cu ---------------------------------------------------------------------
+
+// y[n, rows] (+)= x[n, cols] * W^T on the tensor cores for the small batches above the GEMV's
+// (decode at batch 9..32): each weight byte read once, dequantized on the chip to the F16
+// values cuBLAS's operand would hold, x rounded to F16, F32 accumulation (gemm_tc.cu). Each
+// y element's arithmetic depends on the matrix shape only, not on n.
+constexpr int kGemmTcMaxN = 32;
+// Whether gemm_tc takes this matrix and n: F16 (cols % 16 == 0), Q8_0 / Q4_0, Q4_K; the data
+// and its rows 4-byte aligned; 1 <= n <= kGemmTcMaxN.
+bool gemm_tc_supports(DType t, const void* w, size_t row_stride, int64_t cols, int n);
+// Bytes of x rounded to F16 (padded to a multiple of 8 rows) at the start of the scratch.
+size_t gemm_tc_x_bytes(int64_t cols, int n);
+// Device scratch gemm_tc needs (x in F16, then the column splits' partial sums).
+size_t gemm_tc_scratch_bytes(DType t, int64_t rows, int64_t cols, int n);
+// add: y += x W^T (y[j, r] = y[j, r] + dot, one float add) instead of y = x W^T.
+// REQUIRES: gemm_tc_supports; scratch holds gemm_tc_scratch_bytes, 256-byte aligned; y does
+// not alias x.
+cudaError_t gemm_tc(DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n,
+                    float* y, bool add, void* scratch, cudaStream_t stream);
+
 // ---- attention.cu -------------------------------------------------------------------
 
 constexpr int kAttentionMaxHeadDim = 1024;

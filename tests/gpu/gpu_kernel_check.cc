@@ -239,6 +239,7 @@ void check_get_rows(CudaBackend& b, Rng& rng) {
 }
 
 void check_matmul(CudaBackend& b, CudaBackend& tf32, Rng& rng, bool quick) {
+  b.set_tc_gemm(false);  // the GEMV and cuBLAS paths; check_matmul_tc has the tensor-core kernel
   struct Case { int64_t rows, cols; std::vector<int64_t> ns; bool float_only, big; };
   const std::vector<Case> cases = {
       {1, 32, {1, 8, 9}, false, false},
@@ -349,8 +350,81 @@ void check_matmul(CudaBackend& b, CudaBackend& tf32, Rng& rng, bool quick) {
       }
     }
   }
+  b.set_tc_gemm(true);
   require_ok(b, "matmul");
   require_ok(tf32, "matmul (tf32)");
+}
+
+void ref_matmul_scaled(DType t, const std::vector<uint8_t>& w, int64_t rows, int64_t cols, const std::vector<float>& x,
+                       int64_t n, std::vector<float>* want, std::vector<double>* scale);
+
+// The tensor-core small-batch kernel (gemm_tc.cu: matmul and matmul_add at 8 < n <= 32):
+// against the reference with the F16-operand tolerance of the cuBLAS F16 path, rows the same
+// bits whatever n in 9..32, matmul_add the bits of matmul + add, and where it does not apply.
+void check_matmul_tc(CudaBackend& b, Rng& rng, bool quick) {
+  struct Case { int64_t rows, cols; bool big; };  // big: not under --quick (the CPU emulation)
+  const std::vector<Case> cases = {
+      {64, 256, false},  {40, 176, false},  // F16 only: a partial last segment
+      {50, 2112, false}, {96, 768, false},  {33, 96, false},  // Q8_0, Q4_0: rows not 4-byte aligned
+      {257, 512, true},  {300, 4096, true}, {4500, 4096, true},
+  };
+  const int64_t max_n = 32;
+  for (DType t : {DType::kF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_K}) {
+    const std::string tn = ds::dtype_name(t);
+    for (const Case& c : cases) {
+      if (!fits(t, c.cols) || (t != DType::kF16 && c.cols % 32 != 0) || (c.big && quick)) continue;
+      const auto w = make_weights(rng, t, c.rows, c.cols);
+      const auto x = rng.floats(max_n * c.cols);
+      const auto res = rng.floats(max_n * c.rows, -4, 4);
+      std::vector<float> want;
+      std::vector<double> scale;
+      ref_matmul_scaled(t, w, c.rows, c.cols, x, max_n, &want, &scale);
+      Buf dw(b, w), dx(b, x), dy(b, want.size() * 4), dr(b, res), dr2(b, res), tmp(b, want.size() * 4);
+      const WeightRef gw{t, dw.as<void>(), c.rows, c.cols};
+      const std::string sh = shape(c.rows, c.cols);
+      const bool aligned = ds::row_bytes(t, c.cols) % 4 == 0;
+      std::vector<float> y9;
+      for (int64_t n : quick ? std::vector<int64_t>{9, 17, 32} : std::vector<int64_t>{9, 16, 17, 24, 32}) {
+        const std::string suffix = " " + sh + " n=" + std::to_string(n);
+        expect("matmul-tc/applies " + tn + suffix, b.tc_gemm_applies(gw, n) == aligned,
+               aligned ? "4-byte aligned rows: the kernel should take them" : "unaligned rows: cuBLAS should");
+        if (!aligned) continue;
+        b.matmul(gw, dx.as(), n, dy.as());
+        const auto got = dy.read(n * c.rows);
+        compare("matmul-tc/" + tn + suffix, got, std::vector<float>(want.begin(), want.begin() + n * c.rows), 1e-5,
+                1.5e-3, &scale);
+        if (n == 9) y9 = got;
+        else expect("determinism/tc-batch " + tn + suffix, same_bits(got.data(), y9.data(), y9.size()),
+                    "rows differ from the same rows at n=9");
+        // matmul_add: y = res + x W^T, the bits of matmul then add.
+        b.upload(dr.as(), res.data(), res.size() * 4);
+        b.upload(dr2.as(), res.data(), res.size() * 4);
+        b.matmul_add(gw, dx.as(), n, dr.as(), tmp.as());
+        b.matmul(gw, dx.as(), n, tmp.as());
+        b.add(dr2.as(), tmp.as(), n * c.rows);
+        const auto added = dr.read(n * c.rows), sep = dr2.read(n * c.rows);
+        std::vector<float> wn(n * c.rows);
+        std::vector<double> sn(n * c.rows);
+        for (int64_t i = 0; i < n * c.rows; ++i) {
+          wn[i] = res[i] + want[i];
+          sn[i] = scale[i] + std::fabs(res[i]);
+        }
+        compare("matmul-tc/add " + tn + suffix, added, wn, 1e-5, 1.5e-3, &sn);
+        expect("determinism/tc-add-bits " + tn + suffix, same_bits(added.data(), sep.data(), added.size()),
+               "matmul_add differs from matmul + add");
+      }
+    }
+  }
+  // Outside its range: n <= 8 (GEMV), n > 32, BF16 / Q6_K / F32 weights (cuBLAS).
+  const auto w = make_weights(rng, DType::kQ8_0, 64, 256);
+  Buf dw(b, w);
+  const WeightRef gw{DType::kQ8_0, dw.as<void>(), 64, 256};
+  expect("matmul-tc/range", !b.tc_gemm_applies(gw, 8) && b.tc_gemm_applies(gw, 9) && b.tc_gemm_applies(gw, 32) &&
+                                !b.tc_gemm_applies(gw, 33),
+         "applies exactly to 8 < n <= 32");
+  for (DType t : {DType::kBF16, DType::kQ6_K, DType::kF32})
+    expect(std::string("matmul-tc/not ") + ds::dtype_name(t), !b.tc_gemm_applies(WeightRef{t, dw.as<void>(), 64, 256}, 16));
+  require_ok(b, "matmul (tensor-core kernel)");
 }
 
 // ref::matmul of host weights w [rows, cols] of type t with x [n, cols] into want [n, rows],
@@ -1248,15 +1322,51 @@ void check_recording(int device, Rng& rng) {
     expect("graph/attention-v2-replay-same-bits", att_same && b.replays() == replays0 + 3,
            "replayed split-K attention differs from eager, or not every step replayed");
   }
-  // The cuBLAS path (n = 64) cannot be recorded: the recording fails and runs nothing.
-  Buf dx64(b, rng.floats(64 * cols));
-  const auto before = dy.read(64 * rows);
+  // The cuBLAS path (n = 64) and the tensor-core kernel (n = 16) record too. A recording that
+  // needs the scratch buffer to grow fails and runs nothing, but only for now: once an eager run
+  // grew it, the same key records and replays the eager bits.
+  for (int n : {64, 16}) {
+    Buf dxn_big(b, rng.floats(n * cols));
+    const uint64_t key = 90 + n;
+    const std::string sn = " n=" + std::to_string(n) + (n > 32 ? " (cuBLAS)" : " (tensor cores)");
+    b.matmul(gw, dxn_big.as(), n, dy.as());
+    const auto eager = dy.read(n * rows);
+    const std::vector<float> zeros(eager.size(), 0.0f);
+    b.upload(dy.as(), zeros.data(), zeros.size() * 4);
+    bool recorded = b.record_begin(key);
+    b.matmul(gw, dxn_big.as(), n, dy.as());
+    recorded = recorded && b.record_end() && b.replay(key);
+    expect("graph/matmul-records" + sn, recorded && same_bits(dy.read(n * rows).data(), eager.data(), eager.size()) && b.ok(),
+           "the matmul did not record, or its replay differs from the eager run: " + b.last_error());
+  }
+  {  // More scratch needed inside a recording (a larger n): it fails and runs nothing, for now.
+    const int n = 32;
+    const size_t scratch0 = b.scratch_bytes();
+    b.forget_recordings();
+    Buf big_w(b, make_weights(rng, DType::kQ8_0, 2 * rows, 8 * cols)), big_x(b, rng.floats(n * 8 * cols)),
+        big_y(b, 2 * rows * n * 4);
+    const WeightRef bw{DType::kQ8_0, big_w.as<void>(), 2 * rows, 8 * cols};
+    const std::vector<float> zeros(2 * rows * n, 0.0f);
+    b.upload(big_y.as(), zeros.data(), zeros.size() * 4);
+    bool failed = b.record_begin(98);
+    b.matmul(bw, big_x.as(), n, big_y.as());
+    failed = failed && !b.record_end() && b.scratch_bytes() == scratch0;
+    const bool ran_nothing = same_bits(big_y.read(zeros.size()).data(), zeros.data(), zeros.size());
+    b.matmul(bw, big_x.as(), n, big_y.as());  // eager: grows the scratch
+    const auto eager = big_y.read(zeros.size());
+    b.upload(big_y.as(), zeros.data(), zeros.size() * 4);
+    bool again = b.scratch_bytes() > scratch0 && b.record_begin(98);
+    b.matmul(bw, big_x.as(), n, big_y.as());
+    again = again && b.record_end() && b.replay(98);
+    expect("graph/scratch-growth-retries", failed && ran_nothing && again &&
+                                               same_bits(big_y.read(zeros.size()).data(), eager.data(), eager.size()),
+           "a recording that needed more scratch did not fail cleanly, or the key did not record once it had grown");
+  }
+  // A wait inside a recording fails it for good: no second try.
   bool refused = b.record_begin(99);
-  b.matmul(gw, dx64.as(), 64, dy.as());
-  refused = refused && !b.record_end();
-  expect("graph/unrecordable-fails", refused && same_bits(dy.read(64 * rows).data(), before.data(), 64 * rows) &&
-                                         !b.record_begin(99) && b.ok(),
-         "a cuBLAS matmul inside a recording did not fail it cleanly");
+  b.synchronize();
+  refused = refused && !b.record_end() && !b.record_begin(99);
+  expect("graph/unrecordable-fails", refused && b.ok(), "a wait inside a recording did not fail it cleanly");
   require_ok(b, "recording");
 }
 
@@ -1481,6 +1591,34 @@ double bench_memcpy(CudaBackend& b, size_t bytes) {
   return gbps;
 }
 
+// Decode at batch n (8 < n <= 32): the tensor-core kernel against cuBLAS (F16 operands; a
+// quantized matrix dequantized to F16 first) and the GEMV in launches of 8, weights rotated.
+void bench_tc(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols, int n) {
+  const size_t bytes = ds::row_bytes(t, cols) * rows;
+  const int copies = static_cast<int>(std::max<size_t>(2, (kRotateBytes + bytes - 1) / bytes));
+  const auto w = make_weights(rng, t, rows, cols);
+  std::vector<Buf> ws;
+  for (int i = 0; i < copies; ++i) ws.emplace_back(b, w);
+  Buf x(b, rng.floats(n * cols)), y(b, n * rows * 4);
+  auto s = static_cast<cudaStream_t>(b.stream());
+  double us[3] = {0, 0, 0};
+  for (int path = 0; path < 3; ++path) {  // 0: tensor-core kernel, 1: cuBLAS, 2: GEMV
+    b.set_tc_gemm(path == 0);
+    b.set_batch_invariant(path == 2);
+    auto run = [&](int i) { b.matmul(WeightRef{t, ws[i % copies].as<void>(), rows, cols}, x.as(), n, y.as()); };
+    time_ms(s, copies, run);
+    us[path] = 1e3 * time_ms(s, std::max(4 * copies, 100), run);
+  }
+  b.set_tc_gemm(true);
+  b.set_batch_invariant(false);
+  require_ok(b, "tensor-core benchmark");
+  char what[96];
+  std::snprintf(what, sizeof what, "matmul-tc %s %s n=%d", ds::dtype_name(t), shape(rows, cols).c_str(), n);
+  std::printf("BENCH %-36s %9.2f us  %8.1f GB/s; cuBLAS %.2f us (%.2fx), GEMV x%d %.2f us (%.2fx)\n", what, us[0],
+              bytes / (us[0] * 1e-6) / 1e9, us[1], us[1] / us[0], (n + 7) / 8, us[2], us[2] / us[0]);
+  std::fflush(stdout);
+}
+
 void bench_prefill(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols, int n, bool half) {
   b.set_gemm_half(half);
   const auto w = make_weights(rng, t, rows, cols);
@@ -1631,6 +1769,9 @@ void run_benchmarks(CudaBackend& b, Rng& rng) {
   bench_gemv(b, rng, DType::kF16, 5632, 2048, 4, 8);
   bench_gemv(b, rng, DType::kF16, 5632, 2048, kLiveGemv, 8);
   bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, kLiveGemv, 32);  // 4 launches of 8 (decode at batch 32)
+  for (DType t : {DType::kQ8_0, DType::kF16, DType::kQ4_K})
+    for (int n : {16, 32}) bench_tc(b, rng, t, 5632, 2048, n);
+  bench_tc(b, rng, DType::kQ8_0, 2048, 5632, 32);
   bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, 1, 1);  // v1, for comparison
   for (DType t : {DType::kQ8_0, DType::kF16})
     for (int n : {1, 8}) bench_fused(b, rng, t, n);
@@ -1684,7 +1825,9 @@ int main(int argc, char** argv) {
   int device = 0;
   bool bench = true, quick = false;
   std::string only;  // ",a,b,": run only these check groups (and no benchmarks)
-  const char* kGroups = "errors,get_rows,elementwise,rmsnorm,rope,attention,matmul,fused,fused_residual_rope,sample,recording,pdl,nccl";
+  const char* kGroups =
+      "errors,get_rows,elementwise,rmsnorm,rope,attention,matmul,matmul_tc,fused,fused_residual_rope,sample,recording,pdl,"
+      "nccl";
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--device") && i + 1 < argc) {
       device = std::atoi(argv[++i]);
@@ -1737,6 +1880,7 @@ int main(int argc, char** argv) {
   if (want("rope")) check_rope(*b, rng);
   if (want("attention")) check_attention(*b, rng);
   if (want("matmul")) check_matmul(*b, *tf32, rng, quick);
+  if (want("matmul_tc")) check_matmul_tc(*b, rng, quick);
   if (want("fused")) check_fused(*b, rng, quick);
   if (want("fused_residual_rope")) check_fused_residual_rope(*b, rng, quick);
   if (want("sample")) check_sample(*b, rng, quick);

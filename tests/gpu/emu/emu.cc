@@ -195,6 +195,7 @@ int64_t launches() { return g_launches; }
 }  // namespace emu
 
 void __syncthreads() { emu::wait_at(emu::g_launch.block_bar); }
+void __syncwarp(unsigned) { emu::wait_at(emu::g_launch.warps[threadIdx.x / 32].bar); }
 
 float __shfl_xor_sync(unsigned, float v, int lane_mask) {
   emu::Warp& w = emu::g_launch.warps[threadIdx.x / 32];
@@ -377,6 +378,9 @@ cublasStatus_t cublasDestroy(cublasHandle_t h) {
   return CUBLAS_STATUS_SUCCESS;
 }
 cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
+cublasStatus_t cublasSetWorkspace(cublasHandle_t, void* workspace, size_t bytes) {
+  return workspace != nullptr && bytes > 0 ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_INVALID_VALUE;
+}
 const char* cublasGetStatusName(cublasStatus_t s) {
   return s == CUBLAS_STATUS_SUCCESS ? "CUBLAS_STATUS_SUCCESS" : "CUBLAS_STATUS_(emulated error)";
 }

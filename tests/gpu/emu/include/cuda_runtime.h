@@ -96,6 +96,8 @@ unsigned __match_any_sync(unsigned mask, unsigned value);
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
 inline int __ffs(unsigned v) { return __builtin_ffs(static_cast<int>(v)); }
 void __syncthreads();
+// A barrier of the calling warp's lanes (every lane must call it; the mask is not checked).
+void __syncwarp(unsigned mask = 0xffffffffu);
 
 // ---- runtime API ------------------------------------------------------------------------
 

@@ -1,0 +1,275 @@
+// kernels/cuda/gemm_tc.cu: y[n, rows] = x[n, cols] * W^T for the small batches between the
+// GEMV's (n <= kGemvMaxN) and a real GEMM's (decode at batch 9..32), on the tensor cores,
+// reading each weight byte once per call and dequantizing it on the chip.
+//
+// Why: cuBLAS needs F16 operands, so for a quantized matrix the cuBLAS path first writes the
+// whole matrix dequantized to F16 (reading 1.06 bytes and writing 2 per Q8_0 weight, which
+// cuBLAS then reads again), and a GEMV launch serves at most 8 activation rows (n = 32 is
+// four passes over the weights). Here a warp stages a tile of its 32 rows' raw bytes in
+// shared memory with asynchronous copies, dequantizes 32 x 16 weights at a time to F16 (the
+// exact values cuBLAS's F16 operand would hold: load_elem, then round to nearest even) and
+// multiplies them with every activation row in m32n8k16 WMMA steps (F32 accumulation).
+//
+// Layout: a block is kTcWarps warps on the same 32 weight rows (row group g); warp w of the
+// block of group g and column split s takes the segments (KT columns each) (s * kTcWarps + w)
+// * spw ... + spw - 1, so the block covers a contiguous column range; the warps' sums are
+// added in warp order through shared memory, and the S column splits' partial sums of a row
+// either go straight to y (S = 1) or to a workspace that gemm_tc_reduce adds in order. S and spw depend on the matrix shape only,
+// never on n: every y element is computed by the same operations whatever the batch, so a
+// sequence decoded in a batch of 9..32 gets the bits it gets in any other batch of 9..32.
+//
+// Activations: x rounded to F16 (to_half, as the cuBLAS path does) into a buffer of
+// ceil(n / 8) * 8 rows, the padding rows zero; WMMA reads it (column-major B, ldm = cols)
+// from global memory, where it stays in L1/L2 (it is small and every block reads it).
+//
+// Reference: ref::matmul; differences are those of F16 operands (relative 2^-11 per
+// operand), like the cuBLAS F16 path.
+#include <cuda_pipeline.h>
+#include <mma.h>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/ops.cuh"
+
+namespace ds::cuda {
+namespace {
+
+namespace wmma = nvcuda::wmma;
+
+constexpr int kTcWarps = 4;
+constexpr int kTcRows = 32;                // weight rows per block (the WMMA tile's M)
+constexpr int kTcTileBytes = 8192;         // raw bytes one warp stages per segment (32 rows)
+constexpr int kTcTargetBlocks = 264;       // enough blocks to keep every SM of an H100/H200 busy
+
+// Columns per segment, so that 32 rows' bytes fit kTcTileBytes and segments start on the
+// type's block boundaries.
+template <DType T>
+__host__ __device__ constexpr int tc_segment_cols() {
+  return T == DType::kF16 ? 128 : T == DType::kQ8_0 ? 128 : 256;  // 256, 136, 144 (Q4_0, Q4_K) bytes a row
+}
+template <DType T>
+__host__ __device__ constexpr int64_t tc_row_bytes(int64_t cols) {
+  if constexpr (T == DType::kF16) return cols * 2;
+  else if constexpr (T == DType::kQ8_0) return cols / 32 * kQ8_0Bytes;
+  else if constexpr (T == DType::kQ4_0) return cols / 32 * kQ4_0Bytes;
+  else return cols / 256 * kQ4_KBytes;
+}
+
+// Copies rows [r0, r0 + 32) (row indices clamped to rows - 1) of bytes [off, off + bytes) into
+// dst (pitch bytes a row) with g-byte asynchronous copies spread over the warp's lanes.
+template <int G>
+__device__ __forceinline__ void tc_stage(uint8_t* dst, int pitch, const uint8_t* w, size_t row_stride, int64_t rows,
+                                         int64_t r0, size_t off, int bytes, int lane) {
+  const int per_row = bytes / G;
+  for (int f = lane; f < kTcRows * per_row; f += 32) {
+    const int rr = f / per_row, c = f % per_row;
+    const int64_t r = r0 + rr < rows ? r0 + rr : rows - 1;
+    __pipeline_memcpy_async(dst + rr * pitch + c * G, w + r * static_cast<int64_t>(row_stride) + off + c * G, G);
+  }
+  __pipeline_commit();
+  __pipeline_wait_prior(0);
+}
+
+// A block's shared memory: each warp's raw tile and F16 weight tile.
+struct alignas(128) TcShared {
+  uint8_t raw[kTcWarps][kTcTileBytes];
+  __half a_tile[kTcWarps][kTcRows * 16];
+};
+
+// Block b takes row group b % groups and column split b / groups.
+template <DType T, int NT>
+__global__ void __launch_bounds__(kTcWarps * 32)
+    gemm_tc_kernel(const uint8_t* __restrict__ w, size_t row_stride, int64_t rows, int64_t cols,
+                   const __half* __restrict__ xh, int n, int spw, int groups, int splits, int copy_bytes,
+                   float* __restrict__ out, bool add) {
+  constexpr int KT = tc_segment_cols<T>();
+  constexpr int kPitch = (tc_row_bytes<T>(KT) + 15) / 16 * 16;
+  static_assert(kPitch * kTcRows <= kTcTileBytes, "a segment's 32 rows must fit the tile");
+  static_assert(kTcWarps * NT * 8 * kTcRows * 4 <= kTcWarps * kTcTileBytes, "the reduction reuses the tiles");
+  __shared__ TcShared sm;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int split = static_cast<int>(blockIdx.x / groups);
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x % groups) * kTcRows;
+  const int64_t n_seg = (cols + KT - 1) / KT;
+
+  wmma::fragment<wmma::accumulator, 32, 8, 16, float> acc[NT];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) wmma::fill_fragment(acc[t], 0.0f);
+  uint8_t* my_raw = sm.raw[warp];
+  __half* my_a = sm.a_tile[warp];
+  for (int i = 0; i < spw; ++i) {
+    const int64_t seg = (static_cast<int64_t>(split) * kTcWarps + warp) * spw + i;
+    if (seg >= n_seg) break;  // warp-uniform
+    const int64_t k0 = seg * KT;
+    const int kc = static_cast<int>(cols - k0 < KT ? cols - k0 : KT);  // a multiple of 16
+    const size_t off = static_cast<size_t>(tc_row_bytes<T>(k0));
+    const int bytes = static_cast<int>(tc_row_bytes<T>(kc));
+    if (copy_bytes == 16) tc_stage<16>(my_raw, kPitch, w, row_stride, rows, r0, off, bytes, lane);
+    else if (copy_bytes == 8) tc_stage<8>(my_raw, kPitch, w, row_stride, rows, r0, off, bytes, lane);
+    else tc_stage<4>(my_raw, kPitch, w, row_stride, rows, r0, off, bytes, lane);
+    __syncwarp();
+    const uint8_t* my_row = my_raw + lane * kPitch;  // lane = the row it dequantizes
+    for (int ks = 0; ks < kc / 16; ++ks) {
+      uint32_t packed[8];
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const uint32_t lo = f32_to_f16_bits(load_elem<T>(my_row, ks * 16 + 2 * e));
+        const uint32_t hi = f32_to_f16_bits(load_elem<T>(my_row, ks * 16 + 2 * e + 1));
+        packed[e] = lo | (hi << 16);
+      }
+      uint4* dst = reinterpret_cast<uint4*>(my_a + lane * 16);
+      dst[0] = uint4{packed[0], packed[1], packed[2], packed[3]};
+      dst[1] = uint4{packed[4], packed[5], packed[6], packed[7]};
+      __syncwarp();
+      wmma::fragment<wmma::matrix_a, 32, 8, 16, __half, wmma::row_major> a;
+      wmma::load_matrix_sync(a, my_a, 16);
+#pragma unroll
+      for (int t = 0; t < NT; ++t) {
+        wmma::fragment<wmma::matrix_b, 32, 8, 16, __half, wmma::col_major> b;
+        wmma::load_matrix_sync(b, xh + static_cast<int64_t>(t) * 8 * cols + k0 + ks * 16, static_cast<unsigned>(cols));
+        wmma::mma_sync(acc[t], a, b, acc[t]);
+      }
+      __syncwarp();  // my_a is rewritten next step
+    }
+  }
+
+  // The warps' partial sums, added in warp order: red[warp][j][i] for activation row j and
+  // weight row r0 + i.
+  __syncthreads();  // every warp is done with its raw tile
+  float* red = reinterpret_cast<float*>(&sm.raw[0][0]);
+  constexpr int kPerWarp = NT * 8 * kTcRows;
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+    wmma::store_matrix_sync(red + warp * kPerWarp + t * 8 * kTcRows, acc[t], kTcRows, wmma::mem_col_major);
+  __syncthreads();
+  const bool final_sum = splits == 1;
+  for (int o = threadIdx.x; o < kPerWarp; o += kTcWarps * 32) {
+    const int j = o / kTcRows, ii = o % kTcRows;
+    const int64_t r = r0 + ii;
+    if (j >= n || r >= rows) continue;
+    float s = red[o];
+#pragma unroll
+    for (int q = 1; q < kTcWarps; ++q) s += red[q * kPerWarp + o];
+    if (final_sum) {
+      float* y = out + static_cast<int64_t>(j) * rows + r;
+      *y = add ? *y + s : s;
+    } else {
+      out[(static_cast<int64_t>(split) * n + j) * rows + r] = s;
+    }
+  }
+}
+
+// y[j, r] (+)= sum over s of ws[s][j][r], s in order.
+__global__ void gemm_tc_reduce(const float* __restrict__ ws, int splits, int64_t rows, int n, float* __restrict__ y,
+                               bool add) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t total = static_cast<int64_t>(n) * rows;
+  if (idx >= total) return;
+  float s = ws[idx];
+  for (int q = 1; q < splits; ++q) s += ws[q * total + idx];
+  y[idx] = add ? y[idx] + s : s;
+}
+
+template <DType T>
+int tc_segments(int64_t cols) {
+  return static_cast<int>((cols + tc_segment_cols<T>() - 1) / tc_segment_cols<T>());
+}
+
+// The split of a rows x cols matrix (shape only): segments per warp and column splits.
+template <DType T>
+void tc_split(int64_t rows, int64_t cols, int* spw, int* splits) {
+  const int64_t n_seg = tc_segments<T>(cols), groups = (rows + kTcRows - 1) / kTcRows;
+  const int64_t max_splits = (n_seg + kTcWarps - 1) / kTcWarps;
+  const int64_t want = std::clamp<int64_t>((kTcTargetBlocks + groups - 1) / groups, 1, max_splits);
+  *spw = static_cast<int>((n_seg + kTcWarps * want - 1) / (kTcWarps * want));
+  *splits = static_cast<int>((n_seg + static_cast<int64_t>(kTcWarps) * *spw - 1) / (static_cast<int64_t>(kTcWarps) * *spw));
+}
+
+template <DType T, int NT>
+cudaError_t launch_tc(const void* w, size_t row_stride, int64_t rows, int64_t cols, const __half* xh, int n, int spw,
+                      int splits, int copy_bytes, float* out, bool add, cudaStream_t stream) {
+  const int groups = static_cast<int>((rows + kTcRows - 1) / kTcRows);
+  auto* kernel = gemm_tc_kernel<T, NT>;
+  DS_LAUNCH(kernel, static_cast<unsigned>(groups * splits), kTcWarps * 32, 0, stream)(
+      static_cast<const uint8_t*>(w), row_stride, rows, cols, xh, n, spw, groups, splits, copy_bytes, out, add);
+  return cudaGetLastError();
+}
+
+template <DType T>
+cudaError_t gemm_tc_typed(const void* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n, float* y,
+                          bool add, void* scratch, cudaStream_t stream) {
+  int spw = 1, splits = 1;
+  tc_split<T>(rows, cols, &spw, &splits);
+  const int nt = (n + 7) / 8;
+  auto* xh = static_cast<__half*>(scratch);
+  float* ws = reinterpret_cast<float*>(static_cast<uint8_t*>(scratch) + gemm_tc_x_bytes(cols, n));
+  // x -> F16 rows [0, n), zero rows [n, 8 * nt).
+  cudaError_t e = to_half(DType::kF32, x, static_cast<size_t>(cols) * sizeof(float), cols, n, false,
+                          reinterpret_cast<uint16_t*>(xh), stream);
+  if (e != cudaSuccess) return e;
+  if (8 * nt > n) {
+    e = cudaMemsetAsync(xh + static_cast<int64_t>(n) * cols, 0, static_cast<size_t>(8 * nt - n) * cols * sizeof(__half),
+                        stream);
+    if (e != cudaSuccess) return e;
+  }
+  int copy = 16;
+  const size_t seg_bytes = static_cast<size_t>(tc_row_bytes<T>(tc_segment_cols<T>()));
+  const size_t last_bytes = static_cast<size_t>(tc_row_bytes<T>(cols - static_cast<int64_t>(tc_segments<T>(cols) - 1) *
+                                                                           tc_segment_cols<T>()));
+  while (copy > 4 && (reinterpret_cast<uintptr_t>(w) % copy || row_stride % copy || seg_bytes % copy || last_bytes % copy))
+    copy /= 2;
+  float* out = splits == 1 ? y : ws;
+  switch (nt) {
+    case 2: e = launch_tc<T, 2>(w, row_stride, rows, cols, xh, n, spw, splits, copy, out, add, stream); break;
+    case 3: e = launch_tc<T, 3>(w, row_stride, rows, cols, xh, n, spw, splits, copy, out, add, stream); break;
+    case 4: e = launch_tc<T, 4>(w, row_stride, rows, cols, xh, n, spw, splits, copy, out, add, stream); break;
+    default: e = launch_tc<T, 1>(w, row_stride, rows, cols, xh, n, spw, splits, copy, out, add, stream); break;
+  }
+  if (e != cudaSuccess || splits == 1) return e;
+  const int64_t total = static_cast<int64_t>(n) * rows;
+  DS_LAUNCH(gemm_tc_reduce, static_cast<unsigned>((total + 255) / 256), 256, 0, stream)(ws, splits, rows, n, y, add);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+bool gemm_tc_supports(DType t, const void* w, size_t row_stride, int64_t cols, int n) {
+  if (n < 1 || n > kGemmTcMaxN || cols <= 0) return false;
+  switch (t) {
+    case DType::kF16: if (cols % 16 != 0) return false; break;
+    case DType::kQ8_0: case DType::kQ4_0: if (cols % 32 != 0) return false; break;
+    case DType::kQ4_K: if (cols % 256 != 0) return false; break;
+    default: return false;
+  }
+  // 4-byte asynchronous copies at least: the matrix and its rows 4-byte aligned (segments
+  // are then too: 256, 136 or 144 bytes a row, and the last one's bytes a multiple of 4).
+  return reinterpret_cast<uintptr_t>(w) % 4 == 0 && row_stride % 4 == 0;
+}
+
+size_t gemm_tc_x_bytes(int64_t cols, int n) {
+  return (static_cast<size_t>((n + 7) / 8) * 8 * static_cast<size_t>(cols) * sizeof(__half) + 255) / 256 * 256;
+}
+
+size_t gemm_tc_scratch_bytes(DType t, int64_t rows, int64_t cols, int n) {
+  int spw = 1, splits = 1;
+  switch (t) {
+    case DType::kF16: tc_split<DType::kF16>(rows, cols, &spw, &splits); break;
+    case DType::kQ8_0: tc_split<DType::kQ8_0>(rows, cols, &spw, &splits); break;
+    case DType::kQ4_0: tc_split<DType::kQ4_0>(rows, cols, &spw, &splits); break;
+    default: tc_split<DType::kQ4_K>(rows, cols, &spw, &splits); break;
+  }
+  const size_t ws = splits > 1 ? static_cast<size_t>(splits) * n * rows * sizeof(float) : 0;
+  return gemm_tc_x_bytes(cols, n) + ws;
+}
+
+cudaError_t gemm_tc(DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n,
+                    float* y, bool add, void* scratch, cudaStream_t stream) {
+  switch (t) {
+    case DType::kF16: return gemm_tc_typed<DType::kF16>(w, row_stride, rows, cols, x, n, y, add, scratch, stream);
+    case DType::kQ8_0: return gemm_tc_typed<DType::kQ8_0>(w, row_stride, rows, cols, x, n, y, add, scratch, stream);
+    case DType::kQ4_0: return gemm_tc_typed<DType::kQ4_0>(w, row_stride, rows, cols, x, n, y, add, scratch, stream);
+    case DType::kQ4_K: return gemm_tc_typed<DType::kQ4_K>(w, row_stride, rows, cols, x, n, y, add, scratch, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace ds::cuda
