@@ -220,7 +220,7 @@ const KeyDesc kKeys[] = {
    "Tensor parallel (gpus or tensor-parallel > 1): a step not finished in this many ms means a hung rank; the group is aborted and the worker restarts (the first step gets 10x; 0 = off)", DS_MS(shard_step_timeout)},
   {"stuck-step-exit-ms", "model", "stuck-step-exit-ms", Kind::kMillis, 0, 24 * kHour, kNone, nullptr, "MS",
    "An engine step still running after this many ms (a wedged GPU kernel, a hung rank) makes the node exit with status 6, so the cluster fails its requests over (the first step gets 10x; 0 = off)", DS_MS(stuck_step_exit)},
-  {"max-batch",     "model", "max-batch",     Kind::kInt,     1, 1024,         kNone, nullptr,         "N",    "Most sequences a worker runs at once", DS_INT(max_batch)},
+  {"max-batch",     "model", "max-batch",     Kind::kInt,     0, 1024,         kNone, nullptr,         "N",    "Most sequences a worker runs at once (0 = auto: 32 on GPUs, 8 on the CPU)", DS_INT(max_batch)},
   {"ctx",           "model", "ctx",           Kind::kInt,     0, 1 << 24,      kNone, nullptr,         "N",    "Context length in tokens per sequence (0 = the model's)", DS_INT(ctx)},
   {"kv-cache-tokens", "model", "kv-cache-tokens", Kind::kInt, 0, 1 << 30,      kNone, nullptr,         "N",    "KV-cache capacity in token positions (0 = auto: max-batch x ctx, within 4 GiB on the CPU, within gpu-memory-percent on GPUs)", DS_INT(kv_cache_tokens)},
   {"kv-block-size", "model", "kv-block-size", Kind::kInt,     1, 1024,         kNone, nullptr,         "N",    "Token positions per KV-cache block", DS_INT(kv_block_size)},

@@ -65,7 +65,7 @@ struct NodeConfig {
   int tensor_parallel = 1;                           // CPU: one worker split over this many rank threads
   std::chrono::milliseconds shard_step_timeout{60'000};  // tensor parallel: a step's deadline (hung rank); 0 = off
   std::chrono::milliseconds stuck_step_exit{300'000};    // a step still running this long exits the node; 0 = off
-  int max_batch = 8;                                 // running sequences per worker, 1..1024
+  int max_batch = 0;                                 // running sequences per worker, 0..1024 (0 = auto: 32 on GPUs, 8 on the CPU)
   int ctx = 0;                                       // positions per sequence; 0 = the model's
   int kv_cache_tokens = 0;                           // KV capacity in positions; 0 = auto
   int kv_block_size = 16;                            // positions per KV block

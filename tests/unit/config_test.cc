@@ -109,7 +109,7 @@ TEST(Config, Defaults) {
   EXPECT_EQ(c.backend, BackendKind::kAuto);
   EXPECT_EQ(c.kv_type, KvTypeKind::kAuto);
   EXPECT_EQ(c.threads, 0);
-  EXPECT_EQ(c.max_batch, 8);
+  EXPECT_EQ(c.max_batch, 0);  // auto: 32 on GPUs, 8 on the CPU (ds-node resolves it)
   EXPECT_EQ(c.ctx, 0);
   EXPECT_EQ(c.kv_cache_tokens, 0);
   EXPECT_EQ(c.kv_block_size, 16);
@@ -327,7 +327,7 @@ TEST(Config, BadEnvValueRejectedNamingVariable) {
 
 TEST(Config, BadFlagValueRejected) {
   EXPECT_EQ(load_error({"--threads", "2000"}), "--threads='2000': out of range 0..1024");
-  EXPECT_EQ(load_error({"--max-batch", "0"}), "--max-batch='0': out of range 1..1024");
+  EXPECT_EQ(load_error({"--max-batch", "-1"}), "--max-batch='-1': out of range 0..1024");
   EXPECT_EQ(load_error({"--http-port", "65536"}), "--http-port='65536': not a port number (0..65535)");
   EXPECT_EQ(load_error({"--node-id", "a b"}), "--node-id='a b': may hold only letters, digits, '.', '_' and '-'");
   const std::string long_id(65, 'a');
