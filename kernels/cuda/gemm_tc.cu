@@ -14,13 +14,15 @@
 // block of group g and column split s takes the segments (KT columns each) (s * kTcWarps + w)
 // * spw ... + spw - 1, so the block covers a contiguous column range; the warps' sums are
 // added in warp order through shared memory, and the S column splits' partial sums of a row
-// either go straight to y (S = 1) or to a workspace that gemm_tc_reduce adds in order. S and spw depend on the matrix shape only,
-// never on n: every y element is computed by the same operations whatever the batch, so a
-// sequence decoded in a batch of 9..32 gets the bits it gets in any other batch of 9..32.
+// either go straight to y (S = 1) or to a workspace that the row group's last block to finish
+// adds in split order (an arrival counter per group). S and spw depend on the matrix shape
+// only, never on n: every y element is computed by the same operations whatever the batch, so
+// a sequence decoded in a batch of 9..32 gets the bits it gets in any other batch of 9..32.
 //
-// Activations: x rounded to F16 (to_half, as the cuBLAS path does) into a buffer of
-// ceil(n / 8) * 8 rows, the padding rows zero; WMMA reads it (column-major B, ldm = cols)
-// from global memory, where it stays in L1/L2 (it is small and every block reads it).
+// Activations: x rounded to F16 (as the cuBLAS path does) into a buffer of ceil(n / 8) * 8
+// rows, the padding rows zero, by tc_prepare (which also zeroes the arrival counters); WMMA
+// reads it (column-major B, ldm = cols) from global memory, where it stays in L1/L2 (it is
+// small and every block reads it). Two launches a call.
 //
 // Reference: ref::matmul; differences are those of F16 operands (relative 2^-11 per
 // operand), like the cuBLAS F16 path.
@@ -75,12 +77,23 @@ struct alignas(128) TcShared {
   __half a_tile[kTcWarps][kTcRows * 16];
 };
 
-// Block b takes row group b % groups and column split b / groups.
+// xh[j, k] = x[j, k] rounded to F16 for j < n, 0 for n <= j < n_pad; and the row groups'
+// arrival counters zeroed (the tensor-core kernel's last block of a group adds the splits).
+__global__ void tc_prepare(const float* __restrict__ x, int n, int n_pad, int64_t cols, uint16_t* __restrict__ xh,
+                           unsigned* __restrict__ counters, int groups) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx < static_cast<int64_t>(n_pad) * cols) xh[idx] = idx < static_cast<int64_t>(n) * cols ? f32_to_f16_bits(x[idx]) : 0;
+  if (counters != nullptr && idx < groups) counters[idx] = 0;
+}
+
+// Block b takes row group b % groups and column split b / groups. With splits > 1, each block
+// writes its partial sums to ws[split][j][r]; the last block of a row group to arrive (an
+// atomic counter per group, zeroed by tc_prepare) adds them in split order into y.
 template <DType T, int NT>
 __global__ void __launch_bounds__(kTcWarps * 32)
     gemm_tc_kernel(const uint8_t* __restrict__ w, size_t row_stride, int64_t rows, int64_t cols,
                    const __half* __restrict__ xh, int n, int spw, int groups, int splits, int copy_bytes,
-                   float* __restrict__ out, bool add) {
+                   float* __restrict__ y, float* __restrict__ ws, unsigned* __restrict__ counters, bool add) {
   constexpr int KT = tc_segment_cols<T>();
   constexpr int kPitch = (tc_row_bytes<T>(KT) + 15) / 16 * 16;
   static_assert(kPitch * kTcRows <= kTcTileBytes, "a segment's 32 rows must fit the tile");
@@ -141,7 +154,7 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   for (int t = 0; t < NT; ++t)
     wmma::store_matrix_sync(red + warp * kPerWarp + t * 8 * kTcRows, acc[t], kTcRows, wmma::mem_col_major);
   __syncthreads();
-  const bool final_sum = splits == 1;
+  const int64_t total = static_cast<int64_t>(n) * rows;
   for (int o = threadIdx.x; o < kPerWarp; o += kTcWarps * 32) {
     const int j = o / kTcRows, ii = o % kTcRows;
     const int64_t r = r0 + ii;
@@ -149,24 +162,28 @@ __global__ void __launch_bounds__(kTcWarps * 32)
     float s = red[o];
 #pragma unroll
     for (int q = 1; q < kTcWarps; ++q) s += red[q * kPerWarp + o];
-    if (final_sum) {
-      float* y = out + static_cast<int64_t>(j) * rows + r;
-      *y = add ? *y + s : s;
-    } else {
-      out[(static_cast<int64_t>(split) * n + j) * rows + r] = s;
-    }
+    const int64_t at = static_cast<int64_t>(j) * rows + r;
+    if (splits == 1) y[at] = add ? y[at] + s : s;
+    else ws[split * total + at] = s;
   }
-}
-
-// y[j, r] (+)= sum over s of ws[s][j][r], s in order.
-__global__ void gemm_tc_reduce(const float* __restrict__ ws, int splits, int64_t rows, int n, float* __restrict__ y,
-                               bool add) {
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t total = static_cast<int64_t>(n) * rows;
-  if (idx >= total) return;
-  float s = ws[idx];
-  for (int q = 1; q < splits; ++q) s += ws[q * total + idx];
-  y[idx] = add ? y[idx] + s : s;
+  if (splits == 1) return;
+  // The last block of this row group adds the splits' partial sums, in split order.
+  __shared__ bool last;
+  __threadfence();  // this block's partial sums are visible before it counts itself in
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(&counters[blockIdx.x % groups], 1u) == static_cast<unsigned>(splits - 1);
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int o = threadIdx.x; o < NT * 8 * kTcRows; o += kTcWarps * 32) {
+    const int j = o / kTcRows, ii = o % kTcRows;
+    const int64_t r = r0 + ii;
+    if (j >= n || r >= rows) continue;
+    const int64_t at = static_cast<int64_t>(j) * rows + r;
+    float s = __ldcg(ws + at);
+    for (int q = 1; q < splits; ++q) s += __ldcg(ws + q * total + at);
+    y[at] = add ? y[at] + s : s;
+  }
 }
 
 template <DType T>
@@ -186,11 +203,12 @@ void tc_split(int64_t rows, int64_t cols, int* spw, int* splits) {
 
 template <DType T, int NT>
 cudaError_t launch_tc(const void* w, size_t row_stride, int64_t rows, int64_t cols, const __half* xh, int n, int spw,
-                      int splits, int copy_bytes, float* out, bool add, cudaStream_t stream) {
-  const int groups = static_cast<int>((rows + kTcRows - 1) / kTcRows);
+                      int groups, int splits, int copy_bytes, float* y, float* ws, unsigned* counters, bool add,
+                      cudaStream_t stream) {
   auto* kernel = gemm_tc_kernel<T, NT>;
   DS_LAUNCH(kernel, static_cast<unsigned>(groups * splits), kTcWarps * 32, 0, stream)(
-      static_cast<const uint8_t*>(w), row_stride, rows, cols, xh, n, spw, groups, splits, copy_bytes, out, add);
+      static_cast<const uint8_t*>(w), row_stride, rows, cols, xh, n, spw, groups, splits, copy_bytes, y, ws, counters,
+      add);
   return cudaGetLastError();
 }
 
@@ -199,35 +217,28 @@ cudaError_t gemm_tc_typed(const void* w, size_t row_stride, int64_t rows, int64_
                           bool add, void* scratch, cudaStream_t stream) {
   int spw = 1, splits = 1;
   tc_split<T>(rows, cols, &spw, &splits);
-  const int nt = (n + 7) / 8;
+  const int nt = (n + 7) / 8, groups = static_cast<int>((rows + kTcRows - 1) / kTcRows);
   auto* xh = static_cast<__half*>(scratch);
   float* ws = reinterpret_cast<float*>(static_cast<uint8_t*>(scratch) + gemm_tc_x_bytes(cols, n));
-  // x -> F16 rows [0, n), zero rows [n, 8 * nt).
-  cudaError_t e = to_half(DType::kF32, x, static_cast<size_t>(cols) * sizeof(float), cols, n, false,
-                          reinterpret_cast<uint16_t*>(xh), stream);
+  unsigned* counters = splits > 1 ? reinterpret_cast<unsigned*>(ws + static_cast<int64_t>(splits) * n * rows) : nullptr;
+  // x -> F16 rows [0, n), zero rows [n, 8 * nt); the counters zeroed.
+  const int64_t prep = std::max<int64_t>(static_cast<int64_t>(8 * nt) * cols, groups);
+  DS_LAUNCH(tc_prepare, static_cast<unsigned>((prep + 255) / 256), 256, 0, stream)(
+      x, n, 8 * nt, cols, reinterpret_cast<uint16_t*>(xh), counters, groups);
+  cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
-  if (8 * nt > n) {
-    e = cudaMemsetAsync(xh + static_cast<int64_t>(n) * cols, 0, static_cast<size_t>(8 * nt - n) * cols * sizeof(__half),
-                        stream);
-    if (e != cudaSuccess) return e;
-  }
   int copy = 16;
   const size_t seg_bytes = static_cast<size_t>(tc_row_bytes<T>(tc_segment_cols<T>()));
   const size_t last_bytes = static_cast<size_t>(tc_row_bytes<T>(cols - static_cast<int64_t>(tc_segments<T>(cols) - 1) *
                                                                            tc_segment_cols<T>()));
   while (copy > 4 && (reinterpret_cast<uintptr_t>(w) % copy || row_stride % copy || seg_bytes % copy || last_bytes % copy))
     copy /= 2;
-  float* out = splits == 1 ? y : ws;
   switch (nt) {
-    case 2: e = launch_tc<T, 2>(w, row_stride, rows, cols, xh, n, spw, splits, copy, out, add, stream); break;
-    case 3: e = launch_tc<T, 3>(w, row_stride, rows, cols, xh, n, spw, splits, copy, out, add, stream); break;
-    case 4: e = launch_tc<T, 4>(w, row_stride, rows, cols, xh, n, spw, splits, copy, out, add, stream); break;
-    default: e = launch_tc<T, 1>(w, row_stride, rows, cols, xh, n, spw, splits, copy, out, add, stream); break;
+    case 2: return launch_tc<T, 2>(w, row_stride, rows, cols, xh, n, spw, groups, splits, copy, y, ws, counters, add, stream);
+    case 3: return launch_tc<T, 3>(w, row_stride, rows, cols, xh, n, spw, groups, splits, copy, y, ws, counters, add, stream);
+    case 4: return launch_tc<T, 4>(w, row_stride, rows, cols, xh, n, spw, groups, splits, copy, y, ws, counters, add, stream);
+    default: return launch_tc<T, 1>(w, row_stride, rows, cols, xh, n, spw, groups, splits, copy, y, ws, counters, add, stream);
   }
-  if (e != cudaSuccess || splits == 1) return e;
-  const int64_t total = static_cast<int64_t>(n) * rows;
-  DS_LAUNCH(gemm_tc_reduce, static_cast<unsigned>((total + 255) / 256), 256, 0, stream)(ws, splits, rows, n, y, add);
-  return cudaGetLastError();
 }
 
 }  // namespace
@@ -257,7 +268,8 @@ size_t gemm_tc_scratch_bytes(DType t, int64_t rows, int64_t cols, int n) {
     case DType::kQ4_0: tc_split<DType::kQ4_0>(rows, cols, &spw, &splits); break;
     default: tc_split<DType::kQ4_K>(rows, cols, &spw, &splits); break;
   }
-  const size_t ws = splits > 1 ? static_cast<size_t>(splits) * n * rows * sizeof(float) : 0;
+  const size_t groups = static_cast<size_t>((rows + kTcRows - 1) / kTcRows);
+  const size_t ws = splits > 1 ? static_cast<size_t>(splits) * n * rows * sizeof(float) + groups * sizeof(unsigned) : 0;
   return gemm_tc_x_bytes(cols, n) + ws;
 }
 
