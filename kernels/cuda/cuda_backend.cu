@@ -469,7 +469,7 @@ void CudaBackend::matmul(const WeightRef& w, const float* x, int64_t n, float* y
         return;
     }
   } else if (tc_gemm_applies(w, n)) {
-    matmul_tc(kOp, w, stride, x, n, y, false);
+    matmul_tc(kOp, {{&w, y}}, x, n, false);
   } else {
     matmul_cublas(w, stride, x, n, y);  // recorded too (cuBLAS has its own workspace: no allocation)
   }
@@ -482,12 +482,21 @@ bool CudaBackend::tc_gemm_applies(const WeightRef& w, int64_t n) const {
          cuda::gemm_tc_supports(w.type, w.data, row_bytes_of(w.type, w.cols), w.cols, static_cast<int>(n));
 }
 
-void CudaBackend::matmul_tc(const char* op, const WeightRef& w, size_t row_stride, const float* x, int64_t n, float* y,
-                            bool add) {
+void CudaBackend::matmul_tc(const char* op, std::initializer_list<std::pair<const WeightRef*, float*>> parts,
+                            const float* x, int64_t n, bool add) {
+  const WeightRef& w0 = *parts.begin()->first;
+  cuda::GemmTcMatrix m[cuda::kGemmTcMaxParts];
+  int count = 0;
+  for (const auto& [w, y] : parts) m[count++] = cuda::GemmTcMatrix{w->data, w->rows, y};
   const int nn = static_cast<int>(n);
-  void* buf = scratch(cuda::gemm_tc_scratch_bytes(w.type, w.rows, w.cols, nn), op);
+  void* buf = scratch(cuda::gemm_tc_scratch_bytes(w0.type, m, count, w0.cols, nn), op);
   if (buf == nullptr) return;
-  DS_CUDA_CHECK(op, cuda::gemm_tc(w.type, w.data, row_stride, w.rows, w.cols, x, nn, y, add, buf, impl_->stream));
+  DS_CUDA_CHECK(op, cuda::gemm_tc(w0.type, m, count, row_bytes_of(w0.type, w0.cols), w0.cols, x, nn, add, buf,
+                                  impl_->stream));
+}
+
+bool CudaBackend::tc_gemm_fuses(const WeightRef& a, const WeightRef& b, int64_t n) const {
+  return options_.fuse_decode && tc_gemm_applies(a, n) && tc_gemm_applies(b, n) && a.type == b.type && a.cols == b.cols;
 }
 
 // The fused GEMV kernels take two (three) matrices of one type and column count, on the
@@ -503,6 +512,17 @@ void CudaBackend::matmul_qkv(const WeightRef& wq, const WeightRef& wk, const Wei
                              const float* bk, const float* bv, const float* x, int64_t n, float* q, float* k,
                              float* v) {
   constexpr const char* kOp = "matmul_qkv";
+  if ((!fused_gemv_applies(wq, wk, n) || !fused_gemv_applies(wq, wv, n)) && tc_gemm_fuses(wq, wk, n) &&
+      tc_gemm_fuses(wq, wv, n)) {  // one tensor-core launch for the three (the biases after, as Backend's)
+    if (!begin(kOp)) return;
+    DS_CHECK_WEIGHT(kOp, wq);
+    matmul_tc(kOp, {{&wq, q}, {&wk, k}, {&wv, v}}, x, n, false);
+    end(kOp);
+    if (bq) add_bias(q, bq, n, wq.rows);
+    if (bk) add_bias(k, bk, n, wk.rows);
+    if (bv) add_bias(v, bv, n, wv.rows);
+    return;
+  }
   if (!fused_gemv_applies(wq, wk, n) || !fused_gemv_applies(wq, wv, n))
     return Backend::matmul_qkv(wq, wk, wv, bq, bk, bv, x, n, q, k, v);
   if (!begin(kOp)) return;
@@ -526,7 +546,7 @@ void CudaBackend::matmul_add(const WeightRef& w, const float* x, int64_t n, floa
   if (!fused_gemv_applies(w, w, n) && tc_gemm_applies(w, n)) {  // the residual add fused in, as the GEMV's
     if (!begin(kOp)) return;
     DS_CHECK_WEIGHT(kOp, w);
-    matmul_tc(kOp, w, row_bytes_of(w.type, w.cols), x, n, y, true);
+    matmul_tc(kOp, {{&w, y}}, x, n, true);
     return end(kOp);
   }
   if (!fused_gemv_applies(w, w, n)) return Backend::matmul_add(w, x, n, y, tmp);
@@ -545,6 +565,13 @@ void CudaBackend::matmul_add(const WeightRef& w, const float* x, int64_t n, floa
 void CudaBackend::matmul_swiglu(const WeightRef& w_gate, const WeightRef& w_up, const float* x, int64_t n, float* out,
                                 float* up) {
   constexpr const char* kOp = "matmul_swiglu";
+  if (!fused_gemv_applies(w_gate, w_up, n) && tc_gemm_fuses(w_gate, w_up, n) && w_gate.rows == w_up.rows) {
+    if (!begin(kOp)) return;  // gate and up in one tensor-core launch, then swiglu as Backend's
+    DS_CHECK_WEIGHT(kOp, w_gate);
+    matmul_tc(kOp, {{&w_gate, out}, {&w_up, up}}, x, n, false);
+    end(kOp);
+    return swiglu(out, up, n * w_gate.rows, out);
+  }
   if (!fused_gemv_applies(w_gate, w_up, n) || w_gate.rows != w_up.rows)
     return Backend::matmul_swiglu(w_gate, w_up, x, n, out, up);
   if (!begin(kOp)) return;

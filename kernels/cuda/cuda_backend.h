@@ -36,9 +36,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "kernels/backend.h"
 
@@ -64,7 +66,8 @@ struct CudaBackendOptions {
                                 // Q4_K weights: the tensor-core small-batch kernel (gemm_tc.cu; weights
                                 // read once, no F16 copy of them) instead of cuBLAS
   bool fuse_decode = true;      // matmul_qkv / matmul_swiglu / matmul_add: one GEMV v3 launch each where
-                                // the GEMV path applies; rope_store_kv: one launch (false: the
+                                // the GEMV path applies (Q/K/V and gate/up: one tensor-core launch each
+                                // where tc_gemm applies); rope_store_kv: one launch (false: the
                                 // separate ops, Backend's defaults)
 };
 
@@ -170,8 +173,12 @@ class CudaBackend final : public Backend {
   bool fused_gemv_applies(const WeightRef& a, const WeightRef& b, int64_t n) const;
   void matmul_cublas(const WeightRef& w, size_t row_stride, const float* x, int64_t n, float* y);
   void matmul_cublas_half(const WeightRef& w, size_t row_stride, const float* x, int64_t n, float* y);
-  // y (+)= x W^T with gemm_tc (REQUIRES: tc_gemm_applies); op names the calling op.
-  void matmul_tc(const char* op, const WeightRef& w, size_t row_stride, const float* x, int64_t n, float* y, bool add);
+  // y (+)= x W^T for each (W, y) of parts (1..3 matrices of one type and column count) in one
+  // gemm_tc call (REQUIRES: tc_gemm_applies to each); op names the calling op.
+  void matmul_tc(const char* op, std::initializer_list<std::pair<const WeightRef*, float*>> parts, const float* x,
+                 int64_t n, bool add);
+  // Whether a and b can share one gemm_tc launch at n (fuse_decode, both tc_gemm_applies, same type and columns).
+  bool tc_gemm_fuses(const WeightRef& a, const WeightRef& b, int64_t n) const;
   bool wait(const char* op);    // cudaStreamSynchronize; recycles the upload staging space
   // True (the recording failed) when capturing; for_now: only because a buffer must grow
   // first (the key may be recorded again after the eager run grew it).

@@ -86,22 +86,52 @@ __global__ void tc_prepare(const float* __restrict__ x, int n, int n_pad, int64_
   if (counters != nullptr && idx < groups) counters[idx] = 0;
 }
 
-// Block b takes row group b % groups and column split b / groups. With splits > 1, each block
-// writes its partial sums to ws[split][j][r]; the last block of a row group to arrive (an
-// atomic counter per group, zeroed by tc_prepare) adds them in split order into y.
+// One matrix of a launch (the matrices of one launch share x, type and column count).
+struct TcPart {
+  const uint8_t* w = nullptr;
+  int64_t rows = 0;
+  float* y = nullptr;
+  float* ws = nullptr;            // splits > 1: partial sums [splits][n][rows]
+  unsigned* counters = nullptr;   // splits > 1: an arrival counter per row group
+  int groups = 0, splits = 1, spw = 1;
+  int first_block = 0;            // its blocks are [first_block, first_block + groups * splits)
+};
+struct TcArgs {
+  TcPart part[kGemmTcMaxParts];
+  int parts = 0;
+  size_t row_stride = 0;
+  int64_t cols = 0;
+  const __half* xh = nullptr;
+  int n = 0;
+  int copy_bytes = 4;
+  bool add = false;
+};
+
+// Block b of a part takes row group b % groups and column split b / groups. With splits > 1,
+// each block writes its partial sums to ws[split][j][r]; the last block of a row group to
+// arrive (an atomic counter per group, zeroed by tc_prepare) adds them in split order into y.
 template <DType T, int NT>
-__global__ void __launch_bounds__(kTcWarps * 32)
-    gemm_tc_kernel(const uint8_t* __restrict__ w, size_t row_stride, int64_t rows, int64_t cols,
-                   const __half* __restrict__ xh, int n, int spw, int groups, int splits, int copy_bytes,
-                   float* __restrict__ y, float* __restrict__ ws, unsigned* __restrict__ counters, bool add) {
+__global__ void __launch_bounds__(kTcWarps * 32) gemm_tc_kernel(const TcArgs args) {
+  int q = 0;
+  while (q + 1 < args.parts && static_cast<int>(blockIdx.x) >= args.part[q + 1].first_block) ++q;
+  const TcPart P = args.part[q];
+  const uint8_t* __restrict__ w = P.w;
+  const size_t row_stride = args.row_stride;
+  const int64_t rows = P.rows, cols = args.cols;
+  const __half* __restrict__ xh = args.xh;
+  const int n = args.n, spw = P.spw, groups = P.groups, splits = P.splits, copy_bytes = args.copy_bytes;
+  float* __restrict__ y = P.y;
+  float* __restrict__ ws = P.ws;
+  const bool add = args.add;
+  const int b = static_cast<int>(blockIdx.x) - P.first_block;
   constexpr int KT = tc_segment_cols<T>();
   constexpr int kPitch = (tc_row_bytes<T>(KT) + 15) / 16 * 16;
   static_assert(kPitch * kTcRows <= kTcTileBytes, "a segment's 32 rows must fit the tile");
   static_assert(kTcWarps * NT * 8 * kTcRows * 4 <= kTcWarps * kTcTileBytes, "the reduction reuses the tiles");
   __shared__ TcShared sm;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int split = static_cast<int>(blockIdx.x / groups);
-  const int64_t r0 = static_cast<int64_t>(blockIdx.x % groups) * kTcRows;
+  const int split = b / groups;
+  const int64_t r0 = static_cast<int64_t>(b % groups) * kTcRows;
   const int64_t n_seg = (cols + KT - 1) / KT;
 
   wmma::fragment<wmma::accumulator, 32, 8, 16, float> acc[NT];
@@ -171,7 +201,7 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   __shared__ bool last;
   __threadfence();  // this block's partial sums are visible before it counts itself in
   __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(&counters[blockIdx.x % groups], 1u) == static_cast<unsigned>(splits - 1);
+  if (threadIdx.x == 0) last = atomicAdd(&P.counters[b % groups], 1u) == static_cast<unsigned>(splits - 1);
   __syncthreads();
   if (!last) return;
   __threadfence();
@@ -202,42 +232,88 @@ void tc_split(int64_t rows, int64_t cols, int* spw, int* splits) {
 }
 
 template <DType T, int NT>
-cudaError_t launch_tc(const void* w, size_t row_stride, int64_t rows, int64_t cols, const __half* xh, int n, int spw,
-                      int groups, int splits, int copy_bytes, float* y, float* ws, unsigned* counters, bool add,
-                      cudaStream_t stream) {
+cudaError_t launch_tc(const TcArgs& args, int blocks, cudaStream_t stream) {
   auto* kernel = gemm_tc_kernel<T, NT>;
-  DS_LAUNCH(kernel, static_cast<unsigned>(groups * splits), kTcWarps * 32, 0, stream)(
-      static_cast<const uint8_t*>(w), row_stride, rows, cols, xh, n, spw, groups, splits, copy_bytes, y, ws, counters,
-      add);
+  DS_LAUNCH(kernel, static_cast<unsigned>(blocks), kTcWarps * 32, 0, stream)(args);
   return cudaGetLastError();
 }
 
+// The scratch layout of a call: x in F16, then each part's partial sums (splits > 1), then
+// every part's arrival counters. Returns the bytes; fills args' parts when args is non-null.
 template <DType T>
-cudaError_t gemm_tc_typed(const void* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n, float* y,
+size_t tc_layout(const GemmTcMatrix* m, int count, int64_t cols, int n, void* scratch, TcArgs* args) {
+  size_t off = gemm_tc_x_bytes(cols, n), counters = 0;
+  TcPart parts[kGemmTcMaxParts];
+  int block = 0;
+  for (int i = 0; i < count; ++i) {
+    TcPart& p = parts[i];
+    p.w = static_cast<const uint8_t*>(m[i].w);
+    p.rows = m[i].rows;
+    p.y = m[i].y;
+    p.groups = static_cast<int>((m[i].rows + kTcRows - 1) / kTcRows);
+    tc_split<T>(m[i].rows, cols, &p.spw, &p.splits);
+    p.first_block = block;
+    block += p.groups * p.splits;
+    if (p.splits > 1) {
+      if (scratch) p.ws = reinterpret_cast<float*>(static_cast<uint8_t*>(scratch) + off);
+      off += static_cast<size_t>(p.splits) * n * m[i].rows * sizeof(float);
+      counters += static_cast<size_t>(p.groups);
+    }
+  }
+  size_t c = 0;
+  for (int i = 0; i < count; ++i) {
+    if (parts[i].splits > 1 && scratch) parts[i].counters = reinterpret_cast<unsigned*>(static_cast<uint8_t*>(scratch) + off) + c;
+    if (parts[i].splits > 1) c += static_cast<size_t>(parts[i].groups);
+  }
+  if (args) {
+    for (int i = 0; i < count; ++i) args->part[i] = parts[i];
+    args->parts = count;
+  }
+  return off + counters * sizeof(unsigned);
+}
+
+template <DType T>
+cudaError_t gemm_tc_typed(const GemmTcMatrix* m, int count, size_t row_stride, int64_t cols, const float* x, int n,
                           bool add, void* scratch, cudaStream_t stream) {
-  int spw = 1, splits = 1;
-  tc_split<T>(rows, cols, &spw, &splits);
-  const int nt = (n + 7) / 8, groups = static_cast<int>((rows + kTcRows - 1) / kTcRows);
-  auto* xh = static_cast<__half*>(scratch);
-  float* ws = reinterpret_cast<float*>(static_cast<uint8_t*>(scratch) + gemm_tc_x_bytes(cols, n));
-  unsigned* counters = splits > 1 ? reinterpret_cast<unsigned*>(ws + static_cast<int64_t>(splits) * n * rows) : nullptr;
-  // x -> F16 rows [0, n), zero rows [n, 8 * nt); the counters zeroed.
-  const int64_t prep = std::max<int64_t>(static_cast<int64_t>(8 * nt) * cols, groups);
+  TcArgs a;
+  tc_layout<T>(m, count, cols, n, scratch, &a);
+  a.row_stride = row_stride;
+  a.cols = cols;
+  a.n = n;
+  a.add = add;
+  a.xh = static_cast<const __half*>(scratch);
+  const int nt = (n + 7) / 8;
+  int blocks = 0, n_counters = 0;
+  unsigned* counters = nullptr;
+  for (int i = 0; i < count; ++i) {
+    blocks += a.part[i].groups * a.part[i].splits;
+    if (a.part[i].splits > 1) {
+      if (!counters) counters = a.part[i].counters;
+      n_counters += a.part[i].groups;
+    }
+  }
+  // x -> F16 rows [0, n), zero rows [n, 8 * nt); the counters (contiguous) zeroed.
+  const int64_t prep = std::max<int64_t>(static_cast<int64_t>(8 * nt) * cols, n_counters);
   DS_LAUNCH(tc_prepare, static_cast<unsigned>((prep + 255) / 256), 256, 0, stream)(
-      x, n, 8 * nt, cols, reinterpret_cast<uint16_t*>(xh), counters, groups);
+      x, n, 8 * nt, cols, static_cast<uint16_t*>(scratch), counters, n_counters);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
   int copy = 16;
   const size_t seg_bytes = static_cast<size_t>(tc_row_bytes<T>(tc_segment_cols<T>()));
   const size_t last_bytes = static_cast<size_t>(tc_row_bytes<T>(cols - static_cast<int64_t>(tc_segments<T>(cols) - 1) *
                                                                            tc_segment_cols<T>()));
-  while (copy > 4 && (reinterpret_cast<uintptr_t>(w) % copy || row_stride % copy || seg_bytes % copy || last_bytes % copy))
-    copy /= 2;
+  auto misaligned = [&](int g) {
+    for (int i = 0; i < count; ++i)
+      if (reinterpret_cast<uintptr_t>(m[i].w) % g) return true;
+    return row_stride % g || seg_bytes % g || last_bytes % g;
+  };
+  while (copy > 4 && misaligned(copy)) copy /= 2;
+  a.copy_bytes = copy;
   switch (nt) {
-    case 2: return launch_tc<T, 2>(w, row_stride, rows, cols, xh, n, spw, groups, splits, copy, y, ws, counters, add, stream);
-    case 3: return launch_tc<T, 3>(w, row_stride, rows, cols, xh, n, spw, groups, splits, copy, y, ws, counters, add, stream);
-    case 4: return launch_tc<T, 4>(w, row_stride, rows, cols, xh, n, spw, groups, splits, copy, y, ws, counters, add, stream);
-    default: return launch_tc<T, 1>(w, row_stride, rows, cols, xh, n, spw, groups, splits, copy, y, ws, counters, add, stream);
+    case 2: return launch_tc<T, 2>(a, blocks, stream);
+    case 3: return launch_tc<T, 3>(a, blocks, stream);
+    case 4: return launch_tc<T, 4>(a, blocks, stream);
+    default: return launch_tc<T, 1>(a, blocks, stream);
   }
 }
 
@@ -260,26 +336,23 @@ size_t gemm_tc_x_bytes(int64_t cols, int n) {
   return (static_cast<size_t>((n + 7) / 8) * 8 * static_cast<size_t>(cols) * sizeof(__half) + 255) / 256 * 256;
 }
 
-size_t gemm_tc_scratch_bytes(DType t, int64_t rows, int64_t cols, int n) {
-  int spw = 1, splits = 1;
+size_t gemm_tc_scratch_bytes(DType t, const GemmTcMatrix* m, int count, int64_t cols, int n) {
   switch (t) {
-    case DType::kF16: tc_split<DType::kF16>(rows, cols, &spw, &splits); break;
-    case DType::kQ8_0: tc_split<DType::kQ8_0>(rows, cols, &spw, &splits); break;
-    case DType::kQ4_0: tc_split<DType::kQ4_0>(rows, cols, &spw, &splits); break;
-    default: tc_split<DType::kQ4_K>(rows, cols, &spw, &splits); break;
+    case DType::kF16: return tc_layout<DType::kF16>(m, count, cols, n, nullptr, nullptr);
+    case DType::kQ8_0: return tc_layout<DType::kQ8_0>(m, count, cols, n, nullptr, nullptr);
+    case DType::kQ4_0: return tc_layout<DType::kQ4_0>(m, count, cols, n, nullptr, nullptr);
+    default: return tc_layout<DType::kQ4_K>(m, count, cols, n, nullptr, nullptr);
   }
-  const size_t groups = static_cast<size_t>((rows + kTcRows - 1) / kTcRows);
-  const size_t ws = splits > 1 ? static_cast<size_t>(splits) * n * rows * sizeof(float) + groups * sizeof(unsigned) : 0;
-  return gemm_tc_x_bytes(cols, n) + ws;
 }
 
-cudaError_t gemm_tc(DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n,
-                    float* y, bool add, void* scratch, cudaStream_t stream) {
+cudaError_t gemm_tc(DType t, const GemmTcMatrix* m, int count, size_t row_stride, int64_t cols, const float* x, int n,
+                    bool add, void* scratch, cudaStream_t stream) {
+  if (count < 1 || count > kGemmTcMaxParts) return cudaErrorInvalidValue;
   switch (t) {
-    case DType::kF16: return gemm_tc_typed<DType::kF16>(w, row_stride, rows, cols, x, n, y, add, scratch, stream);
-    case DType::kQ8_0: return gemm_tc_typed<DType::kQ8_0>(w, row_stride, rows, cols, x, n, y, add, scratch, stream);
-    case DType::kQ4_0: return gemm_tc_typed<DType::kQ4_0>(w, row_stride, rows, cols, x, n, y, add, scratch, stream);
-    case DType::kQ4_K: return gemm_tc_typed<DType::kQ4_K>(w, row_stride, rows, cols, x, n, y, add, scratch, stream);
+    case DType::kF16: return gemm_tc_typed<DType::kF16>(m, count, row_stride, cols, x, n, add, scratch, stream);
+    case DType::kQ8_0: return gemm_tc_typed<DType::kQ8_0>(m, count, row_stride, cols, x, n, add, scratch, stream);
+    case DType::kQ4_0: return gemm_tc_typed<DType::kQ4_0>(m, count, row_stride, cols, x, n, add, scratch, stream);
+    case DType::kQ4_K: return gemm_tc_typed<DType::kQ4_K>(m, count, row_stride, cols, x, n, add, scratch, stream);
     default: return cudaErrorInvalidValue;
   }
 }

@@ -95,13 +95,23 @@ constexpr int kGemmTcMaxN = 32;
 bool gemm_tc_supports(DType t, const void* w, size_t row_stride, int64_t cols, int n);
 // Bytes of x rounded to F16 (padded to a multiple of 8 rows) at the start of the scratch.
 size_t gemm_tc_x_bytes(int64_t cols, int n);
-// Device scratch gemm_tc needs (x in F16, then the column splits' partial sums).
-size_t gemm_tc_scratch_bytes(DType t, int64_t rows, int64_t cols, int n);
-// add: y += x W^T (y[j, r] = y[j, r] + dot, one float add) instead of y = x W^T.
-// REQUIRES: gemm_tc_supports; scratch holds gemm_tc_scratch_bytes, 256-byte aligned; y does
-// not alias x.
-cudaError_t gemm_tc(DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n,
-                    float* y, bool add, void* scratch, cudaStream_t stream);
+// One matrix of a gemm_tc call: y[n, rows] (+)= x W^T.
+struct GemmTcMatrix {
+  const void* w;
+  int64_t rows;
+  float* y;
+};
+constexpr int kGemmTcMaxParts = 3;  // matrices one call takes (Q, K, V)
+// Device scratch gemm_tc needs for these matrices (x in F16, the column splits' partial sums,
+// arrival counters).
+size_t gemm_tc_scratch_bytes(DType t, const GemmTcMatrix* m, int count, int64_t cols, int n);
+// count (1..kGemmTcMaxParts) matrices of type t and cols columns (row_stride bytes a row) times
+// the same x, in two launches (x rounded to F16 once). add: y += x W^T (y[j, r] = y[j, r] +
+// dot, one float add) instead of y = x W^T. Each matrix's outputs get the bits they get alone.
+// REQUIRES: gemm_tc_supports for each; scratch holds gemm_tc_scratch_bytes, 256-byte aligned;
+// no y aliases x or another y.
+cudaError_t gemm_tc(DType t, const GemmTcMatrix* m, int count, size_t row_stride, int64_t cols, const float* x, int n,
+                    bool add, void* scratch, cudaStream_t stream);
 
 // ---- attention.cu -------------------------------------------------------------------
 

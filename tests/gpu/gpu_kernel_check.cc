@@ -415,6 +415,45 @@ void check_matmul_tc(CudaBackend& b, Rng& rng, bool quick) {
       }
     }
   }
+  // Q/K/V (with and without biases) and gate/up (+ SwiGLU) in one launch each: the bits of the
+  // separate ops (fuse_decode off: one tensor-core call per matrix, then add_bias / swiglu).
+  for (DType t : {DType::kF16, DType::kQ8_0, DType::kQ4_K}) {
+    const std::string tn = ds::dtype_name(t);
+    const int64_t cols = t == DType::kQ4_K ? 768 : 1024, qr = 96, kr = 40, ff = 72;  // 1024: 2 column splits
+    const auto x = rng.floats(max_n * cols);
+    Buf dx(b, x);
+    std::vector<Buf> ws, ys, ys2;
+    std::vector<WeightRef> wr;
+    for (int64_t rows : {qr, kr, kr, ff, ff}) {
+      ws.emplace_back(b, make_weights(rng, t, rows, cols));
+      ys.emplace_back(b, max_n * rows * 4);
+      ys2.emplace_back(b, max_n * rows * 4);
+      wr.push_back(WeightRef{t, ws.back().as<void>(), rows, cols});
+    }
+    Buf bq(b, rng.floats(qr)), bk(b, rng.floats(kr)), bv(b, rng.floats(kr));
+    for (int64_t n : quick ? std::vector<int64_t>{9, 32} : std::vector<int64_t>{9, 17, 32}) {
+      const std::string suffix = " " + shape(qr, cols) + " n=" + std::to_string(n);
+      for (bool bias : {false, true}) {
+        const float *pq = bias ? bq.as() : nullptr, *pk = bias ? bk.as() : nullptr, *pv = bias ? bv.as() : nullptr;
+        b.matmul_qkv(wr[0], wr[1], wr[2], pq, pk, pv, dx.as(), n, ys[0].as(), ys[1].as(), ys[2].as());
+        b.set_fuse_decode(false);
+        b.matmul_qkv(wr[0], wr[1], wr[2], pq, pk, pv, dx.as(), n, ys2[0].as(), ys2[1].as(), ys2[2].as());
+        b.set_fuse_decode(true);
+        bool same = true;
+        for (int m = 0; m < 3; ++m)
+          same = same && same_bits(ys[m].read(n * wr[m].rows).data(), ys2[m].read(n * wr[m].rows).data(), n * wr[m].rows);
+        expect("determinism/tc-qkv-bits " + tn + suffix + (bias ? " bias" : ""), same,
+               "one launch for Q, K, V differs from three");
+      }
+      b.matmul_swiglu(wr[3], wr[4], dx.as(), n, ys[3].as(), ys[4].as());
+      b.set_fuse_decode(false);
+      b.matmul_swiglu(wr[3], wr[4], dx.as(), n, ys2[3].as(), ys2[4].as());
+      b.set_fuse_decode(true);
+      expect("determinism/tc-swiglu-bits " + tn + suffix,
+             same_bits(ys[3].read(n * ff).data(), ys2[3].read(n * ff).data(), n * ff),
+             "one launch for gate and up differs from two");
+    }
+  }
   // Outside its range: n <= 8 (GEMV), n > 32, BF16 / Q6_K / F32 weights (cuBLAS).
   const auto w = make_weights(rng, DType::kQ8_0, 64, 256);
   Buf dw(b, w);
