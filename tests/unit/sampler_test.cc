@@ -5,6 +5,7 @@
 #include <map>
 
 #include "kernels/sampling.h"
+#include "model/backend_sampler.h"
 
 #include "model/kv_cache.h"
 #include "test_util.h"
@@ -141,38 +142,24 @@ std::vector<SamplingParams> sampling_variants() {
   return v;
 }
 
-// Candidates as a backend returns them (ref::sample_candidates on a copy of the row).
+// Candidates as a backend returns them (ref::sample_candidates on a copy of the row), then the
+// engine's last stage (pick_token, else the whole penalized row).
 int32_t sample_via_candidates(std::vector<float> logits, const SamplingParams& p, const std::vector<int32_t>& history,
                               uint64_t seed, uint64_t draw, int32_t max_candidates, bool* fell_back) {
   const int32_t V = static_cast<int32_t>(logits.size());
-  SampleRow row;
-  row.m = sample_candidates_wanted(p, V, max_candidates);
-  row.want_sums = sample_sums_wanted(p, V, row.m);
-  row.temperature = p.temperature;
-  row.repeat_penalty = p.repeat_penalty;
-  row.frequency_penalty = p.frequency_penalty;
-  row.presence_penalty = p.presence_penalty;
-  std::vector<int32_t> toks, counts;
-  for (const auto& [t, c] : penalty_entries(p, history, V)) {
-    toks.push_back(t);
-    counts.push_back(c);
-  }
-  row.pen_count = static_cast<int32_t>(toks.size());
-  std::vector<uint64_t> out(2 + row.m);
+  SampleStep step;
+  step.add(p, history, V, max_candidates, seed, draw);
+  std::vector<uint64_t> out(step.words);
   SampleArgs a;
   a.logits = logits.data();
   a.n_rows = 1;
   a.n_vocab = V;
-  a.rows = &row;
-  a.pen_tokens = toks.data();
-  a.pen_counts = counts.data();
+  a.rows = step.rows.data();
+  a.pen_tokens = step.pen_tokens.data();
+  a.pen_counts = step.pen_counts.data();
   a.out = out.data();
   ref::sample_candidates(a);
-  std::vector<SampleCandidate> c(row.m);
-  for (int32_t i = 0; i < row.m; ++i) c[i] = {sample_logit(out[2 + i]), sample_id(out[2 + i])};
-  double sums[2];
-  std::memcpy(sums, out.data(), sizeof sums);
-  const int32_t tok = sample_from_candidates(c.data(), c.size(), V, p, row.want_sums ? sums : nullptr, seed, draw);
+  const int32_t tok = pick_token(step, 0, V, out.data());
   *fell_back = tok < 0;
   return tok >= 0 ? tok : sample_penalized(logits, p, seed, draw);  // logits: penalized by the "backend"
 }
