@@ -142,6 +142,7 @@ class CudaBackend final : public Backend {
   void set_gemm_half(bool on) { options_.gemm_half = on; }
   void set_pdl(bool on) { options_.pdl = on; }
   void set_tc_gemm(bool on) { options_.tc_gemm = on; }
+  void set_gemv_max_batch(int n) { options_.gemv_max_batch = n; }
   // Whether matmul(w, x, n, y) runs the tensor-core small-batch kernel (options.tc_gemm).
   bool tc_gemm_applies(const WeightRef& w, int64_t n) const;
   // "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)"

@@ -1636,8 +1636,10 @@ double bench_memcpy(CudaBackend& b, size_t bytes) {
   return gbps;
 }
 
-// Decode at batch n (8 < n <= 32): the tensor-core kernel against cuBLAS (F16 operands; a
-// quantized matrix dequantized to F16 first) and the GEMV in launches of 8, weights rotated.
+// Decode at batch n: the tensor-core kernel against cuBLAS (F16 operands; a quantized matrix
+// dequantized to F16 first) and the GEMV in launches of 8, weights rotated. At n <= 8 (where
+// the GEMV runs by default) the first two are forced (gemv_max_batch 1): is the GEMV's
+// threshold of 8 right?
 void bench_tc(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols, int n) {
   const size_t bytes = ds::row_bytes(t, cols) * rows;
   const int copies = static_cast<int>(std::max<size_t>(2, (kRotateBytes + bytes - 1) / bytes));
@@ -1646,16 +1648,19 @@ void bench_tc(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols, int
   for (int i = 0; i < copies; ++i) ws.emplace_back(b, w);
   Buf x(b, rng.floats(n * cols)), y(b, n * rows * 4);
   auto s = static_cast<cudaStream_t>(b.stream());
+  const int gemv_max = b.options().gemv_max_batch;
   double us[3] = {0, 0, 0};
   for (int path = 0; path < 3; ++path) {  // 0: tensor-core kernel, 1: cuBLAS, 2: GEMV
     b.set_tc_gemm(path == 0);
     b.set_batch_invariant(path == 2);
+    b.set_gemv_max_batch(path == 2 ? gemv_max : 1);
     auto run = [&](int i) { b.matmul(WeightRef{t, ws[i % copies].as<void>(), rows, cols}, x.as(), n, y.as()); };
     time_ms(s, copies, run);
     us[path] = 1e3 * time_ms(s, std::max(4 * copies, 100), run);
   }
   b.set_tc_gemm(true);
   b.set_batch_invariant(false);
+  b.set_gemv_max_batch(gemv_max);
   require_ok(b, "tensor-core benchmark");
   char what[96];
   std::snprintf(what, sizeof what, "matmul-tc %s %s n=%d", ds::dtype_name(t), shape(rows, cols).c_str(), n);
@@ -1816,6 +1821,8 @@ void run_benchmarks(CudaBackend& b, Rng& rng) {
   bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, kLiveGemv, 32);  // 4 launches of 8 (decode at batch 32)
   for (DType t : {DType::kQ8_0, DType::kF16, DType::kQ4_K})
     for (int n : {16, 32}) bench_tc(b, rng, t, 5632, 2048, n);
+  for (DType t : {DType::kQ8_0, DType::kF16})
+    for (int n : {4, 8}) bench_tc(b, rng, t, 5632, 2048, n);
   bench_tc(b, rng, DType::kQ8_0, 2048, 5632, 32);
   bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, 1, 1);  // v1, for comparison
   for (DType t : {DType::kQ8_0, DType::kF16})
