@@ -358,16 +358,19 @@ void check_matmul(CudaBackend& b, CudaBackend& tf32, Rng& rng, bool quick) {
 void ref_matmul_scaled(DType t, const std::vector<uint8_t>& w, int64_t rows, int64_t cols, const std::vector<float>& x,
                        int64_t n, std::vector<float>* want, std::vector<double>* scale);
 
-// The first count elements of res + want (a projection with the residual added), and their
-// error scale (the projection's plus |res|).
-void plus_residual(const std::vector<float>& res, const std::vector<float>& want, const std::vector<double>& scale,
-                   int64_t count, std::vector<float>* wn, std::vector<double>* sn) {
-  wn->resize(count);
-  sn->resize(count);
+// A projection with the residual added (got: the first count elements) against res + want
+// (error scale: the projection's plus |res|), and bit for bit against sep, the separate ops.
+void check_residual_add(const std::string& name, const std::string& bits_name, const std::vector<float>& got,
+                        const std::vector<float>& sep, const std::vector<float>& res, const std::vector<float>& want,
+                        const std::vector<double>& scale, int64_t count, double atol, double rtol) {
+  std::vector<float> wn(count);
+  std::vector<double> sn(count);
   for (int64_t i = 0; i < count; ++i) {
-    (*wn)[i] = res[i] + want[i];
-    (*sn)[i] = scale[i] + std::fabs(res[i]);
+    wn[i] = res[i] + want[i];
+    sn[i] = scale[i] + std::fabs(res[i]);
   }
+  compare(name, got, wn, atol, rtol, &sn);
+  expect(bits_name, same_bits(got.data(), sep.data(), got.size()), "the fused add differs from matmul + add");
 }
 
 // The tensor-core small-batch kernel (gemm_tc.cu: matmul and matmul_add at 8 < n <= 32):
@@ -414,13 +417,8 @@ void check_matmul_tc(CudaBackend& b, Rng& rng, bool quick) {
         b.matmul_add(gw, dx.as(), n, dr.as(), tmp.as());
         b.matmul(gw, dx.as(), n, tmp.as());
         b.add(dr2.as(), tmp.as(), n * c.rows);
-        const auto added = dr.read(n * c.rows), sep = dr2.read(n * c.rows);
-        std::vector<float> wn;
-        std::vector<double> sn;
-        plus_residual(res, want, scale, n * c.rows, &wn, &sn);
-        compare("matmul-tc/add " + tn + suffix, added, wn, 1e-5, 1.5e-3, &sn);
-        expect("determinism/tc-add-bits " + tn + suffix, same_bits(added.data(), sep.data(), added.size()),
-               "matmul_add differs from matmul + add");
+        check_residual_add("matmul-tc/add " + tn + suffix, "determinism/tc-add-bits " + tn + suffix,
+                           dr.read(n * c.rows), dr2.read(n * c.rows), res, want, scale, n * c.rows, 1e-5, 1.5e-3);
       }
     }
   }
@@ -981,13 +979,8 @@ void check_fused_residual_rope(CudaBackend& b, Rng& rng, bool quick) {
         b.matmul_add(gw, dx.as(), n, dy2.as(), tmp.as());
         b.set_fuse_decode(true);
         b.set_batch_invariant(false);
-        const auto got = dy.read(n * sh.rows), sep = dy2.read(n * sh.rows);
-        std::vector<float> wn;
-        std::vector<double> sn;
-        plus_residual(res, want, scale, n * sh.rows, &wn, &sn);
-        compare("fused-add/" + tn + suffix, got, wn, 1e-6, 2e-5, &sn);
-        expect("determinism/fused-add-bits " + tn + suffix, same_bits(got.data(), sep.data(), got.size()),
-               "the fused launch differs from matmul + add");
+        check_residual_add("fused-add/" + tn + suffix, "determinism/fused-add-bits " + tn + suffix,
+                           dy.read(n * sh.rows), dy2.read(n * sh.rows), res, want, scale, n * sh.rows, 1e-6, 2e-5);
       }
     }
   }
