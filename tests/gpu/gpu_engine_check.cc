@@ -88,6 +88,7 @@ std::unique_ptr<ds::Backend> gpu() {
 }
 
 bool g_pdl = true;  // CudaBackendOptions::pdl of the engines made below
+bool g_tc = true;   // CudaBackendOptions::tc_gemm of the engines made below
 std::optional<ds::DType> g_kv_type;  // EngineOptions::kv_type of the engines made below (unset: F16 on the GPU)
 // --quick (the CPU emulation of CUDA, tests/gpu/emu, where a step takes ~1 s): the golden's
 // first case and first 16 tokens, sampling for 10 tokens a request.
@@ -104,6 +105,7 @@ std::unique_ptr<ds::Engine> engine(std::shared_ptr<ds::Model> m, int max_batch, 
   co.record_graphs = graphs;
   co.profile_ops = profile;
   co.pdl = g_pdl;
+  co.tc_gemm = g_tc;
   std::unique_ptr<ds::CudaBackend> be = ds::CudaBackend::create(co, &err);
   if (!be) {
     std::printf("ERROR: no CUDA backend: %s\n", err.c_str());
@@ -613,8 +615,8 @@ double d2d_bandwidth_gbs() {
 }
 
 bool bench(const std::string& dir, double copy_gbs) {
-  std::printf("\n%-6s %10s %10s %10s %10s %9s %9s %11s %12s %10s\n", "type", "prefill", "dec b1", "dec b8", "dec b32",
-              "GB/s b1", "% copy", "prefill/gemm", "b1 no graph", "b1 no PDL");
+  std::printf("\n%-6s %10s %10s %10s %10s %9s %9s %11s %12s %10s %10s\n", "type", "prefill", "dec b1", "dec b8", "dec b32",
+              "GB/s b1", "% copy", "prefill/gemm", "b1 no graph", "b1 no PDL", "b32 no tc");
   std::vector<std::string> sampled_lines;
   std::string profiles;
   for (const char* tn : {"q8_0", "f16", "q4_k"}) {  // q4_k last: the newest kernels, least of the time budget
@@ -647,11 +649,16 @@ bool bench(const std::string& dir, double copy_gbs) {
       prefill = prompt / secs(t0);
     }
     int64_t replays = 0;
-    for (int b : {1, 8, 32, -1, -2}) {  // -1: batch 1 with graph recording off; -2: batch 1 without PDL
+    // -1: batch 1 with graph recording off; -2: batch 1 without PDL; -3: batch 32 without the
+    // tensor-core GEMM (cuBLAS instead)
+    for (int b : {1, 8, 32, -1, -2, -3}) {
       const ds::CudaBackend* cuda = nullptr;
       g_pdl = b != -2;
+      g_tc = b != -3;
+      b = b == -3 ? 32 : b;
       auto e = engine(*m, b < 0 ? 1 : b, 256, 256, b != -1, &cuda);
       g_pdl = true;
+      g_tc = true;
       b = b < 0 ? 1 : b;
       if (!e) return false;
       for (int i = 0; i < b; ++i) {
@@ -747,9 +754,9 @@ bool bench(const std::string& dir, double copy_gbs) {
       be->free(y);
     }
     const double gbs = (*m)->weights().bytes * dec[0] / 1e9;
-    std::printf("%-6s %10.1f %10.1f %10.1f %10.1f %9.1f %8.0f%% %11.2f %12.1f %10.1f   (%lld graph replays)\n", tn,
+    std::printf("%-6s %10.1f %10.1f %10.1f %10.1f %9.1f %8.0f%% %11.2f %12.1f %10.1f %10.1f   (%lld graph replays)\n", tn,
                 prefill, dec[0], dec[1], dec[2], gbs, 100.0 * gbs / copy_gbs, (prompt / prefill) / gemm_s, dec[3],
-                dec[4], static_cast<long long>(replays));
+                dec[4], dec[5], static_cast<long long>(replays));
   }
   std::printf("(tok/s; GB/s b1 = weight bytes x decode tok/s; %% copy = of the device-to-device copy bandwidth %.0f GB/s;\n"
               " prefill/gemm = prefill time over the time of its layer GEMMs alone: target <= 1.5)\n", copy_gbs);
