@@ -461,7 +461,7 @@ void CudaBackend::matmul(const WeightRef& w, const float* x, int64_t n, float* y
     return end(kOp);
   }
   const size_t stride = row_bytes_of(w.type, w.cols);
-  if (n <= std::max(options_.gemv_max_batch, 1) || options_.batch_invariant) {
+  if (n <= gemv_limit(w.type)) {
     for (int64_t j0 = 0; j0 < n; j0 += cuda::kGemvMaxN) {
       const int nb = static_cast<int>(std::min<int64_t>(cuda::kGemvMaxN, n - j0));
       if (!DS_CUDA_CHECK(kOp, cuda::gemv(options_.gemv_version, w.type, w.data, stride, w.rows, w.cols,
@@ -476,8 +476,19 @@ void CudaBackend::matmul(const WeightRef& w, const float* x, int64_t n, float* y
   end(kOp);
 }
 
+int CudaBackend::gemv_limit(DType t) const {
+  if (options_.batch_invariant) return INT_MAX;
+  if (options_.gemv_max_batch > 0) return options_.gemv_max_batch;
+  switch (t) {
+    case DType::kF16: case DType::kBF16: return 2;
+    case DType::kQ8_0: case DType::kQ4_0: return 4;
+    default: return 8;
+  }
+}
+
 bool CudaBackend::tc_gemm_applies(const WeightRef& w, int64_t n) const {
-  return options_.tc_gemm && !options_.batch_invariant && n > std::max(options_.gemv_max_batch, 1) &&
+  const bool type_on = w.type == DType::kQ8_0 || w.type == DType::kQ4_0 || options_.tc_gemm_every_type;
+  return options_.tc_gemm && type_on && !options_.batch_invariant && n > gemv_limit(w.type) &&
          n <= cuda::kGemmTcMaxN && w.rows > 0 &&
          cuda::gemm_tc_supports(w.type, w.data, row_bytes_of(w.type, w.cols), w.cols, static_cast<int>(n));
 }
@@ -503,7 +514,7 @@ bool CudaBackend::tc_gemm_fuses(const WeightRef& a, const WeightRef& b, int64_t 
 // GEMV path only (the cuBLAS path keeps the separate ops), with gemv v3's per-row code.
 bool CudaBackend::fused_gemv_applies(const WeightRef& a, const WeightRef& b, int64_t n) const {
   return options_.fuse_decode && options_.gemv_version == 3 && n >= 1 &&
-         (n <= std::max(options_.gemv_max_batch, 1) || options_.batch_invariant) && supported(a.type) &&
+         n <= gemv_limit(a.type) && supported(a.type) &&
          a.type == b.type && a.cols == b.cols && a.cols > 0 && a.cols % block_elems(a.type) == 0 && a.rows > 0 &&
          b.rows > 0;
 }

@@ -25,9 +25,10 @@
 // alloc() returns nullptr when out of memory without recording an error.
 //
 // Determinism: every kernel computes each output element with the same arithmetic
-// whatever n, except matmul with n > options.gemv_max_batch (8), which goes to the tensor-core
-// small-batch kernel (n <= 32; its arithmetic depends on the matrix shape only, so every n in
-// 9..32 gives the same bits) or to cuBLAS (its per-element arithmetic depends on the shape);
+// whatever n, except matmul with n > gemv_limit(type) (options.gemv_max_batch), which goes to
+// the tensor-core small-batch kernel (n <= 32; its arithmetic depends on the matrix shape only,
+// so every n in its range gives the same bits) or to cuBLAS (its per-element arithmetic
+// depends on the shape);
 // set options.batch_invariant to run the GEMV kernel for every n
 // (bit-identical rows whatever the batch, slower prefill).
 //
@@ -50,8 +51,11 @@ struct CudaBackendOptions {
   int device = 0;
   bool sync_each_op = false;    // wait for the stream after every op: pins asynchronous faults to their op
   bool batch_invariant = false; // matmul: GEMV kernel for every n (chunks of 8 rows) instead of cuBLAS for n > gemv_max_batch
-  int gemv_max_batch = 8;       // matmul: GEMV kernel (chunks of 8 rows) for n <= this, cuBLAS above
-                                // (on an H200, v3 at n = 32 takes 4x the time of cuBLAS: FMA/L1-bound)
+  int gemv_max_batch = 0;       // matmul: GEMV kernel (chunks of 8 rows) for n <= this, the tensor-core
+                                // kernel or cuBLAS above. 0: per weight type (gemv_limit), from the
+                                // H200 run of 2026-11-27 (5632x2048): F16/BF16 2 (cuBLAS at n = 4
+                                // 13 us vs the GEMV's 23), Q8_0/Q4_0 4 (tensor-core kernel at n = 8
+                                // 25.5 us vs 41; at n = 4 25 vs 23), others 8
   bool record_graphs = true;    // record_begin() captures CUDA graphs (false: always eager)
   bool gemm_half = true;        // cuBLAS path: F16 operands (BF16 for BF16 weights; F32 weights stay F32)
                                 // on the tensor cores with F32 accumulation; activations are rounded to
@@ -62,9 +66,12 @@ struct CudaBackendOptions {
                                 // (sm_90+): their weight loads start while the previous kernel ends
   bool profile_ops = false;     // time every op with CUDA events (each op then waits for its kernels, and
                                 // nothing is recorded as a graph): op_profile() has the breakdown
-  bool tc_gemm = true;          // matmul / matmul_add with gemv_max_batch < n <= 32 and F16, Q8_0, Q4_0 or
-                                // Q4_K weights: the tensor-core small-batch kernel (gemm_tc.cu; weights
-                                // read once, no F16 copy of them) instead of cuBLAS
+  bool tc_gemm = true;          // matmul / matmul_add with gemv_limit < n <= 32 and Q8_0 or Q4_0 weights:
+                                // the tensor-core small-batch kernel (gemm_tc.cu; weights read once, no
+                                // F16 copy of them) instead of cuBLAS (H200, 5632x2048 q8_0: 1.33x
+                                // cuBLAS at n = 16, 1.12x at 32; engine b32 7774 vs 6148 tok/s)
+  bool tc_gemm_every_type = false;  // the tensor-core kernel for F16 and Q4_K too (checks, benchmarks:
+                                // slower than cuBLAS there, F16 0.33-0.42x, Q4_K 0.91-0.99x)
   bool fuse_decode = true;      // matmul_qkv / matmul_swiglu / matmul_add: one GEMV v3 launch each where
                                 // the GEMV path applies (Q/K/V and gate/up: one tensor-core launch each
                                 // where tc_gemm applies); rope_store_kv: one launch (false: the
@@ -107,7 +114,7 @@ class CudaBackend final : public Backend {
   // attention_workspace_floats(a.n_tokens, ...) floats; else the one-pass version 1.
   void attention(const AttentionArgs& a) override;
   size_t attention_workspace_floats(int64_t max_tokens, int n_heads, int head_dim, int max_kv) const override;
-  // One launch each when the GEMV path would run (n <= gemv_max_batch or batch_invariant,
+  // One launch each when the GEMV path would run (n <= gemv_limit or batch_invariant,
   // gemv_version 3, fuse_decode, the matrices of one type and shape); else Backend's default.
   void matmul_qkv(const WeightRef& wq, const WeightRef& wk, const WeightRef& wv, const float* bq, const float* bk,
                   const float* bv, const float* x, int64_t n, float* q, float* k, float* v) override;
@@ -142,7 +149,11 @@ class CudaBackend final : public Backend {
   void set_gemm_half(bool on) { options_.gemm_half = on; }
   void set_pdl(bool on) { options_.pdl = on; }
   void set_tc_gemm(bool on) { options_.tc_gemm = on; }
+  void set_tc_gemm_every_type(bool on) { options_.tc_gemm_every_type = on; }
   void set_gemv_max_batch(int n) { options_.gemv_max_batch = n; }
+  // The largest n matmul gives the GEMV kernel for weights of type t (options.gemv_max_batch,
+  // or the type's measured threshold when that is 0); batch_invariant: every n.
+  int gemv_limit(DType t) const;
   // Whether matmul(w, x, n, y) runs the tensor-core small-batch kernel (options.tc_gemm).
   bool tc_gemm_applies(const WeightRef& w, int64_t n) const;
   // "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)"

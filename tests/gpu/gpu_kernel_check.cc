@@ -377,6 +377,22 @@ void check_residual_add(const std::string& name, const std::string& bits_name, c
 // against the reference with the F16-operand tolerance of the cuBLAS F16 path, rows the same
 // bits whatever n in 9..32, matmul_add the bits of matmul + add, and where it does not apply.
 void check_matmul_tc(CudaBackend& b, Rng& rng, bool quick) {
+  const int gemv_max = b.options().gemv_max_batch;
+  b.set_gemv_max_batch(0);  // the per-type GEMV range (gemv_limit) the engines get
+  // The default dispatch: the kernel for Q8_0 and Q4_0 only (slower than cuBLAS for F16 and
+  // Q4_K on an H200), past the type's GEMV range.
+  {
+    Buf d(b, 64 * 256);
+    for (DType t : {DType::kF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_K}) {
+      const WeightRef gw{t, d.as<void>(), 16, 256};
+      const bool on = t == DType::kQ8_0 || t == DType::kQ4_0;
+      const int lim = b.gemv_limit(t);
+      expect(std::string("matmul-tc/default ") + ds::dtype_name(t),
+             b.tc_gemm_applies(gw, lim + 1) == on && !b.tc_gemm_applies(gw, lim) && lim == (on ? 4 : t == DType::kF16 ? 2 : 8),
+             "the default dispatch changed");
+    }
+  }
+  b.set_tc_gemm_every_type(true);  // every type the kernel has, below
   struct Case { int64_t rows, cols; bool big; };  // big: not under --quick (the CPU emulation)
   const std::vector<Case> cases = {
       {64, 256, false},  {40, 176, false},  // F16 only: a partial last segment
@@ -399,7 +415,9 @@ void check_matmul_tc(CudaBackend& b, Rng& rng, bool quick) {
       const std::string sh = shape(c.rows, c.cols);
       const bool aligned = ds::row_bytes(t, c.cols) % 4 == 0;
       std::vector<float> y9;
-      for (int64_t n : quick ? std::vector<int64_t>{9, 17, 32} : std::vector<int64_t>{9, 16, 17, 24, 32}) {
+      int64_t n_first = 0;
+      for (int64_t n : quick ? std::vector<int64_t>{5, 9, 17, 32} : std::vector<int64_t>{3, 5, 8, 9, 16, 17, 24, 32}) {
+        if (n <= b.gemv_limit(t)) continue;  // the GEMV's
         const std::string suffix = " " + sh + " n=" + std::to_string(n);
         expect("matmul-tc/applies " + tn + suffix, b.tc_gemm_applies(gw, n) == aligned,
                aligned ? "4-byte aligned rows: the kernel should take them" : "unaligned rows: cuBLAS should");
@@ -408,9 +426,13 @@ void check_matmul_tc(CudaBackend& b, Rng& rng, bool quick) {
         const auto got = dy.read(n * c.rows);
         compare("matmul-tc/" + tn + suffix, got, std::vector<float>(want.begin(), want.begin() + n * c.rows), 1e-5,
                 1.5e-3, &scale);
-        if (n == 9) y9 = got;
-        else expect("determinism/tc-batch " + tn + suffix, same_bits(got.data(), y9.data(), y9.size()),
-                    "rows differ from the same rows at n=9");
+        if (y9.empty()) {
+          y9 = got;
+          n_first = n;
+        } else {
+          expect("determinism/tc-batch " + tn + suffix, same_bits(got.data(), y9.data(), y9.size()),
+                 "rows differ from the same rows at n=" + std::to_string(n_first));
+        }
         // matmul_add: y = res + x W^T, the bits of matmul then add.
         b.upload(dr.as(), res.data(), res.size() * 4);
         b.upload(dr2.as(), res.data(), res.size() * 4);
@@ -461,15 +483,18 @@ void check_matmul_tc(CudaBackend& b, Rng& rng, bool quick) {
              "one launch for gate and up differs from two");
     }
   }
-  // Outside its range: n <= 8 (GEMV), n > 32, BF16 / Q6_K / F32 weights (cuBLAS).
+  // Outside its range: n <= the GEMV's range, n > 32, BF16 / Q6_K / F32 weights (cuBLAS).
   const auto w = make_weights(rng, DType::kQ8_0, 64, 256);
   Buf dw(b, w);
   const WeightRef gw{DType::kQ8_0, dw.as<void>(), 64, 256};
-  expect("matmul-tc/range", !b.tc_gemm_applies(gw, 8) && b.tc_gemm_applies(gw, 9) && b.tc_gemm_applies(gw, 32) &&
-                                !b.tc_gemm_applies(gw, 33),
-         "applies exactly to 8 < n <= 32");
+  const int lim = b.gemv_limit(DType::kQ8_0);
+  expect("matmul-tc/range", !b.tc_gemm_applies(gw, lim) && b.tc_gemm_applies(gw, lim + 1) &&
+                                b.tc_gemm_applies(gw, 32) && !b.tc_gemm_applies(gw, 33),
+         "applies exactly to gemv_limit < n <= 32");
   for (DType t : {DType::kBF16, DType::kQ6_K, DType::kF32})
     expect(std::string("matmul-tc/not ") + ds::dtype_name(t), !b.tc_gemm_applies(WeightRef{t, dw.as<void>(), 64, 256}, 16));
+  b.set_tc_gemm_every_type(false);
+  b.set_gemv_max_batch(gemv_max);
   require_ok(b, "matmul (tensor-core kernel)");
 }
 
@@ -1630,9 +1655,9 @@ double bench_memcpy(CudaBackend& b, size_t bytes) {
 }
 
 // Decode at batch n: the tensor-core kernel against cuBLAS (F16 operands; a quantized matrix
-// dequantized to F16 first) and the GEMV in launches of 8, weights rotated. At n <= 8 (where
-// the GEMV runs by default) the first two are forced (gemv_max_batch 1): is the GEMV's
-// threshold of 8 right?
+// dequantized to F16 first) and the GEMV in launches of 8, weights rotated, each forced
+// (gemv_max_batch 1, tc_gemm_every_type; batch_invariant for the GEMV): are the per-type
+// GEMV ranges and the kernel's types right?
 void bench_tc(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols, int n) {
   const size_t bytes = ds::row_bytes(t, cols) * rows;
   const int copies = static_cast<int>(std::max<size_t>(2, (kRotateBytes + bytes - 1) / bytes));
@@ -1643,6 +1668,7 @@ void bench_tc(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols, int
   auto s = static_cast<cudaStream_t>(b.stream());
   const int gemv_max = b.options().gemv_max_batch;
   double us[3] = {0, 0, 0};
+  b.set_tc_gemm_every_type(true);
   for (int path = 0; path < 3; ++path) {  // 0: tensor-core kernel, 1: cuBLAS, 2: GEMV
     b.set_tc_gemm(path == 0);
     b.set_batch_invariant(path == 2);
@@ -1652,6 +1678,7 @@ void bench_tc(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols, int
     us[path] = 1e3 * time_ms(s, std::max(4 * copies, 100), run);
   }
   b.set_tc_gemm(true);
+  b.set_tc_gemm_every_type(false);
   b.set_batch_invariant(false);
   b.set_gemv_max_batch(gemv_max);
   require_ok(b, "tensor-core benchmark");
@@ -1812,10 +1839,13 @@ void run_benchmarks(CudaBackend& b, Rng& rng) {
   bench_gemv(b, rng, DType::kF16, 5632, 2048, 4, 8);
   bench_gemv(b, rng, DType::kF16, 5632, 2048, kLiveGemv, 8);
   bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, kLiveGemv, 32);  // 4 launches of 8 (decode at batch 32)
-  for (DType t : {DType::kQ8_0, DType::kF16, DType::kQ4_K})
+  for (DType t : {DType::kQ8_0, DType::kQ4_0, DType::kF16, DType::kQ4_K})
     for (int n : {16, 32}) bench_tc(b, rng, t, 5632, 2048, n);
-  for (DType t : {DType::kQ8_0, DType::kF16})
-    for (int n : {4, 8}) bench_tc(b, rng, t, 5632, 2048, n);
+  // Around the per-type GEMV ranges (CudaBackend::gemv_limit: F16 2, Q8_0/Q4_0 4, Q4_K 8).
+  for (DType t : {DType::kQ8_0, DType::kQ4_0})
+    for (int n : {4, 5, 8}) bench_tc(b, rng, t, 5632, 2048, n);
+  for (int n : {2, 3, 4}) bench_tc(b, rng, DType::kF16, 5632, 2048, n);
+  for (int n : {4, 8}) bench_tc(b, rng, DType::kQ4_K, 5632, 2048, n);
   bench_tc(b, rng, DType::kQ8_0, 2048, 5632, 32);
   bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, 1, 1);  // v1, for comparison
   for (DType t : {DType::kQ8_0, DType::kF16})
@@ -1903,6 +1933,7 @@ int main(int argc, char** argv) {
   CudaBackendOptions opts;
   opts.device = device;
   opts.sync_each_op = true;  // validation: a fault is reported by the op that caused it
+  opts.gemv_max_batch = 8;   // the checks' GEMV range for every type (check_matmul_tc: the per-type default)
   auto b = CudaBackend::create(opts, &error);
   CudaBackendOptions tf32_opts = opts;
   tf32_opts.allow_tf32 = true;
