@@ -554,6 +554,8 @@ bool sampling(const std::string& dir) {
   return ok;
 }
 
+void print_profile(const ds::CudaBackend& cuda, int steps, std::string* out);
+
 // Where a decode step's GPU time goes: every op timed with CUDA events (eager: each op
 // waits for its kernels, so the sum exceeds a graph replay's step; the shares are the point).
 bool profile_decode(const std::shared_ptr<ds::Model>& m, const char* tn, int batch, std::string* out) {
@@ -574,13 +576,43 @@ bool profile_decode(const std::shared_ptr<ds::Model>& m, const char* tn, int bat
   const_cast<ds::CudaBackend*>(cuda)->reset_op_profile();
   int steps = 0;
   run(*e, batch, &steps);
-  std::vector<std::pair<std::string, ds::CudaBackend::OpTime>> ops(cuda->op_profile().begin(), cuda->op_profile().end());
-  std::sort(ops.begin(), ops.end(), [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; });
-  double total = 0;
-  for (const auto& [name, t] : ops) total += t.ms;
   std::snprintf(line, sizeof line, "\ndecode step profile, bench-1b %s, batch %d (%d steps; ops timed one by one):\n", tn,
                 batch, steps);
   *out += line;
+  print_profile(*cuda, steps, out);
+  return true;
+}
+
+// Where a prefill's GPU time goes: one prompt of n tokens in one step, every op timed (the
+// second of two identical prefills: the first allocates).
+bool profile_prefill(const std::shared_ptr<ds::Model>& m, const char* tn, int n, std::string* out) {
+  char line[256];
+  const ds::CudaBackend* cuda = nullptr;
+  auto e = engine(m, 1, 2048, n, false, &cuda, ds::BackendSampling::kAuto, ds::kSampleMaxCandidates, true);
+  if (!e) return false;
+  for (int k = 0; k < 2; ++k) {
+    ds::SequenceRequest r;
+    r.id = 0;
+    for (int i = 0; i < n; ++i) r.prompt.push_back(300 + (i * 7919) % 30000);
+    r.params.max_tokens = 1;
+    r.params.ignore_eos = true;
+    if (!check_ok(e->add(r), "add")) return false;
+    const_cast<ds::CudaBackend*>(cuda)->reset_op_profile();
+    run(*e, 1);
+  }
+  std::snprintf(line, sizeof line, "\nprefill profile, bench-1b %s, %d tokens in one step (ops timed one by one):\n", tn, n);
+  *out += line;
+  print_profile(*cuda, 1, out);
+  return true;
+}
+
+// The op table of cuda's profile, per step.
+void print_profile(const ds::CudaBackend& cuda, int steps, std::string* out) {
+  char line[256];
+  std::vector<std::pair<std::string, ds::CudaBackend::OpTime>> ops(cuda.op_profile().begin(), cuda.op_profile().end());
+  std::sort(ops.begin(), ops.end(), [](const auto& a, const auto& b) { return a.second.ms > b.second.ms; });
+  double total = 0;
+  for (const auto& [name, t] : ops) total += t.ms;
   std::snprintf(line, sizeof line, "  %-20s %12s %12s %7s\n", "op", "calls/step", "us/step", "share");
   *out += line;
   for (const auto& [name, t] : ops) {
@@ -591,7 +623,6 @@ bool profile_decode(const std::shared_ptr<ds::Model>& m, const char* tn, int bat
   }
   std::snprintf(line, sizeof line, "  %-20s %12s %12.1f\n", "total", "", 1e3 * total / std::max(steps, 1));
   *out += line;
-  return true;
 }
 
 double d2d_bandwidth_gbs() {
@@ -723,6 +754,7 @@ bool bench(const std::string& dir, double copy_gbs) {
                               std::to_string(kv_tok_s[1] / kv_tok_s[0]) + ")");
     }
     if (!profile_decode(*m, tn, 1, &profiles)) return false;
+    if (!profile_prefill(*m, tn, prompt, &profiles)) return false;
     // GEMM-only time of a prefill: every layer's matmuls at n = prompt.
     double gemm_s = 0;
     {
