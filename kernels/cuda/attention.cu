@@ -45,6 +45,8 @@
 #include <climits>
 #include <cmath>
 
+#include <mma.h>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/ops.cuh"
 
@@ -403,6 +405,178 @@ cudaError_t launch_tiled(const AttentionArgs& a, bool split, cudaStream_t stream
   return cudaGetLastError();
 }
 
+// ---- tensor cores (prefill) ---------------------------------------------------------
+// attention_tc: block (tile i, KV head g, row chunk rc) takes the query rows of the tile's
+// tokens whose heads share KV head g (row r = j * group + head-in-group: with grouped-query
+// attention a tile of 8 tokens of bench-1b's 8 heads a KV head is 64 rows), at most kTcRows of
+// them. Queries, times scale, are rounded to F16 in shared memory; positions come kTcStage at
+// a time (K and V rows rounded to F16 in shared memory); S = Q K^T and O += P V run on the
+// tensor cores (WMMA m16n16k16, F32 accumulation), an online softmax per row between them (P
+// = exp(S - m) rounded to F16, O and l rescaled by exp(m_old - m_new)). Row r sees positions
+// below its token's n_kv (causal masking). Error: the F16 path's, as flash attention in
+// F16 (scores within ~2^-11 |q||k| relative); no longer bit-identical to the decode kernels,
+// so it runs only for steps that are mostly prefill (attention_tc_applies) and never under
+// CudaBackendOptions::batch_invariant. head_dim 64 or 128.
+constexpr int kTcStage = 32;
+constexpr int kTcThreads = 128;
+
+template <int HD>
+constexpr int tc_rows() { return HD <= 64 ? 64 : 32; }  // shared memory within 48 KiB
+
+template <int HD>
+struct alignas(128) AttTcShared {
+  static constexpr int RM = tc_rows<HD>();
+  __half q[RM * HD];
+  __half k[kTcStage * HD];
+  __half v[kTcStage * HD];
+  float s[RM * kTcStage];
+  __half p[RM * kTcStage];
+  float o[RM * HD];
+  float m[RM], l[RM], corr[RM];
+  int p1[RM];
+};
+static_assert(sizeof(AttTcShared<64>) <= 48 * 1024 && sizeof(AttTcShared<128>) <= 48 * 1024,
+              "static shared memory over 48 KiB");
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+}
+
+template <int HD, class T>
+__global__ void __launch_bounds__(kTcThreads) attention_tc(AttentionArgs a, int row_chunks) {
+  namespace wmma = nvcuda::wmma;
+  using Sh = AttTcShared<HD>;
+  constexpr int RM = Sh::RM, C = kTcStage, kWarpsTc = kTcThreads / kWarpSize;
+  __shared__ Sh sm;
+  griddep_launch_dependents();
+  const int group = a.n_heads / a.n_kv_heads;
+  int64_t b = blockIdx.x;
+  const int rc = static_cast<int>(b % row_chunks);
+  b /= row_chunks;
+  const int g = static_cast<int>(b % a.n_kv_heads);
+  const int64_t tile = b / a.n_kv_heads;
+  const int t0 = a.tiles[tile], nt = a.tiles[tile + 1] - t0;
+  const int r0 = rc * RM;
+  if (r0 >= nt * group) return;  // block-uniform
+  const int rows = nt * group - r0 < RM ? nt * group - r0 : RM;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t kv_dim = static_cast<int64_t>(a.n_kv_heads) * HD;
+  const int64_t head_off = static_cast<int64_t>(g) * HD;
+  const int32_t* block_table = a.tokens[t0].block_table;
+  const int bs = a.block_size;
+  const T* kc = static_cast<const T*>(a.k_cache);
+  const T* vc = static_cast<const T*>(a.v_cache);
+
+  for (int idx = threadIdx.x; idx < RM * HD; idx += kTcThreads) {
+    const int r = idx / HD, d = idx % HD;
+    float x = 0.0f;
+    if (r < rows) {
+      const int rr = r0 + r, h = g * group + rr % group;
+      x = a.q[(static_cast<int64_t>(t0 + rr / group) * a.n_heads + h) * HD + d] * a.scale;
+    }
+    sm.q[idx] = __float2half_rn(x);
+    sm.o[idx] = 0.0f;
+  }
+  for (int r = threadIdx.x; r < RM; r += kTcThreads) {
+    sm.p1[r] = r < rows ? a.tokens[t0 + (r0 + r) / group].n_kv : 0;
+    sm.m[r] = -INFINITY;
+    sm.l[r] = 0.0f;
+  }
+  int p_end = 0;  // the most positions a row of this block sees
+  for (int j = r0 / group; j <= (r0 + rows - 1) / group; ++j) {
+    const int n_kv = a.tokens[t0 + j].n_kv;
+    if (n_kv > p_end) p_end = n_kv;
+  }
+
+  for (int base = 0; base < p_end; base += C) {
+    __syncthreads();  // the setup, or the previous stage's readers of k, v, p
+    for (int idx = threadIdx.x; idx < C * HD; idx += kTcThreads) {
+      const int r = idx / HD, d = idx % HD, pos = base + r;
+      float kx = 0.0f, vx = 0.0f;
+      if (pos < p_end) {
+        const int64_t row = static_cast<int64_t>(block_table[pos / bs]) * bs + pos % bs;
+        kx = kv_get(kc + row * kv_dim + head_off + d);
+        vx = kv_get(vc + row * kv_dim + head_off + d);
+      }
+      sm.k[idx] = __float2half_rn(kx);
+      sm.v[idx] = __float2half_rn(vx);
+    }
+    __syncthreads();
+    // S = Q K^T: (RM / 16) x (C / 16) tiles of 16 x 16 over the warps.
+    for (int ti = warp; ti < (RM / 16) * (C / 16); ti += kWarpsTc) {
+      const int i = ti / (C / 16), jj = ti % (C / 16);
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::fill_fragment(acc, 0.0f);
+#pragma unroll
+      for (int kk = 0; kk < HD / 16; ++kk) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> fb;
+        wmma::load_matrix_sync(fa, sm.q + i * 16 * HD + kk * 16, HD);
+        wmma::load_matrix_sync(fb, sm.k + jj * 16 * HD + kk * 16, HD);
+        wmma::mma_sync(acc, fa, fb, acc);
+      }
+      wmma::store_matrix_sync(sm.s + i * 16 * C + jj * 16, acc, C, wmma::mem_row_major);
+    }
+    __syncthreads();
+    // Online softmax: warp w takes rows w, w + 4, ...; lane = position base + lane.
+    for (int r = warp; r < RM; r += kWarpsTc) {
+      const bool valid = base + lane < sm.p1[r];
+      const float x = valid ? sm.s[r * C + lane] : -INFINITY;
+      const float m_old = sm.m[r];
+      const float m_new = fmaxf(m_old, warp_max(x));
+      float e = 0.0f, corr = 1.0f;
+      if (m_new != -INFINITY) {  // else the row has seen no position yet: nothing to add
+        e = valid ? expf(x - m_new) : 0.0f;
+        corr = expf(m_old - m_new);  // 0 on the row's first position
+      }
+      const float sum = warp_sum(e);
+      sm.p[r * C + lane] = __float2half_rn(e);
+      if (lane == 0) {
+        sm.l[r] = fmaf(sm.l[r], corr, sum);
+        sm.m[r] = m_new;
+        sm.corr[r] = corr;
+      }
+    }
+    __syncthreads();
+    // O = O corr + P V: (RM / 16) x (HD / 16) tiles over the warps, each rescaled by its warp.
+    for (int ti = warp; ti < (RM / 16) * (HD / 16); ti += kWarpsTc) {
+      const int i = ti / (HD / 16), jj = ti % (HD / 16);
+      float* o = sm.o + i * 16 * HD + jj * 16;
+      for (int e = lane; e < 256; e += kWarpSize) o[(e / 16) * HD + e % 16] *= sm.corr[i * 16 + e / 16];
+      __syncwarp();
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+      wmma::load_matrix_sync(acc, o, HD, wmma::mem_row_major);
+#pragma unroll
+      for (int kk = 0; kk < C / 16; ++kk) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> fb;
+        wmma::load_matrix_sync(fa, sm.p + i * 16 * C + kk * 16, C);
+        wmma::load_matrix_sync(fb, sm.v + kk * 16 * HD + jj * 16, HD);
+        wmma::mma_sync(acc, fa, fb, acc);
+      }
+      wmma::store_matrix_sync(o, acc, HD, wmma::mem_row_major);
+    }
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < rows * HD; idx += kTcThreads) {
+    const int r = idx / HD, d = idx % HD, rr = r0 + r, h = g * group + rr % group;
+    const float l = sm.l[r];
+    a.out[(static_cast<int64_t>(t0 + rr / group) * a.n_heads + h) * HD + d] = l > 0.0f ? sm.o[idx] / l : 0.0f;
+  }
+}
+
+template <int HD, class T>
+cudaError_t launch_tc(const AttentionArgs& a, cudaStream_t stream) {
+  const int group = a.n_heads / a.n_kv_heads;
+  const int row_chunks = (kTileQ * group + tc_rows<HD>() - 1) / tc_rows<HD>();
+  const auto blocks = static_cast<unsigned>(a.n_tiles * a.n_kv_heads * row_chunks);
+  const auto kernel = &attention_tc<HD, T>;
+  DS_LAUNCH(kernel, blocks, kTcThreads, 0, stream)(a, row_chunks);
+  return cudaGetLastError();
+}
+
 template <int kPerLane, class T>
 cudaError_t launch(const AttentionArgs& a, bool split, cudaStream_t stream) {
   const size_t shm = (kWarps * kPerLane * kWarpSize + 2 * kWarps) * sizeof(float);
@@ -427,7 +601,10 @@ size_t attention_workspace_floats(int64_t n_tokens, int n_heads, int head_dim, i
 }
 
 template <class T>
-cudaError_t attention_of(const AttentionArgs& a, cudaStream_t stream) {
+cudaError_t attention_of(const AttentionArgs& a, bool tensor_cores, cudaStream_t stream) {
+  if (tensor_cores && attention_tc_applies(a)) {
+    return a.head_dim == 64 ? launch_tc<64, T>(a, stream) : launch_tc<128, T>(a, stream);
+  }
   const size_t need = attention_workspace_floats(a.n_tokens, a.n_heads, a.head_dim, a.max_kv);
   const bool split = need > 0 && a.workspace != nullptr && a.workspace_floats >= need &&
                      a.n_tokens * a.n_heads * chunk_count(a.max_kv) <= INT_MAX;  // grid size
@@ -443,8 +620,15 @@ cudaError_t attention_of(const AttentionArgs& a, cudaStream_t stream) {
   return cudaErrorInvalidValue;
 }
 
-cudaError_t attention(const AttentionArgs& a, cudaStream_t stream) {
-  return a.kv_type == DType::kF16 ? attention_of<uint16_t>(a, stream) : attention_of<float>(a, stream);
+bool attention_tc_applies(const AttentionArgs& a) {
+  return a.tiles != nullptr && a.n_tiles > 0 && a.n_tokens >= 4 * a.n_tiles &&
+         (a.head_dim == 64 || a.head_dim == 128) && a.n_kv_heads > 0 &&
+         a.n_tiles * a.n_kv_heads * ((kTileQ * (a.n_heads / a.n_kv_heads) + 31) / 32) <= INT_MAX;
+}
+
+cudaError_t attention(const AttentionArgs& a, cudaStream_t stream, bool tensor_cores) {
+  return a.kv_type == DType::kF16 ? attention_of<uint16_t>(a, tensor_cores, stream)
+                                  : attention_of<float>(a, tensor_cores, stream);
 }
 
 }  // namespace ds::cuda

@@ -762,8 +762,12 @@ void CudaBackend::attention(const AttentionArgs& a) {
     return (void)fail(kOp, "too many (token, head) pairs", __FILE__, __LINE__);
   if (!kv_type_supported(a.kv_type))
     return (void)fail(kOp, std::string("no KV cache of type ") + dtype_name(a.kv_type), __FILE__, __LINE__);
-  DS_CUDA_CHECK(kOp, cuda::attention(a, impl_->stream));
+  DS_CUDA_CHECK(kOp, cuda::attention(a, impl_->stream, options_.tc_attention && !options_.batch_invariant));
   end(kOp);
+}
+
+bool CudaBackend::tc_attention_applies(const AttentionArgs& a) const {
+  return options_.tc_attention && !options_.batch_invariant && cuda::attention_tc_applies(a);
 }
 
 void CudaBackend::sample_candidates(const SampleArgs& a) {

@@ -72,6 +72,10 @@ struct CudaBackendOptions {
                                 // cuBLAS at n = 16, 1.12x at 32; engine b32 7774 vs 6148 tok/s)
   bool tc_gemm_every_type = false;  // the tensor-core kernel for F16 and Q4_K too (checks, benchmarks:
                                 // slower than cuBLAS there, F16 0.33-0.42x, Q4_K 0.91-0.99x)
+  bool tc_attention = true;     // attention over prefill tiles (steps that are mostly prefill, head_dim 64
+                                // or 128): the tensor-core flash-attention kernel (attention.cu,
+                                // attention_tc; F16 operands) instead of the CUDA-core tiled kernel
+                                // (H200, bench-1b, 512 tokens: 690 us a layer). Off under batch_invariant.
   bool fuse_decode = true;      // matmul_qkv / matmul_swiglu / matmul_add: one GEMV v3 launch each where
                                 // the GEMV path applies (Q/K/V and gate/up: one tensor-core launch each
                                 // where tc_gemm applies); rope_store_kv: one launch (false: the
@@ -111,7 +115,8 @@ class CudaBackend final : public Backend {
   void store_kv(const float* k, const float* v, int64_t n, const int32_t* slots, int64_t kv_dim,
                 const KvLayer& cache) override;
   // Split-K (kernels/cuda/attention.cu, version 2) when a.max_kv > 0 and a.workspace holds
-  // attention_workspace_floats(a.n_tokens, ...) floats; else the one-pass version 1.
+  // attention_workspace_floats(a.n_tokens, ...) floats; else the one-pass version 1; the
+  // tensor-core prefill kernel where tc_attention_applies(a).
   void attention(const AttentionArgs& a) override;
   size_t attention_workspace_floats(int64_t max_tokens, int n_heads, int head_dim, int max_kv) const override;
   // One launch each when the GEMV path would run (n <= gemv_limit or batch_invariant,
@@ -150,6 +155,9 @@ class CudaBackend final : public Backend {
   void set_pdl(bool on) { options_.pdl = on; }
   void set_tc_gemm(bool on) { options_.tc_gemm = on; }
   void set_tc_gemm_every_type(bool on) { options_.tc_gemm_every_type = on; }
+  void set_tc_attention(bool on) { options_.tc_attention = on; }
+  // Whether attention(a) runs the tensor-core prefill kernel (options.tc_attention).
+  bool tc_attention_applies(const AttentionArgs& a) const;
   void set_gemv_max_batch(int n) { options_.gemv_max_batch = n; }
   // The largest n matmul gives the GEMV kernel for weights of type t (options.gemv_max_batch,
   // or the type's measured threshold when that is 0); batch_invariant: every n.

@@ -120,7 +120,12 @@ constexpr int kAttentionMaxHeadDim = 1024;
 // Backend::attention: version 2 (split-K, two launches) when a.max_kv > 0 and a.workspace
 // holds attention_workspace_floats(a.n_tokens, ...) floats, else version 1 (one launch).
 // REQUIRES: 1 <= head_dim <= kAttentionMaxHeadDim, n_heads % n_kv_heads == 0.
-cudaError_t attention(const AttentionArgs& a, cudaStream_t stream);
+// tensor_cores: the tensor-core prefill kernel where attention_tc_applies (attention.cu: not
+// bit-identical to the decode kernels; F16 error).
+cudaError_t attention(const AttentionArgs& a, cudaStream_t stream, bool tensor_cores = false);
+// Whether the tensor-core prefill kernel takes a: tiles that average >= 4 tokens (a step that
+// is mostly prefill) and head_dim 64 or 128.
+bool attention_tc_applies(const AttentionArgs& a);
 // Workspace floats version 2 needs for n_tokens tokens: n_tokens * n_heads * n_chunks *
 // (head_dim + 2), n_chunks <= 32 set by max_kv (attention.cu); 0 when max_kv <= 0.
 size_t attention_workspace_floats(int64_t n_tokens, int n_heads, int head_dim, int max_kv);

@@ -803,7 +803,16 @@ void check_attention(CudaBackend& b, Rng& rng) {
       {2, 1, 80, 16, {1, 2, 3, 4, 5, 30, 31, 32, 33, 34, 60, 61, 62, 63, 64}, false, 0, 5},
       {8, 2, 128, 32, {300, 301, 302, 303, 304, 305, 306, 307, 308, 257}, true, 1024},
       {4, 4, 64, 16, {250, 255, 256, 257, 260, 513, 700, 1, 3}, false, 2048, 3},
+      // For the tensor-core prefill kernel (also checked bit for bit as above, with it off):
+      // bench-1b's heads (8 a KV head: 64 rows a tile), 16 tokens from position 200; 16 heads a
+      // KV head (128 rows: 2 row chunks) at the first positions (rows masked down to 1
+      // position); head_dim 128 with 8 heads a KV head (64 rows: 2 chunks of 32), ~300 positions.
+      {32, 4, 64, 16, {201, 202, 203, 204, 205, 206, 207, 208, 209, 210, 211, 212, 213, 214, 215, 216}, true, 0},
+      {16, 1, 64, 16, {1, 2, 3, 4, 5, 6, 7, 8}, true, 0},
+      {8, 1, 128, 32, {301, 302, 303, 304, 305, 306, 307, 308, 309, 310, 311, 312}, true, 1024},
   };
+  b.set_tc_attention(false);  // the CUDA-core kernels' bits below; the tensor-core kernel where noted
+  int tc_checked = 0;
   int case_no = 0;
   for (const Case& c : cases) {
     const int64_t n_tokens = static_cast<int64_t>(c.n_kv.size());
@@ -919,6 +928,29 @@ void check_attention(CudaBackend& b, Rng& rng) {
       };
       expect("attention-tiled/same-bits" + std::string(tag) + " #" + std::to_string(case_no) + " (" + std::to_string(tiles.size() - 1) + " tiles)",
              tiled_matches(d, got), "tiled output differs from version 1");
+      // The tensor-core prefill kernel, where it takes the tiles (they average >= 4 tokens,
+      // head_dim 64 or 128): against the reference with F16 operands' error (scores from F16
+      // queries and keys, probabilities and values rounded to F16).
+      {
+        b.set_tc_attention(true);
+        AttentionArgs s = d;
+        Buf tout(b, q.size() * 4);
+        s.out = tout.as();
+        s.tiles = dtiles.as<int32_t>();
+        s.n_tiles = static_cast<int64_t>(tiles.size()) - 1;
+        const bool applies = b.tc_attention_applies(s);
+        const bool expected = (c.head_dim == 64 || c.head_dim == 128) && n_tokens >= 4 * s.n_tiles;
+        expect("attention-tc/applies #" + std::to_string(case_no), applies == expected,
+               applies ? "took tiles it should not" : "refused tiles it should take");
+        if (applies) {
+          b.attention(s);
+          std::snprintf(name, sizeof name, "attention-tc%s heads=%d/%d hd=%d tokens=%" PRId64 " #%d", tag, c.n_heads,
+                        c.n_kv_heads, c.head_dim, n_tokens, case_no);
+          compare(name, tout.read(q.size()), want, 1e-3, 5e-3);
+          ++tc_checked;
+        }
+        b.set_tc_attention(false);
+      }
 
       if (c.max_kv > 0) {
         const size_t ws_floats = b.attention_workspace_floats(n_tokens, c.n_heads, c.head_dim, c.max_kv);
@@ -969,6 +1001,8 @@ void check_attention(CudaBackend& b, Rng& rng) {
     }
     ++case_no;
   }
+  expect("attention-tc/cases", tc_checked >= 12, std::to_string(tc_checked) + " cases took the tensor-core kernel");
+  b.set_tc_attention(true);
   require_ok(b, "attention");
 }
 
@@ -1756,16 +1790,20 @@ void bench_prefill_attention(CudaBackend& b, Rng& rng, int n) {
   Buf dtoks(b, toks), dtiles(b, tiles);
   AttentionArgs a = attention_args(q, out, kc, vc, dtoks, n, n_heads, n_kv_heads, head_dim, bs);
   auto s = static_cast<cudaStream_t>(b.stream());
-  double ms[2];
-  for (int tiled = 0; tiled < 2; ++tiled) {
-    a.tiles = tiled ? dtiles.as<int32_t>() : nullptr;
-    a.n_tiles = tiled ? static_cast<int64_t>(tiles.size()) - 1 : 0;
+  double ms[4];
+  for (int v = 0; v < 4; ++v) {  // untiled, tiled (CUDA cores), tensor cores, tensor cores over an F16 cache
+    a.tiles = v > 0 ? dtiles.as<int32_t>() : nullptr;
+    a.n_tiles = v > 0 ? static_cast<int64_t>(tiles.size()) - 1 : 0;
+    a.kv_type = v == 3 ? DType::kF16 : DType::kF32;  // an F16 cache reads the first half of the buffers
+    b.set_tc_attention(v >= 2);
     time_ms(s, 3, [&](int) { b.attention(a); });
-    ms[tiled] = time_ms(s, 20, [&](int) { b.attention(a); });
+    ms[v] = time_ms(s, 20, [&](int) { b.attention(a); });
   }
+  b.set_tc_attention(true);
   require_ok(b, "prefill attention benchmark");
-  std::printf("BENCH attention prefill n=%-5d per token %9.2f us, tiled %9.2f us (%.2fx; 32/4 heads, hd 64)\n", n,
-              ms[0] * 1e3, ms[1] * 1e3, ms[0] / ms[1]);
+  std::printf("BENCH attention prefill n=%-5d untiled %9.2f us, tiled %9.2f us, tensor cores %8.2f us (F16 cache %8.2f us; "
+              "tiled/tc %.2fx; 32/4 heads, hd 64)\n",
+              n, ms[0] * 1e3, ms[1] * 1e3, ms[2] * 1e3, ms[3] * 1e3, ms[1] / ms[2]);
 }
 
 // sample_candidates at decode: n_rows rows of a 32000 vocabulary, m candidates each.
