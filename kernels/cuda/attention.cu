@@ -408,17 +408,21 @@ cudaError_t launch_tiled(const AttentionArgs& a, bool split, cudaStream_t stream
 // ---- tensor cores (prefill) ---------------------------------------------------------
 // attention_tc: block (tile i, KV head g, row chunk rc) takes the query rows of the tile's
 // tokens whose heads share KV head g (row r = j * group + head-in-group: with grouped-query
-// attention a tile of 8 tokens of bench-1b's 8 heads a KV head is 64 rows), at most kTcRows of
+// attention a tile of 8 tokens of bench-1b's 8 heads a KV head is 64 rows), at most RM of
 // them. Queries, times scale, are rounded to F16 in shared memory; positions come kTcStage at
-// a time (K and V rows rounded to F16 in shared memory); S = Q K^T and O += P V run on the
-// tensor cores (WMMA m16n16k16, F32 accumulation), an online softmax per row between them (P
-// = exp(S - m) rounded to F16, O and l rescaled by exp(m_old - m_new)). Row r sees positions
-// below its token's n_kv (causal masking). Error: the F16 path's, as flash attention in
-// F16 (scores within ~2^-11 |q||k| relative); no longer bit-identical to the decode kernels,
-// so it runs only for steps that are mostly prefill (attention_tc_applies) and never under
-// CudaBackendOptions::batch_invariant. head_dim 64 or 128.
+// a time, K and V rows rounded to F16 in shared memory (each warp loads 8 whole rows into
+// registers a stage ahead, so the loads of stage s + 1 fly while stage s computes); S = Q K^T
+// and O += P V run on the tensor cores (WMMA m16n16k16, F32 accumulation), an online softmax
+// per row between them (RM / 128 threads a row; P = exp(S - m) rounded to F16, O and l
+// rescaled by exp(m_old - m_new)). Row r sees positions below its token's n_kv (causal
+// masking). Error: the F16 path's, as flash attention in F16 (scores within ~2^-11 |q||k|
+// relative); not bit-identical to the decode kernels, so it runs only for steps that are
+// mostly prefill (attention_tc_applies) and never under CudaBackendOptions::batch_invariant.
+// head_dim 64 or 128.
 constexpr int kTcStage = 32;
 constexpr int kTcThreads = 128;
+constexpr int kTcSPitch = kTcStage + 4;  // floats a row of S (+4: fewer bank conflicts in the softmax)
+constexpr int kTcPPitch = kTcStage + 8;  // halves a row of P
 
 template <int HD>
 constexpr int tc_rows() { return HD <= 64 ? 64 : 32; }  // shared memory within 48 KiB
@@ -429,8 +433,8 @@ struct alignas(128) AttTcShared {
   __half q[RM * HD];
   __half k[kTcStage * HD];
   __half v[kTcStage * HD];
-  float s[RM * kTcStage];
-  __half p[RM * kTcStage];
+  float s[RM * kTcSPitch];
+  __half p[RM * kTcPPitch];
   float o[RM * HD];
   float m[RM], l[RM], corr[RM];
   int p1[RM];
@@ -438,17 +442,48 @@ struct alignas(128) AttTcShared {
 static_assert(sizeof(AttTcShared<64>) <= 48 * 1024 && sizeof(AttTcShared<128>) <= 48 * 1024,
               "static shared memory over 48 KiB");
 
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
-  return v;
+// EPL consecutive cache elements (F32 or F16), widened. REQUIRES: p aligned to EPL elements.
+template <int EPL>
+__device__ __forceinline__ void load_elems(const float* p, float (&o)[EPL]) {
+  if constexpr (EPL == 2) {
+    const float2 u = *reinterpret_cast<const float2*>(p);
+    o[0] = u.x;
+    o[1] = u.y;
+  } else {
+    static_assert(EPL == 4);
+    const float4 u = *reinterpret_cast<const float4*>(p);
+    o[0] = u.x;
+    o[1] = u.y;
+    o[2] = u.z;
+    o[3] = u.w;
+  }
+}
+template <int EPL>
+__device__ __forceinline__ void load_elems(const uint16_t* p, float (&o)[EPL]) {
+  if constexpr (EPL == 2) {
+    const unsigned u = *reinterpret_cast<const unsigned*>(p);
+    o[0] = f16_to_f32(static_cast<uint16_t>(u & 0xffffu));
+    o[1] = f16_to_f32(static_cast<uint16_t>(u >> 16));
+  } else {
+    static_assert(EPL == 4);
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
+    o[0] = f16_to_f32(static_cast<uint16_t>(u.x & 0xffffu));
+    o[1] = f16_to_f32(static_cast<uint16_t>(u.x >> 16));
+    o[2] = f16_to_f32(static_cast<uint16_t>(u.y & 0xffffu));
+    o[3] = f16_to_f32(static_cast<uint16_t>(u.y >> 16));
+  }
 }
 
 template <int HD, class T>
 __global__ void __launch_bounds__(kTcThreads) attention_tc(AttentionArgs a, int row_chunks) {
   namespace wmma = nvcuda::wmma;
   using Sh = AttTcShared<HD>;
-  constexpr int RM = Sh::RM, C = kTcStage, kWarpsTc = kTcThreads / kWarpSize;
+  constexpr int RM = Sh::RM, C = kTcStage, SP = kTcSPitch, PP = kTcPPitch, kWarpsTc = kTcThreads / kWarpSize;
+  constexpr int RPW = C / kWarpsTc;      // rows of a stage each warp loads
+  constexpr int EPL = HD / kWarpSize;    // elements of a row each lane loads
+  constexpr int TPR = kTcThreads / RM;   // threads a row in the softmax
+  static_assert(EPL == 2 || EPL == 4, "head_dim 64 or 128");
+  static_assert(TPR * RM == kTcThreads && (TPR & (TPR - 1)) == 0 && TPR <= kWarpSize, "threads per softmax row");
   __shared__ Sh sm;
   griddep_launch_dependents();
   const int group = a.n_heads / a.n_kv_heads;
@@ -469,6 +504,30 @@ __global__ void __launch_bounds__(kTcThreads) attention_tc(AttentionArgs a, int 
   const T* kc = static_cast<const T*>(a.k_cache);
   const T* vc = static_cast<const T*>(a.v_cache);
 
+  int p_end = 0;  // the most positions a row of this block sees
+  for (int j = r0 / group; j <= (r0 + rows - 1) / group; ++j) {
+    const int n_kv = a.tokens[t0 + j].n_kv;
+    if (n_kv > p_end) p_end = n_kv;
+  }
+  // The stage's K and V rows warp * RPW + i, lane's EPL elements, in registers.
+  float kr[RPW][EPL], vr[RPW][EPL];
+  auto fetch = [&](int base) {
+#pragma unroll
+    for (int i = 0; i < RPW; ++i) {
+      const int pos = base + warp * RPW + i;
+      if (pos < p_end) {
+        const int64_t off = (static_cast<int64_t>(block_table[pos / bs]) * bs + pos % bs) * kv_dim + head_off +
+                            lane * EPL;
+        load_elems<EPL>(kc + off, kr[i]);
+        load_elems<EPL>(vc + off, vr[i]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) kr[i][e] = vr[i][e] = 0.0f;
+      }
+    }
+  };
+  if (p_end > 0) fetch(0);
+
   for (int idx = threadIdx.x; idx < RM * HD; idx += kTcThreads) {
     const int r = idx / HD, d = idx % HD;
     float x = 0.0f;
@@ -484,25 +543,19 @@ __global__ void __launch_bounds__(kTcThreads) attention_tc(AttentionArgs a, int 
     sm.m[r] = -INFINITY;
     sm.l[r] = 0.0f;
   }
-  int p_end = 0;  // the most positions a row of this block sees
-  for (int j = r0 / group; j <= (r0 + rows - 1) / group; ++j) {
-    const int n_kv = a.tokens[t0 + j].n_kv;
-    if (n_kv > p_end) p_end = n_kv;
-  }
 
   for (int base = 0; base < p_end; base += C) {
     __syncthreads();  // the setup, or the previous stage's readers of k, v, p
-    for (int idx = threadIdx.x; idx < C * HD; idx += kTcThreads) {
-      const int r = idx / HD, d = idx % HD, pos = base + r;
-      float kx = 0.0f, vx = 0.0f;
-      if (pos < p_end) {
-        const int64_t row = static_cast<int64_t>(block_table[pos / bs]) * bs + pos % bs;
-        kx = kv_get(kc + row * kv_dim + head_off + d);
-        vx = kv_get(vc + row * kv_dim + head_off + d);
+#pragma unroll
+    for (int i = 0; i < RPW; ++i) {
+      const int r = warp * RPW + i;
+#pragma unroll
+      for (int e = 0; e < EPL; ++e) {
+        sm.k[r * HD + lane * EPL + e] = __float2half_rn(kr[i][e]);
+        sm.v[r * HD + lane * EPL + e] = __float2half_rn(vr[i][e]);
       }
-      sm.k[idx] = __float2half_rn(kx);
-      sm.v[idx] = __float2half_rn(vx);
     }
+    if (base + C < p_end) fetch(base + C);  // in flight while this stage computes
     __syncthreads();
     // S = Q K^T: (RM / 16) x (C / 16) tiles of 16 x 16 over the warps.
     for (int ti = warp; ti < (RM / 16) * (C / 16); ti += kWarpsTc) {
@@ -517,23 +570,32 @@ __global__ void __launch_bounds__(kTcThreads) attention_tc(AttentionArgs a, int 
         wmma::load_matrix_sync(fb, sm.k + jj * 16 * HD + kk * 16, HD);
         wmma::mma_sync(acc, fa, fb, acc);
       }
-      wmma::store_matrix_sync(sm.s + i * 16 * C + jj * 16, acc, C, wmma::mem_row_major);
+      wmma::store_matrix_sync(sm.s + i * 16 * SP + jj * 16, acc, SP, wmma::mem_row_major);
     }
     __syncthreads();
-    // Online softmax: warp w takes rows w, w + 4, ...; lane = position base + lane.
-    for (int r = warp; r < RM; r += kWarpsTc) {
-      const bool valid = base + lane < sm.p1[r];
-      const float x = valid ? sm.s[r * C + lane] : -INFINITY;
+    // Online softmax: TPR adjacent threads a row, thread part taking columns part + TPR c.
+    {
+      const int r = threadIdx.x / TPR, part = threadIdx.x % TPR;
+      const int n_valid = sm.p1[r] - base;  // columns below it are positions the row sees
+      float mx = -INFINITY;
+#pragma unroll
+      for (int c = part; c < C; c += TPR) mx = fmaxf(mx, c < n_valid ? sm.s[r * SP + c] : -INFINITY);
+#pragma unroll
+      for (int off = 1; off < TPR; off <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
       const float m_old = sm.m[r];
-      const float m_new = fmaxf(m_old, warp_max(x));
-      float e = 0.0f, corr = 1.0f;
-      if (m_new != -INFINITY) {  // else the row has seen no position yet: nothing to add
-        e = valid ? expf(x - m_new) : 0.0f;
-        corr = expf(m_old - m_new);  // 0 on the row's first position
+      const float m_new = fmaxf(m_old, mx);
+      float sum = 0.0f;
+#pragma unroll
+      for (int c = part; c < C; c += TPR) {
+        // m_new == -inf: the row has seen no position yet, nothing to add
+        const float e = c < n_valid && m_new != -INFINITY ? expf(sm.s[r * SP + c] - m_new) : 0.0f;
+        sm.p[r * PP + c] = __float2half_rn(e);
+        sum += e;
       }
-      const float sum = warp_sum(e);
-      sm.p[r * C + lane] = __float2half_rn(e);
-      if (lane == 0) {
+#pragma unroll
+      for (int off = 1; off < TPR; off <<= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+      if (part == 0) {
+        const float corr = m_new == -INFINITY ? 1.0f : expf(m_old - m_new);  // 0 on the row's first position
         sm.l[r] = fmaf(sm.l[r], corr, sum);
         sm.m[r] = m_new;
         sm.corr[r] = corr;
@@ -552,7 +614,7 @@ __global__ void __launch_bounds__(kTcThreads) attention_tc(AttentionArgs a, int 
       for (int kk = 0; kk < C / 16; ++kk) {
         wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
         wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> fb;
-        wmma::load_matrix_sync(fa, sm.p + i * 16 * C + kk * 16, C);
+        wmma::load_matrix_sync(fa, sm.p + i * 16 * PP + kk * 16, PP);
         wmma::load_matrix_sync(fb, sm.v + kk * 16 * HD + jj * 16, HD);
         wmma::mma_sync(acc, fa, fb, acc);
       }

@@ -49,10 +49,16 @@ inline ThreadCoords& coords() {
 #define blockDim (::emu::coords().block_dim)
 #define gridDim (::emu::coords().grid_dim)
 
-struct float4 {
+struct alignas(8) float2 {
+  float x, y;
+};
+struct alignas(16) float4 {
   float x, y, z, w;
 };
-struct uint4 {
+struct alignas(8) uint2 {
+  unsigned x, y;
+};
+struct alignas(16) uint4 {
   unsigned x, y, z, w;
 };
 
