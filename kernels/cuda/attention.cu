@@ -422,24 +422,30 @@ cudaError_t launch_tiled(const AttentionArgs& a, bool split, cudaStream_t stream
 constexpr int kTcStage = 32;
 constexpr int kTcThreads = 128;
 constexpr int kTcSPitch = kTcStage + 4;  // floats a row of S (+4: fewer bank conflicts in the softmax)
-constexpr int kTcPPitch = kTcStage + 8;  // halves a row of P
 
 template <int HD>
 constexpr int tc_rows() { return HD <= 64 ? 64 : 32; }  // shared memory within 48 KiB
 
-template <int HD>
+// The block's shared memory. PAD: rows of Q, K, V padded by 8 halves and of O by 4 floats, so
+// that the 16 rows a WMMA load or store touches spread over the banks (unpadded, a row of 64
+// halves is 128 bytes: every row starts in bank 0). P (F16) lives in the rows of S (its row r
+// in the first half of S's row r), written by the softmax after its row's threads read S.
+template <int HD, bool PAD>
 struct alignas(128) AttTcShared {
   static constexpr int RM = tc_rows<HD>();
-  __half q[RM * HD];
-  __half k[kTcStage * HD];
-  __half v[kTcStage * HD];
-  float s[RM * kTcSPitch];
-  __half p[RM * kTcPPitch];
-  float o[RM * HD];
+  static constexpr int QP = HD + (PAD ? 8 : 0);  // halves a row of Q, K, V
+  static constexpr int OP = HD + (PAD ? 4 : 0);  // floats a row of O
+  static constexpr int PP = 2 * kTcSPitch;       // halves a row of P (in S's rows)
+  alignas(32) __half q[RM * QP];
+  alignas(32) __half k[kTcStage * QP];
+  alignas(32) __half v[kTcStage * QP];
+  alignas(32) float s[RM * kTcSPitch];
+  alignas(32) float o[RM * OP];
   float m[RM], l[RM], corr[RM];
   int p1[RM];
+  __device__ __half* p() { return reinterpret_cast<__half*>(s); }
 };
-static_assert(sizeof(AttTcShared<64>) <= 48 * 1024 && sizeof(AttTcShared<128>) <= 48 * 1024,
+static_assert(sizeof(AttTcShared<64, true>) <= 48 * 1024 && sizeof(AttTcShared<128, true>) <= 48 * 1024,
               "static shared memory over 48 KiB");
 
 // EPL consecutive cache elements (F32 or F16), widened. REQUIRES: p aligned to EPL elements.
@@ -474,11 +480,12 @@ __device__ __forceinline__ void load_elems(const uint16_t* p, float (&o)[EPL]) {
   }
 }
 
-template <int HD, class T>
+template <int HD, bool PAD, class T>
 __global__ void __launch_bounds__(kTcThreads) attention_tc(AttentionArgs a, int row_chunks) {
   namespace wmma = nvcuda::wmma;
-  using Sh = AttTcShared<HD>;
-  constexpr int RM = Sh::RM, C = kTcStage, SP = kTcSPitch, PP = kTcPPitch, kWarpsTc = kTcThreads / kWarpSize;
+  using Sh = AttTcShared<HD, PAD>;
+  constexpr int RM = Sh::RM, C = kTcStage, SP = kTcSPitch, PP = Sh::PP, QP = Sh::QP, OP = Sh::OP;
+  constexpr int kWarpsTc = kTcThreads / kWarpSize;
   constexpr int RPW = C / kWarpsTc;      // rows of a stage each warp loads
   constexpr int EPL = HD / kWarpSize;    // elements of a row each lane loads
   constexpr int TPR = kTcThreads / RM;   // threads a row in the softmax
@@ -535,8 +542,8 @@ __global__ void __launch_bounds__(kTcThreads) attention_tc(AttentionArgs a, int 
       const int rr = r0 + r, h = g * group + rr % group;
       x = a.q[(static_cast<int64_t>(t0 + rr / group) * a.n_heads + h) * HD + d] * a.scale;
     }
-    sm.q[idx] = __float2half_rn(x);
-    sm.o[idx] = 0.0f;
+    sm.q[r * QP + d] = __float2half_rn(x);
+    sm.o[r * OP + d] = 0.0f;
   }
   for (int r = threadIdx.x; r < RM; r += kTcThreads) {
     sm.p1[r] = r < rows ? a.tokens[t0 + (r0 + r) / group].n_kv : 0;
@@ -551,8 +558,8 @@ __global__ void __launch_bounds__(kTcThreads) attention_tc(AttentionArgs a, int 
       const int r = warp * RPW + i;
 #pragma unroll
       for (int e = 0; e < EPL; ++e) {
-        sm.k[r * HD + lane * EPL + e] = __float2half_rn(kr[i][e]);
-        sm.v[r * HD + lane * EPL + e] = __float2half_rn(vr[i][e]);
+        sm.k[r * QP + lane * EPL + e] = __float2half_rn(kr[i][e]);
+        sm.v[r * QP + lane * EPL + e] = __float2half_rn(vr[i][e]);
       }
     }
     if (base + C < p_end) fetch(base + C);  // in flight while this stage computes
@@ -566,30 +573,39 @@ __global__ void __launch_bounds__(kTcThreads) attention_tc(AttentionArgs a, int 
       for (int kk = 0; kk < HD / 16; ++kk) {
         wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
         wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> fb;
-        wmma::load_matrix_sync(fa, sm.q + i * 16 * HD + kk * 16, HD);
-        wmma::load_matrix_sync(fb, sm.k + jj * 16 * HD + kk * 16, HD);
+        wmma::load_matrix_sync(fa, sm.q + i * 16 * QP + kk * 16, QP);
+        wmma::load_matrix_sync(fb, sm.k + jj * 16 * QP + kk * 16, QP);
         wmma::mma_sync(acc, fa, fb, acc);
       }
       wmma::store_matrix_sync(sm.s + i * 16 * SP + jj * 16, acc, SP, wmma::mem_row_major);
     }
     __syncthreads();
-    // Online softmax: TPR adjacent threads a row, thread part taking columns part + TPR c.
+    // Online softmax: TPR adjacent threads (one warp) a row, thread part taking columns
+    // part + TPR c; the row's S read into registers before P overwrites it (__syncwarp).
     {
+      constexpr int CPT = C / TPR;  // columns a thread
       const int r = threadIdx.x / TPR, part = threadIdx.x % TPR;
       const int n_valid = sm.p1[r] - base;  // columns below it are positions the row sees
+      float x[CPT];
       float mx = -INFINITY;
 #pragma unroll
-      for (int c = part; c < C; c += TPR) mx = fmaxf(mx, c < n_valid ? sm.s[r * SP + c] : -INFINITY);
+      for (int i = 0; i < CPT; ++i) {
+        const int c = part + TPR * i;
+        x[i] = c < n_valid ? sm.s[r * SP + c] : -INFINITY;
+        mx = fmaxf(mx, x[i]);
+      }
 #pragma unroll
       for (int off = 1; off < TPR; off <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
       const float m_old = sm.m[r];
       const float m_new = fmaxf(m_old, mx);
+      __syncwarp();  // the row's threads have read its S
+      __half* prow = sm.p() + r * PP;
       float sum = 0.0f;
 #pragma unroll
-      for (int c = part; c < C; c += TPR) {
+      for (int i = 0; i < CPT; ++i) {
         // m_new == -inf: the row has seen no position yet, nothing to add
-        const float e = c < n_valid && m_new != -INFINITY ? expf(sm.s[r * SP + c] - m_new) : 0.0f;
-        sm.p[r * PP + c] = __float2half_rn(e);
+        const float e = x[i] != -INFINITY ? expf(x[i] - m_new) : 0.0f;
+        prow[part + TPR * i] = __float2half_rn(e);
         sum += e;
       }
 #pragma unroll
@@ -605,36 +621,36 @@ __global__ void __launch_bounds__(kTcThreads) attention_tc(AttentionArgs a, int 
     // O = O corr + P V: (RM / 16) x (HD / 16) tiles over the warps, each rescaled by its warp.
     for (int ti = warp; ti < (RM / 16) * (HD / 16); ti += kWarpsTc) {
       const int i = ti / (HD / 16), jj = ti % (HD / 16);
-      float* o = sm.o + i * 16 * HD + jj * 16;
-      for (int e = lane; e < 256; e += kWarpSize) o[(e / 16) * HD + e % 16] *= sm.corr[i * 16 + e / 16];
+      float* o = sm.o + i * 16 * OP + jj * 16;
+      for (int e = lane; e < 256; e += kWarpSize) o[(e / 16) * OP + e % 16] *= sm.corr[i * 16 + e / 16];
       __syncwarp();
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-      wmma::load_matrix_sync(acc, o, HD, wmma::mem_row_major);
+      wmma::load_matrix_sync(acc, o, OP, wmma::mem_row_major);
 #pragma unroll
       for (int kk = 0; kk < C / 16; ++kk) {
         wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
         wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> fb;
-        wmma::load_matrix_sync(fa, sm.p + i * 16 * PP + kk * 16, PP);
-        wmma::load_matrix_sync(fb, sm.v + kk * 16 * HD + jj * 16, HD);
+        wmma::load_matrix_sync(fa, sm.p() + i * 16 * PP + kk * 16, PP);
+        wmma::load_matrix_sync(fb, sm.v + kk * 16 * QP + jj * 16, QP);
         wmma::mma_sync(acc, fa, fb, acc);
       }
-      wmma::store_matrix_sync(o, acc, HD, wmma::mem_row_major);
+      wmma::store_matrix_sync(o, acc, OP, wmma::mem_row_major);
     }
   }
   __syncthreads();
   for (int idx = threadIdx.x; idx < rows * HD; idx += kTcThreads) {
     const int r = idx / HD, d = idx % HD, rr = r0 + r, h = g * group + rr % group;
     const float l = sm.l[r];
-    a.out[(static_cast<int64_t>(t0 + rr / group) * a.n_heads + h) * HD + d] = l > 0.0f ? sm.o[idx] / l : 0.0f;
+    a.out[(static_cast<int64_t>(t0 + rr / group) * a.n_heads + h) * HD + d] = l > 0.0f ? sm.o[r * OP + d] / l : 0.0f;
   }
 }
 
-template <int HD, class T>
+template <int HD, bool PAD, class T>
 cudaError_t launch_tc(const AttentionArgs& a, cudaStream_t stream) {
   const int group = a.n_heads / a.n_kv_heads;
   const int row_chunks = (kTileQ * group + tc_rows<HD>() - 1) / tc_rows<HD>();
   const auto blocks = static_cast<unsigned>(a.n_tiles * a.n_kv_heads * row_chunks);
-  const auto kernel = &attention_tc<HD, T>;
+  const auto kernel = &attention_tc<HD, PAD, T>;
   DS_LAUNCH(kernel, blocks, kTcThreads, 0, stream)(a, row_chunks);
   return cudaGetLastError();
 }
@@ -663,9 +679,10 @@ size_t attention_workspace_floats(int64_t n_tokens, int n_heads, int head_dim, i
 }
 
 template <class T>
-cudaError_t attention_of(const AttentionArgs& a, bool tensor_cores, cudaStream_t stream) {
-  if (tensor_cores && attention_tc_applies(a)) {
-    return a.head_dim == 64 ? launch_tc<64, T>(a, stream) : launch_tc<128, T>(a, stream);
+cudaError_t attention_of(const AttentionArgs& a, int tensor_cores, cudaStream_t stream) {
+  if (tensor_cores > 0 && attention_tc_applies(a)) {
+    if (tensor_cores == 1) return a.head_dim == 64 ? launch_tc<64, false, T>(a, stream) : launch_tc<128, false, T>(a, stream);
+    return a.head_dim == 64 ? launch_tc<64, true, T>(a, stream) : launch_tc<128, true, T>(a, stream);
   }
   const size_t need = attention_workspace_floats(a.n_tokens, a.n_heads, a.head_dim, a.max_kv);
   const bool split = need > 0 && a.workspace != nullptr && a.workspace_floats >= need &&
@@ -688,7 +705,7 @@ bool attention_tc_applies(const AttentionArgs& a) {
          a.n_tiles * a.n_kv_heads * ((kTileQ * (a.n_heads / a.n_kv_heads) + 31) / 32) <= INT_MAX;
 }
 
-cudaError_t attention(const AttentionArgs& a, cudaStream_t stream, bool tensor_cores) {
+cudaError_t attention(const AttentionArgs& a, cudaStream_t stream, int tensor_cores) {
   return a.kv_type == DType::kF16 ? attention_of<uint16_t>(a, tensor_cores, stream)
                                   : attention_of<float>(a, tensor_cores, stream);
 }

@@ -762,7 +762,8 @@ void CudaBackend::attention(const AttentionArgs& a) {
     return (void)fail(kOp, "too many (token, head) pairs", __FILE__, __LINE__);
   if (!kv_type_supported(a.kv_type))
     return (void)fail(kOp, std::string("no KV cache of type ") + dtype_name(a.kv_type), __FILE__, __LINE__);
-  DS_CUDA_CHECK(kOp, cuda::attention(a, impl_->stream, options_.tc_attention && !options_.batch_invariant));
+  const int tc = options_.tc_attention && !options_.batch_invariant ? (options_.tc_attention_padded ? 2 : 1) : 0;
+  DS_CUDA_CHECK(kOp, cuda::attention(a, impl_->stream, tc));
   end(kOp);
 }
 

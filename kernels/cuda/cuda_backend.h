@@ -75,7 +75,10 @@ struct CudaBackendOptions {
   bool tc_attention = true;     // attention over prefill tiles (steps that are mostly prefill, head_dim 64
                                 // or 128): the tensor-core flash-attention kernel (attention.cu,
                                 // attention_tc; F16 operands) instead of the CUDA-core tiled kernel
-                                // (H200, bench-1b, 512 tokens: 690 us a layer). Off under batch_invariant.
+                                // (H200, bench-1b, 512 tokens: 690 us a layer; this kernel 138 us).
+                                // Off under batch_invariant.
+  bool tc_attention_padded = true;  // its shared-memory rows padded against bank conflicts in the WMMA
+                                // loads (not yet timed on a GPU; false: the layout the H200 run timed)
   bool fuse_decode = true;      // matmul_qkv / matmul_swiglu / matmul_add: one GEMV v3 launch each where
                                 // the GEMV path applies (Q/K/V and gate/up: one tensor-core launch each
                                 // where tc_gemm applies); rope_store_kv: one launch (false: the
@@ -156,6 +159,7 @@ class CudaBackend final : public Backend {
   void set_tc_gemm(bool on) { options_.tc_gemm = on; }
   void set_tc_gemm_every_type(bool on) { options_.tc_gemm_every_type = on; }
   void set_tc_attention(bool on) { options_.tc_attention = on; }
+  void set_tc_attention_padded(bool on) { options_.tc_attention_padded = on; }
   // Whether attention(a) runs the tensor-core prefill kernel (options.tc_attention).
   bool tc_attention_applies(const AttentionArgs& a) const;
   void set_gemv_max_batch(int n) { options_.gemv_max_batch = n; }

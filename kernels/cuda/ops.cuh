@@ -121,8 +121,9 @@ constexpr int kAttentionMaxHeadDim = 1024;
 // holds attention_workspace_floats(a.n_tokens, ...) floats, else version 1 (one launch).
 // REQUIRES: 1 <= head_dim <= kAttentionMaxHeadDim, n_heads % n_kv_heads == 0.
 // tensor_cores: the tensor-core prefill kernel where attention_tc_applies (attention.cu: not
-// bit-identical to the decode kernels; F16 error).
-cudaError_t attention(const AttentionArgs& a, cudaStream_t stream, bool tensor_cores = false);
+// bit-identical to the decode kernels; F16 error): 1 with unpadded shared-memory rows, 2 with
+// padded ones; 0: never.
+cudaError_t attention(const AttentionArgs& a, cudaStream_t stream, int tensor_cores = 0);
 // Whether the tensor-core prefill kernel takes a: tiles that average >= 4 tokens (a step that
 // is mostly prefill) and head_dim 64 or 128.
 bool attention_tc_applies(const AttentionArgs& a);
