@@ -560,6 +560,12 @@ void CudaBackend::matmul_add(const WeightRef& w, const float* x, int64_t n, floa
     matmul_tc(kOp, {{&w, y}}, x, n, true);
     return end(kOp);
   }
+  if (options_.fuse_decode && n > gemv_limit(w.type)) {  // cuBLAS, the add as its beta = 1
+    if (!begin(kOp)) return;
+    DS_CHECK_WEIGHT(kOp, w);
+    if (w.rows > 0 && w.cols > 0) matmul_cublas(w, row_bytes_of(w.type, w.cols), x, n, y, true);
+    return end(kOp);
+  }
   if (!fused_gemv_applies(w, w, n)) return Backend::matmul_add(w, x, n, y, tmp);
   if (!begin(kOp)) return;
   DS_CHECK_WEIGHT(kOp, w);
@@ -602,12 +608,13 @@ void CudaBackend::matmul_swiglu(const WeightRef& w_gate, const WeightRef& w_up, 
 // y[n, rows] = x[n, cols] * W^T with cuBLAS, column-major view: Y^T (rows x n, ld rows) =
 // op(A) * B with A = W^T (cols x rows, ld cols) transposed, B = X^T (cols x n, ld cols).
 // Non-F32 weights are dequantized to F32 scratch in slices of at most kScratchFloats.
-void CudaBackend::matmul_cublas(const WeightRef& w, size_t row_stride, const float* x, int64_t n, float* y) {
+void CudaBackend::matmul_cublas(const WeightRef& w, size_t row_stride, const float* x, int64_t n, float* y,
+                                bool accumulate) {
   constexpr const char* kOp = "matmul";
   if (w.rows > INT_MAX || w.cols > INT_MAX || n > INT_MAX)
     return (void)fail(kOp, "shape too large for cuBLAS (int dimensions)", __FILE__, __LINE__);
   const cublasComputeType_t compute = options_.allow_tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-  const float alpha = 1.0f, beta = 0.0f;
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   auto gemm = [&](const float* a, int64_t m, float* c) {
     return DS_CUBLAS_CHECK(kOp, cublasGemmEx(impl_->cublas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(m),
                                              static_cast<int>(n), static_cast<int>(w.cols), &alpha, a, CUDA_R_32F,
@@ -619,7 +626,7 @@ void CudaBackend::matmul_cublas(const WeightRef& w, size_t row_stride, const flo
     gemm(static_cast<const float*>(w.data), w.rows, y);
     return;
   }
-  if (options_.gemm_half) return matmul_cublas_half(w, row_stride, x, n, y);
+  if (options_.gemm_half) return matmul_cublas_half(w, row_stride, x, n, y, accumulate);
   const int64_t slice = std::min<int64_t>(w.rows, std::max<int64_t>(1, kScratchFloats / w.cols));
   float* buf = scratch(static_cast<size_t>(slice * w.cols) * sizeof(float), kOp);
   if (buf == nullptr) return;
@@ -637,7 +644,8 @@ void CudaBackend::matmul_cublas(const WeightRef& w, size_t row_stride, const flo
 // cublasGemmEx per weight slice with F16/BF16 operands, F32 output and F32 accumulation. F16
 // and BF16 weights are read in place; quantized ones are dequantized to F16 in slices of at
 // most kScratchFloats elements (after X in the same scratch buffer).
-void CudaBackend::matmul_cublas_half(const WeightRef& w, size_t row_stride, const float* x, int64_t n, float* y) {
+void CudaBackend::matmul_cublas_half(const WeightRef& w, size_t row_stride, const float* x, int64_t n, float* y,
+                                     bool accumulate) {
   constexpr const char* kOp = "matmul";
   const bool bf16 = w.type == DType::kBF16;
   const bool in_place = w.type == DType::kF16 || bf16;
@@ -652,7 +660,7 @@ void CudaBackend::matmul_cublas_half(const WeightRef& w, size_t row_stride, cons
   if (!DS_CUDA_CHECK(kOp, cuda::to_half(DType::kF32, x, static_cast<size_t>(w.cols) * sizeof(float), w.cols, n, bf16,
                                         xh, impl_->stream)))
     return;
-  const float alpha = 1.0f, beta = 0.0f;
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   auto gemm = [&](const void* a, int64_t m, float* c) {
     return DS_CUBLAS_CHECK(kOp, cublasGemmEx(impl_->cublas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(m),
                                              static_cast<int>(n), static_cast<int>(w.cols), &alpha, a, half_type,

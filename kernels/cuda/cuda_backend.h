@@ -128,7 +128,8 @@ class CudaBackend final : public Backend {
                   const float* bv, const float* x, int64_t n, float* q, float* k, float* v) override;
   void matmul_swiglu(const WeightRef& w_gate, const WeightRef& w_up, const float* x, int64_t n, float* out,
                      float* up) override;
-  // Likewise one GEMV v3 launch with the residual add (else Backend's default).
+  // Likewise one GEMV v3 launch with the residual add; on the tensor-core kernel and cuBLAS
+  // paths the add happens in the GEMM too (cuBLAS: beta = 1); else Backend's default.
   void matmul_add(const WeightRef& w, const float* x, int64_t n, float* y, float* tmp) override;
   // One launch under fuse_decode (any n; else Backend's default).
   void rope_store_kv(float* q, float* k, const float* v, int64_t n, int n_heads, int n_kv_heads, int head_dim,
@@ -195,8 +196,10 @@ class CudaBackend final : public Backend {
   bool check_cublas(int status, const char* op, const char* call, const char* file, int line);
   float* scratch(size_t bytes, const char* op);
   bool fused_gemv_applies(const WeightRef& a, const WeightRef& b, int64_t n) const;
-  void matmul_cublas(const WeightRef& w, size_t row_stride, const float* x, int64_t n, float* y);
-  void matmul_cublas_half(const WeightRef& w, size_t row_stride, const float* x, int64_t n, float* y);
+  // accumulate: y += x W^T (cuBLAS's beta = 1: matmul_add's residual add in the GEMM) instead of y =.
+  void matmul_cublas(const WeightRef& w, size_t row_stride, const float* x, int64_t n, float* y,
+                     bool accumulate = false);
+  void matmul_cublas_half(const WeightRef& w, size_t row_stride, const float* x, int64_t n, float* y, bool accumulate);
   // y (+)= x W^T for each (W, y) of parts (1..3 matrices of one type and column count) in one
   // gemm_tc call (REQUIRES: tc_gemm_applies to each); op names the calling op.
   void matmul_tc(const char* op, std::initializer_list<std::pair<const WeightRef*, float*>> parts, const float* x,

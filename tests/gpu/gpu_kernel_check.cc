@@ -1030,7 +1030,7 @@ void check_fused_residual_rope(CudaBackend& b, Rng& rng, bool quick) {
     const std::string tn = ds::dtype_name(t);
     for (Shape sh : {Shape{64, 96}, Shape{256, 512}, Shape{2048, 5632}}) {
       if ((quick && sh.rows > 256) || !fits(t, sh.cols)) continue;
-      const int64_t max_n = 9;
+      const int64_t max_n = 40;
       const auto w = make_weights(rng, t, sh.rows, sh.cols);
       const auto x = rng.floats(max_n * sh.cols);
       const auto res = rng.floats(max_n * sh.rows, -4, 4);
@@ -1051,6 +1051,22 @@ void check_fused_residual_rope(CudaBackend& b, Rng& rng, bool quick) {
         b.set_batch_invariant(false);
         check_residual_add("fused-add/" + tn + suffix, "determinism/fused-add-bits " + tn + suffix,
                            dy.read(n * sh.rows), dy2.read(n * sh.rows), res, want, scale, n * sh.rows, 1e-6, 2e-5);
+      }
+      // n = 40 (past the tensor-core kernel): cuBLAS with the add as its beta = 1, within the
+      // cuBLAS path's tolerance (F16 operands unless F32 weights; BF16 2^-8).
+      {
+        const int64_t n = max_n;
+        b.upload(dy.as(), res.data(), res.size() * 4);
+        b.matmul_add(gw, dx.as(), n, dy.as(), tmp.as());
+        const auto got = dy.read(n * sh.rows);
+        std::vector<float> wn(n * sh.rows);
+        std::vector<double> sn(n * sh.rows);
+        for (int64_t i = 0; i < n * sh.rows; ++i) {
+          wn[i] = res[i] + want[i];
+          sn[i] = scale[i] + std::fabs(res[i]);
+        }
+        compare("fused-add-cublas/" + tn + " " + shape(sh.rows, sh.cols) + " n=40", got, wn, 1e-5,
+                t == DType::kBF16 ? 8e-3 : t == DType::kF32 ? 2e-5 : 1.5e-3, &sn);
       }
     }
   }
