@@ -138,7 +138,12 @@ summary() {
 
 main "$@" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
-summary "$rc" "$log" 2>&1 | tee -a "$log"
+# Into its own file first: summary reads $log, so appending to it meanwhile fed the summary
+# back into itself (the table printed dozens of times).
+summary "$rc" "$log" >"$log.summary" 2>&1
+cat "$log.summary"
+cat "$log.summary" >>"$log"
+rm -f "$log.summary"
 if [[ -n ${OUT:-} ]]; then
   mkdir -p "$OUT" && cp "$log" "$OUT/gpu-check.log" && chmod 644 "$OUT/gpu-check.log"
 fi
