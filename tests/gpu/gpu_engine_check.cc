@@ -558,6 +558,16 @@ bool sampling(const std::string& dir) {
 
 void print_profile(const ds::CudaBackend& cuda, int steps, std::string* out);
 
+// Request 0: a prompt of n tokens (ids spread over the vocabulary), one token to generate.
+ds::SequenceRequest prefill_request(int n) {
+  ds::SequenceRequest r;
+  r.id = 0;
+  for (int i = 0; i < n; ++i) r.prompt.push_back(300 + (i * 7919) % 30000);
+  r.params.max_tokens = 1;
+  r.params.ignore_eos = true;
+  return r;
+}
+
 // Where a decode step's GPU time goes: every op timed with CUDA events (eager: each op
 // waits for its kernels, so the sum exceeds a graph replay's step; the shares are the point).
 bool profile_decode(const std::shared_ptr<ds::Model>& m, const char* tn, int batch, std::string* out) {
@@ -593,12 +603,7 @@ bool profile_prefill(const std::shared_ptr<ds::Model>& m, const char* tn, int n,
   auto e = engine(m, 1, 2048, n, false, &cuda, ds::BackendSampling::kAuto, ds::kSampleMaxCandidates, true);
   if (!e) return false;
   for (int k = 0; k < 2; ++k) {
-    ds::SequenceRequest r;
-    r.id = 0;
-    for (int i = 0; i < n; ++i) r.prompt.push_back(300 + (i * 7919) % 30000);
-    r.params.max_tokens = 1;
-    r.params.ignore_eos = true;
-    if (!check_ok(e->add(r), "add")) return false;
+    if (!check_ok(e->add(prefill_request(n)), "add")) return false;
     const_cast<ds::CudaBackend*>(cuda)->reset_op_profile();
     run(*e, 1);
   }
@@ -671,11 +676,7 @@ bool bench(const std::string& dir, double copy_gbs) {
       auto e = engine(*m, 1, 2048, prompt);
       g_tc_att = true;
       if (!e) return false;
-      ds::SequenceRequest r;
-      r.id = 0;
-      for (int i = 0; i < prompt; ++i) r.prompt.push_back(300 + (i * 7919) % 30000);
-      r.params.max_tokens = 1;
-      r.params.ignore_eos = true;
+      ds::SequenceRequest r = prefill_request(prompt);
       if (!check_ok(e->add(r), "add (warm-up)")) return false;
       run(*e, 1);
       r.id = 0;
