@@ -22,12 +22,22 @@
 
 namespace ds {
 
+// Weight layouts in backend memory. Every backend reads kLayoutGguf (the file's bytes);
+// Backend::upload_weight may store a matrix in a layout of its own, of the same size, that
+// only that backend reads.
+constexpr uint32_t kLayoutGguf = 0;
+// Q8_0 split rows (the CUDA backend): each row of `cols` weights holds its cols int8 quants,
+// in order, then its cols / 32 F16 scales (the same bytes as the row's 34-byte blocks, so that
+// quants load 8 and 16 bytes at a time). Element k = scale[k / 32] * quant[k], as in GGUF.
+constexpr uint32_t kLayoutQ8_0Split = 1;
+
 // A 2-D weight matrix [rows, cols] of any supported type; rows are contiguous.
 struct WeightRef {
   DType type = DType::kF32;
   const void* data = nullptr;
   int64_t rows = 0;
   int64_t cols = 0;
+  uint32_t layout = kLayoutGguf;  // how rows are stored (row_stride() bytes each, whatever the layout)
   size_t row_stride() const { return row_bytes(type, cols); }
 };
 
@@ -144,6 +154,15 @@ class Backend {
   // Copies between host memory and backend memory.
   virtual void upload(void* dst, const void* src, size_t bytes) = 0;
   virtual void download(void* dst, const void* src, size_t bytes) = 0;
+  // Uploads weight w (host memory, GGUF layout) to dst (backend memory of w.row_stride() *
+  // w.rows bytes) and returns the reference to compute with: dst, in the layout this backend
+  // reads fastest (kLayoutGguf by default; the CUDA backend splits Q8_0 rows).
+  virtual WeightRef upload_weight(const WeightRef& w, void* dst) {
+    upload(dst, w.data, w.row_stride() * static_cast<size_t>(w.rows));
+    WeightRef d = w;
+    d.data = dst;
+    return d;
+  }
 
   // y[n, w.rows] = x[n, w.cols] * W^T
   virtual void matmul(const WeightRef& w, const float* x, int64_t n, float* y) = 0;

@@ -40,6 +40,9 @@ enum class DType : uint32_t {
   kI64 = 27,
   kF64 = 28,
   kBF16 = 30,
+  // Not a GGUF type (no file holds it; dtype_traits has no entry): the CUDA kernels' name for
+  // Q8_0 weights stored in kLayoutQ8_0Split (kernels/backend.h, kernels/cuda/ops.cuh).
+  kQ8_0Split = 0x100 | 8,
 };
 
 constexpr int kQK8_0 = 32;

@@ -79,8 +79,7 @@ Status Forward::Init(const std::function<void(size_t, size_t)>& progress) {
     void* p = be_.alloc(bytes);
     if (!p) return Status::ResourceExhausted(std::string("out of ") + be_.name() + " memory while uploading weights");
     owned_.push_back(p);
-    be_.upload(p, h.data, bytes);
-    out->data = p;
+    *out = be_.upload_weight(h, p);  // in the backend's layout (CUDA: Q8_0 rows split)
     done += bytes;
     if (progress) progress(done, w.bytes);
     return Status::Ok();

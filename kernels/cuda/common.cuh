@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "kernels/cuda/ops.cuh"  // kQ8_0Split
 #include "kernels/dtype.h"
 
 // Kernel launches and dynamic shared memory go through these two macros so that the same
@@ -133,11 +134,35 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
   return warp_sum(lane < n_warps ? red[lane] : 0.0f);
 }
 
-// Element k of a row of type T, exactly as dequantize_row() computes it (bit-identical:
-// the same single float multiply d * q for the quantized types).
-// REQUIRES: row 2-byte aligned (4 for F32); k < the row's length.
+// One tensor-core MMA, D = A B + C for an m16n8k16 tile: F16 A (16 x 16, row major) and B
+// (16 x 8, column major), F32 C and D, in the PTX ISA's register layouts (lane = 4 g + t):
+// A register r holds the halves (row g + 8 (r & 1), cols 2 t + 8 (r >> 1) + {0, 1}), low half
+// first; B register r holds (rows 2 t + 8 r + {0, 1}, col g); C/D element e is (row
+// g + 8 (e >> 1), col 2 t + (e & 1)). Warp-collective (every lane calls it). sm_80+.
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                          const float (&c)[4]) {
+#ifdef DS_CUDA_EMULATION
+  emu::mma_m16n8k16(d, a, b, c);
+#else
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%10, %11, %12, %13};\n"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+        "f"(c[3]));
+#endif
+}
+// Two floats as F16 bits (round to nearest even), lo in the low half: an MMA operand register.
+__device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+  return static_cast<uint32_t>(f32_to_f16_bits(lo)) | (static_cast<uint32_t>(f32_to_f16_bits(hi)) << 16);
+}
+
+// Element k of a row of cols elements of type T, exactly as dequantize_row() computes it
+// (bit-identical: the same single float multiply d * q for the quantized types; kQ8_0Split,
+// the split Q8_0 row of ops.cuh, the same value as Q8_0). REQUIRES: row 2-byte aligned (4
+// for F32); k < cols.
 template <DType T>
-__device__ __forceinline__ float load_elem(const uint8_t* row, int64_t k) {
+__device__ __forceinline__ float load_elem(const uint8_t* row, int64_t k, int64_t cols) {
   if constexpr (T == DType::kF32) {
     return reinterpret_cast<const float*>(row)[k];
   } else if constexpr (T == DType::kF16) {
@@ -148,6 +173,9 @@ __device__ __forceinline__ float load_elem(const uint8_t* row, int64_t k) {
     const uint8_t* b = row + (k / 32) * kQ8_0Bytes;
     const float d = f16_to_f32(*reinterpret_cast<const uint16_t*>(b));
     return d * static_cast<float>(static_cast<int8_t>(b[2 + k % 32]));
+  } else if constexpr (T == kQ8_0Split) {
+    const float d = f16_to_f32(reinterpret_cast<const uint16_t*>(row + cols)[k / 32]);
+    return d * static_cast<float>(static_cast<int8_t>(row[k]));
   } else if constexpr (T == DType::kQ4_K) {
     // dequantize_row: w = (d * sc) * q - dmin * m, two roundings and a subtraction (no fma).
     const uint8_t* b = row + (k / 256) * kQ4_KBytes;
@@ -195,6 +223,7 @@ bool dispatch_dtype(DType t, F&& f) {
     case DType::kF16: f(DTypeTag<DType::kF16>{}); return true;
     case DType::kBF16: f(DTypeTag<DType::kBF16>{}); return true;
     case DType::kQ8_0: f(DTypeTag<DType::kQ8_0>{}); return true;
+    case kQ8_0Split: f(DTypeTag<kQ8_0Split>{}); return true;
     case DType::kQ4_0: f(DTypeTag<DType::kQ4_0>{}); return true;
     case DType::kQ4_K: f(DTypeTag<DType::kQ4_K>{}); return true;
     case DType::kQ6_K: f(DTypeTag<DType::kQ6_K>{}); return true;

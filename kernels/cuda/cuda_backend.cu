@@ -12,6 +12,7 @@
 #include <cstring>
 #include <map>
 #include <set>
+#include <vector>
 
 #include "kernels/cuda/ops.cuh"
 
@@ -72,6 +73,11 @@ size_t row_bytes_of(DType t, int64_t cols) {
     case DType::kQ6_K: return static_cast<size_t>(cols / 256) * sizeof(BlockQ6_K);
     default: return 0;
   }
+}
+
+// The kernels' type for w: kQ8_0Split for Q8_0 in kLayoutQ8_0Split, else w.type.
+DType kernel_type(const WeightRef& w) {
+  return w.type == DType::kQ8_0 && w.layout == kLayoutQ8_0Split ? cuda::kQ8_0Split : w.type;
 }
 
 // "kernels/cuda/x.cu" out of an absolute __FILE__.
@@ -409,6 +415,38 @@ void CudaBackend::upload(void* dst, const void* src, size_t bytes) {
   if (DS_CUDA_CHECK(kOp, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, impl_->stream))) wait(kOp);
 }
 
+WeightRef CudaBackend::upload_weight(const WeightRef& w, void* dst) {
+  if (!options_.q8_0_split || w.type != DType::kQ8_0 || w.layout != kLayoutGguf || w.cols % 32 != 0 || w.rows <= 0)
+    return Backend::upload_weight(w, dst);
+  // Rows rewritten into the split layout in slices of about 8 MiB (whole rows), each uploaded
+  // before the next (upload() has copied or staged the bytes when it returns).
+  const size_t stride = row_bytes_of(w.type, w.cols);
+  const int64_t per_slice = std::max<int64_t>(1, static_cast<int64_t>((size_t{8} << 20) / stride));
+  std::vector<uint8_t> buf(static_cast<size_t>(std::min(per_slice, w.rows)) * stride);
+  const auto* src = static_cast<const uint8_t*>(w.data);
+  auto* out = static_cast<uint8_t*>(dst);
+  const int64_t blocks = w.cols / 32;
+  for (int64_t r0 = 0; r0 < w.rows; r0 += per_slice) {
+    const int64_t nr = std::min(per_slice, w.rows - r0);
+    for (int64_t r = 0; r < nr; ++r) {
+      const uint8_t* row = src + (r0 + r) * stride;
+      uint8_t* quants = buf.data() + r * stride;
+      uint8_t* scales = quants + w.cols;
+      for (int64_t b = 0; b < blocks; ++b) {
+        const uint8_t* blk = row + b * sizeof(BlockQ8_0);
+        std::memcpy(scales + 2 * b, blk, 2);
+        std::memcpy(quants + 32 * b, blk + 2, 32);
+      }
+    }
+    upload(out + r0 * stride, buf.data(), static_cast<size_t>(nr) * stride);
+    if (!ok()) break;
+  }
+  WeightRef d = w;
+  d.data = dst;
+  d.layout = kLayoutQ8_0Split;
+  return d;
+}
+
 void CudaBackend::download(void* dst, const void* src, size_t bytes) {
   constexpr const char* kOp = "download";
   if (bytes == 0 || capture_refuses(kOp) || !begin(kOp)) return;
@@ -447,6 +485,9 @@ float* CudaBackend::scratch(size_t bytes, const char* op) {
     if (reinterpret_cast<uintptr_t>((w).data) % ((w).type == DType::kF32 ? 4 : 2) != 0)                           \
       return (void)fail(op, std::string("weight data is not aligned for ") + type_name((w).type), __FILE__,       \
                         __LINE__);                                                                                \
+    if ((w).layout != kLayoutGguf && !((w).layout == kLayoutQ8_0Split && (w).type == DType::kQ8_0))                \
+      return (void)fail(op, "weight layout " + std::to_string((w).layout) + " is not one for " +                  \
+                                type_name((w).type), __FILE__, __LINE__);                                         \
   } while (0)
 
 void CudaBackend::matmul(const WeightRef& w, const float* x, int64_t n, float* y) {
@@ -464,7 +505,7 @@ void CudaBackend::matmul(const WeightRef& w, const float* x, int64_t n, float* y
   if (n <= gemv_limit(w.type)) {
     for (int64_t j0 = 0; j0 < n; j0 += cuda::kGemvMaxN) {
       const int nb = static_cast<int>(std::min<int64_t>(cuda::kGemvMaxN, n - j0));
-      if (!DS_CUDA_CHECK(kOp, cuda::gemv(options_.gemv_version, w.type, w.data, stride, w.rows, w.cols,
+      if (!DS_CUDA_CHECK(kOp, cuda::gemv(options_.gemv_version, kernel_type(w), w.data, stride, w.rows, w.cols,
                                          x + j0 * w.cols, nb, y + j0 * w.rows, impl_->stream, options_.pdl)))
         return;
     }
@@ -490,7 +531,7 @@ bool CudaBackend::tc_gemm_applies(const WeightRef& w, int64_t n) const {
   const bool type_on = w.type == DType::kQ8_0 || w.type == DType::kQ4_0 || options_.tc_gemm_every_type;
   return options_.tc_gemm && type_on && !options_.batch_invariant && n > gemv_limit(w.type) &&
          n <= cuda::kGemmTcMaxN && w.rows > 0 &&
-         cuda::gemm_tc_supports(w.type, w.data, row_bytes_of(w.type, w.cols), w.cols, static_cast<int>(n));
+         cuda::gemm_tc_supports(kernel_type(w), w.data, row_bytes_of(w.type, w.cols), w.cols, static_cast<int>(n));
 }
 
 void CudaBackend::matmul_tc(const char* op, std::initializer_list<std::pair<const WeightRef*, float*>> parts,
@@ -500,14 +541,15 @@ void CudaBackend::matmul_tc(const char* op, std::initializer_list<std::pair<cons
   int count = 0;
   for (const auto& [w, y] : parts) m[count++] = cuda::GemmTcMatrix{w->data, w->rows, y};
   const int nn = static_cast<int>(n);
-  void* buf = scratch(cuda::gemm_tc_scratch_bytes(w0.type, m, count, w0.cols, nn), op);
+  void* buf = scratch(cuda::gemm_tc_scratch_bytes(kernel_type(w0), m, count, w0.cols, nn), op);
   if (buf == nullptr) return;
-  DS_CUDA_CHECK(op, cuda::gemm_tc(w0.type, m, count, row_bytes_of(w0.type, w0.cols), w0.cols, x, nn, add, buf,
+  DS_CUDA_CHECK(op, cuda::gemm_tc(kernel_type(w0), m, count, row_bytes_of(w0.type, w0.cols), w0.cols, x, nn, add, buf,
                                   impl_->stream));
 }
 
 bool CudaBackend::tc_gemm_fuses(const WeightRef& a, const WeightRef& b, int64_t n) const {
-  return options_.fuse_decode && tc_gemm_applies(a, n) && tc_gemm_applies(b, n) && a.type == b.type && a.cols == b.cols;
+  return options_.fuse_decode && tc_gemm_applies(a, n) && tc_gemm_applies(b, n) && a.type == b.type &&
+         a.layout == b.layout && a.cols == b.cols;
 }
 
 // The fused GEMV kernels take two (three) matrices of one type and column count, on the
@@ -515,7 +557,7 @@ bool CudaBackend::tc_gemm_fuses(const WeightRef& a, const WeightRef& b, int64_t 
 bool CudaBackend::fused_gemv_applies(const WeightRef& a, const WeightRef& b, int64_t n) const {
   return options_.fuse_decode && options_.gemv_version == 3 && n >= 1 &&
          n <= gemv_limit(a.type) && supported(a.type) &&
-         a.type == b.type && a.cols == b.cols && a.cols > 0 && a.cols % block_elems(a.type) == 0 && a.rows > 0 &&
+         a.type == b.type && a.layout == b.layout && a.cols == b.cols && a.cols > 0 && a.cols % block_elems(a.type) == 0 && a.rows > 0 &&
          b.rows > 0;
 }
 
@@ -547,7 +589,7 @@ void CudaBackend::matmul_qkv(const WeightRef& wq, const WeightRef& wk, const Wei
                           {bq, bk, bv},
                           {q + j0 * wq.rows, k + j0 * wk.rows, v + j0 * wv.rows},
                           {wq.rows, wk.rows, wv.rows}};
-    if (!DS_CUDA_CHECK(kOp, cuda::gemv_qkv(wq.type, a, stride, wq.cols, x + j0 * wq.cols, nb, impl_->stream, options_.pdl))) return;
+    if (!DS_CUDA_CHECK(kOp, cuda::gemv_qkv(kernel_type(wq), a, stride, wq.cols, x + j0 * wq.cols, nb, impl_->stream, options_.pdl))) return;
   }
   end(kOp);
 }
@@ -572,7 +614,7 @@ void CudaBackend::matmul_add(const WeightRef& w, const float* x, int64_t n, floa
   const size_t stride = row_bytes_of(w.type, w.cols);
   for (int64_t j0 = 0; j0 < n; j0 += cuda::kGemvMaxN) {
     const int nb = static_cast<int>(std::min<int64_t>(cuda::kGemvMaxN, n - j0));
-    if (!DS_CUDA_CHECK(kOp, cuda::gemv_add(w.type, w.data, stride, w.rows, w.cols, x + j0 * w.cols, nb,
+    if (!DS_CUDA_CHECK(kOp, cuda::gemv_add(kernel_type(w), w.data, stride, w.rows, w.cols, x + j0 * w.cols, nb,
                                            y + j0 * w.rows, impl_->stream, options_.pdl)))
       return;
   }
@@ -597,7 +639,7 @@ void CudaBackend::matmul_swiglu(const WeightRef& w_gate, const WeightRef& w_up, 
   const size_t stride = row_bytes_of(w_gate.type, w_gate.cols);
   for (int64_t j0 = 0; j0 < n; j0 += cuda::kGemvMaxN) {
     const int nb = static_cast<int>(std::min<int64_t>(cuda::kGemvMaxN, n - j0));
-    if (!DS_CUDA_CHECK(kOp, cuda::gemv_swiglu(w_gate.type, w_gate.data, w_up.data, stride, w_gate.rows, w_gate.cols,
+    if (!DS_CUDA_CHECK(kOp, cuda::gemv_swiglu(kernel_type(w_gate), w_gate.data, w_up.data, stride, w_gate.rows, w_gate.cols,
                                               x + j0 * w_gate.cols, nb, out + j0 * w_gate.rows, impl_->stream,
                                               options_.pdl)))
       return;
@@ -633,7 +675,7 @@ void CudaBackend::matmul_cublas(const WeightRef& w, size_t row_stride, const flo
   const auto* base = static_cast<const uint8_t*>(w.data);
   for (int64_t r0 = 0; r0 < w.rows; r0 += slice) {
     const int64_t nr = std::min(slice, w.rows - r0);
-    if (!DS_CUDA_CHECK(kOp, cuda::get_rows(w.type, base + r0 * static_cast<int64_t>(row_stride), row_stride, w.cols,
+    if (!DS_CUDA_CHECK(kOp, cuda::get_rows(kernel_type(w), base + r0 * static_cast<int64_t>(row_stride), row_stride, w.cols,
                                            nullptr, nr, buf, impl_->stream)))
       return;
     if (!gemm(buf, nr, y + r0)) return;
@@ -675,7 +717,7 @@ void CudaBackend::matmul_cublas_half(const WeightRef& w, size_t row_stride, cons
   const auto* base = static_cast<const uint8_t*>(w.data);
   for (int64_t r0 = 0; r0 < w.rows; r0 += slice) {
     const int64_t nr = std::min(slice, w.rows - r0);
-    if (!DS_CUDA_CHECK(kOp, cuda::to_half(w.type, base + r0 * static_cast<int64_t>(row_stride), row_stride, w.cols, nr,
+    if (!DS_CUDA_CHECK(kOp, cuda::to_half(kernel_type(w), base + r0 * static_cast<int64_t>(row_stride), row_stride, w.cols, nr,
                                           false, wh, impl_->stream)))
       return;
     if (!gemm(wh, nr, y + r0)) return;
@@ -687,7 +729,7 @@ void CudaBackend::get_rows(const WeightRef& w, const int32_t* ids, int64_t n, fl
   if (!begin(kOp)) return;
   DS_CHECK_WEIGHT(kOp, w);
   if (n <= 0 || w.cols == 0) return;
-  DS_CUDA_CHECK(kOp, cuda::get_rows(w.type, w.data, row_bytes_of(w.type, w.cols), w.cols, ids, n, out, impl_->stream));
+  DS_CUDA_CHECK(kOp, cuda::get_rows(kernel_type(w), w.data, row_bytes_of(w.type, w.cols), w.cols, ids, n, out, impl_->stream));
   end(kOp);
 }
 
@@ -770,7 +812,10 @@ void CudaBackend::attention(const AttentionArgs& a) {
     return (void)fail(kOp, "too many (token, head) pairs", __FILE__, __LINE__);
   if (!kv_type_supported(a.kv_type))
     return (void)fail(kOp, std::string("no KV cache of type ") + dtype_name(a.kv_type), __FILE__, __LINE__);
-  const int tc = options_.tc_attention && !options_.batch_invariant ? (options_.tc_attention_padded ? 2 : 1) : 0;
+  const int tc = !options_.tc_attention || options_.batch_invariant ? 0
+                 : options_.tc_attention_mma                       ? 3
+                 : options_.tc_attention_padded                    ? 2
+                                                                   : 1;
   DS_CUDA_CHECK(kOp, cuda::attention(a, impl_->stream, tc));
   end(kOp);
 }

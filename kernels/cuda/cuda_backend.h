@@ -79,6 +79,13 @@ struct CudaBackendOptions {
                                 // Off under batch_invariant.
   bool tc_attention_padded = true;  // its shared-memory rows padded against bank conflicts in the WMMA
                                 // loads (not yet timed on a GPU; false: the layout the H200 run timed)
+  bool tc_attention_mma = true; // with an F16 KV cache, the flash-attention-2 kernel on mma.sync
+                                // (S, P, O in registers; attention.cu attention_fa) instead of the
+                                // WMMA one (not yet run on a GPU; false: the kernel the H200 timed)
+  bool q8_0_split = true;       // upload_weight stores Q8_0 matrices split (kLayoutQ8_0Split: quants
+                                // then scales a row), so that the GEMV loads 8 quants at a time
+                                // instead of four 2-byte loads and a scale load per 8 (same bits
+                                // from every kernel; false: the GGUF blocks; not yet timed on a GPU)
   bool fuse_decode = true;      // matmul_qkv / matmul_swiglu / matmul_add: one GEMV v3 launch each where
                                 // the GEMV path applies (Q/K/V and gate/up: one tensor-core launch each
                                 // where tc_gemm applies); rope_store_kv: one launch (false: the
@@ -107,6 +114,9 @@ class CudaBackend final : public Backend {
   void free(void* p) override;         // waits for the stream first; nullptr is a no-op
   void upload(void* dst, const void* src, size_t bytes) override;
   void download(void* dst, const void* src, size_t bytes) override;
+  // Q8_0 in kLayoutQ8_0Split under options.q8_0_split (rows rewritten on the host in slices,
+  // then uploaded); every other weight as is.
+  WeightRef upload_weight(const WeightRef& w, void* dst) override;
 
   void matmul(const WeightRef& w, const float* x, int64_t n, float* y) override;
   void get_rows(const WeightRef& w, const int32_t* ids, int64_t n, float* out) override;
@@ -161,6 +171,8 @@ class CudaBackend final : public Backend {
   void set_tc_gemm_every_type(bool on) { options_.tc_gemm_every_type = on; }
   void set_tc_attention(bool on) { options_.tc_attention = on; }
   void set_tc_attention_padded(bool on) { options_.tc_attention_padded = on; }
+  void set_tc_attention_mma(bool on) { options_.tc_attention_mma = on; }
+  void set_q8_0_split(bool on) { options_.q8_0_split = on; }
   // Whether attention(a) runs the tensor-core prefill kernel (options.tc_attention).
   bool tc_attention_applies(const AttentionArgs& a) const;
   void set_gemv_max_batch(int n) { options_.gemv_max_batch = n; }

@@ -20,7 +20,7 @@ __global__ void get_rows_kernel(const uint8_t* __restrict__ w, size_t row_stride
     const int64_t r = ids ? static_cast<int64_t>(ids[i]) : i;
     const uint8_t* row = w + r * static_cast<int64_t>(row_stride);
     float* o = out + i * cols;
-    for (int64_t k = threadIdx.x; k < cols; k += blockDim.x) o[k] = load_elem<T>(row, k);
+    for (int64_t k = threadIdx.x; k < cols; k += blockDim.x) o[k] = load_elem<T>(row, k, cols);
   }
 }
 
@@ -33,7 +33,7 @@ __global__ void to_half_kernel(const uint8_t* __restrict__ w, size_t row_stride,
     const uint8_t* row = w + i * static_cast<int64_t>(row_stride);
     uint16_t* o = out + i * cols;
     for (int64_t k = threadIdx.x; k < cols; k += blockDim.x) {
-      const float v = load_elem<T>(row, k);
+      const float v = load_elem<T>(row, k, cols);
       o[k] = kBf16 ? f32_to_bf16_bits(v) : f32_to_f16_bits(v);
     }
   }

@@ -43,15 +43,17 @@ constexpr int kTcTileBytes = 8192;         // raw bytes one warp stages per segm
 constexpr int kTcTargetBlocks = 264;       // enough blocks to keep every SM of an H100/H200 busy
 
 // Columns per segment, so that 32 rows' bytes fit kTcTileBytes and segments start on the
-// type's block boundaries.
+// type's block boundaries. Split Q8_0 rows stage their quants only (tc_row_bytes); the
+// dequantizing lane reads its row's scales from global memory.
 template <DType T>
 __host__ __device__ constexpr int tc_segment_cols() {
-  return T == DType::kF16 ? 128 : T == DType::kQ8_0 ? 128 : 256;  // 256, 136, 144 (Q4_0, Q4_K) bytes a row
+  return T == DType::kF16 || T == DType::kQ8_0 || T == kQ8_0Split ? 128 : 256;  // 256, 136, 128, 144 (Q4_0, Q4_K) bytes a row
 }
 template <DType T>
 __host__ __device__ constexpr int64_t tc_row_bytes(int64_t cols) {
   if constexpr (T == DType::kF16) return cols * 2;
   else if constexpr (T == DType::kQ8_0) return cols / 32 * kQ8_0Bytes;
+  else if constexpr (T == kQ8_0Split) return cols;  // the quants
   else if constexpr (T == DType::kQ4_0) return cols / 32 * kQ4_0Bytes;
   else return cols / 256 * kQ4_KBytes;
 }
@@ -151,13 +153,31 @@ __global__ void __launch_bounds__(kTcWarps * 32) gemm_tc_kernel(const TcArgs arg
     else tc_stage<4>(my_raw, kPitch, w, row_stride, rows, r0, off, bytes, lane);
     __syncwarp();
     const uint8_t* my_row = my_raw + lane * kPitch;  // lane = the row it dequantizes
+    // Split Q8_0: the lane's row's scales in global memory (load_elem's d * q from the
+    // staged quants and these).
+    const uint16_t* my_scales = nullptr;
+    if constexpr (T == kQ8_0Split) {
+      const int64_t r = r0 + lane < rows ? r0 + lane : rows - 1;
+      my_scales = reinterpret_cast<const uint16_t*>(w + r * static_cast<int64_t>(row_stride) + cols) + k0 / 32;
+    }
     for (int ks = 0; ks < kc / 16; ++ks) {
       uint32_t packed[8];
+      if constexpr (T == kQ8_0Split) {
+        const float d = f16_to_f32(__ldg(my_scales + ks / 2));
 #pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const uint32_t lo = f32_to_f16_bits(load_elem<T>(my_row, ks * 16 + 2 * e));
-        const uint32_t hi = f32_to_f16_bits(load_elem<T>(my_row, ks * 16 + 2 * e + 1));
-        packed[e] = lo | (hi << 16);
+        for (int e = 0; e < 8; ++e) {
+          const int k = ks * 16 + 2 * e;
+          const uint32_t lo = f32_to_f16_bits(d * static_cast<float>(static_cast<int8_t>(my_row[k])));
+          const uint32_t hi = f32_to_f16_bits(d * static_cast<float>(static_cast<int8_t>(my_row[k + 1])));
+          packed[e] = lo | (hi << 16);
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          const uint32_t lo = f32_to_f16_bits(load_elem<T>(my_row, ks * 16 + 2 * e, kc));
+          const uint32_t hi = f32_to_f16_bits(load_elem<T>(my_row, ks * 16 + 2 * e + 1, kc));
+          packed[e] = lo | (hi << 16);
+        }
       }
       uint4* dst = reinterpret_cast<uint4*>(my_a + lane * 16);
       dst[0] = uint4{packed[0], packed[1], packed[2], packed[3]};
@@ -323,7 +343,7 @@ bool gemm_tc_supports(DType t, const void* w, size_t row_stride, int64_t cols, i
   if (n < 1 || n > kGemmTcMaxN || cols <= 0) return false;
   switch (t) {
     case DType::kF16: if (cols % 16 != 0) return false; break;
-    case DType::kQ8_0: case DType::kQ4_0: if (cols % 32 != 0) return false; break;
+    case DType::kQ8_0: case kQ8_0Split: case DType::kQ4_0: if (cols % 32 != 0) return false; break;
     case DType::kQ4_K: if (cols % 256 != 0) return false; break;
     default: return false;
   }
@@ -340,6 +360,7 @@ size_t gemm_tc_scratch_bytes(DType t, const GemmTcMatrix* m, int count, int64_t 
   switch (t) {
     case DType::kF16: return tc_layout<DType::kF16>(m, count, cols, n, nullptr, nullptr);
     case DType::kQ8_0: return tc_layout<DType::kQ8_0>(m, count, cols, n, nullptr, nullptr);
+    case kQ8_0Split: return tc_layout<kQ8_0Split>(m, count, cols, n, nullptr, nullptr);
     case DType::kQ4_0: return tc_layout<DType::kQ4_0>(m, count, cols, n, nullptr, nullptr);
     default: return tc_layout<DType::kQ4_K>(m, count, cols, n, nullptr, nullptr);
   }
@@ -351,6 +372,7 @@ cudaError_t gemm_tc(DType t, const GemmTcMatrix* m, int count, size_t row_stride
   switch (t) {
     case DType::kF16: return gemm_tc_typed<DType::kF16>(m, count, row_stride, cols, x, n, add, scratch, stream);
     case DType::kQ8_0: return gemm_tc_typed<DType::kQ8_0>(m, count, row_stride, cols, x, n, add, scratch, stream);
+    case kQ8_0Split: return gemm_tc_typed<kQ8_0Split>(m, count, row_stride, cols, x, n, add, scratch, stream);
     case DType::kQ4_0: return gemm_tc_typed<DType::kQ4_0>(m, count, row_stride, cols, x, n, add, scratch, stream);
     case DType::kQ4_K: return gemm_tc_typed<DType::kQ4_K>(m, count, row_stride, cols, x, n, add, scratch, stream);
     default: return cudaErrorInvalidValue;

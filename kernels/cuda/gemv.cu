@@ -32,6 +32,12 @@
 //       n = 8 (not yet timed on a GPU; kV3BatchedRows = 1 restores one row per warp; version 4
 //       is the plain GEMV with one row per warp, so gpu_kernel_check times both in one run).
 //
+// Q8_0 split rows (kQ8_0Split, CudaBackendOptions::q8_0_split): the quants of a row come
+// first, so a lane's 8 quants are one 8-byte load and its scale one 2-byte load, where the
+// GGUF blocks (34 bytes, 2-byte aligned) take four 2-byte loads and a scale load: the warp's
+// requests fall from ~45 32-byte sectors per 256 quant bytes to 9. Same chunks, values and
+// arithmetic as Q8_0, so the same bits (gpu_kernel_check checks them; not yet timed).
+//
 // Determinism: in every version the instruction sequence producing y[j, r] depends only
 // on r, j's activation row and the weights, never on n (<= 8), so a sequence decoded in a
 // batch gets the bits it gets alone. The 16-byte path and its scalar fallback (used when
@@ -55,7 +61,7 @@ __global__ void gemv_v1_kernel(const uint8_t* __restrict__ w, size_t row_stride,
   const uint8_t* row = w + r * static_cast<int64_t>(row_stride);
   const float* xj = x + j * cols;
   float acc = 0.0f;
-  for (int64_t k = 0; k < cols; ++k) acc = fmaf(load_elem<T>(row, k), xj[k], acc);
+  for (int64_t k = 0; k < cols; ++k) acc = fmaf(load_elem<T>(row, k, cols), xj[k], acc);
   y[j * rows + r] = acc;
 }
 
@@ -111,10 +117,20 @@ __device__ __forceinline__ float load_chunk8(const uint8_t* __restrict__ row, in
       w[2 * i + 1] = static_cast<float>(static_cast<int8_t>(u >> 8));
     }
     return f16_to_f32(*reinterpret_cast<const uint16_t*>(b));
+  } else if constexpr (T == kQ8_0Split) {
+    // Chunk c: quants [8c, 8c + 8), scale c >> 2 (after the row's quants).
+    const uint16_t* q = reinterpret_cast<const uint16_t*>(row + 8 * c);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint16_t u = q[i];
+      w[2 * i] = static_cast<float>(static_cast<int8_t>(u & 0xff));
+      w[2 * i + 1] = static_cast<float>(static_cast<int8_t>(u >> 8));
+    }
+    return f16_to_f32(reinterpret_cast<const uint16_t*>(row + cols)[c >> 2]);
   } else if constexpr (T == DType::kQ4_K || T == DType::kQ6_K) {
     // K-quants (v2 is a validation path for them): the scalar loader, weights as floats.
 #pragma unroll
-    for (int i = 0; i < 8; ++i) w[i] = load_elem<T>(row, 8 * c + i);
+    for (int i = 0; i < 8; ++i) w[i] = load_elem<T>(row, 8 * c + i, cols);
     return 1.0f;
   } else {
     static_assert(T == DType::kQ4_0, "unsupported type");
@@ -296,6 +312,36 @@ struct V3<DType::kQ8_0> {
   static __device__ __forceinline__ float decode(const Raw& r, int64_t, float* w) {
     i8x4_to_f32(__byte_perm(r.q[0], r.q[1], 0x5410), w);
     i8x4_to_f32(__byte_perm(r.q[2], r.q[3], 0x5410), w + 4);
+    return f16_to_f32(static_cast<uint16_t>(r.d));
+  }
+  static __device__ __forceinline__ int64_t x_first(int64_t c, int half) { return 8 * c; }
+};
+
+template <>
+struct V3<kQ8_0Split> {
+  // Chunk c: quants [8c, 8c + 8) (one 8-byte load when the row is 8-byte aligned: vec) and
+  // scale c >> 2 from after the row's quants. The same chunks, values and arithmetic as
+  // V3<kQ8_0>, so every dot product has its bits; 2 loads a chunk instead of 5.
+  static constexpr int kElems = 8;
+  struct Raw {
+    uint32_t q[2];
+    uint32_t d;
+  };
+  static __device__ __forceinline__ int64_t chunks(int64_t cols) { return cols / 8; }
+  static __device__ __forceinline__ void load(const uint8_t* row, int64_t c, int64_t cols, bool vec, Raw& r) {
+    if (vec) {
+      const uint2 v = __ldg(reinterpret_cast<const uint2*>(row + 8 * c));
+      r.q[0] = v.x, r.q[1] = v.y;
+    } else {  // rows are 2-byte aligned (34 bytes a block)
+      const uint16_t* q = reinterpret_cast<const uint16_t*>(row + 8 * c);
+      r.q[0] = static_cast<uint32_t>(__ldg(q)) | (static_cast<uint32_t>(__ldg(q + 1)) << 16);
+      r.q[1] = static_cast<uint32_t>(__ldg(q + 2)) | (static_cast<uint32_t>(__ldg(q + 3)) << 16);
+    }
+    r.d = __ldg(reinterpret_cast<const uint16_t*>(row + cols) + (c >> 2));
+  }
+  static __device__ __forceinline__ float decode(const Raw& r, int64_t, float* w) {
+    i8x4_to_f32(r.q[0], w);
+    i8x4_to_f32(r.q[1], w + 4);
     return f16_to_f32(static_cast<uint16_t>(r.d));
   }
   static __device__ __forceinline__ int64_t x_first(int64_t c, int half) { return 8 * c; }
@@ -489,7 +535,7 @@ __device__ __forceinline__ void v3_rows_dots(const uint8_t* const (&rows)[R], in
                                              float (&dots)[R][NC]) {
   using Tr = V3<T>;
   constexpr int kE = Tr::kElems;
-  constexpr bool kQuant = T == DType::kQ8_0 || T == DType::kQ4_0;
+  constexpr bool kQuant = T == DType::kQ8_0 || T == kQ8_0Split || T == DType::kQ4_0;
   const int lane = threadIdx.x & 31;
   const int64_t n_chunks = Tr::chunks(cols);
   float acc[R][NC];
@@ -731,11 +777,13 @@ void launch_nc(int n, Launch&& launch) {
 
 bool float_type(DType t) { return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16; }
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-// 16-byte weight loads (v3): float rows of whole 8-element chunks and Q4_K, when every row is
-// 16-byte aligned.
+// Wide weight loads (v3): 16 bytes for float rows of whole 8-element chunks and Q4_K, when
+// every row is 16-byte aligned; 8 bytes of quants for split Q8_0 rows 8-byte aligned.
 bool vec_weights(DType t, int64_t cols, size_t row_stride) {
+  if (t == kQ8_0Split) return row_stride % 8 == 0;
   return ((float_type(t) && cols % 8 == 0) || t == DType::kQ4_K) && row_stride % 16 == 0;
 }
+bool aligned_for(DType t, const void* p) { return reinterpret_cast<uintptr_t>(p) % (t == kQ8_0Split ? 8 : 16) == 0; }
 
 }  // namespace
 
@@ -762,7 +810,7 @@ cudaError_t gemv(int version, DType t, const void* w, size_t row_stride, int64_t
                                                                             w_vec, x_vec);
     });
   } else if (version == 3 || version == 4) {
-    const bool w_vec = vec_weights(t, cols, row_stride) && aligned16(w);
+    const bool w_vec = vec_weights(t, cols, row_stride) && aligned_for(t, w);
     const bool x_vec = cols % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
     ok = dispatch_dtype(t, [&](auto tag) {
       launch_v3<decltype(tag)::value>(wb, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl, version == 4);
@@ -773,7 +821,7 @@ cudaError_t gemv(int version, DType t, const void* w, size_t row_stride, int64_t
 
 cudaError_t gemv_add(DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n,
                      float* y, cudaStream_t stream, bool pdl) {
-  const bool w_vec = vec_weights(t, cols, row_stride) && aligned16(w);
+  const bool w_vec = vec_weights(t, cols, row_stride) && aligned_for(t, w);
   const bool x_vec = cols % 8 == 0 && aligned16(x);
   const auto* wb = static_cast<const uint8_t*>(w);
   const bool ok = dispatch_dtype(t, [&](auto tag) {
@@ -790,7 +838,8 @@ cudaError_t gemv_add(DType t, const void* w, size_t row_stride, int64_t rows, in
 
 cudaError_t gemv_qkv(DType t, const GemvQkv& a, size_t row_stride, int64_t cols, const float* x, int n,
                      cudaStream_t stream, bool pdl) {
-  const bool w_vec = vec_weights(t, cols, row_stride) && aligned16(a.w[0]) && aligned16(a.w[1]) && aligned16(a.w[2]);
+  const bool w_vec = vec_weights(t, cols, row_stride) && aligned_for(t, a.w[0]) && aligned_for(t, a.w[1]) &&
+                     aligned_for(t, a.w[2]);
   const bool x_vec = cols % 8 == 0 && aligned16(x);
   const int64_t all_rows = a.rows[0] + a.rows[1] + a.rows[2];
   const bool ok = dispatch_dtype(t, [&](auto tag) {
@@ -806,7 +855,7 @@ cudaError_t gemv_qkv(DType t, const GemvQkv& a, size_t row_stride, int64_t cols,
 
 cudaError_t gemv_swiglu(DType t, const void* w_gate, const void* w_up, size_t row_stride, int64_t rows, int64_t cols,
                         const float* x, int n, float* out, cudaStream_t stream, bool pdl) {
-  const bool w_vec = vec_weights(t, cols, row_stride) && aligned16(w_gate) && aligned16(w_up);
+  const bool w_vec = vec_weights(t, cols, row_stride) && aligned_for(t, w_gate) && aligned_for(t, w_up);
   const bool x_vec = cols % 8 == 0 && aligned16(x);
   const auto* g = static_cast<const uint8_t*>(w_gate);
   const auto* u = static_cast<const uint8_t*>(w_up);

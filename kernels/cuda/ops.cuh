@@ -16,6 +16,11 @@
 
 namespace ds::cuda {
 
+// The kernels' name for Q8_0 weights in kLayoutQ8_0Split (backend.h: per row, the int8 quants
+// then the F16 scales), a value no GGUF type has. Every launcher taking a DType takes it.
+// Each kernel computes with it the bits it computes with DType::kQ8_0 on the GGUF blocks.
+constexpr DType kQ8_0Split = DType::kQ8_0Split;
+
 // ---- elementwise.cu ---------------------------------------------------------------
 
 // out[i, :] = dequantized row (ids ? ids[i] : i) of w[*, cols]. Bit-identical to dequantize_row().
@@ -120,9 +125,9 @@ constexpr int kAttentionMaxHeadDim = 1024;
 // Backend::attention: version 2 (split-K, two launches) when a.max_kv > 0 and a.workspace
 // holds attention_workspace_floats(a.n_tokens, ...) floats, else version 1 (one launch).
 // REQUIRES: 1 <= head_dim <= kAttentionMaxHeadDim, n_heads % n_kv_heads == 0.
-// tensor_cores: the tensor-core prefill kernel where attention_tc_applies (attention.cu: not
-// bit-identical to the decode kernels; F16 error): 1 with unpadded shared-memory rows, 2 with
-// padded ones; 0: never.
+// tensor_cores: the tensor-core prefill kernels where attention_tc_applies (attention.cu: not
+// bit-identical to the decode kernels; F16 error): 1 WMMA with unpadded shared-memory rows, 2
+// WMMA with padded ones, 3 flash attention 2 on mma.sync for F16 caches (F32 caches: 2); 0: never.
 cudaError_t attention(const AttentionArgs& a, cudaStream_t stream, int tensor_cores = 0);
 // Whether the tensor-core prefill kernel takes a: tiles that average >= 4 tokens (a step that
 // is mostly prefill) and head_dim 64 or 128.

@@ -17,6 +17,7 @@
 //         per-op GPU time of a batch-1 decode step (CudaBackendOptions::profile_ops).
 // Exit status: 0 pass, 1 a check failed, 2 no usable GPU / setup failure.
 #include <cuda_runtime.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -90,6 +91,7 @@ std::unique_ptr<ds::Backend> gpu() {
 bool g_pdl = true;  // CudaBackendOptions::pdl of the engines made below
 bool g_tc = true;   // CudaBackendOptions::tc_gemm of the engines made below
 bool g_tc_att = true;  // CudaBackendOptions::tc_attention of the engines made below
+bool g_q8_0_split = true;  // CudaBackendOptions::q8_0_split of the engines made below
 std::optional<ds::DType> g_kv_type;  // EngineOptions::kv_type of the engines made below (unset: F16 on the GPU)
 // --quick (the CPU emulation of CUDA, tests/gpu/emu, where a step takes ~1 s): the golden's
 // first case and first 16 tokens, sampling for 10 tokens a request.
@@ -108,6 +110,7 @@ std::unique_ptr<ds::Engine> engine(std::shared_ptr<ds::Model> m, int max_batch, 
   co.pdl = g_pdl;
   co.tc_gemm = g_tc;
   co.tc_attention = g_tc_att;
+  co.q8_0_split = g_q8_0_split;
   std::unique_ptr<ds::CudaBackend> be = ds::CudaBackend::create(co, &err);
   if (!be) {
     std::printf("ERROR: no CUDA backend: %s\n", err.c_str());
@@ -151,6 +154,52 @@ std::vector<std::vector<int32_t>> run(ds::Engine& e, size_t n, int* steps = null
 bool check_ok(const ds::Status& st, const char* what) {
   if (!st.ok()) std::printf("ERROR: %s: %s\n", what, st.ToString().c_str());
   return st.ok();
+}
+
+// A Q8_0 model (ds-mkmodel's tiny preset, dim 64, FFN 192, vocab 512) generates the same
+// tokens with its matrices split (CudaBackendOptions::q8_0_split) as with the GGUF blocks:
+// greedy, two prompts decoded alone and four together (the GEMV, tensor-core and cuBLAS paths).
+bool q8_0_split_engine(const std::string& dir) {
+  auto spec = ds::model_preset("tiny");
+  spec->type = ds::DType::kQ8_0;
+  spec->seed = 7;
+  const std::string path = dir + "/ds-gpu-check-tiny-q8_0-" + std::to_string(getpid()) + ".gguf";
+  if (!check_ok(ds::write_random_model(*spec, path), "write the tiny Q8_0 model")) return false;
+  auto m = ds::Model::Load(path);
+  std::remove(path.c_str());
+  if (!check_ok(m.status(), "load the tiny Q8_0 model")) return false;
+  std::vector<std::vector<int32_t>> got[2];
+  for (int k = 0; k < 2; ++k) {
+    g_q8_0_split = k == 0;
+    for (int batch : {1, 4}) {
+      auto e = engine(*m, batch, 128, 64);
+      if (!e) {
+        g_q8_0_split = true;
+        return false;
+      }
+      for (int i = 0; i < (batch == 1 ? 2 : 4); ++i) {
+        ds::SequenceRequest r;
+        r.id = i;
+        for (int p = 0; p < 5 + 9 * i; ++p) r.prompt.push_back(260 + (p * 37 + i * 11) % 250);
+        r.params.max_tokens = 10;
+        r.params.ignore_eos = true;
+        if (!check_ok(e->add(r), "add")) return false;
+        if (batch == 1) {
+          const auto out = run(*e, 1);
+          got[k].push_back(out[0]);
+        }
+      }
+      if (batch == 4) {
+        const auto out = run(*e, 4);
+        got[k].insert(got[k].end(), out.begin(), out.end());
+      }
+    }
+  }
+  g_q8_0_split = true;
+  const bool same = got[0] == got[1] && got[0].size() == 6 && got[0][0].size() == 10;
+  std::printf("q8_0 split rows: the tiny Q8_0 model's tokens (6 runs x 10) %s the GGUF layout's\n",
+              same ? "equal" : "DIFFER FROM");
+  return same;
 }
 
 bool golden(const std::string& dir) {
@@ -653,8 +702,8 @@ double d2d_bandwidth_gbs() {
 }
 
 bool bench(const std::string& dir, double copy_gbs) {
-  std::printf("\n%-6s %10s %10s %10s %10s %9s %9s %11s %12s %10s %10s\n", "type", "prefill", "dec b1", "dec b8", "dec b32",
-              "GB/s b1", "% copy", "prefill/gemm", "b1 no graph", "b1 no PDL", "b32 no tc");
+  std::printf("\n%-6s %10s %10s %10s %10s %9s %9s %11s %12s %10s %10s %12s\n", "type", "prefill", "dec b1", "dec b8",
+              "dec b32", "GB/s b1", "% copy", "prefill/gemm", "b1 no graph", "b1 no PDL", "b32 no tc", "b1 q8 blocks");
   std::vector<std::string> sampled_lines;
   std::string profiles;
   for (const char* tn : {"q8_0", "f16", "q4_k"}) {  // q4_k last: the newest kernels, least of the time budget
@@ -692,15 +741,22 @@ bool bench(const std::string& dir, double copy_gbs) {
                             "); first token " + std::to_string(first[0]) + " vs " + std::to_string(first[1]));
     int64_t replays = 0;
     // -1: batch 1 with graph recording off; -2: batch 1 without PDL; -3: batch 32 without the
-    // tensor-core GEMM (cuBLAS instead)
-    for (int b : {1, 8, 32, -1, -2, -3}) {
+    // tensor-core GEMM (cuBLAS instead); -4: batch 1 with Q8_0 in its GGUF blocks (q8_0 only)
+    const bool q8 = !std::strcmp(tn, "q8_0");
+    for (int b : {1, 8, 32, -1, -2, -3, -4}) {
+      if (b == -4 && !q8) {
+        dec.push_back(0);
+        continue;
+      }
       const ds::CudaBackend* cuda = nullptr;
       g_pdl = b != -2;
       g_tc = b != -3;
+      g_q8_0_split = b != -4;
       b = b == -3 ? 32 : b;
       auto e = engine(*m, b < 0 ? 1 : b, 256, 256, b != -1, &cuda);
       g_pdl = true;
       g_tc = true;
+      g_q8_0_split = true;
       b = b < 0 ? 1 : b;
       if (!e) return false;
       for (int i = 0; i < b; ++i) {
@@ -776,12 +832,9 @@ bool bench(const std::string& dir, double copy_gbs) {
       float* y = static_cast<float*>(be->alloc(sizeof(float) * prompt * maxw));
       std::vector<void*> up;
       auto dev = [&](const ds::WeightRef& w) {
-        ds::WeightRef d = w;
-        const size_t bytes = w.row_stride() * w.rows;
-        d.data = be->alloc(bytes);
-        be->upload(const_cast<void*>(d.data), w.data, bytes);
-        up.push_back(const_cast<void*>(d.data));
-        return d;
+        void* p = be->alloc(w.row_stride() * w.rows);
+        up.push_back(p);
+        return be->upload_weight(w, p);  // the engine's layout
       };
       const auto& L = (*m)->weights().layers[0];
       std::vector<ds::WeightRef> ws = {dev(L.wq), dev(L.wk), dev(L.wv), dev(L.wo), dev(L.w_gate), dev(L.w_up), dev(L.w_down)};
@@ -797,12 +850,13 @@ bool bench(const std::string& dir, double copy_gbs) {
       be->free(y);
     }
     const double gbs = (*m)->weights().bytes * dec[0] / 1e9;
-    std::printf("%-6s %10.1f %10.1f %10.1f %10.1f %9.1f %8.0f%% %11.2f %12.1f %10.1f %10.1f   (%lld graph replays)\n", tn,
-                prefill, dec[0], dec[1], dec[2], gbs, 100.0 * gbs / copy_gbs, (prompt / prefill) / gemm_s, dec[3],
-                dec[4], dec[5], static_cast<long long>(replays));
+    std::printf("%-6s %10.1f %10.1f %10.1f %10.1f %9.1f %8.0f%% %11.2f %12.1f %10.1f %10.1f %12.1f   (%lld graph replays)\n",
+                tn, prefill, dec[0], dec[1], dec[2], gbs, 100.0 * gbs / copy_gbs, (prompt / prefill) / gemm_s, dec[3],
+                dec[4], dec[5], dec[6], static_cast<long long>(replays));
   }
   std::printf("(tok/s; GB/s b1 = weight bytes x decode tok/s; %% copy = of the device-to-device copy bandwidth %.0f GB/s;\n"
-              " prefill/gemm = prefill time over the time of its layer GEMMs alone: target <= 1.5)\n", copy_gbs);
+              " prefill/gemm = prefill time over the time of its layer GEMMs alone: target <= 1.5;\n"
+              " b1 q8 blocks = batch 1 with Q8_0 in the GGUF blocks instead of split rows)\n", copy_gbs);
   for (const auto& l : sampled_lines) std::printf("%s\n", l.c_str());
   std::printf("%s", profiles.c_str());
   return true;
@@ -830,6 +884,7 @@ int main(int argc, char** argv) {
   }
   bool ok = true;
   if (!gold.empty()) ok = golden(gold) && ok;
+  ok = q8_0_split_engine(bench_dir) && ok;
   if (!gold.empty()) ok = sampling(gold) && ok;
   if (!gold.empty()) ok = memory_errors(gold) && ok;
   if (!gold.empty()) ok = tensor_parallel_golden(gold) && ok;

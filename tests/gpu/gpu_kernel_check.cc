@@ -20,6 +20,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -650,6 +651,156 @@ void check_fused(CudaBackend& b, Rng& rng, bool quick) {
   require_ok(b, "fused");
 }
 
+// Q8_0 in the split layout (CudaBackend::upload_weight under q8_0_split): every op that
+// reads weights gives the bits it gives on the GGUF blocks, on each path (GEMV versions 1-4
+// and the batched GEMV, the fused QKV / add / SwiGLU launches, the tensor-core kernel, cuBLAS
+// F16 and F32, get_rows), for row strides 8-byte aligned (the 8-byte quant loads) or not.
+void check_q8_0_split(CudaBackend& b, Rng& rng, bool quick) {
+  const DType t = DType::kQ8_0;
+  struct Case { int64_t rows, cols; };
+  // Row strides 34, 68, 102, 170 bytes (2-byte aligned: the narrow loads), 544, 4352, 2176 (8-byte).
+  std::vector<Case> cases = {{1, 32}, {64, 64}, {37, 96}, {70, 160}, {129, 512}};
+  if (!quick) cases.insert(cases.end(), {{300, 4096}, {2048, 2048}});
+  const int gemv_max = b.options().gemv_max_batch;
+  for (const Case& c : cases) {
+    const std::string sh = shape(c.rows, c.cols);
+    const auto w = make_weights(rng, t, c.rows, c.cols);
+    const int64_t max_n = 40;
+    const auto x = rng.floats(max_n * c.cols);
+    const auto res = rng.floats(max_n * c.rows);
+    const size_t out_bytes = static_cast<size_t>(std::max(max_n * c.rows, 3 * c.cols)) * 4;  // matmul, get_rows
+    Buf dg(b, w), ds_(b, w.size()), dx(b, x), dy(b, out_bytes), dy2(b, out_bytes), dtmp(b, out_bytes);
+    const WeightRef hw{t, w.data(), c.rows, c.cols};
+    const WeightRef g{t, dg.as<void>(), c.rows, c.cols};
+    const WeightRef sp = b.upload_weight(hw, ds_.as<void>());
+    expect("q8_0-split/layout " + sh, sp.layout == ds::kLayoutQ8_0Split && sp.data == ds_.as<void>() &&
+                                          sp.rows == c.rows && sp.cols == c.cols);
+    // The split rows hold the quants, then the scales.
+    const auto raw = ds_.read<uint8_t>(w.size());
+    bool bytes_ok = true;
+    const size_t stride = hw.row_stride();
+    for (int64_t r = 0; r < c.rows && bytes_ok; ++r)
+      for (int64_t k = 0; k < c.cols / 32 && bytes_ok; ++k)
+        bytes_ok = std::memcmp(&raw[r * stride + c.cols + 2 * k], &w[r * stride + 34 * k], 2) == 0 &&
+                   std::memcmp(&raw[r * stride + 32 * k], &w[r * stride + 34 * k + 2], 32) == 0;
+    expect("q8_0-split/bytes " + sh, bytes_ok);
+    auto same_as_gguf = [&](const std::string& what, const std::function<void(const WeightRef&, float*)>& op,
+                            size_t count) {
+      op(g, dy.as());
+      op(sp, dy2.as());
+      const auto a = dy.read(count), bb = dy2.read(count);
+      expect("q8_0-split/" + what + " " + sh, same_bits(a.data(), bb.data(), count), "differs from the GGUF layout");
+    };
+    // matmul on every path.
+    for (int64_t n : {1, 2, 3, 4, 5, 8, 9, 16, 32, 40}) {
+      const std::string ns = " n=" + std::to_string(n);
+      const size_t count = static_cast<size_t>(n * c.rows);
+      if (n <= 8) {
+        for (int v = 1; v <= kGemvVersions; ++v) {
+          b.set_gemv_version(v);
+          same_as_gguf("gemv" + std::to_string(v) + ns, [&](const WeightRef& wr, float* y) { b.matmul(wr, dx.as(), n, y); }, count);
+        }
+        b.set_gemv_version(kLiveGemv);
+      }
+      b.set_gemv_max_batch(0);  // the per-type dispatch: Q8_0's GEMV, tensor-core kernel, cuBLAS
+      same_as_gguf("matmul" + ns, [&](const WeightRef& wr, float* y) { b.matmul(wr, dx.as(), n, y); }, count);
+      same_as_gguf("matmul_add" + ns, [&](const WeightRef& wr, float* y) {
+        b.upload(y, res.data(), count * 4);
+        b.matmul_add(wr, dx.as(), n, y, dtmp.as());
+      }, count);
+      b.set_tc_gemm(false);
+      same_as_gguf("matmul-no-tc" + ns, [&](const WeightRef& wr, float* y) { b.matmul(wr, dx.as(), n, y); }, count);
+      b.set_gemm_half(false);
+      same_as_gguf("matmul-f32-cublas" + ns, [&](const WeightRef& wr, float* y) { b.matmul(wr, dx.as(), n, y); }, count);
+      b.set_gemm_half(true);
+      b.set_tc_gemm(true);
+      b.set_batch_invariant(true);
+      same_as_gguf("gemv-batched" + ns, [&](const WeightRef& wr, float* y) { b.matmul(wr, dx.as(), n, y); }, count);
+      b.set_batch_invariant(false);
+      b.set_gemv_max_batch(gemv_max);
+    }
+    // get_rows.
+    {
+      std::vector<int32_t> ids = {0, static_cast<int32_t>(c.rows - 1), static_cast<int32_t>(c.rows / 2)};
+      Buf dids(b, ids);
+      same_as_gguf("get_rows", [&](const WeightRef& wr, float* y) { b.get_rows(wr, dids.as<int32_t>(), 3, y); },
+                   static_cast<size_t>(3 * c.cols));
+    }
+    // The reference, once.
+    {
+      std::vector<float> want(c.rows);
+      ds::ref::matmul(hw, x.data(), 1, want.data());
+      b.matmul(sp, dx.as(), 1, dy.as());
+      compare("q8_0-split/matmul-vs-ref " + sh, dy.read(c.rows), want, 1e-5, 1e-4);
+    }
+  }
+  // Fused QKV and gate/up with split matrices (bench-1b-like shapes, and mixed layouts).
+  for (int64_t cols : {int64_t{64}, int64_t{512}}) {
+    const int64_t rows[3] = {cols, cols / 4, cols / 4}, ff = 3 * cols;
+    const int64_t max_n = 32;
+    const auto x = rng.floats(max_n * cols);
+    Buf dx(b, x);
+    std::vector<Buf> dg, ds_;
+    WeightRef g[5], sp[5];
+    const int64_t all_rows[5] = {rows[0], rows[1], rows[2], ff, ff};
+    std::vector<std::vector<uint8_t>> ws;
+    for (int m = 0; m < 5; ++m) {
+      ws.push_back(make_weights(rng, t, all_rows[m], cols));
+      dg.emplace_back(b, ws[m]);
+      ds_.emplace_back(b, ws[m].size());
+      g[m] = WeightRef{t, dg[m].as<void>(), all_rows[m], cols};
+      sp[m] = b.upload_weight(WeightRef{t, ws[m].data(), all_rows[m], cols}, ds_[m].as<void>());
+    }
+    Buf y1[3] = {Buf(b, max_n * rows[0] * 4), Buf(b, max_n * rows[1] * 4), Buf(b, max_n * rows[2] * 4)};
+    Buf y2[3] = {Buf(b, max_n * rows[0] * 4), Buf(b, max_n * rows[1] * 4), Buf(b, max_n * rows[2] * 4)};
+    Buf o1(b, max_n * ff * 4), o2(b, max_n * ff * 4), up(b, max_n * ff * 4);
+    b.set_gemv_max_batch(0);
+    for (int64_t n : {1, 2, 4, 5, 8, 9, 32}) {
+      const std::string suffix = " " + std::to_string(cols) + " n=" + std::to_string(n);
+      b.matmul_qkv(g[0], g[1], g[2], nullptr, nullptr, nullptr, dx.as(), n, y1[0].as(), y1[1].as(), y1[2].as());
+      for (int mixed = 0; mixed < 2; ++mixed) {
+        const WeightRef& k = mixed ? g[1] : sp[1];  // mixed layouts: the separate ops
+        b.matmul_qkv(sp[0], k, sp[2], nullptr, nullptr, nullptr, dx.as(), n, y2[0].as(), y2[1].as(), y2[2].as());
+        bool same = true;
+        for (int m = 0; m < 3; ++m)
+          same = same && same_bits(y1[m].read(n * rows[m]).data(), y2[m].read(n * rows[m]).data(), n * rows[m]);
+        expect(std::string("q8_0-split/matmul_qkv") + (mixed ? "-mixed" : "") + suffix, same, "differs from the GGUF layout");
+      }
+      b.matmul_swiglu(g[3], g[4], dx.as(), n, o1.as(), up.as());
+      b.matmul_swiglu(sp[3], sp[4], dx.as(), n, o2.as(), up.as());
+      expect("q8_0-split/matmul_swiglu" + suffix, same_bits(o1.read(n * ff).data(), o2.read(n * ff).data(), n * ff),
+             "differs from the GGUF layout");
+    }
+    b.set_gemv_max_batch(gemv_max);
+  }
+  // Off: the GGUF layout as is; other types are never split.
+  b.set_q8_0_split(false);
+  {
+    const auto w = make_weights(rng, t, 4, 64);
+    Buf d(b, w.size());
+    const WeightRef r = b.upload_weight(WeightRef{t, w.data(), 4, 64}, d.as<void>());
+    const auto back = d.read<uint8_t>(w.size());
+    expect("q8_0-split/off", r.layout == ds::kLayoutGguf && back == w);
+  }
+  b.set_q8_0_split(true);
+  {
+    const auto w = make_weights(rng, DType::kF16, 4, 64);
+    Buf d(b, w.size());
+    expect("q8_0-split/f16-as-is", b.upload_weight(WeightRef{DType::kF16, w.data(), 4, 64}, d.as<void>()).layout == ds::kLayoutGguf);
+  }
+  // A layout the type has not: a clear error.
+  {
+    const auto w = make_weights(rng, DType::kF16, 4, 64);
+    Buf d(b, w), dx(b, rng.floats(64)), dy(b, 16);
+    WeightRef bad{DType::kF16, d.as<void>(), 4, 64};
+    bad.layout = ds::kLayoutQ8_0Split;
+    b.matmul(bad, dx.as(), 1, dy.as());
+    expect("q8_0-split/bad-layout-error", b.last_error().find("layout") != std::string::npos, b.last_error());
+    b.clear_error();
+  }
+  require_ok(b, "q8_0_split");
+}
+
 void check_rmsnorm(CudaBackend& b, Rng& rng) {
   for (int64_t dim : {64, 2048, 5000}) {
     for (int64_t n : {1, 5, 64}) {
@@ -812,7 +963,7 @@ void check_attention(CudaBackend& b, Rng& rng) {
       {8, 1, 128, 32, {301, 302, 303, 304, 305, 306, 307, 308, 309, 310, 311, 312}, true, 1024},
   };
   b.set_tc_attention(false);  // the CUDA-core kernels' bits below; the tensor-core kernel where noted
-  int tc_checked = 0;
+  int tc_checked = 0, fa_checked = 0;
   int case_no = 0;
   for (const Case& c : cases) {
     const int64_t n_tokens = static_cast<int64_t>(c.n_kv.size());
@@ -942,7 +1093,8 @@ void check_attention(CudaBackend& b, Rng& rng) {
         const bool expected = (c.head_dim == 64 || c.head_dim == 128) && n_tokens >= 4 * s.n_tiles;
         expect("attention-tc/applies #" + std::to_string(case_no), applies == expected,
                applies ? "took tiles it should not" : "refused tiles it should take");
-        std::vector<float> unpadded;
+        std::vector<float> unpadded, padded_out;
+        b.set_tc_attention_mma(false);  // the WMMA kernel first
         for (bool padded : {false, true}) {  // shared-memory rows as the H200 run timed them, then padded
           if (!applies) break;
           b.set_tc_attention_padded(padded);
@@ -954,10 +1106,26 @@ void check_attention(CudaBackend& b, Rng& rng) {
           if (padded) {
             expect("determinism/attention-tc-padded-same-bits" + std::string(tag) + " #" + std::to_string(case_no),
                    same_bits(got_tc.data(), unpadded.data(), q.size()), "the padded layout changed the arithmetic");
+            padded_out = got_tc;
           } else {
             unpadded = got_tc;
           }
           ++tc_checked;
+        }
+        // Flash attention 2 on mma.sync (F16 caches; an F32 cache keeps the padded WMMA kernel).
+        b.set_tc_attention_mma(true);
+        if (applies) {
+          b.attention(s);
+          const auto got_fa = tout.read(q.size());
+          if (s.kv_type == DType::kF16) {
+            std::snprintf(name, sizeof name, "attention-fa%s heads=%d/%d hd=%d tokens=%" PRId64 " #%d", tag, c.n_heads,
+                          c.n_kv_heads, c.head_dim, n_tokens, case_no);
+            compare(name, got_fa, want, 1e-3, 5e-3);
+            ++fa_checked;
+          } else {
+            expect("attention-fa/f32-cache-is-padded-wmma #" + std::to_string(case_no),
+                   padded_out.size() == got_fa.size() && same_bits(got_fa.data(), padded_out.data(), q.size()));
+          }
         }
         b.set_tc_attention_padded(true);
         b.set_tc_attention(false);
@@ -1013,6 +1181,7 @@ void check_attention(CudaBackend& b, Rng& rng) {
     ++case_no;
   }
   expect("attention-tc/cases", tc_checked >= 24, std::to_string(tc_checked) + " cases took the tensor-core kernel");
+  expect("attention-fa/cases", fa_checked >= 6, std::to_string(fa_checked) + " cases took the mma.sync kernel");
   b.set_tc_attention(true);
   require_ok(b, "attention");
 }
@@ -1260,16 +1429,29 @@ struct DecodeChain {
   DType t;
   std::vector<Buf> w;  // per layer: q, k, v, o, gate, up, down
   Buf norm, x, xn, q, k, v, g, u, tmp;
-  DecodeChain(CudaBackend& b, Rng& rng, DType type, int64_t d, int64_t kvd, int64_t f, int layers, int n)
+  std::vector<WeightRef> refs;  // as uploaded (split: upload_weight's layout)
+  // split: the weights uploaded as the engine uploads them (Q8_0: split rows).
+  DecodeChain(CudaBackend& b, Rng& rng, DType type, int64_t d, int64_t kvd, int64_t f, int layers, int n,
+              bool split = false)
       : dim(d), kv(kvd), ff(f), t(type), norm(b, rng.floats(d, 0.5f, 1.5f)), x(b, rng.floats(n * d)),
         xn(b, n * d * 4), q(b, n * d * 4), k(b, n * kvd * 4), v(b, n * kvd * 4), g(b, n * f * 4), u(b, n * f * 4),
         tmp(b, n * d * 4) {
     for (int l = 0; l < layers; ++l) {
       const int64_t rows[7] = {d, kvd, kvd, d, f, f, d}, cols[7] = {d, d, d, d, d, d, f};
-      for (int m = 0; m < 7; ++m) w.emplace_back(b, make_weights(rng, type, rows[m], cols[m]));
+      for (int m = 0; m < 7; ++m) {
+        const auto host = make_weights(rng, type, rows[m], cols[m]);
+        w.emplace_back(b, host.size());
+        const WeightRef h{type, host.data(), rows[m], cols[m]};
+        if (split) {
+          refs.push_back(b.upload_weight(h, w.back().as<void>()));
+        } else {
+          b.upload(w.back().as<void>(), host.data(), host.size());
+          refs.push_back(WeightRef{type, w.back().as<void>(), rows[m], cols[m]});
+        }
+      }
     }
   }
-  WeightRef ref(int l, int m, int64_t rows, int64_t cols) const { return WeightRef{t, w[7 * l + m].as<void>(), rows, cols}; }
+  WeightRef ref(int l, int m, int64_t /*rows*/, int64_t /*cols*/) const { return refs[7 * l + m]; }
   // steps layers, cycling over the distinct ones (0: each once).
   void run(CudaBackend& b, int n, int steps = 0) {
     const int distinct = static_cast<int>(w.size() / 7);
@@ -1624,17 +1806,24 @@ double time_ms(cudaStream_t s, int iters, F&& f) {
 }
 
 // Decode GEMV (n = 1) reading weights from HBM: bytes of weights / time.
-double bench_gemv(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols, int version, int n) {
+// split: Q8_0 uploaded as the engine uploads it (upload_weight: split rows), "q8_0s" below.
+double bench_gemv(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols, int version, int n, bool split = false) {
   const size_t bytes = ds::row_bytes(t, cols) * rows;
   const int copies = static_cast<int>(std::max<size_t>(2, (kRotateBytes + bytes - 1) / bytes));
   const auto w = make_weights(rng, t, rows, cols);
   std::vector<Buf> ws;
-  for (int i = 0; i < copies; ++i) ws.emplace_back(b, w);
+  std::vector<WeightRef> refs;
+  for (int i = 0; i < copies; ++i) {
+    ws.emplace_back(b, w.size());
+    refs.push_back(split ? b.upload_weight(WeightRef{t, w.data(), rows, cols}, ws.back().as<void>())
+                         : WeightRef{t, ws.back().as<void>(), rows, cols});
+    if (!split) b.upload(ws.back().as<void>(), w.data(), w.size());
+  }
   Buf x(b, rng.floats(n * cols)), y(b, n * rows * 4);
   b.set_gemv_version(version);
   const int gemv_max = b.options().gemv_max_batch;
   b.set_gemv_max_batch(std::max(n, 8));  // the GEMV whatever the type's range (gemv_limit)
-  auto run = [&](int i) { b.matmul(WeightRef{t, ws[i % copies].as<void>(), rows, cols}, x.as(), n, y.as()); };
+  auto run = [&](int i) { b.matmul(refs[i % copies], x.as(), n, y.as()); };
   auto s = static_cast<cudaStream_t>(b.stream());
   time_ms(s, copies, run);  // warm-up
   const int iters = version == 1 ? copies : std::max(4 * copies, 200);
@@ -1644,7 +1833,8 @@ double bench_gemv(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols,
   require_ok(b, "gemv benchmark");
   const double gbps = bytes / (ms * 1e-3) / 1e9;
   char what[96];
-  std::snprintf(what, sizeof what, "gemv%d %s %s n=%d", version, ds::dtype_name(t), shape(rows, cols).c_str(), n);
+  std::snprintf(what, sizeof what, "gemv%d %s%s %s n=%d", version, ds::dtype_name(t), split ? "s" : "",
+                shape(rows, cols).c_str(), n);
   std::printf("BENCH %-36s %9.2f us  %8.1f GB/s (weight bytes / time)\n", what, ms * 1e3, gbps);
   std::fflush(stdout);
   return gbps;
@@ -1820,23 +2010,26 @@ void bench_prefill_attention(CudaBackend& b, Rng& rng, int n) {
   Buf dtoks(b, toks), dtiles(b, tiles);
   AttentionArgs a = attention_args(q, out, kc, vc, dtoks, n, n_heads, n_kv_heads, head_dim, bs);
   auto s = static_cast<cudaStream_t>(b.stream());
-  double ms[5];
-  // untiled, tiled (CUDA cores), tensor cores (unpadded rows, padded rows), padded over an F16 cache
-  for (int v = 0; v < 5; ++v) {
+  double ms[6];
+  // untiled, tiled (CUDA cores), WMMA (unpadded rows, padded rows), padded WMMA over an F16
+  // cache, mma.sync flash attention 2 over the F16 cache (the engine's default on a GPU)
+  for (int v = 0; v < 6; ++v) {
     a.tiles = v > 0 ? dtiles.as<int32_t>() : nullptr;
     a.n_tiles = v > 0 ? static_cast<int64_t>(tiles.size()) - 1 : 0;
-    a.kv_type = v == 4 ? DType::kF16 : DType::kF32;  // an F16 cache reads the first half of the buffers
+    a.kv_type = v >= 4 ? DType::kF16 : DType::kF32;  // an F16 cache reads the first half of the buffers
     b.set_tc_attention(v >= 2);
     b.set_tc_attention_padded(v >= 3);
+    b.set_tc_attention_mma(v == 5);
     time_ms(s, 3, [&](int) { b.attention(a); });
     ms[v] = time_ms(s, 20, [&](int) { b.attention(a); });
   }
   b.set_tc_attention(true);
   b.set_tc_attention_padded(true);
+  b.set_tc_attention_mma(true);
   require_ok(b, "prefill attention benchmark");
   std::printf("BENCH attention prefill n=%-5d untiled %9.2f us, tiled %9.2f us, tensor cores %8.2f us, padded %8.2f us "
-              "(F16 cache %8.2f us; tiled/padded %.2fx; 32/4 heads, hd 64)\n",
-              n, ms[0] * 1e3, ms[1] * 1e3, ms[2] * 1e3, ms[3] * 1e3, ms[4] * 1e3, ms[1] / ms[3]);
+              "(F16 cache: padded %8.2f us, mma.sync FA2 %8.2f us; padded/FA2 %.2fx; 32/4 heads, hd 64)\n",
+              n, ms[0] * 1e3, ms[1] * 1e3, ms[2] * 1e3, ms[3] * 1e3, ms[4] * 1e3, ms[5] * 1e3, ms[4] / ms[5]);
 }
 
 // sample_candidates at decode: n_rows rows of a 32000 vocabulary, m candidates each.
@@ -1868,8 +2061,8 @@ void bench_sample(CudaBackend& b, Rng& rng, int n_rows, int m, bool sums) {
 
 // bench-1b's decode layers without attention, 22 of them back to back (weights from HBM:
 // five distinct layers cycled), with and without programmatic dependent launch, eager.
-void bench_pdl(CudaBackend& b, Rng& rng, DType t) {
-  DecodeChain c(b, rng, t, 2048, 256, 5632, 5, 1);  // 5 distinct layers (> 4x L2) cycled over 22
+void bench_pdl(CudaBackend& b, Rng& rng, DType t, bool split = false) {
+  DecodeChain c(b, rng, t, 2048, 256, 5632, 5, 1, split);  // 5 distinct layers (> 4x L2) cycled over 22
   auto s = static_cast<cudaStream_t>(b.stream());
   double ms[2];
   for (int pdl = 0; pdl < 2; ++pdl) {
@@ -1884,7 +2077,7 @@ void bench_pdl(CudaBackend& b, Rng& rng, DType t) {
     bytes += ds::row_bytes(t, 2048) * (rows_cols / 2048);
   bytes *= 22;
   std::printf("BENCH %-36s %9.2f us  %8.1f GB/s (without PDL: %.2f us, %.1f GB/s; 22 layers, no attention, eager)\n",
-              (std::string("decode layers n=1 pdl ") + ds::dtype_name(t)).c_str(), ms[1] * 1e3,
+              (std::string("decode layers n=1 pdl ") + ds::dtype_name(t) + (split ? "s" : "")).c_str(), ms[1] * 1e3,
               bytes / (ms[1] * 1e-3) / 1e9, ms[0] * 1e3, bytes / (ms[0] * 1e-3) / 1e9);
 }
 
@@ -1897,6 +2090,8 @@ void run_benchmarks(CudaBackend& b, Rng& rng) {
       bench_gemv(b, rng, t, s.rows, s.cols, 2, 1);  // the previous version, for comparison
       gemv_bw.emplace_back(std::string(ds::dtype_name(t)) + " " + shape(s.rows, s.cols),
                            bench_gemv(b, rng, t, s.rows, s.cols, kLiveGemv, 1));
+      if (t == DType::kQ8_0)  // split rows, as the engine uploads Q8_0
+        gemv_bw.emplace_back("q8_0s " + shape(s.rows, s.cols), bench_gemv(b, rng, t, s.rows, s.cols, kLiveGemv, 1, true));
     }
   bench_gemv(b, rng, DType::kQ4_0, 5632, 2048, kLiveGemv, 1);
   bench_gemv(b, rng, DType::kQ4_K, 5632, 2048, kLiveGemv, 1);
@@ -1906,6 +2101,7 @@ void run_benchmarks(CudaBackend& b, Rng& rng) {
   for (int n : {4, 8}) {
     bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, 4, n);
     bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, kLiveGemv, n);
+    bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, kLiveGemv, n, true);
   }
   bench_gemv(b, rng, DType::kF16, 5632, 2048, 4, 8);
   bench_gemv(b, rng, DType::kF16, 5632, 2048, kLiveGemv, 8);
@@ -1949,6 +2145,7 @@ void run_benchmarks(CudaBackend& b, Rng& rng) {
                 v2_32 / v2_16);
   }
   bench_pdl(b, rng, DType::kQ8_0);
+  bench_pdl(b, rng, DType::kQ8_0, true);  // split rows (the engine's Q8_0)
   bench_pdl(b, rng, DType::kF16);
   bench_sample(b, rng, 1, 1, false);
   bench_sample(b, rng, 32, 1, false);
@@ -1972,8 +2169,8 @@ int main(int argc, char** argv) {
   bool bench = true, quick = false;
   std::string only;  // ",a,b,": run only these check groups (and no benchmarks)
   const char* kGroups =
-      "errors,get_rows,elementwise,rmsnorm,rope,attention,matmul,matmul_tc,fused,fused_residual_rope,sample,recording,pdl,"
-      "nccl";
+      "errors,get_rows,elementwise,rmsnorm,rope,attention,matmul,matmul_tc,fused,q8_0_split,fused_residual_rope,sample,"
+      "recording,pdl,nccl";
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--device") && i + 1 < argc) {
       device = std::atoi(argv[++i]);
@@ -2029,6 +2226,7 @@ int main(int argc, char** argv) {
   if (want("matmul")) check_matmul(*b, *tf32, rng, quick);
   if (want("matmul_tc")) check_matmul_tc(*b, rng, quick);
   if (want("fused")) check_fused(*b, rng, quick);
+  if (want("q8_0_split")) check_q8_0_split(*b, rng, quick);
   if (want("fused_residual_rope")) check_fused_residual_rope(*b, rng, quick);
   if (want("sample")) check_sample(*b, rng, quick);
   if (want("recording")) check_recording(device, rng);

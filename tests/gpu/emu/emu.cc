@@ -55,6 +55,10 @@ struct Warp {
   Barrier bar;
   float slot[32] = {};
   unsigned uslot[32] = {};
+  struct MmaIn {
+    uint32_t a[4], b[2];
+    float c[4];
+  } mma[32] = {};
 };
 
 // The running launch (launches are serialized: __shared__ variables are function statics).
@@ -206,6 +210,43 @@ float __shfl_xor_sync(unsigned, float v, int lane_mask) {
   emu::wait_at(w.bar);
   return r;
 }
+
+namespace emu {
+// mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 with the PTX ISA's fragment layouts
+// (lane = 4 groupID + tig): A (16 x 16, row major) register r of a lane holds the halves
+// (row groupID + 8 (r & 1), cols 2 tig + 8 (r >> 1) + {0, 1}), low half first; B (16 x 8,
+// column major) register r holds (rows k = 2 tig + 8 r + {0, 1}, col groupID); C and D
+// element e holds (row groupID + 8 (e >> 1), col 2 tig + (e & 1)). Products exact, added in
+// k order to C.
+void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4]) {
+  Warp& w = g_launch.warps[threadIdx.x / 32];
+  const unsigned lane = threadIdx.x % 32;
+  for (int i = 0; i < 4; ++i) w.mma[lane].a[i] = a[i], w.mma[lane].c[i] = c[i];
+  for (int i = 0; i < 2; ++i) w.mma[lane].b[i] = b[i];
+  wait_at(w.bar);
+  auto half_at = [](uint32_t reg, int hi) {
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(hi ? reg >> 16 : reg & 0xffffu)));
+  };
+  auto A = [&](int row, int k) {
+    const unsigned l = 4 * (row % 8) + (k % 8) / 2;
+    return half_at(w.mma[l].a[(row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0)], k % 2);
+  };
+  auto B = [&](int k, int col) {
+    const unsigned l = 4 * col + (k % 8) / 2;
+    return half_at(w.mma[l].b[k >= 8 ? 1 : 0], k % 2);
+  };
+  float out[4];
+  const int g = static_cast<int>(lane / 4), t = static_cast<int>(lane % 4);
+  for (int e = 0; e < 4; ++e) {
+    const int row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
+    float s = w.mma[lane].c[e];
+    for (int k = 0; k < 16; ++k) s += A(row, k) * B(k, col);
+    out[e] = s;
+  }
+  wait_at(w.bar);
+  for (int e = 0; e < 4; ++e) d[e] = out[e];
+}
+}  // namespace emu
 
 unsigned atomicAdd(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_add(v); }
 

@@ -15,6 +15,8 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 
@@ -62,8 +64,14 @@ struct alignas(16) uint4 {
   unsigned x, y, z, w;
 };
 
+// A GPU faults on a load from an address not aligned to its size (cudaErrorMisalignedAddress):
+// so does the emulation, for __ldg's loads (the vector loads of the GEMV and attention kernels).
 template <class T>
 inline T __ldg(const T* p) {
+  if (reinterpret_cast<uintptr_t>(p) % alignof(T) != 0) {
+    std::fprintf(stderr, "emu: misaligned __ldg of %zu bytes at %p\n", sizeof(T), static_cast<const void*>(p));
+    std::abort();
+  }
   return *p;
 }
 template <class T>
@@ -179,6 +187,9 @@ void run_grid(unsigned grid, unsigned block, size_t dynamic_shared_bytes, const 
 void* dynamic_shared();
 // Launches so far (a test can check a launcher launched something).
 int64_t launches();
+// The warp-collective tensor-core MMA m16n8k16 (F16 inputs, F32 accumulators), with the PTX
+// ISA's register layouts (emu.cc); kernels/cuda/common.cuh's mma_16816 calls it here.
+void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4]);
 
 // DS_LAUNCH(kernel, grid, block, shm, stream)(args...) under emulation.
 template <class K>
