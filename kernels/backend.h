@@ -233,6 +233,13 @@ class Backend {
     matmul(w, x, n, tmp);
     add(y, tmp, n * w.rows);
   }
+  // matmul_add, then norm_out[n, w.rows] = rmsnorm(y, norm_weight, eps): a layer's residual
+  // add and the next RMSNorm. REQUIRES: as matmul_add; norm_out aliases none of x, y, tmp.
+  virtual void matmul_add_rmsnorm(const WeightRef& w, const float* x, int64_t n, float* y, float* tmp,
+                                  const float* norm_weight, float eps, float* norm_out) {
+    matmul_add(w, x, n, y, tmp);
+    rmsnorm(y, norm_weight, n, w.rows, eps, norm_out);
+  }
   // RoPE on q [n, n_heads * head_dim] and k [n, n_kv_heads * head_dim] in place (positions
   // pos), then k and v into the cache rows slots (store_kv with kv_dim = n_kv_heads * head_dim).
   virtual void rope_store_kv(float* q, float* k, const float* v, int64_t n, int n_heads, int n_kv_heads, int head_dim,
@@ -240,6 +247,25 @@ class Backend {
     rope(q, n, n_heads, head_dim, pos, p);
     rope(k, n, n_kv_heads, head_dim, pos, p);
     store_kv(k, v, n, slots, static_cast<int64_t>(n_kv_heads) * head_dim, cache);
+  }
+
+  // A decode step's attention input in one op: matmul_qkv (biases included), then
+  // rope_store_kv on its outputs (q and k rotated in place, k and v into the cache rows
+  // slots). The default issues those two; an override computes every output with their bits.
+  // REQUIRES: wq.rows == n_heads * head_dim, wk.rows == wv.rows == n_kv_heads * head_dim, and
+  // matmul_qkv's and rope_store_kv's requirements.
+  struct RopeStore {
+    int n_heads = 0, n_kv_heads = 0, head_dim = 0;
+    const int32_t* pos = nullptr;    // [n] positions
+    RopeParams rope;
+    const int32_t* slots = nullptr;  // [n] cache rows
+    KvLayer cache;
+  };
+  virtual void matmul_qkv_rope_store_kv(const WeightRef& wq, const WeightRef& wk, const WeightRef& wv, const float* bq,
+                                        const float* bk, const float* bv, const float* x, int64_t n, float* q, float* k,
+                                        float* v, const RopeStore& r) {
+    matmul_qkv(wq, wk, wv, bq, bk, bv, x, n, q, k, v);
+    rope_store_kv(q, k, v, n, r.n_heads, r.n_kv_heads, r.head_dim, r.pos, r.rope, r.slots, r.cache);
   }
 
   // Recording and replay of a fixed op sequence (CUDA graphs): for a caller that issues the

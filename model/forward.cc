@@ -257,12 +257,16 @@ Status Forward::enqueue_layers(int64_t n, int64_t n_out) {
   aa.workspace_floats = att_workspace_floats_;
   aa.tiles = n_tiles_ > 0 ? tiles_ : nullptr;
   aa.n_tiles = n_tiles_;
+  // xn_ = the norm of x_ before each projection: here for layer 0, then after each residual
+  // add (matmul_add_rmsnorm: the add and the next norm, the last layer's the output norm).
+  be_.rmsnorm(x_, layers_[0].attn_norm, n, D, c.rms_eps, xn_);
   for (int l = 0; l < c.n_layer; ++l) {
     const Layer& L = layers_[l];
-    be_.rmsnorm(x_, L.attn_norm, n, D, c.rms_eps, xn_);
-    be_.matmul_qkv(L.wq, L.wk, L.wv, L.bq, L.bk, L.bv, xn_, n, q_, k_, v_);  // + biases (qwen2)
+    const float* next_norm = l + 1 < c.n_layer ? layers_[l + 1].attn_norm : output_norm_;
     const KvLayer cache = kv_.layer(l);
-    be_.rope_store_kv(q_, k_, v_, n, c.n_head, c.n_head_kv, c.head_dim, pos_, c.rope, slots_, cache);
+    // Q, K, V (+ biases, qwen2), RoPE on q and k, k and v into the cache.
+    be_.matmul_qkv_rope_store_kv(L.wq, L.wk, L.wv, L.bq, L.bk, L.bv, xn_, n, q_, k_, v_,
+                                 Backend::RopeStore{c.n_head, c.n_head_kv, c.head_dim, pos_, c.rope, slots_, cache});
     aa.k_cache = cache.k;
     aa.v_cache = cache.v;
     aa.kv_type = cache.type;
@@ -271,23 +275,23 @@ Status Forward::enqueue_layers(int64_t n, int64_t n_out) {
       be_.matmul(L.wo, att_, n, o_);
       if (!comm_->all_reduce_sum(o_, n * D)) return comm_failed("all-reduce of the attention output");
       be_.add(x_, o_, n * D);
+      be_.rmsnorm(x_, L.ffn_norm, n, D, c.rms_eps, xn_);
     } else {
-      be_.matmul_add(L.wo, att_, n, x_, o_);  // x += att Wo^T
+      be_.matmul_add_rmsnorm(L.wo, att_, n, x_, o_, L.ffn_norm, c.rms_eps, xn_);  // x += att Wo^T; xn = norm(x)
     }
-    be_.rmsnorm(x_, L.ffn_norm, n, D, c.rms_eps, xn_);
     be_.matmul_swiglu(L.w_gate, L.w_up, xn_, n, gate_, up_);  // gate_ = silu(gate) * up; up_ scratch
     if (comm_) {
       be_.matmul(L.w_down, gate_, n, o_);
       if (!comm_->all_reduce_sum(o_, n * D)) return comm_failed("all-reduce of the FFN output");
       be_.add(x_, o_, n * D);
+      be_.rmsnorm(x_, next_norm, n, D, c.rms_eps, xn_);
     } else {
-      be_.matmul_add(L.w_down, gate_, n, x_, o_);  // x += ffn Wdown^T
+      be_.matmul_add_rmsnorm(L.w_down, gate_, n, x_, o_, next_norm, c.rms_eps, xn_);  // x += ffn Wdown^T; xn = norm(x)
     }
   }
 
-  // ---- this rank's logits for the tokens that want them ----
+  // ---- this rank's logits for the tokens that want them (xn_: the output norm of x_) ----
   if (n_out == 0) return Status::Ok();
-  be_.rmsnorm(x_, output_norm_, n, D, c.rms_eps, xn_);
   if (n_out == n) {
     be_.matmul(output_, xn_, n, logits_);
   } else {

@@ -134,6 +134,22 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
   return warp_sum(lane < n_warps ? red[lane] : 0.0f);
 }
 
+// RoPE (reference: ref::rope): the angle of pair d at position pos (float(pos) * freq_scale in
+// float, then double pow / sincos), and the rotation of elements (a, b) of one head in double,
+// rounded to float. Every kernel that rotates uses these two, so all give the same bits.
+__device__ __forceinline__ void rope_angle(int32_t pos, int d, int n_rot, float freq_base, float freq_scale, double* s,
+                                           double* c) {
+  const float p = static_cast<float>(pos) * freq_scale;
+  const double inv_freq = pow(static_cast<double>(freq_base), -static_cast<double>(2 * d) / n_rot);
+  const double theta = static_cast<double>(p) * inv_freq;
+  sincos(theta, s, c);
+}
+__device__ __forceinline__ void rope_rotate(float* v, int a, int b, double s, double c) {
+  const double x0 = v[a], x1 = v[b];
+  v[a] = static_cast<float>(x0 * c - x1 * s);
+  v[b] = static_cast<float>(x0 * s + x1 * c);
+}
+
 // One tensor-core MMA, D = A B + C for an m16n8k16 tile: F16 A (16 x 16, row major) and B
 // (16 x 8, column major), F32 C and D, in the PTX ISA's register layouts (lane = 4 g + t):
 // A register r holds the halves (row g + 8 (r & 1), cols 2 t + 8 (r >> 1) + {0, 1}), low half
@@ -155,6 +171,33 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
 // Two floats as F16 bits (round to nearest even), lo in the low half: an MMA operand register.
 __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
   return static_cast<uint32_t>(f32_to_f16_bits(lo)) | (static_cast<uint32_t>(f32_to_f16_bits(hi)) << 16);
+}
+
+// RMSNorm's sum of squares of row xi[0, dim) exactly as a block of kRmsThreads threads adds it
+// (rmsnorm_kernel): thread T's partial over k = T, T + kRmsThreads, ... (fma), a butterfly per
+// warp, then a butterfly over the warp sums (block_sum). A block of blockDim.x = kRmsThreads /
+// V threads (V = 1 or 2) gets the same bits, each thread playing V of those threads. Every
+// thread gets the total. red: __shared__ float[32]; barriers inside (every thread calls it).
+// kCg: loads bypass L1 (__ldcg), for rows other blocks of the same kernel wrote.
+constexpr int kRmsThreads = 256;
+template <bool kCg = false>
+__device__ __forceinline__ float rms_sum_sq(const float* xi, int64_t dim, float* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+  const int V = kRmsThreads / blockDim.x;
+  for (int v = 0; v < V; ++v) {
+    const int vt = threadIdx.x + v * blockDim.x;  // the thread played: warp + v * n_warps of kRmsThreads / 32
+    float ss = 0.0f;
+    for (int64_t k = vt; k < dim; k += kRmsThreads) {
+      const float x = kCg ? __ldcg(xi + k) : xi[k];
+      ss = fmaf(x, x, ss);
+    }
+    ss = warp_sum(ss);
+    if (lane == 0) red[warp + v * n_warps] = ss;
+  }
+  __syncthreads();
+  const float total = warp_sum(lane < kRmsThreads / 32 ? red[lane] : 0.0f);
+  __syncthreads();  // red is free again
+  return total;
 }
 
 // Element k of a row of cols elements of type T, exactly as dequantize_row() computes it

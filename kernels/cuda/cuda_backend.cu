@@ -185,6 +185,8 @@ bool CudaBackend::start() {
          DS_CUBLAS_CHECK(kOp, cublasSetStream(impl_->cublas, impl_->stream)) &&
          DS_CUDA_CHECK(kOp, cudaMalloc(&impl_->cublas_workspace, kCublasWorkspaceBytes)) &&
          DS_CUBLAS_CHECK(kOp, cublasSetWorkspace(impl_->cublas, impl_->cublas_workspace, kCublasWorkspaceBytes)) &&
+         DS_CUDA_CHECK(kOp, cudaMalloc(reinterpret_cast<void**>(&norm_counter_), 256)) &&
+         DS_CUDA_CHECK(kOp, cudaMemsetAsync(norm_counter_, 0, 256, impl_->stream)) &&
          (!options_.profile_ops || (DS_CUDA_CHECK(kOp, cudaEventCreate(&impl_->prof_start)) &&
                                     DS_CUDA_CHECK(kOp, cudaEventCreate(&impl_->prof_stop))));
 }
@@ -200,6 +202,7 @@ CudaBackend::~CudaBackend() {
   if (impl_->prof_start) cudaEventDestroy(impl_->prof_start);
   if (impl_->prof_stop) cudaEventDestroy(impl_->prof_stop);
   if (scratch_) cudaFree(scratch_);
+  if (norm_counter_) cudaFree(norm_counter_);
   if (impl_->cublas) cublasDestroy(impl_->cublas);
   if (impl_->cublas_workspace) cudaFree(impl_->cublas_workspace);
   if (impl_->stream) cudaStreamDestroy(impl_->stream);
@@ -590,6 +593,59 @@ void CudaBackend::matmul_qkv(const WeightRef& wq, const WeightRef& wk, const Wei
                           {q + j0 * wq.rows, k + j0 * wk.rows, v + j0 * wv.rows},
                           {wq.rows, wk.rows, wv.rows}};
     if (!DS_CUDA_CHECK(kOp, cuda::gemv_qkv(kernel_type(wq), a, stride, wq.cols, x + j0 * wq.cols, nb, impl_->stream, options_.pdl))) return;
+  }
+  end(kOp);
+}
+
+void CudaBackend::matmul_add_rmsnorm(const WeightRef& w, const float* x, int64_t n, float* y, float* tmp,
+                                     const float* norm_weight, float eps, float* norm_out) {
+  constexpr const char* kOp = "matmul_add_rmsnorm";
+  if (!fused_gemv_applies(w, w, n) || n > cuda::kGemvMaxN || norm_counter_ == nullptr)
+    return Backend::matmul_add_rmsnorm(w, x, n, y, tmp, norm_weight, eps, norm_out);
+  if (!begin(kOp)) return;
+  DS_CHECK_WEIGHT(kOp, w);
+  const cuda::GemvNorm norm{norm_weight, eps, norm_out, norm_counter_};
+  DS_CUDA_CHECK(kOp, cuda::gemv_add(kernel_type(w), w.data, row_bytes_of(w.type, w.cols), w.rows, w.cols, x,
+                                    static_cast<int>(n), y, impl_->stream, options_.pdl, &norm));
+  end(kOp);
+}
+
+void CudaBackend::matmul_qkv_rope_store_kv(const WeightRef& wq, const WeightRef& wk, const WeightRef& wv,
+                                           const float* bq, const float* bk, const float* bv, const float* x, int64_t n,
+                                           float* q, float* k, float* v, const RopeStore& r) {
+  constexpr const char* kOp = "matmul_qkv_rope";
+  const int hd = r.head_dim;
+  const bool shapes = r.n_heads > 0 && r.n_kv_heads > 0 && hd > 0 && hd % 2 == 0 && r.rope.n_rot > 0 &&
+                      r.rope.n_rot % 2 == 0 && r.rope.n_rot <= hd && kv_type_supported(r.cache.type) &&
+                      wq.rows == static_cast<int64_t>(r.n_heads) * hd && wk.rows == static_cast<int64_t>(r.n_kv_heads) * hd &&
+                      wv.rows == wk.rows;
+  if (!shapes || !fused_gemv_applies(wq, wk, n) || !fused_gemv_applies(wq, wv, n))
+    return Backend::matmul_qkv_rope_store_kv(wq, wk, wv, bq, bk, bv, x, n, q, k, v, r);
+  if (!begin(kOp)) return;
+  DS_CHECK_WEIGHT(kOp, wq);
+  DS_CHECK_WEIGHT(kOp, wk);
+  DS_CHECK_WEIGHT(kOp, wv);
+  const size_t stride = row_bytes_of(wq.type, wq.cols);
+  cuda::GemvQkvRope rp;
+  rp.head_dim = hd;
+  rp.n_rot = r.rope.n_rot;
+  rp.neox = r.rope.style == RopeStyle::kNeox;
+  rp.freq_base = r.rope.freq_base;
+  rp.freq_scale = r.rope.freq_scale;
+  rp.k_cache = r.cache.k;
+  rp.v_cache = r.cache.v;
+  rp.kv_f16 = r.cache.type == DType::kF16;
+  for (int64_t j0 = 0; j0 < n; j0 += cuda::kGemvMaxN) {
+    const int nb = static_cast<int>(std::min<int64_t>(cuda::kGemvMaxN, n - j0));
+    const cuda::GemvQkv a{{wq.data, wk.data, wv.data},
+                          {bq, bk, bv},
+                          {q + j0 * wq.rows, k + j0 * wk.rows, v + j0 * wv.rows},
+                          {wq.rows, wk.rows, wv.rows}};
+    rp.pos = r.pos + j0;
+    rp.slots = r.slots + j0;
+    if (!DS_CUDA_CHECK(kOp, cuda::gemv_qkv_rope(kernel_type(wq), a, rp, stride, wq.cols, x + j0 * wq.cols, nb,
+                                                impl_->stream, options_.pdl)))
+      return;
   }
   end(kOp);
 }

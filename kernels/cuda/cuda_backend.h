@@ -141,6 +141,16 @@ class CudaBackend final : public Backend {
   // Likewise one GEMV v3 launch with the residual add; on the tensor-core kernel and cuBLAS
   // paths the add happens in the GEMM too (cuBLAS: beta = 1); else Backend's default.
   void matmul_add(const WeightRef& w, const float* x, int64_t n, float* y, float* tmp) override;
+  // One launch (gemv_add with its norm tail) where matmul_add's fused GEMV applies and n <= 8;
+  // else Backend's default.
+  void matmul_add_rmsnorm(const WeightRef& w, const float* x, int64_t n, float* y, float* tmp, const float* norm_weight,
+                          float eps, float* norm_out) override;
+  // One launch (gemv_qkv_rope) where matmul_qkv's fused GEMV applies and the shapes are a
+  // model's (q rows n_heads * head_dim, k and v rows n_kv_heads * head_dim); else Backend's
+  // default (matmul_qkv, rope_store_kv).
+  void matmul_qkv_rope_store_kv(const WeightRef& wq, const WeightRef& wk, const WeightRef& wv, const float* bq,
+                                const float* bk, const float* bv, const float* x, int64_t n, float* q, float* k,
+                                float* v, const RopeStore& r) override;
   // One launch under fuse_decode (any n; else Backend's default).
   void rope_store_kv(float* q, float* k, const float* v, int64_t n, int n_heads, int n_kv_heads, int head_dim,
                      const int32_t* pos, const RopeParams& p, const int32_t* slots, const KvLayer& cache) override;
@@ -229,6 +239,7 @@ class CudaBackend final : public Backend {
   std::string error_;
   std::string device_description_;
   void* scratch_ = nullptr;
+  unsigned* norm_counter_ = nullptr;  // gemv_add's norm tail arrival counter (0 between launches)
   size_t scratch_bytes_ = 0;
   bool capturing_ = false;
   bool capture_failed_ = false;

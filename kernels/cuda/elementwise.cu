@@ -49,9 +49,7 @@ __global__ void rmsnorm_kernel(const float* x, const float* __restrict__ weight,
   __shared__ float red[32];
   const int64_t i = blockIdx.x;
   const float* xi = x + i * dim;
-  float ss = 0.0f;
-  for (int64_t k = threadIdx.x; k < dim; k += blockDim.x) ss = fmaf(xi[k], xi[k], ss);
-  ss = block_sum(ss, red);
+  const float ss = rms_sum_sq(xi, dim, red);  // launched with kRmsThreads threads
   const float scale = 1.0f / sqrtf(ss / static_cast<float>(dim) + eps);
   float* oi = out + i * dim;
   for (int64_t k = threadIdx.x; k < dim; k += blockDim.x) oi[k] = xi[k] * scale * weight[k];
@@ -62,20 +60,8 @@ __global__ void rmsnorm_kernel(const float* x, const float* __restrict__ weight,
 // computed once per pair. The angle is computed as ref does: float(pos) * freq_scale in
 // float, then double pow/sincos; the rotation in double, rounded to float.
 // Pair d (< n_rot/2): normal style rotates (2d, 2d+1), neox (d, d + n_rot/2).
-// The angle of pair d at position pos, and the rotation of elements (a, b) of one head:
-// shared by rope_kernel and rope_store_kv_kernel so that both give the same bits.
-__device__ __forceinline__ void rope_angle(int32_t pos, int d, int n_rot, float freq_base, float freq_scale, double* s,
-                                           double* c) {
-  const float p = static_cast<float>(pos) * freq_scale;
-  const double inv_freq = pow(static_cast<double>(freq_base), -static_cast<double>(2 * d) / n_rot);
-  const double theta = static_cast<double>(p) * inv_freq;
-  sincos(theta, s, c);
-}
-__device__ __forceinline__ void rope_rotate(float* v, int a, int b, double s, double c) {
-  const double x0 = v[a], x1 = v[b];
-  v[a] = static_cast<float>(x0 * c - x1 * s);
-  v[b] = static_cast<float>(x0 * s + x1 * c);
-}
+// rope_angle and rope_rotate (common.cuh) are shared by rope_kernel, rope_store_kv_kernel and
+// the fused QKV + RoPE GEMV (gemv.cu), so that all give the same bits.
 
 __global__ void rope_kernel(float* x, int64_t n, int n_heads, int head_dim, const int32_t* __restrict__ pos,
                             bool neox, int n_rot, float freq_base, float freq_scale) {
@@ -199,7 +185,7 @@ cudaError_t to_half(DType t, const void* w, size_t row_stride, int64_t cols, int
 
 cudaError_t rmsnorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out,
                     cudaStream_t stream) {
-  DS_LAUNCH(rmsnorm_kernel, static_cast<unsigned>(n), kThreads, 0, stream)(x, weight, dim, eps, out);
+  DS_LAUNCH(rmsnorm_kernel, static_cast<unsigned>(n), kRmsThreads, 0, stream)(x, weight, dim, eps, out);
   return cudaGetLastError();
 }
 

@@ -568,7 +568,15 @@ __device__ __forceinline__ void v3_rows_dots(const uint8_t* const (&rows)[R], in
       float wf[R][kE];
       float d[R];
 #pragma unroll
-      for (int i = 0; i < R; ++i) d[i] = rows[i] != nullptr ? Tr::decode(raw[i][u], c, wf[i]) : 0.0f;
+      for (int i = 0; i < R; ++i) {
+        if (rows[i] != nullptr) {
+          d[i] = Tr::decode(raw[i][u], c, wf[i]);
+        } else {  // a skipped row (past the matrix): never read; zeros keep the compilers quiet
+          d[i] = 0.0f;
+#pragma unroll
+          for (int e = 0; e < kE; ++e) wf[i][e] = 0.0f;
+        }
+      }
 #pragma unroll
       for (int j = 0; j < NC; ++j) {
         if (j >= n) break;
@@ -613,30 +621,59 @@ constexpr int kV3Rows = NC > 1 ? kV3BatchedRows : 1;
 // kAdd: y[j, r] += dot (gemv_add: the residual add fused in, the one float add that add
 // makes), else y[j, r] = dot.
 // R: rows per warp (kV3Rows<NC>; 1 for version 4).
+// norm (gemv_add only, GemvNorm in ops.cuh; null: none): after y += x W^T, the block that
+// finishes last (an arrival counter) writes rmsnorm(y) to norm.out for the n rows, with
+// rmsnorm_kernel's arithmetic (rms_sum_sq), reading y past L1 (other blocks wrote it), and
+// zeroes the counter for the next launch.
 template <DType T, int NC, bool kAdd = false, int R = kV3Rows<NC>>
 __global__ void __launch_bounds__(kV3Warps * kWarpSize)
     gemv_v3_kernel(const uint8_t* __restrict__ w, size_t row_stride, int64_t rows, int64_t cols,
-                   const float* __restrict__ x, int n, float* __restrict__ y, bool w_vec, bool x_vec) {
+                   const float* __restrict__ x, int n, float* __restrict__ y, bool w_vec, bool x_vec,
+                   GemvNorm norm = GemvNorm{}) {
   griddep_launch_dependents();
   const int lane = threadIdx.x & 31;
   const int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kV3Warps + (threadIdx.x >> 5)) * R;
-  if (r0 >= rows) return;  // uniform per warp (writes nothing, so needs no griddep_wait)
-  const uint8_t* row_ptrs[R];
+  const bool with_norm = norm.weight != nullptr;  // block-uniform
+  // Past the rows: uniform per warp (writes nothing, so needs no griddep_wait), except that
+  // with a norm every warp reaches the block's barriers.
+  if (r0 >= rows && !with_norm) return;
+  if (r0 < rows) {
+    const uint8_t* row_ptrs[R];
 #pragma unroll
-  for (int i = 0; i < R; ++i) row_ptrs[i] = r0 + i < rows ? w + (r0 + i) * static_cast<int64_t>(row_stride) : nullptr;
-  float dots[R][NC] = {};
-  v3_rows_dots<T, NC, R>(row_ptrs, cols, x, n, w_vec, x_vec, dots);
+    for (int i = 0; i < R; ++i) row_ptrs[i] = r0 + i < rows ? w + (r0 + i) * static_cast<int64_t>(row_stride) : nullptr;
+    float dots[R][NC] = {};
+    v3_rows_dots<T, NC, R>(row_ptrs, cols, x, n, w_vec, x_vec, dots);
 #pragma unroll
-  for (int i = 0; i < R; ++i) {
-    if (row_ptrs[i] == nullptr || lane != 0) continue;
-    const int64_t r = r0 + i;
+    for (int i = 0; i < R; ++i) {
+      if (row_ptrs[i] == nullptr || lane != 0) continue;
+      const int64_t r = r0 + i;
 #pragma unroll
-    for (int j = 0; j < NC; ++j) {
-      if (j >= n) break;
-      if constexpr (kAdd) y[j * rows + r] += dots[i][j];
-      else y[j * rows + r] = dots[i][j];
+      for (int j = 0; j < NC; ++j) {
+        if (j >= n) break;
+        if constexpr (kAdd) y[j * rows + r] += dots[i][j];
+        else y[j * rows + r] = dots[i][j];
+      }
     }
+  } else {
+    griddep_wait();  // it reads y in the tail below
   }
+  if (!with_norm) return;
+  __shared__ unsigned ticket;
+  __shared__ float red[32];
+  __threadfence();  // this block's rows of y are visible to the block that arrives last
+  __syncthreads();
+  if (threadIdx.x == 0) ticket = atomicAdd(norm.counter, 1u);
+  __syncthreads();
+  if (ticket != gridDim.x - 1) return;  // block-uniform
+  __threadfence();
+  for (int j = 0; j < n; ++j) {
+    const float* yj = y + j * rows;
+    const float ss = rms_sum_sq<true>(yj, rows, red);
+    const float scale = 1.0f / sqrtf(ss / static_cast<float>(rows) + norm.eps);
+    float* oj = norm.out + j * rows;
+    for (int64_t k = threadIdx.x; k < rows; k += blockDim.x) oj[k] = __ldcg(yj + k) * scale * norm.weight[k];
+  }
+  if (threadIdx.x == 0) *norm.counter = 0;
 }
 
 // ---- v3, fused decode launches ----------------------------------------------------------
@@ -686,6 +723,71 @@ __global__ void __launch_bounds__(kV3Warps * kWarpSize)
     for (int j = 0; j < NC; ++j) {
       if (j >= n) break;
       y[j * rows + r] = bias ? dots[i][j] + b : dots[i][j];
+    }
+  }
+}
+
+// Q, K, V, RoPE and the cache write in one launch (ops.cuh: gemv_qkv_rope): warp g takes
+// pair g of the concatenated pairs [Q heads' | K heads' | V's], its two rows' dots from
+// v3_rows_dots with R = 2 (the instructions of each row are those of gemv_qkv), then lane j
+// < n finishes token j: the bias add of add_bias, rope_store_kv's rotation (rope_angle /
+// rope_rotate in double) and its kv_put. KvT: the cache's element (float or uint16_t F16).
+template <DType T, int NC, class KvT>
+__global__ void __launch_bounds__(kV3Warps * kWarpSize)
+    gemv_v3_qkv_rope_kernel(GemvQkv a, GemvQkvRope rp, size_t row_stride, int64_t cols,
+                            const float* __restrict__ x, int n, bool w_vec, bool x_vec) {
+  griddep_launch_dependents();
+  const int lane = threadIdx.x & 31;
+  const int64_t gp = static_cast<int64_t>(blockIdx.x) * kV3Warps + (threadIdx.x >> 5);
+  const int hd = rp.head_dim, half_pairs = hd / 2, rot_pairs = rp.n_rot / 2;
+  int64_t lp = gp;
+  int m = 0;
+  while (m < 3 && lp >= a.rows[m] / 2) {
+    lp -= a.rows[m] / 2;
+    ++m;
+  }
+  if (m == 3) return;  // uniform per warp (writes nothing, so needs no griddep_wait)
+  const int64_t head = lp / half_pairs;
+  const int p = static_cast<int>(lp - head * half_pairs);
+  const bool rotate = m < 2 && p < rot_pairs;
+  int ea, eb;  // the pair's elements within the head
+  if (m == 2) {
+    ea = 2 * p, eb = ea + 1;
+  } else if (rotate) {
+    ea = rp.neox ? p : 2 * p;
+    eb = rp.neox ? p + rot_pairs : 2 * p + 1;
+  } else {
+    ea = rp.n_rot + 2 * (p - rot_pairs), eb = ea + 1;
+  }
+  const int64_t ra = head * hd + ea, rb = head * hd + eb;
+  const auto* w = static_cast<const uint8_t*>(a.w[m]);
+  const uint8_t* row_ptrs[2] = {w + ra * static_cast<int64_t>(row_stride), w + rb * static_cast<int64_t>(row_stride)};
+  float dots[2][NC] = {};
+  v3_rows_dots<T, NC, 2>(row_ptrs, cols, x, n, w_vec, x_vec, dots);
+  const int64_t rows = a.rows[m];
+  const float* bias = a.bias[m];
+  float* y = a.y[m];
+  const int64_t kv_dim = a.rows[1];
+#pragma unroll
+  for (int j = 0; j < NC; ++j) {
+    if (j >= n || j != lane) continue;
+    float e[2] = {dots[0][j], dots[1][j]};
+    if (bias) {
+      e[0] = e[0] + bias[ra];
+      e[1] = e[1] + bias[rb];
+    }
+    if (rotate) {
+      double sn, cs;
+      rope_angle(rp.pos[j], p, rp.n_rot, rp.freq_base, rp.freq_scale, &sn, &cs);
+      rope_rotate(e, 0, 1, sn, cs);
+    }
+    y[j * rows + ra] = e[0];
+    y[j * rows + rb] = e[1];
+    if (m > 0) {
+      KvT* cache = static_cast<KvT*>(m == 1 ? rp.k_cache : rp.v_cache);
+      const int64_t dst = static_cast<int64_t>(rp.slots[j]) * kv_dim;
+      kv_put(cache + dst + ra, e[0]);
+      kv_put(cache + dst + rb, e[1]);
     }
   }
 }
@@ -751,7 +853,8 @@ void launch_v3_nc(const uint8_t* w, size_t row_stride, int64_t rows, int64_t col
                   bool w_vec, bool x_vec, cudaStream_t stream, bool pdl) {
   const auto blocks = v3_blocks(rows, R);
   auto* kernel = gemv_v3_kernel<T, NC, false, R>;
-  DS_LAUNCH_PDL(kernel, blocks, kV3Warps * kWarpSize, 0, stream, pdl)(w, row_stride, rows, cols, x, n, y, w_vec, x_vec);
+  DS_LAUNCH_PDL(kernel, blocks, kV3Warps * kWarpSize, 0, stream, pdl)(w, row_stride, rows, cols, x, n, y, w_vec, x_vec,
+                                                                      GemvNorm{});
 }
 
 // one_row: version 4 (one row per warp whatever n).
@@ -820,17 +923,18 @@ cudaError_t gemv(int version, DType t, const void* w, size_t row_stride, int64_t
 }
 
 cudaError_t gemv_add(DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n,
-                     float* y, cudaStream_t stream, bool pdl) {
+                     float* y, cudaStream_t stream, bool pdl, const GemvNorm* norm) {
   const bool w_vec = vec_weights(t, cols, row_stride) && aligned_for(t, w);
   const bool x_vec = cols % 8 == 0 && aligned16(x);
   const auto* wb = static_cast<const uint8_t*>(w);
+  const GemvNorm nm = norm ? *norm : GemvNorm{};
   const bool ok = dispatch_dtype(t, [&](auto tag) {
     constexpr DType T = decltype(tag)::value;
     launch_nc(n, [&](auto nc) {
       const auto blocks = v3_blocks(rows, kV3Rows<decltype(nc)::value>);
       auto* kernel = gemv_v3_kernel<T, decltype(nc)::value, true>;
       DS_LAUNCH_PDL(kernel, blocks, kV3Warps * kWarpSize, 0, stream, pdl)(wb, row_stride, rows, cols, x, n, y, w_vec,
-                                                                          x_vec);
+                                                                          x_vec, nm);
     });
   });
   return ok ? cudaGetLastError() : cudaErrorInvalidValue;
@@ -848,6 +952,29 @@ cudaError_t gemv_qkv(DType t, const GemvQkv& a, size_t row_stride, int64_t cols,
       const auto blocks = v3_blocks(all_rows, kV3Rows<decltype(nc)::value>);
       auto* kernel = gemv_v3_qkv_kernel<T, decltype(nc)::value>;
       DS_LAUNCH_PDL(kernel, blocks, kV3Warps * kWarpSize, 0, stream, pdl)(a, row_stride, cols, x, n, w_vec, x_vec);
+    });
+  });
+  return ok ? cudaGetLastError() : cudaErrorInvalidValue;
+}
+
+cudaError_t gemv_qkv_rope(DType t, const GemvQkv& a, const GemvQkvRope& r, size_t row_stride, int64_t cols,
+                          const float* x, int n, cudaStream_t stream, bool pdl) {
+  const bool w_vec = vec_weights(t, cols, row_stride) && aligned_for(t, a.w[0]) && aligned_for(t, a.w[1]) &&
+                     aligned_for(t, a.w[2]);
+  const bool x_vec = cols % 8 == 0 && aligned16(x);
+  const int64_t pairs = (a.rows[0] + a.rows[1] + a.rows[2]) / 2;
+  const auto blocks = static_cast<unsigned>((pairs + kV3Warps - 1) / kV3Warps);
+  const bool ok = dispatch_dtype(t, [&](auto tag) {
+    constexpr DType T = decltype(tag)::value;
+    launch_nc(n, [&](auto nc) {
+      constexpr int NC = decltype(nc)::value;
+      if (r.kv_f16) {
+        auto* kernel = gemv_v3_qkv_rope_kernel<T, NC, uint16_t>;
+        DS_LAUNCH_PDL(kernel, blocks, kV3Warps * kWarpSize, 0, stream, pdl)(a, r, row_stride, cols, x, n, w_vec, x_vec);
+      } else {
+        auto* kernel = gemv_v3_qkv_rope_kernel<T, NC, float>;
+        DS_LAUNCH_PDL(kernel, blocks, kV3Warps * kWarpSize, 0, stream, pdl)(a, r, row_stride, cols, x, n, w_vec, x_vec);
+      }
     });
   });
   return ok ? cudaGetLastError() : cudaErrorInvalidValue;

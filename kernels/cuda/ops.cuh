@@ -79,10 +79,39 @@ struct GemvQkv {
 // REQUIRES: 1 <= n <= kGemvMaxN; supported t; cols a multiple of t's block.
 cudaError_t gemv_qkv(DType t, const GemvQkv& a, size_t row_stride, int64_t cols, const float* x, int n,
                      cudaStream_t stream, bool pdl = false);
+// gemv_qkv, then rope_store_kv on its outputs, in one launch: a warp takes two rows of one
+// matrix, a RoPE pair of a Q or K head (normal style: rows 2d, 2d + 1 of the head; neox: d,
+// d + n_rot / 2; the unrotated dimensions [n_rot, head_dim) two at a time) or two rows of V,
+// and writes q (rotated), k (rotated, to y[1] and the cache row slots[j]) and v (y[2] and the
+// cache), each element with the bits gemv_qkv and rope_store_kv give it.
+struct GemvQkvRope {
+  int head_dim = 0, n_rot = 0;
+  bool neox = false;
+  float freq_base = 10000, freq_scale = 1;
+  const int32_t* pos = nullptr;    // [n]
+  const int32_t* slots = nullptr;  // [n]
+  void* k_cache = nullptr;         // KvLayer k, v: F32 or F16 elements
+  void* v_cache = nullptr;
+  bool kv_f16 = false;
+};
+// REQUIRES: as gemv_qkv; rows[0] and rows[1] == rows[2] multiples of head_dim; head_dim and
+// n_rot even, 0 < n_rot <= head_dim.
+cudaError_t gemv_qkv_rope(DType t, const GemvQkv& a, const GemvQkvRope& r, size_t row_stride, int64_t cols,
+                          const float* x, int n, cudaStream_t stream, bool pdl = false);
+// gemv_add's optional RMSNorm of the result: out[j, :] = rmsnorm(y[j, :], weight, eps), the
+// bits of rmsnorm() (a layer's residual add and the next norm in one launch). counter: a
+// device unsigned that is 0 before the launch (the launch leaves it 0 again).
+struct GemvNorm {
+  const float* weight = nullptr;
+  float eps = 0;
+  float* out = nullptr;  // [n, rows]; aliases neither x nor y
+  unsigned* counter = nullptr;
+};
 // y[j, r] += x[j, :] . W[r, :] (v3's dot, then the one float add of add()): a projection with
-// the residual add fused in. REQUIRES: as gemv_qkv; y does not alias x.
+// the residual add fused in; then, with norm, out = rmsnorm(y). REQUIRES: as gemv_qkv; y does
+// not alias x.
 cudaError_t gemv_add(DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n,
-                     float* y, cudaStream_t stream, bool pdl = false);
+                     float* y, cudaStream_t stream, bool pdl = false, const GemvNorm* norm = nullptr);
 // out[j, r] = silu(x[j, :] . W_gate[r, :]) * (x[j, :] . W_up[r, :]), both [rows, cols] of type t.
 // REQUIRES: as gemv_qkv; out does not alias x.
 cudaError_t gemv_swiglu(DType t, const void* w_gate, const void* w_up, size_t row_stride, int64_t rows, int64_t cols,

@@ -1221,6 +1221,27 @@ void check_fused_residual_rope(CudaBackend& b, Rng& rng, bool quick) {
         check_residual_add("fused-add/" + tn + suffix, "determinism/fused-add-bits " + tn + suffix,
                            dy.read(n * sh.rows), dy2.read(n * sh.rows), res, want, scale, n * sh.rows, 1e-6, 2e-5);
       }
+      // matmul_add_rmsnorm: the residual add and the next RMSNorm in one launch (the last block
+      // normalizes), bit for bit as matmul_add then rmsnorm; twice (the arrival counter resets).
+      {
+        const auto nw = rng.floats(sh.rows, 0.5f, 1.5f);
+        Buf dnw(b, nw), xn1(b, max_n * sh.rows * 4), xn2(b, max_n * sh.rows * 4);
+        for (int64_t n : {1, 3, 8, 9}) {
+          const std::string suffix = " " + shape(sh.rows, sh.cols) + " n=" + std::to_string(n);
+          bool same = true;
+          for (int rep = 0; rep < 2; ++rep) {
+            b.upload(dy.as(), res.data(), res.size() * 4);
+            b.upload(dy2.as(), res.data(), res.size() * 4);
+            b.matmul_add_rmsnorm(gw, dx.as(), n, dy.as(), tmp.as(), dnw.as(), 1e-5f, xn1.as());
+            b.matmul_add(gw, dx.as(), n, dy2.as(), tmp.as());
+            b.rmsnorm(dy2.as(), dnw.as(), n, sh.rows, 1e-5f, xn2.as());
+            const size_t cnt = static_cast<size_t>(n * sh.rows);
+            same = same && same_bits(dy.read(cnt).data(), dy2.read(cnt).data(), cnt) &&
+                   same_bits(xn1.read(cnt).data(), xn2.read(cnt).data(), cnt);
+          }
+          expect("determinism/fused-add-rmsnorm-bits " + tn + suffix, same, "differs from matmul_add + rmsnorm");
+        }
+      }
       // n = 40 (past the tensor-core kernel): cuBLAS with the add as its beta = 1, within the
       // cuBLAS path's tolerance (F16 operands unless F32 weights; BF16 2^-8).
       {
@@ -1307,6 +1328,81 @@ void check_fused_residual_rope(CudaBackend& b, Rng& rng, bool quick) {
         }
       compare("fused-rope-store/k-cache" + suffix, gk, wk, 1e-6, 1e-5);
       compare("fused-rope-store/v-cache" + suffix, gv, wv, 0, 0);
+    }
+  }
+  // matmul_qkv_rope_store_kv (decode: Q/K/V GEMV, RoPE and the cache write in one launch):
+  // every output (q, k, v, both caches) bit for bit as matmul_qkv then rope_store_kv, for
+  // both styles, partial rotation, GQA, biases (qwen2), F32 and F16 caches, the GEMV's n range,
+  // split Q8_0 rows; and where it does not apply (n past the GEMV) the same default path.
+  {
+    struct QR { int n_heads, n_kv_heads, head_dim, n_rot; RopeStyle style; int64_t cols; DType t; bool bias; };
+    const std::vector<QR> qrs = {
+        {4, 2, 16, 16, RopeStyle::kNormal, 64, DType::kF32, false},
+        {4, 4, 32, 32, RopeStyle::kNeox, 96, DType::kF16, true},
+        {8, 2, 64, 64, RopeStyle::kNormal, 128, DType::kQ8_0, false},
+        {6, 2, 24, 16, RopeStyle::kNeox, 64, DType::kQ8_0, true},
+        {6, 3, 24, 8, RopeStyle::kNormal, 256, DType::kQ4_K, false},
+        {4, 1, 64, 64, RopeStyle::kNeox, 512, DType::kBF16, false},
+    };
+    for (const QR& c : qrs) {
+      const int64_t qd = static_cast<int64_t>(c.n_heads) * c.head_dim, kvd = static_cast<int64_t>(c.n_kv_heads) * c.head_dim;
+      const int64_t max_n = 12, cache_rows = 64;
+      const auto x = rng.floats(max_n * c.cols);
+      const int64_t rows[3] = {qd, kvd, kvd};
+      std::vector<std::vector<uint8_t>> hw;
+      std::vector<Buf> dw, db;
+      WeightRef w[3];
+      for (int m = 0; m < 3; ++m) {
+        hw.push_back(make_weights(rng, c.t, rows[m], c.cols));
+        dw.emplace_back(b, hw[m].size());
+        w[m] = b.upload_weight(WeightRef{c.t, hw[m].data(), rows[m], c.cols}, dw[m].as<void>());  // Q8_0: split rows
+        db.emplace_back(b, rng.floats(rows[m]));
+      }
+      std::vector<int32_t> pos(max_n), slots(max_n);
+      for (int64_t i = 0; i < max_n; ++i) {
+        pos[i] = static_cast<int32_t>(rng.below(4000));
+        slots[i] = static_cast<int32_t>((i * 11 + 5) % cache_rows);
+      }
+      Buf dx(b, x), dpos(b, pos), dslots(b, slots);
+      RopeParams p;
+      p.style = c.style;
+      p.n_rot = c.n_rot;
+      p.freq_base = 10000;
+      const std::string tag = std::string(" ") + ds::dtype_name(c.t) + " h" + std::to_string(c.n_heads) + "/" +
+                              std::to_string(c.n_kv_heads) + " hd" + std::to_string(c.head_dim) + " rot" +
+                              std::to_string(c.n_rot) + (c.style == RopeStyle::kNeox ? " neox" : " normal") +
+                              (c.bias ? " bias" : "");
+      for (DType kvt : {DType::kF32, DType::kF16}) {
+        const size_t eb = ds::kv_elem_bytes(kvt);
+        for (int64_t n : {1, 2, 5, 8, 12}) {
+          std::vector<uint8_t> outs[2][5];
+          for (int fused = 0; fused < 2; ++fused) {
+            Buf q(b, max_n * qd * 4), k(b, max_n * kvd * 4), v(b, max_n * kvd * 4);
+            Buf kc(b, cache_rows * kvd * eb), vc(b, cache_rows * kvd * eb);
+            const ds::Backend::RopeStore rs{c.n_heads, c.n_kv_heads, c.head_dim, dpos.as<int32_t>(), p, dslots.as<int32_t>(),
+                                        KvLayer{kc.as(), vc.as(), kvt}};
+            const float* bq = c.bias ? db[0].as() : nullptr;
+            const float* bk = c.bias ? db[1].as() : nullptr;
+            const float* bv = c.bias ? db[2].as() : nullptr;
+            if (fused) {
+              b.matmul_qkv_rope_store_kv(w[0], w[1], w[2], bq, bk, bv, dx.as(), n, q.as(), k.as(), v.as(), rs);
+            } else {
+              b.matmul_qkv(w[0], w[1], w[2], bq, bk, bv, dx.as(), n, q.as(), k.as(), v.as());
+              b.rope_store_kv(q.as(), k.as(), v.as(), n, c.n_heads, c.n_kv_heads, c.head_dim, dpos.as<int32_t>(), p,
+                              dslots.as<int32_t>(), rs.cache);
+            }
+            outs[fused][0] = q.read<uint8_t>(n * qd * 4);
+            outs[fused][1] = k.read<uint8_t>(n * kvd * 4);
+            outs[fused][2] = v.read<uint8_t>(n * kvd * 4);
+            outs[fused][3] = kc.read<uint8_t>(cache_rows * kvd * eb);
+            outs[fused][4] = vc.read<uint8_t>(cache_rows * kvd * eb);
+          }
+          bool same = true;
+          for (int o = 0; o < 5; ++o) same = same && outs[0][o] == outs[1][o];
+          expect("determinism/fused-qkv-rope-bits" + tag + " kv " + ds::dtype_name(kvt) + " n=" + std::to_string(n), same,
+                 "differs from matmul_qkv + rope_store_kv");
+        }
+      }
     }
   }
   require_ok(b, "fused residual / rope");
@@ -1452,18 +1548,25 @@ struct DecodeChain {
     }
   }
   WeightRef ref(int l, int m, int64_t /*rows*/, int64_t /*cols*/) const { return refs[7 * l + m]; }
-  // steps layers, cycling over the distinct ones (0: each once).
-  void run(CudaBackend& b, int n, int steps = 0) {
+  // steps layers, cycling over the distinct ones (0: each once). fused_norm: each residual add
+  // and the next norm in one op (matmul_add_rmsnorm), as the engine runs them.
+  void run(CudaBackend& b, int n, int steps = 0, bool fused_norm = false) {
     const int distinct = static_cast<int>(w.size() / 7);
+    if (fused_norm) b.rmsnorm(x.as(), norm.as(), n, dim, 1e-5f, xn.as());
     for (int l = 0; l < (steps ? steps : distinct); ++l) {
       const int li = l % distinct;
-      b.rmsnorm(x.as(), norm.as(), n, dim, 1e-5f, xn.as());
+      if (!fused_norm) b.rmsnorm(x.as(), norm.as(), n, dim, 1e-5f, xn.as());
       b.matmul_qkv(ref(li, 0, dim, dim), ref(li, 1, kv, dim), ref(li, 2, kv, dim), nullptr, nullptr, nullptr, xn.as(), n,
                    q.as(), k.as(), v.as());
-      b.matmul_add(ref(li, 3, dim, dim), q.as(), n, x.as(), tmp.as());
-      b.rmsnorm(x.as(), norm.as(), n, dim, 1e-5f, xn.as());
+      if (fused_norm) {
+        b.matmul_add_rmsnorm(ref(li, 3, dim, dim), q.as(), n, x.as(), tmp.as(), norm.as(), 1e-5f, xn.as());
+      } else {
+        b.matmul_add(ref(li, 3, dim, dim), q.as(), n, x.as(), tmp.as());
+        b.rmsnorm(x.as(), norm.as(), n, dim, 1e-5f, xn.as());
+      }
       b.matmul_swiglu(ref(li, 4, ff, dim), ref(li, 5, ff, dim), xn.as(), n, g.as(), u.as());
-      b.matmul_add(ref(li, 6, dim, ff), g.as(), n, x.as(), tmp.as());
+      if (fused_norm) b.matmul_add_rmsnorm(ref(li, 6, dim, ff), g.as(), n, x.as(), tmp.as(), norm.as(), 1e-5f, xn.as());
+      else b.matmul_add(ref(li, 6, dim, ff), g.as(), n, x.as(), tmp.as());
     }
   }
 };
@@ -1477,19 +1580,24 @@ void check_pdl(int device, Rng& rng) {
   if (!b) return record("pdl/backend", false, 0, 0, "-", "  " + error);
   for (DType t : {DType::kQ8_0, DType::kF16}) {
     for (int n : {1, 3}) {
-      DecodeChain c(*b, rng, t, 512, 128, 1408, 6, n);
+      DecodeChain c(*b, rng, t, 512, 128, 1408, 6, n, /*split=*/true);
       const auto x0 = c.x.read(n * c.dim);
-      std::vector<float> out[2];
-      for (int pdl = 0; pdl < 2; ++pdl) {
+      std::vector<float> out[4];  // [pdl + 2 fused_norm]
+      for (int v = 0; v < 4; ++v) {
         b->upload(c.x.as(), x0.data(), x0.size() * 4);
-        b->set_pdl(pdl == 1);
-        c.run(*b, n);
-        out[pdl] = c.x.read(n * c.dim);
+        b->set_pdl(v % 2 == 1);
+        c.run(*b, n, 0, v >= 2);
+        out[v] = c.x.read(n * c.dim);
       }
       b->set_pdl(true);
       require_ok(*b, "pdl chain");
-      expect("determinism/pdl-chain " + std::string(ds::dtype_name(t)) + " n=" + std::to_string(n),
-             same_bits(out[0].data(), out[1].data(), out[0].size()), "programmatic dependent launch changed the result");
+      const std::string tag = std::string(ds::dtype_name(t)) + " n=" + std::to_string(n);
+      expect("determinism/pdl-chain " + tag, same_bits(out[0].data(), out[1].data(), out[0].size()),
+             "programmatic dependent launch changed the result");
+      // The norms fused into the residual adds (with and without PDL): the same chain, bit for bit.
+      expect("determinism/pdl-chain-fused-norm " + tag,
+             same_bits(out[0].data(), out[2].data(), out[0].size()) && same_bits(out[0].data(), out[3].data(), out[0].size()),
+             "matmul_add_rmsnorm changed the chain's result");
     }
   }
 }
@@ -2061,14 +2169,16 @@ void bench_sample(CudaBackend& b, Rng& rng, int n_rows, int m, bool sums) {
 
 // bench-1b's decode layers without attention, 22 of them back to back (weights from HBM:
 // five distinct layers cycled), with and without programmatic dependent launch, eager.
-void bench_pdl(CudaBackend& b, Rng& rng, DType t, bool split = false) {
+// split: Q8_0 in split rows; fused_norm: the residual adds and norms in one op each (the
+// engine's sequence since matmul_add_rmsnorm).
+void bench_pdl(CudaBackend& b, Rng& rng, DType t, bool split = false, bool fused_norm = false) {
   DecodeChain c(b, rng, t, 2048, 256, 5632, 5, 1, split);  // 5 distinct layers (> 4x L2) cycled over 22
   auto s = static_cast<cudaStream_t>(b.stream());
   double ms[2];
   for (int pdl = 0; pdl < 2; ++pdl) {
     b.set_pdl(pdl == 1);
-    time_ms(s, 2, [&](int) { c.run(b, 1, 22); });
-    ms[pdl] = time_ms(s, 10, [&](int) { c.run(b, 1, 22); });
+    time_ms(s, 2, [&](int) { c.run(b, 1, 22, fused_norm); });
+    ms[pdl] = time_ms(s, 10, [&](int) { c.run(b, 1, 22, fused_norm); });
   }
   b.set_pdl(true);
   require_ok(b, "pdl benchmark");
@@ -2077,7 +2187,9 @@ void bench_pdl(CudaBackend& b, Rng& rng, DType t, bool split = false) {
     bytes += ds::row_bytes(t, 2048) * (rows_cols / 2048);
   bytes *= 22;
   std::printf("BENCH %-36s %9.2f us  %8.1f GB/s (without PDL: %.2f us, %.1f GB/s; 22 layers, no attention, eager)\n",
-              (std::string("decode layers n=1 pdl ") + ds::dtype_name(t) + (split ? "s" : "")).c_str(), ms[1] * 1e3,
+              (std::string("decode layers n=1 pdl ") + ds::dtype_name(t) + (split ? "s" : "") + (fused_norm ? " +norm" : ""))
+                  .c_str(),
+              ms[1] * 1e3,
               bytes / (ms[1] * 1e-3) / 1e9, ms[0] * 1e3, bytes / (ms[0] * 1e-3) / 1e9);
 }
 
@@ -2145,8 +2257,10 @@ void run_benchmarks(CudaBackend& b, Rng& rng) {
                 v2_32 / v2_16);
   }
   bench_pdl(b, rng, DType::kQ8_0);
-  bench_pdl(b, rng, DType::kQ8_0, true);  // split rows (the engine's Q8_0)
+  bench_pdl(b, rng, DType::kQ8_0, true);        // split rows (the engine's Q8_0)
+  bench_pdl(b, rng, DType::kQ8_0, true, true);  // and the norms in the residual adds (the engine's sequence)
   bench_pdl(b, rng, DType::kF16);
+  bench_pdl(b, rng, DType::kF16, false, true);
   bench_sample(b, rng, 1, 1, false);
   bench_sample(b, rng, 32, 1, false);
   bench_sample(b, rng, 8, 40, false);
