@@ -858,6 +858,12 @@ void check_elementwise(CudaBackend& b, Rng& rng) {
     Buf dg(b, g), du(b, u), dout(b, count * 4);
     b.swiglu(dg.as(), du.as(), count, dout.as());
     compare("swiglu n=" + std::to_string(count), dout.read(count), want, 1e-7, 1e-5);
+    if (count >= 1000) {  // the 4-wide kernel (count % 4 == 0) against the scalar one (count - 1): same bits
+      Buf dout1(b, count * 4);
+      b.swiglu(dg.as(), du.as(), count - 1, dout1.as());
+      expect("determinism/swiglu-vec-scalar n=" + std::to_string(count),
+             same_bits(dout.read(count - 1).data(), dout1.read(count - 1).data(), count - 1));
+    }
 
     std::vector<float> sum(count);
     for (int64_t i = 0; i < count; ++i) sum[i] = g[i] + u[i];
