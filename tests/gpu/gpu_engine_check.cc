@@ -92,6 +92,7 @@ bool g_pdl = true;  // CudaBackendOptions::pdl of the engines made below
 bool g_tc = true;   // CudaBackendOptions::tc_gemm of the engines made below
 bool g_tc_att = true;  // CudaBackendOptions::tc_attention of the engines made below
 bool g_q8_0_split = true;  // CudaBackendOptions::q8_0_split of the engines made below
+bool g_tc_att_mma = true;  // CudaBackendOptions::tc_attention_mma of the engines made below
 std::optional<ds::DType> g_kv_type;  // EngineOptions::kv_type of the engines made below (unset: F16 on the GPU)
 // --quick (the CPU emulation of CUDA, tests/gpu/emu, where a step takes ~1 s): the golden's
 // first case and first 16 tokens, sampling for 10 tokens a request.
@@ -111,6 +112,7 @@ std::unique_ptr<ds::Engine> engine(std::shared_ptr<ds::Model> m, int max_batch, 
   co.tc_gemm = g_tc;
   co.tc_attention = g_tc_att;
   co.q8_0_split = g_q8_0_split;
+  co.tc_attention_mma = g_tc_att_mma;
   std::unique_ptr<ds::CudaBackend> be = ds::CudaBackend::create(co, &err);
   if (!be) {
     std::printf("ERROR: no CUDA backend: %s\n", err.c_str());
@@ -717,13 +719,17 @@ bool bench(const std::string& dir, double copy_gbs) {
     auto m = ds::Model::Load(path);
     if (!m.ok()) return false;
     const int prompt = 512, gen = 64;
-    double prefill = 0, prefill_cc = 0;  // cc: the CUDA-core attention kernel instead of the tensor cores'
+    // cc: the CUDA-core attention kernel instead of the tensor cores'; wmma: the WMMA kernel
+    // instead of the mma.sync flash attention 2
+    double prefill = 0, prefill_cc = 0, prefill_wmma = 0;
     std::vector<double> dec;
-    int32_t first[2] = {-1, -1};
-    for (int k = 0; k < 2; ++k) {
-      g_tc_att = k == 0;
+    int32_t first[3] = {-1, -1, -1};
+    for (int k = 0; k < 3; ++k) {
+      g_tc_att = k != 1;
+      g_tc_att_mma = k != 2;
       auto e = engine(*m, 1, 2048, prompt);
       g_tc_att = true;
+      g_tc_att_mma = true;
       if (!e) return false;
       ds::SequenceRequest r = prefill_request(prompt);
       if (!check_ok(e->add(r), "add (warm-up)")) return false;
@@ -732,13 +738,15 @@ bool bench(const std::string& dir, double copy_gbs) {
       if (!check_ok(e->add(r), "add")) return false;
       const auto t0 = Clock::now();
       const auto out = run(*e, 1);
-      (k == 0 ? prefill : prefill_cc) = prompt / secs(t0);
+      (k == 0 ? prefill : k == 1 ? prefill_cc : prefill_wmma) = prompt / secs(t0);
       if (!out[0].empty()) first[k] = out[0][0];
     }
     sampled_lines.push_back(std::string(tn) + ": prefill 512 tokens " + std::to_string(prefill) +
-                            " tok/s with tensor-core attention, " + std::to_string(prefill_cc) +
-                            " with the CUDA-core kernel (ratio " + std::to_string(prefill / prefill_cc) +
-                            "); first token " + std::to_string(first[0]) + " vs " + std::to_string(first[1]));
+                            " tok/s with mma.sync flash attention, " + std::to_string(prefill_wmma) +
+                            " with the WMMA kernel, " + std::to_string(prefill_cc) +
+                            " with the CUDA-core kernel (ratios " + std::to_string(prefill / prefill_wmma) + ", " +
+                            std::to_string(prefill / prefill_cc) + "); first token " + std::to_string(first[0]) +
+                            " / " + std::to_string(first[2]) + " / " + std::to_string(first[1]));
     int64_t replays = 0;
     // -1: batch 1 with graph recording off; -2: batch 1 without PDL; -3: batch 32 without the
     // tensor-core GEMM (cuBLAS instead); -4: batch 1 with Q8_0 in its GGUF blocks (q8_0 only)
