@@ -82,8 +82,9 @@ struct AttentionArgs {
   // max_kv: an upper bound on every token's n_kv, fixed for all calls whose outputs must
   // agree bit for bit (a Forward: the per-sequence context capacity); 0: unknown. The
   // backend may cut positions into chunks whose size depends on max_kv (never on n_tokens),
-  // using workspace (backend memory, workspace_floats floats) for the partial results;
-  // with max_kv 0 or too small a workspace it runs its one-pass kernel.
+  // using workspace (backend memory, workspace_floats floats, zeroed when allocated, one
+  // caller at a time) for the partial results; with max_kv 0 or too small a workspace it runs
+  // its one-pass kernel.
   int max_kv = 0;
   float* workspace = nullptr;
   size_t workspace_floats = 0;

@@ -30,8 +30,10 @@
 //     just slower); blocks with c >= nc exit at once. A token with nc == 1 (n_kv <= C,
 //     n_kv == 0 included) gets its output written directly, with the very arithmetic of
 //     version 1 (same bits). Otherwise each chunk writes its (O, M, L) to the workspace.
-//   - attention_merge: one block per (t, h); tokens with nc == 1 return at once, others get
-//     out = sum_c O_c exp(M_c - M) / sum_c L_c exp(M_c - M), M = max_c M_c, chunks in order.
+//   - the merge: out = sum_c O_c exp(M_c - M) / sum_c L_c exp(M_c - M), M = max_c M_c, chunks
+//     in order, done by the block of the pair's chunks that finishes last (an arrival counter
+//     per pair in the workspace, zeroed again by that block): one launch (attention_merge, a
+//     second launch, remains for the tiled kernel's chunks).
 // Tiled (prefill; when AttentionArgs carries tiles and head_dim <= 128): one block per (tile
 // of up to 8 consecutive tokens of one sequence, h[, chunk c]); the tile's K and V rows are
 // staged in shared memory 32 positions at a time and read once for all its tokens, instead of
@@ -233,10 +235,50 @@ __global__ void __launch_bounds__(kWarps * kWarpSize) attention_v1(AttentionArgs
   attend_range<kPerLane, T>(a, pi, 0, a.tokens[pi / a.n_heads].n_kv, shm, nullptr);
 }
 
-// Version 2, first pass: block pi * n_chunks + c over chunk c of pair pi.
+// The merge of pair pi's nc > 1 chunk results (file comment): out = sum_c O_c exp(M_c - M) /
+// sum_c L_c exp(M_c - M), chunks in order. kCg: the partials are read past L1 (other blocks of
+// the running kernel wrote them). Every thread of the block calls it (a barrier inside).
+template <bool kCg>
+__device__ __forceinline__ void merge_chunks(const AttentionArgs& a, int64_t pi, int nc, int n_chunks, float* s_w) {
+  const int head_dim = a.head_dim;
+  const int64_t rec = head_dim + 2;
+  const float* part = a.workspace + pi * n_chunks * rec;
+  auto ld = [](const float* p) { return kCg ? __ldcg(p) : *p; };
+  // Every chunk saw >= 1 position: M_c finite, L_c >= 1.
+  float mx = -INFINITY;
+  for (int c = 0; c < nc; ++c) mx = fmaxf(mx, ld(part + c * rec + head_dim));
+  const int tid = static_cast<int>(threadIdx.x);
+  if (tid < nc) s_w[tid] = expf(ld(part + tid * rec + head_dim) - mx);
+  __syncthreads();
+  float sum = 0.0f;
+  for (int c = 0; c < nc; ++c) sum = fmaf(ld(part + c * rec + head_dim + 1), s_w[c], sum);
+  const float inv = 1.0f / sum;
+  float* out = a.out + pi * head_dim;
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    float o = 0.0f;
+    for (int c = 0; c < nc; ++c) o = fmaf(ld(part + c * rec + d), s_w[c], o);
+    out[d] = o * inv;
+  }
+}
+
+// The split-K workspace of a call (attention_workspace_floats): the partial records of up to
+// P pairs, then P arrival counters (unsigned, zero between launches), P as many pairs as the
+// workspace holds (fixed for a workspace, so the counters stay put whatever n_tokens).
+__device__ __forceinline__ unsigned* split_counters(const AttentionArgs& a, int n_chunks) {
+  const size_t per_pair = static_cast<size_t>(n_chunks) * (a.head_dim + 2) + 1;
+  const size_t pairs = a.workspace_floats / per_pair;
+  return reinterpret_cast<unsigned*>(a.workspace + pairs * static_cast<size_t>(n_chunks) * (a.head_dim + 2));
+}
+
+// Version 2: block pi * n_chunks + c over chunk c of pair pi; the block of the pair's last
+// chunk to finish (an arrival counter per pair) merges the chunks, with attention_merge's
+// arithmetic: one launch for split-K decode.
 template <int kPerLane, class T>
 __global__ void __launch_bounds__(kWarps * kWarpSize) attention_split(AttentionArgs a, int chunk, int n_chunks) {
+  griddep_launch_dependents();  // the output projection's GEMV may start loading its weights
   DS_DYNAMIC_SHARED(float, shm);
+  __shared__ float s_w[kMaxChunks];
+  __shared__ unsigned ticket;
   const int64_t pi = blockIdx.x / n_chunks;
   const int c = static_cast<int>(blockIdx.x - pi * n_chunks);
   const int n_kv = a.tokens[pi / a.n_heads].n_kv;
@@ -245,33 +287,26 @@ __global__ void __launch_bounds__(kWarps * kWarpSize) attention_split(AttentionA
   const int p0 = c * chunk, p1 = c == nc - 1 ? n_kv : p0 + chunk;
   float* partial = nc == 1 ? nullptr : a.workspace + (pi * n_chunks + c) * (a.head_dim + 2);
   attend_range<kPerLane, T>(a, pi, p0, p1, shm, partial);
+  if (partial == nullptr) return;  // nc == 1: the output is written
+  unsigned* counter = split_counters(a, n_chunks) + pi;
+  __threadfence();  // this chunk's record is visible to the merging block
+  __syncthreads();
+  if (threadIdx.x == 0) ticket = atomicAdd(counter, 1u);
+  __syncthreads();
+  if (ticket != static_cast<unsigned>(nc - 1)) return;  // block-uniform
+  __threadfence();
+  merge_chunks<true>(a, pi, nc, n_chunks, s_w);
+  if (threadIdx.x == 0) *counter = 0;
 }
 
-// Version 2, second pass: block pi merges the chunks of pair pi (nothing to do when nc == 1).
+// The tiled kernel's second pass: block pi merges the chunks of pair pi (nothing to do when nc == 1).
 __global__ void __launch_bounds__(kWarps * kWarpSize) attention_merge(AttentionArgs a, int chunk, int n_chunks) {
   griddep_launch_dependents();  // the output projection's GEMV may start loading its weights
   __shared__ float s_w[kMaxChunks];
   const int64_t pi = blockIdx.x;
   const int nc = token_chunks(a.tokens[pi / a.n_heads].n_kv, chunk, n_chunks);
   if (nc == 1) return;
-  const int head_dim = a.head_dim;
-  const int64_t rec = head_dim + 2;
-  const float* part = a.workspace + pi * n_chunks * rec;
-  // Every chunk saw >= 1 position: M_c finite, L_c >= 1.
-  float mx = -INFINITY;
-  for (int c = 0; c < nc; ++c) mx = fmaxf(mx, part[c * rec + head_dim]);
-  const int tid = static_cast<int>(threadIdx.x);
-  if (tid < nc) s_w[tid] = expf(part[tid * rec + head_dim] - mx);
-  __syncthreads();
-  float sum = 0.0f;
-  for (int c = 0; c < nc; ++c) sum = fmaf(part[c * rec + head_dim + 1], s_w[c], sum);
-  const float inv = 1.0f / sum;
-  float* out = a.out + pi * head_dim;
-  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-    float o = 0.0f;
-    for (int c = 0; c < nc; ++c) o = fmaf(part[c * rec + d], s_w[c], o);
-    out[d] = o * inv;
-  }
+  merge_chunks<false>(a, pi, nc, n_chunks, s_w);
 }
 
 // ---- tiled (prefill) ----------------------------------------------------------------
@@ -912,9 +947,8 @@ cudaError_t launch(const AttentionArgs& a, bool split, cudaStream_t stream) {
     return cudaGetLastError();
   }
   const int chunk = chunk_size(a.max_kv), n_chunks = chunk_count(a.max_kv);
-  const auto kernel = &attention_split<kPerLane, T>;
+  const auto kernel = &attention_split<kPerLane, T>;  // merges in its last blocks
   DS_LAUNCH(kernel, pairs * static_cast<unsigned>(n_chunks), kWarps * kWarpSize, shm, stream)(a, chunk, n_chunks);
-  if (n_chunks > 1) DS_LAUNCH(attention_merge, pairs, kWarps * kWarpSize, 0, stream)(a, chunk, n_chunks);
   return cudaGetLastError();
 }
 
@@ -922,7 +956,9 @@ cudaError_t launch(const AttentionArgs& a, bool split, cudaStream_t stream) {
 
 size_t attention_workspace_floats(int64_t n_tokens, int n_heads, int head_dim, int max_kv) {
   if (n_tokens <= 0 || n_heads <= 0 || head_dim <= 0 || max_kv <= 0) return 0;
-  return static_cast<size_t>(n_tokens) * n_heads * chunk_count(max_kv) * (static_cast<size_t>(head_dim) + 2);
+  // Per (token, head): n_chunks records of head_dim + 2 floats and an arrival counter.
+  return static_cast<size_t>(n_tokens) * n_heads *
+         (static_cast<size_t>(chunk_count(max_kv)) * (static_cast<size_t>(head_dim) + 2) + 1);
 }
 
 template <class T>

@@ -161,8 +161,10 @@ cudaError_t attention(const AttentionArgs& a, cudaStream_t stream, int tensor_co
 // Whether the tensor-core prefill kernel takes a: tiles that average >= 4 tokens (a step that
 // is mostly prefill) and head_dim 64 or 128.
 bool attention_tc_applies(const AttentionArgs& a);
-// Workspace floats version 2 needs for n_tokens tokens: n_tokens * n_heads * n_chunks *
-// (head_dim + 2), n_chunks <= 32 set by max_kv (attention.cu); 0 when max_kv <= 0.
+// Workspace floats version 2 needs for n_tokens tokens: n_tokens * n_heads * (n_chunks *
+// (head_dim + 2) + 1), n_chunks <= 32 set by max_kv (attention.cu): the chunks' records and an
+// arrival counter a pair; 0 when max_kv <= 0. The workspace must start zeroed (alloc does)
+// and be used by one stream at a time; version 2 leaves the counters zero.
 size_t attention_workspace_floats(int64_t n_tokens, int n_heads, int head_dim, int max_kv);
 
 // ---- sample.cu ------------------------------------------------------------------------
