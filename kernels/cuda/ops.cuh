@@ -161,6 +161,10 @@ cudaError_t attention(const AttentionArgs& a, cudaStream_t stream, int tensor_co
 // Whether the tensor-core prefill kernel takes a: tiles that average >= 4 tokens (a step that
 // is mostly prefill) and head_dim 64 or 128.
 bool attention_tc_applies(const AttentionArgs& a);
+// The tensor-core prefill kernels (attention_tc.cu), attention()'s path where
+// attention_tc_applies(a): tensor_cores 1 / 2 WMMA (unpadded / padded rows), 3 mma.sync
+// flash attention 2 for F16 caches (F32 caches: 2). REQUIRES: attention_tc_applies(a).
+cudaError_t attention_prefill_tc(const AttentionArgs& a, int tensor_cores, cudaStream_t stream);
 // Workspace floats version 2 needs for n_tokens tokens: n_tokens * n_heads * (n_chunks *
 // (head_dim + 2) + 1), n_chunks <= 32 set by max_kv (attention.cu): the chunks' records and an
 // arrival counter a pair; 0 when max_kv <= 0. The workspace must start zeroed (alloc does)

@@ -29,7 +29,8 @@ compile() {  # compile <source> [language]
   fi
   objs+=("$obj")
 }
-for f in kernels/cuda/cuda_backend.cu kernels/cuda/elementwise.cu kernels/cuda/gemv.cu kernels/cuda/attention.cu kernels/cuda/sample.cu; do
+for f in kernels/cuda/cuda_backend.cu kernels/cuda/elementwise.cu kernels/cuda/gemv.cu kernels/cuda/gemm_tc.cu \
+         kernels/cuda/attention.cu kernels/cuda/attention_tc.cu kernels/cuda/sample.cu; do
   compile "$f" c++
 done
 for f in kernels/dtype.cc kernels/ref.cc kernels/sampling.cc kernels/cuda/nccl_comm.cc tests/gpu/emu/emu.cc tests/gpu/gpu_kernel_check.cc; do
