@@ -20,6 +20,28 @@ namespace {
 
 constexpr int kTileQ = kAttentionTileTokens;  // the most tokens of a prefill tile
 
+// What a block of either kernel takes: block (tile, KV head g, row chunk rc) of a launch of
+// n_tiles * n_kv_heads * row_chunks blocks: the rows [r0, r0 + rows) of the tile's tokens
+// [t0, t0 + nt) whose heads share KV head g (row r = j * group + head-in-group), at most rm.
+struct PrefillBlock {
+  int group, g, t0, nt, r0, rows;  // rows <= 0: the block has none
+};
+__device__ __forceinline__ PrefillBlock prefill_block(const AttentionArgs& a, int row_chunks, int rm) {
+  PrefillBlock p;
+  p.group = a.n_heads / a.n_kv_heads;
+  int64_t b = blockIdx.x;
+  const int rc = static_cast<int>(b % row_chunks);
+  b /= row_chunks;
+  p.g = static_cast<int>(b % a.n_kv_heads);
+  const int64_t tile = b / a.n_kv_heads;
+  p.t0 = a.tiles[tile];
+  p.nt = a.tiles[tile + 1] - p.t0;
+  p.r0 = rc * rm;
+  const int left = p.nt * p.group - p.r0;
+  p.rows = left < rm ? left : rm;
+  return p;
+}
+
 // ---- tensor cores (prefill) ---------------------------------------------------------
 // attention_tc: block (tile i, KV head g, row chunk rc) takes the query rows of the tile's
 // tokens whose heads share KV head g (row r = j * group + head-in-group: with grouped-query
@@ -108,16 +130,9 @@ __global__ void __launch_bounds__(kTcThreads) attention_tc(AttentionArgs a, int 
   static_assert(TPR * RM == kTcThreads && (TPR & (TPR - 1)) == 0 && TPR <= kWarpSize, "threads per softmax row");
   __shared__ Sh sm;
   griddep_launch_dependents();
-  const int group = a.n_heads / a.n_kv_heads;
-  int64_t b = blockIdx.x;
-  const int rc = static_cast<int>(b % row_chunks);
-  b /= row_chunks;
-  const int g = static_cast<int>(b % a.n_kv_heads);
-  const int64_t tile = b / a.n_kv_heads;
-  const int t0 = a.tiles[tile], nt = a.tiles[tile + 1] - t0;
-  const int r0 = rc * RM;
-  if (r0 >= nt * group) return;  // block-uniform
-  const int rows = nt * group - r0 < RM ? nt * group - r0 : RM;
+  const PrefillBlock pb = prefill_block(a, row_chunks, RM);
+  if (pb.rows <= 0) return;  // block-uniform
+  const int group = pb.group, g = pb.g, t0 = pb.t0, r0 = pb.r0, rows = pb.rows;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t kv_dim = static_cast<int64_t>(a.n_kv_heads) * HD;
   const int64_t head_off = static_cast<int64_t>(g) * HD;
@@ -313,16 +328,9 @@ __global__ void __launch_bounds__(kFaThreads) attention_fa(AttentionArgs a, int 
   constexpr float kLog2e = 1.4426950408889634f;
   __shared__ Sh sm;
   griddep_launch_dependents();
-  const int group = a.n_heads / a.n_kv_heads;
-  int64_t b = blockIdx.x;
-  const int rc = static_cast<int>(b % row_chunks);
-  b /= row_chunks;
-  const int g = static_cast<int>(b % a.n_kv_heads);
-  const int64_t tile = b / a.n_kv_heads;
-  const int t0 = a.tiles[tile], nt = a.tiles[tile + 1] - t0;
-  const int r0 = rc * kFaRows;
-  if (r0 >= nt * group) return;  // block-uniform
-  const int rows = nt * group - r0 < kFaRows ? nt * group - r0 : kFaRows;
+  const PrefillBlock pb = prefill_block(a, row_chunks, kFaRows);
+  if (pb.rows <= 0) return;  // block-uniform
+  const int group = pb.group, g = pb.g, t0 = pb.t0, r0 = pb.r0, rows = pb.rows;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int lg = lane >> 2, lt = lane & 3;  // the lane's group (row) and thread-in-group (column pair)
   const int64_t kv_dim = static_cast<int64_t>(a.n_kv_heads) * HD;

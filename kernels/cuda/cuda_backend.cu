@@ -80,6 +80,15 @@ DType kernel_type(const WeightRef& w) {
   return w.type == DType::kQ8_0 && w.layout == kLayoutQ8_0Split ? cuda::kQ8_0Split : w.type;
 }
 
+// The GEMV launch's view of rows [j0, j0 + kGemvMaxN) of a Q/K/V projection.
+cuda::GemvQkv qkv_rows(const WeightRef& wq, const WeightRef& wk, const WeightRef& wv, const float* bq, const float* bk,
+                       const float* bv, float* q, float* k, float* v, int64_t j0) {
+  return cuda::GemvQkv{{wq.data, wk.data, wv.data},
+                       {bq, bk, bv},
+                       {q + j0 * wq.rows, k + j0 * wk.rows, v + j0 * wv.rows},
+                       {wq.rows, wk.rows, wv.rows}};
+}
+
 // "kernels/cuda/x.cu" out of an absolute __FILE__.
 const char* short_path(const char* file) {
   const char* p = std::strstr(file, "kernels/");
@@ -588,10 +597,7 @@ void CudaBackend::matmul_qkv(const WeightRef& wq, const WeightRef& wk, const Wei
   const size_t stride = row_bytes_of(wq.type, wq.cols);
   for (int64_t j0 = 0; j0 < n; j0 += cuda::kGemvMaxN) {
     const int nb = static_cast<int>(std::min<int64_t>(cuda::kGemvMaxN, n - j0));
-    const cuda::GemvQkv a{{wq.data, wk.data, wv.data},
-                          {bq, bk, bv},
-                          {q + j0 * wq.rows, k + j0 * wk.rows, v + j0 * wv.rows},
-                          {wq.rows, wk.rows, wv.rows}};
+    const cuda::GemvQkv a = qkv_rows(wq, wk, wv, bq, bk, bv, q, k, v, j0);
     if (!DS_CUDA_CHECK(kOp, cuda::gemv_qkv(kernel_type(wq), a, stride, wq.cols, x + j0 * wq.cols, nb, impl_->stream, options_.pdl))) return;
   }
   end(kOp);
@@ -637,10 +643,7 @@ void CudaBackend::matmul_qkv_rope_store_kv(const WeightRef& wq, const WeightRef&
   rp.kv_f16 = r.cache.type == DType::kF16;
   for (int64_t j0 = 0; j0 < n; j0 += cuda::kGemvMaxN) {
     const int nb = static_cast<int>(std::min<int64_t>(cuda::kGemvMaxN, n - j0));
-    const cuda::GemvQkv a{{wq.data, wk.data, wv.data},
-                          {bq, bk, bv},
-                          {q + j0 * wq.rows, k + j0 * wk.rows, v + j0 * wv.rows},
-                          {wq.rows, wk.rows, wv.rows}};
+    const cuda::GemvQkv a = qkv_rows(wq, wk, wv, bq, bk, bv, q, k, v, j0);
     rp.pos = r.pos + j0;
     rp.slots = r.slots + j0;
     if (!DS_CUDA_CHECK(kOp, cuda::gemv_qkv_rope(kernel_type(wq), a, rp, stride, wq.cols, x + j0 * wq.cols, nb,
