@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "kernels/dtype.h"
 
@@ -268,6 +269,40 @@ class Backend {
     matmul_qkv(wq, wk, wv, bq, bk, bv, x, n, q, k, v);
     rope_store_kv(q, k, v, n, r.n_heads, r.n_kv_heads, r.head_dim, r.pos, r.rope, r.slots, r.cache);
   }
+
+  // A whole decode step of one token in one op (optional; the CUDA backend's persistent
+  // kernel): for a batch of one token that wants its logits, the ops Forward issues layer by
+  // layer (rmsnorm, matmul_qkv_rope_store_kv, attention, matmul_add_rmsnorm, matmul_swiglu,
+  // matmul_add_rmsnorm, ..., the output matmul), every output with their bits. Every pointer
+  // and weight is fixed when prepared; the step's inputs (x: the token's embedding, positions,
+  // cache slots, block tables) change in backend memory.
+  struct FusedDecodeLayer {
+    WeightRef wq, wk, wv, wo, w_gate, w_up, w_down;
+    const float* bq = nullptr;  // may be null
+    const float* bk = nullptr;
+    const float* bv = nullptr;
+    const float* attn_norm = nullptr;
+    const float* ffn_norm = nullptr;
+    KvLayer cache;
+  };
+  struct FusedDecodeModel {
+    std::vector<FusedDecodeLayer> layers;
+    const float* output_norm = nullptr;
+    WeightRef output;            // [n_vocab, n_embd]
+    float eps = 0;
+    RopeStore rope;              // heads, pos, RoPE, slots (cache: per layer)
+    AttentionArgs att;           // one token: q, out, tokens, heads, scale, max_kv, workspace
+    float* x = nullptr;          // [n_embd]: in the embedding, out the last residual
+    float* k = nullptr;          // [kv_dim] (q is att.q)
+    float* v = nullptr;
+    float* ffn = nullptr;        // [n_ff]
+    float* logits = nullptr;     // [n_vocab]
+  };
+  // An id >= 0 for fused_decode(id) when this backend runs m that way, else -1 (the default:
+  // issue the ops one by one).
+  virtual int fused_decode_prepare(const FusedDecodeModel& /*m*/) { return -1; }
+  // The step of prepared model id: logits = the model's output for the token at x.
+  virtual void fused_decode(int /*id*/) {}
 
   // Recording and replay of a fixed op sequence (CUDA graphs): for a caller that issues the
   // same ops with the same arguments step after step (a decode step, whose varying inputs

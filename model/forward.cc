@@ -151,8 +151,55 @@ Status Forward::Init(const std::function<void(size_t, size_t)>& progress) {
     if (!gathered_) {
       return Status::ResourceExhausted(std::string("out of ") + be_.name() + " memory for the logit gather buffers");
     }
+  } else {
+    prepare_fused_decode();
   }
   return Status::Ok();
+}
+
+// A backend that runs a whole one-token decode step as one op (the CUDA backend's persistent
+// kernel, when enabled) gets this Forward's weights and buffers once; enqueue_layers() then
+// issues that op for steps of one token instead of the layers' ops.
+void Forward::prepare_fused_decode() {
+  const ModelConfig& c = config_;
+  Backend::FusedDecodeModel m;
+  for (int l = 0; l < c.n_layer; ++l) {
+    const Layer& L = layers_[l];
+    Backend::FusedDecodeLayer f;
+    f.wq = L.wq, f.wk = L.wk, f.wv = L.wv, f.wo = L.wo;
+    f.w_gate = L.w_gate, f.w_up = L.w_up, f.w_down = L.w_down;
+    f.bq = L.bq, f.bk = L.bk, f.bv = L.bv;
+    f.attn_norm = L.attn_norm, f.ffn_norm = L.ffn_norm;
+    f.cache = kv_.layer(l);
+    m.layers.push_back(f);
+  }
+  m.output_norm = output_norm_;
+  m.output = output_;
+  m.eps = c.rms_eps;
+  m.rope = Backend::RopeStore{c.n_head, c.n_head_kv, c.head_dim, pos_, c.rope, slots_, KvLayer{}};
+  m.att = attention_args(1);
+  m.x = x_, m.k = k_, m.v = v_, m.ffn = gate_, m.logits = logits_;
+  fused_decode_id_ = be_.fused_decode_prepare(m);
+}
+
+AttentionArgs Forward::attention_args(int64_t n) const {
+  const ModelConfig& c = config_;
+  AttentionArgs aa;
+  aa.q = q_;
+  aa.out = att_;
+  aa.tokens = att_tokens_;
+  aa.n_tokens = n;
+  aa.n_heads = c.n_head;
+  aa.n_kv_heads = c.n_head_kv;
+  aa.head_dim = c.head_dim;
+  aa.block_size = kv_.block_size();
+  aa.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  aa.max_kv = max_kv_;
+  aa.workspace = att_workspace_;
+  aa.workspace_floats = att_workspace_floats_;
+  aa.tiles = n_tiles_ > 0 ? tiles_ : nullptr;
+  aa.n_tiles = n_tiles_;
+  return aa;
 }
 
 Status Forward::comm_failed(const char* what) const {
@@ -239,24 +286,13 @@ Status Forward::forward_local(const std::vector<ForwardToken>& tokens, int64_t* 
 
 Status Forward::enqueue_layers(int64_t n, int64_t n_out) {
   const ModelConfig& c = config_;
-  const int bs = kv_.block_size();
   const int64_t D = c.n_embd;
   be_.get_rows(tok_embd_, ids_, n, x_);
-  AttentionArgs aa;
-  aa.q = q_;
-  aa.out = att_;
-  aa.tokens = att_tokens_;
-  aa.n_tokens = n;
-  aa.n_heads = c.n_head;
-  aa.n_kv_heads = c.n_head_kv;
-  aa.head_dim = c.head_dim;
-  aa.block_size = bs;
-  aa.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-  aa.max_kv = max_kv_;
-  aa.workspace = att_workspace_;
-  aa.workspace_floats = att_workspace_floats_;
-  aa.tiles = n_tiles_ > 0 ? tiles_ : nullptr;
-  aa.n_tiles = n_tiles_;
+  if (fused_decode_id_ >= 0 && n == 1 && n_out == 1) {  // the whole step in one op
+    be_.fused_decode(fused_decode_id_);
+    return Status::Ok();
+  }
+  AttentionArgs aa = attention_args(n);
   // xn_ = the norm of x_ before each projection: here for layer 0, then after each residual
   // add (matmul_add_rmsnorm: the add and the next norm, the last layer's the output norm).
   be_.rmsnorm(x_, layers_[0].attn_norm, n, D, c.rms_eps, xn_);

@@ -76,6 +76,8 @@ class Forward {
                      int* fallbacks);
 
   int max_tokens() const { return max_tokens_; }
+  // Whether one-token steps run as the backend's one fused op (Backend::fused_decode_prepare).
+  bool fused_decode() const { return fused_decode_id_ >= 0; }
 
  private:
   Forward(std::shared_ptr<const void> owner, const ModelConfig& config, const ModelWeights& weights, Backend& b,
@@ -90,6 +92,8 @@ class Forward {
   // Enqueues the layers and the logits of n tokens (n_out of them want logits) on metadata
   // already uploaded; a decode step's sequence is recorded and replayed (Backend::replay).
   Status enqueue_layers(int64_t n, int64_t n_out);
+  void prepare_fused_decode();
+  AttentionArgs attention_args(int64_t n) const;  // the layers' attention() arguments for n tokens
   Status comm_failed(const char* what) const;
   float* buffer(size_t floats);
   const float* vec(const std::vector<float>& host);
@@ -136,6 +140,7 @@ class Forward {
   std::vector<int32_t> h_ids_, h_pos_, h_slots_, h_tables_, h_out_rows_;
   std::vector<AttentionToken> h_att_;
   size_t table_capacity_ = 0;
+  int fused_decode_id_ = -1;  // Backend::fused_decode_prepare's id for this Forward (-1: none)
   uint64_t record_id_ = 0;  // this Forward's part of its recording keys (unique per process)
 };
 

@@ -22,9 +22,11 @@ constexpr int kTileQ = kAttentionTileTokens;  // the most tokens of a prefill ti
 
 // What a block of either kernel takes: block (tile, KV head g, row chunk rc) of a launch of
 // n_tiles * n_kv_heads * row_chunks blocks: the rows [r0, r0 + rows) of the tile's tokens
-// [t0, t0 + nt) whose heads share KV head g (row r = j * group + head-in-group), at most rm.
+// [t0, t0 + nt) whose heads share KV head g (row r = j * group + head-in-group), at most rm;
+// p_end: the most positions one of those rows sees.
 struct PrefillBlock {
   int group, g, t0, nt, r0, rows;  // rows <= 0: the block has none
+  int p_end;
 };
 __device__ __forceinline__ PrefillBlock prefill_block(const AttentionArgs& a, int row_chunks, int rm) {
   PrefillBlock p;
@@ -39,6 +41,11 @@ __device__ __forceinline__ PrefillBlock prefill_block(const AttentionArgs& a, in
   p.r0 = rc * rm;
   const int left = p.nt * p.group - p.r0;
   p.rows = left < rm ? left : rm;
+  p.p_end = 0;
+  for (int j = p.r0 / p.group; p.rows > 0 && j <= (p.r0 + p.rows - 1) / p.group; ++j) {
+    const int n_kv = a.tokens[p.t0 + j].n_kv;
+    if (n_kv > p.p_end) p.p_end = n_kv;
+  }
   return p;
 }
 
@@ -141,11 +148,7 @@ __global__ void __launch_bounds__(kTcThreads) attention_tc(AttentionArgs a, int 
   const T* kc = static_cast<const T*>(a.k_cache);
   const T* vc = static_cast<const T*>(a.v_cache);
 
-  int p_end = 0;  // the most positions a row of this block sees
-  for (int j = r0 / group; j <= (r0 + rows - 1) / group; ++j) {
-    const int n_kv = a.tokens[t0 + j].n_kv;
-    if (n_kv > p_end) p_end = n_kv;
-  }
+  const int p_end = pb.p_end;  // the most positions a row of this block sees
   // The stage's K and V rows warp * RPW + i, lane's EPL elements, in registers.
   float kr[RPW][EPL], vr[RPW][EPL];
   auto fetch = [&](int base) {
@@ -340,11 +343,7 @@ __global__ void __launch_bounds__(kFaThreads) attention_fa(AttentionArgs a, int 
   const auto* kc = static_cast<const uint16_t*>(a.k_cache);
   const auto* vc = static_cast<const uint16_t*>(a.v_cache);
 
-  int p_end = 0;  // the most positions a row of this block sees
-  for (int j = r0 / group; j <= (r0 + rows - 1) / group; ++j) {
-    const int n_kv = a.tokens[t0 + j].n_kv;
-    if (n_kv > p_end) p_end = n_kv;
-  }
+  const int p_end = pb.p_end;  // the most positions a row of this block sees
   // Copies stage `stage`'s K and V rows into buffer buf (rows past p_end: zeros, so that
   // P V never meets stale or non-finite values).
   auto issue = [&](int stage, int buf) {

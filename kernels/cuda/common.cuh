@@ -117,6 +117,30 @@ __device__ __forceinline__ uint16_t f32_to_bf16_bits(float f) {
   return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
+// ---- grid-wide barrier (the persistent decode kernel, decode_fused.cu) --------------------
+// Every thread of every block of a cooperative launch (all blocks resident at once) calls
+// it; it returns once every block has arrived, and what any thread wrote before it is then
+// visible to every thread that reads it past L1 (__ldcg; L1 is not coherent between SMs).
+// bar: a device unsigned that only this launch's blocks touch, any value at the start: block 0
+// adds 2^31 - (gridDim.x - 1) and every other block 1, so each barrier flips the top bit and
+// leaves the low bits as they were (cooperative groups' grid sync counts the same way) and
+// nothing needs resetting between barriers or launches. Thread 0 of each block spins on it.
+__device__ __forceinline__ void grid_sync(unsigned* bar) {
+  __syncthreads();  // the block's writes before the barrier precede thread 0's fence
+  if (threadIdx.x == 0) {
+    const unsigned add = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
+    __threadfence();
+    const unsigned old = atomicAdd(bar, add);
+    while (((old ^ *static_cast<volatile unsigned*>(bar)) & 0x80000000u) == 0) {
+#ifdef DS_CUDA_EMULATION
+      ::emu::spin_wait();
+#endif
+    }
+    __threadfence();
+  }
+  __syncthreads();
+}
+
 // Sum over the 32 lanes; every lane gets the total. Fixed butterfly order: deterministic.
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

@@ -147,6 +147,12 @@ struct CudaBackend::Impl {
   std::map<uint64_t, int> retried;  // keys whose recording failed only for scratch growth: retries
   void* cublas_workspace = nullptr;  // kCublasWorkspaceBytes, set as the handle's workspace
   cudaEvent_t prof_start = nullptr, prof_stop = nullptr;  // profile_ops
+  struct Fused {  // a fused_decode_prepare()d model
+    cuda::FusedDecodeArgs args;
+    int blocks = 0;
+  };
+  std::vector<Fused> fused;
+  std::vector<void*> fused_memory;  // the layer tables and barrier counters
 };
 
 CudaBackend::CudaBackend(const CudaBackendOptions& options) : options_(options), impl_(std::make_unique<Impl>()) {
@@ -212,6 +218,7 @@ CudaBackend::~CudaBackend() {
   if (impl_->prof_stop) cudaEventDestroy(impl_->prof_stop);
   if (scratch_) cudaFree(scratch_);
   if (norm_counter_) cudaFree(norm_counter_);
+  for (void* p : impl_->fused_memory) cudaFree(p);
   if (impl_->cublas) cublasDestroy(impl_->cublas);
   if (impl_->cublas_workspace) cudaFree(impl_->cublas_workspace);
   if (impl_->stream) cudaStreamDestroy(impl_->stream);
@@ -910,6 +917,104 @@ bool cuda_backend_available() {
   const bool ok = cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
   cudaGetLastError();
   return ok;
+}
+
+// ---- the persistent decode kernel ------------------------------------------------------
+
+int CudaBackend::fused_decode_prepare(const FusedDecodeModel& m) {
+  // Only where the per-op path it replaces runs at n = 1: GEMV v3 with the fused launches and
+  // split-K attention; one weight type and layout for every matrix.
+  if (!options_.fused_decode || !ok() || m.layers.empty() || options_.gemv_version != 3 || !options_.fuse_decode)
+    return -1;
+  const FusedDecodeLayer& l0 = m.layers[0];
+  const DType type = l0.wq.type;
+  const uint32_t layout = l0.wq.layout;
+  const int64_t D = l0.wq.cols, F = l0.w_gate.rows, V = m.output.rows;
+  const RopeStore& r = m.rope;
+  const int hd = r.head_dim;
+  const int64_t q_dim = static_cast<int64_t>(r.n_heads) * hd, kv_dim = static_cast<int64_t>(r.n_kv_heads) * hd;
+  const AttentionArgs& a = m.att;
+  if (!supported(type) || block_elems(type) == 0 || r.n_heads <= 0 || r.n_kv_heads <= 0 || hd % 2 != 0 ||
+      r.rope.n_rot <= 0 || r.rope.n_rot % 2 != 0 || r.rope.n_rot > hd || !cuda::fused_decode_supports(kernel_type(l0.wq), hd) ||
+      a.n_heads != r.n_heads || a.n_kv_heads != r.n_kv_heads || a.head_dim != hd || a.n_tokens != 1 || a.max_kv <= 0 ||
+      a.workspace == nullptr || a.workspace_floats < cuda::attention_workspace_floats(1, a.n_heads, hd, a.max_kv) ||
+      a.tiles != nullptr)
+    return -1;
+  auto shaped = [&](const WeightRef& w, int64_t rows, int64_t cols) {
+    return w.type == type && w.layout == layout && w.rows == rows && w.cols == cols && cols > 0 &&
+           cols % block_elems(type) == 0 && w.data != nullptr &&
+           reinterpret_cast<uintptr_t>(w.data) % (type == DType::kF32 ? 4 : 2) == 0;
+  };
+  const DType kv_type = l0.cache.type;
+  bool w_vec = true;
+  auto wide = [&](const WeightRef& w) { w_vec = w_vec && cuda::gemv_wide_loads(kernel_type(w), w.data, w.cols, row_bytes_of(w.type, w.cols)); };
+  std::vector<cuda::FusedDecodeLayer> layers;
+  for (const FusedDecodeLayer& L : m.layers) {
+    if (!shaped(L.wq, q_dim, D) || !shaped(L.wk, kv_dim, D) || !shaped(L.wv, kv_dim, D) || !shaped(L.wo, D, q_dim) ||
+        !shaped(L.w_gate, F, D) || !shaped(L.w_up, F, D) || !shaped(L.w_down, D, F) || L.cache.type != kv_type ||
+        !L.attn_norm || !L.ffn_norm || !L.cache.k || !L.cache.v)
+      return -1;
+    for (const WeightRef* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) wide(*w);
+    layers.push_back(cuda::FusedDecodeLayer{L.wq.data, L.wk.data, L.wv.data, L.wo.data, L.w_gate.data, L.w_up.data,
+                                            L.w_down.data, L.bq, L.bk, L.bv, L.attn_norm, L.ffn_norm, L.cache.k,
+                                            L.cache.v});
+  }
+  if (!shaped(m.output, V, D) || !kv_type_supported(kv_type) || !m.output_norm || !m.x || !m.k || !m.v || !m.ffn ||
+      !m.logits || !a.q || !a.out || !a.tokens || !r.pos || !r.slots)
+    return -1;
+  wide(m.output);
+
+  cuda::FusedDecodeArgs f;
+  f.wtype = kernel_type(l0.wq);
+  f.w_vec = w_vec;
+  f.prefetch = options_.fused_decode_prefetch;
+  f.n_layers = static_cast<int>(layers.size());
+  f.n_embd = D, f.n_ff = F, f.n_vocab = V;
+  f.stride_d = row_bytes_of(type, D), f.stride_q = row_bytes_of(type, q_dim), f.stride_f = row_bytes_of(type, F);
+  f.eps = m.eps;
+  f.output_norm = m.output_norm;
+  f.output = m.output.data;
+  f.qkv = cuda::GemvQkv{{nullptr, nullptr, nullptr}, {nullptr, nullptr, nullptr},
+                        {const_cast<float*>(a.q), m.k, m.v}, {q_dim, kv_dim, kv_dim}};
+  f.rope.head_dim = hd;
+  f.rope.n_rot = r.rope.n_rot;
+  f.rope.neox = r.rope.style == RopeStyle::kNeox;
+  f.rope.freq_base = r.rope.freq_base;
+  f.rope.freq_scale = r.rope.freq_scale;
+  f.rope.pos = r.pos;
+  f.rope.slots = r.slots;
+  f.rope.kv_f16 = kv_type == DType::kF16;
+  f.att = a;
+  f.att.kv_type = kv_type;
+  cuda::fused_decode_chunks(a.max_kv, &f.chunk, &f.n_chunks);
+  f.x = m.x, f.ffn = m.ffn, f.logits = m.logits;
+  const int blocks = cuda::fused_decode_blocks(f.wtype, cuda::fused_decode_shared_bytes(f),
+                                               options_.fused_decode_blocks_per_sm);
+  if (blocks <= 0) return -1;
+  const size_t table = layers.size() * sizeof(cuda::FusedDecodeLayer);
+  void* dev = alloc(table + 256);  // the layer table, then the barrier's counter
+  if (dev == nullptr) return -1;
+  impl_->fused_memory.push_back(dev);
+  upload(dev, layers.data(), table);
+  if (!ok()) return -1;
+  f.layers = static_cast<const cuda::FusedDecodeLayer*>(dev);
+  f.barrier = reinterpret_cast<unsigned*>(static_cast<uint8_t*>(dev) + (table + 255) / 256 * 256);
+  impl_->fused.push_back(Impl::Fused{f, blocks});
+  return static_cast<int>(impl_->fused.size()) - 1;
+}
+
+void CudaBackend::fused_decode(int id) {
+  constexpr const char* kOp = "fused_decode";
+  if (!begin(kOp)) return;
+  if (id < 0 || static_cast<size_t>(id) >= impl_->fused.size())
+    return (void)fail(kOp, "no prepared model " + std::to_string(id), __FILE__, __LINE__);
+  const Impl::Fused& f = impl_->fused[id];
+  DS_CUDA_CHECK(kOp, cuda::fused_decode(f.args, f.blocks, impl_->stream));
+  end(kOp);
+}
+
+int CudaBackend::fused_decode_blocks(int id) const {
+  return id >= 0 && static_cast<size_t>(id) < impl_->fused.size() ? impl_->fused[id].blocks : 0;
 }
 
 }  // namespace ds

@@ -90,6 +90,11 @@ struct CudaBackendOptions {
                                 // the GEMV path applies (Q/K/V and gate/up: one tensor-core launch each
                                 // where tc_gemm applies); rope_store_kv: one launch (false: the
                                 // separate ops, Backend's defaults)
+  bool fused_decode = false;    // fused_decode_prepare: a one-token decode step as one persistent
+                                // cooperative kernel (decode_fused.cu; same bits as the per-op path;
+                                // not yet run on a GPU, so off by default)
+  int fused_decode_blocks_per_sm = 4;  // its blocks per SM (at most what fits)
+  bool fused_decode_prefetch = true;   // its L2 prefetch of the next phase's weights at each barrier
 };
 
 class CudaBackend final : public Backend {
@@ -155,6 +160,11 @@ class CudaBackend final : public Backend {
   void rope_store_kv(float* q, float* k, const float* v, int64_t n, int n_heads, int n_kv_heads, int head_dim,
                      const int32_t* pos, const RopeParams& p, const int32_t* slots, const KvLayer& cache) override;
   void sample_candidates(const SampleArgs& a) override;  // kernels/cuda/sample.cu
+  // Under options.fused_decode, where the per-op path at n = 1 is GEMV v3 with the fused
+  // launches and split-K attention, every matrix of one type (F32, F16, Q8_0) and head_dim <=
+  // 128, and the device launches cooperatively; else -1.
+  int fused_decode_prepare(const FusedDecodeModel& m) override;
+  void fused_decode(int id) override;
   bool replay(uint64_t key) override;
   bool record_begin(uint64_t key) override;
   bool record_end() override;
@@ -183,6 +193,11 @@ class CudaBackend final : public Backend {
   void set_tc_attention_padded(bool on) { options_.tc_attention_padded = on; }
   void set_tc_attention_mma(bool on) { options_.tc_attention_mma = on; }
   void set_q8_0_split(bool on) { options_.q8_0_split = on; }
+  void set_fused_decode(bool on) { options_.fused_decode = on; }  // for models prepared after
+  void set_fused_decode_prefetch(bool on) { options_.fused_decode_prefetch = on; }  // likewise
+  void set_fused_decode_blocks_per_sm(int n) { options_.fused_decode_blocks_per_sm = n; }  // likewise
+  // The blocks of prepared model id's launch (0: no such model).
+  int fused_decode_blocks(int id) const;
   // Whether attention(a) runs the tensor-core prefill kernel (options.tc_attention).
   bool tc_attention_applies(const AttentionArgs& a) const;
   void set_gemv_max_batch(int n) { options_.gemv_max_batch = n; }

@@ -117,6 +117,10 @@ cudaError_t gemv_add(DType t, const void* w, size_t row_stride, int64_t rows, in
 cudaError_t gemv_swiglu(DType t, const void* w_gate, const void* w_up, size_t row_stride, int64_t rows, int64_t cols,
                         const float* x, int n, float* out, cudaStream_t stream, bool pdl = false);
 
+// Whether the GEMV kernels load this matrix's rows with wide (8- / 16-byte) loads (its type,
+// columns, row bytes and alignment allow them); the arithmetic is the same either way.
+bool gemv_wide_loads(DType t, const void* w, int64_t cols, size_t row_stride);
+
 // ---- gemm_tc.cu ---------------------------------------------------------------------
 
 // y[n, rows] (+)= x[n, cols] * W^T on the tensor cores for the small batches above the GEMV's
@@ -170,6 +174,61 @@ cudaError_t attention_prefill_tc(const AttentionArgs& a, int tensor_cores, cudaS
 // arrival counter a pair; 0 when max_kv <= 0. The workspace must start zeroed (alloc does)
 // and be used by one stream at a time; version 2 leaves the counters zero.
 size_t attention_workspace_floats(int64_t n_tokens, int n_heads, int head_dim, int max_kv);
+
+// ---- decode_fused.cu -------------------------------------------------------------------
+
+// The persistent decode kernel (decode_fused.cu): one decode step of one token, every layer
+// and the logits, in one cooperative launch, with the bits of the layer-by-layer launches
+// (gemv v3 and its fused QKV + RoPE / add / SwiGLU launches, split-K attention).
+struct FusedDecodeLayer {
+  const void* wq;
+  const void* wk;
+  const void* wv;
+  const void* wo;
+  const void* w_gate;
+  const void* w_up;
+  const void* w_down;
+  const float* bq;  // biases: each may be null
+  const float* bk;
+  const float* bv;
+  const float* attn_norm;
+  const float* ffn_norm;
+  void* k_cache;  // KvLayer k, v
+  void* v_cache;
+};
+struct FusedDecodeArgs {
+  DType wtype = DType::kF32;  // every matrix's kernel type (kQ8_0Split for split rows)
+  bool w_vec = false;         // wide weight loads (gemv.cu's vec_weights, every matrix aligned)
+  bool prefetch = true;       // ask L2 for the next phase's weights before each grid barrier
+  int n_layers = 0;
+  const FusedDecodeLayer* layers = nullptr;  // device memory, [n_layers]
+  int64_t n_embd = 0, n_ff = 0, n_vocab = 0;
+  size_t stride_d = 0, stride_q = 0, stride_f = 0;  // row bytes: n_embd, q_dim, n_ff columns
+  float eps = 0;
+  const float* output_norm = nullptr;
+  const void* output = nullptr;  // [n_vocab, n_embd]
+  GemvQkv qkv = {};              // rows and y (q, k, v [1, rows]); w and bias per layer
+  GemvQkvRope rope = {};         // RoPE, pos, slots, kv_f16; caches per layer
+  AttentionArgs att = {};        // one token: q, out, tokens, heads, scale, split-K workspace
+  int chunk = 0, n_chunks = 0;   // split-K chunking of att.max_kv (attention.cu)
+  float* x = nullptr;            // [n_embd]: in the embedding, out the last residual
+  float* ffn = nullptr;          // [n_ff] scratch
+  float* logits = nullptr;       // [n_vocab]
+  unsigned* barrier = nullptr;   // a device unsigned for the grid barrier (any value)
+  int64_t stage_floats = 0;      // set by fused_decode
+};
+// Whether the kernel takes matrices of kernel type t (F32, F16, Q8_0, split Q8_0) and this
+// head_dim (<= 128).
+bool fused_decode_supports(DType t, int head_dim);
+// The split-K chunking attention() uses for max_kv (> 0): chunk size and count.
+void fused_decode_chunks(int max_kv, int* chunk, int* n_chunks);
+size_t fused_decode_shared_bytes(const FusedDecodeArgs& a);
+// Blocks of a launch on the current device: SMs x min(blocks_per_sm, what fits); 0 where the
+// device cannot launch cooperatively (the caller keeps the layer-by-layer path).
+int fused_decode_blocks(DType t, size_t shared_bytes, int blocks_per_sm);
+// REQUIRES: fused_decode_supports; att.max_kv > 0 with its split-K workspace; blocks from
+// fused_decode_blocks; every matrix of wtype with rows of stride_* bytes.
+cudaError_t fused_decode(const FusedDecodeArgs& a, int blocks, cudaStream_t stream);
 
 // ---- sample.cu ------------------------------------------------------------------------
 

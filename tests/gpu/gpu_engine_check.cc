@@ -1,7 +1,7 @@
 // tests/gpu/gpu_engine_check.cc: the engine on a real GPU (steps 3 and 4 of
 // tools/gpu-check.sh). Plain program, no test framework: the GPU machine has no GTest.
 //
-//   ds-gpu-engine-check --golden DIR [--bench-dir DIR] [--no-bench] [--quick]
+//   ds-gpu-engine-check --golden DIR [--bench-dir DIR] [--no-bench] [--quick] [--only CHECK]
 //
 // Step 3: greedy generation of DIR/stories260K.gguf (and -f16) on the CUDA backend must
 //         reproduce DIR/stories260K-golden.jsonl token for token (sampling on the GPU);
@@ -15,6 +15,9 @@
 //         here, prefill time against the time of its GEMMs alone (backend matmuls), and
 //         sampled decode at batch 8 with sampling on the GPU vs on the host, and the
 //         per-op GPU time of a batch-1 decode step (CudaBackendOptions::profile_ops).
+// Last (fused_decode): the persistent decode kernel (CudaBackendOptions::fused_decode) must
+//         give one-token steps the per-op path's logits bit for bit (several models, caches
+//         and grids), and its bench-1b batch-1 decode is timed beside the per-op path's.
 // Exit status: 0 pass, 1 a check failed, 2 no usable GPU / setup failure.
 #include <cuda_runtime.h>
 #include <unistd.h>
@@ -34,6 +37,8 @@
 #include "kernels/comm.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "model/engine.h"
+#include "model/forward.h"
+#include "model/kv_cache.h"
 #include "model/mkmodel.h"
 
 namespace {
@@ -93,6 +98,9 @@ bool g_tc = true;   // CudaBackendOptions::tc_gemm of the engines made below
 bool g_tc_att = true;  // CudaBackendOptions::tc_attention of the engines made below
 bool g_q8_0_split = true;  // CudaBackendOptions::q8_0_split of the engines made below
 bool g_tc_att_mma = true;  // CudaBackendOptions::tc_attention_mma of the engines made below
+bool g_fused = false;       // CudaBackendOptions::fused_decode of the engines made below
+bool g_fused_prefetch = true;  // CudaBackendOptions::fused_decode_prefetch of the engines made below
+int g_fused_blocks = 4;        // CudaBackendOptions::fused_decode_blocks_per_sm of the engines made below
 std::optional<ds::DType> g_kv_type;  // EngineOptions::kv_type of the engines made below (unset: F16 on the GPU)
 // --quick (the CPU emulation of CUDA, tests/gpu/emu, where a step takes ~1 s): the golden's
 // first case and first 16 tokens, sampling for 10 tokens a request.
@@ -113,6 +121,9 @@ std::unique_ptr<ds::Engine> engine(std::shared_ptr<ds::Model> m, int max_batch, 
   co.tc_attention = g_tc_att;
   co.q8_0_split = g_q8_0_split;
   co.tc_attention_mma = g_tc_att_mma;
+  co.fused_decode = g_fused;
+  co.fused_decode_prefetch = g_fused_prefetch;
+  co.fused_decode_blocks_per_sm = g_fused_blocks;
   std::unique_ptr<ds::CudaBackend> be = ds::CudaBackend::create(co, &err);
   if (!be) {
     std::printf("ERROR: no CUDA backend: %s\n", err.c_str());
@@ -202,6 +213,152 @@ bool q8_0_split_engine(const std::string& dir) {
   std::printf("q8_0 split rows: the tiny Q8_0 model's tokens (6 runs x 10) %s the GGUF layout's\n",
               same ? "equal" : "DIFFER FROM");
   return same;
+}
+
+// The persistent decode kernel (CudaBackendOptions::fused_decode) gives every one-token step
+// the logits of the per-op path bit for bit: two Forwards over one model, one per backend,
+// the same tokens; one-token steps at the start of a sequence (one split-K chunk), then a
+// prompt in 64-token steps (the per-op path in both) past the 256-position chunk, then
+// one-token steps again whose attention merges two chunks (long: only where asked). Models:
+// stories260K F32 and F16 (head_dim 8), the tiny preset in Q8_0 split and in blocks (16), a
+// qwen2-shaped F16 model (biases, neox RoPE, head_dim 128); F32 and F16 caches; a grid of 1,
+// 3 and (on a GPU) as many blocks as fit.
+bool fused_decode_same(const std::shared_ptr<ds::Model>& m, const char* name, ds::DType kv_type, int blocks_per_sm,
+                       bool long_context) {
+  const ds::ModelConfig& c = m->config();
+  constexpr int kBlock = 16, kPositions = 320, kMaxTokens = 64;
+  std::unique_ptr<ds::CudaBackend> be[2];
+  std::unique_ptr<ds::KvCache> kv[2];
+  std::unique_ptr<ds::Forward> f[2];
+  std::vector<int32_t> table[2];
+  for (int k = 0; k < 2; ++k) {
+    std::string err;
+    ds::CudaBackendOptions co;
+    co.fused_decode = k == 1;
+    co.fused_decode_blocks_per_sm = blocks_per_sm;
+    co.q8_0_split = g_q8_0_split;
+    be[k] = ds::CudaBackend::create(co, &err);
+    if (!be[k]) {
+      std::printf("ERROR: no CUDA backend: %s\n", err.c_str());
+      return false;
+    }
+    auto cache = ds::KvCache::Create(*be[k], c.n_layer, c.kv_dim(), kBlock, kPositions / kBlock, kv_type);
+    if (!check_ok(cache.status(), "KV cache")) return false;
+    kv[k] = std::move(cache).value();
+    auto fw = ds::Forward::Create(m, *be[k], *kv[k], kMaxTokens, {}, kPositions);
+    if (!check_ok(fw.status(), "Forward")) return false;
+    f[k] = std::move(fw).value();
+    if (!kv[k]->blocks().allocate(kPositions / kBlock, &table[k])) return false;
+  }
+  if (!f[1]->fused_decode()) {
+    std::printf("fused decode: %s: NOT TAKEN (fused_decode_prepare refused the model)\n", name);
+    return false;
+  }
+  int steps = 0, fused_steps = 0;
+  bool same = true;
+  auto step = [&](int pos0, int n) {
+    std::vector<float> logits[2];
+    for (int k = 0; k < 2; ++k) {
+      std::vector<ds::ForwardToken> toks;
+      for (int i = 0; i < n; ++i)
+        toks.push_back(ds::ForwardToken{static_cast<int32_t>((pos0 + i) * 37 % c.n_vocab), pos0 + i, &table[k], i == n - 1});
+      if (!check_ok(f[k]->run(toks, &logits[k]), "forward")) return false;
+    }
+    ++steps;
+    fused_steps += n == 1;
+    const bool eq = logits[0].size() == static_cast<size_t>(c.n_vocab) && logits[0].size() == logits[1].size() &&
+                    std::memcmp(logits[0].data(), logits[1].data(), logits[0].size() * sizeof(float)) == 0;
+    if (!eq && same) {
+      size_t at = 0;
+      while (at < logits[0].size() && at < logits[1].size() && logits[0][at] == logits[1][at]) ++at;
+      std::printf("fused decode: %s: position %d: logits differ first at %zu (%.9g vs %.9g)\n", name, pos0 + n - 1, at,
+                  at < logits[0].size() ? logits[0][at] : 0.0, at < logits[1].size() ? logits[1][at] : 0.0);
+    }
+    same = same && eq;
+    return true;
+  };
+  int pos = 0;
+  for (; pos < 4; ++pos)
+    if (!step(pos, 1)) return false;
+  if (long_context) {
+    // Positions 4..261 as if a prompt had been there (the same pseudo-random K and V in both
+    // caches, fast where a 262-token prefill under the emulation is not), then one-token steps
+    // whose attention spans two 256-position chunks.
+    if (table[0] != table[1]) return false;
+    const size_t eb = ds::kv_elem_bytes(kv_type), row = static_cast<size_t>(c.kv_dim()) * eb;
+    std::vector<uint8_t> bytes(row);
+    uint32_t seed = 12345;
+    for (int l = 0; l < c.n_layer; ++l) {
+      for (int kvk = 0; kvk < 2; ++kvk) {
+        for (int p = 4; p < 262; ++p) {
+          for (int e = 0; e < c.kv_dim(); ++e) {
+            seed = seed * 1664525u + 1013904223u;
+            const float x = static_cast<float>(static_cast<int>(seed >> 9) % 2001 - 1000) / 500.0f;  // [-2, 2]
+            if (eb == 4) std::memcpy(&bytes[e * 4], &x, 4);
+            else {
+              const uint16_t h = ds::fp32_to_fp16_ref(x);
+              std::memcpy(&bytes[e * 2], &h, 2);
+            }
+          }
+          const size_t at = (static_cast<size_t>(table[0][p / kBlock]) * kBlock + p % kBlock) * row;
+          for (int k = 0; k < 2; ++k) {
+            const ds::KvLayer L = kv[k]->layer(l);
+            be[k]->upload(static_cast<uint8_t*>(kvk ? L.v : L.k) + at, bytes.data(), row);
+          }
+        }
+      }
+    }
+    for (pos = 262; pos < 266; ++pos)
+      if (!step(pos, 1)) return false;
+  }
+  for (int k = 0; k < 2; ++k) be[k]->synchronize();
+  const bool ok = same && be[0]->ok() && be[1]->ok();
+  std::printf("fused decode: %s, %s cache, %d block(s) (grid %d): %d steps (%d of one token, the persistent kernel) %s\n",
+              name, ds::dtype_name(kv_type), blocks_per_sm, be[1]->fused_decode_blocks(0), steps, fused_steps,
+              ok ? "give the per-op path's logits bit for bit" : "FAIL");
+  if (!be[1]->ok()) std::printf("ERROR: %s\n", be[1]->last_error().c_str());
+  return ok;
+}
+
+bool fused_decode(const std::string& gold, const std::string& dir) {
+  bool ok = true;
+#ifdef DS_CUDA_EMULATION
+  const int many = 8;  // the emulation's most
+#else
+  const int many = 64;  // as many as fit
+#endif
+  for (const char* file : {"stories260K.gguf", "stories260K-f16.gguf"}) {
+    auto m = ds::Model::Load(gold + "/" + file);
+    if (!check_ok(m.status(), file)) return false;
+    const bool f32 = !std::strcmp(file, "stories260K.gguf");
+    ok = fused_decode_same(*m, file, f32 ? ds::DType::kF32 : ds::DType::kF16, f32 ? 1 : 3, !f32) && ok;
+    if (!g_quick) ok = fused_decode_same(*m, file, f32 ? ds::DType::kF16 : ds::DType::kF32, many, true) && ok;
+  }
+  struct Made {
+    const char* name;
+    ds::ModelSpec spec;
+  };
+  ds::ModelSpec tiny = ds::model_preset("tiny").value();
+  tiny.type = ds::DType::kQ8_0;
+  tiny.seed = 11;
+  ds::ModelSpec qwen = ds::model_preset("tiny-qwen2").value();
+  qwen.type = ds::DType::kF16;
+  qwen.dim = 256, qwen.heads = 2, qwen.kv_heads = 1, qwen.ffn = 256, qwen.seed = 12;
+  for (const Made& mk : {Made{"tiny q8_0", tiny}, Made{"qwen2 f16 head_dim 128", qwen}}) {
+    const std::string path = dir + "/ds-gpu-check-fused-" + std::to_string(getpid()) + ".gguf";
+    if (!check_ok(ds::write_random_model(mk.spec, path), "write a model")) return false;
+    auto m = ds::Model::Load(path);
+    std::remove(path.c_str());
+    if (!check_ok(m.status(), "load a model")) return false;
+    const bool q8 = mk.spec.type == ds::DType::kQ8_0;
+    for (int split = q8 ? 0 : 1; split < 2; ++split) {  // q8_0: GGUF blocks, then split rows
+      g_q8_0_split = split == 1;
+      const std::string name = std::string(mk.name) + (q8 ? (split ? " split" : " blocks") : "");
+      ok = fused_decode_same(*m, name.c_str(), split ? ds::DType::kF16 : ds::DType::kF32, 3, false) && ok;
+    }
+    g_q8_0_split = true;
+  }
+  return ok;
 }
 
 bool golden(const std::string& dir) {
@@ -870,19 +1027,90 @@ bool bench(const std::string& dir, double copy_gbs) {
   return true;
 }
 
+// Batch-1 decode of bench-1b through the persistent decode kernel (CudaBackendOptions::
+// fused_decode) against the per-op path in the same run: with its L2 prefetch and up to 4
+// blocks an SM (as many as fit), without the prefetch, with 1 and 2 blocks an SM. The
+// per-op path's greedy tokens are required (the same logits give the same tokens). Last in
+// the run: a kernel that never ran on a GPU before must not cost the other results if it hangs.
+bool bench_fused(const std::string& dir, double copy_gbs) {
+  std::printf("\npersistent decode kernel, bench-1b batch 1 (tok/s; %% of the %.0f GB/s copy bandwidth):\n", copy_gbs);
+  bool all_same = true;
+  for (const char* tn : {"q8_0", "f16"}) {
+    auto spec = ds::model_preset("bench-1b");
+    ds::parse_dtype(tn, &spec->type);
+    const std::string path = dir + "/bench-1b-" + tn + ".gguf";
+    if (!std::ifstream(path).good() && !ds::write_random_model(*spec, path).ok()) return false;
+    auto m = ds::Model::Load(path);
+    if (!m.ok()) return false;
+    const int gen = 64;
+    struct Variant {
+      bool prefetch;
+      int blocks;
+    };
+    std::string line = std::string(tn) + ":";
+    std::vector<int32_t> per_op;
+    bool same = true;
+    for (int k = -1; k < 4; ++k) {
+      const Variant v = k == 1 ? Variant{false, 4} : k == 2 ? Variant{true, 1} : k == 3 ? Variant{true, 2} : Variant{true, 4};
+      const ds::CudaBackend* cuda = nullptr;
+      g_fused = k >= 0;
+      g_fused_prefetch = v.prefetch;
+      g_fused_blocks = v.blocks;
+      auto e = engine(*m, 1, 256, 256, true, &cuda);
+      g_fused = false;
+      g_fused_prefetch = true;
+      g_fused_blocks = 4;
+      if (!e) return false;
+      ds::SequenceRequest r;
+      r.id = 0;
+      r.prompt = {1, 300};
+      r.params.max_tokens = gen + 1;
+      r.params.ignore_eos = true;
+      if (!check_ok(e->add(r), "add")) return false;
+      std::vector<ds::TokenEvent> evs;
+      if (!check_ok(e->step(&evs), "step (prompt + first token)")) return false;
+      const auto t0 = Clock::now();
+      const auto out = run(*e, 1);
+      const double tok_s = gen / secs(t0);
+      if (!cuda->ok()) {
+        std::printf("ERROR: %s\n", cuda->last_error().c_str());
+        return false;
+      }
+      char buf[200];
+      const double pct = 100.0 * (*m)->weights().bytes * tok_s / 1e9 / copy_gbs;
+      if (k < 0) {
+        per_op = out[0];
+        std::snprintf(buf, sizeof buf, " per-op path %.1f (%.0f%%);", tok_s, pct);
+      } else {
+        same = same && out[0] == per_op;
+        std::snprintf(buf, sizeof buf, "%s persistent %.1f (%.0f%%; %s, %d blocks an SM, grid %d)", k ? "," : "", tok_s,
+                      pct, v.prefetch ? "prefetch" : "no prefetch", v.blocks, cuda->fused_decode_blocks(0));
+      }
+      line += buf;
+    }
+    std::printf("%s; tokens %s\n", line.c_str(), same ? "equal the per-op path's" : "DIFFER from the per-op path's");
+    all_same = all_same && same;
+  }
+  return all_same;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // line by line: a run cut short by its timeout keeps what it printed
   std::string gold, bench_dir = "/tmp";
   bool do_bench = true;
+  std::string only;  // one check only (development)
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--golden") && i + 1 < argc) gold = argv[++i];
     else if (!std::strcmp(argv[i], "--bench-dir") && i + 1 < argc) bench_dir = argv[++i];
     else if (!std::strcmp(argv[i], "--no-bench")) do_bench = false;
     else if (!std::strcmp(argv[i], "--quick")) g_quick = true;
+    else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
     else {
-      std::printf("usage: %s --golden DIR [--bench-dir DIR] [--no-bench] [--quick]\n", argv[0]);
+      std::printf("usage: %s --golden DIR [--bench-dir DIR] [--no-bench] [--quick] [--only CHECK]\n"
+                  "  CHECK: golden, q8_0_split, fused_decode, sampling, memory_errors, tensor_parallel, bench\n",
+                  argv[0]);
       return std::strcmp(argv[i], "--help") ? 2 : 0;
     }
   }
@@ -891,13 +1119,18 @@ int main(int argc, char** argv) {
     return 2;
   }
   bool ok = true;
-  if (!gold.empty()) ok = golden(gold) && ok;
-  ok = q8_0_split_engine(bench_dir) && ok;
-  if (!gold.empty()) ok = sampling(gold) && ok;
-  if (!gold.empty()) ok = memory_errors(gold) && ok;
-  if (!gold.empty()) ok = tensor_parallel_golden(gold) && ok;
-  if (!gold.empty()) ok = emulated_tensor_parallel(gold) && ok;
-  if (do_bench) ok = bench(bench_dir, d2d_bandwidth_gbs()) && ok;
+  auto on = [&](const char* check) { return only.empty() || only == check; };
+  if (!gold.empty() && on("golden")) ok = golden(gold) && ok;
+  if (on("q8_0_split")) ok = q8_0_split_engine(bench_dir) && ok;
+  if (!gold.empty() && on("sampling")) ok = sampling(gold) && ok;
+  if (!gold.empty() && on("memory_errors")) ok = memory_errors(gold) && ok;
+  if (!gold.empty() && on("tensor_parallel")) ok = tensor_parallel_golden(gold) && ok;
+  if (!gold.empty() && on("tensor_parallel")) ok = emulated_tensor_parallel(gold) && ok;
+  const double copy_gbs = do_bench && (on("bench") || on("fused_decode")) ? d2d_bandwidth_gbs() : 0;
+  if (do_bench && on("bench")) ok = bench(bench_dir, copy_gbs) && ok;
+  // The persistent decode kernel last (never run on a GPU yet: a hang must cost nothing else).
+  if (!gold.empty() && on("fused_decode")) ok = fused_decode(gold, bench_dir) && ok;
+  if (do_bench && on("fused_decode")) ok = bench_fused(bench_dir, copy_gbs) && ok;
   std::printf("RESULT: %s\n", ok ? "PASS" : "FAIL");
   return ok ? 0 : 1;
 }

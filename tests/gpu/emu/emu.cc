@@ -62,18 +62,30 @@ struct Warp {
 };
 
 // The running launch (launches are serialized: __shared__ variables are function statics).
+// A plain launch runs its blocks one after another (`slots` = 1: one block's fibers, barrier,
+// warps and shared memory, reused); a cooperative launch runs all of them at once (`slots` =
+// grid: fiber f is thread f % block of block f / block), so that a grid-wide barrier
+// (common.cuh's grid_sync, spinning in spin_wait()) can open. Kernels of cooperative launches
+// use dynamic shared memory only (a __shared__ static would be shared by every block).
 struct GridState {
   const std::function<void()>* body = nullptr;
-  std::vector<Fiber> fibers;  // one per thread of a block; stacks kept across launches
+  std::vector<Fiber> fibers;  // slots * block; stacks kept across launches
   ucontext_t sched;           // the scheduler (the launching thread's own stack)
   unsigned current = 0;       // the fiber running
-  unsigned live = 0;          // fibers of the current block that have not returned
-  Barrier block_bar;
-  std::vector<Warp> warps;
-  std::vector<unsigned char> shared;
+  unsigned live = 0;          // fibers of the current block(s) that have not returned
+  unsigned block = 0, warps_per_block = 0, slots = 1;
+  size_t shm = 0;
+  std::vector<Barrier> block_bars;   // [slots]
+  std::vector<Warp> warps;           // [slots * warps_per_block]
+  std::vector<unsigned char> shared; // [slots * shm]
+  uint64_t spins = 0;                // spin_wait() calls (a cooperative launch's progress)
   void* sched_fake = nullptr;  // ASan bookkeeping of the scheduler's stack
   const void* sched_bottom = nullptr;
   size_t sched_size = 0;
+
+  unsigned slot() const { return current / block; }
+  Barrier& block_bar() { return block_bars[slot()]; }
+  Warp& warp() { return warps[slot() * warps_per_block + (current % block) / 32]; }
 };
 
 GridState g_launch;
@@ -125,84 +137,130 @@ void fiber_main() {
 
 }  // namespace
 
-void run_grid(unsigned grid, unsigned block, size_t shm, const std::function<void()>& body) {
+namespace {
+
+// Runs `body` for blocks [first, first + slots) of the launch at once (round-robin passes
+// over their fibers); aborts on a barrier that some thread will never reach.
+void run_blocks(unsigned first, unsigned grid) {
+  GridState& L = g_launch;
+  ThreadCoords& c = coords();
+  const unsigned n = L.slots * L.block;
+  for (unsigned f = 0; f < n; ++f) L.fibers[f].done = false;
+  L.live = n;
+  for (Barrier& b : L.block_bars) b = Barrier{L.block, 0, 0};
+  for (unsigned w = 0; w < L.warps.size(); ++w) {
+    const unsigned wb = w % L.warps_per_block;
+    L.warps[w].bar = Barrier{std::min(32u, L.block - 32 * wb), 0, 0};
+  }
+  auto progress = [&] {
+    uint64_t g = 0;
+    for (const Barrier& b : L.block_bars) g += b.gen;
+    for (const Warp& w : L.warps) g += w.bar.gen;
+    return g;
+  };
+  int spin_only = 0;  // passes in a row in which threads only polled a grid barrier
+  while (L.live > 0) {
+    const unsigned live_before = L.live;
+    const uint64_t before = progress(), spins_before = L.spins;
+    for (unsigned f = 0; f < n; ++f) {
+      if (L.fibers[f].done) continue;
+      L.current = f;
+      c.block_idx = {first + f / L.block, 0, 0};
+      c.thread_idx = {f % L.block, 0, 0};
+#if defined(DS_EMU_ASAN)
+      __sanitizer_start_switch_fiber(&L.sched_fake, L.fibers[f].stack.get(), kStackBytes);
+#endif
+      swapcontext(&L.sched, &L.fibers[f].ctx);
+#if defined(DS_EMU_ASAN)
+      __sanitizer_finish_switch_fiber(L.sched_fake, nullptr, nullptr);
+#endif
+    }
+    // Every live fiber ran, none returned and no barrier opened: each waits at a barrier that
+    // a thread of its block or warp will never reach (it returned), or at a grid barrier that
+    // some block never reaches (or, in a plain launch, whose other blocks never run
+    // meanwhile). Undefined on a GPU; a hang here.
+    if (L.live == live_before && progress() == before) {
+      // A grid barrier opens within a pass or two of its last arrival; polls without end
+      // mean blocks wait at different barriers (or one returned).
+      if (L.spins != spins_before && ++spin_only < 1000) continue;
+      std::fprintf(stderr, "emu: block %u of a launch of %u x %u threads: a barrier that not every thread reaches%s\n",
+                   first, grid, L.block, L.spins != spins_before ? " (a grid barrier)" : "");
+      std::abort();
+    }
+    spin_only = 0;
+  }
+}
+
+void launch(unsigned grid, unsigned block, size_t shm, const std::function<void()>& body, bool cooperative) {
   std::lock_guard<std::mutex> lock(g_launch_mu);
   ++g_launches;
-  if (grid == 0 || block == 0 || block > 1024 || shm > 48 * 1024) {
-    std::fprintf(stderr, "emu: invalid launch configuration grid=%u block=%u shm=%zu\n", grid, block, shm);
+  const unsigned slots = cooperative ? grid : 1;
+  if (grid == 0 || block == 0 || block > 1024 || shm > 48 * 1024 || (cooperative && grid * block > 8192)) {
+    std::fprintf(stderr, "emu: invalid launch configuration grid=%u block=%u shm=%zu%s\n", grid, block, shm,
+                 cooperative ? " (cooperative)" : "");
     set_error(cudaErrorInvalidValue);
     return;
   }
   GridState& L = g_launch;
   L.body = &body;
-  if (L.fibers.size() < block) {
-    std::vector<Fiber> more(block);
+  L.block = block;
+  L.slots = slots;
+  L.shm = (shm + 255) / 256 * 256;  // each block's dynamic shared memory 256-byte aligned, as on a GPU
+  L.warps_per_block = (block + 31) / 32;
+  const unsigned n = slots * block;
+  if (L.fibers.size() < n) {
+    std::vector<Fiber> more(n);
     for (size_t i = 0; i < L.fibers.size(); ++i) more[i].stack = std::move(L.fibers[i].stack);
     for (auto& f : more)
       if (!f.stack) f.stack.reset(new char[kStackBytes]);
     L.fibers = std::move(more);
   }
-  for (unsigned t = 0; t < block; ++t) {
-    Fiber& f = L.fibers[t];
-    getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = f.stack.get();
-    f.ctx.uc_stack.ss_size = kStackBytes;
-    f.ctx.uc_link = nullptr;
-    makecontext(&f.ctx, fiber_main, 0);
-  }
-  L.block_bar = Barrier{block, 0, 0};
-  L.warps.assign((block + 31) / 32, Warp{});
-  for (unsigned w = 0; w < L.warps.size(); ++w) L.warps[w].bar.n = std::min(32u, block - 32 * w);
-  L.shared.assign(shm, 0xff);
+  L.block_bars.assign(slots, Barrier{});
+  L.warps.assign(static_cast<size_t>(slots) * L.warps_per_block, Warp{});
+  L.shared.assign(slots * L.shm, 0xff);
+  L.spins = 0;
   ThreadCoords& c = coords();
   c.block_dim = {block, 1, 1};
   c.grid_dim = {grid, 1, 1};
-  for (unsigned bx = 0; bx < grid; ++bx) {
-    c.block_idx = {bx, 0, 0};
-    if (bx > 0 && !L.shared.empty()) std::memset(L.shared.data(), 0xff, L.shared.size());  // undefined between blocks
-    for (unsigned t = 0; t < block; ++t) L.fibers[t].done = false;
-    L.live = block;
-    while (L.live > 0) {  // round-robin passes over the block's threads
-      const unsigned live_before = L.live;
-      uint64_t gens = L.block_bar.gen;
-      for (const Warp& w : L.warps) gens += w.bar.gen;
-      for (unsigned t = 0; t < block; ++t) {
-        if (L.fibers[t].done) continue;
-        L.current = t;
-        c.thread_idx = {t, 0, 0};
-#if defined(DS_EMU_ASAN)
-        __sanitizer_start_switch_fiber(&L.sched_fake, L.fibers[t].stack.get(), kStackBytes);
-#endif
-        swapcontext(&L.sched, &L.fibers[t].ctx);
-#if defined(DS_EMU_ASAN)
-        __sanitizer_finish_switch_fiber(L.sched_fake, nullptr, nullptr);
-#endif
-      }
-      uint64_t gens_after = L.block_bar.gen;
-      for (const Warp& w : L.warps) gens_after += w.bar.gen;
-      // Every live fiber ran, none returned and no barrier opened: each waits at a barrier
-      // that a thread of its block or warp will never reach (it returned). Undefined on a
-      // GPU; a hang here.
-      if (L.live == live_before && gens_after == gens) {
-        std::fprintf(stderr, "emu: block %u of a launch of %u x %u threads: a barrier that not every thread reaches\n",
-                     bx, grid, block);
-        std::abort();
-      }
-    }
+  for (unsigned f = 0; f < n; ++f) {  // fiber_main runs the body once per block
+    Fiber& fb = L.fibers[f];
+    getcontext(&fb.ctx);
+    fb.ctx.uc_stack.ss_sp = fb.stack.get();
+    fb.ctx.uc_stack.ss_size = kStackBytes;
+    fb.ctx.uc_link = nullptr;
+    makecontext(&fb.ctx, fiber_main, 0);
+  }
+  for (unsigned first = 0; first < grid; first += slots) {
+    if (first > 0 && !L.shared.empty()) std::memset(L.shared.data(), 0xff, L.shared.size());  // undefined between blocks
+    run_blocks(first, grid);
   }
   L.body = nullptr;
 }
 
-void* dynamic_shared() { return g_launch.shared.data(); }
+}  // namespace
+
+void run_grid(unsigned grid, unsigned block, size_t shm, const std::function<void()>& body) {
+  launch(grid, block, shm, body, false);
+}
+void run_grid_cooperative(unsigned grid, unsigned block, size_t shm, const std::function<void()>& body) {
+  launch(grid, block, shm, body, true);
+}
+
+void spin_wait() {
+  ++g_launch.spins;
+  yield();
+}
+
+void* dynamic_shared() { return g_launch.shared.data() + g_launch.slot() * g_launch.shm; }
 int64_t launches() { return g_launches; }
 
 }  // namespace emu
 
-void __syncthreads() { emu::wait_at(emu::g_launch.block_bar); }
-void __syncwarp(unsigned) { emu::wait_at(emu::g_launch.warps[threadIdx.x / 32].bar); }
+void __syncthreads() { emu::wait_at(emu::g_launch.block_bar()); }
+void __syncwarp(unsigned) { emu::wait_at(emu::g_launch.warp().bar); }
 
 float __shfl_xor_sync(unsigned, float v, int lane_mask) {
-  emu::Warp& w = emu::g_launch.warps[threadIdx.x / 32];
+  emu::Warp& w = emu::g_launch.warp();
   const unsigned lane = threadIdx.x % 32;
   w.slot[lane] = v;
   emu::wait_at(w.bar);
@@ -219,7 +277,7 @@ namespace emu {
 // element e holds (row groupID + 8 (e >> 1), col 2 tig + (e & 1)). Products exact, added in
 // k order to C.
 void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4]) {
-  Warp& w = g_launch.warps[threadIdx.x / 32];
+  Warp& w = g_launch.warp();
   const unsigned lane = threadIdx.x % 32;
   for (int i = 0; i < 4; ++i) w.mma[lane].a[i] = a[i], w.mma[lane].c[i] = c[i];
   for (int i = 0; i < 2; ++i) w.mma[lane].b[i] = b[i];
@@ -251,7 +309,7 @@ void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
 unsigned atomicAdd(unsigned* p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_add(v); }
 
 unsigned __match_any_sync(unsigned, unsigned value) {
-  emu::Warp& w = emu::g_launch.warps[threadIdx.x / 32];
+  emu::Warp& w = emu::g_launch.warp();
   const unsigned lane = threadIdx.x % 32;
   w.uslot[lane] = value;
   emu::wait_at(w.bar);

@@ -30,7 +30,7 @@ compile() {  # compile <source> [language]
   objs+=("$obj")
 }
 for f in kernels/cuda/cuda_backend.cu kernels/cuda/elementwise.cu kernels/cuda/gemv.cu kernels/cuda/gemm_tc.cu \
-         kernels/cuda/attention.cu kernels/cuda/attention_tc.cu kernels/cuda/sample.cu; do
+         kernels/cuda/attention.cu kernels/cuda/attention_tc.cu kernels/cuda/sample.cu kernels/cuda/decode_fused.cu; do
   compile "$f" c++
 done
 for f in kernels/dtype.cc kernels/ref.cc kernels/sampling.cc kernels/cuda/nccl_comm.cc tests/gpu/emu/emu.cc tests/gpu/gpu_kernel_check.cc; do

@@ -183,6 +183,12 @@ namespace emu {
 
 // Runs body once per thread of each of `grid` blocks of `block` threads.
 void run_grid(unsigned grid, unsigned block, size_t dynamic_shared_bytes, const std::function<void()>& body);
+// A cooperative launch: all blocks run at once (grid * block <= 8192 threads), so that a
+// grid-wide barrier can open; its kernels use dynamic shared memory only.
+void run_grid_cooperative(unsigned grid, unsigned block, size_t dynamic_shared_bytes,
+                          const std::function<void()>& body);
+// A spinning thread's pause (grid_sync's poll): lets the other fibers run.
+void spin_wait();
 // The running block's dynamic shared memory.
 void* dynamic_shared();
 // Launches so far (a test can check a launcher launched something).
@@ -201,6 +207,19 @@ struct Launch {
   template <class... A>
   void operator()(const A&... args) const {
     run_grid(grid, block, shm, [&] { kernel(args...); });
+  }
+};
+
+// A cooperative launch under emulation (run_grid_cooperative).
+template <class K>
+struct LaunchCooperative {
+  unsigned grid, block;
+  size_t shm;
+  K kernel;
+  LaunchCooperative(unsigned g, unsigned b, size_t s, cudaStream_t, K k) : grid(g), block(b), shm(s), kernel(k) {}
+  template <class... A>
+  void operator()(const A&... args) const {
+    run_grid_cooperative(grid, block, shm, [&] { kernel(args...); });
   }
 };
 
