@@ -203,6 +203,31 @@ __global__ void __launch_bounds__(kThreads) decode_fused_kernel(FusedDecodeArgs 
   decode_step<T>(p, smem);
 }
 
+// grid_sync's check (gpu_kernel_check): `rounds` times, block b writes data[b] = round *
+// gridDim.x + b + 1, the grid meets, thread 0 of every block adds all blocks' entries (past
+// L1) and counts a wrong total in *errors, the grid meets again (before the next round's
+// writes). The time of a launch over its 2 * rounds barriers is grid_sync's cost.
+// errors == nullptr: the barriers alone (the timing).
+__global__ void grid_sync_check_kernel(unsigned* bar, unsigned* data, int rounds, unsigned* errors) {
+  const unsigned g = gridDim.x;
+  for (int r = 0; r < rounds; ++r) {
+    if (errors == nullptr) {
+      grid_sync(bar);
+      grid_sync(bar);
+      continue;
+    }
+    if (threadIdx.x == 0) data[blockIdx.x] = static_cast<unsigned>(r) * g + blockIdx.x + 1;
+    grid_sync(bar);
+    if (threadIdx.x == 0) {
+      unsigned sum = 0;
+      for (unsigned b = 0; b < g; ++b) sum += __ldcg(data + b);
+      const unsigned want = static_cast<unsigned>(r) * g * g + g * (g + 1) / 2;
+      if (sum != want) atomicAdd(errors, 1u);
+    }
+    grid_sync(bar);
+  }
+}
+
 template <class F>
 bool dispatch_fused_type(DType t, F&& f) {
   switch (t) {
@@ -276,6 +301,41 @@ cudaError_t fused_decode(const FusedDecodeArgs& args, int blocks, cudaStream_t s
 #endif
   });
   return ok ? cudaGetLastError() : cudaErrorInvalidValue;
+}
+
+int grid_sync_blocks(int blocks_per_sm) {
+#ifdef DS_CUDA_EMULATION
+  return std::clamp(blocks_per_sm, 1, 8);
+#else
+  int device = 0, sms = 0, coop = 0, fit = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device) != cudaSuccess || !coop ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, grid_sync_check_kernel, kThreads, 0) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return sms * std::min(fit, std::max(blocks_per_sm, 1));
+#endif
+}
+
+cudaError_t grid_sync_check(int blocks, int rounds, unsigned* bar, unsigned* data, unsigned* errors,
+                            cudaStream_t stream) {
+#ifdef DS_CUDA_EMULATION
+  ::emu::LaunchCooperative(blocks, kThreads, 0, stream, grid_sync_check_kernel)(bar, data, rounds, errors);
+#else
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(blocks);
+  cfg.blockDim = dim3(kThreads);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeCooperative;
+  attr[0].val.cooperative = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  cudaLaunchKernelEx(&cfg, grid_sync_check_kernel, bar, data, rounds, errors);
+#endif
+  return cudaGetLastError();
 }
 
 }  // namespace ds::cuda

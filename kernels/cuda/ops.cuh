@@ -229,6 +229,14 @@ int fused_decode_blocks(DType t, size_t shared_bytes, int blocks_per_sm);
 // REQUIRES: fused_decode_supports; att.max_kv > 0 with its split-K workspace; blocks from
 // fused_decode_blocks; every matrix of wtype with rows of stride_* bytes.
 cudaError_t fused_decode(const FusedDecodeArgs& a, int blocks, cudaStream_t stream);
+// common.cuh's grid_sync, checked and timed (decode_fused.cu): a cooperative launch of
+// `blocks` 128-thread blocks doing `rounds` rounds of write / barrier / read every block's
+// write / barrier, counting wrong reads in *errors (null errors: 2 * rounds barriers and
+// nothing else, to time them). bar, data ([blocks]) and errors: device memory. grid_sync_blocks: blocks_per_sm blocks an SM, at most what fits (0: the device
+// cannot launch cooperatively).
+int grid_sync_blocks(int blocks_per_sm);
+cudaError_t grid_sync_check(int blocks, int rounds, unsigned* bar, unsigned* data, unsigned* errors,
+                            cudaStream_t stream);
 
 // ---- sample.cu ------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@
 #include "kernels/comm.h"
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/nccl_comm.h"
+#include "kernels/cuda/ops.cuh"  // grid_sync_check
 #include "kernels/dtype.h"
 #include "kernels/ref.h"
 #include "kernels/sampling.h"
@@ -1608,6 +1609,33 @@ void check_pdl(int device, Rng& rng) {
   }
 }
 
+// The grid-wide barrier of the persistent decode kernel (common.cuh's grid_sync): every block
+// writes, the grid meets, every block must read every block's write (64 rounds), on grids of
+// 1, 2 and 3 blocks (the emulation runs them all at once) or 1 and 3 an SM on a GPU.
+void check_grid_sync(CudaBackend& b) {
+#ifdef DS_CUDA_EMULATION
+  const std::vector<int> per_sm = {1, 2, 3};
+#else
+  const std::vector<int> per_sm = {1, 3};
+#endif
+  for (int bps : per_sm) {
+    const int blocks = ds::cuda::grid_sync_blocks(bps);
+    if (blocks <= 0) return record("grid_sync/cooperative", false, 0, 0, "-", "  the device cannot launch cooperatively");
+    auto* mem = static_cast<unsigned*>(b.alloc((blocks + 2) * sizeof(unsigned)));  // bar, errors, data
+    const int rounds = 64;
+    const cudaError_t e = ds::cuda::grid_sync_check(blocks, rounds, mem, mem + 2, mem + 1,
+                                                    static_cast<cudaStream_t>(b.stream()));
+    unsigned out[2] = {0, 0};
+    b.download(out, mem, sizeof out);
+    require_ok(b, "grid_sync");
+    b.free(mem);
+    // After 2 * rounds barriers the counter's top bit is back where it started (0), the rest too.
+    expect("grid_sync/visibility grid=" + std::to_string(blocks), e == cudaSuccess && out[1] == 0 && out[0] == 0,
+           std::string(cudaGetErrorString(e)) + ", " + std::to_string(out[1]) + " wrong sums, counter " +
+               std::to_string(out[0]));
+  }
+}
+
 void check_recording(int device, Rng& rng) {
 #ifdef DS_CUDA_EMULATION
   std::printf("SKIP graph: the CPU emulation records nothing (CudaBackend::record_begin refuses)\n");
@@ -2199,8 +2227,26 @@ void bench_pdl(CudaBackend& b, Rng& rng, DType t, bool split = false, bool fused
               bytes / (ms[1] * 1e-3) / 1e9, ms[0] * 1e3, bytes / (ms[0] * 1e-3) / 1e9);
 }
 
+// grid_sync's cost: a cooperative launch of 2000 barriers and nothing else, at 1, 2 and 3
+// blocks an SM (the persistent decode kernel runs 5 a layer: 110 a bench-1b token).
+void bench_grid_sync(CudaBackend& b) {
+  auto s = static_cast<cudaStream_t>(b.stream());
+  auto* bar = static_cast<unsigned*>(b.alloc(256));
+  for (int bps : {1, 2, 3}) {
+    const int blocks = ds::cuda::grid_sync_blocks(bps);
+    if (blocks <= 0) break;
+    const int rounds = 1000;
+    auto run = [&](int) { ds::cuda::grid_sync_check(blocks, rounds, bar, bar + 1, nullptr, s); };
+    time_ms(s, 1, run);  // warm-up
+    const double ms = time_ms(s, 3, run);
+    std::printf("BENCH grid_sync %d blocks (%d an SM): %.2f us a barrier\n", blocks, bps, 1e3 * ms / (3.0 * 2 * rounds));
+  }
+  b.free(bar);
+}
+
 void run_benchmarks(CudaBackend& b, Rng& rng) {
   std::printf("\n== benchmarks (weights rotated over %zu MiB so reads come from HBM) ==\n", kRotateBytes >> 20);
+  bench_grid_sync(b);
   struct Shape { int64_t rows, cols; };
   std::vector<std::pair<std::string, double>> gemv_bw;
   for (Shape s : {Shape{2048, 2048}, Shape{5632, 2048}, Shape{2048, 5632}})
@@ -2290,7 +2336,7 @@ int main(int argc, char** argv) {
   std::string only;  // ",a,b,": run only these check groups (and no benchmarks)
   const char* kGroups =
       "errors,get_rows,elementwise,rmsnorm,rope,attention,matmul,matmul_tc,fused,q8_0_split,fused_residual_rope,sample,"
-      "recording,pdl,nccl";
+      "recording,pdl,grid_sync,nccl";
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--device") && i + 1 < argc) {
       device = std::atoi(argv[++i]);
@@ -2351,6 +2397,7 @@ int main(int argc, char** argv) {
   if (want("sample")) check_sample(*b, rng, quick);
   if (want("recording")) check_recording(device, rng);
   if (want("pdl")) check_pdl(device, rng);
+  if (want("grid_sync")) check_grid_sync(*b);
   if (want("nccl")) check_nccl(device);
   print_summary();
 

@@ -159,11 +159,19 @@ void run_blocks(unsigned first, unsigned grid) {
     return g;
   };
   int spin_only = 0;  // passes in a row in which threads only polled a grid barrier
-  while (L.live > 0) {
+  // Several blocks at once (cooperative): blocks must not keep in step as round-robin passes
+  // would keep them (a missing grid barrier would go unseen), so block b runs in one pass of
+  // 1, 2 or 3 (b + launch number, mod 3): between two grid barriers the fastest block does
+  // three times the work of the slowest, and reads what the slowest has not yet written
+  // unless a barrier is between. Every pass divisible by 6 runs them all.
+  std::vector<unsigned> period(L.slots, 1);
+  for (unsigned b = 0; b < L.slots; ++b) period[b] = L.slots == 1 ? 1 : 1 + (b + g_launches) % 3;
+  for (uint64_t pass = 0; L.live > 0; ++pass) {
+    const bool every = pass % 6 == 0;
     const unsigned live_before = L.live;
     const uint64_t before = progress(), spins_before = L.spins;
     for (unsigned f = 0; f < n; ++f) {
-      if (L.fibers[f].done) continue;
+      if (L.fibers[f].done || (!every && pass % period[f / L.block] != 0)) continue;
       L.current = f;
       c.block_idx = {first + f / L.block, 0, 0};
       c.thread_idx = {f % L.block, 0, 0};
@@ -179,7 +187,7 @@ void run_blocks(unsigned first, unsigned grid) {
     // a thread of its block or warp will never reach (it returned), or at a grid barrier that
     // some block never reaches (or, in a plain launch, whose other blocks never run
     // meanwhile). Undefined on a GPU; a hang here.
-    if (L.live == live_before && progress() == before) {
+    if (every && L.live == live_before && progress() == before) {
       // A grid barrier opens within a pass or two of its last arrival; polls without end
       // mean blocks wait at different barriers (or one returned).
       if (L.spins != spins_before && ++spin_only < 1000) continue;
