@@ -328,10 +328,15 @@ std::unique_ptr<Backend> make_cpu_backend(const CpuBackendOptions& opts = {});
 // The ISA the CPU kernels were built for: "avx512", "avx2" or "scalar".
 const char* cpu_kernel_isa();
 
+// What a tool may choose of the CUDA backend's options (kernels/cuda/cuda_backend.h; the
+// rest keep their defaults).
+struct CudaBackendChoices {
+  bool fused_decode = false;  // one-token steps as one persistent kernel (decode_fused.cu)
+};
 // The CUDA backend on GPU `device` (kernels/cuda/cuda_backend.h has its options and
 // last_error()). Returns nullptr and sets *error (when error is non-null) when the
 // build has no CUDA, there is no such device, or CUDA/cuBLAS fails to start.
-std::unique_ptr<Backend> make_cuda_backend(int device, std::string* error);
+std::unique_ptr<Backend> make_cuda_backend(int device, std::string* error, const CudaBackendChoices& choices = {});
 // True when this build has the CUDA backend and at least one GPU is visible.
 bool cuda_backend_available();
 

@@ -8,7 +8,7 @@ namespace ds {
 
 #ifndef DS_HAVE_CUDA
 
-std::unique_ptr<Backend> make_cuda_backend(int device, std::string* error) {
+std::unique_ptr<Backend> make_cuda_backend(int /*device*/, std::string* error, const CudaBackendChoices& /*choices*/) {
   if (error) *error = "this build of ds has no CUDA backend (configure with -DDS_CUDA=ON on a machine with nvcc)";
   return nullptr;
 }

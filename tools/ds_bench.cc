@@ -84,11 +84,14 @@ struct BenchResult {
   std::vector<std::pair<int, double>> decode;  // batch, tok/s
 };
 
+// --fused-decode: the CUDA backend's persistent decode kernel for one-token steps.
+ds::CudaBackendChoices g_cuda_choices;
+
 // The backend a run measures: the CPU with `threads` threads, or CUDA GPU `gpu` (gpu >= 0).
 ds::Result<std::unique_ptr<ds::Backend>> make_backend(int threads, int gpu) {
   if (gpu < 0) return ds::make_cpu_backend({threads});
   std::string err;
-  std::unique_ptr<ds::Backend> b = ds::make_cuda_backend(gpu, &err);
+  std::unique_ptr<ds::Backend> b = ds::make_cuda_backend(gpu, &err, g_cuda_choices);
   if (!b) return ds::Status::NotSupported("no CUDA backend on GPU " + std::to_string(gpu) + ": " + err);
   return b;
 }
@@ -490,6 +493,8 @@ int main(int argc, char** argv) {
   eng->add_option("--threads", threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 256));
   eng->add_option("--kv-type", kv_type, "KV-cache elements: auto (f16 on GPUs, f32 on the CPU), f32 or f16")
       ->check(CLI::IsMember({"auto", "f32", "f16"}));
+  eng->add_flag("--fused-decode", g_cuda_choices.fused_decode,
+                "--backend cuda: run one-token decode steps as one persistent kernel (same tokens; not yet timed on a GPU)");
   eng->add_option("--prompt", prompt, "Prompt tokens for the prefill test")->check(CLI::Range(1, 65536));
   eng->add_option("--gen", gen, "Tokens to decode per sequence")->check(CLI::Range(1, 65536));
   eng->add_option("--decode-ctx", decode_ctx,

@@ -906,9 +906,10 @@ size_t CudaBackend::attention_workspace_floats(int64_t max_tokens, int n_heads, 
 
 // ---- factory (backend.h) -----------------------------------------------------------------
 
-std::unique_ptr<Backend> make_cuda_backend(int device, std::string* error) {
+std::unique_ptr<Backend> make_cuda_backend(int device, std::string* error, const CudaBackendChoices& choices) {
   CudaBackendOptions options;
   options.device = device;
+  options.fused_decode = choices.fused_decode;
   return CudaBackend::create(options, error);
 }
 

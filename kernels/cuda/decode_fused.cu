@@ -4,8 +4,9 @@
 // Why: at batch 1 the step is ~110 small kernels (5 a layer since the fused launches), and
 // each kernel boundary drains the GPU and fills it again (the last H200 profile: ~1.1 ms of a
 // 1.75 ms q8_0 step outside the GEMVs' weight reads). Here the grid stays resident and the
-// phases of a layer are separated by grid barriers (common.cuh's grid_sync), ~1-2 us each
-// instead of a launch's drain and fill; while a block waits at a barrier its warps have
+// phases of a layer are separated by grid barriers (common.cuh's grid_sync; expected ~1-2 us
+// each, not yet measured: gpu_kernel_check's BENCH grid_sync) instead of a launch's drain and
+// fill; while a block waits at a barrier its warps have
 // already asked L2 for the weights of their rows of the next phase (prefetch.global.L2), so
 // HBM keeps streaming across the barrier.
 //
