@@ -1,5 +1,5 @@
 // tests/gpu/emu/emu.cc: the CPU emulation behind tests/gpu/emu/include (see cuda_runtime.h
-// there): block-by-block launches in which every CUDA thread is a fiber (a ucontext with its
+// there): block-by-block launches in which every CUDA thread is a fiber (a stack of its
 // own stack) of one OS thread, scheduled cooperatively: __syncthreads() and the warp
 // shuffles are barriers at which a fiber yields until the block's (or warp's) other threads
 // arrive. Host memory is device memory; cublasGemmEx is a column-major reference.
@@ -7,11 +7,11 @@
 // Fibers instead of one OS thread per CUDA thread (the first version): a barrier costs a few
 // context switches in user space instead of a futex wake-up of every thread, which made the
 // kernel check ~10x slower and a whole engine run impractical.
-#include <ucontext.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -38,8 +38,38 @@ constexpr size_t kStackBytes = size_t{1} << 20;  // ASan's redzones make frames 
 constexpr size_t kStackBytes = size_t{256} << 10;
 #endif
 
+// A fiber switch without system calls (swapcontext saves and restores the signal mask with
+// one: half of the emulation's time went there): switch_stack() pushes the callee-saved
+// registers on the running stack, stores its stack pointer in *from, loads `to` and pops the
+// registers saved there, then returns into that fiber. x86-64 System V only.
+extern "C" void ds_emu_switch_stack(void** from, void* to);
+asm(R"(
+  .text
+  .globl ds_emu_switch_stack
+  .type ds_emu_switch_stack, @function
+ds_emu_switch_stack:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size ds_emu_switch_stack, .-ds_emu_switch_stack
+  .section .note.GNU-stack,"",@progbits
+  .text
+)");
+
 struct Fiber {
-  ucontext_t ctx;
+  void* sp = nullptr;  // the saved stack pointer while switched out
   std::unique_ptr<char[]> stack;
   bool done = false;
   void* fake = nullptr;  // ASan's fake stack while switched out
@@ -70,7 +100,7 @@ struct Warp {
 struct GridState {
   const std::function<void()>* body = nullptr;
   std::vector<Fiber> fibers;  // slots * block; stacks kept across launches
-  ucontext_t sched;           // the scheduler (the launching thread's own stack)
+  void* sched = nullptr;      // the scheduler's saved stack pointer (the launching thread's stack)
   unsigned current = 0;       // the fiber running
   unsigned live = 0;          // fibers of the current block(s) that have not returned
   unsigned block = 0, warps_per_block = 0, slots = 1;
@@ -104,7 +134,7 @@ void yield() {
 #if defined(DS_EMU_ASAN)
   __sanitizer_start_switch_fiber(&f.fake, L.sched_bottom, L.sched_size);
 #endif
-  swapcontext(&f.ctx, &L.sched);
+  ds_emu_switch_stack(&f.sp, L.sched);
 #if defined(DS_EMU_ASAN)
   __sanitizer_finish_switch_fiber(f.fake, nullptr, nullptr);
 #endif
@@ -178,7 +208,7 @@ void run_blocks(unsigned first, unsigned grid) {
 #if defined(DS_EMU_ASAN)
       __sanitizer_start_switch_fiber(&L.sched_fake, L.fibers[f].stack.get(), kStackBytes);
 #endif
-      swapcontext(&L.sched, &L.fibers[f].ctx);
+      ds_emu_switch_stack(&L.sched, L.fibers[f].sp);
 #if defined(DS_EMU_ASAN)
       __sanitizer_finish_switch_fiber(L.sched_fake, nullptr, nullptr);
 #endif
@@ -232,11 +262,15 @@ void launch(unsigned grid, unsigned block, size_t shm, const std::function<void(
   c.grid_dim = {grid, 1, 1};
   for (unsigned f = 0; f < n; ++f) {  // fiber_main runs the body once per block
     Fiber& fb = L.fibers[f];
-    getcontext(&fb.ctx);
-    fb.ctx.uc_stack.ss_sp = fb.stack.get();
-    fb.ctx.uc_stack.ss_size = kStackBytes;
-    fb.ctx.uc_link = nullptr;
-    makecontext(&fb.ctx, fiber_main, 0);
+    // A fresh stack for fiber_main (which never returns): its entry address for the switch's
+    // ret, six zero registers for its pops, and a 16-byte aligned top so that fiber_main
+    // starts with the stack a call would give it (rsp = 8 mod 16).
+    auto top = reinterpret_cast<uintptr_t>(fb.stack.get() + kStackBytes) & ~uintptr_t{15};
+    auto* frame = reinterpret_cast<void**>(top) - 8;
+    for (int i = 0; i < 6; ++i) frame[i] = nullptr;
+    frame[6] = reinterpret_cast<void*>(&fiber_main);
+    frame[7] = nullptr;  // fiber_main's (never used) return address
+    fb.sp = frame;
   }
   for (unsigned first = 0; first < grid; first += slots) {
     if (first > 0 && !L.shared.empty()) std::memset(L.shared.data(), 0xff, L.shared.size());  // undefined between blocks
