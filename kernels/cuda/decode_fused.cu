@@ -229,6 +229,27 @@ __global__ void grid_sync_check_kernel(unsigned* bar, unsigned* data, int rounds
   }
 }
 
+// A cooperative launch of `blocks` blocks of kThreads threads (every block resident at once,
+// or an error): what grid_sync needs.
+template <class K, class... A>
+void launch_cooperative(K kernel, int blocks, size_t shm, cudaStream_t stream, A... args) {
+#ifdef DS_CUDA_EMULATION
+  ::emu::Launch(blocks, kThreads, shm, stream, kernel, /*cooperative=*/true)(args...);
+#else
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(blocks);
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = shm;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeCooperative;
+  attr[0].val.cooperative = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  cudaLaunchKernelEx(&cfg, kernel, args...);
+#endif
+}
+
 template <class F>
 bool dispatch_fused_type(DType t, F&& f) {
   switch (t) {
@@ -284,22 +305,7 @@ cudaError_t fused_decode(const FusedDecodeArgs& args, int blocks, cudaStream_t s
   a.stage_floats = stage_floats(a);
   const size_t shm = fused_decode_shared_bytes(a);
   const bool ok = dispatch_fused_type(a.wtype, [&](auto tag) {
-    auto* kernel = decode_fused_kernel<decltype(tag)::value>;
-#ifdef DS_CUDA_EMULATION
-    ::emu::LaunchCooperative(blocks, kThreads, shm, stream, kernel)(a);
-#else
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(blocks);
-    cfg.blockDim = dim3(kThreads);
-    cfg.dynamicSmemBytes = shm;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeCooperative;  // every block resident at once, or an error
-    attr[0].val.cooperative = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    cudaLaunchKernelEx(&cfg, kernel, a);
-#endif
+    launch_cooperative(decode_fused_kernel<decltype(tag)::value>, blocks, shm, stream, a);
   });
   return ok ? cudaGetLastError() : cudaErrorInvalidValue;
 }
@@ -322,20 +328,7 @@ int grid_sync_blocks(int blocks_per_sm) {
 
 cudaError_t grid_sync_check(int blocks, int rounds, unsigned* bar, unsigned* data, unsigned* errors,
                             cudaStream_t stream) {
-#ifdef DS_CUDA_EMULATION
-  ::emu::LaunchCooperative(blocks, kThreads, 0, stream, grid_sync_check_kernel)(bar, data, rounds, errors);
-#else
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(blocks);
-  cfg.blockDim = dim3(kThreads);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeCooperative;
-  attr[0].val.cooperative = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  cudaLaunchKernelEx(&cfg, grid_sync_check_kernel, bar, data, rounds, errors);
-#endif
+  launch_cooperative(grid_sync_check_kernel, blocks, 0, stream, bar, data, rounds, errors);
   return cudaGetLastError();
 }
 

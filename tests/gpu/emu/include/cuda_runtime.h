@@ -197,29 +197,20 @@ int64_t launches();
 // ISA's register layouts (emu.cc); kernels/cuda/common.cuh's mma_16816 calls it here.
 void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4]);
 
-// DS_LAUNCH(kernel, grid, block, shm, stream)(args...) under emulation.
+// DS_LAUNCH(kernel, grid, block, shm, stream)(args...) under emulation; cooperative: all
+// blocks at once (run_grid_cooperative).
 template <class K>
 struct Launch {
   unsigned grid, block;
   size_t shm;
   K kernel;
-  Launch(unsigned g, unsigned b, size_t s, cudaStream_t, K k) : grid(g), block(b), shm(s), kernel(k) {}
+  bool cooperative;
+  Launch(unsigned g, unsigned b, size_t s, cudaStream_t, K k, bool coop = false)
+      : grid(g), block(b), shm(s), kernel(k), cooperative(coop) {}
   template <class... A>
   void operator()(const A&... args) const {
-    run_grid(grid, block, shm, [&] { kernel(args...); });
-  }
-};
-
-// A cooperative launch under emulation (run_grid_cooperative).
-template <class K>
-struct LaunchCooperative {
-  unsigned grid, block;
-  size_t shm;
-  K kernel;
-  LaunchCooperative(unsigned g, unsigned b, size_t s, cudaStream_t, K k) : grid(g), block(b), shm(s), kernel(k) {}
-  template <class... A>
-  void operator()(const A&... args) const {
-    run_grid_cooperative(grid, block, shm, [&] { kernel(args...); });
+    if (cooperative) run_grid_cooperative(grid, block, shm, [&] { kernel(args...); });
+    else run_grid(grid, block, shm, [&] { kernel(args...); });
   }
 };
 
