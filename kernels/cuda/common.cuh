@@ -50,6 +50,21 @@ __device__ __forceinline__ void griddep_launch_dependents() {
 #ifndef DS_CUDA_EMULATION
 // DS_LAUNCH_PDL's launcher: cudaLaunchKernelEx with programmatic stream serialization when
 // pdl, else (or when that launch is refused) a plain launch.
+// cudaLaunchKernelEx with one launch attribute (PDL here, cooperative in decode_fused.cu).
+template <class K, class... A>
+cudaError_t launch_with(const cudaLaunchAttribute& attr, K kernel, dim3 grid, dim3 block, size_t shm,
+                        cudaStream_t stream, A... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = shm;
+  cfg.stream = stream;
+  cudaLaunchAttribute attrs[1] = {attr};
+  cfg.attrs = attrs;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
 template <class K>
 struct PdlLaunch {
   K kernel;
@@ -60,17 +75,10 @@ struct PdlLaunch {
   template <class... A>
   void operator()(A... args) const {
     if (pdl) {
-      cudaLaunchConfig_t cfg = {};
-      cfg.gridDim = grid;
-      cfg.blockDim = block;
-      cfg.dynamicSmemBytes = shm;
-      cfg.stream = stream;
-      cudaLaunchAttribute attr[1];
-      attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-      attr[0].val.programmaticStreamSerializationAllowed = 1;
-      cfg.attrs = attr;
-      cfg.numAttrs = 1;
-      if (cudaLaunchKernelEx(&cfg, kernel, args...) == cudaSuccess) return;
+      cudaLaunchAttribute attr = {};
+      attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+      attr.val.programmaticStreamSerializationAllowed = 1;
+      if (launch_with(attr, kernel, grid, block, shm, stream, args...) == cudaSuccess) return;
       cudaGetLastError();  // refused: launch it the plain way
     }
     kernel<<<grid, block, shm, stream>>>(args...);

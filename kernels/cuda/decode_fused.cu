@@ -236,17 +236,10 @@ void launch_cooperative(K kernel, int blocks, size_t shm, cudaStream_t stream, A
 #ifdef DS_CUDA_EMULATION
   ::emu::Launch(blocks, kThreads, shm, stream, kernel, /*cooperative=*/true)(args...);
 #else
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(blocks);
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = shm;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeCooperative;
-  attr[0].val.cooperative = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  cudaLaunchKernelEx(&cfg, kernel, args...);
+  cudaLaunchAttribute attr = {};
+  attr.id = cudaLaunchAttributeCooperative;
+  attr.val.cooperative = 1;
+  launch_with(attr, kernel, dim3(blocks), dim3(kThreads), shm, stream, args...);
 #endif
 }
 
