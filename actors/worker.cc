@@ -47,7 +47,7 @@ caf::behavior worker_behavior(caf::stateful_actor<WorkerState>* self, WorkerConf
       if (e.ok()) st.cfg.backend = "cuda-tp" + std::to_string(st.cfg.gpus.size());
     } else if (st.cfg.backend == "cuda") {
       std::string err;
-      auto be = make_cuda_backend(st.cfg.gpus.empty() ? 0 : st.cfg.gpus[0], &err);
+      auto be = make_cuda_backend(st.cfg.gpus.empty() ? 0 : st.cfg.gpus[0], &err, st.cfg.cuda);
       e = be ? Engine::Create(st.cfg.model, std::move(be), st.cfg.engine)
              : Result<std::unique_ptr<Engine>>(Status::Internal("CUDA backend unavailable: " + err));
     } else if (cpu_ranks > 1) {
@@ -80,6 +80,7 @@ caf::behavior worker_behavior(caf::stateful_actor<WorkerState>* self, WorkerConf
                  static_cast<double>(es.kv_bytes) / (1 << 20),
                  st.engine->ranks() > 1 ? " per rank" : "");
     if (!st.engine->memory_note().empty()) spdlog::info("worker {}: {}", st.cfg.id, st.engine->memory_note());
+    if (const std::string d = st.engine->decode_note(); !d.empty()) spdlog::info("worker {}: {}", st.cfg.id, d);
   }
   if (st.cfg.stuck_step_exit.count() > 0) {
     const std::string id = st.cfg.id, backend = st.cfg.backend;

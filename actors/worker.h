@@ -29,6 +29,7 @@ struct WorkerConfig {
   bool cpu_fallback = false;      // cuda that cannot run this model: use the CPU (--backend auto)
   int threads = 0;
   std::vector<int> gpus;            // cuda: the GPUs of a tensor-parallel group (empty: GPU 0)
+  CudaBackendChoices cuda;          // cuda, one GPU: the backend's options a node chooses
   int tensor_parallel = 1;          // cpu: rank threads of a tensor-parallel group
   EngineOptions engine;
   // An engine step still running after this long (a wedged GPU kernel, a hung rank) exits

@@ -27,6 +27,9 @@ namespace ds {
 
 enum class BackendKind { kAuto, kCpu, kCuda };
 enum class KvTypeKind { kAuto, kF32, kF16 };  // KV cache elements; auto: f16 on GPUs, f32 on the CPU
+// CUDA: one-token decode steps as one persistent kernel; auto: where a probe at load finds it
+// faster (and bit-identical to the per-op path).
+enum class FusedDecodeKind { kOff, kOn, kAuto };
 // CAF's scheduler: sharing (one queue; idle threads sleep) or stealing (per-thread queues; idle
 // threads poll). The node's actors do little work (the workers run on their own threads), so
 // sharing is the default: stealing's polling wakes pre-empt the compute threads on small hosts.
@@ -70,6 +73,7 @@ struct NodeConfig {
   int kv_cache_tokens = 0;                           // KV capacity in positions; 0 = auto
   int kv_block_size = 16;                            // positions per KV block
   KvTypeKind kv_type = KvTypeKind::kAuto;            // KV cache elements
+  FusedDecodeKind fused_decode = FusedDecodeKind::kOff;  // CUDA: the persistent decode kernel
   int gpu_memory_percent = 90;                       // GPUs: weights + buffers + KV cache within this % of each device
   int max_step_tokens = 256;                         // tokens per forward pass
   int max_tokens_limit = 4096;                       // per-request cap on generated tokens

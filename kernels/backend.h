@@ -303,6 +303,9 @@ class Backend {
   virtual int fused_decode_prepare(const FusedDecodeModel& /*m*/) { return -1; }
   // The step of prepared model id: logits = the model's output for the token at x.
   virtual void fused_decode(int /*id*/) {}
+  // True when the caller should keep a prepared id only after timing one-token steps both
+  // ways and finding the fused op bit-identical and faster on this device (Forward does).
+  virtual bool fused_decode_probe() const { return false; }
 
   // Recording and replay of a fixed op sequence (CUDA graphs): for a caller that issues the
   // same ops with the same arguments step after step (a decode step, whose varying inputs
@@ -331,7 +334,8 @@ const char* cpu_kernel_isa();
 // What a tool may choose of the CUDA backend's options (kernels/cuda/cuda_backend.h; the
 // rest keep their defaults).
 struct CudaBackendChoices {
-  bool fused_decode = false;  // one-token steps as one persistent kernel (decode_fused.cu)
+  bool fused_decode = false;       // one-token steps as one persistent kernel (decode_fused.cu)
+  bool fused_decode_auto = false;  // with it: only where a probe at load finds it faster (same bits)
 };
 // The CUDA backend on GPU `device` (kernels/cuda/cuda_backend.h has its options and
 // last_error()). Returns nullptr and sets *error (when error is non-null) when the

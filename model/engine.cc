@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 
 #include "kernels/sampling.h"
@@ -160,6 +161,16 @@ Result<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Model> mode
   e->sample_on_backend_ = opts->backend_sampling == BackendSampling::kOn ||
                           (opts->backend_sampling == BackendSampling::kAuto && !e->backend_->host_memory());
   return e;
+}
+
+std::string Engine::decode_note() const {
+  if (!fwd_) return "";
+  const Forward::FusedDecodeProbe& p = fwd_->fused_decode_probe();
+  const std::string how = fwd_->fused_decode() ? "one-token steps run as one persistent kernel" : "one-token steps run a kernel per op";
+  if (!p.ran) return fwd_->fused_decode() ? how : "";
+  char probe[160];
+  std::snprintf(probe, sizeof probe, " (load probe: %.0f us a step with the persistent kernel, %.0f us with a kernel per op", p.fused_us, p.per_op_us);
+  return how + probe + (p.why.empty() ? std::string(")") : "; the persistent kernel was dropped: " + p.why + ")");
 }
 
 Result<std::unique_ptr<Engine>> Engine::CreateTensorParallel(std::shared_ptr<const Model> model,

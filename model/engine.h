@@ -178,6 +178,9 @@ class Engine {
   EngineStats stats() const;
   // How the KV cache was fitted into the device's memory ("" on the CPU): the worker logs it.
   const std::string& memory_note() const { return memory_plan_.note; }
+  // How one-token steps run where that is a choice ("" when it is not: the CPU, tensor
+  // parallel, a backend without a fused decode op): the worker logs it.
+  std::string decode_note() const;
   // The plan behind it (all zero on the CPU).
   const KvMemoryPlan& memory_plan() const { return memory_plan_; }
   const Model& model() const { return *model_; }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 
@@ -153,6 +154,7 @@ Status Forward::Init(const std::function<void(size_t, size_t)>& progress) {
     }
   } else {
     prepare_fused_decode();
+    if (fused_decode_id_ >= 0 && be_.fused_decode_probe()) DS_RETURN_IF_ERROR(probe_fused_decode());
   }
   return Status::Ok();
 }
@@ -180,6 +182,55 @@ void Forward::prepare_fused_decode() {
   m.att = attention_args(1);
   m.x = x_, m.k = k_, m.v = v_, m.ffn = gate_, m.logits = logits_;
   fused_decode_id_ = be_.fused_decode_prepare(m);
+}
+
+// One-token steps at positions 0, 1, ... of a scratch sequence (cache blocks taken from and
+// given back to the pool, which is untouched at Init), each run through the layers' ops and
+// then through the fused op: both write the same K/V to the step's slot, so the steps stay
+// comparable. The fused op stays only where every step's logits are the same bits and its
+// median step is kProbeMinGain faster; a failing step is an error (the backend's health).
+Status Forward::probe_fused_decode() {
+  const int fused = fused_decode_id_;
+  probe_ = FusedDecodeProbe{};
+  probe_.ran = true;
+  std::vector<int32_t> table;
+  const int n_blocks = (kProbeSteps + kv_.block_size() - 1) / kv_.block_size();
+  if (!kv_.blocks().allocate(n_blocks, &table)) {
+    fused_decode_id_ = -1;
+    probe_.why = "no free cache blocks to probe with";
+    return Status::Ok();
+  }
+  std::vector<double> t_ops, t_fused;
+  std::vector<float> a, b;
+  Status st = Status::Ok();
+  for (int s = 0; s < kProbeSteps && st.ok(); ++s) {
+    const std::vector<ForwardToken> tok = {ForwardToken{static_cast<int32_t>((1 + 37 * s) % config_.n_vocab), s, &table, true}};
+    for (int way = 0; way < 2 && st.ok(); ++way) {
+      fused_decode_id_ = way ? fused : -1;
+      const auto t0 = std::chrono::steady_clock::now();
+      st = run(tok, way ? &b : &a);
+      const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+      if (s >= kProbeWarmup) (way ? t_fused : t_ops).push_back(us);
+    }
+    probe_.same = probe_.same && a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+  }
+  kv_.blocks().release(&table);
+  fused_decode_id_ = -1;
+  if (!st.ok()) return st;
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0.0 : v[v.size() / 2];
+  };
+  probe_.per_op_us = median(t_ops);
+  probe_.fused_us = median(t_fused);
+  if (!probe_.same) {
+    probe_.why = "its logits differ from the per-op path's";
+  } else if (probe_.fused_us > (1.0 - kProbeMinGain) * probe_.per_op_us) {
+    probe_.why = "not faster than the per-op path";
+  } else {
+    fused_decode_id_ = fused;
+  }
+  return Status::Ok();
 }
 
 AttentionArgs Forward::attention_args(int64_t n) const {
@@ -276,7 +327,8 @@ Status Forward::forward_local(const std::vector<ForwardToken>& tokens, int64_t* 
   // Only decode-shaped steps (every token wants logits) of an unsharded Forward are recorded
   // (they have one token per sequence, so no attention tiles).
   if (comm_ || n_out != n) return enqueue_layers(n, n_out);
-  const uint64_t key = (record_id_ << 32) | static_cast<uint64_t>(n);
+  // (The fused op and the layers' ops are different recordings of a one-token step.)
+  const uint64_t key = (record_id_ << 32) | (fused_decode_id_ >= 0 ? uint64_t{1} << 31 : 0) | static_cast<uint64_t>(n);
   if (be_.replay(key)) return Status::Ok();
   if (!be_.record_begin(key)) return enqueue_layers(n, n_out);
   DS_RETURN_IF_ERROR(enqueue_layers(n, n_out));

@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -78,6 +79,19 @@ class Forward {
   int max_tokens() const { return max_tokens_; }
   // Whether one-token steps run as the backend's one fused op (Backend::fused_decode_prepare).
   bool fused_decode() const { return fused_decode_id_ >= 0; }
+  // Where the backend asked for it (Backend::fused_decode_probe), Init timed one-token steps
+  // both ways on scratch cache blocks and kept the fused op only where it gave the per-op
+  // path's logits bit for bit and was faster (median of kProbeSteps - kProbeWarmup steps).
+  struct FusedDecodeProbe {
+    bool ran = false;
+    bool same = true;        // every step's logits equal bit for bit
+    double per_op_us = 0;    // median host time of a step (upload, launch(es), logits download)
+    double fused_us = 0;
+    std::string why;         // when the fused op was dropped: the reason
+  };
+  const FusedDecodeProbe& fused_decode_probe() const { return probe_; }
+  static constexpr int kProbeSteps = 10, kProbeWarmup = 2;
+  static constexpr double kProbeMinGain = 0.03;  // the fused op must be this much faster
 
  private:
   Forward(std::shared_ptr<const void> owner, const ModelConfig& config, const ModelWeights& weights, Backend& b,
@@ -93,6 +107,7 @@ class Forward {
   // already uploaded; a decode step's sequence is recorded and replayed (Backend::replay).
   Status enqueue_layers(int64_t n, int64_t n_out);
   void prepare_fused_decode();
+  Status probe_fused_decode();
   AttentionArgs attention_args(int64_t n) const;  // the layers' attention() arguments for n tokens
   Status comm_failed(const char* what) const;
   float* buffer(size_t floats);
@@ -141,6 +156,7 @@ class Forward {
   std::vector<AttentionToken> h_att_;
   size_t table_capacity_ = 0;
   int fused_decode_id_ = -1;  // Backend::fused_decode_prepare's id for this Forward (-1: none)
+  FusedDecodeProbe probe_;
   uint64_t record_id_ = 0;  // this Forward's part of its recording keys (unique per process)
 };
 

@@ -86,6 +86,7 @@ struct BenchResult {
 
 // --fused-decode: the CUDA backend's persistent decode kernel for one-token steps.
 ds::CudaBackendChoices g_cuda_choices;
+std::string g_decode_note;  // the last engine's Engine::decode_note()
 
 // The backend a run measures: the CPU with `threads` threads, or CUDA GPU `gpu` (gpu >= 0).
 ds::Result<std::unique_ptr<ds::Backend>> make_backend(int threads, int gpu) {
@@ -118,6 +119,7 @@ ds::Status run_once(const std::shared_ptr<ds::Model>& model, int threads, int gp
   auto engine = ds::Engine::Create(model, std::move(backend).value(), eo);
   if (!engine.ok()) return engine.status();
   ds::Engine& e = **engine;
+  g_decode_note = e.decode_note();
   const int32_t n_vocab = model->config().n_vocab;
   uint64_t next_id = 1;
   auto tokens = [&](int n, int salt) {
@@ -223,6 +225,7 @@ int bench_engine(const std::string& path, int threads, int gpu, int prompt, int 
     j["weight_bytes"] = weight_bytes;
     if (gpu < 0) j["mem_read_gb_s"] = bw;
     j["decode_gb_s"] = weight_bytes * d1 / 1e9;
+    if (!g_decode_note.empty()) j["decode_note"] = g_decode_note;
     j["batches"] = nlohmann::json::array();
     for (size_t i = 0; i < batches.size(); ++i) j["batches"].push_back({{"batch", batches[i]}, {"decode_tok_s", median(decode[i])}});
     std::cout << j.dump() << "\n";
@@ -243,6 +246,7 @@ int bench_engine(const std::string& path, int threads, int gpu, int prompt, int 
                   weight_bytes / 1048576.0, weight_bytes * d1 / 1e9, bw, 100.0 * weight_bytes * d1 / 1e9 / bw);
     } else {  // the GPU's copy bandwidth and per-op breakdown: tools/gpu-check.sh
       std::printf("\nweights %.0f MiB; batch-1 decode reads %.1f GB/s\n", weight_bytes / 1048576.0, weight_bytes * d1 / 1e9);
+      if (!g_decode_note.empty()) std::printf("%s\n", g_decode_note.c_str());
     }
   }
   return ds::cli::kExitOk;
@@ -493,8 +497,11 @@ int main(int argc, char** argv) {
   eng->add_option("--threads", threads, "CPU threads (default: all cores)")->check(CLI::Range(0, 256));
   eng->add_option("--kv-type", kv_type, "KV-cache elements: auto (f16 on GPUs, f32 on the CPU), f32 or f16")
       ->check(CLI::IsMember({"auto", "f32", "f16"}));
-  eng->add_flag("--fused-decode", g_cuda_choices.fused_decode,
-                "--backend cuda: run one-token decode steps as one persistent kernel (same tokens; not yet timed on a GPU)");
+  std::string fused_decode = "off";
+  eng->add_option("--fused-decode", fused_decode,
+                  "--backend cuda: one-token decode steps as one persistent kernel: off, on, or auto (only where a "
+                  "probe at load times it faster; same tokens either way)")
+      ->check(CLI::IsMember({"off", "on", "auto"}));
   eng->add_option("--prompt", prompt, "Prompt tokens for the prefill test")->check(CLI::Range(1, 65536));
   eng->add_option("--gen", gen, "Tokens to decode per sequence")->check(CLI::Range(1, 65536));
   eng->add_option("--decode-ctx", decode_ctx,
@@ -531,6 +538,8 @@ int main(int argc, char** argv) {
     const int rc = app.exit(e);
     return rc == 0 ? 0 : ds::cli::kExitUsage;
   }
+  g_cuda_choices.fused_decode = fused_decode != "off";
+  g_cuda_choices.fused_decode_auto = fused_decode == "auto";
   if (load->parsed()) return bench_load(la);
   if (failover->parsed()) return ds::bench::bench_failover(fa);
   return bench_engine(model, threads, backend == "cuda" ? gpu : -1, prompt, gen, batches, repeats, json, quiet, kv_type,

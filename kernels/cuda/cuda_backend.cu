@@ -910,6 +910,7 @@ std::unique_ptr<Backend> make_cuda_backend(int device, std::string* error, const
   CudaBackendOptions options;
   options.device = device;
   options.fused_decode = choices.fused_decode;
+  options.fused_decode_auto = choices.fused_decode_auto;
   return CudaBackend::create(options, error);
 }
 

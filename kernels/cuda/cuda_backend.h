@@ -93,6 +93,8 @@ struct CudaBackendOptions {
   bool fused_decode = false;    // fused_decode_prepare: a one-token decode step as one persistent
                                 // cooperative kernel (decode_fused.cu; same bits as the per-op path;
                                 // not yet run on a GPU, so off by default)
+  bool fused_decode_auto = false;  // with fused_decode: Forward keeps it only where its probe at
+                                   // Init finds the same logits and faster steps (fused_decode_probe)
   int fused_decode_blocks_per_sm = 4;  // its blocks per SM (at most what fits)
   bool fused_decode_prefetch = true;   // its L2 prefetch of the next phase's weights at each barrier
 };
@@ -165,6 +167,7 @@ class CudaBackend final : public Backend {
   // 128, and the device launches cooperatively; else -1.
   int fused_decode_prepare(const FusedDecodeModel& m) override;
   void fused_decode(int id) override;
+  bool fused_decode_probe() const override { return options_.fused_decode && options_.fused_decode_auto; }
   bool replay(uint64_t key) override;
   bool record_begin(uint64_t key) override;
   bool record_end() override;

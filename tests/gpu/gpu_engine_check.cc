@@ -99,6 +99,7 @@ bool g_tc_att = true;  // CudaBackendOptions::tc_attention of the engines made b
 bool g_q8_0_split = true;  // CudaBackendOptions::q8_0_split of the engines made below
 bool g_tc_att_mma = true;  // CudaBackendOptions::tc_attention_mma of the engines made below
 bool g_fused = false;       // CudaBackendOptions::fused_decode of the engines made below
+bool g_fused_auto = false;  // CudaBackendOptions::fused_decode_auto of the engines made below
 bool g_fused_prefetch = true;  // CudaBackendOptions::fused_decode_prefetch of the engines made below
 int g_fused_blocks = 4;        // CudaBackendOptions::fused_decode_blocks_per_sm of the engines made below
 std::optional<ds::DType> g_kv_type;  // EngineOptions::kv_type of the engines made below (unset: F16 on the GPU)
@@ -122,6 +123,7 @@ std::unique_ptr<ds::Engine> engine(std::shared_ptr<ds::Model> m, int max_batch, 
   co.q8_0_split = g_q8_0_split;
   co.tc_attention_mma = g_tc_att_mma;
   co.fused_decode = g_fused;
+  co.fused_decode_auto = g_fused_auto;
   co.fused_decode_prefetch = g_fused_prefetch;
   co.fused_decode_blocks_per_sm = g_fused_blocks;
   std::unique_ptr<ds::CudaBackend> be = ds::CudaBackend::create(co, &err);
@@ -320,6 +322,36 @@ bool fused_decode_same(const std::shared_ptr<ds::Model>& m, const char* name, ds
   return ok;
 }
 
+// fused_decode_auto (ds-node --fused-decode auto): Forward's probe at Init runs one-token
+// steps both ways on the real kernel, finds the same logits, gives its cache blocks back and
+// keeps the faster way (either, here: the check is that the probe runs and agrees).
+bool fused_decode_probe(const std::string& gold) {
+  auto m = ds::Model::Load(gold + "/stories260K-f16.gguf");
+  if (!check_ok(m.status(), "stories260K-f16.gguf")) return false;
+  const ds::ModelConfig& c = (*m)->config();
+  ds::CudaBackendOptions co;
+  co.fused_decode = true;
+  co.fused_decode_auto = true;
+  std::string err;
+  std::unique_ptr<ds::CudaBackend> be = ds::CudaBackend::create(co, &err);
+  if (!be) {
+    std::printf("ERROR: no CUDA backend: %s\n", err.c_str());
+    return false;
+  }
+  auto kv = ds::KvCache::Create(*be, c.n_layer, c.kv_dim(), 16, 4, ds::DType::kF16);
+  if (!check_ok(kv.status(), "KV cache")) return false;
+  auto f = ds::Forward::Create(*m, *be, **kv, 8, {}, 64);
+  if (!check_ok(f.status(), "Forward")) return false;
+  const ds::Forward::FusedDecodeProbe& p = (*f)->fused_decode_probe();
+  const bool ok = p.ran && p.same && (*kv)->blocks().n_free() == (*kv)->blocks().n_blocks() && be->ok();
+  std::printf("fused decode: load probe, stories260K f16: %s; %.1f us a step persistent, %.1f us per op: %s%s%s\n",
+              !p.ran ? "DID NOT RUN" : p.same ? "same logits" : "LOGITS DIFFER",
+              p.fused_us, p.per_op_us, (*f)->fused_decode() ? "persistent kernel kept" : "kernel per op kept",
+              p.why.empty() ? "" : " - ", p.why.c_str());
+  if (!be->ok()) std::printf("ERROR: %s\n", be->last_error().c_str());
+  return ok;
+}
+
 bool fused_decode(const std::string& gold, const std::string& dir) {
   bool ok = true;
 #ifdef DS_CUDA_EMULATION
@@ -358,6 +390,7 @@ bool fused_decode(const std::string& gold, const std::string& dir) {
     }
     g_q8_0_split = true;
   }
+  ok = fused_decode_probe(gold) && ok;
   return ok;
 }
 
@@ -1089,6 +1122,13 @@ bool bench_fused(const std::string& dir, double copy_gbs) {
       line += buf;
     }
     std::printf("%s; tokens %s\n", line.c_str(), same ? "equal the per-op path's" : "DIFFER from the per-op path's");
+    {  // what --fused-decode auto picks for this model on this GPU
+      g_fused = g_fused_auto = true;
+      auto e = engine(*m, 1, 256, 256, true);
+      g_fused = g_fused_auto = false;
+      if (!e) return false;
+      std::printf("%s auto: %s\n", tn, e->decode_note().c_str());
+    }
     all_same = all_same && same;
   }
   return all_same;

@@ -72,6 +72,7 @@ const ContractKey kContract[] = {
     {"--kv-cache-tokens", "DS_KV_CACHE_TOKENS", "model", "kv-cache-tokens"},
     {"--kv-block-size", "DS_KV_BLOCK_SIZE", "model", "kv-block-size"},
     {"--kv-type", "DS_KV_TYPE", "model", "kv-type"},
+    {"--fused-decode", "DS_FUSED_DECODE", "model", "fused-decode"},
     {"--gpu-memory-percent", "DS_GPU_MEMORY_PERCENT", "model", "gpu-memory-percent"},
     {"--max-step-tokens", "DS_MAX_STEP_TOKENS", "model", "max-step-tokens"},
     {"--max-tokens-limit", "DS_MAX_TOKENS_LIMIT", "model", "max-tokens-limit"},
@@ -108,6 +109,7 @@ TEST(Config, Defaults) {
   EXPECT_EQ(c.model_path, "");
   EXPECT_EQ(c.backend, BackendKind::kAuto);
   EXPECT_EQ(c.kv_type, KvTypeKind::kAuto);
+  EXPECT_EQ(c.fused_decode, FusedDecodeKind::kOff);
   EXPECT_EQ(c.threads, 0);
   EXPECT_EQ(c.max_batch, 0);  // auto: 32 on GPUs, 8 on the CPU (ds-node resolves it)
   EXPECT_EQ(c.ctx, 0);
@@ -287,6 +289,9 @@ TEST(Config, BadTomlValueRejectedNamingKey) {
   EXPECT_NE(kv.find("q8_0"), std::string::npos) << kv;
   EXPECT_NE(kv.find("auto|f32|f16"), std::string::npos) << kv;
   EXPECT_EQ(load_ok({"--kv-type", "f16"}).kv_type, KvTypeKind::kF16);
+  const std::string fd = load_error({"--fused-decode", "yes"});
+  EXPECT_NE(fd.find("off|on|auto"), std::string::npos) << fd;
+  EXPECT_EQ(load_ok({"--fused-decode", "auto"}).fused_decode, FusedDecodeKind::kAuto);
   EXPECT_EQ(load_ok({}).gpu_memory_percent, 90);
   EXPECT_EQ(load_ok({"--gpu-memory-percent", "50"}).gpu_memory_percent, 50);
   EXPECT_NE(load_error({"--gpu-memory-percent", "0"}).find("gpu-memory-percent"), std::string::npos);
