@@ -8,7 +8,8 @@
 #   step 4/4  summary table
 #
 # Needs nvcc, CMake (>= 3.18) and a C++20 compiler; no Debian packages (GTest, CLI11, ...).
-# The whole output is also written to $OUT/gpu-check.log when $OUT is set.
+# The whole output is also written to $OUT/gpu-check.log when $OUT is set, and again as
+# $OUT/gpu-check-DATE-GPU-COMMIT.log: commit that one under docs/gpu-runs/ (see its README).
 # Exit status: 0 when every step that ran passed; 1 otherwise; 2 when there is no usable GPU.
 #
 # Environment: DS_GPU_CHECK_BUDGET_S (default 450: the script's own deadline, seconds),
@@ -146,6 +147,12 @@ cat "$log.summary" >>"$log"
 rm -f "$log.summary"
 if [[ -n ${OUT:-} ]]; then
   mkdir -p "$OUT" && cp "$log" "$OUT/gpu-check.log" && chmod 644 "$OUT/gpu-check.log"
+  # The same log under the name docs/gpu-runs/ keeps it by (the device's output does not
+  # outlive the session: commit it there).
+  gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | tr -c 'A-Za-z0-9.\n-' '-' | tr -s '-')
+  named="$OUT/gpu-check-$(date -u +%F)-${gpu:-nogpu}-$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo nogit).log"
+  cp "$log" "$named" && chmod 644 "$named"
+  echo "log: $named (commit it under docs/gpu-runs/)"
 fi
 rm -f "$log" "$steps_file"
 exit "$rc"
