@@ -595,6 +595,18 @@ void CudaBackend::matmul_qkv(const WeightRef& wq, const WeightRef& wk, const Wei
     if (bv) add_bias(v, bv, n, wv.rows);
     return;
   }
+  if ((!fused_gemv_applies(wq, wk, n) || !fused_gemv_applies(wq, wv, n)) && cublas_half_shares_x({&wq, &wk, &wv}, n)) {
+    if (!begin(kOp)) return;  // cuBLAS, x rounded once for the three (the biases after, as Backend's)
+    DS_CHECK_WEIGHT(kOp, wq);
+    DS_CHECK_WEIGHT(kOp, wk);
+    DS_CHECK_WEIGHT(kOp, wv);
+    matmul_cublas_half(kOp, {{&wq, q}, {&wk, k}, {&wv, v}}, x, n, false);
+    end(kOp);
+    if (bq) add_bias(q, bq, n, wq.rows);
+    if (bk) add_bias(k, bk, n, wk.rows);
+    if (bv) add_bias(v, bv, n, wv.rows);
+    return;
+  }
   if (!fused_gemv_applies(wq, wk, n) || !fused_gemv_applies(wq, wv, n))
     return Backend::matmul_qkv(wq, wk, wv, bq, bk, bv, x, n, q, k, v);
   if (!begin(kOp)) return;
@@ -697,6 +709,14 @@ void CudaBackend::matmul_swiglu(const WeightRef& w_gate, const WeightRef& w_up, 
     end(kOp);
     return swiglu(out, up, n * w_gate.rows, out);
   }
+  if (!fused_gemv_applies(w_gate, w_up, n) && w_gate.rows == w_up.rows && cublas_half_shares_x({&w_gate, &w_up}, n)) {
+    if (!begin(kOp)) return;  // cuBLAS, x rounded once for both, then swiglu as Backend's
+    DS_CHECK_WEIGHT(kOp, w_gate);
+    DS_CHECK_WEIGHT(kOp, w_up);
+    matmul_cublas_half(kOp, {{&w_gate, out}, {&w_up, up}}, x, n, false);
+    end(kOp);
+    return swiglu(out, up, n * w_gate.rows, out);
+  }
   if (!fused_gemv_applies(w_gate, w_up, n) || w_gate.rows != w_up.rows)
     return Backend::matmul_swiglu(w_gate, w_up, x, n, out, up);
   if (!begin(kOp)) return;
@@ -734,7 +754,7 @@ void CudaBackend::matmul_cublas(const WeightRef& w, size_t row_stride, const flo
     gemm(static_cast<const float*>(w.data), w.rows, y);
     return;
   }
-  if (options_.gemm_half) return matmul_cublas_half(w, row_stride, x, n, y, accumulate);
+  if (options_.gemm_half) return matmul_cublas_half(kOp, {{&w, y}}, x, n, accumulate);
   const int64_t slice = std::min<int64_t>(w.rows, std::max<int64_t>(1, kScratchFloats / w.cols));
   float* buf = scratch(static_cast<size_t>(slice * w.cols) * sizeof(float), kOp);
   if (buf == nullptr) return;
@@ -748,46 +768,68 @@ void CudaBackend::matmul_cublas(const WeightRef& w, size_t row_stride, const flo
   }
 }
 
-// The tensor-core path: X rounded to F16 (BF16 for BF16 weights) in scratch, then one
-// cublasGemmEx per weight slice with F16/BF16 operands, F32 output and F32 accumulation. F16
-// and BF16 weights are read in place; quantized ones are dequantized to F16 in slices of at
-// most kScratchFloats elements (after X in the same scratch buffer).
-void CudaBackend::matmul_cublas_half(const WeightRef& w, size_t row_stride, const float* x, int64_t n, float* y,
-                                     bool accumulate) {
-  constexpr const char* kOp = "matmul";
-  const bool bf16 = w.type == DType::kBF16;
-  const bool in_place = w.type == DType::kF16 || bf16;
+// The tensor-core path: X rounded to F16 (BF16 for BF16 weights) in scratch once, then for
+// each part one cublasGemmEx per weight slice with F16/BF16 operands, F32 output and F32
+// accumulation. F16 and BF16 weights are read in place; quantized ones are dequantized to F16
+// in slices of at most kScratchFloats elements (after X in the same scratch buffer).
+void CudaBackend::matmul_cublas_half(const char* op, std::initializer_list<std::pair<const WeightRef*, float*>> parts,
+                                     const float* x, int64_t n, bool accumulate) {
+  const WeightRef& w0 = *parts.begin()->first;
+  const int64_t cols = w0.cols;
+  const bool bf16 = w0.type == DType::kBF16;
   const cudaDataType half_type = bf16 ? CUDA_R_16BF : CUDA_R_16F;
-  const int64_t slice = in_place ? w.rows : std::min<int64_t>(w.rows, std::max<int64_t>(1, kScratchFloats / w.cols));
-  const size_t x_bytes = (static_cast<size_t>(n * w.cols) * 2 + 255) / 256 * 256;
-  const size_t w_bytes = in_place ? 0 : static_cast<size_t>(slice * w.cols) * 2;
-  auto* buf = reinterpret_cast<uint8_t*>(scratch(x_bytes + w_bytes, kOp));
+  auto in_place = [](const WeightRef& w) { return w.type == DType::kF16 || w.type == DType::kBF16; };
+  auto slice_of = [&](const WeightRef& w) {
+    return in_place(w) ? w.rows : std::min<int64_t>(w.rows, std::max<int64_t>(1, kScratchFloats / cols));
+  };
+  const size_t x_bytes = (static_cast<size_t>(n * cols) * 2 + 255) / 256 * 256;
+  size_t w_bytes = 0;
+  for (const auto& [w, y] : parts)
+    if (!in_place(*w)) w_bytes = std::max(w_bytes, static_cast<size_t>(slice_of(*w) * cols) * 2);
+  auto* buf = reinterpret_cast<uint8_t*>(scratch(x_bytes + w_bytes, op));
   if (buf == nullptr) return;
   auto* xh = reinterpret_cast<uint16_t*>(buf);
   auto* wh = reinterpret_cast<uint16_t*>(buf + x_bytes);
-  if (!DS_CUDA_CHECK(kOp, cuda::to_half(DType::kF32, x, static_cast<size_t>(w.cols) * sizeof(float), w.cols, n, bf16,
-                                        xh, impl_->stream)))
+  if (!DS_CUDA_CHECK(op, cuda::to_half(DType::kF32, x, static_cast<size_t>(cols) * sizeof(float), cols, n, bf16, xh,
+                                       impl_->stream)))
     return;
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
-  auto gemm = [&](const void* a, int64_t m, float* c) {
-    return DS_CUBLAS_CHECK(kOp, cublasGemmEx(impl_->cublas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(m),
-                                             static_cast<int>(n), static_cast<int>(w.cols), &alpha, a, half_type,
-                                             static_cast<int>(w.cols), xh, half_type, static_cast<int>(w.cols),
-                                             &beta, c, CUDA_R_32F, static_cast<int>(w.rows), CUBLAS_COMPUTE_32F,
-                                             CUBLAS_GEMM_DEFAULT));
-  };
-  if (in_place) {
-    gemm(w.data, w.rows, y);
-    return;
+  for (const auto& [wp, y] : parts) {
+    const WeightRef& w = *wp;
+    auto gemm = [&](const void* a, int64_t m, float* c) {
+      return DS_CUBLAS_CHECK(op, cublasGemmEx(impl_->cublas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(m),
+                                              static_cast<int>(n), static_cast<int>(cols), &alpha, a, half_type,
+                                              static_cast<int>(cols), xh, half_type, static_cast<int>(cols), &beta, c,
+                                              CUDA_R_32F, static_cast<int>(w.rows), CUBLAS_COMPUTE_32F,
+                                              CUBLAS_GEMM_DEFAULT));
+    };
+    if (in_place(w)) {
+      if (!gemm(w.data, w.rows, y)) return;
+      continue;
+    }
+    const size_t row_stride = row_bytes_of(w.type, cols);
+    const int64_t slice = slice_of(w);
+    const auto* base = static_cast<const uint8_t*>(w.data);
+    for (int64_t r0 = 0; r0 < w.rows; r0 += slice) {
+      const int64_t nr = std::min(slice, w.rows - r0);
+      if (!DS_CUDA_CHECK(op, cuda::to_half(kernel_type(w), base + r0 * static_cast<int64_t>(row_stride), row_stride, cols,
+                                           nr, false, wh, impl_->stream)))
+        return;
+      if (!gemm(wh, nr, y + r0)) return;
+    }
   }
-  const auto* base = static_cast<const uint8_t*>(w.data);
-  for (int64_t r0 = 0; r0 < w.rows; r0 += slice) {
-    const int64_t nr = std::min(slice, w.rows - r0);
-    if (!DS_CUDA_CHECK(kOp, cuda::to_half(kernel_type(w), base + r0 * static_cast<int64_t>(row_stride), row_stride, w.cols, nr,
-                                          false, wh, impl_->stream)))
-      return;
-    if (!gemm(wh, nr, y + r0)) return;
+}
+
+bool CudaBackend::cublas_half_shares_x(std::initializer_list<const WeightRef*> ws, int64_t n) const {
+  if (!options_.fuse_decode || !options_.gemm_half || options_.batch_invariant || n > INT_MAX) return false;
+  const WeightRef& w0 = **ws.begin();
+  for (const WeightRef* w : ws) {
+    const bool same_rounding = (w->type == DType::kBF16) == (w0.type == DType::kBF16);
+    if (w->type == DType::kF32 || !same_rounding || w->cols != w0.cols || w->rows <= 0 || w->cols <= 0 ||
+        w->rows > INT_MAX || w->cols > INT_MAX || n <= gemv_limit(w->type) || tc_gemm_applies(*w, n))
+      return false;
   }
+  return true;
 }
 
 void CudaBackend::get_rows(const WeightRef& w, const int32_t* ids, int64_t n, float* out) {

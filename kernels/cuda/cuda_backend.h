@@ -239,7 +239,14 @@ class CudaBackend final : public Backend {
   // accumulate: y += x W^T (cuBLAS's beta = 1: matmul_add's residual add in the GEMM) instead of y =.
   void matmul_cublas(const WeightRef& w, size_t row_stride, const float* x, int64_t n, float* y,
                      bool accumulate = false);
-  void matmul_cublas_half(const WeightRef& w, size_t row_stride, const float* x, int64_t n, float* y, bool accumulate);
+  // The F16/BF16-operand cuBLAS path for each (W, y) of parts (1..3 matrices that multiply the
+  // same x: one type class and column count): x rounded to F16/BF16 once for all of them, then
+  // per matrix its dequantization (quantized types) and GEMM; the bits of one call per matrix.
+  void matmul_cublas_half(const char* op, std::initializer_list<std::pair<const WeightRef*, float*>> parts,
+                          const float* x, int64_t n, bool accumulate);
+  // Whether matmul() takes the F16/BF16 cuBLAS path for every one of ws at n, and they can share
+  // x's rounding there (fuse_decode: matmul_qkv's three, matmul_swiglu's two).
+  bool cublas_half_shares_x(std::initializer_list<const WeightRef*> ws, int64_t n) const;
   // y (+)= x W^T for each (W, y) of parts (1..3 matrices of one type and column count) in one
   // gemm_tc call (REQUIRES: tc_gemm_applies to each); op names the calling op.
   void matmul_tc(const char* op, std::initializer_list<std::pair<const WeightRef*, float*>> parts, const float* x,

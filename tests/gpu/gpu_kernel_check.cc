@@ -649,6 +649,53 @@ void check_fused(CudaBackend& b, Rng& rng, bool quick) {
              "n=1 differs from row 0 of n=8");
     }
   }
+  // Past the GEMV range and the tensor-core kernel (n = 40: cuBLAS on F16/BF16 operands, a
+  // prefill's path), matmul_qkv and matmul_swiglu round x to F16 once for their matrices: the
+  // bits of one matmul() per matrix (fuse_decode off), biases included.
+  {
+    const int gemv_max = b.options().gemv_max_batch;
+    b.set_gemv_max_batch(0);  // the per-type dispatch the engines get
+    const int64_t n = 40, cols = 256, rows[5] = {96, 32, 32, 160, 160};  // q, k, v, gate, up
+    const auto x = rng.floats(n * cols);
+    Buf dx(b, x);
+    for (DType t : kAllTypes) {
+      if (t == DType::kF32 || !fits(t, cols)) continue;
+      const std::string tn = ds::dtype_name(t);
+      std::vector<Buf> dw, dbias, y1, y2;
+      WeightRef w[5];
+      for (int m = 0; m < 5; ++m) {
+        dw.emplace_back(b, make_weights(rng, t, rows[m], cols));
+        dbias.emplace_back(b, rng.floats(rows[m]));
+        y1.emplace_back(b, n * rows[m] * 4);
+        y2.emplace_back(b, n * rows[m] * 4);
+        w[m] = WeightRef{t, dw[m].as<void>(), rows[m], cols};
+      }
+      auto same_outputs = [&](int first, int count) {
+        bool same = true;
+        for (int m = first; m < first + count; ++m)
+          same = same && same_bits(y1[m].read(n * rows[m]).data(), y2[m].read(n * rows[m]).data(), n * rows[m]);
+        return same;
+      };
+      for (bool bias : {false, true}) {
+        const float* bq = bias ? dbias[0].as() : nullptr;
+        const float* bk = bias ? dbias[1].as() : nullptr;
+        const float* bv = bias ? dbias[2].as() : nullptr;
+        b.matmul_qkv(w[0], w[1], w[2], bq, bk, bv, dx.as(), n, y1[0].as(), y1[1].as(), y1[2].as());
+        b.set_fuse_decode(false);
+        b.matmul_qkv(w[0], w[1], w[2], bq, bk, bv, dx.as(), n, y2[0].as(), y2[1].as(), y2[2].as());
+        b.set_fuse_decode(true);
+        expect("determinism/cublas-shared-x-qkv " + tn + " n=40" + (bias ? " bias" : ""), same_outputs(0, 3),
+               "x rounded once differs from one matmul per matrix");
+      }
+      b.matmul_swiglu(w[3], w[4], dx.as(), n, y1[3].as(), y1[4].as());
+      b.set_fuse_decode(false);
+      b.matmul_swiglu(w[3], w[4], dx.as(), n, y2[3].as(), y2[4].as());
+      b.set_fuse_decode(true);
+      expect("determinism/cublas-shared-x-swiglu " + tn + " n=40", same_outputs(3, 1),
+             "x rounded once differs from matmul, matmul, swiglu");
+    }
+    b.set_gemv_max_batch(gemv_max);
+  }
   require_ok(b, "fused");
 }
 
