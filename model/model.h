@@ -54,6 +54,11 @@ struct ModelWeights {
   std::vector<float> output_norm;  // [n_embd]
   std::vector<LayerWeights> layers;
   size_t bytes = 0;  // total bytes of the 2-D weights
+  // What a one-token decode step reads of them: all but the embedding table's other rows (all
+  // of it when tied: the table is the output projection too).
+  size_t decode_bytes() const {
+    return output.data == tok_embd.data ? bytes : bytes - tok_embd.row_stride() * (tok_embd.rows - 1);
+  }
 };
 
 struct LoadOptions {

@@ -201,8 +201,8 @@ int bench_engine(const std::string& path, int threads, int gpu, int prompt, int 
     if (!quiet && !json) std::cerr << "repeat " << r + 1 << "/" << repeats << " done\n";
   }
   const double bw = gpu < 0 ? measure_read_bandwidth(threads) : 0;  // host memory: CPU runs only
-  const double weight_bytes = static_cast<double>((*model)->weights().bytes) -
-                              ((*model)->config().tied_output ? 0.0 : 0.0);
+  const double weight_bytes = static_cast<double>((*model)->weights().bytes);
+  const double step_bytes = static_cast<double>((*model)->weights().decode_bytes());  // what a b1 step reads
   const double d1 = median(decode[0]);
   const ds::ModelConfig& c = (*model)->config();
   if (json) {
@@ -224,7 +224,8 @@ int bench_engine(const std::string& path, int threads, int gpu, int prompt, int 
     j["decode_tok_s"] = d1;
     j["weight_bytes"] = weight_bytes;
     if (gpu < 0) j["mem_read_gb_s"] = bw;
-    j["decode_gb_s"] = weight_bytes * d1 / 1e9;
+    j["decode_bytes_per_token"] = step_bytes;
+    j["decode_gb_s"] = step_bytes * d1 / 1e9;
     if (!g_decode_note.empty()) j["decode_note"] = g_decode_note;
     j["batches"] = nlohmann::json::array();
     for (size_t i = 0; i < batches.size(); ++i) j["batches"].push_back({{"batch", batches[i]}, {"decode_tok_s", median(decode[i])}});
@@ -243,9 +244,9 @@ int bench_engine(const std::string& path, int threads, int gpu, int prompt, int 
                   median(decode[i]));
     if (gpu < 0) {
       std::printf("\nweights %.0f MiB; batch-1 decode reads %.1f GB/s; memory read bandwidth %.1f GB/s (%.0f%%)\n",
-                  weight_bytes / 1048576.0, weight_bytes * d1 / 1e9, bw, 100.0 * weight_bytes * d1 / 1e9 / bw);
+                  weight_bytes / 1048576.0, step_bytes * d1 / 1e9, bw, 100.0 * step_bytes * d1 / 1e9 / bw);
     } else {  // the GPU's copy bandwidth and per-op breakdown: tools/gpu-check.sh
-      std::printf("\nweights %.0f MiB; batch-1 decode reads %.1f GB/s\n", weight_bytes / 1048576.0, weight_bytes * d1 / 1e9);
+      std::printf("\nweights %.0f MiB; batch-1 decode reads %.1f GB/s\n", weight_bytes / 1048576.0, step_bytes * d1 / 1e9);
       if (!g_decode_note.empty()) std::printf("%s\n", g_decode_note.c_str());
     }
   }

@@ -1088,13 +1088,13 @@ bool bench(const std::string& dir, double copy_gbs) {
       be->free(x);
       be->free(y);
     }
-    const double gbs = (*m)->weights().bytes * dec[0] / 1e9;
+    const double gbs = (*m)->weights().decode_bytes() * dec[0] / 1e9;
     const double cublas_s = cublas_only_layers_s((*m)->config(), prompt);
     std::printf("%-6s %10.1f %10.1f %10.1f %10.1f %9.1f %8.0f%% %11.2f %14.2f %12.1f %10.1f %10.1f %12.1f   (%lld graph replays)\n",
                 tn, prefill, dec[0], dec[1], dec[2], gbs, 100.0 * gbs / copy_gbs, (prompt / prefill) / gemm_s,
                 (prompt / prefill) / cublas_s, dec[3], dec[4], dec[5], dec[6], static_cast<long long>(replays));
   }
-  std::printf("(tok/s; GB/s b1 = weight bytes x decode tok/s; %% copy = of the device-to-device copy bandwidth %.0f GB/s;\n"
+  std::printf("(tok/s; GB/s b1 = weight bytes a token reads (all but the embedding table's other rows) x decode tok/s; %% copy = of the device-to-device copy bandwidth %.0f GB/s;\n"
               " prefill/gemm = prefill time over the time of its layer GEMMs alone (the backend's matmuls: x rounded\n"
               " to F16, quantized weights dequantized, cuBLAS): target <= 1.5; prefill/cublas = over cuBLAS alone on\n"
               " F16 operands already in place (the stricter reading of the target);\n"
@@ -1154,7 +1154,7 @@ bool bench_fused(const std::string& dir, double copy_gbs) {
         return false;
       }
       char buf[200];
-      const double pct = 100.0 * (*m)->weights().bytes * tok_s / 1e9 / copy_gbs;
+      const double pct = 100.0 * (*m)->weights().decode_bytes() * tok_s / 1e9 / copy_gbs;
       if (k < 0) {
         per_op = out[0];
         std::snprintf(buf, sizeof buf, " per-op path %.1f (%.0f%%);", tok_s, pct);

@@ -184,3 +184,26 @@ TEST_F(FusedProbe, EngineNoteNamesTheChoice) {
 
 }  // namespace
 }  // namespace ds
+
+namespace ds {
+namespace {
+
+// ModelWeights::decode_bytes (the bandwidth figures of ds-bench and the GPU check): a
+// one-token step reads every matrix but the embedding table's other rows; tied, the table is
+// the output projection and counts whole.
+TEST(ModelWeights, DecodeBytesLeaveOutTheEmbeddingTableUnlessTied) {
+  test::TempDir dir;
+  for (bool tied : {false, true}) {
+    ModelSpec spec = test::tp_spec("llama", DType::kQ8_0, 7);
+    spec.tied_output = tied;
+    const auto model = test::make_model(dir, spec);
+    ASSERT_TRUE(model);
+    const ModelWeights& w = model->weights();
+    const size_t table = w.tok_embd.row_stride() * w.tok_embd.rows;
+    EXPECT_EQ(w.decode_bytes(), tied ? w.bytes : w.bytes - table + w.tok_embd.row_stride()) << "tied " << tied;
+    EXPECT_LT(w.decode_bytes(), w.bytes + (tied ? 1u : 0u));
+  }
+}
+
+}  // namespace
+}  // namespace ds
