@@ -14,7 +14,8 @@
 #
 # Environment: DS_GPU_CHECK_BUDGET_S (default 450: the script's own deadline, seconds),
 # DS_GPU_CHECK_ARGS (extra gpu_kernel_check arguments, e.g. "--no-bench"),
-# DS_ENGINE_CHECK_ARGS (arguments of ds-gpu-engine-check).
+# DS_ENGINE_CHECK_ARGS (arguments of ds-gpu-engine-check), DS_GPU_CHECK_ENGINE_RESERVE_S
+# (default 180: seconds of the budget step 2 leaves to step 3 even when it times out).
 set -uo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -72,8 +73,13 @@ main() {
   # ---- step 2/4: kernel checks + microbenchmarks ----------------------------------------
   banner "step 2/4: gpu_kernel_check (CUDA ops vs reference, GEMV/memcpy bandwidth)"
   t0=$SECONDS
+  # Capped so that step 3 keeps $reserve seconds even when a kernel hangs (the persistent
+  # decode kernel's grid barrier is checked last, for that reason).
+  local reserve=${DS_GPU_CHECK_ENGINE_RESERVE_S:-180} cap
+  cap=$(limit "$reserve")
+  ((cap < 60)) && cap=$(limit 30)
   # shellcheck disable=SC2086
-  timeout "$(limit 30)" "$build/gpu_kernel_check" ${DS_GPU_CHECK_ARGS:-}
+  timeout "$cap" "$build/gpu_kernel_check" ${DS_GPU_CHECK_ARGS:-}
   status=$?
   case $status in
     0) note_step "2/4 gpu_kernel_check" "PASS" $((SECONDS - t0)) ;;
