@@ -306,6 +306,9 @@ class Backend {
   // True when the caller should keep a prepared id only after timing one-token steps both
   // ways and finding the fused op bit-identical and faster on this device (Forward does).
   virtual bool fused_decode_probe() const { return false; }
+  // Why the last fused_decode_prepare() returned -1 although the op was asked for ("" when it
+  // was not asked for, or was prepared): for the operator's log.
+  virtual std::string fused_decode_refusal() const { return ""; }
 
   // Recording and replay of a fixed op sequence (CUDA graphs): for a caller that issues the
   // same ops with the same arguments step after step (a decode step, whose varying inputs

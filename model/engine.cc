@@ -167,6 +167,8 @@ std::string Engine::decode_note() const {
   if (!fwd_) return "";
   const Forward::FusedDecodeProbe& p = fwd_->fused_decode_probe();
   const std::string how = fwd_->fused_decode() ? "one-token steps run as one persistent kernel" : "one-token steps run a kernel per op";
+  if (!fwd_->fused_decode_refusal().empty())
+    return how + " (the persistent decode kernel does not take this model: " + fwd_->fused_decode_refusal() + ")";
   if (!p.ran) return fwd_->fused_decode() ? how : "";
   char probe[160];
   std::snprintf(probe, sizeof probe, " (load probe: %.0f us a step with the persistent kernel, %.0f us with a kernel per op", p.fused_us, p.per_op_us);

@@ -182,6 +182,7 @@ void Forward::prepare_fused_decode() {
   m.att = attention_args(1);
   m.x = x_, m.k = k_, m.v = v_, m.ffn = gate_, m.logits = logits_;
   fused_decode_id_ = be_.fused_decode_prepare(m);
+  if (fused_decode_id_ < 0) fused_refusal_ = be_.fused_decode_refusal();
 }
 
 // One-token steps at positions 0, 1, ... of a scratch sequence (cache blocks taken from and

@@ -90,6 +90,8 @@ class Forward {
     std::string why;         // when the fused op was dropped: the reason
   };
   const FusedDecodeProbe& fused_decode_probe() const { return probe_; }
+  // Why the backend's fused decode op, asked for, was not prepared ("" otherwise).
+  const std::string& fused_decode_refusal() const { return fused_refusal_; }
   static constexpr int kProbeSteps = 10, kProbeWarmup = 2;
   static constexpr double kProbeMinGain = 0.03;  // the fused op must be this much faster
 
@@ -157,6 +159,7 @@ class Forward {
   size_t table_capacity_ = 0;
   int fused_decode_id_ = -1;  // Backend::fused_decode_prepare's id for this Forward (-1: none)
   FusedDecodeProbe probe_;
+  std::string fused_refusal_;
   uint64_t record_id_ = 0;  // this Forward's part of its recording keys (unique per process)
 };
 

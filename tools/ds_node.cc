@@ -250,6 +250,11 @@ int main(int argc, char** argv) {
   sc.worker.engine.kv_block_size = cfg.kv_block_size;
   sc.worker.cuda.fused_decode = cfg.fused_decode != ds::FusedDecodeKind::kOff;
   sc.worker.cuda.fused_decode_auto = cfg.fused_decode == ds::FusedDecodeKind::kAuto;
+  if (cfg.fused_decode != ds::FusedDecodeKind::kOff && (!use_cuda || sc.worker.gpus.size() > 1)) {
+    spdlog::warn("fused-decode {}: ignored: the persistent decode kernel runs on the CUDA backend with one GPU (this "
+                 "worker: {})", cfg.fused_decode == ds::FusedDecodeKind::kOn ? "on" : "auto",
+                 use_cuda ? "tensor parallel over GPUs " + cfg.gpus : std::string("the CPU"));
+  }
   if (cfg.kv_type != ds::KvTypeKind::kAuto) sc.worker.engine.kv_type = cfg.kv_type == ds::KvTypeKind::kF16 ? ds::DType::kF16 : ds::DType::kF32;
   sc.worker.engine.max_step_tokens = cfg.max_step_tokens;
   sc.worker.engine.shard_step_timeout_ms = static_cast<int>(cfg.shard_step_timeout.count());

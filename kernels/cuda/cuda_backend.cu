@@ -147,6 +147,7 @@ struct CudaBackend::Impl {
   std::map<uint64_t, int> retried;  // keys whose recording failed only for scratch growth: retries
   void* cublas_workspace = nullptr;  // kCublasWorkspaceBytes, set as the handle's workspace
   cudaEvent_t prof_start = nullptr, prof_stop = nullptr;  // profile_ops
+  std::string fused_refusal;  // why the last fused_decode_prepare() returned -1 ("" if not asked)
   struct Fused {  // a fused_decode_prepare()d model
     cuda::FusedDecodeArgs args;
     int blocks = 0;
@@ -968,8 +969,16 @@ bool cuda_backend_available() {
 int CudaBackend::fused_decode_prepare(const FusedDecodeModel& m) {
   // Only where the per-op path it replaces runs at n = 1: GEMV v3 with the fused launches and
   // split-K attention; one weight type and layout for every matrix.
-  if (!options_.fused_decode || !ok() || m.layers.empty() || options_.gemv_version != 3 || !options_.fuse_decode)
+  impl_->fused_refusal.clear();
+  if (!options_.fused_decode) return -1;
+  auto refuse = [&](const std::string& why) {
+    impl_->fused_refusal = why;
     return -1;
+  };
+  if (!ok()) return refuse("the backend has failed: " + last_error());
+  if (m.layers.empty()) return refuse("the model has no layers");
+  if (options_.gemv_version != 3 || !options_.fuse_decode)
+    return refuse("it replaces GEMV v3 with the fused decode launches, which are off");
   const FusedDecodeLayer& l0 = m.layers[0];
   const DType type = l0.wq.type;
   const uint32_t layout = l0.wq.layout;
@@ -978,34 +987,41 @@ int CudaBackend::fused_decode_prepare(const FusedDecodeModel& m) {
   const int hd = r.head_dim;
   const int64_t q_dim = static_cast<int64_t>(r.n_heads) * hd, kv_dim = static_cast<int64_t>(r.n_kv_heads) * hd;
   const AttentionArgs& a = m.att;
-  if (!supported(type) || block_elems(type) == 0 || r.n_heads <= 0 || r.n_kv_heads <= 0 || hd % 2 != 0 ||
-      r.rope.n_rot <= 0 || r.rope.n_rot % 2 != 0 || r.rope.n_rot > hd || !cuda::fused_decode_supports(kernel_type(l0.wq), hd) ||
-      a.n_heads != r.n_heads || a.n_kv_heads != r.n_kv_heads || a.head_dim != hd || a.n_tokens != 1 || a.max_kv <= 0 ||
-      a.workspace == nullptr || a.workspace_floats < cuda::attention_workspace_floats(1, a.n_heads, hd, a.max_kv) ||
-      a.tiles != nullptr)
-    return -1;
+  if (!supported(type) || block_elems(type) == 0 || !cuda::fused_decode_supports(kernel_type(l0.wq), 1))
+    return refuse(std::string("it takes f32, f16 and q8_0 matrices, not ") + type_name(type));
+  if (!cuda::fused_decode_supports(kernel_type(l0.wq), hd))
+    return refuse("it takes head_dim up to 128, not " + std::to_string(hd));
+  if (r.n_heads <= 0 || r.n_kv_heads <= 0 || hd % 2 != 0 || r.rope.n_rot <= 0 || r.rope.n_rot % 2 != 0 ||
+      r.rope.n_rot > hd || a.n_heads != r.n_heads || a.n_kv_heads != r.n_kv_heads || a.head_dim != hd ||
+      a.n_tokens != 1 || a.max_kv <= 0 || a.workspace == nullptr ||
+      a.workspace_floats < cuda::attention_workspace_floats(1, a.n_heads, hd, a.max_kv) || a.tiles != nullptr)
+    return refuse("unexpected attention or RoPE arguments");
   auto shaped = [&](const WeightRef& w, int64_t rows, int64_t cols) {
     return w.type == type && w.layout == layout && w.rows == rows && w.cols == cols && cols > 0 &&
            cols % block_elems(type) == 0 && w.data != nullptr &&
            reinterpret_cast<uintptr_t>(w.data) % (type == DType::kF32 ? 4 : 2) == 0;
   };
+  const std::string mixed = std::string("its matrices must all be ") + type_name(type) +
+                            " (one type for every layer and the output; this model mixes types)";
   const DType kv_type = l0.cache.type;
   bool w_vec = true;
   auto wide = [&](const WeightRef& w) { w_vec = w_vec && cuda::gemv_wide_loads(kernel_type(w), w.data, w.cols, row_bytes_of(w.type, w.cols)); };
   std::vector<cuda::FusedDecodeLayer> layers;
   for (const FusedDecodeLayer& L : m.layers) {
     if (!shaped(L.wq, q_dim, D) || !shaped(L.wk, kv_dim, D) || !shaped(L.wv, kv_dim, D) || !shaped(L.wo, D, q_dim) ||
-        !shaped(L.w_gate, F, D) || !shaped(L.w_up, F, D) || !shaped(L.w_down, D, F) || L.cache.type != kv_type ||
-        !L.attn_norm || !L.ffn_norm || !L.cache.k || !L.cache.v)
-      return -1;
+        !shaped(L.w_gate, F, D) || !shaped(L.w_up, F, D) || !shaped(L.w_down, D, F))
+      return refuse(mixed);
+    if (L.cache.type != kv_type || !L.attn_norm || !L.ffn_norm || !L.cache.k || !L.cache.v)
+      return refuse("unexpected layer norms or cache");
     for (const WeightRef* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) wide(*w);
     layers.push_back(cuda::FusedDecodeLayer{L.wq.data, L.wk.data, L.wv.data, L.wo.data, L.w_gate.data, L.w_up.data,
                                             L.w_down.data, L.bq, L.bk, L.bv, L.attn_norm, L.ffn_norm, L.cache.k,
                                             L.cache.v});
   }
-  if (!shaped(m.output, V, D) || !kv_type_supported(kv_type) || !m.output_norm || !m.x || !m.k || !m.v || !m.ffn ||
-      !m.logits || !a.q || !a.out || !a.tokens || !r.pos || !r.slots)
-    return -1;
+  if (!shaped(m.output, V, D)) return refuse(mixed);
+  if (!kv_type_supported(kv_type) || !m.output_norm || !m.x || !m.k || !m.v || !m.ffn || !m.logits || !a.q || !a.out ||
+      !a.tokens || !r.pos || !r.slots)
+    return refuse("unexpected buffers");
   wide(m.output);
 
   cuda::FusedDecodeArgs f;
@@ -1034,13 +1050,13 @@ int CudaBackend::fused_decode_prepare(const FusedDecodeModel& m) {
   f.x = m.x, f.ffn = m.ffn, f.logits = m.logits;
   const int blocks = cuda::fused_decode_blocks(f.wtype, cuda::fused_decode_shared_bytes(f),
                                                options_.fused_decode_blocks_per_sm);
-  if (blocks <= 0) return -1;
+  if (blocks <= 0) return refuse("this GPU cannot run it (no cooperative launch, or no block fits an SM)");
   const size_t table = layers.size() * sizeof(cuda::FusedDecodeLayer);
   void* dev = alloc(table + 256);  // the layer table, then the barrier's counter
-  if (dev == nullptr) return -1;
+  if (dev == nullptr) return refuse("out of GPU memory for its layer table");
   impl_->fused_memory.push_back(dev);
   upload(dev, layers.data(), table);
-  if (!ok()) return -1;
+  if (!ok()) return refuse("uploading its layer table failed: " + last_error());
   f.layers = static_cast<const cuda::FusedDecodeLayer*>(dev);
   f.barrier = reinterpret_cast<unsigned*>(static_cast<uint8_t*>(dev) + (table + 255) / 256 * 256);
   impl_->fused.push_back(Impl::Fused{f, blocks});
@@ -1056,6 +1072,8 @@ void CudaBackend::fused_decode(int id) {
   DS_CUDA_CHECK(kOp, cuda::fused_decode(f.args, f.blocks, impl_->stream));
   end(kOp);
 }
+
+std::string CudaBackend::fused_decode_refusal() const { return impl_->fused_refusal; }
 
 int CudaBackend::fused_decode_blocks(int id) const {
   return id >= 0 && static_cast<size_t>(id) < impl_->fused.size() ? impl_->fused[id].blocks : 0;

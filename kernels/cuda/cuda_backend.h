@@ -168,6 +168,7 @@ class CudaBackend final : public Backend {
   int fused_decode_prepare(const FusedDecodeModel& m) override;
   void fused_decode(int id) override;
   bool fused_decode_probe() const override { return options_.fused_decode && options_.fused_decode_auto; }
+  std::string fused_decode_refusal() const override;
   bool replay(uint64_t key) override;
   bool record_begin(uint64_t key) override;
   bool record_end() override;

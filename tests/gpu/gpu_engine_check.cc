@@ -392,6 +392,24 @@ bool fused_decode(const std::string& gold, const std::string& dir) {
     g_q8_0_split = true;
   }
   ok = fused_decode_probe(gold) && ok;
+  // A model it does not take (BF16 matrices): the per-op path, and the reason for the log.
+  {
+    ds::ModelSpec bf = ds::model_preset("tiny").value();
+    bf.type = ds::DType::kBF16;
+    const std::string path = dir + "/ds-gpu-check-fused-bf16-" + std::to_string(getpid()) + ".gguf";
+    if (!check_ok(ds::write_random_model(bf, path), "write a model")) return false;
+    auto m = ds::Model::Load(path);
+    std::remove(path.c_str());
+    if (!check_ok(m.status(), "load a model")) return false;
+    g_fused = true;
+    auto e = engine(*m, 1, 64, 64, true);
+    g_fused = false;
+    if (!e) return false;
+    const std::string note = e->decode_note();
+    const bool refused = note.find("does not take this model: it takes f32, f16 and q8_0 matrices, not bf16") != std::string::npos;
+    std::printf("fused decode: bf16 model: %s%s\n", refused ? "refused: " : "NOT REFUSED AS EXPECTED: ", note.c_str());
+    ok = refused && ok;
+  }
   return ok;
 }
 

@@ -26,10 +26,13 @@ class FusedBackend final : public test::ForwardingBackend {
   std::chrono::microseconds fused_delay{0};   // added to each fused step
   bool wrong_logit = false;           // the fused op adds 1 to logit 0
   int fused_calls = 0;
+  std::string refuse;                 // fused_decode_prepare refuses the model, for this reason
 
   const char* name() const override { return "fused-spy"; }
   bool fused_decode_probe() const override { return probe; }
+  std::string fused_decode_refusal() const override { return refuse; }
   int fused_decode_prepare(const FusedDecodeModel& m) override {
+    if (!refuse.empty()) return -1;
     m_ = m;
     xn_.resize(m.layers[0].wq.cols);
     o_.resize(m.layers[0].wq.cols);
@@ -176,6 +179,14 @@ TEST_F(FusedProbe, EngineNoteNamesTheChoice) {
   const std::string note = (*e)->decode_note();
   EXPECT_NE(note.find("a kernel per op"), std::string::npos) << note;
   EXPECT_NE(note.find("not faster"), std::string::npos) << note;
+  // A refused model: the reason.
+  auto refusing = std::make_unique<FusedBackend>();
+  refusing->refuse = "it takes f32, f16 and q8_0 matrices, not q4_k";
+  auto r = Engine::Create(model_, std::move(refusing), o);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ((*r)->decode_note(),
+            "one-token steps run a kernel per op (the persistent decode kernel does not take this model: it takes f32, f16 "
+            "and q8_0 matrices, not q4_k)");
   // The CPU backend makes no such choice.
   auto cpu = Engine::Create(model_, make_cpu_backend({1}), o);
   ASSERT_TRUE(cpu.ok());
