@@ -133,6 +133,11 @@ summary() {
     sed -n '/^== summary:/,/^$/p' "$log"
     grep -E '^CHECK FAIL' "$log" | head -n 20
     grep -E '^(BENCH|BENCH-RATIO) ' "$log"
+    grep -E '^RESULT: ' "$log" | head -n 1
+    # ds-gpu-engine-check's bench-1b table (with its legend) and the persistent decode kernel's
+    # lines: its checks, its timings beside the per-op path, what --fused-decode auto picks.
+    awk '/^type +prefill +dec b1/ {p = 1} p {print} /b1 q8 blocks = batch 1/ {p = 0}' "$log"
+    grep -E '^(fused decode: |persistent decode kernel|(q8_0|f16)(: per-op path| auto: ))' "$log"
     grep -E '^RESULT: ' "$log" | tail -n 1
   fi
   printf '\n%-28s %-24s %8s\n' "step" "status" "seconds"
