@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # tests/gpu/emu/run.sh: builds tests/gpu/gpu_kernel_check against the CPU emulation of CUDA
-# in tests/gpu/emu (kernels/cuda/*.cu compiled as C++, one OS thread per CUDA thread) and
+# in tests/gpu/emu (kernels/cuda/*.cu compiled as C++, each CUDA thread a fiber) and
 # runs its checks. For machines without a GPU: it tests the kernels' indexing, reductions,
 # barriers and CudaBackend's dispatch (cuBLAS call shapes included), not speed.
 #
@@ -33,7 +33,8 @@ for f in kernels/cuda/cuda_backend.cu kernels/cuda/elementwise.cu kernels/cuda/g
          kernels/cuda/attention.cu kernels/cuda/attention_tc.cu kernels/cuda/sample.cu kernels/cuda/decode_fused.cu; do
   compile "$f" c++
 done
-for f in kernels/dtype.cc kernels/ref.cc kernels/sampling.cc kernels/cuda/nccl_comm.cc tests/gpu/emu/emu.cc tests/gpu/gpu_kernel_check.cc; do
+for f in kernels/dtype.cc kernels/ref.cc kernels/sampling.cc kernels/cuda/nccl_comm.cc tests/gpu/emu/emu.cc \
+         tests/gpu/gpu_kernel_check.cc tests/gpu/kernel_check/*.cc; do
   compile "$f"
 done
 "$cxx" "${flags[@]}" "${objs[@]}" -o "$out/gpu_kernel_check_emu"
