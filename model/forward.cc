@@ -185,17 +185,19 @@ void Forward::prepare_fused_decode() {
   if (fused_decode_id_ < 0) fused_refusal_ = be_.fused_decode_refusal();
 }
 
-// One-token steps at positions 0, 1, ... of a scratch sequence (cache blocks taken from and
-// given back to the pool, which is untouched at Init), each run through the layers' ops and
-// then through the fused op: both write the same K/V to the step's slot, so the steps stay
-// comparable. The fused op stays only where every step's logits are the same bits and its
+// One-token steps at positions 0, 1, ... (round again past max_kv_, what attention is sized
+// for) of a scratch sequence (cache blocks taken from and given back to the pool, which is
+// untouched at Init), each run through the layers' ops and then through the fused op: both
+// write the same K/V to the step's slot, so the steps stay comparable. The fused op stays only where every step's logits are the same bits and its
 // median step is kProbeMinGain faster; a failing step is an error (the backend's health).
 Status Forward::probe_fused_decode() {
   const int fused = fused_decode_id_;
   probe_ = FusedDecodeProbe{};
   probe_.ran = true;
   std::vector<int32_t> table;
-  const int n_blocks = (kProbeSteps + kv_.block_size() - 1) / kv_.block_size();
+  // Positions 0, 1, ... up to what attention is sized for (max_kv_), then round again.
+  const int positions = std::max(1, std::min(kProbeSteps, max_kv_));
+  const int n_blocks = (positions + kv_.block_size() - 1) / kv_.block_size();
   if (!kv_.blocks().allocate(n_blocks, &table)) {
     fused_decode_id_ = -1;
     probe_.why = "no free cache blocks to probe with";
@@ -205,7 +207,8 @@ Status Forward::probe_fused_decode() {
   std::vector<float> a, b;
   Status st = Status::Ok();
   for (int s = 0; s < kProbeSteps && st.ok(); ++s) {
-    const std::vector<ForwardToken> tok = {ForwardToken{static_cast<int32_t>((1 + 37 * s) % config_.n_vocab), s, &table, true}};
+    const std::vector<ForwardToken> tok = {
+        ForwardToken{static_cast<int32_t>((1 + 37 * s) % config_.n_vocab), s % positions, &table, true}};
     for (int way = 0; way < 2 && st.ok(); ++way) {
       fused_decode_id_ = way ? fused : -1;
       const auto t0 = std::chrono::steady_clock::now();

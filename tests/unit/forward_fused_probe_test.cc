@@ -155,6 +155,20 @@ TEST_F(FusedProbe, DropsAFasterFusedOpWhoseLogitsDiffer) {
   EXPECT_FALSE(m.f->fused_decode());
 }
 
+// A context shorter than the probe's steps (max_kv 4): positions go round within it.
+TEST_F(FusedProbe, ShortContextsKeepTheProbeWithinThem) {
+  FusedBackend be;
+  be.per_op_delay = 300us;
+  auto kv = KvCache::Create(be, model_->config().n_layer, model_->config().kv_dim(), 4, 8);
+  ASSERT_TRUE(kv.ok());
+  auto f = Forward::Create(model_, be, **kv, 8, {}, /*max_seq_positions=*/4);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  EXPECT_TRUE((*f)->fused_decode_probe().ran);
+  EXPECT_TRUE((*f)->fused_decode_probe().same);
+  EXPECT_TRUE((*f)->fused_decode());
+  EXPECT_EQ((*kv)->blocks().n_free(), (*kv)->blocks().n_blocks());
+}
+
 TEST_F(FusedProbe, WithoutTheProbeThePreparedOpIsKeptUntimed) {
   FusedBackend be;
   be.probe = false;
