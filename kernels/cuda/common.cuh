@@ -129,10 +129,12 @@ __device__ __forceinline__ uint16_t f32_to_bf16_bits(float f) {
 // Every thread of every block of a cooperative launch (all blocks resident at once) calls
 // it; it returns once every block has arrived, and what any thread wrote before it is then
 // visible to every thread that reads it past L1 (__ldcg; L1 is not coherent between SMs).
-// bar: a device unsigned that only this launch's blocks touch, any value at the start: block 0
-// adds 2^31 - (gridDim.x - 1) and every other block 1, so each barrier flips the top bit and
-// leaves the low bits as they were (cooperative groups' grid sync counts the same way) and
-// nothing needs resetting between barriers or launches. Thread 0 of each block spins on it.
+// bar: a device unsigned that only this launch's blocks touch, its low 31 bits 0 at the start
+// (CudaBackend::alloc zeroes): block 0 adds 2^31 - (gridDim.x - 1) and every other block 1, so
+// each barrier flips the top bit exactly when the last block arrives (with other low bits
+// block 0 and all but one other block could already carry into it) and leaves the low bits 0
+// (cooperative groups' grid sync counts the same way), so nothing needs resetting between
+// barriers or launches of the same grid size. Thread 0 of each block spins on it.
 __device__ __forceinline__ void grid_sync(unsigned* bar) {
   __syncthreads();  // the block's writes before the barrier precede thread 0's fence
   if (threadIdx.x == 0) {

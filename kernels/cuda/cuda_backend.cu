@@ -1052,7 +1052,7 @@ int CudaBackend::fused_decode_prepare(const FusedDecodeModel& m) {
                                                options_.fused_decode_blocks_per_sm);
   if (blocks <= 0) return refuse("this GPU cannot run it (no cooperative launch, or no block fits an SM)");
   const size_t table = layers.size() * sizeof(cuda::FusedDecodeLayer);
-  void* dev = alloc(table + 256);  // the layer table, then the barrier's counter
+  void* dev = alloc(table + 256);  // the layer table, then the barrier's counter (zeroed, as grid_sync needs)
   if (dev == nullptr) return refuse("out of GPU memory for its layer table");
   impl_->fused_memory.push_back(dev);
   upload(dev, layers.data(), table);
