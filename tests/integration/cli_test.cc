@@ -150,6 +150,12 @@ TEST_F(Cli, BenchJsonHasTheContractFields) {
   ASSERT_EQ(j["batches"].size(), 2u);
   EXPECT_EQ(j["batches"][1]["batch"], 4);
   EXPECT_GT(j["batches"][1]["decode_tok_s"].get<double>(), 0);
+  // What a batch-1 step reads: less than every weight byte (tiny's untied embedding table is
+  // read one row a token), and decode_gb_s is that times decode_tok_s.
+  const double step = j["decode_bytes_per_token"].get<double>(), all = j["weight_bytes"].get<double>();
+  EXPECT_GT(step, 0);
+  EXPECT_LT(step, all);
+  EXPECT_NEAR(j["decode_gb_s"].get<double>(), step * j["decode_tok_s"].get<double>() / 1e9, 1e-6);
 }
 
 }  // namespace
