@@ -188,8 +188,9 @@ void Forward::prepare_fused_decode() {
 // One-token steps at positions 0, 1, ... (round again past max_kv_, what attention is sized
 // for) of a scratch sequence (cache blocks taken from and given back to the pool, which is
 // untouched at Init), each run through the layers' ops and then through the fused op: both
-// write the same K/V to the step's slot, so the steps stay comparable. The fused op stays only where every step's logits are the same bits and its
-// median step is kProbeMinGain faster; a failing step is an error (the backend's health).
+// write the same K/V to the step's slot, so the steps stay comparable. The fused op stays only
+// where every step's logits are the same bits and its median step is kProbeMinGain faster; a
+// failing step is an error (the backend's health).
 Status Forward::probe_fused_decode() {
   const int fused = fused_decode_id_;
   probe_ = FusedDecodeProbe{};
@@ -331,8 +332,9 @@ Status Forward::forward_local(const std::vector<ForwardToken>& tokens, int64_t* 
   // Only decode-shaped steps (every token wants logits) of an unsharded Forward are recorded
   // (they have one token per sequence, so no attention tiles).
   if (comm_ || n_out != n) return enqueue_layers(n, n_out);
-  // (The fused op and the layers' ops are different recordings of a one-token step.)
-  const uint64_t key = (record_id_ << 32) | (fused_decode_id_ >= 0 ? uint64_t{1} << 31 : 0) | static_cast<uint64_t>(n);
+  // (A one-token step through the fused op is another recording than through the layers' ops.)
+  const uint64_t fused = fused_decode_id_ >= 0 && n == 1 ? uint64_t{1} << 31 : 0;
+  const uint64_t key = (record_id_ << 32) | fused | static_cast<uint64_t>(n);
   if (be_.replay(key)) return Status::Ok();
   if (!be_.record_begin(key)) return enqueue_layers(n, n_out);
   DS_RETURN_IF_ERROR(enqueue_layers(n, n_out));
