@@ -585,31 +585,24 @@ void CudaBackend::matmul_qkv(const WeightRef& wq, const WeightRef& wk, const Wei
                              const float* bk, const float* bv, const float* x, int64_t n, float* q, float* k,
                              float* v) {
   constexpr const char* kOp = "matmul_qkv";
-  if ((!fused_gemv_applies(wq, wk, n) || !fused_gemv_applies(wq, wv, n)) && tc_gemm_fuses(wq, wk, n) &&
-      tc_gemm_fuses(wq, wv, n)) {  // one tensor-core launch for the three (the biases after, as Backend's)
+  // Past the fused GEMV: one tensor-core launch for the three, or cuBLAS with x rounded once
+  // for the three; the biases after, as Backend's.
+  const bool gemv = fused_gemv_applies(wq, wk, n) && fused_gemv_applies(wq, wv, n);
+  const bool tc = !gemv && tc_gemm_fuses(wq, wk, n) && tc_gemm_fuses(wq, wv, n);
+  if (tc || (!gemv && cublas_half_shares_x({&wq, &wk, &wv}, n))) {
     if (!begin(kOp)) return;
-    DS_CHECK_WEIGHT(kOp, wq);
-    matmul_tc(kOp, {{&wq, q}, {&wk, k}, {&wv, v}}, x, n, false);
-    end(kOp);
-    if (bq) add_bias(q, bq, n, wq.rows);
-    if (bk) add_bias(k, bk, n, wk.rows);
-    if (bv) add_bias(v, bv, n, wv.rows);
-    return;
-  }
-  if ((!fused_gemv_applies(wq, wk, n) || !fused_gemv_applies(wq, wv, n)) && cublas_half_shares_x({&wq, &wk, &wv}, n)) {
-    if (!begin(kOp)) return;  // cuBLAS, x rounded once for the three (the biases after, as Backend's)
     DS_CHECK_WEIGHT(kOp, wq);
     DS_CHECK_WEIGHT(kOp, wk);
     DS_CHECK_WEIGHT(kOp, wv);
-    matmul_cublas_half(kOp, {{&wq, q}, {&wk, k}, {&wv, v}}, x, n, false);
+    if (tc) matmul_tc(kOp, {{&wq, q}, {&wk, k}, {&wv, v}}, x, n, false);
+    else matmul_cublas_half(kOp, {{&wq, q}, {&wk, k}, {&wv, v}}, x, n, false);
     end(kOp);
     if (bq) add_bias(q, bq, n, wq.rows);
     if (bk) add_bias(k, bk, n, wk.rows);
     if (bv) add_bias(v, bv, n, wv.rows);
     return;
   }
-  if (!fused_gemv_applies(wq, wk, n) || !fused_gemv_applies(wq, wv, n))
-    return Backend::matmul_qkv(wq, wk, wv, bq, bk, bv, x, n, q, k, v);
+  if (!gemv) return Backend::matmul_qkv(wq, wk, wv, bq, bk, bv, x, n, q, k, v);
   if (!begin(kOp)) return;
   DS_CHECK_WEIGHT(kOp, wq);
   DS_CHECK_WEIGHT(kOp, wk);
@@ -703,23 +696,21 @@ void CudaBackend::matmul_add(const WeightRef& w, const float* x, int64_t n, floa
 void CudaBackend::matmul_swiglu(const WeightRef& w_gate, const WeightRef& w_up, const float* x, int64_t n, float* out,
                                 float* up) {
   constexpr const char* kOp = "matmul_swiglu";
-  if (!fused_gemv_applies(w_gate, w_up, n) && tc_gemm_fuses(w_gate, w_up, n) && w_gate.rows == w_up.rows) {
-    if (!begin(kOp)) return;  // gate and up in one tensor-core launch, then swiglu as Backend's
-    DS_CHECK_WEIGHT(kOp, w_gate);
-    matmul_tc(kOp, {{&w_gate, out}, {&w_up, up}}, x, n, false);
-    end(kOp);
-    return swiglu(out, up, n * w_gate.rows, out);
-  }
-  if (!fused_gemv_applies(w_gate, w_up, n) && w_gate.rows == w_up.rows && cublas_half_shares_x({&w_gate, &w_up}, n)) {
-    if (!begin(kOp)) return;  // cuBLAS, x rounded once for both, then swiglu as Backend's
+  // Past the fused GEMV: gate and up in one tensor-core launch, or cuBLAS with x rounded once
+  // for both; then swiglu as Backend's.
+  const bool gemv = fused_gemv_applies(w_gate, w_up, n);
+  const bool same_rows = w_gate.rows == w_up.rows;
+  const bool tc = !gemv && same_rows && tc_gemm_fuses(w_gate, w_up, n);
+  if (tc || (!gemv && same_rows && cublas_half_shares_x({&w_gate, &w_up}, n))) {
+    if (!begin(kOp)) return;
     DS_CHECK_WEIGHT(kOp, w_gate);
     DS_CHECK_WEIGHT(kOp, w_up);
-    matmul_cublas_half(kOp, {{&w_gate, out}, {&w_up, up}}, x, n, false);
+    if (tc) matmul_tc(kOp, {{&w_gate, out}, {&w_up, up}}, x, n, false);
+    else matmul_cublas_half(kOp, {{&w_gate, out}, {&w_up, up}}, x, n, false);
     end(kOp);
     return swiglu(out, up, n * w_gate.rows, out);
   }
-  if (!fused_gemv_applies(w_gate, w_up, n) || w_gate.rows != w_up.rows)
-    return Backend::matmul_swiglu(w_gate, w_up, x, n, out, up);
+  if (!gemv || !same_rows) return Backend::matmul_swiglu(w_gate, w_up, x, n, out, up);
   if (!begin(kOp)) return;
   DS_CHECK_WEIGHT(kOp, w_gate);
   DS_CHECK_WEIGHT(kOp, w_up);
