@@ -234,6 +234,9 @@ void Membership::apply(uint32_t idx, MemberEntry e, Source src, TimePoint now, s
       s.live_index = UINT32_MAX;
     }
   }
+  // The quorum line counts voters: recounted at the next tick, not at the next heartbeat
+  // round (a status right after a promotion said "2 of 2" with 3 members up).
+  if (!known || new_incarnation || is_voter(old.state) != is_voter(e.state)) voters_changed_ = true;
   if (known && old.state == MemberState::kUp) --up_count_;
   if (e.state == MemberState::kUp) ++up_count_;
   if (e.up_number < LivenessTable::kMaxUpNumber) max_up_number_ = std::max(max_up_number_, e.up_number);
@@ -453,7 +456,7 @@ Output Membership::found(TimePoint now) {
   event(EventKind::kJoined, self_info_.node_id, self_info_.incarnation,
         "founded cluster '" + options_.cluster_name + "' (no other seed to join)");
   start_timers(now);
-  quorum_ = majority_heard_since(now - options_.quorum_window, nullptr);
+  recount_quorum(now);
   return finish(now);
 }
 
@@ -654,7 +657,7 @@ void Membership::handle(const JoinReply& m, TimePoint now) {
         "accepted by seed '" + m.from.node_id + "' (" + m.from.address + "); " + std::to_string(live_count()) +
             " live members known");
   start_timers(now);
-  quorum_ = majority_heard_since(now - options_.quorum_window, nullptr);
+  recount_quorum(now);
 }
 
 // A process declared down that has not learned it yet (it was stopped, cut off, or its links are
@@ -771,7 +774,9 @@ Output Membership::tick(TimePoint now) {
   decide_downs(now);
   refresh_watches(now);
 
-  if (heartbeat_round) quorum_ = majority_heard_since(now - options_.quorum_window, nullptr);  // O(N)
+  // O(N): at heartbeat rounds, and at the tick after who votes changed (a gossiped promotion
+  // or verdict; the leader's own promotions are counted right after leader_duties below).
+  if (heartbeat_round || voters_changed_) recount_quorum(now);
   // Reported for a joining member too: once accepted it admits work (the router reads
   // has_quorum), so a joiner cut off before it saw itself up must say why it refuses.
   if (quorum_.has_quorum != reported_quorum_) {
@@ -783,6 +788,7 @@ Output Membership::tick(TimePoint now) {
           self().incarnation, quorum_.reason);
   }
   leader_duties(now);
+  if (voters_changed_) recount_quorum(now);  // a status read before the next tick sees them
   if (const auto l = leader(); l != reported_leader_) {
     reported_leader_ = l;
     event(EventKind::kLeaderChanged, l.value_or(""), 0, l ? "the oldest up member" : "no member is up");
@@ -1021,6 +1027,11 @@ std::vector<uint32_t> Membership::pick_peers(int n) {
     out.push_back(idx);
   }
   return out;
+}
+
+void Membership::recount_quorum(TimePoint now) {
+  quorum_ = majority_heard_since(now - options_.quorum_window, nullptr);
+  voters_changed_ = false;
 }
 
 QuorumStatus Membership::majority_heard_since(TimePoint since, const NodeId* exclude) const {

@@ -279,6 +279,7 @@ class Membership {
   std::vector<uint32_t> pick_peers(int n);
   // Voters alive (self, or heard at or after `since` and not flagged), counted with the tie-break.
   QuorumStatus majority_heard_since(TimePoint since, const NodeId* exclude) const;
+  void recount_quorum(TimePoint now);  // quorum_ from the voters heard within quorum_window
   void send(const NodeId& to, const std::string& address, ClusterMessage m);
   std::vector<MemberEntry> entries_of(const std::vector<uint32_t>& idx) const;
   void event(EventKind k, const NodeId& id, uint64_t inc, std::string reason, bool decided_here = false);
@@ -319,6 +320,7 @@ class Membership {
   std::vector<WorkerSummary> workers_;
 
   QuorumStatus quorum_;
+  bool voters_changed_ = false;  // apply() changed who votes: tick() recounts quorum_
   bool reported_quorum_ = true;
   std::optional<NodeId> reported_leader_;
   std::map<NodeId, bool> foreign_reported_;        // senders from another cluster already logged
