@@ -99,6 +99,8 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, KernelsMatmul,
                                            MatmulCase{DType::kBF16, 37, 96}, MatmulCase{DType::kBF16, 5, 44},
                                            MatmulCase{DType::kQ8_0, 37, 128}, MatmulCase{DType::kQ8_0, 130, 256},
                                            MatmulCase{DType::kQ4_0, 37, 128}, MatmulCase{DType::kQ4_0, 130, 256},
+                                           // odd block counts: the 512-bit kernel's lone last block
+                                           MatmulCase{DType::kQ8_0, 11, 96}, MatmulCase{DType::kQ4_0, 11, 160},
                                            MatmulCase{DType::kQ4_K, 37, 256}, MatmulCase{DType::kQ4_K, 130, 768},
                                            MatmulCase{DType::kQ6_K, 37, 256}, MatmulCase{DType::kQ6_K, 130, 768}),
                          [](const auto& info) {
