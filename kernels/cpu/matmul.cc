@@ -206,6 +206,19 @@ struct QuantKernel {
   static inline __m512i pair_i(__m256i lo, const __m256i* hi) {
     return hi ? _mm512_inserti64x4(_mm512_castsi256_si512(lo), *hi, 1) : _mm512_zextsi256_si512(lo);
   }
+  // Blocks b0 and b1 (null: zeros) as pair_i(load_w(b0), load_w(b1)) would give them.
+  static inline __m512i load_w2(const WBlock& b0, const WBlock* b1) {
+    if constexpr (T == DType::kQ8_0) {
+      const __m256i hi = b1 ? load_w(*b1) : _mm256_setzero_si256();
+      return pair_i(load_w(b0), b1 ? &hi : nullptr);
+    } else {  // Q4_0: [qs0, qs1, qs0 >> 4, qs1 >> 4] in 128-bit lanes, reordered to [0, 2, 1, 3]
+      const __m128i* q0 = reinterpret_cast<const __m128i*>(b0.qs);
+      const __m256i raw = b1 ? _mm256_loadu2_m128i(reinterpret_cast<const __m128i*>(b1->qs), q0)
+                             : _mm256_zextsi128_si256(_mm_loadu_si128(q0));
+      const __m512i t = _mm512_inserti64x4(_mm512_castsi256_si512(raw), _mm256_srli_epi16(raw, 4), 1);
+      return _mm512_and_si512(_mm512_shuffle_i64x2(t, t, _MM_SHUFFLE(3, 1, 2, 0)), _mm512_set1_epi8(0x0F));
+    }
+  }
   static inline __m512 pair_f(float lo, const float* hi) {
     const __m512 l = _mm512_zextps256_ps512(_mm256_set1_ps(lo));
     return hi ? _mm512_insertf32x8(l, _mm256_set1_ps(*hi), 1) : l;
@@ -239,9 +252,8 @@ struct QuantKernel {
           _mm_prefetch(ahead, _MM_HINT_T0);
           _mm_prefetch(ahead + sizeof(WBlock), _MM_HINT_T0);
         }
-        const __m256i hi = two ? load_w(w[r][b + 1]) : __m256i{};
         const float dhi = two ? fp16_to_fp32(w[r][b + 1].d) : 0.0f;
-        wv[r] = pair_i(load_w(w[r][b]), two ? &hi : nullptr);
+        wv[r] = load_w2(w[r][b], two ? &w[r][b + 1] : nullptr);
         dw[r] = pair_f(fp16_to_fp32(w[r][b].d), two ? &dhi : nullptr);
       }
       for (int c = 0; c < RN; ++c) {
