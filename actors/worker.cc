@@ -81,6 +81,7 @@ caf::behavior worker_behavior(caf::stateful_actor<WorkerState>* self, WorkerConf
                  st.engine->ranks() > 1 ? " per rank" : "");
     if (!st.engine->memory_note().empty()) spdlog::info("worker {}: {}", st.cfg.id, st.engine->memory_note());
     if (const std::string d = st.engine->decode_note(); !d.empty()) spdlog::info("worker {}: {}", st.cfg.id, d);
+    if (const std::string b = st.engine->backend_note(); !b.empty()) spdlog::warn("worker {}: {}", st.cfg.id, b);
   }
   if (st.cfg.stuck_step_exit.count() > 0) {
     const std::string id = st.cfg.id, backend = st.cfg.backend;

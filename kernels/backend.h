@@ -309,6 +309,9 @@ class Backend {
   // Why the last fused_decode_prepare() returned -1 although the op was asked for ("" when it
   // was not asked for, or was prepared): for the operator's log.
   virtual std::string fused_decode_refusal() const { return ""; }
+  // What the backend's start-up self-check of its kernels switched off, and why ("" when
+  // nothing; the CUDA backend's, kernels/cuda/self_check.cc).
+  virtual std::string self_check_note() const { return ""; }
 
   // Recording and replay of a fixed op sequence (CUDA graphs): for a caller that issues the
   // same ops with the same arguments step after step (a decode step, whose varying inputs

@@ -249,6 +249,11 @@ KvCache& Engine::kv() const { return group_ ? group_->kv() : *kv_; }
 
 Backend& Engine::backend() { return group_ ? group_->backend(0) : *backend_; }
 
+std::string Engine::backend_note() {
+  const std::string note = backend().self_check_note();
+  return note.empty() ? "" : "the " + std::string(backend().name()) + " backend's self-check switched off: " + note;
+}
+
 int Engine::ranks() const { return group_ ? group_->size() : 1; }
 
 Status Engine::add(SequenceRequest req) {

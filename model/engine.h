@@ -181,6 +181,9 @@ class Engine {
   // How one-token steps run where that is a choice ("" when it is not: the CPU, tensor
   // parallel, a backend without a fused decode op): the worker logs it.
   std::string decode_note() const;
+  // What the backend's start-up self-check switched off (Backend::self_check_note; rank 0's
+  // when tensor-parallel, whose ranks run the same kernels), "" when nothing.
+  std::string backend_note();
   // The plan behind it (all zero on the CPU).
   const KvMemoryPlan& memory_plan() const { return memory_plan_; }
   const Model& model() const { return *model_; }

@@ -87,6 +87,7 @@ struct BenchResult {
 // --fused-decode: the CUDA backend's persistent decode kernel for one-token steps.
 ds::CudaBackendChoices g_cuda_choices;
 std::string g_decode_note;  // the last engine's Engine::decode_note()
+std::string g_backend_note;  // the last engine's Engine::backend_note()
 
 // The backend a run measures: the CPU with `threads` threads, or CUDA GPU `gpu` (gpu >= 0).
 ds::Result<std::unique_ptr<ds::Backend>> make_backend(int threads, int gpu) {
@@ -120,6 +121,7 @@ ds::Status run_once(const std::shared_ptr<ds::Model>& model, int threads, int gp
   if (!engine.ok()) return engine.status();
   ds::Engine& e = **engine;
   g_decode_note = e.decode_note();
+  g_backend_note = e.backend_note();
   const int32_t n_vocab = model->config().n_vocab;
   uint64_t next_id = 1;
   auto tokens = [&](int n, int salt) {
@@ -227,6 +229,7 @@ int bench_engine(const std::string& path, int threads, int gpu, int prompt, int 
     j["decode_bytes_per_token"] = step_bytes;
     j["decode_gb_s"] = step_bytes * d1 / 1e9;
     if (!g_decode_note.empty()) j["decode_note"] = g_decode_note;
+    if (!g_backend_note.empty()) j["backend_note"] = g_backend_note;
     j["batches"] = nlohmann::json::array();
     for (size_t i = 0; i < batches.size(); ++i) j["batches"].push_back({{"batch", batches[i]}, {"decode_tok_s", median(decode[i])}});
     std::cout << j.dump() << "\n";
@@ -248,6 +251,7 @@ int bench_engine(const std::string& path, int threads, int gpu, int prompt, int 
     } else {  // the GPU's copy bandwidth and per-op breakdown: tools/gpu-check.sh
       std::printf("\nweights %.0f MiB; batch-1 decode reads %.1f GB/s\n", weight_bytes / 1048576.0, step_bytes * d1 / 1e9);
       if (!g_decode_note.empty()) std::printf("%s\n", g_decode_note.c_str());
+      if (!g_backend_note.empty()) std::printf("%s\n", g_backend_note.c_str());
     }
   }
   return ds::cli::kExitOk;

@@ -132,6 +132,8 @@ summary() {
     # gpu_kernel_check's per-kernel table, failures and benchmark lines.
     sed -n '/^== summary:/,/^$/p' "$log"
     grep -E '^CHECK FAIL' "$log" | head -n 20
+    # What the start-up self-check of the unproven paths found (kernels/cuda/self_check.cc).
+    grep -E '^(self-check on this device|kernel self-check at start-up): ' "$log" | head -n 2
     grep -E '^(BENCH|BENCH-RATIO) ' "$log"
     grep -E '^RESULT: ' "$log" | head -n 1
     # ds-gpu-engine-check's bench-1b table (with its legend) and the persistent decode kernel's

@@ -97,6 +97,12 @@ struct CudaBackendOptions {
                                    // Init finds the same logits and faster steps (fused_decode_probe)
   int fused_decode_blocks_per_sm = 4;  // its blocks per SM (at most what fits)
   bool fused_decode_prefetch = true;   // its L2 prefetch of the next phase's weights at each barrier
+  bool self_check = true;       // create() runs the paths above that are on but have not run on a GPU yet
+                                // (tc_attention_mma, tc_attention_padded, q8_0_split, fuse_decode) once
+                                // per device and process against the paths they replace, and switches
+                                // off any that disagrees (self_check.cc; self_check_note() says which)
+  int self_check_break_for_testing = 0;  // bits 1 padded WMMA, 2 FA2, 4 Q8_0 split, 8 fused decode ops: the
+                                // self-check perturbs that path's result (checks of its verdicts)
 };
 
 class CudaBackend final : public Backend {
@@ -169,6 +175,8 @@ class CudaBackend final : public Backend {
   void fused_decode(int id) override;
   bool fused_decode_probe() const override { return options_.fused_decode && options_.fused_decode_auto; }
   std::string fused_decode_refusal() const override;
+  // What create()'s self-check switched off and why ("" when nothing: every path it ran agreed).
+  std::string self_check_note() const override { return self_check_note_; }
   bool replay(uint64_t key) override;
   bool record_begin(uint64_t key) override;
   bool record_end() override;
@@ -230,6 +238,9 @@ class CudaBackend final : public Backend {
   explicit CudaBackend(const CudaBackendOptions& options);
 
   bool start();                 // creates the stream and the cuBLAS handle
+  // Runs the unproven default paths against the ones they replace (self_check.cc), switches off
+  // those that disagree; returns the note ("" when all agree or the backend failed: see ok()).
+  std::string self_check();
   bool begin(const char* op);   // makes the device current
   void end(const char* op);     // sync_each_op
   bool fail(const char* op, const std::string& what, const char* file, int line);
@@ -264,6 +275,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<Impl> impl_;
   std::string error_;
   std::string device_description_;
+  std::string self_check_note_;
   void* scratch_ = nullptr;
   unsigned* norm_counter_ = nullptr;  // gemv_add's norm tail arrival counter (0 between launches)
   size_t scratch_bytes_ = 0;

@@ -43,7 +43,7 @@ int main(int argc, char** argv) {
   bool bench = true, quick = false;
   std::string only;  // ",a,b,": run only these check groups (and no benchmarks)
   const char* kGroups =
-      "errors,get_rows,elementwise,rmsnorm,rope,attention,matmul,matmul_tc,fused,q8_0_split,fused_residual_rope,sample,"
+      "errors,self_check,get_rows,elementwise,rmsnorm,rope,attention,matmul,matmul_tc,fused,q8_0_split,fused_residual_rope,sample,"
       "recording,pdl,nccl,grid_sync";
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--device") && i + 1 < argc) {
@@ -76,6 +76,7 @@ int main(int argc, char** argv) {
   opts.device = device;
   opts.sync_each_op = true;  // validation: a fault is reported by the op that caused it
   opts.gemv_max_batch = 8;   // the checks' GEMV range for every type (check_matmul_tc: the per-type default)
+  opts.self_check = false;   // every check sets the paths it checks (self_check: the start-up check itself)
   auto b = CudaBackend::create(opts, &error);
   CudaBackendOptions tf32_opts = opts;
   tf32_opts.allow_tf32 = true;
@@ -92,6 +93,7 @@ int main(int argc, char** argv) {
 
   Rng rng(20240601);
   if (want("errors")) check_errors(*b);
+  if (want("self_check")) check_self_check(device);
   if (want("get_rows")) check_get_rows(*b, rng);
   if (want("elementwise")) check_elementwise(*b, rng);
   if (want("rmsnorm")) check_rmsnorm(*b, rng);
@@ -115,6 +117,7 @@ int main(int argc, char** argv) {
     tf32.reset();
     CudaBackendOptions bench_opts;
     bench_opts.device = device;
+    bench_opts.self_check = false;
     auto fast = CudaBackend::create(bench_opts, &error);
     if (!fast) {
       std::printf("ERROR: %s\n", error.c_str());

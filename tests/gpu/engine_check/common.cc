@@ -91,6 +91,13 @@ std::unique_ptr<ds::Engine> engine(std::shared_ptr<ds::Model> m, int max_batch, 
     std::printf("ERROR: no CUDA backend: %s\n", err.c_str());
     return nullptr;
   }
+  static bool told = false;  // the start-up self-check's verdict, once (the same for every later engine)
+  if (!told) {
+    told = true;
+    std::printf("kernel self-check at start-up: %s\n",
+                be->self_check_note().empty() ? "every unproven path agreed with the one it replaces"
+                                              : ("switched off " + be->self_check_note()).c_str());
+  }
   if (cuda) *cuda = be.get();
   ds::EngineOptions o;
   o.max_batch = max_batch;

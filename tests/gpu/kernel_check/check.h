@@ -295,6 +295,7 @@ void check_sample(CudaBackend& b, Rng& rng, bool quick);
 
 // device.cc: launches, recording, errors, NCCL, the grid barrier
 void check_pdl(int device, Rng& rng);
+void check_self_check(int device);
 void check_grid_sync(CudaBackend& b);
 void check_recording(int device, Rng& rng);
 void check_errors(CudaBackend& b);

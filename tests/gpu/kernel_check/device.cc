@@ -9,6 +9,7 @@ void check_pdl(int device, Rng& rng) {
   CudaBackendOptions o;
   o.device = device;
   o.record_graphs = false;
+  o.self_check = false;
   auto b = CudaBackend::create(o, &error);
   if (!b) return record("pdl/backend", false, 0, 0, "-", "  " + error);
   for (DType t : {DType::kQ8_0, DType::kF16}) {
@@ -38,6 +39,43 @@ void check_pdl(int device, Rng& rng) {
 // The grid-wide barrier of the persistent decode kernel (common.cuh's grid_sync): every block
 // writes, the grid meets, every block must read every block's write (64 rounds), on grids of
 // 1, 2 and 3 blocks (the emulation runs them all at once) or 1 and 3 an SM on a GPU.
+// The start-up self-check (CudaBackendOptions::self_check, kernels/cuda/self_check.cc): with
+// every path as it is, nothing disagrees (its note is printed: on a GPU, what it switched off
+// is the news); with each path's result perturbed on purpose, it switches exactly those off and
+// says so, and a later backend on the device gets the same verdict without running it again.
+void check_self_check(int device) {
+  std::string error;
+  CudaBackendOptions o;
+  o.device = device;
+  auto b = CudaBackend::create(o, &error);
+  if (!b) return expect("self-check/create", false, error);
+  std::printf("self-check on this device: %s\n", b->self_check_note().empty() ? "every path agreed" : b->self_check_note().c_str());
+  const CudaBackendOptions& s = b->options();
+  expect("self-check/nothing-off", b->self_check_note().empty() && s.tc_attention && s.tc_attention_padded &&
+                                       s.tc_attention_mma && s.q8_0_split && s.fuse_decode,
+         b->self_check_note());
+  for (int brk : {1, 2, 4, 8, 15}) {
+    o.self_check_break_for_testing = brk;
+    for (int again = 0; again < 2; ++again) {  // the second one: the kept verdict
+      auto x = CudaBackend::create(o, &error);
+      const std::string tag = "self-check/break-" + std::to_string(brk) + (again ? " (kept verdict)" : "");
+      if (!x) {
+        expect(tag, false, error);
+        continue;
+      }
+      const CudaBackendOptions& v = x->options();
+      const std::string& note = x->self_check_note();
+      const bool right = v.tc_attention && v.tc_attention_padded == !(brk & 1) && v.tc_attention_mma == !(brk & 2) &&
+                         v.q8_0_split == !(brk & 4) && v.fuse_decode == !(brk & 8) &&
+                         (note.find("tc_attention_padded") != std::string::npos) == ((brk & 1) != 0) &&
+                         (note.find("tc_attention_mma") != std::string::npos) == ((brk & 2) != 0) &&
+                         (note.find("q8_0_split") != std::string::npos) == ((brk & 4) != 0) &&
+                         (note.find("fuse_decode") != std::string::npos) == ((brk & 8) != 0);
+      expect(tag, right, note);
+    }
+  }
+}
+
 void check_grid_sync(CudaBackend& b) {
 #ifdef DS_CUDA_EMULATION
   const std::vector<int> per_sm = {1, 2, 3};
@@ -70,6 +108,7 @@ void check_recording(int device, Rng& rng) {
   std::string error;
   CudaBackendOptions o;
   o.device = device;
+  o.self_check = false;
   auto bp = CudaBackend::create(o, &error);
   if (!bp) {
     expect("graph/create", false, error);
@@ -290,6 +329,7 @@ void check_nccl(int first_device) {
   for (int r = 0; r < R; ++r) {
     CudaBackendOptions o;
     o.device = first_device + r;
+    o.self_check = false;
     backends.push_back(CudaBackend::create(o, &error));
     if (!backends.back()) return expect("nccl/setup", false, error);
     raw.push_back(backends.back().get());

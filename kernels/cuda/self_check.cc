@@ -1,0 +1,278 @@
+// kernels/cuda/self_check.cc: CudaBackend::self_check(), run once per device and process by
+// create() (CudaBackendOptions::self_check). The paths that are on by default but were written
+// after the last GPU run (so they have only run under the CPU emulation) are each run once on a
+// small problem and compared on the device with the path they replace, which has run on a GPU:
+//   - tc_attention_mma (flash attention 2 on mma.sync) and tc_attention_padded (the WMMA
+//     kernel's padded rows) against the CUDA-core attention kernel, within F16-operand error;
+//   - q8_0_split (Q8_0 rows stored quants-then-scales) against the GGUF blocks, bit for bit,
+//     through the GEMV, the tensor-core kernel and cuBLAS (n = 1, 8, 40);
+//   - fuse_decode (one launch for matmul + residual add + RMSNorm, and for Q/K/V + RoPE + cache
+//     write) against the separate ops, bit for bit.
+// A path that disagrees is switched off for this backend and every later one on the device, and
+// the note says so; a kernel that fails outright leaves the backend's error set (create() then
+// refuses the device). Plain C++ over the backend's own API.
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/cuda_backend.h"
+#include "kernels/dtype.h"
+
+namespace ds {
+namespace {
+
+struct Rng {  // splitmix64
+  uint64_t s;
+  uint64_t next() {
+    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  float uniform(float lo, float hi) { return lo + (hi - lo) * static_cast<float>(next() >> 40) / 16777216.0f; }
+  std::vector<float> floats(size_t n, float lo = -1, float hi = 1) {
+    std::vector<float> v(n);
+    for (float& x : v) x = uniform(lo, hi);
+    return v;
+  }
+};
+
+// Device memory for the check's life.
+class Dev {
+ public:
+  explicit Dev(CudaBackend& b) : b_(b) {}
+  ~Dev() {
+    for (void* p : owned_) b_.free(p);
+  }
+  template <class T = float>
+  T* alloc(size_t count) {
+    void* p = b_.alloc(count * sizeof(T));
+    if (p) owned_.push_back(p);
+    return static_cast<T*>(p);
+  }
+  template <class T>
+  T* copy(const std::vector<T>& host) {
+    T* p = alloc<T>(host.size());
+    if (p) b_.upload(p, host.data(), host.size() * sizeof(T));
+    return p;
+  }
+  std::vector<float> read(const float* p, size_t count) {
+    std::vector<float> h(count);
+    b_.download(h.data(), p, count * sizeof(float));
+    return h;
+  }
+
+ private:
+  CudaBackend& b_;
+  std::vector<void*> owned_;
+};
+
+// The result of a path under CudaBackendOptions::self_check_break_for_testing's bit: one value off.
+std::vector<float> broken(std::vector<float> v, bool on) {
+  if (on && !v.empty()) v[v.size() / 2] += 1.0f;
+  return v;
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// Within F16-operand error of the reference (scores, probabilities and values rounded to F16:
+// ~1e-3 of outputs of magnitude ~1); a wrong fragment layout or index is off by O(1).
+bool close(const std::vector<float>& got, const std::vector<float>& want) {
+  if (got.size() != want.size()) return false;
+  for (size_t i = 0; i < got.size(); ++i)
+    if (!std::isfinite(got[i]) || std::fabs(got[i] - want[i]) > 2e-2f + 2e-2f * std::fabs(want[i])) return false;
+  return true;
+}
+
+// Prefill attention of one sequence (40 tokens, causal) over an F16 cache in 3 scattered
+// blocks, with the tiles a prefill chunk has.
+AttentionArgs make_attention(Dev& d, Rng& rng, int head_dim) {
+  constexpr int kHeads = 4, kKvHeads = 2, kBlock = 16, kTokens = 40;
+  const int kv_dim = kKvHeads * head_dim;
+  const std::vector<int32_t> table = {2, 0, 1};
+  std::vector<uint16_t> kc(3 * kBlock * kv_dim), vc(kc.size());
+  for (uint16_t& h : kc) h = fp32_to_fp16_ref(rng.uniform(-1, 1));
+  for (uint16_t& h : vc) h = fp32_to_fp16_ref(rng.uniform(-1, 1));
+  const int32_t* dtable = d.copy(table);
+  std::vector<AttentionToken> tokens(kTokens);
+  for (int t = 0; t < kTokens; ++t) tokens[t] = AttentionToken{dtable, t + 1};
+  std::vector<int32_t> tiles;
+  for (int t = 0; t <= kTokens; t += kAttentionTileTokens) tiles.push_back(t);
+  AttentionArgs a;
+  a.q = d.copy(rng.floats(static_cast<size_t>(kTokens) * kHeads * head_dim, -2, 2));
+  a.out = d.alloc(static_cast<size_t>(kTokens) * kHeads * head_dim);
+  a.k_cache = d.copy(kc);
+  a.v_cache = d.copy(vc);
+  a.kv_type = DType::kF16;
+  a.tokens = d.copy(tokens);
+  a.n_tokens = kTokens;
+  a.n_heads = kHeads;
+  a.n_kv_heads = kKvHeads;
+  a.head_dim = head_dim;
+  a.block_size = kBlock;
+  a.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  a.tiles = d.copy(tiles);
+  a.n_tiles = static_cast<int64_t>(tiles.size()) - 1;
+  return a;
+}
+
+// Random Q8_0 rows: int8 quants, small positive F16 scales.
+std::vector<uint8_t> q8_0_rows(Rng& rng, int64_t rows, int64_t cols) {
+  std::vector<uint8_t> w(static_cast<size_t>(rows) * row_bytes(DType::kQ8_0, cols));
+  for (size_t off = 0; off < w.size(); off += sizeof(BlockQ8_0)) {
+    const uint16_t dh = fp32_to_fp16_ref(rng.uniform(0.002f, 0.02f));
+    std::memcpy(&w[off], &dh, 2);
+    for (int i = 0; i < 32; ++i) w[off + 2 + i] = static_cast<uint8_t>(rng.next());
+  }
+  return w;
+}
+
+std::vector<uint8_t> f16_rows(Rng& rng, size_t count) {
+  std::vector<uint8_t> w(count * 2);
+  for (size_t i = 0; i < count; ++i) {
+    const uint16_t h = fp32_to_fp16_ref(rng.uniform(-0.1f, 0.1f));
+    std::memcpy(&w[2 * i], &h, 2);
+  }
+  return w;
+}
+
+}  // namespace
+
+std::string CudaBackend::self_check() {
+  std::vector<std::string> off;
+  Rng rng{0x5e1fc0ffeeull};
+  Dev d(*this);
+  const CudaBackendOptions want = options_;
+  const int brk = want.self_check_break_for_testing;
+
+  // ---- prefill attention: the tensor-core kernels against the CUDA-core one ----
+  if (want.tc_attention && !want.batch_invariant) {
+    bool tc_ok = true, padded_ok = want.tc_attention_padded, mma_ok = want.tc_attention_mma;
+    auto run = [&](const AttentionArgs& a) {
+      attention(a);
+      return d.read(a.out, static_cast<size_t>(a.n_tokens) * a.n_heads * a.head_dim);
+    };
+    auto disagrees = [](const char* what, int head_dim) {
+      return std::string(what) + " disagrees with the CUDA-core kernel at head_dim " + std::to_string(head_dim) + ")";
+    };
+    for (int head_dim : {64, 128}) {
+      const AttentionArgs a = make_attention(d, rng, head_dim);
+      if (!ok()) return "";
+      set_tc_attention(false);
+      const std::vector<float> ref = run(a);
+      set_tc_attention(true);
+      if (!tc_attention_applies(a)) continue;
+      set_tc_attention_mma(false);
+      set_tc_attention_padded(padded_ok);
+      if (padded_ok && !close(broken(run(a), brk & 1), ref)) {
+        padded_ok = false;
+        set_tc_attention_padded(false);
+        off.push_back(disagrees("tc_attention_padded (the WMMA prefill attention kernel with padded rows", head_dim));
+      }
+      if (!close(run(a), ref)) {
+        tc_ok = false;
+        off.push_back(disagrees("tc_attention (the WMMA prefill attention kernel", head_dim));
+        break;
+      }
+      set_tc_attention_mma(true);
+      if (mma_ok && !close(broken(run(a), brk & 2), ref)) {
+        mma_ok = false;
+        off.push_back(disagrees("tc_attention_mma (flash attention 2 on mma.sync", head_dim));
+      }
+    }
+    set_tc_attention(tc_ok);
+    set_tc_attention_padded(padded_ok);
+    set_tc_attention_mma(mma_ok);
+  }
+  if (!ok()) return "";
+
+  // ---- Q8_0 split rows against the GGUF blocks, bit for bit ----
+  if (want.q8_0_split) {
+    constexpr int64_t kRows = 72, kCols = 256, kMaxN = 40;
+    const std::vector<uint8_t> w = q8_0_rows(rng, kRows, kCols);
+    const WeightRef host{DType::kQ8_0, w.data(), kRows, kCols};
+    uint8_t* blocks = d.alloc<uint8_t>(w.size());
+    uint8_t* split = d.alloc<uint8_t>(w.size());
+    float* x = d.copy(rng.floats(kMaxN * kCols));
+    float* y1 = d.alloc(kMaxN * kRows);
+    float* y2 = d.alloc(kMaxN * kRows);
+    if (!blocks || !split || !x || !y1 || !y2) return "";
+    set_q8_0_split(false);
+    const WeightRef wb = upload_weight(host, blocks);
+    set_q8_0_split(true);
+    const WeightRef ws = upload_weight(host, split);
+    for (int64_t n : {int64_t{1}, int64_t{8}, kMaxN}) {
+      matmul(wb, x, n, y1);
+      matmul(ws, x, n, y2);
+      if (!same_bits(d.read(y1, n * kRows), broken(d.read(y2, n * kRows), brk & 4))) {
+        set_q8_0_split(false);
+        off.push_back("q8_0_split (Q8_0 rows split into quants and scales give other bits than the GGUF blocks at n = " +
+                      std::to_string(n) + ")");
+        break;
+      }
+    }
+  }
+  if (!ok()) return "";
+
+  // ---- one-launch decode ops against the separate ops, bit for bit ----
+  if (want.fuse_decode) {
+    constexpr int kHeads = 4, kKvHeads = 2, kHeadDim = 64, kDim = kHeads * kHeadDim, kKvDim = kKvHeads * kHeadDim;
+    const std::vector<uint8_t> wq = f16_rows(rng, static_cast<size_t>(kDim) * kDim);
+    const std::vector<uint8_t> wk = f16_rows(rng, static_cast<size_t>(kKvDim) * kDim);
+    const std::vector<uint8_t> wv = f16_rows(rng, static_cast<size_t>(kKvDim) * kDim);
+    const WeightRef q_w{DType::kF16, d.copy(wq), kDim, kDim}, k_w{DType::kF16, d.copy(wk), kKvDim, kDim},
+        v_w{DType::kF16, d.copy(wv), kKvDim, kDim};
+    const std::vector<float> res = rng.floats(kDim, -4, 4);
+    float* x = d.copy(rng.floats(kDim));
+    float* norm_w = d.copy(rng.floats(kDim, 0.5f, 1.5f));
+    float* y[2] = {d.alloc(kDim), d.alloc(kDim)};
+    float* xn[2] = {d.alloc(kDim), d.alloc(kDim)};
+    float* tmp = d.alloc(kDim);
+    float* q[2] = {d.alloc(kDim), d.alloc(kDim)};
+    float* k[2] = {d.alloc(kKvDim), d.alloc(kKvDim)};
+    float* v[2] = {d.alloc(kKvDim), d.alloc(kKvDim)};
+    void* cache[2][2] = {{d.alloc(16 * kKvDim), d.alloc(16 * kKvDim)}, {d.alloc(16 * kKvDim), d.alloc(16 * kKvDim)}};
+    const int32_t* pos = d.copy(std::vector<int32_t>{5});
+    const int32_t* slot = d.copy(std::vector<int32_t>{11});
+    if (!ok() || !x || !tmp) return "";
+    std::vector<float> out[2];
+    for (int way = 0; way < 2; ++way) {  // 0: fused, 1: separate ops
+      set_fuse_decode(way == 0);
+      upload(y[way], res.data(), res.size() * sizeof(float));
+      matmul_add_rmsnorm(q_w, x, 1, y[way], tmp, norm_w, 1e-5f, xn[way]);
+      RopeStore r{kHeads, kKvHeads, kHeadDim, pos, RopeParams{RopeStyle::kNormal, kHeadDim, 10000, 1}, slot,
+                  KvLayer{cache[way][0], cache[way][1], DType::kF32}};
+      matmul_qkv_rope_store_kv(q_w, k_w, v_w, nullptr, nullptr, nullptr, xn[way], 1, q[way], k[way], v[way], r);
+      for (const float* p : {static_cast<const float*>(y[way]), static_cast<const float*>(xn[way]), static_cast<const float*>(q[way]),
+                             static_cast<const float*>(k[way])}) {
+        const std::vector<float> h = d.read(p, p == k[way] ? kKvDim : kDim);
+        out[way].insert(out[way].end(), h.begin(), h.end());
+      }
+      for (void* c : cache[way]) {
+        const std::vector<float> h = d.read(static_cast<const float*>(c), 16 * kKvDim);
+        out[way].insert(out[way].end(), h.begin(), h.end());
+      }
+    }
+    set_fuse_decode(true);
+    if (!same_bits(broken(out[0], brk & 8), out[1])) {
+      set_fuse_decode(false);
+      off.push_back("fuse_decode (the one-launch decode ops give other bits than the separate ops)");
+    }
+  }
+  if (!ok()) return "";
+
+  std::string note;
+  for (const std::string& s : off) {
+    if (!note.empty()) note += "; ";
+    note += s;
+  }
+  return note;
+}
+
+}  // namespace ds
