@@ -207,6 +207,24 @@ TEST_F(FusedProbe, EngineNoteNamesTheChoice) {
   EXPECT_EQ((*cpu)->decode_note(), "");
 }
 
+// The backend's start-up self-check verdict (the worker warns with it): named with the backend.
+TEST_F(FusedProbe, EngineBackendNoteCarriesTheSelfCheckVerdict) {
+  class Checked final : public test::ForwardingBackend {
+   public:
+    std::string self_check_note() const override { return "q8_0_split (it disagrees)"; }
+  };
+  EngineOptions o;
+  o.max_batch = 1;
+  o.n_ctx = 16;
+  o.kv_cache_tokens = 32;
+  auto e = Engine::Create(model_, std::make_unique<Checked>(), o);
+  ASSERT_TRUE(e.ok()) << e.status().ToString();
+  EXPECT_EQ((*e)->backend_note(), "the cpu backend's self-check switched off: q8_0_split (it disagrees)");
+  auto cpu = Engine::Create(model_, make_cpu_backend({1}), o);
+  ASSERT_TRUE(cpu.ok());
+  EXPECT_EQ((*cpu)->backend_note(), "");
+}
+
 }  // namespace
 }  // namespace ds
 
