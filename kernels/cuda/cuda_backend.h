@@ -239,7 +239,8 @@ class CudaBackend final : public Backend {
 
   bool start();                 // creates the stream and the cuBLAS handle
   // Runs the unproven default paths against the ones they replace (self_check.cc), switches off
-  // those that disagree; returns the note ("" when all agree or the backend failed: see ok()).
+  // those that disagree; returns the note ("" when all agree), or when a kernel failed (ok()
+  // false) the stage it failed in.
   std::string self_check();
   bool begin(const char* op);   // makes the device current
   void end(const char* op);     // sync_each_op

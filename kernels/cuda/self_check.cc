@@ -163,7 +163,7 @@ std::string CudaBackend::self_check() {
     };
     for (int head_dim : {64, 128}) {
       const AttentionArgs a = make_attention(d, rng, head_dim);
-      if (!ok()) return "";
+      if (!ok()) return "while checking the prefill attention kernels (tc_attention, tc_attention_padded, tc_attention_mma)";
       set_tc_attention(false);
       const std::vector<float> ref = run(a);
       set_tc_attention(true);
@@ -190,7 +190,7 @@ std::string CudaBackend::self_check() {
     set_tc_attention_padded(padded_ok);
     set_tc_attention_mma(mma_ok);
   }
-  if (!ok()) return "";
+  if (!ok()) return "while checking the prefill attention kernels (tc_attention, tc_attention_padded, tc_attention_mma)";
 
   // ---- Q8_0 split rows against the GGUF blocks, bit for bit ----
   if (want.q8_0_split) {
@@ -218,7 +218,7 @@ std::string CudaBackend::self_check() {
       }
     }
   }
-  if (!ok()) return "";
+  if (!ok()) return "while checking Q8_0 split rows (q8_0_split)";
 
   // ---- one-launch decode ops against the separate ops, bit for bit ----
   if (want.fuse_decode) {
@@ -240,7 +240,8 @@ std::string CudaBackend::self_check() {
     void* cache[2][2] = {{d.alloc(16 * kKvDim), d.alloc(16 * kKvDim)}, {d.alloc(16 * kKvDim), d.alloc(16 * kKvDim)}};
     const int32_t* pos = d.copy(std::vector<int32_t>{5});
     const int32_t* slot = d.copy(std::vector<int32_t>{11});
-    if (!ok() || !x || !tmp) return "";
+    if (!ok()) return "while setting up the check of the one-launch decode ops";
+    if (!x || !tmp) return "";
     std::vector<float> out[2];
     for (int way = 0; way < 2; ++way) {  // 0: fused, 1: separate ops
       set_fuse_decode(way == 0);
@@ -265,7 +266,7 @@ std::string CudaBackend::self_check() {
       off.push_back("fuse_decode (the one-launch decode ops give other bits than the separate ops)");
     }
   }
-  if (!ok()) return "";
+  if (!ok()) return "while checking the one-launch decode ops (fuse_decode)";
 
   std::string note;
   for (const std::string& s : off) {
