@@ -209,7 +209,13 @@ std::unique_ptr<CudaBackend> CudaBackend::create(const CudaBackendOptions& optio
     auto it = verdicts.find({options.device, asked});
     if (it == verdicts.end()) {
       std::string note = b->self_check();
-      if (!b->ok()) return refuse("cuda: the start-up self-check of the kernels failed " + note + ": " + b->last_error());
+      if (!b->ok()) {
+        std::string why = "cuda: the start-up self-check of the kernels failed ";  // (+= : GCC 12's -Wrestrict)
+        why += note;
+        why += ": ";
+        why += b->last_error();
+        return refuse(why);
+      }
       it = verdicts.emplace(std::make_pair(options.device, asked),
                             Verdict{o.tc_attention, o.tc_attention_padded, o.tc_attention_mma, o.q8_0_split,
                                     o.fuse_decode, std::move(note)})
