@@ -342,6 +342,9 @@ const char* cpu_kernel_isa();
 struct CudaBackendChoices {
   bool fused_decode = false;       // one-token steps as one persistent kernel (decode_fused.cu)
   bool fused_decode_auto = false;  // with it: only where a probe at load finds it faster (same bits)
+  bool proven_only = false;        // only the kernel paths that have run on a GPU (no self-check needed):
+                                   // off flash attention 2, padded WMMA rows, split Q8_0, fused decode ops
+                                   // and the persistent kernel (CudaBackendOptions)
 };
 // The CUDA backend on GPU `device` (kernels/cuda/cuda_backend.h has its options and
 // last_error()). Returns nullptr and sets *error (when error is non-null) when the

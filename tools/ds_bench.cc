@@ -507,6 +507,10 @@ int main(int argc, char** argv) {
                   "--backend cuda: one-token decode steps as one persistent kernel: off, on, or auto (only where a "
                   "probe at load times it faster; same tokens either way)")
       ->check(CLI::IsMember({"off", "on", "auto"}));
+  std::string cuda_kernels = "all";
+  eng->add_option("--cuda-kernels", cuda_kernels,
+                  "--backend cuda: all kernel paths (those not yet run on a GPU checked at start) or only the proven ones")
+      ->check(CLI::IsMember({"all", "proven"}));
   eng->add_option("--prompt", prompt, "Prompt tokens for the prefill test")->check(CLI::Range(1, 65536));
   eng->add_option("--gen", gen, "Tokens to decode per sequence")->check(CLI::Range(1, 65536));
   eng->add_option("--decode-ctx", decode_ctx,
@@ -545,6 +549,7 @@ int main(int argc, char** argv) {
   }
   g_cuda_choices.fused_decode = fused_decode != "off";
   g_cuda_choices.fused_decode_auto = fused_decode == "auto";
+  g_cuda_choices.proven_only = cuda_kernels == "proven";
   if (load->parsed()) return bench_load(la);
   if (failover->parsed()) return ds::bench::bench_failover(fa);
   return bench_engine(model, threads, backend == "cuda" ? gpu : -1, prompt, gen, batches, repeats, json, quiet, kv_type,

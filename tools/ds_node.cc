@@ -250,6 +250,15 @@ int main(int argc, char** argv) {
   sc.worker.engine.kv_block_size = cfg.kv_block_size;
   sc.worker.cuda.fused_decode = cfg.fused_decode != ds::FusedDecodeKind::kOff;
   sc.worker.cuda.fused_decode_auto = cfg.fused_decode == ds::FusedDecodeKind::kAuto;
+  sc.worker.cuda.proven_only = cfg.cuda_kernels == ds::CudaKernelsKind::kProven;
+  if (sc.worker.cuda.proven_only && cfg.fused_decode != ds::FusedDecodeKind::kOff) {
+    spdlog::warn("fused-decode {}: ignored: cuda-kernels = proven (the persistent decode kernel has not run on a GPU yet)",
+                 cfg.fused_decode == ds::FusedDecodeKind::kOn ? "on" : "auto");
+  }
+  if (sc.worker.cuda.proven_only && (!use_cuda || sc.worker.gpus.size() > 1)) {
+    spdlog::warn("cuda-kernels proven: ignored: it applies to a worker on one GPU (this worker: {})",
+                 use_cuda ? "tensor parallel over GPUs " + cfg.gpus : std::string("the CPU"));
+  }
   if (cfg.fused_decode != ds::FusedDecodeKind::kOff && (!use_cuda || sc.worker.gpus.size() > 1)) {
     spdlog::warn("fused-decode {}: ignored: the persistent decode kernel runs on the CUDA backend with one GPU (this "
                  "worker: {})", cfg.fused_decode == ds::FusedDecodeKind::kOn ? "on" : "auto",

@@ -983,6 +983,14 @@ std::unique_ptr<Backend> make_cuda_backend(int device, std::string* error, const
   options.device = device;
   options.fused_decode = choices.fused_decode;
   options.fused_decode_auto = choices.fused_decode_auto;
+  if (choices.proven_only) {
+    options.tc_attention_mma = false;
+    options.tc_attention_padded = false;
+    options.q8_0_split = false;
+    options.fuse_decode = false;
+    options.fused_decode = false;
+    options.self_check = false;  // nothing unproven left to check
+  }
   return CudaBackend::create(options, error);
 }
 

@@ -362,7 +362,7 @@ TEST_F(NodeTest, StatusShowsNodeAndWorkerAsTableAndJson) {
   int parsed = 0;
   while (std::getline(lines, line)) {
     const auto j = nlohmann::json::parse(line);
-    EXPECT_EQ(j["node"], "n" + std::to_string(n.port()));
+    EXPECT_EQ(j["node"], std::string("n") + std::to_string(n.port()));
     EXPECT_TRUE(j.contains("level") && j.contains("msg") && j.contains("ts"));
     ++parsed;
   }

@@ -73,6 +73,7 @@ const ContractKey kContract[] = {
     {"--kv-block-size", "DS_KV_BLOCK_SIZE", "model", "kv-block-size"},
     {"--kv-type", "DS_KV_TYPE", "model", "kv-type"},
     {"--fused-decode", "DS_FUSED_DECODE", "model", "fused-decode"},
+    {"--cuda-kernels", "DS_CUDA_KERNELS", "model", "cuda-kernels"},
     {"--gpu-memory-percent", "DS_GPU_MEMORY_PERCENT", "model", "gpu-memory-percent"},
     {"--max-step-tokens", "DS_MAX_STEP_TOKENS", "model", "max-step-tokens"},
     {"--max-tokens-limit", "DS_MAX_TOKENS_LIMIT", "model", "max-tokens-limit"},
@@ -292,6 +293,10 @@ TEST(Config, BadTomlValueRejectedNamingKey) {
   const std::string fd = load_error({"--fused-decode", "yes"});
   EXPECT_NE(fd.find("off|on|auto"), std::string::npos) << fd;
   EXPECT_EQ(load_ok({"--fused-decode", "auto"}).fused_decode, FusedDecodeKind::kAuto);
+  EXPECT_EQ(load_ok({}).cuda_kernels, CudaKernelsKind::kAll);
+  EXPECT_EQ(load_ok({"--cuda-kernels", "proven"}).cuda_kernels, CudaKernelsKind::kProven);
+  const std::string ck = load_error({"--config", write(dir, "ck.toml", "[model]\ncuda-kernels = \"safe\"\n")});
+  EXPECT_NE(ck.find("model.cuda-kernels='safe': not one of all|proven"), std::string::npos) << ck;
   EXPECT_EQ(load_ok({}).gpu_memory_percent, 90);
   EXPECT_EQ(load_ok({"--gpu-memory-percent", "50"}).gpu_memory_percent, 50);
   EXPECT_NE(load_error({"--gpu-memory-percent", "0"}).find("gpu-memory-percent"), std::string::npos);

@@ -250,7 +250,7 @@ void check_matmul_tc(CudaBackend& b, Rng& rng, bool quick) {
     }
     Buf bq(b, rng.floats(qr)), bk(b, rng.floats(kr)), bv(b, rng.floats(kr));
     for (int64_t n : quick ? std::vector<int64_t>{9, 32} : std::vector<int64_t>{9, 17, 32}) {
-      const std::string suffix = " " + shape(qr, cols) + " n=" + std::to_string(n);
+      const std::string suffix = std::string(" ") + shape(qr, cols) + " n=" + std::to_string(n);
       for (bool bias : {false, true}) {
         const float *pq = bias ? bq.as() : nullptr, *pk = bias ? bk.as() : nullptr, *pv = bias ? bv.as() : nullptr;
         b.matmul_qkv(wr[0], wr[1], wr[2], pq, pk, pv, dx.as(), n, ys[0].as(), ys[1].as(), ys[2].as());
@@ -591,7 +591,7 @@ void check_q8_0_split(CudaBackend& b, Rng& rng, bool quick) {
     Buf o1(b, max_n * ff * 4), o2(b, max_n * ff * 4), up(b, max_n * ff * 4);
     b.set_gemv_max_batch(0);
     for (int64_t n : {1, 2, 4, 5, 8, 9, 32}) {
-      const std::string suffix = " " + std::to_string(cols) + " n=" + std::to_string(n);
+      const std::string suffix = std::string(" ") + std::to_string(cols) + " n=" + std::to_string(n);
       b.matmul_qkv(g[0], g[1], g[2], nullptr, nullptr, nullptr, dx.as(), n, y1[0].as(), y1[1].as(), y1[2].as());
       for (int mixed = 0; mixed < 2; ++mixed) {
         const WeightRef& k = mixed ? g[1] : sp[1];  // mixed layouts: the separate ops
