@@ -64,7 +64,7 @@ class PartitionTest : public ::testing::Test {
   std::string ns_name(int i) const { return tag_ + "n" + std::to_string(i); }
   static std::string ip(int i) { return "10.77.0." + std::to_string(10 + i); }
   static std::string address(int i) { return ip(i) + ":4242"; }
-  static std::string id(int i) { return "p" + std::to_string(i); }
+  static std::string id(int i) { return std::string("p") + std::to_string(i); }
 
   void start(int i) {
     std::vector<std::string> argv = {ip_bin_, "netns", "exec", ns_name(i), std::string(DS_BUILD_DIR) + "/ds-node",
