@@ -11,7 +11,6 @@
 #include <cstdio>
 #include <cstring>
 #include <map>
-#include <mutex>
 #include <set>
 #include <vector>
 
@@ -193,41 +192,7 @@ std::unique_ptr<CudaBackend> CudaBackend::create(const CudaBackendOptions& optio
   b->device_description_ = desc;
   if (!b->start()) return refuse(b->last_error());
   if (options.self_check) {
-    // Once per device and set of paths asked for: the verdict holds for every later backend
-    // of this process on the device (a disagreeing kernel does not start agreeing).
-    struct Verdict {
-      bool tc_attention, tc_attention_padded, tc_attention_mma, q8_0_split, fuse_decode;
-      std::string note;
-    };
-    static std::mutex mu;
-    static std::map<std::pair<int, int>, Verdict> verdicts;
-    const CudaBackendOptions& o = b->options_;
-    const int asked = (o.tc_attention ? 1 : 0) | (o.tc_attention_padded ? 2 : 0) | (o.tc_attention_mma ? 4 : 0) |
-                      (o.q8_0_split ? 8 : 0) | (o.fuse_decode ? 16 : 0) | (o.batch_invariant ? 32 : 0) |
-                      (o.self_check_break_for_testing << 6);
-    std::lock_guard<std::mutex> lock(mu);
-    auto it = verdicts.find({options.device, asked});
-    if (it == verdicts.end()) {
-      std::string note = b->self_check();
-      if (!b->ok()) {
-        std::string why = "cuda: the start-up self-check of the kernels failed ";  // (+= : GCC 12's -Wrestrict)
-        why += note;
-        why += ": ";
-        why += b->last_error();
-        return refuse(why);
-      }
-      it = verdicts.emplace(std::make_pair(options.device, asked),
-                            Verdict{o.tc_attention, o.tc_attention_padded, o.tc_attention_mma, o.q8_0_split,
-                                    o.fuse_decode, std::move(note)})
-               .first;
-    }
-    const Verdict& v = it->second;
-    b->set_tc_attention(v.tc_attention);
-    b->set_tc_attention_padded(v.tc_attention_padded);
-    b->set_tc_attention_mma(v.tc_attention_mma);
-    b->set_q8_0_split(v.q8_0_split);
-    b->set_fuse_decode(v.fuse_decode);
-    b->self_check_note_ = v.note;
+    if (std::string why = b->apply_self_check(); !why.empty()) return refuse(why);
   }
   return b;
 }

@@ -242,6 +242,9 @@ class CudaBackend final : public Backend {
   // those that disagree; returns the note ("" when all agree), or when a kernel failed (ok()
   // false) the stage it failed in.
   std::string self_check();
+  // create()'s step: self_check() once per device, process and option set, its verdict applied
+  // to this backend; "" or why the device is refused (a kernel failed during it).
+  std::string apply_self_check();
   bool begin(const char* op);   // makes the device current
   void end(const char* op);     // sync_each_op
   bool fail(const char* op, const std::string& what, const char* file, int line);

@@ -276,4 +276,44 @@ std::string CudaBackend::self_check() {
   return note;
 }
 
+std::string CudaBackend::apply_self_check() {
+  // Once per device and set of paths asked for: the verdict holds for every later backend of
+  // this process on the device (a disagreeing kernel does not start agreeing).
+  struct Verdict {
+    bool tc_attention, tc_attention_padded, tc_attention_mma, q8_0_split, fuse_decode;
+    std::string note;
+  };
+  static std::mutex mu;
+  static std::map<std::pair<int, int>, Verdict> verdicts;
+  const CudaBackendOptions& o = options_;
+  const int asked = (o.tc_attention ? 1 : 0) | (o.tc_attention_padded ? 2 : 0) | (o.tc_attention_mma ? 4 : 0) |
+                    (o.q8_0_split ? 8 : 0) | (o.fuse_decode ? 16 : 0) | (o.batch_invariant ? 32 : 0) |
+                    (o.self_check_break_for_testing << 6);
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = verdicts.find({o.device, asked});
+  if (it == verdicts.end()) {
+    const int device = o.device;
+    std::string note = self_check();
+    if (!ok()) {
+      std::string why = "cuda: the start-up self-check of the kernels failed ";  // (+= : GCC 12's -Wrestrict)
+      why += note;
+      why += ": ";
+      why += last_error();
+      return why;
+    }
+    it = verdicts.emplace(std::make_pair(device, asked), Verdict{o.tc_attention, o.tc_attention_padded,
+                                                                 o.tc_attention_mma, o.q8_0_split, o.fuse_decode,
+                                                                 std::move(note)})
+             .first;
+  }
+  const Verdict& v = it->second;
+  set_tc_attention(v.tc_attention);
+  set_tc_attention_padded(v.tc_attention_padded);
+  set_tc_attention_mma(v.tc_attention_mma);
+  set_q8_0_split(v.q8_0_split);
+  set_fuse_decode(v.fuse_decode);
+  self_check_note_ = v.note;
+  return "";
+}
+
 }  // namespace ds
