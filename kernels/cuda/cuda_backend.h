@@ -100,9 +100,12 @@ struct CudaBackendOptions {
   bool self_check = true;       // create() runs the paths above that are on but have not run on a GPU yet
                                 // (tc_attention_mma, tc_attention_padded, q8_0_split, fuse_decode) once
                                 // per device and process against the paths they replace, and switches
-                                // off any that disagrees (self_check.cc; self_check_note() says which)
+                                // off any that disagrees or fails with an error the device survives
+                                // (self_check.cc; self_check_note() says which)
   int self_check_break_for_testing = 0;  // bits 1 padded WMMA, 2 FA2, 4 Q8_0 split, 8 fused decode ops: the
-                                // self-check perturbs that path's result (checks of its verdicts)
+                                // self-check perturbs that path's result; 16, 32, 64, 128: that path fails
+                                // with an error (non-sticky; with 256 the device then looks lost and
+                                // create() refuses it): checks of its verdicts
 };
 
 class CudaBackend final : public Backend {

@@ -9,8 +9,12 @@
 //   - fuse_decode (one launch for matmul + residual add + RMSNorm, and for Q/K/V + RoPE + cache
 //     write) against the separate ops, bit for bit.
 // A path that disagrees is switched off for this backend and every later one on the device, and
-// the note says so; a kernel that fails outright leaves the backend's error set (create() then
-// refuses the device). Plain C++ over the backend's own API.
+// the note says so. So is a path whose kernel fails with a CUDA error after which the device
+// still works (a non-sticky error: a launch refused for its configuration or resources, an
+// invalid argument; a round trip through the stream then gives back what went in): the error
+// is cleared and the note has it. After a sticky error (an illegal address, a trap: the context
+// is lost) the error stays set and create() refuses the device. Plain C++ over the backend's own
+// API.
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -75,6 +79,24 @@ class Dev {
 std::vector<float> broken(std::vector<float> v, bool on) {
   if (on && !v.empty()) v[v.size() / 2] += 1.0f;
   return v;
+}
+
+// Whether the backend still computes after an error was cleared: a buffer through upload, add
+// and download comes back doubled. broken: CudaBackendOptions::self_check_break_for_testing's
+// bit 256, the error injected by the other bits taken for a sticky one.
+bool device_works(CudaBackend& b, bool broken) {
+  constexpr size_t kCount = 64;
+  std::vector<float> in(kCount), out(kCount, 0.0f);
+  for (size_t i = 0; i < kCount; ++i) in[i] = static_cast<float>(i) - 20.5f;
+  auto* p = static_cast<float*>(b.alloc(kCount * sizeof(float)));
+  if (!p) return false;
+  b.upload(p, in.data(), kCount * sizeof(float));
+  b.add(p, p, static_cast<int64_t>(kCount));
+  b.download(out.data(), p, kCount * sizeof(float));
+  b.free(p);
+  for (size_t i = 0; i < kCount; ++i)
+    if (out[i] != 2 * in[i]) return false;
+  return b.ok() && !broken;
 }
 
 bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
@@ -151,48 +173,86 @@ std::string CudaBackend::self_check() {
   const CudaBackendOptions want = options_;
   const int brk = want.self_check_break_for_testing;
 
+  // After a path under check ran: kRan, or kFailed (it failed with a CUDA error, since cleared,
+  // and the device still works: *what has the error) or kLost (the device does not work after
+  // it: the error stays set). fail_bit: the break-for-testing bit that injects an error here.
+  enum class Ran { kRan, kFailed, kLost };
+  auto ran = [&](int fail_bit, std::string* what) {
+    if (brk & fail_bit) fail("self-check", "an error injected for testing (self_check_break_for_testing)", __FILE__, __LINE__);
+    if (ok()) return Ran::kRan;
+    *what = error_;
+    clear_error();
+    if (device_works(*this, (brk & 256) != 0)) return Ran::kFailed;
+    error_ = *what;
+    return Ran::kLost;
+  };
+  std::string what;
+
   // ---- prefill attention: the tensor-core kernels against the CUDA-core one ----
+  constexpr const char* kAttentionStage =
+      "while checking the prefill attention kernels (tc_attention, tc_attention_padded, tc_attention_mma)";
   if (want.tc_attention && !want.batch_invariant) {
     bool tc_ok = true, padded_ok = want.tc_attention_padded, mma_ok = want.tc_attention_mma;
     auto run = [&](const AttentionArgs& a) {
       attention(a);
       return d.read(a.out, static_cast<size_t>(a.n_tokens) * a.n_heads * a.head_dim);
     };
-    auto disagrees = [](const char* what, int head_dim) {
-      return std::string(what) + " disagrees with the CUDA-core kernel at head_dim " + std::to_string(head_dim) + ")";
+    // The verdict on one kernel's result: "" (it agreed), or why it goes off.
+    auto judge = [&](const char* kernel, int head_dim, Ran r, const std::vector<float>& got, const std::vector<float>& ref) {
+      const std::string at = " at head_dim " + std::to_string(head_dim) + ")";
+      if (r == Ran::kFailed) return std::string(kernel) + " failed on this device" + at + ": " + what;
+      return close(got, ref) ? std::string() : std::string(kernel) + " disagrees with the CUDA-core kernel" + at;
     };
     for (int head_dim : {64, 128}) {
       const AttentionArgs a = make_attention(d, rng, head_dim);
-      if (!ok()) return "while checking the prefill attention kernels (tc_attention, tc_attention_padded, tc_attention_mma)";
+      if (!ok()) return kAttentionStage;
       set_tc_attention(false);
       const std::vector<float> ref = run(a);
+      if (!ok()) return kAttentionStage;
       set_tc_attention(true);
       if (!tc_attention_applies(a)) continue;
       set_tc_attention_mma(false);
       set_tc_attention_padded(padded_ok);
-      if (padded_ok && !close(broken(run(a), brk & 1), ref)) {
-        padded_ok = false;
-        set_tc_attention_padded(false);
-        off.push_back(disagrees("tc_attention_padded (the WMMA prefill attention kernel with padded rows", head_dim));
+      if (padded_ok) {
+        const std::vector<float> got = broken(run(a), brk & 1);
+        const Ran r = ran(16, &what);
+        if (r == Ran::kLost) return kAttentionStage;
+        if (std::string why = judge("tc_attention_padded (the WMMA prefill attention kernel with padded rows", head_dim, r, got, ref);
+            !why.empty()) {
+          padded_ok = false;
+          set_tc_attention_padded(false);
+          off.push_back(std::move(why));
+        }
       }
-      if (!close(run(a), ref)) {
-        tc_ok = false;
-        off.push_back(disagrees("tc_attention (the WMMA prefill attention kernel", head_dim));
-        break;
+      {
+        const std::vector<float> got = run(a);
+        const Ran r = ran(0, &what);
+        if (r == Ran::kLost) return kAttentionStage;
+        if (std::string why = judge("tc_attention (the WMMA prefill attention kernel", head_dim, r, got, ref); !why.empty()) {
+          tc_ok = false;
+          off.push_back(std::move(why));
+          break;
+        }
       }
       set_tc_attention_mma(true);
-      if (mma_ok && !close(broken(run(a), brk & 2), ref)) {
-        mma_ok = false;
-        off.push_back(disagrees("tc_attention_mma (flash attention 2 on mma.sync", head_dim));
+      if (mma_ok) {
+        const std::vector<float> got = broken(run(a), brk & 2);
+        const Ran r = ran(32, &what);
+        if (r == Ran::kLost) return kAttentionStage;
+        if (std::string why = judge("tc_attention_mma (flash attention 2 on mma.sync", head_dim, r, got, ref); !why.empty()) {
+          mma_ok = false;
+          off.push_back(std::move(why));
+        }
       }
     }
     set_tc_attention(tc_ok);
     set_tc_attention_padded(padded_ok);
     set_tc_attention_mma(mma_ok);
   }
-  if (!ok()) return "while checking the prefill attention kernels (tc_attention, tc_attention_padded, tc_attention_mma)";
+  if (!ok()) return kAttentionStage;
 
   // ---- Q8_0 split rows against the GGUF blocks, bit for bit ----
+  constexpr const char* kSplitStage = "while checking Q8_0 split rows (q8_0_split)";
   if (want.q8_0_split) {
     constexpr int64_t kRows = 72, kCols = 256, kMaxN = 40;
     const std::vector<uint8_t> w = q8_0_rows(rng, kRows, kCols);
@@ -207,20 +267,28 @@ std::string CudaBackend::self_check() {
     const WeightRef wb = upload_weight(host, blocks);
     set_q8_0_split(true);
     const WeightRef ws = upload_weight(host, split);
+    if (!ok()) return kSplitStage;
     for (int64_t n : {int64_t{1}, int64_t{8}, kMaxN}) {
       matmul(wb, x, n, y1);
+      const std::vector<float> want_y = d.read(y1, n * kRows);
+      if (!ok()) return kSplitStage;
       matmul(ws, x, n, y2);
-      if (!same_bits(d.read(y1, n * kRows), broken(d.read(y2, n * kRows), brk & 4))) {
+      const std::vector<float> got = broken(d.read(y2, n * kRows), brk & 4);
+      const Ran r = ran(64, &what);
+      if (r == Ran::kLost) return kSplitStage;
+      const std::string at = " at n = " + std::to_string(n) + ")";
+      if (r == Ran::kFailed || !same_bits(want_y, got)) {
         set_q8_0_split(false);
-        off.push_back("q8_0_split (Q8_0 rows split into quants and scales give other bits than the GGUF blocks at n = " +
-                      std::to_string(n) + ")");
+        off.push_back(r == Ran::kFailed ? "q8_0_split (Q8_0 rows split into quants and scales failed on this device" + at + ": " + what
+                                        : "q8_0_split (Q8_0 rows split into quants and scales give other bits than the GGUF blocks" + at);
         break;
       }
     }
   }
-  if (!ok()) return "while checking Q8_0 split rows (q8_0_split)";
+  if (!ok()) return kSplitStage;
 
   // ---- one-launch decode ops against the separate ops, bit for bit ----
+  constexpr const char* kFuseStage = "while checking the one-launch decode ops (fuse_decode)";
   if (want.fuse_decode) {
     constexpr int kHeads = 4, kKvHeads = 2, kHeadDim = 64, kDim = kHeads * kHeadDim, kKvDim = kKvHeads * kHeadDim;
     const std::vector<uint8_t> wq = f16_rows(rng, static_cast<size_t>(kDim) * kDim);
@@ -243,7 +311,7 @@ std::string CudaBackend::self_check() {
     if (!ok()) return "while setting up the check of the one-launch decode ops";
     if (!x || !tmp) return "";
     std::vector<float> out[2];
-    for (int way = 0; way < 2; ++way) {  // 0: fused, 1: separate ops
+    for (int way = 1; way >= 0; --way) {  // 1: separate ops (the reference), 0: fused
       set_fuse_decode(way == 0);
       upload(y[way], res.data(), res.size() * sizeof(float));
       matmul_add_rmsnorm(q_w, x, 1, y[way], tmp, norm_w, 1e-5f, xn[way]);
@@ -259,14 +327,20 @@ std::string CudaBackend::self_check() {
         const std::vector<float> h = d.read(static_cast<const float*>(c), 16 * kKvDim);
         out[way].insert(out[way].end(), h.begin(), h.end());
       }
+      if (way == 1 && !ok()) return kFuseStage;
     }
+    const Ran fused_ran = ran(128, &what);
+    if (fused_ran == Ran::kLost) return kFuseStage;
     set_fuse_decode(true);
-    if (!same_bits(broken(out[0], brk & 8), out[1])) {
+    if (fused_ran == Ran::kFailed) {
+      set_fuse_decode(false);
+      off.push_back("fuse_decode (the one-launch decode ops failed on this device: " + what + ")");
+    } else if (!same_bits(broken(out[0], brk & 8), out[1])) {
       set_fuse_decode(false);
       off.push_back("fuse_decode (the one-launch decode ops give other bits than the separate ops)");
     }
   }
-  if (!ok()) return "while checking the one-launch decode ops (fuse_decode)";
+  if (!ok()) return kFuseStage;
 
   std::string note;
   for (const std::string& s : off) {

@@ -74,6 +74,36 @@ void check_self_check(int device) {
       expect(tag, right, note);
     }
   }
+  // A path that fails with an error the device survives goes off like one that disagrees (the
+  // note has the error); after one that leaves the device unusable (bit 256) create() refuses it.
+  for (int fails : {16, 32, 64, 128, 16 | 128}) {
+    o.self_check_break_for_testing = fails;
+    const std::string tag = "self-check/fail-" + std::to_string(fails);
+    auto x = CudaBackend::create(o, &error);
+    if (!x) {
+      expect(tag, false, error);
+      continue;
+    }
+    const CudaBackendOptions& v = x->options();
+    const std::string& note = x->self_check_note();
+    const bool right = v.tc_attention && v.tc_attention_padded == !(fails & 16) && v.tc_attention_mma == !(fails & 32) &&
+                       v.q8_0_split == !(fails & 64) && v.fuse_decode == !(fails & 128) && x->ok() &&
+                       note.find("failed on this device") != std::string::npos &&
+                       note.find("injected for testing") != std::string::npos &&
+                       (note.find("tc_attention_padded") != std::string::npos) == ((fails & 16) != 0) &&
+                       (note.find("tc_attention_mma") != std::string::npos) == ((fails & 32) != 0) &&
+                       (note.find("q8_0_split") != std::string::npos) == ((fails & 64) != 0) &&
+                       (note.find("fuse_decode") != std::string::npos) == ((fails & 128) != 0);
+    if (fails == (16 | 128)) std::printf("  its note: %s\n", note.c_str());
+    expect(tag, right, note);
+  }
+  o.self_check_break_for_testing = 32 | 256;
+  error.clear();
+  auto lost = CudaBackend::create(o, &error);
+  expect("self-check/lost-device-refused", !lost && error.find("self-check") != std::string::npos &&
+                                               error.find("injected for testing") != std::string::npos,
+         lost ? "create() gave a backend" : error);
+  std::printf("  its refusal: %s\n", error.c_str());
 }
 
 void check_grid_sync(CudaBackend& b) {
