@@ -31,6 +31,14 @@ constexpr uint32_t kLayoutGguf = 0;
 // in order, then its cols / 32 F16 scales (the same bytes as the row's 34-byte blocks, so that
 // quants load 8 and 16 bytes at a time). Element k = scale[k / 32] * quant[k], as in GGUF.
 constexpr uint32_t kLayoutQ8_0Split = 1;
+// Q8_0 / Q4_0 rows interleaved by 16 (the CPU backend with AVX-512 VNNI; rows % 16 == 0): the
+// 16 rows of group g are bytes [g * 16 * row_stride(), (g + 1) * 16 * row_stride()), in which
+// block b (of 32 weights) of all 16 rows is one record: their 16 F16 scales, then the quants
+// as 4-byte groups, group j of rows 0..15 before group j + 1. Q8_0: 8 groups of (quant + 128)
+// as unsigned bytes (544-byte records); Q4_0: 4 groups of the GGUF nibble bytes, group j's byte
+// i holding weight 4 j + i in its low nibble and 16 + 4 j + i in its high one (288 bytes).
+constexpr uint32_t kLayoutQ8_0R16 = 2;
+constexpr uint32_t kLayoutQ4_0R16 = 3;
 
 // A 2-D weight matrix [rows, cols] of any supported type; rows are contiguous.
 struct WeightRef {
@@ -165,6 +173,10 @@ class Backend {
     d.data = dst;
     return d;
   }
+  // Whether upload_weight stores w in a layout of its own. A backend whose memory is host
+  // memory computes on the file's bytes where this is false, and on an upload_weight copy
+  // where it is true (the CPU backend: Q8_0 / Q4_0 rows interleaved by 16).
+  virtual bool relayouts(const WeightRef& /*w*/) const { return false; }
 
   // y[n, w.rows] = x[n, w.cols] * W^T
   virtual void matmul(const WeightRef& w, const float* x, int64_t n, float* y) = 0;
@@ -331,6 +343,8 @@ class Backend {
 
 struct CpuBackendOptions {
   int threads = 0;  // 0: all cores
+  bool interleave_quant = true;  // Q8_0 / Q4_0 matrices interleaved by 16 rows (Backend::relayouts) where
+                                 // the AVX-512 VNNI kernel is built; false: computed on the file's bytes
 };
 std::unique_ptr<Backend> make_cpu_backend(const CpuBackendOptions& opts = {});
 

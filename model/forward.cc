@@ -75,12 +75,12 @@ Status Forward::Init(const std::function<void(size_t, size_t)>& progress) {
       return Status::NotSupported(std::string("the ") + be_.name() + " backend cannot compute with " + dtype_name(h.type) + " weights");
     }
     *out = h;
-    if (be_.host_memory()) return Status::Ok();
     const size_t bytes = h.row_stride() * h.rows;
+    if (be_.host_memory() && !be_.relayouts(h)) return Status::Ok();  // computes on the file's bytes
     void* p = be_.alloc(bytes);
     if (!p) return Status::ResourceExhausted(std::string("out of ") + be_.name() + " memory while uploading weights");
     owned_.push_back(p);
-    *out = be_.upload_weight(h, p);  // in the backend's layout (CUDA: Q8_0 rows split)
+    *out = be_.upload_weight(h, p);  // in the backend's layout (CUDA: Q8_0 rows split; CPU: Q8_0 / Q4_0 rows interleaved)
     done += bytes;
     if (progress) progress(done, w.bytes);
     return Status::Ok();

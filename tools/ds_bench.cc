@@ -86,12 +86,13 @@ struct BenchResult {
 
 // --fused-decode: the CUDA backend's persistent decode kernel for one-token steps.
 ds::CudaBackendChoices g_cuda_choices;
+bool g_cpu_interleave = true;  // --cpu-weights
 std::string g_decode_note;  // the last engine's Engine::decode_note()
 std::string g_backend_note;  // the last engine's Engine::backend_note()
 
 // The backend a run measures: the CPU with `threads` threads, or CUDA GPU `gpu` (gpu >= 0).
 ds::Result<std::unique_ptr<ds::Backend>> make_backend(int threads, int gpu) {
-  if (gpu < 0) return ds::make_cpu_backend({threads});
+  if (gpu < 0) return ds::make_cpu_backend({threads, g_cpu_interleave});
   std::string err;
   std::unique_ptr<ds::Backend> b = ds::make_cuda_backend(gpu, &err, g_cuda_choices);
   if (!b) return ds::Status::NotSupported("no CUDA backend on GPU " + std::to_string(gpu) + ": " + err);
@@ -137,6 +138,18 @@ ds::Status run_once(const std::shared_ptr<ds::Model>& model, int threads, int gp
   };
   std::vector<ds::TokenEvent> evs;
 
+  // Warm-up (as llama-bench's): a short request first, so that the timed steps are not the
+  // engine's first touch of its weights and buffers (on this project's dev VM the first pass
+  // over freshly mapped memory ran at a third of the speed of the next ones).
+  {
+    ds::SequenceRequest r;
+    r.id = next_id++;
+    r.prompt = tokens(std::min(prompt, 8), 2);
+    r.params.max_tokens = 2;
+    r.params.ignore_eos = true;
+    DS_RETURN_IF_ERROR(e.add(r));
+    while (!e.idle()) DS_RETURN_IF_ERROR(drain(&evs));
+  }
   // Prefill: one sequence, one forward pass over the whole prompt.
   {
     ds::SequenceRequest r;
@@ -511,6 +524,11 @@ int main(int argc, char** argv) {
   eng->add_option("--cuda-kernels", cuda_kernels,
                   "--backend cuda: all kernel paths (those not yet run on a GPU checked at start) or only the proven ones")
       ->check(CLI::IsMember({"all", "proven"}));
+  std::string cpu_weights = "interleaved";
+  eng->add_option("--cpu-weights", cpu_weights,
+                  "--backend cpu: Q8_0 / Q4_0 matrices interleaved by 16 rows at load (the fast kernel, where the CPU has "
+                  "AVX-512 VNNI) or computed on the file's bytes (gguf)")
+      ->check(CLI::IsMember({"interleaved", "gguf"}));
   eng->add_option("--prompt", prompt, "Prompt tokens for the prefill test")->check(CLI::Range(1, 65536));
   eng->add_option("--gen", gen, "Tokens to decode per sequence")->check(CLI::Range(1, 65536));
   eng->add_option("--decode-ctx", decode_ctx,
@@ -550,6 +568,7 @@ int main(int argc, char** argv) {
   g_cuda_choices.fused_decode = fused_decode != "off";
   g_cuda_choices.fused_decode_auto = fused_decode == "auto";
   g_cuda_choices.proven_only = cuda_kernels == "proven";
+  g_cpu_interleave = cpu_weights == "interleaved";
   if (load->parsed()) return bench_load(la);
   if (failover->parsed()) return ds::bench::bench_failover(fa);
   return bench_engine(model, threads, backend == "cuda" ? gpu : -1, prompt, gen, batches, repeats, json, quiet, kv_type,

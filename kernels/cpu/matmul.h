@@ -40,6 +40,15 @@ static_assert(sizeof(BlockQ8K) == 292);
 // REQUIRES: n % 256 == 0.
 void quantize_row_q8k(const float* x, BlockQ8K* out, int64_t n);
 
+// The layout matmul reads w fastest in: kLayoutQ8_0R16 / kLayoutQ4_0R16 for Q8_0 / Q4_0 rows
+// in GGUF layout, rows % 16 == 0, where this build has the AVX-512 VNNI kernel; else w.layout.
+uint32_t preferred_layout(const WeightRef& w);
+// Writes w to dst (w.row_stride() * w.rows bytes) in preferred_layout(w) and returns it there.
+WeightRef repack(const WeightRef& w, void* dst);
+// Row `row` of w dequantized into out[w.cols], whatever w's layout.
+void dequantize_row_any(const WeightRef& w, int64_t row, float* out);
+
+// w in kLayoutGguf or preferred_layout(w).
 // scratch holds quantized activations between calls (grown as needed).
 void matmul(ThreadPool& pool, const WeightRef& w, const float* x, int64_t n, float* y,
             std::vector<uint8_t>* scratch);

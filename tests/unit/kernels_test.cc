@@ -68,28 +68,68 @@ TEST_P(KernelsMatmul, MatchesReferenceAndIsBatchInvariant) {
   const MatmulCase c = GetParam();
   const auto wf = test::random_floats(c.rows * c.cols, 11);
   const auto q = quantize_matrix(c.type, wf, c.rows, c.cols);
-  const WeightRef w{c.type, q.data(), c.rows, c.cols};
+  const WeightRef gguf{c.type, q.data(), c.rows, c.cols};
   auto be = make_cpu_backend({2});
-  for (int64_t n : {1, 2, 5, 13}) {
-    const auto x = test::random_floats(n * c.cols, 100 + static_cast<uint32_t>(n));
-    std::vector<float> y(n * c.rows), yr(n * c.rows);
-    be->matmul(w, x.data(), n, y.data());
-    ref::matmul(w, x.data(), n, yr.data());
-    // Float weights: f32 accumulation vs double, ~1e-6. Quantized weights: the CPU kernel
-    // also quantizes activations to 8 bits (step amax/254 per block of 32, or per super-
-    // block of 256 for q4_k / q6_k): ~1% of a dot.
-    const bool quant = c.type == DType::kQ8_0 || c.type == DType::kQ4_0 || c.type == DType::kQ4_K || c.type == DType::kQ6_K;
-    const double tol = quant ? 3e-2 : 1e-5;
-    if (quant) std::printf("[ info ] %s %lldx%lld n=%lld: error %.2e of max |y| (tolerance %.0e)\n", dtype_name(c.type),
-                           static_cast<long long>(c.rows), static_cast<long long>(c.cols), static_cast<long long>(n),
-                           rel_err(y.data(), yr.data(), y.size()), tol);
-    EXPECT_LE(rel_err(y.data(), yr.data(), y.size()), tol) << dtype_name(c.type) << " n=" << n;
-    // Determinism: every row of a batch is bit-identical to the same row computed alone.
-    for (int64_t j = 0; j < n; ++j) {
-      std::vector<float> y1(c.rows);
-      be->matmul(w, x.data() + j * c.cols, 1, y1.data());
-      ASSERT_EQ(0, std::memcmp(y1.data(), y.data() + j * c.rows, c.rows * sizeof(float))) << dtype_name(c.type) << " row " << j;
+  // Also in the backend's own layout where it has one (Q8_0 / Q4_0 rows interleaved by 16,
+  // where the AVX-512 VNNI kernel is built).
+  std::vector<uint8_t> own(q.size());
+  std::vector<WeightRef> layouts = {gguf};
+  if (be->relayouts(gguf)) layouts.push_back(be->upload_weight(gguf, own.data()));
+  std::vector<std::vector<float>> first;  // each layout's result at n = 13
+  for (const WeightRef& w : layouts) {
+    for (int64_t n : {1, 2, 5, 13, 21}) {
+      const auto x = test::random_floats(n * c.cols, 100 + static_cast<uint32_t>(n));
+      std::vector<float> y(n * c.rows), yr(n * c.rows);
+      be->matmul(w, x.data(), n, y.data());
+      ref::matmul(gguf, x.data(), n, yr.data());
+      // Float weights: f32 accumulation vs double, ~1e-6. Quantized weights: the CPU kernel
+      // also quantizes activations to 8 bits (step amax/254 per block of 32, or per super-
+      // block of 256 for q4_k / q6_k): ~1% of a dot.
+      const bool quant = c.type == DType::kQ8_0 || c.type == DType::kQ4_0 || c.type == DType::kQ4_K || c.type == DType::kQ6_K;
+      const double tol = quant ? 3e-2 : 1e-5;
+      if (quant) std::printf("[ info ] %s%s %lldx%lld n=%lld: error %.2e of max |y| (tolerance %.0e)\n", dtype_name(c.type),
+                             w.layout != kLayoutGguf ? " interleaved" : "", static_cast<long long>(c.rows),
+                             static_cast<long long>(c.cols), static_cast<long long>(n), rel_err(y.data(), yr.data(), y.size()), tol);
+      EXPECT_LE(rel_err(y.data(), yr.data(), y.size()), tol) << dtype_name(c.type) << " layout " << w.layout << " n=" << n;
+      if (n == 13) first.push_back(y);
+      // Determinism: every row of a batch is bit-identical to the same row computed alone.
+      for (int64_t j = 0; j < n; ++j) {
+        std::vector<float> y1(c.rows);
+        be->matmul(w, x.data() + j * c.cols, 1, y1.data());
+        ASSERT_EQ(0, std::memcmp(y1.data(), y.data() + j * c.rows, c.rows * sizeof(float)))
+            << dtype_name(c.type) << " layout " << w.layout << " row " << j;
+      }
     }
+  }
+  // The two layouts' kernels take the same exact integer dots and differ in float rounding only.
+  if (first.size() == 2) {
+    EXPECT_LE(rel_err(first[1].data(), first[0].data(), first[0].size()), 1e-5);
+  }
+}
+
+// Where the AVX-512 VNNI kernel is built, Q8_0 / Q4_0 matrices of whole 16-row groups are
+// interleaved, and get_rows reads them as the file's rows (bit for bit).
+TEST(Kernels, InterleavedQuantLayout) {
+  auto be = make_cpu_backend({1});
+  for (DType t : {DType::kQ8_0, DType::kQ4_0}) {
+    const int64_t rows = 32, cols = 96;
+    const auto q = quantize_matrix(t, test::random_floats(rows * cols, 5), rows, cols);
+    const WeightRef gguf{t, q.data(), rows, cols};
+    EXPECT_FALSE(be->relayouts(WeightRef{t, q.data(), rows - 1, cols})) << "a partial group of rows stays as it is";
+    if (!be->relayouts(gguf)) {
+      std::printf("[ info ] %s: no interleaved layout in this build (no AVX-512 VNNI)\n", dtype_name(t));
+      continue;
+    }
+    std::vector<uint8_t> own(q.size());
+    const WeightRef w = be->upload_weight(gguf, own.data());
+    EXPECT_EQ(w.layout, t == DType::kQ8_0 ? kLayoutQ8_0R16 : kLayoutQ4_0R16);
+    EXPECT_FALSE(be->relayouts(w));
+    EXPECT_NE(0, std::memcmp(own.data(), q.data(), q.size()));
+    const int32_t ids[] = {0, 17, 31, 5};
+    std::vector<float> a(4 * cols), b(4 * cols);
+    be->get_rows(gguf, ids, 4, a.data());
+    be->get_rows(w, ids, 4, b.data());
+    EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float))) << dtype_name(t);
   }
 }
 
@@ -101,6 +141,9 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, KernelsMatmul,
                                            MatmulCase{DType::kQ4_0, 37, 128}, MatmulCase{DType::kQ4_0, 130, 256},
                                            // odd block counts: the 512-bit kernel's lone last block
                                            MatmulCase{DType::kQ8_0, 11, 96}, MatmulCase{DType::kQ4_0, 11, 160},
+                                           // rows % 16 == 0: the CPU backend's interleaved layout too
+                                           MatmulCase{DType::kQ8_0, 48, 96}, MatmulCase{DType::kQ4_0, 64, 160},
+                                           MatmulCase{DType::kQ8_0, 16, 32}, MatmulCase{DType::kQ4_0, 32, 32},
                                            MatmulCase{DType::kQ4_K, 37, 256}, MatmulCase{DType::kQ4_K, 130, 768},
                                            MatmulCase{DType::kQ6_K, 37, 256}, MatmulCase{DType::kQ6_K, 130, 768}),
                          [](const auto& info) {
