@@ -39,6 +39,11 @@ constexpr uint32_t kLayoutQ8_0Split = 1;
 // i holding weight 4 j + i in its low nibble and 16 + 4 j + i in its high one (288 bytes).
 constexpr uint32_t kLayoutQ8_0R16 = 2;
 constexpr uint32_t kLayoutQ4_0R16 = 3;
+// Q4_K rows interleaved by 16 likewise: per super-block of 256 weights one 2304-byte record of
+// the 16 rows' F16 d, their F16 dmin, their 12 bytes of packed scales as three arrays of 16
+// dwords (bytes 0-3, 4-7, 8-11 of each row), then the nibble bytes as 32 arrays of 16 4-byte
+// groups (group j of each row: bytes 4 j .. 4 j + 3 of its 128).
+constexpr uint32_t kLayoutQ4_KR16 = 4;
 
 // A 2-D weight matrix [rows, cols] of any supported type; rows are contiguous.
 struct WeightRef {
@@ -175,7 +180,7 @@ class Backend {
   }
   // Whether upload_weight stores w in a layout of its own. A backend whose memory is host
   // memory computes on the file's bytes where this is false, and on an upload_weight copy
-  // where it is true (the CPU backend: Q8_0 / Q4_0 rows interleaved by 16).
+  // where it is true (the CPU backend: Q8_0 / Q4_0 / Q4_K rows interleaved by 16).
   virtual bool relayouts(const WeightRef& /*w*/) const { return false; }
 
   // y[n, w.rows] = x[n, w.cols] * W^T
@@ -343,7 +348,7 @@ class Backend {
 
 struct CpuBackendOptions {
   int threads = 0;  // 0: all cores
-  bool interleave_quant = true;  // Q8_0 / Q4_0 matrices interleaved by 16 rows (Backend::relayouts) where
+  bool interleave_quant = true;  // Q8_0 / Q4_0 / Q4_K matrices interleaved by 16 rows (Backend::relayouts) where
                                  // the AVX-512 VNNI kernel is built; false: computed on the file's bytes
 };
 std::unique_ptr<Backend> make_cpu_backend(const CpuBackendOptions& opts = {});

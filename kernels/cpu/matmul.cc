@@ -370,23 +370,99 @@ struct Quant16Kernel {
     for (int c = 0; c < RN; ++c) _mm512_storeu_ps(t.y + (j0 + c) * t.y_stride + i0, acc[c]);
   }
 
-  template <int RN>
-  static void tile_rn(const TileArgs& t, int64_t i0, int64_t j0, int rn) {
-    if constexpr (RN >= 1) {
-      if (rn == RN) return tile<RN>(t, i0, j0);
-      tile_rn<RN - 1>(t, i0, j0, rn);
-    }
-  }
+};
 
-  static void run(ThreadPool& pool, const TileArgs& t, int64_t rows, int64_t n) {
-    pool.run([&](int ith, int nth) {
-      int64_t b, e;
-      ThreadPool::split(rows / kRows, ith, nth, &b, &e);
-      for (int64_t i = b * kRows; i < e * kRows; i += kRows)
-        for (int64_t j = 0; j < n; j += kRN) tile_rn<kRN>(t, i, j, static_cast<int>(std::min<int64_t>(kRN, n - j)));
-    });
+// Q4_K weights in kLayoutQ4_KR16 x BlockQ8K activations, 16 rows a tile like Quant16Kernel.
+// Per super-block and activation row: for each 32-weight sub-block s, 8 VNNI dots give the 16
+// rows' exact sums, multiplied by their 6-bit scales (unpacked for all 16 rows at once from the
+// record's three dword arrays) into one int32 per row; the mins' part is 8 products with the
+// activation's sub-block sums; then the float part as the GGUF-layout kernel has it,
+// acc += sumi * (d * da) - summ * (dmin * da): integers exact, so the two layouts differ by
+// float rounding only, and each output's sequence depends on k alone.
+struct Q4K16Kernel {
+  static constexpr int kRows = 16;
+  static constexpr int kRN = 8;
+  static constexpr size_t kRecord = 16 * sizeof(BlockQ4_K);  // 32 d, 32 dmin, 3 x 64 scale dwords, 2048 quants
+
+  template <int RN>
+  static void tile(const TileArgs& t, int64_t i0, int64_t j0) {
+    const uint8_t* g = t.w + i0 * t.w_stride;
+    const BlockQ8K* a[RN];
+    for (int c = 0; c < RN; ++c) a[c] = reinterpret_cast<const BlockQ8K*>(t.a + (j0 + c) * t.a_stride);
+    const int64_t nb = t.k / kQK_K;
+    __m512 acc[RN];
+    for (int c = 0; c < RN; ++c) acc[c] = _mm512_setzero_ps();
+    const __m512i k6 = _mm512_set1_epi32(0x3f3f3f3f), k4 = _mm512_set1_epi32(0x0f0f0f0f), k2 = _mm512_set1_epi32(0x03030303);
+    const __m512i byte = _mm512_set1_epi32(0xFF), nib = _mm512_set1_epi8(0x0F);
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* rec = g + b * kRecord;
+      if (RN <= 2 || j0 == 0)
+        for (size_t off = 0; off < kRecord; off += 64) _mm_prefetch(reinterpret_cast<const char*>(rec + 2 * kRecord + off), _MM_HINT_T0);
+      const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec)));
+      const __m512 dmw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32)));
+      const __m512i u0 = _mm512_loadu_si512(rec + 64), u1 = _mm512_loadu_si512(rec + 128), u2 = _mm512_loadu_si512(rec + 192);
+      // Scales of sub-blocks 0-3 / 4-7 and mins 0-3 / 4-7, a byte each, per row lane (ggml's
+      // get_scale_min_k4 for 16 rows).
+      const __m512i sc03 = _mm512_and_si512(u0, k6);
+      const __m512i sc47 = _mm512_or_si512(_mm512_and_si512(u2, k4), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u0, 6), k2), 4));
+      const __m512i m03 = _mm512_and_si512(u1, k6);
+      const __m512i m47 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(u2, 4), k4),
+                                          _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u1, 6), k2), 4));
+      const uint8_t* quants = rec + 256;
+      __m512i sumi[RN];
+      for (int c = 0; c < RN; ++c) sumi[c] = _mm512_setzero_si512();
+      for (int sb = 0; sb < 8; ++sb) {
+        const __m512i scale = _mm512_and_si512(_mm512_srli_epi32(sb < 4 ? sc03 : sc47, 8 * (sb % 4)), byte);
+        __m512i w[8];
+        for (int j = 0; j < 8; ++j) {
+          const __m512i q = _mm512_loadu_si512(quants + 64 * (8 * (sb / 2) + j));
+          w[j] = _mm512_and_si512(sb % 2 ? _mm512_srli_epi16(q, 4) : q, nib);
+        }
+        for (int c = 0; c < RN; ++c) {
+          const int8_t* aq = a[c][b].qs + 32 * sb;
+          __m512i dot = _mm512_setzero_si512();
+          for (int j = 0; j < 8; ++j) {
+            int32_t four;
+            std::memcpy(&four, aq + 4 * j, 4);
+            dot = _mm512_dpbusd_epi32(dot, w[j], _mm512_set1_epi32(four));
+          }
+          sumi[c] = _mm512_add_epi32(sumi[c], _mm512_mullo_epi32(dot, scale));
+        }
+      }
+      for (int c = 0; c < RN; ++c) {
+        const BlockQ8K& ab = a[c][b];
+        __m512i summ = _mm512_setzero_si512();
+        for (int sb = 0; sb < 8; ++sb) {
+          const __m512i m = _mm512_and_si512(_mm512_srli_epi32(sb < 4 ? m03 : m47, 8 * (sb % 4)), byte);
+          summ = _mm512_add_epi32(summ, _mm512_mullo_epi32(m, _mm512_set1_epi32(ab.bsums[2 * sb] + ab.bsums[2 * sb + 1])));
+        }
+        const __m512 da = _mm512_set1_ps(ab.d);
+        acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[c]), _mm512_mul_ps(dw, da), acc[c]);
+        acc[c] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(summ), _mm512_mul_ps(dmw, da), acc[c]);
+      }
+    }
+    for (int c = 0; c < RN; ++c) _mm512_storeu_ps(t.y + (j0 + c) * t.y_stride + i0, acc[c]);
   }
 };
+
+template <class K, int RN>
+void tile16_rn(const TileArgs& t, int64_t i0, int64_t j0, int rn) {
+  if constexpr (RN >= 1) {
+    if (rn == RN) return K::template tile<RN>(t, i0, j0);
+    tile16_rn<K, RN - 1>(t, i0, j0, rn);
+  }
+}
+
+// The 16-row kernels over rows [0, rows) (rows % 16 == 0), groups split over the threads.
+template <class K>
+void run16(ThreadPool& pool, const TileArgs& t, int64_t rows, int64_t n) {
+  pool.run([&](int ith, int nth) {
+    int64_t b, e;
+    ThreadPool::split(rows / K::kRows, ith, nth, &b, &e);
+    for (int64_t i = b * K::kRows; i < e * K::kRows; i += K::kRows)
+      for (int64_t j = 0; j < n; j += K::kRN) tile16_rn<K, K::kRN>(t, i, j, static_cast<int>(std::min<int64_t>(K::kRN, n - j)));
+  });
+}
 #endif
 
 // K-quant kernel: Q4_K / Q6_K weights x BlockQ8K activations, one super-block of 256
@@ -819,8 +895,8 @@ void matmul(ThreadPool& pool, const WeightRef& w, const float* x, int64_t n, flo
     case DType::kQ4_0: {
       quantize_activations<BlockQ8A, 32>(pool, x, n, w.cols, scratch, quantize_row_q8a, &t);
 #ifdef DS_QUANT_PAIRS
-      if (w.layout == kLayoutQ8_0R16) return Quant16Kernel<DType::kQ8_0>::run(pool, t, w.rows, n);
-      if (w.layout == kLayoutQ4_0R16) return Quant16Kernel<DType::kQ4_0>::run(pool, t, w.rows, n);
+      if (w.layout == kLayoutQ8_0R16) return run16<Quant16Kernel<DType::kQ8_0>>(pool, t, w.rows, n);
+      if (w.layout == kLayoutQ4_0R16) return run16<Quant16Kernel<DType::kQ4_0>>(pool, t, w.rows, n);
 #endif
       if (w.type == DType::kQ8_0) return run_parallel<QuantKernel<DType::kQ8_0>>(pool, t, w.rows, n);
       return run_parallel<QuantKernel<DType::kQ4_0>>(pool, t, w.rows, n);
@@ -829,6 +905,9 @@ void matmul(ThreadPool& pool, const WeightRef& w, const float* x, int64_t n, flo
     case DType::kQ6_K: {
       // REQUIRES: cols % 256 == 0 (GGUF stores whole super-blocks; the reader checks it).
       quantize_activations<BlockQ8K, kQK_K>(pool, x, n, w.cols, scratch, quantize_row_q8k, &t);
+#ifdef DS_QUANT_PAIRS
+      if (w.layout == kLayoutQ4_KR16) return run16<Q4K16Kernel>(pool, t, w.rows, n);
+#endif
       if (w.type == DType::kQ4_K) return run_parallel<KQuantKernel<DType::kQ4_K>>(pool, t, w.rows, n);
       return run_parallel<KQuantKernel<DType::kQ6_K>>(pool, t, w.rows, n);
     }
@@ -842,6 +921,7 @@ uint32_t preferred_layout(const WeightRef& w) {
   if (w.layout == kLayoutGguf && w.rows % 16 == 0 && w.cols % 32 == 0 && w.rows > 0) {
     if (w.type == DType::kQ8_0) return kLayoutQ8_0R16;
     if (w.type == DType::kQ4_0) return kLayoutQ4_0R16;
+    if (w.type == DType::kQ4_K && w.cols % kQK_K == 0) return kLayoutQ4_KR16;
   }
 #endif
   return w.layout;
@@ -856,6 +936,21 @@ WeightRef repack(const WeightRef& w, void* dst) {
   auto* d = static_cast<uint8_t*>(dst);
   if (out.layout == w.layout) {
     std::memcpy(d, src, bytes);
+    return out;
+  }
+  if (out.layout == kLayoutQ4_KR16) {
+    for (int64_t g = 0; g < w.rows / 16; ++g) {
+      uint8_t* rec = d + static_cast<size_t>(g) * 16 * stride;
+      for (int64_t b = 0; b < w.cols / kQK_K; ++b, rec += 16 * sizeof(BlockQ4_K)) {
+        for (int r = 0; r < 16; ++r) {
+          const auto* blk = reinterpret_cast<const BlockQ4_K*>(src + (static_cast<size_t>(g) * 16 + r) * stride) + b;
+          std::memcpy(rec + 2 * r, &blk->d, 2);
+          std::memcpy(rec + 32 + 2 * r, &blk->dmin, 2);
+          for (int k = 0; k < 3; ++k) std::memcpy(rec + 64 + 64 * k + 4 * r, blk->scales + 4 * k, 4);
+          for (int j = 0; j < 32; ++j) std::memcpy(rec + 256 + 64 * j + 4 * r, blk->qs + 4 * j, 4);
+        }
+      }
+    }
     return out;
   }
   const bool q8 = w.type == DType::kQ8_0;
@@ -881,6 +976,20 @@ WeightRef repack(const WeightRef& w, void* dst) {
 
 void dequantize_row_any(const WeightRef& w, int64_t row, float* out) {
   const auto* base = static_cast<const uint8_t*>(w.data);
+  if (w.layout == kLayoutQ4_KR16) {  // reassemble the row's GGUF blocks, then as the file's
+    const int r = static_cast<int>(row % 16);
+    const uint8_t* group = base + (row / 16) * 16 * w.row_stride();
+    for (int64_t b = 0; b < w.cols / kQK_K; ++b) {
+      const uint8_t* rec = group + b * 16 * sizeof(BlockQ4_K);
+      BlockQ4_K blk;
+      std::memcpy(&blk.d, rec + 2 * r, 2);
+      std::memcpy(&blk.dmin, rec + 32 + 2 * r, 2);
+      for (int k = 0; k < 3; ++k) std::memcpy(blk.scales + 4 * k, rec + 64 + 64 * k + 4 * r, 4);
+      for (int j = 0; j < 32; ++j) std::memcpy(blk.qs + 4 * j, rec + 256 + 64 * j + 4 * r, 4);
+      dequantize_row(DType::kQ4_K, &blk, out + b * kQK_K, kQK_K);
+    }
+    return;
+  }
   if (w.layout != kLayoutQ8_0R16 && w.layout != kLayoutQ4_0R16) {
     dequantize_row(w.type, base + row * w.row_stride(), out, w.cols);
     return;
