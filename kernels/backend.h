@@ -44,6 +44,12 @@ constexpr uint32_t kLayoutQ4_0R16 = 3;
 // dwords (bytes 0-3, 4-7, 8-11 of each row), then the nibble bytes as 32 arrays of 16 4-byte
 // groups (group j of each row: bytes 4 j .. 4 j + 3 of its 128).
 constexpr uint32_t kLayoutQ4_KR16 = 4;
+// Q6_K rows interleaved by 16: per super-block one 3360-byte record of the 16 rows' F16 d, their
+// 16 int8 scales as four arrays of 16 dwords, then the 6-bit values q (0..63) of each 4-weight
+// group g (weights 4 g .. 4 g + 3) of each row: their low 4 bits in 32 arrays of 16 4-byte groups
+// (array g % 32, high nibble for g >= 32), their top 2 bits in 16 arrays (array g % 16, bits
+// 2 (g / 16) and up). Weight = d * scale[k / 16] * (q - 32), as in GGUF.
+constexpr uint32_t kLayoutQ6_KR16 = 5;
 
 // A 2-D weight matrix [rows, cols] of any supported type; rows are contiguous.
 struct WeightRef {
@@ -180,7 +186,7 @@ class Backend {
   }
   // Whether upload_weight stores w in a layout of its own. A backend whose memory is host
   // memory computes on the file's bytes where this is false, and on an upload_weight copy
-  // where it is true (the CPU backend: Q8_0 / Q4_0 / Q4_K rows interleaved by 16).
+  // where it is true (the CPU backend: Q8_0 / Q4_0 / Q4_K / Q6_K rows interleaved by 16).
   virtual bool relayouts(const WeightRef& /*w*/) const { return false; }
 
   // y[n, w.rows] = x[n, w.cols] * W^T
@@ -348,7 +354,7 @@ class Backend {
 
 struct CpuBackendOptions {
   int threads = 0;  // 0: all cores
-  bool interleave_quant = true;  // Q8_0 / Q4_0 / Q4_K matrices interleaved by 16 rows (Backend::relayouts) where
+  bool interleave_quant = true;  // Q8_0 / Q4_0 / Q4_K / Q6_K matrices interleaved by 16 rows (Backend::relayouts) where
                                  // the AVX-512 VNNI kernel is built; false: computed on the file's bytes
 };
 std::unique_ptr<Backend> make_cpu_backend(const CpuBackendOptions& opts = {});

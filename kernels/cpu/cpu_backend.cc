@@ -59,7 +59,7 @@ class CpuBackend final : public Backend {
     cpu::matmul(pool_, w, x, n, y, &scratch_);
   }
 
-  // Q8_0 / Q4_0 / Q4_K matrices interleaved by 16 rows where the AVX-512 VNNI kernel is built
+  // Q8_0 / Q4_0 / Q4_K / Q6_K matrices interleaved by 16 rows where the AVX-512 VNNI kernel is built
   // (cpu::preferred_layout; 3.1-3.5x the GGUF-layout kernel's products per second).
   bool relayouts(const WeightRef& w) const override { return interleave_quant_ && cpu::preferred_layout(w) != w.layout; }
   WeightRef upload_weight(const WeightRef& w, void* dst) override {

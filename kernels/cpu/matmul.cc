@@ -445,6 +445,80 @@ struct Q4K16Kernel {
   }
 };
 
+// Q6_K weights in kLayoutQ6_KR16 x BlockQ8K activations, 16 rows a tile. Per 16-weight
+// sub-block s (Q6_K's scale granularity): the 4-weight groups' 6-bit values rebuilt from their
+// nibble and 2-bit arrays, 4 VNNI dots from -32 * sum(a) (so the exact (q - 32) . a), one
+// multiply by the 16 rows' int8 scales; then acc += sumi * (d * da), as the GGUF-layout kernel.
+struct Q6K16Kernel {
+  static constexpr int kRows = 16;
+  static constexpr int kRN = 8;
+  static constexpr size_t kRecord = 16 * sizeof(BlockQ6_K);  // 32 d, 256 scales, 2048 nibbles, 1024 high bits
+  static constexpr size_t kNib = 288, kHigh = 288 + 2048;
+
+  // Sub-blocks 4 F .. 4 F + 3 (their scales: sc, the record's scale dwords F): with F known at
+  // compile time the groups' arrays, nibble halves and high-bit shifts are constants.
+  template <int F, int RN>
+  static inline void quarter(const uint8_t* rec, const BlockQ8K* const* a, int64_t b, __m512i sc, __m512i (&sumi)[RN]) {
+    const __m512i nib = _mm512_set1_epi8(0x0F), bits45 = _mm512_set1_epi8(0x30);
+    for (int s4 = 0; s4 < 4; ++s4) {
+      const int sb = 4 * F + s4;
+      // Sub-block sb's int8 scale of each row, sign-extended.
+      const __m512i scale = _mm512_srai_epi32(_mm512_sllv_epi32(sc, _mm512_set1_epi32(24 - 8 * s4)), 24);
+      __m512i w[4];
+      for (int j = 0; j < 4; ++j) {
+        // 4-weight group 4 sb + j: low 4 bits in nibble array (16 F + 4 s4 + j) % 32, the high
+        // nibble from F = 2 on; top 2 bits in array 4 s4 + j, bits 2 F, 2 F + 1.
+        const __m512i q = _mm512_loadu_si512(rec + kNib + 64 * ((16 * F + 4 * s4 + j) % 32));
+        const __m512i lo = _mm512_and_si512(F >= 2 ? _mm512_srli_epi16(q, 4) : q, nib);
+        const __m512i h = _mm512_loadu_si512(rec + kHigh + 64 * (4 * s4 + j));
+        __m512i moved;  // bits 2 F, 2 F + 1 moved to 4, 5
+        if constexpr (F == 0) moved = _mm512_slli_epi16(h, 4);
+        else if constexpr (F == 1) moved = _mm512_slli_epi16(h, 2);
+        else if constexpr (F == 2) moved = h;
+        else moved = _mm512_srli_epi16(h, 2);
+        w[j] = _mm512_ternarylogic_epi32(lo, moved, bits45, 0xF8);  // lo | (moved & 0x30)
+      }
+      for (int c = 0; c < RN; ++c) {
+        const BlockQ8K& ab = a[c][b];
+        __m512i dot = _mm512_set1_epi32(-32 * ab.bsums[sb]);
+        for (int j = 0; j < 4; ++j) {
+          int32_t four;
+          std::memcpy(&four, ab.qs + 16 * sb + 4 * j, 4);
+          dot = _mm512_dpbusd_epi32(dot, w[j], _mm512_set1_epi32(four));
+        }
+        sumi[c] = _mm512_add_epi32(sumi[c], _mm512_mullo_epi32(dot, scale));
+      }
+    }
+  }
+
+  template <int RN>
+  static void tile(const TileArgs& t, int64_t i0, int64_t j0) {
+    const uint8_t* g = t.w + i0 * t.w_stride;
+    const BlockQ8K* a[RN];
+    for (int c = 0; c < RN; ++c) a[c] = reinterpret_cast<const BlockQ8K*>(t.a + (j0 + c) * t.a_stride);
+    const int64_t nb = t.k / kQK_K;
+    __m512 acc[RN];
+    for (int c = 0; c < RN; ++c) acc[c] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* rec = g + b * kRecord;
+      if (RN <= 2 || j0 == 0)
+        for (size_t off = 0; off < kRecord; off += 64) _mm_prefetch(reinterpret_cast<const char*>(rec + 2 * kRecord + off), _MM_HINT_T0);
+      const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec)));
+      __m512i sc4[4];
+      for (int k = 0; k < 4; ++k) sc4[k] = _mm512_loadu_si512(rec + 32 + 64 * k);
+      __m512i sumi[RN];
+      for (int c = 0; c < RN; ++c) sumi[c] = _mm512_setzero_si512();
+      quarter<0, RN>(rec, a, b, sc4[0], sumi);
+      quarter<1, RN>(rec, a, b, sc4[1], sumi);
+      quarter<2, RN>(rec, a, b, sc4[2], sumi);
+      quarter<3, RN>(rec, a, b, sc4[3], sumi);
+      for (int c = 0; c < RN; ++c)
+        acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[c]), _mm512_mul_ps(dw, _mm512_set1_ps(a[c][b].d)), acc[c]);
+    }
+    for (int c = 0; c < RN; ++c) _mm512_storeu_ps(t.y + (j0 + c) * t.y_stride + i0, acc[c]);
+  }
+};
+
 template <class K, int RN>
 void tile16_rn(const TileArgs& t, int64_t i0, int64_t j0, int rn) {
   if constexpr (RN >= 1) {
@@ -907,6 +981,7 @@ void matmul(ThreadPool& pool, const WeightRef& w, const float* x, int64_t n, flo
       quantize_activations<BlockQ8K, kQK_K>(pool, x, n, w.cols, scratch, quantize_row_q8k, &t);
 #ifdef DS_QUANT_PAIRS
       if (w.layout == kLayoutQ4_KR16) return run16<Q4K16Kernel>(pool, t, w.rows, n);
+      if (w.layout == kLayoutQ6_KR16) return run16<Q6K16Kernel>(pool, t, w.rows, n);
 #endif
       if (w.type == DType::kQ4_K) return run_parallel<KQuantKernel<DType::kQ4_K>>(pool, t, w.rows, n);
       return run_parallel<KQuantKernel<DType::kQ6_K>>(pool, t, w.rows, n);
@@ -916,12 +991,30 @@ void matmul(ThreadPool& pool, const WeightRef& w, const float* x, int64_t n, flo
   }
 }
 
+namespace {
+// The 256 6-bit values (0..63, before the - 32) of a Q6_K block, in element order (ggml's
+// dequantize_row_q6_K's indexing).
+void q6_k_values(const BlockQ6_K& blk, uint8_t* q) {
+  for (int h = 0; h < 2; ++h)
+    for (int l = 0; l < 32; ++l) {
+      const uint8_t* ql = blk.ql + 64 * h;
+      const uint8_t qh = blk.qh[32 * h + l];
+      uint8_t* y = q + 128 * h;
+      y[l] = static_cast<uint8_t>((ql[l] & 0xF) | ((qh & 3) << 4));
+      y[l + 32] = static_cast<uint8_t>((ql[l + 32] & 0xF) | (((qh >> 2) & 3) << 4));
+      y[l + 64] = static_cast<uint8_t>((ql[l] >> 4) | (((qh >> 4) & 3) << 4));
+      y[l + 96] = static_cast<uint8_t>((ql[l + 32] >> 4) | (((qh >> 6) & 3) << 4));
+    }
+}
+}  // namespace
+
 uint32_t preferred_layout(const WeightRef& w) {
 #ifdef DS_QUANT_PAIRS
   if (w.layout == kLayoutGguf && w.rows % 16 == 0 && w.cols % 32 == 0 && w.rows > 0) {
     if (w.type == DType::kQ8_0) return kLayoutQ8_0R16;
     if (w.type == DType::kQ4_0) return kLayoutQ4_0R16;
     if (w.type == DType::kQ4_K && w.cols % kQK_K == 0) return kLayoutQ4_KR16;
+    if (w.type == DType::kQ6_K && w.cols % kQK_K == 0) return kLayoutQ6_KR16;
   }
 #endif
   return w.layout;
@@ -948,6 +1041,30 @@ WeightRef repack(const WeightRef& w, void* dst) {
           std::memcpy(rec + 32 + 2 * r, &blk->dmin, 2);
           for (int k = 0; k < 3; ++k) std::memcpy(rec + 64 + 64 * k + 4 * r, blk->scales + 4 * k, 4);
           for (int j = 0; j < 32; ++j) std::memcpy(rec + 256 + 64 * j + 4 * r, blk->qs + 4 * j, 4);
+        }
+      }
+    }
+    return out;
+  }
+  if (out.layout == kLayoutQ6_KR16) {
+    for (int64_t g = 0; g < w.rows / 16; ++g) {
+      uint8_t* rec = d + static_cast<size_t>(g) * 16 * stride;
+      for (int64_t b = 0; b < w.cols / kQK_K; ++b, rec += 16 * sizeof(BlockQ6_K)) {
+        for (int r = 0; r < 16; ++r) {
+          const auto* blk = reinterpret_cast<const BlockQ6_K*>(src + (static_cast<size_t>(g) * 16 + r) * stride) + b;
+          uint8_t q[kQK_K];
+          q6_k_values(*blk, q);
+          std::memcpy(rec + 2 * r, &blk->d, 2);
+          for (int k = 0; k < 4; ++k) std::memcpy(rec + 32 + 64 * k + 4 * r, blk->scales + 4 * k, 4);
+          for (int grp = 0; grp < 32; ++grp)
+            for (int i = 0; i < 4; ++i)
+              rec[288 + 64 * grp + 4 * r + i] = static_cast<uint8_t>((q[4 * grp + i] & 0xF) | ((q[4 * (grp + 32) + i] & 0xF) << 4));
+          for (int grp = 0; grp < 16; ++grp)
+            for (int i = 0; i < 4; ++i) {
+              uint8_t bits = 0;
+              for (int f = 0; f < 4; ++f) bits |= static_cast<uint8_t>(((q[4 * (grp + 16 * f) + i] >> 4) & 3) << (2 * f));
+              rec[288 + 2048 + 64 * grp + 4 * r + i] = bits;
+            }
         }
       }
     }
@@ -987,6 +1104,25 @@ void dequantize_row_any(const WeightRef& w, int64_t row, float* out) {
       for (int k = 0; k < 3; ++k) std::memcpy(blk.scales + 4 * k, rec + 64 + 64 * k + 4 * r, 4);
       for (int j = 0; j < 32; ++j) std::memcpy(blk.qs + 4 * j, rec + 256 + 64 * j + 4 * r, 4);
       dequantize_row(DType::kQ4_K, &blk, out + b * kQK_K, kQK_K);
+    }
+    return;
+  }
+  if (w.layout == kLayoutQ6_KR16) {
+    const int r = static_cast<int>(row % 16);
+    const uint8_t* group = base + (row / 16) * 16 * w.row_stride();
+    for (int64_t b = 0; b < w.cols / kQK_K; ++b) {
+      const uint8_t* rec = group + b * 16 * sizeof(BlockQ6_K);
+      uint16_t dh;
+      std::memcpy(&dh, rec + 2 * r, 2);
+      const float dd = fp16_to_fp32(dh);
+      for (int e = 0; e < kQK_K; ++e) {
+        const int grp = e / 4, i = e % 4;
+        const uint8_t nb = rec[288 + 64 * (grp % 32) + 4 * r + i];
+        const uint8_t hb = rec[288 + 2048 + 64 * (grp % 16) + 4 * r + i];
+        const int q = ((grp >= 32 ? nb >> 4 : nb & 0xF) | (((hb >> (2 * (grp / 16))) & 3) << 4)) - 32;
+        const auto sc = static_cast<int8_t>(rec[32 + 64 * (e / 64) + 4 * r + (e / 16) % 4]);
+        out[b * kQK_K + e] = dd * sc * q;  // as dequantize_row: (d * scale) * (q - 32)
+      }
     }
     return;
   }

@@ -40,7 +40,7 @@ static_assert(sizeof(BlockQ8K) == 292);
 // REQUIRES: n % 256 == 0.
 void quantize_row_q8k(const float* x, BlockQ8K* out, int64_t n);
 
-// The layout matmul reads w fastest in: kLayoutQ8_0R16 / kLayoutQ4_0R16 / kLayoutQ4_KR16 for Q8_0 / Q4_0 / Q4_K rows
+// The layout matmul reads w fastest in: kLayout*R16 (kernels/backend.h) for Q8_0 / Q4_0 / Q4_K / Q6_K rows
 // in GGUF layout, rows % 16 == 0, where this build has the AVX-512 VNNI kernel; else w.layout.
 uint32_t preferred_layout(const WeightRef& w);
 // Writes w to dst (w.row_stride() * w.rows bytes) in preferred_layout(w) and returns it there.

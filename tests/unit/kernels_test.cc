@@ -107,12 +107,12 @@ TEST_P(KernelsMatmul, MatchesReferenceAndIsBatchInvariant) {
   }
 }
 
-// Where the AVX-512 VNNI kernel is built, Q8_0 / Q4_0 / Q4_K matrices of whole 16-row groups
-// are interleaved, and get_rows reads them as the file's rows (bit for bit).
+// Where the AVX-512 VNNI kernel is built, Q8_0 / Q4_0 / Q4_K / Q6_K matrices of whole 16-row
+// groups are interleaved, and get_rows reads them as the file's rows (bit for bit).
 TEST(Kernels, InterleavedQuantLayout) {
   auto be = make_cpu_backend({1});
-  for (DType t : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K}) {
-    const int64_t rows = 32, cols = t == DType::kQ4_K ? 512 : 96;
+  for (DType t : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
+    const int64_t rows = 32, cols = t == DType::kQ4_K || t == DType::kQ6_K ? 512 : 96;
     const auto q = quantize_matrix(t, test::random_floats(rows * cols, 5), rows, cols);
     const WeightRef gguf{t, q.data(), rows, cols};
     EXPECT_FALSE(be->relayouts(WeightRef{t, q.data(), rows - 1, cols})) << "a partial group of rows stays as it is";
@@ -122,7 +122,10 @@ TEST(Kernels, InterleavedQuantLayout) {
     }
     std::vector<uint8_t> own(q.size());
     const WeightRef w = be->upload_weight(gguf, own.data());
-    EXPECT_EQ(w.layout, t == DType::kQ8_0 ? kLayoutQ8_0R16 : t == DType::kQ4_0 ? kLayoutQ4_0R16 : kLayoutQ4_KR16);
+    EXPECT_EQ(w.layout, t == DType::kQ8_0   ? kLayoutQ8_0R16
+                        : t == DType::kQ4_0 ? kLayoutQ4_0R16
+                        : t == DType::kQ4_K ? kLayoutQ4_KR16
+                                            : kLayoutQ6_KR16);
     EXPECT_FALSE(be->relayouts(w));
     EXPECT_NE(0, std::memcmp(own.data(), q.data(), q.size()));
     const int32_t ids[] = {0, 17, 31, 5};
@@ -145,6 +148,7 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, KernelsMatmul,
                                            MatmulCase{DType::kQ8_0, 48, 96}, MatmulCase{DType::kQ4_0, 64, 160},
                                            MatmulCase{DType::kQ8_0, 16, 32}, MatmulCase{DType::kQ4_0, 32, 32},
                                            MatmulCase{DType::kQ4_K, 32, 256}, MatmulCase{DType::kQ4_K, 48, 768},
+                                           MatmulCase{DType::kQ6_K, 32, 256}, MatmulCase{DType::kQ6_K, 48, 768},
                                            MatmulCase{DType::kQ4_K, 37, 256}, MatmulCase{DType::kQ4_K, 130, 768},
                                            MatmulCase{DType::kQ6_K, 37, 256}, MatmulCase{DType::kQ6_K, 130, 768}),
                          [](const auto& info) {
