@@ -361,6 +361,9 @@ std::unique_ptr<Backend> make_cpu_backend(const CpuBackendOptions& opts = {});
 
 // The ISA the CPU kernels were built for: "avx512", "avx2" or "scalar".
 const char* cpu_kernel_isa();
+// Whether this build's CPU backend has the interleaved quantized kernels (AVX-512 VNNI), so
+// that CpuBackendOptions::interleave_quant takes effect.
+bool cpu_interleaves_quant();
 
 // What a tool may choose of the CUDA backend's options (kernels/cuda/cuda_backend.h; the
 // rest keep their defaults).

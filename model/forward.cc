@@ -1,5 +1,8 @@
 #include "model/forward.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -47,6 +50,24 @@ Forward::~Forward() {
   for (void* p : owned_) be_.free(p);
 }
 
+namespace {
+// A host matrix the backend copied into a layout of its own is not read again: its whole pages
+// go back to the kernel (MADV_PAGEOUT: the model file's clean pages are dropped from this
+// process and can be read again if anything asks; other memory keeps its contents), so that a
+// CPU node does not hold a quantized model twice.
+void release_pages(const void* p, size_t bytes) {
+#ifdef MADV_PAGEOUT
+  const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) / page * page;
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_PAGEOUT);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+}  // namespace
+
 float* Forward::buffer(size_t floats) {
   void* p = be_.alloc(floats * sizeof(float));
   if (p) owned_.push_back(p);
@@ -80,7 +101,8 @@ Status Forward::Init(const std::function<void(size_t, size_t)>& progress) {
     void* p = be_.alloc(bytes);
     if (!p) return Status::ResourceExhausted(std::string("out of ") + be_.name() + " memory while uploading weights");
     owned_.push_back(p);
-    *out = be_.upload_weight(h, p);  // in the backend's layout (CUDA: Q8_0 rows split; CPU: Q8_0 / Q4_0 rows interleaved)
+    *out = be_.upload_weight(h, p);  // in the backend's layout (CUDA: Q8_0 rows split; CPU: quantized rows interleaved)
+    if (be_.host_memory()) release_pages(h.data, bytes);
     done += bytes;
     if (progress) progress(done, w.bytes);
     return Status::Ok();

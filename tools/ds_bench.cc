@@ -232,6 +232,7 @@ int bench_engine(const std::string& path, int threads, int gpu, int prompt, int 
     if (gpu >= 0) j["gpu"] = gpu;
     j["threads"] = threads;
     j["isa"] = ds::cpu_kernel_isa();
+    if (gpu < 0) j["cpu_weights"] = g_cpu_interleave && ds::cpu_interleaves_quant() ? "interleaved" : "gguf";
     j["prompt"] = prompt;
     j["gen"] = gen;
     j["repeats"] = repeats;
@@ -248,7 +249,9 @@ int bench_engine(const std::string& path, int threads, int gpu, int prompt, int 
     std::cout << j.dump() << "\n";
   } else {
     std::printf("model    %s (%s, %s, %d layers, dim %d)\n", path.c_str(), c.arch_name.c_str(), (*model)->weight_type_name().c_str(), c.n_layer, c.n_embd);
-    if (gpu < 0) std::printf("threads  %d (%s kernels), KV cache %s, median of %d\n\n", threads, ds::cpu_kernel_isa(), kv_used, repeats);
+    if (gpu < 0) std::printf("threads  %d (%s kernels, %s quantized weights), KV cache %s, median of %d\n\n", threads,
+                             ds::cpu_kernel_isa(), g_cpu_interleave && ds::cpu_interleaves_quant() ? "interleaved" : "gguf-layout", kv_used,
+                             repeats);
     else std::printf("backend  cuda, GPU %d, KV cache %s, median of %d\n\n", gpu, kv_used, repeats);
     std::printf("%-22s %12s\n", "test", "tok/s");
     std::printf("%-22s %12.1f\n", ("prefill pp" + std::to_string(prompt)).c_str(), median(prefill));

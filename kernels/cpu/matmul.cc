@@ -1008,6 +1008,20 @@ void q6_k_values(const BlockQ6_K& blk, uint8_t* q) {
 }
 }  // namespace
 
+}  // namespace ds::cpu
+
+namespace ds {
+bool cpu_interleaves_quant() {
+#ifdef DS_QUANT_PAIRS
+  return true;
+#else
+  return false;
+#endif
+}
+}  // namespace ds
+
+namespace ds::cpu {
+
 uint32_t preferred_layout(const WeightRef& w) {
 #ifdef DS_QUANT_PAIRS
   if (w.layout == kLayoutGguf && w.rows % 16 == 0 && w.cols % 32 == 0 && w.rows > 0) {
