@@ -52,15 +52,16 @@ caf::behavior worker_behavior(caf::stateful_actor<WorkerState>* self, WorkerConf
              : Result<std::unique_ptr<Engine>>(Status::Internal("CUDA backend unavailable: " + err));
     } else if (cpu_ranks > 1) {
       const int threads = st.cfg.threads > 0 ? st.cfg.threads : static_cast<int>(std::thread::hardware_concurrency());
-      e = Engine::CreateCpuTensorParallel(st.cfg.model, cpu_ranks, std::max(1, threads / cpu_ranks), st.cfg.engine);
+      e = Engine::CreateCpuTensorParallel(st.cfg.model, cpu_ranks, std::max(1, threads / cpu_ranks), st.cfg.engine,
+                                          st.cfg.cpu_interleave);
       if (e.ok()) st.cfg.backend = "cpu-tp" + std::to_string(cpu_ranks);
     } else {
-      e = Engine::Create(st.cfg.model, make_cpu_backend({st.cfg.threads}), st.cfg.engine);
+      e = Engine::Create(st.cfg.model, make_cpu_backend({st.cfg.threads, st.cfg.cpu_interleave}), st.cfg.engine);
     }
     if (!e.ok() && st.cfg.backend == "cuda" && st.cfg.cpu_fallback) {
       spdlog::warn("worker {}: the CUDA backend cannot run this model ({}); using the CPU", st.cfg.id, e.status().ToString());
       st.cfg.backend = "cpu";
-      e = Engine::Create(st.cfg.model, make_cpu_backend({st.cfg.threads}), st.cfg.engine);
+      e = Engine::Create(st.cfg.model, make_cpu_backend({st.cfg.threads, st.cfg.cpu_interleave}), st.cfg.engine);
     }
     if (e.ok()) st.engine = std::move(e).value();
     else st.engine_error = e.status().ToString();

@@ -27,6 +27,7 @@ struct WorkerConfig {
   std::shared_ptr<Model> model;
   std::string backend = "cpu";   // "cpu" or "cuda"
   bool cpu_fallback = false;      // cuda that cannot run this model: use the CPU (--backend auto)
+  bool cpu_interleave = true;     // CPU backends: CpuBackendOptions::interleave_quant (--cpu-weights)
   int threads = 0;
   std::vector<int> gpus;            // cuda: the GPUs of a tensor-parallel group (empty: GPU 0)
   CudaBackendChoices cuda;          // cuda, one GPU: the backend's options a node chooses

@@ -31,6 +31,7 @@ enum class KvTypeKind { kAuto, kF32, kF16 };  // KV cache elements; auto: f16 on
 // faster (and bit-identical to the per-op path).
 enum class FusedDecodeKind { kOff, kOn, kAuto };
 enum class CudaKernelsKind { kAll, kProven };
+enum class CpuWeightsKind { kInterleaved, kGguf };
 // CAF's scheduler: sharing (one queue; idle threads sleep) or stealing (per-thread queues; idle
 // threads poll). The node's actors do little work (the workers run on their own threads), so
 // sharing is the default: stealing's polling wakes pre-empt the compute threads on small hosts.
@@ -76,6 +77,7 @@ struct NodeConfig {
   KvTypeKind kv_type = KvTypeKind::kAuto;            // KV cache elements
   FusedDecodeKind fused_decode = FusedDecodeKind::kOff;  // CUDA: the persistent decode kernel
   CudaKernelsKind cuda_kernels = CudaKernelsKind::kAll;  // CUDA: proven = only paths that have run on a GPU
+  CpuWeightsKind cpu_weights = CpuWeightsKind::kInterleaved;  // CPU: quantized matrices interleaved by 16 rows at load
   int gpu_memory_percent = 90;                       // GPUs: weights + buffers + KV cache within this % of each device
   int max_step_tokens = 256;                         // tokens per forward pass
   int max_tokens_limit = 4096;                       // per-request cap on generated tokens

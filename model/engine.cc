@@ -228,11 +228,12 @@ Result<std::unique_ptr<Engine>> Engine::CreateTensorParallel(std::shared_ptr<con
 }
 
 Result<std::unique_ptr<Engine>> Engine::CreateCpuTensorParallel(std::shared_ptr<const Model> model, int n_ranks,
-                                                                int threads_per_rank, const EngineOptions& opts) {
+                                                                int threads_per_rank, const EngineOptions& opts,
+                                                                bool interleave_quant) {
   if (n_ranks < 1 || n_ranks > 64) return Status::InvalidArgument("tensor-parallel ranks must be in [1, 64], got " + std::to_string(n_ranks));
   if (threads_per_rank < 0) return Status::InvalidArgument("threads per rank must be >= 0 (0: all cores)");
   std::vector<std::unique_ptr<Backend>> backends;
-  for (int r = 0; r < n_ranks; ++r) backends.push_back(make_cpu_backend({threads_per_rank}));
+  for (int r = 0; r < n_ranks; ++r) backends.push_back(make_cpu_backend({threads_per_rank, interleave_quant}));
   return CreateTensorParallel(std::move(model), std::move(backends), make_cpu_comm_group(n_ranks), opts);
 }
 

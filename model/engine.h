@@ -151,8 +151,10 @@ class Engine {
                                                               std::vector<std::function<Status()>> rank_health = {});
   // CreateTensorParallel over n_ranks CPU backends of threads_per_rank threads each
   // (0: all cores, each) and a CPU communicator group (ranks are threads of this process).
+  // interleave_quant: CpuBackendOptions::interleave_quant of every rank.
   static Result<std::unique_ptr<Engine>> CreateCpuTensorParallel(std::shared_ptr<const Model> model, int n_ranks,
-                                                                 int threads_per_rank, const EngineOptions& opts);
+                                                                 int threads_per_rank, const EngineOptions& opts,
+                                                                 bool interleave_quant = true);
   // CreateTensorParallel over one CUDA backend per GPU in gpu_ids (rank r on gpu_ids[r])
   // and an NCCL group; each rank's health check is its backend's sticky error. NotSupported
   // when this build has no CUDA backend or no NCCL; InvalidArgument for an empty or

@@ -251,6 +251,7 @@ int main(int argc, char** argv) {
   sc.worker.cuda.fused_decode = cfg.fused_decode != ds::FusedDecodeKind::kOff;
   sc.worker.cuda.fused_decode_auto = cfg.fused_decode == ds::FusedDecodeKind::kAuto;
   sc.worker.cuda.proven_only = cfg.cuda_kernels == ds::CudaKernelsKind::kProven;
+  sc.worker.cpu_interleave = cfg.cpu_weights == ds::CpuWeightsKind::kInterleaved;
   if (sc.worker.cuda.proven_only && cfg.fused_decode != ds::FusedDecodeKind::kOff) {
     spdlog::warn("fused-decode {}: ignored: cuda-kernels = proven (the persistent decode kernel has not run on a GPU yet)",
                  cfg.fused_decode == ds::FusedDecodeKind::kOn ? "on" : "auto");

@@ -74,6 +74,7 @@ const ContractKey kContract[] = {
     {"--kv-type", "DS_KV_TYPE", "model", "kv-type"},
     {"--fused-decode", "DS_FUSED_DECODE", "model", "fused-decode"},
     {"--cuda-kernels", "DS_CUDA_KERNELS", "model", "cuda-kernels"},
+    {"--cpu-weights", "DS_CPU_WEIGHTS", "model", "cpu-weights"},
     {"--gpu-memory-percent", "DS_GPU_MEMORY_PERCENT", "model", "gpu-memory-percent"},
     {"--max-step-tokens", "DS_MAX_STEP_TOKENS", "model", "max-step-tokens"},
     {"--max-tokens-limit", "DS_MAX_TOKENS_LIMIT", "model", "max-tokens-limit"},
@@ -297,6 +298,10 @@ TEST(Config, BadTomlValueRejectedNamingKey) {
   EXPECT_EQ(load_ok({"--cuda-kernels", "proven"}).cuda_kernels, CudaKernelsKind::kProven);
   const std::string ck = load_error({"--config", write(dir, "ck.toml", "[model]\ncuda-kernels = \"safe\"\n")});
   EXPECT_NE(ck.find("model.cuda-kernels='safe': not one of all|proven"), std::string::npos) << ck;
+  EXPECT_EQ(load_ok({}).cpu_weights, CpuWeightsKind::kInterleaved);
+  EXPECT_EQ(load_ok({"--cpu-weights", "gguf"}).cpu_weights, CpuWeightsKind::kGguf);
+  const std::string cw = load_error({"--config", write(dir, "cw.toml", "[model]\ncpu-weights = \"packed\"\n")});
+  EXPECT_NE(cw.find("model.cpu-weights='packed': not one of interleaved|gguf"), std::string::npos) << cw;
   EXPECT_EQ(load_ok({}).gpu_memory_percent, 90);
   EXPECT_EQ(load_ok({"--gpu-memory-percent", "50"}).gpu_memory_percent, 50);
   EXPECT_NE(load_error({"--gpu-memory-percent", "0"}).find("gpu-memory-percent"), std::string::npos);
