@@ -1,11 +1,5 @@
 #include "kernels/cpu/matmul.h"
 
-// GCC 12 warns inside its own AVX-512 headers (_mm512_undefined_* in casts): not ours.
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#if !defined(__clang__)  // (clang, the fuzz build, has no such group)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>

@@ -2,12 +2,6 @@
 // by 16 (kernels/backend.h: kLayoutQ8_0R16, kLayoutQ4_0R16, kLayoutQ4_KR16, kLayoutQ6_KR16): the
 // rewrite at load (repack), its kernels (AVX-512 VNNI), and rows read back (get_rows).
 
-// GCC 12 warns inside its own AVX-512 headers (_mm512_undefined_* in casts): not ours.
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#if !defined(__clang__)  // (clang, the fuzz build, has no such group)
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-
 #include <algorithm>
 #include <cstring>
 
