@@ -31,7 +31,7 @@ constexpr uint32_t kLayoutGguf = 0;
 // in order, then its cols / 32 F16 scales (the same bytes as the row's 34-byte blocks, so that
 // quants load 8 and 16 bytes at a time). Element k = scale[k / 32] * quant[k], as in GGUF.
 constexpr uint32_t kLayoutQ8_0Split = 1;
-// Q8_0 / Q4_0 rows interleaved by 16 (the CPU backend with AVX-512 VNNI; rows % 16 == 0): the
+// Q8_0 / Q4_0 rows interleaved by 16 (the CPU backend on x86 with AVX2 or AVX-512; rows % 16 == 0): the
 // 16 rows of group g are bytes [g * 16 * row_stride(), (g + 1) * 16 * row_stride()), in which
 // block b (of 32 weights) of all 16 rows is one record: their 16 F16 scales, then the quants
 // as 4-byte groups, group j of rows 0..15 before group j + 1. Q8_0: 8 groups of (quant + 128)
@@ -355,14 +355,15 @@ class Backend {
 struct CpuBackendOptions {
   int threads = 0;  // 0: all cores
   bool interleave_quant = true;  // Q8_0 / Q4_0 / Q4_K / Q6_K matrices interleaved by 16 rows (Backend::relayouts) where
-                                 // the AVX-512 VNNI kernel is built; false: computed on the file's bytes
+                                 // their kernels are built (AVX2 or AVX-512); false: computed on the file's bytes
 };
 std::unique_ptr<Backend> make_cpu_backend(const CpuBackendOptions& opts = {});
 
-// The ISA the CPU kernels were built for: "avx512", "avx2" or "scalar".
+// The ISA the CPU kernels were built for: "avx512+vnni", "avx512", "avx2+vnni" (AVX-VNNI),
+// "avx2" or "scalar".
 const char* cpu_kernel_isa();
-// Whether this build's CPU backend has the interleaved quantized kernels (AVX-512 VNNI), so
-// that CpuBackendOptions::interleave_quant takes effect.
+// Whether this build's CPU backend has the interleaved quantized kernels (x86 with AVX2 at
+// least), so that CpuBackendOptions::interleave_quant takes effect.
 bool cpu_interleaves_quant();
 
 // What a tool may choose of the CUDA backend's options (kernels/cuda/cuda_backend.h; the

@@ -1,6 +1,7 @@
 // kernels/cpu/matmul_interleaved.cc: the CPU backend's quantized matrices with rows interleaved
 // by 16 (kernels/backend.h: kLayoutQ8_0R16, kLayoutQ4_0R16, kLayoutQ4_KR16, kLayoutQ6_KR16): the
-// rewrite at load (repack), its kernels (AVX-512 VNNI), and rows read back (get_rows).
+// rewrite at load (repack), its kernels (AVX-512 VNNI: 16 rows a register; AVX2, with or without
+// AVX-VNNI: 8 rows, each half of a group's records), and rows read back (get_rows).
 
 #include <algorithm>
 #include <cstring>
@@ -8,6 +9,11 @@
 #include "kernels/cpu/matmul.h"
 #include "kernels/cpu/matmul_tiles.h"
 #include "kernels/cpu/simd.h"
+
+// The interleaved layouts have kernels where there are 256-bit integer vectors at least.
+#if defined(DS_QUANT_PAIRS) || defined(DS_SIMD_AVX2)
+#define DS_INTERLEAVED 1
+#endif
 
 namespace ds::cpu {
 namespace {
@@ -217,6 +223,250 @@ struct Q6K16Kernel {
   }
 };
 
+#elif defined(DS_SIMD_AVX2)
+// The same layouts with 256-bit vectors (AVX2; AVX-VNNI or AVX-512 VL VNNI where there): a
+// tile is 8 weight rows, one half of each 64-byte group of a record (rows 0-7 in its first 32
+// bytes, 8-15 in its second), by RN activation rows; a group's two halves run one after the
+// other on one thread (the second pass finds the group's records in cache). Per output the
+// float sequence is the AVX-512 kernels' own (acc = fma(float(exact integer sum), d_w * d_a,
+// acc), blocks in order), so every instruction set gives the same bits; only the integer sums
+// are formed differently:
+//  - VNNI: dpbusd, 4 unsigned weight bytes x 4 signed activation bytes into int32 per row;
+//  - AVX2 alone: maddubs (pairs of products into saturating int16) then madd (int16 pairs into
+//    int32). Exact only while a lane's int16 sum stays below 2^15: Q4 weights (<= 15) sum 8
+//    groups (8 x 2 x 15 x 127), Q6_K ones (<= 63) 2 groups; Q8_0 (unsigned q + 128 up to 255)
+//    goes through the sign trick on q instead (|q| x sign(a, q)).
+
+// The 8 rows' 4-byte groups j of a record's half h, and 4 activations broadcast.
+inline __m256i half_group(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline __m256i bcast4(const int8_t* p) {
+  int32_t four;
+  std::memcpy(&four, p, 4);
+  return _mm256_set1_epi32(four);
+}
+
+#ifdef DS_SIMD_VNNI
+inline __m256i dpbusd(__m256i acc, __m256i u, __m256i a) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(acc, u, a);
+#else
+  return _mm256_dpbusd_avx_epi32(acc, u, a);
+#endif
+}
+#endif
+
+// The int32 lanes (one per row) of init + sum over groups j < N of u_j . a(j), for unsigned
+// weight bytes u <= kMax; a(j) the broadcast activations of group j.
+template <int kMax, int N, class A>
+inline __m256i dot_u(__m256i init, const __m256i (&u)[N], A a) {
+#ifdef DS_SIMD_VNNI
+  __m256i s0 = init, s1 = _mm256_setzero_si256();  // two chains: half the latency
+  for (int j = 0; j < N; j += 2) {
+    s0 = dpbusd(s0, u[j], a(j));
+    if (j + 1 < N) s1 = dpbusd(s1, u[j + 1], a(j + 1));
+  }
+  return _mm256_add_epi32(s0, s1);
+#else
+  // Groups per int16 partial sum (each maddubs lane: 2 products of at most kMax * 127).
+  constexpr int kPer = 32767 / (2 * kMax * 127);
+  static_assert(kPer >= 1, "maddubs pairs would saturate");
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i s = init;
+  for (int j0 = 0; j0 < N; j0 += kPer) {
+    __m256i p = _mm256_maddubs_epi16(u[j0], a(j0));
+    for (int j = j0 + 1; j < j0 + kPer && j < N; ++j) p = _mm256_add_epi16(p, _mm256_maddubs_epi16(u[j], a(j)));
+    s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+  }
+  return s;
+#endif
+}
+
+// Q8_0 / Q4_0 (kLayoutQ8_0R16 / kLayoutQ4_0R16) x BlockQ8A, as Quant16Kernel above.
+template <DType T>
+struct Quant16Kernel {
+  static constexpr int kRows = 8;
+  static constexpr int kRN = 4;
+  static constexpr size_t kRecord = T == DType::kQ8_0 ? 544 : 288;
+  static constexpr int32_t kOffset = T == DType::kQ8_0 ? 128 : 8;
+
+  template <int RN>
+  static void tile(const TileArgs& t, int64_t i0, int64_t j0) {
+    const uint8_t* g = t.w + (i0 & ~int64_t{15}) * t.w_stride;
+    const int h = static_cast<int>(i0 >> 3) & 1;
+    const BlockQ8A* a[RN];
+    for (int c = 0; c < RN; ++c) a[c] = reinterpret_cast<const BlockQ8A*>(t.a + (j0 + c) * t.a_stride);
+    const int64_t nb = t.k / 32;
+    __m256 acc[RN];
+    for (int c = 0; c < RN; ++c) acc[c] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* rec = g + b * kRecord;
+      if (h == 0 && (RN <= 2 || j0 == 0))
+        for (size_t off = 0; off < kRecord; off += 64) _mm_prefetch(reinterpret_cast<const char*>(rec + 4 * kRecord + off), _MM_HINT_T0);
+      const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 16 * h)));
+      __m256i w[8];
+      if constexpr (T == DType::kQ8_0) {
+        for (int j = 0; j < 8; ++j) w[j] = half_group(rec + 32 + 64 * j + 32 * h);
+      } else {
+        const __m256i lo = _mm256_set1_epi8(0x0F);
+        for (int j = 0; j < 4; ++j) {
+          const __m256i q = half_group(rec + 32 + 64 * j + 32 * h);
+          w[j] = _mm256_and_si256(q, lo);
+          w[j + 4] = _mm256_and_si256(_mm256_srli_epi16(q, 4), lo);
+        }
+      }
+#if !defined(DS_SIMD_VNNI)
+      // Q8_0 without VNNI: signed q = (q + 128) ^ 0x80, |q| once, sign(a, q) per activation row.
+      __m256i qs[8], qa[8];
+      if constexpr (T == DType::kQ8_0) {
+        for (int j = 0; j < 8; ++j) {
+          qs[j] = _mm256_xor_si256(w[j], _mm256_set1_epi8(static_cast<char>(0x80)));
+          qa[j] = _mm256_sign_epi8(qs[j], qs[j]);
+        }
+      }
+#endif
+      for (int c = 0; c < RN; ++c) {
+        const BlockQ8A& ab = a[c][b];
+        __m256i sum;
+#if !defined(DS_SIMD_VNNI)
+        if constexpr (T == DType::kQ8_0) {
+          sum = dot_u<127>(_mm256_setzero_si256(), qa, [&](int j) { return _mm256_sign_epi8(bcast4(ab.qs + 4 * j), qs[j]); });
+        } else
+#endif
+        {
+          sum = dot_u<T == DType::kQ8_0 ? 255 : 15>(_mm256_set1_epi32(-kOffset * ab.sum), w, [&](int j) { return bcast4(ab.qs + 4 * j); });
+        }
+        acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dw, _mm256_set1_ps(ab.d)), acc[c]);
+      }
+    }
+    for (int c = 0; c < RN; ++c) _mm256_storeu_ps(t.y + (j0 + c) * t.y_stride + i0, acc[c]);
+  }
+};
+
+// Q4_K (kLayoutQ4_KR16) x BlockQ8K, as Q4K16Kernel above.
+struct Q4K16Kernel {
+  static constexpr int kRows = 8;
+  static constexpr int kRN = 4;
+  static constexpr size_t kRecord = 16 * sizeof(BlockQ4_K);
+
+  template <int RN>
+  static void tile(const TileArgs& t, int64_t i0, int64_t j0) {
+    const uint8_t* g = t.w + (i0 & ~int64_t{15}) * t.w_stride;
+    const int h = static_cast<int>(i0 >> 3) & 1;
+    const BlockQ8K* a[RN];
+    for (int c = 0; c < RN; ++c) a[c] = reinterpret_cast<const BlockQ8K*>(t.a + (j0 + c) * t.a_stride);
+    const int64_t nb = t.k / kQK_K;
+    __m256 acc[RN];
+    for (int c = 0; c < RN; ++c) acc[c] = _mm256_setzero_ps();
+    const __m256i k6 = _mm256_set1_epi32(0x3f3f3f3f), k4 = _mm256_set1_epi32(0x0f0f0f0f), k2 = _mm256_set1_epi32(0x03030303);
+    const __m256i byte = _mm256_set1_epi32(0xFF), nib = _mm256_set1_epi8(0x0F);
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* rec = g + b * kRecord;
+      if (h == 0 && (RN <= 2 || j0 == 0))
+        for (size_t off = 0; off < kRecord; off += 64) _mm_prefetch(reinterpret_cast<const char*>(rec + 2 * kRecord + off), _MM_HINT_T0);
+      const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 16 * h)));
+      const __m256 dmw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 32 + 16 * h)));
+      const __m256i u0 = half_group(rec + 64 + 32 * h), u1 = half_group(rec + 128 + 32 * h), u2 = half_group(rec + 192 + 32 * h);
+      const __m256i sc03 = _mm256_and_si256(u0, k6);
+      const __m256i sc47 = _mm256_or_si256(_mm256_and_si256(u2, k4), _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(u0, 6), k2), 4));
+      const __m256i m03 = _mm256_and_si256(u1, k6);
+      const __m256i m47 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(u2, 4), k4),
+                                          _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(u1, 6), k2), 4));
+      const uint8_t* quants = rec + 256 + 32 * h;
+      __m256i sumi[RN];
+      for (int c = 0; c < RN; ++c) sumi[c] = _mm256_setzero_si256();
+      for (int sb = 0; sb < 8; ++sb) {
+        const __m256i scale = _mm256_and_si256(_mm256_srli_epi32(sb < 4 ? sc03 : sc47, 8 * (sb % 4)), byte);
+        __m256i w[8];
+        for (int j = 0; j < 8; ++j) {
+          const __m256i q = half_group(quants + 64 * (8 * (sb / 2) + j));
+          w[j] = _mm256_and_si256(sb % 2 ? _mm256_srli_epi16(q, 4) : q, nib);
+        }
+        for (int c = 0; c < RN; ++c) {
+          const int8_t* aq = a[c][b].qs + 32 * sb;
+          const __m256i dot = dot_u<15>(_mm256_setzero_si256(), w, [&](int j) { return bcast4(aq + 4 * j); });
+          sumi[c] = _mm256_add_epi32(sumi[c], _mm256_mullo_epi32(dot, scale));
+        }
+      }
+      for (int c = 0; c < RN; ++c) {
+        const BlockQ8K& ab = a[c][b];
+        __m256i summ = _mm256_setzero_si256();
+        for (int sb = 0; sb < 8; ++sb) {
+          const __m256i m = _mm256_and_si256(_mm256_srli_epi32(sb < 4 ? m03 : m47, 8 * (sb % 4)), byte);
+          summ = _mm256_add_epi32(summ, _mm256_mullo_epi32(m, _mm256_set1_epi32(ab.bsums[2 * sb] + ab.bsums[2 * sb + 1])));
+        }
+        const __m256 da = _mm256_set1_ps(ab.d);
+        acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[c]), _mm256_mul_ps(dw, da), acc[c]);
+        acc[c] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(summ), _mm256_mul_ps(dmw, da), acc[c]);
+      }
+    }
+    for (int c = 0; c < RN; ++c) _mm256_storeu_ps(t.y + (j0 + c) * t.y_stride + i0, acc[c]);
+  }
+};
+
+// Q6_K (kLayoutQ6_KR16) x BlockQ8K, as Q6K16Kernel above.
+struct Q6K16Kernel {
+  static constexpr int kRows = 8;
+  static constexpr int kRN = 4;
+  static constexpr size_t kRecord = 16 * sizeof(BlockQ6_K);
+  static constexpr size_t kNib = 288, kHigh = 288 + 2048;
+
+  template <int F, int RN>
+  static inline void quarter(const uint8_t* rec, const BlockQ8K* const* a, int64_t b, __m256i sc, __m256i (&sumi)[RN]) {
+    const __m256i nib = _mm256_set1_epi8(0x0F), bits45 = _mm256_set1_epi8(0x30);
+    for (int s4 = 0; s4 < 4; ++s4) {
+      const int sb = 4 * F + s4;
+      const __m256i scale = _mm256_srai_epi32(_mm256_slli_epi32(sc, 24 - 8 * s4), 24);
+      __m256i w[4];
+      for (int j = 0; j < 4; ++j) {
+        const __m256i q = half_group(rec + kNib + 64 * ((16 * F + 4 * s4 + j) % 32));
+        const __m256i lo = _mm256_and_si256(F >= 2 ? _mm256_srli_epi16(q, 4) : q, nib);
+        const __m256i hb = half_group(rec + kHigh + 64 * (4 * s4 + j));
+        __m256i moved;
+        if constexpr (F == 0) moved = _mm256_slli_epi16(hb, 4);
+        else if constexpr (F == 1) moved = _mm256_slli_epi16(hb, 2);
+        else if constexpr (F == 2) moved = hb;
+        else moved = _mm256_srli_epi16(hb, 2);
+        w[j] = _mm256_or_si256(lo, _mm256_and_si256(moved, bits45));
+      }
+      for (int c = 0; c < RN; ++c) {
+        const BlockQ8K& ab = a[c][b];
+        const int8_t* aq = ab.qs + 16 * sb;
+        const __m256i dot = dot_u<63>(_mm256_set1_epi32(-32 * ab.bsums[sb]), w, [&](int j) { return bcast4(aq + 4 * j); });
+        sumi[c] = _mm256_add_epi32(sumi[c], _mm256_mullo_epi32(dot, scale));
+      }
+    }
+  }
+
+  template <int RN>
+  static void tile(const TileArgs& t, int64_t i0, int64_t j0) {
+    const uint8_t* g = t.w + (i0 & ~int64_t{15}) * t.w_stride;
+    const int h = static_cast<int>(i0 >> 3) & 1;
+    const BlockQ8K* a[RN];
+    for (int c = 0; c < RN; ++c) a[c] = reinterpret_cast<const BlockQ8K*>(t.a + (j0 + c) * t.a_stride);
+    const int64_t nb = t.k / kQK_K;
+    __m256 acc[RN];
+    for (int c = 0; c < RN; ++c) acc[c] = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* rec = g + b * kRecord;
+      if (h == 0 && (RN <= 2 || j0 == 0))
+        for (size_t off = 0; off < kRecord; off += 64) _mm_prefetch(reinterpret_cast<const char*>(rec + 2 * kRecord + off), _MM_HINT_T0);
+      const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 16 * h)));
+      const uint8_t* half = rec + 32 * h;  // every array's 64-byte groups, this half's 32 bytes
+      __m256i sumi[RN];
+      for (int c = 0; c < RN; ++c) sumi[c] = _mm256_setzero_si256();
+      quarter<0, RN>(half, a, b, half_group(half + 32), sumi);
+      quarter<1, RN>(half, a, b, half_group(half + 32 + 64), sumi);
+      quarter<2, RN>(half, a, b, half_group(half + 32 + 128), sumi);
+      quarter<3, RN>(half, a, b, half_group(half + 32 + 192), sumi);
+      for (int c = 0; c < RN; ++c)
+        acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[c]), _mm256_mul_ps(dw, _mm256_set1_ps(a[c][b].d)), acc[c]);
+    }
+    for (int c = 0; c < RN; ++c) _mm256_storeu_ps(t.y + (j0 + c) * t.y_stride + i0, acc[c]);
+  }
+};
+#endif
+
+#ifdef DS_INTERLEAVED
 template <class K, int RN>
 void tile16_rn(const TileArgs& t, int64_t i0, int64_t j0, int rn) {
   if constexpr (RN >= 1) {
@@ -225,13 +475,14 @@ void tile16_rn(const TileArgs& t, int64_t i0, int64_t j0, int rn) {
   }
 }
 
-// The 16-row kernels over rows [0, rows) (rows % 16 == 0), groups split over the threads.
+// The interleaved kernels over rows [0, rows) (rows % 16 == 0): whole groups of 16 rows split
+// over the threads (K::kRows: 16 or 8 rows a tile).
 template <class K>
 void run16(ThreadPool& pool, const TileArgs& t, int64_t rows, int64_t n) {
   pool.run([&](int ith, int nth) {
     int64_t b, e;
-    ThreadPool::split(rows / K::kRows, ith, nth, &b, &e);
-    for (int64_t i = b * K::kRows; i < e * K::kRows; i += K::kRows)
+    ThreadPool::split(rows / 16, ith, nth, &b, &e);
+    for (int64_t i = b * 16; i < e * 16; i += K::kRows)
       for (int64_t j = 0; j < n; j += K::kRN) tile16_rn<K, K::kRN>(t, i, j, static_cast<int>(std::min<int64_t>(K::kRN, n - j)));
   });
 }
@@ -240,7 +491,7 @@ void run16(ThreadPool& pool, const TileArgs& t, int64_t rows, int64_t n) {
 }  // namespace
 
 bool matmul_interleaved(ThreadPool& pool, const TileArgs& t, const WeightRef& w, int64_t n) {
-#ifdef DS_QUANT_PAIRS
+#ifdef DS_INTERLEAVED
   switch (w.layout) {
     case kLayoutQ8_0R16: return run16<Quant16Kernel<DType::kQ8_0>>(pool, t, w.rows, n), true;
     case kLayoutQ4_0R16: return run16<Quant16Kernel<DType::kQ4_0>>(pool, t, w.rows, n), true;
@@ -275,7 +526,7 @@ void q6_k_values(const BlockQ6_K& blk, uint8_t* q) {
 
 namespace ds {
 bool cpu_interleaves_quant() {
-#ifdef DS_QUANT_PAIRS
+#ifdef DS_INTERLEAVED
   return true;
 #else
   return false;
@@ -286,7 +537,7 @@ bool cpu_interleaves_quant() {
 namespace ds::cpu {
 
 uint32_t preferred_layout(const WeightRef& w) {
-#ifdef DS_QUANT_PAIRS
+#ifdef DS_INTERLEAVED
   if (w.layout == kLayoutGguf && w.rows % 16 == 0 && w.cols % 32 == 0 && w.rows > 0) {
     if (w.type == DType::kQ8_0) return kLayoutQ8_0R16;
     if (w.type == DType::kQ4_0) return kLayoutQ4_0R16;

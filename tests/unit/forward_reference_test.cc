@@ -140,8 +140,8 @@ TEST_P(ForwardReference, LogitsMatchFloat64Reference) {
   const std::vector<int32_t> tokens = {1, 300, 17, 250, 319, 5, 42, 42, 9, 200};
   const auto ref = reference_forward(**m, tokens);
 
-  // The CPU backend computes quantized matrices in its interleaved layout where the CPU has
-  // AVX-512 VNNI (Backend::relayouts); the file's layout is the other run. Both must match the
+  // The CPU backend computes quantized matrices in its interleaved layout where it has their
+  // kernels (x86 with AVX2 or AVX-512: Backend::relayouts); the file's layout is the other run. Both must match the
   // reference, and each other up to float rounding (the integer dots are exact in both).
   std::vector<std::vector<float>> by_layout[2];
   for (bool interleave : {true, false}) {

@@ -70,8 +70,8 @@ TEST_P(KernelsMatmul, MatchesReferenceAndIsBatchInvariant) {
   const auto q = quantize_matrix(c.type, wf, c.rows, c.cols);
   const WeightRef gguf{c.type, q.data(), c.rows, c.cols};
   auto be = make_cpu_backend({2});
-  // Also in the backend's own layout where it has one (Q8_0 / Q4_0 rows interleaved by 16,
-  // where the AVX-512 VNNI kernel is built).
+  // Also in the backend's own layout where it has one (Q8_0 / Q4_0 / Q4_K / Q6_K rows
+  // interleaved by 16, where their kernels are built: x86 with AVX2 or AVX-512).
   std::vector<uint8_t> own(q.size());
   std::vector<WeightRef> layouts = {gguf};
   if (be->relayouts(gguf)) layouts.push_back(be->upload_weight(gguf, own.data()));
@@ -107,8 +107,8 @@ TEST_P(KernelsMatmul, MatchesReferenceAndIsBatchInvariant) {
   }
 }
 
-// Where the AVX-512 VNNI kernel is built, Q8_0 / Q4_0 / Q4_K / Q6_K matrices of whole 16-row
-// groups are interleaved, and get_rows reads them as the file's rows (bit for bit).
+// Where their kernels are built (x86 with AVX2 or AVX-512), Q8_0 / Q4_0 / Q4_K / Q6_K matrices of
+// whole 16-row groups are interleaved, and get_rows reads them as the file's rows (bit for bit).
 TEST(Kernels, InterleavedQuantLayout) {
   auto be = make_cpu_backend({1});
   for (DType t : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
@@ -117,7 +117,7 @@ TEST(Kernels, InterleavedQuantLayout) {
     const WeightRef gguf{t, q.data(), rows, cols};
     EXPECT_FALSE(be->relayouts(WeightRef{t, q.data(), rows - 1, cols})) << "a partial group of rows stays as it is";
     if (!be->relayouts(gguf)) {
-      std::printf("[ info ] %s: no interleaved layout in this build (no AVX-512 VNNI)\n", dtype_name(t));
+      std::printf("[ info ] %s: no interleaved layout in this build (no AVX2)\n", dtype_name(t));
       continue;
     }
     std::vector<uint8_t> own(q.size());
@@ -133,6 +133,40 @@ TEST(Kernels, InterleavedQuantLayout) {
     be->get_rows(gguf, ids, 4, a.data());
     be->get_rows(w, ids, 4, b.data());
     EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float))) << dtype_name(t);
+  }
+}
+
+// The integer dots at their largest: every weight at its type's largest magnitude and every
+// activation of a row with the same sign as row 0's weights, so that row's products are all
+// maximal and positive. The AVX2 kernels sum pairs of byte products in saturating int16 lanes
+// (maddubs) and are exact only within their stated bounds; a kernel that overstepped them
+// would clip here, far beyond the tolerance. Both layouts, whole and partial 16-row groups.
+TEST(Kernels, LargestProductsDoNotSaturate) {
+  auto be = make_cpu_backend({1});
+  for (DType t : {DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
+    for (int64_t rows : {32, 37}) {
+      const int64_t cols = 512;
+      std::vector<float> wf(rows * cols);
+      std::mt19937 rng(7);
+      for (auto& v : wf) v = rng() & 1 ? 1.0f : -1.0f;
+      const auto q = quantize_matrix(t, wf, rows, cols);
+      const WeightRef gguf{t, q.data(), rows, cols};
+      std::vector<uint8_t> own(q.size());
+      std::vector<WeightRef> layouts = {gguf};
+      if (be->relayouts(gguf)) layouts.push_back(be->upload_weight(gguf, own.data()));
+      const int64_t n = 3;
+      std::vector<float> x(n * cols);
+      for (int64_t j = 0; j < n; ++j)
+        for (int64_t k = 0; k < cols; ++k) x[j * cols + k] = (j == 1 ? -1.0f : 1.0f) * wf[k];
+      std::vector<float> yr(n * rows);
+      ref::matmul(gguf, x.data(), n, yr.data());
+      for (const WeightRef& w : layouts) {
+        std::vector<float> y(n * rows);
+        be->matmul(w, x.data(), n, y.data());
+        EXPECT_LE(rel_err(y.data(), yr.data(), y.size()), 1e-2) << dtype_name(t) << " rows " << rows << " layout " << w.layout;
+        EXPECT_NEAR(y[0], yr[0], 1e-2 * std::fabs(yr[0])) << dtype_name(t) << " layout " << w.layout;
+      }
+    }
   }
 }
 
