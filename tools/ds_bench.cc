@@ -529,8 +529,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"all", "proven"}));
   std::string cpu_weights = "interleaved";
   eng->add_option("--cpu-weights", cpu_weights,
-                  "--backend cpu: Q8_0 / Q4_0 / Q4_K / Q6_K matrices interleaved by 16 rows at load (the fast kernel, where the CPU has "
-                  "AVX-512 VNNI) or computed on the file's bytes (gguf)")
+                  "--backend cpu: Q8_0 / Q4_0 / Q4_K / Q6_K matrices interleaved by 16 rows at load (the fast kernels, where the CPU has "
+                  "AVX2 or AVX-512) or computed on the file's bytes (gguf)")
       ->check(CLI::IsMember({"interleaved", "gguf"}));
   eng->add_option("--prompt", prompt, "Prompt tokens for the prefill test")->check(CLI::Range(1, 65536));
   eng->add_option("--gen", gen, "Tokens to decode per sequence")->check(CLI::Range(1, 65536));

@@ -639,6 +639,28 @@ void run_parallel(ThreadPool& pool, const TileArgs& t, int64_t rows, int64_t n) 
 
 }  // namespace
 
+#if defined(DS_SIMD_AVX2) && !(defined(__AVX512F__) && defined(__AVX512BW__))
+namespace {
+// Helpers of the AVX2 activation quantizers.
+inline __m256 abs8(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
+inline float abs_max8(__m256 m) {  // the largest lane (exact in any order)
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+}
+inline int32_t hsum_i32(__m256i v) {
+  __m128i h = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  h = _mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(1, 0, 3, 2)));
+  return _mm_cvtsi128_si32(_mm_add_epi32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1))));
+}
+// 8 int32 lanes (each within int8 range) stored as 8 bytes.
+inline void store8_i8(int8_t* p, __m256i q) {
+  const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi16(w, w));
+}
+}  // namespace
+#endif
+
 void quantize_row_q8a(const float* x, BlockQ8A* out, int64_t n) {
   int64_t b = 0;
 #if defined(__AVX512F__) && defined(__AVX512BW__)
@@ -659,6 +681,23 @@ void quantize_row_q8a(const float* x, BlockQ8A* out, int64_t n) {
     out[b].d = d;
     out[b].sum = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
   }
+#elif defined(DS_SIMD_AVX2)
+  for (; b < n / 32; ++b) {
+    const float* xb = x + b * 32;
+    __m256 v[4];
+    for (int i = 0; i < 4; ++i) v[i] = _mm256_loadu_ps(xb + 8 * i);
+    const float d = abs_max8(_mm256_max_ps(_mm256_max_ps(abs8(v[0]), abs8(v[1])), _mm256_max_ps(abs8(v[2]), abs8(v[3])))) / 127.0f;
+    const float id = d != 0 ? 1.0f / d : 0.0f;
+    const __m256 vid = _mm256_set1_ps(id);
+    __m256i sum = _mm256_setzero_si256();
+    for (int i = 0; i < 4; ++i) {
+      const __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], vid));
+      store8_i8(out[b].qs + 8 * i, q);
+      sum = _mm256_add_epi32(sum, q);
+    }
+    out[b].d = d;
+    out[b].sum = hsum_i32(sum);
+  }
 #endif
   for (; b < n / 32; ++b) {
     const float* xb = x + b * 32;
@@ -678,7 +717,43 @@ void quantize_row_q8a(const float* x, BlockQ8A* out, int64_t n) {
 }
 
 void quantize_row_q8k(const float* x, BlockQ8K* out, int64_t n) {
-  for (int64_t b = 0; b < n / kQK_K; ++b) {
+  int64_t b = 0;
+  // The same bits as the scalar loop below (see quantize_row_q8a).
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+  const __m512 sign = _mm512_set1_ps(-0.0f);
+  for (; b < n / kQK_K; ++b) {
+    const float* xb = x + b * kQK_K;
+    __m512 m = _mm512_setzero_ps();
+    for (int i = 0; i < 16; ++i) m = _mm512_max_ps(m, _mm512_andnot_ps(sign, _mm512_loadu_ps(xb + 16 * i)));
+    const float d = _mm512_reduce_max_ps(m) / 127.0f;
+    const float id = d != 0 ? 1.0f / d : 0.0f;
+    const __m512 vid = _mm512_set1_ps(id);
+    for (int i = 0; i < 16; ++i) {
+      const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(xb + 16 * i), vid));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b].qs + 16 * i), _mm512_cvtsepi32_epi8(q));
+      out[b].bsums[i] = static_cast<int16_t>(_mm512_reduce_add_epi32(q));
+    }
+    out[b].d = d;
+  }
+#elif defined(DS_SIMD_AVX2)
+  for (; b < n / kQK_K; ++b) {
+    const float* xb = x + b * kQK_K;
+    __m256 m = _mm256_setzero_ps();
+    for (int i = 0; i < 32; ++i) m = _mm256_max_ps(m, abs8(_mm256_loadu_ps(xb + 8 * i)));
+    const float d = abs_max8(m) / 127.0f;
+    const float id = d != 0 ? 1.0f / d : 0.0f;
+    const __m256 vid = _mm256_set1_ps(id);
+    for (int i = 0; i < 16; ++i) {
+      const __m256i q0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + 16 * i), vid));
+      const __m256i q1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + 16 * i + 8), vid));
+      store8_i8(out[b].qs + 16 * i, q0);
+      store8_i8(out[b].qs + 16 * i + 8, q1);
+      out[b].bsums[i] = static_cast<int16_t>(hsum_i32(_mm256_add_epi32(q0, q1)));
+    }
+    out[b].d = d;
+  }
+#endif
+  for (; b < n / kQK_K; ++b) {
     const float* xb = x + b * kQK_K;
     float amax = 0;
     for (int k = 0; k < kQK_K; ++k) amax = std::max(amax, std::fabs(xb[k]));

@@ -174,10 +174,50 @@ TEST(KQuant, ActivationQuantizerQ8K) {
       for (int i = 0; i < 16; ++i) {
         sum += a[b].qs[16 * g + i];
         ASSERT_LE(std::fabs(x[256 * b + 16 * g + i] - a[b].d * a[b].qs[16 * g + i]), a[b].d * 0.5001f);
+        // Exactly the scalar rounding (nearest, ties to even) on every instruction set.
+        ASSERT_EQ(a[b].qs[16 * g + i], static_cast<int>(std::nearbyint(x[256 * b + 16 * g + i] * (1.0f / a[b].d))));
       }
       EXPECT_EQ(a[b].bsums[g], sum);
     }
   }
+}
+
+// Both activation quantizers (SIMD where built) give the scalar definition's bytes: d =
+// amax / 127, q = nearbyint(x / d) with ties to even (a block of amax 127 makes d = 1, so the
+// halves 2.5, -3.5, 0.5 are ties), sums exact; an all-zero block gives d = 0 and zeros.
+TEST(KQuant, ActivationQuantizersMatchTheScalarDefinition) {
+  std::vector<float> x = test::random_floats(1024, 21);
+  for (int i = 0; i < 256; ++i) x[i] = static_cast<float>(i % 64) - 31.5f;  // super-block 0: ties everywhere ...
+  x[7] = 127.0f;                                                           // ... with amax 127
+  for (int i = 256 + 32; i < 256 + 64; ++i) x[i] = 0.0f;  // a zero Q8A block
+  auto check = [&](const float* xb, int n, float d, const int8_t* qs) {
+    float amax = 0;
+    for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(xb[i]));
+    ASSERT_EQ(d, amax / 127.0f);
+    const float id = d != 0 ? 1.0f / d : 0.0f;
+    for (int i = 0; i < n; ++i) ASSERT_EQ(qs[i], static_cast<int8_t>(std::nearbyint(xb[i] * id))) << i;
+  };
+  std::vector<cpu::BlockQ8K> k(4);
+  cpu::quantize_row_q8k(x.data(), k.data(), 1024);
+  for (int b = 0; b < 4; ++b) {
+    check(x.data() + 256 * b, 256, k[b].d, k[b].qs);
+    for (int g = 0; g < 16; ++g) {
+      int sum = 0;
+      for (int i = 0; i < 16; ++i) sum += k[b].qs[16 * g + i];
+      EXPECT_EQ(k[b].bsums[g], sum);
+    }
+  }
+  EXPECT_EQ(k[0].qs[0], -32);  // -31.5 rounds to even
+  EXPECT_EQ(k[0].qs[1], -30);  // -30.5
+  std::vector<cpu::BlockQ8A> a(32);
+  cpu::quantize_row_q8a(x.data(), a.data(), 1024);
+  for (int b = 0; b < 32; ++b) {
+    check(x.data() + 32 * b, 32, a[b].d, a[b].qs);
+    int sum = 0;
+    for (int i = 0; i < 32; ++i) sum += a[b].qs[i];
+    EXPECT_EQ(a[b].sum, sum);
+  }
+  EXPECT_EQ(a[9].d, 0.0f);
 }
 
 // The kernel against float64 sums over the dequantized weights and the *quantized*
