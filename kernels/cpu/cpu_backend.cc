@@ -110,7 +110,7 @@ class CpuBackend final : public Backend {
     pool_.run([&](int ith, int nth) {
       int64_t b, e;
       ThreadPool::split(count, ith, nth, &b, &e);
-      for (int64_t i = b; i < e; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+      cpu::swiglu_f32(gate + b, up + b, out + b, e - b);
     });
   }
 
@@ -196,10 +196,7 @@ class CpuBackend final : public Backend {
             }
           }
           for (int j = 0; j < hn; ++j) {
-            float sum = 0;
-            float* sj = sc + j * n_kv;
-            for (int p = 0; p < n_kv; ++p) sum += (sj[p] = std::exp(sj[p] - mx[j]));
-            inv[j] = 1.0f / sum;
+            inv[j] = 1.0f / cpu::exp_sub_sum(sc + j * n_kv, n_kv, mx[j]);
             std::memset(a.out + (pi0 + hb + j) * a.head_dim, 0, a.head_dim * sizeof(float));
           }
           for (int p0 = 0, blk = 0; p0 < n_kv; p0 += bs, ++blk) {

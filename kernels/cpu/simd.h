@@ -3,7 +3,9 @@
 // VNNI). Every reduction has one fixed order so results never depend on tiling.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "kernels/dtype.h"
 
@@ -76,6 +78,90 @@ inline void axpy(float a, const X* x, float* y, int64_t n) {
   for (; k + 8 <= n; k += 8) _mm256_storeu_ps(y + k, _mm256_fmadd_ps(av, load8(x + k), _mm256_loadu_ps(y + k)));
 #endif
   for (; k < n; ++k) y[k] = tail_fma(a, load1(x + k), y[k]);
+}
+
+// exp(x) in float, within 2 ulp of the true value (Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2,
+// a degree-6 polynomial in r, times 2^n): x above 88 is taken as 88 (exp(88) ~ 1.7e38, finite),
+// below -87.33 (past the smallest normal) the result is 0. exp_scalar is the SIMD version's
+// exact twin (the same IEEE operations in the same order, fused where it fuses, NaN taken as
+// 88 like min_ps), so an element's bits never depend on whether it fell in a vector or a tail.
+// For the CPU backend's softmax and SiLU, where glibc's expf, one element at a time, was a
+// large part of the prefill.
+namespace expf_detail {
+constexpr float kHi = 88.0f, kLo = -87.3365447505531f, kLog2e = 1.44269504088896341f;
+constexpr float kC1 = -0.693359375f, kC2 = 2.12194440e-4f;  // -ln2 = kC1 + kC2 (kC1 exact in few bits)
+constexpr float kP0 = 1.9875691500e-4f, kP1 = 1.3981999507e-3f, kP2 = 8.3334519073e-3f, kP3 = 4.1665795894e-2f,
+                kP4 = 1.6666665459e-1f, kP5 = 5.0000001201e-1f;
+}  // namespace expf_detail
+
+inline float exp_scalar(float x) {
+  using namespace expf_detail;
+  x = x < kHi ? x : kHi;  // as _mm256_min_ps(x, kHi): NaN -> kHi
+  const float n = std::nearbyint(x * kLog2e);
+  float r = __builtin_fmaf(n, kC1, x);
+  r = __builtin_fmaf(n, kC2, r);
+  float p = __builtin_fmaf(kP0, r, kP1);
+  p = __builtin_fmaf(p, r, kP2);
+  p = __builtin_fmaf(p, r, kP3);
+  p = __builtin_fmaf(p, r, kP4);
+  p = __builtin_fmaf(p, r, kP5);
+  const float y = __builtin_fmaf(p, r * r, r) + 1.0f;
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, 4);
+  return x < kLo ? 0.0f : y * scale;
+}
+
+#ifdef DS_SIMD_AVX2
+inline __m256 exp8(__m256 x) {
+  using namespace expf_detail;
+  x = _mm256_min_ps(x, _mm256_set1_ps(kHi));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(kC1), x);
+  r = _mm256_fmadd_ps(n, _mm256_set1_ps(kC2), r);
+  __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(kP0), r, _mm256_set1_ps(kP1));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP2));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP3));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP4));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kP5));
+  const __m256 y = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+  const __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+  const __m256 keep = _mm256_cmp_ps(x, _mm256_set1_ps(kLo), _CMP_NLT_UQ);  // !(x < kLo), as the scalar test
+  return _mm256_and_ps(_mm256_mul_ps(y, scale), keep);
+}
+#endif
+
+// s[i] = exp(s[i] - mx) over n scores; returns their sum (lanes, then the tail, in one fixed
+// order for a given n).
+inline float exp_sub_sum(float* s, int64_t n, float mx) {
+  int64_t i = 0;
+  float sum = 0;
+#ifdef DS_SIMD_AVX2
+  const __m256 m = _mm256_set1_ps(mx);
+  __m256 acc = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + i), m));
+    _mm256_storeu_ps(s + i, e);
+    acc = _mm256_add_ps(acc, e);
+  }
+  sum = hsum(acc);
+#endif
+  for (; i < n; ++i) sum += (s[i] = exp_scalar(s[i] - mx));
+  return sum;
+}
+
+// out[i] = silu(gate[i]) * up[i] = gate[i] / (1 + exp(-gate[i])) * up[i].
+inline void swiglu_f32(const float* gate, const float* up, float* out, int64_t n) {
+  int64_t i = 0;
+#ifdef DS_SIMD_AVX2
+  const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+  for (; i + 8 <= n; i += 8) {
+    const __m256 g = _mm256_loadu_ps(gate + i);
+    const __m256 d = _mm256_add_ps(one, exp8(_mm256_xor_ps(g, sign)));
+    _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, d), _mm256_loadu_ps(up + i)));
+  }
+#endif
+  for (; i < n; ++i) out[i] = gate[i] / (1.0f + exp_scalar(-gate[i])) * up[i];
 }
 
 inline float dot_f32(const float* a, const float* b, int64_t n) { return dot(a, b, n); }

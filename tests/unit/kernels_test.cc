@@ -5,6 +5,7 @@
 
 #include "kernels/backend.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/simd.h"
 #include "kernels/ref.h"
 #include "test_util.h"
 
@@ -189,6 +190,45 @@ INSTANTIATE_TEST_SUITE_P(AllTypes, KernelsMatmul,
                            return std::string(dtype_name(info.param.type)) + "_" + std::to_string(info.param.rows) + "x" +
                                   std::to_string(info.param.cols);
                          });
+
+// The CPU backend's exp (softmax, SiLU): within 2 ulp of the true value where the result is
+// a normal float, 0 below, exp(88) above; and each element's bits the same whether it is
+// computed in a vector or in a scalar tail (so a split over threads or a batch changes nothing).
+TEST(Kernels, FastExpIsAccurateAndItsTailsMatchItsVectors) {
+  double worst = 0;
+  for (int i = 0; i <= 400000; ++i) {
+    const float x = -87.0f + 175.0f * static_cast<float>(i) / 400000.0f;
+    const double want = std::exp(static_cast<double>(x)), got = cpu::exp_scalar(x);
+    worst = std::max(worst, std::fabs(got - want) / want);
+  }
+  std::printf("[ info ] exp_scalar on [-87, 88]: worst relative error %.2e\n", worst);
+  EXPECT_LE(worst, 2.5e-7);
+  EXPECT_EQ(cpu::exp_scalar(0.0f), 1.0f);
+  EXPECT_EQ(cpu::exp_scalar(-90.0f), 0.0f);
+  EXPECT_EQ(cpu::exp_scalar(-INFINITY), 0.0f);
+  EXPECT_EQ(cpu::exp_scalar(1000.0f), cpu::exp_scalar(88.0f));
+  EXPECT_TRUE(std::isfinite(cpu::exp_scalar(88.0f)));
+
+  const auto base = test::random_floats(64, 41, 30.0f);
+  for (int n = 0; n <= 37; ++n) {
+    for (int off = 0; off < 3; ++off) {
+      std::vector<float> s(base.begin() + off, base.begin() + off + n);
+      const float mx = 5.0f;
+      cpu::exp_sub_sum(s.data(), n, mx);
+      for (int i = 0; i < n; ++i) {
+        const float want = cpu::exp_scalar(base[off + i] - mx);
+        ASSERT_EQ(0, std::memcmp(&s[i], &want, 4)) << "n " << n << " i " << i;
+      }
+      std::vector<float> out(n + 1, -1.0f);
+      cpu::swiglu_f32(base.data() + off, base.data() + 20, out.data(), n);
+      for (int i = 0; i < n; ++i) {
+        const float g = base[off + i], want = g / (1.0f + cpu::exp_scalar(-g)) * base[20 + i];
+        ASSERT_EQ(0, std::memcmp(&out[i], &want, 4)) << "n " << n << " i " << i;
+      }
+      EXPECT_EQ(out[n], -1.0f);
+    }
+  }
+}
 
 TEST(Kernels, RmsNormSwigluGetRows) {
   auto be = make_cpu_backend({2});
