@@ -64,7 +64,7 @@ class CpuBackend final : public Backend {
   // second, depending on the type and the instruction set).
   bool relayouts(const WeightRef& w) const override { return interleave_quant_ && cpu::preferred_layout(w) != w.layout; }
   WeightRef upload_weight(const WeightRef& w, void* dst) override {
-    if (relayouts(w)) return cpu::repack(w, dst);
+    if (relayouts(w)) return cpu::repack(w, dst, &pool_);
     return Backend::upload_weight(w, dst);
   }
 

@@ -43,8 +43,9 @@ void quantize_row_q8k(const float* x, BlockQ8K* out, int64_t n);
 // The layout matmul reads w fastest in: kLayout*R16 (kernels/backend.h) for Q8_0 / Q4_0 / Q4_K / Q6_K rows
 // in GGUF layout, rows % 16 == 0, where this build has the interleaved kernels (AVX2 at least); else w.layout.
 uint32_t preferred_layout(const WeightRef& w);
-// Writes w to dst (w.row_stride() * w.rows bytes) in preferred_layout(w) and returns it there.
-WeightRef repack(const WeightRef& w, void* dst);
+// Writes w to dst (w.row_stride() * w.rows bytes) in preferred_layout(w) and returns it there;
+// with a pool, its threads share the work.
+WeightRef repack(const WeightRef& w, void* dst, ThreadPool* pool = nullptr);
 // Row `row` of w dequantized into out[w.cols], whatever w's layout.
 void dequantize_row_any(const WeightRef& w, int64_t row, float* out);
 

@@ -548,7 +548,7 @@ uint32_t preferred_layout(const WeightRef& w) {
   return w.layout;
 }
 
-WeightRef repack(const WeightRef& w, void* dst) {
+WeightRef repack(const WeightRef& w, void* dst, ThreadPool* pool) {
   WeightRef out = w;
   out.data = dst;
   out.layout = preferred_layout(w);
@@ -559,62 +559,76 @@ WeightRef repack(const WeightRef& w, void* dst) {
     std::memcpy(d, src, bytes);
     return out;
   }
-  if (out.layout == kLayoutQ4_KR16) {
-    for (int64_t g = 0; g < w.rows / 16; ++g) {
+  // Groups of 16 rows [g0, g1) rewritten; the groups are independent, so the pool's threads
+  // take shares of them (a large model's load: the copy and the first touch of its pages).
+  auto groups = [&](int64_t g0, int64_t g1) {
+    if (out.layout == kLayoutQ4_KR16) {
+      for (int64_t g = g0; g < g1; ++g) {
+        uint8_t* rec = d + static_cast<size_t>(g) * 16 * stride;
+        for (int64_t b = 0; b < w.cols / kQK_K; ++b, rec += 16 * sizeof(BlockQ4_K)) {
+          for (int r = 0; r < 16; ++r) {
+            const auto* blk = reinterpret_cast<const BlockQ4_K*>(src + (static_cast<size_t>(g) * 16 + r) * stride) + b;
+            std::memcpy(rec + 2 * r, &blk->d, 2);
+            std::memcpy(rec + 32 + 2 * r, &blk->dmin, 2);
+            for (int k = 0; k < 3; ++k) std::memcpy(rec + 64 + 64 * k + 4 * r, blk->scales + 4 * k, 4);
+            for (int j = 0; j < 32; ++j) std::memcpy(rec + 256 + 64 * j + 4 * r, blk->qs + 4 * j, 4);
+          }
+        }
+      }
+      return;
+    }
+    if (out.layout == kLayoutQ6_KR16) {
+      for (int64_t g = g0; g < g1; ++g) {
+        uint8_t* rec = d + static_cast<size_t>(g) * 16 * stride;
+        for (int64_t b = 0; b < w.cols / kQK_K; ++b, rec += 16 * sizeof(BlockQ6_K)) {
+          for (int r = 0; r < 16; ++r) {
+            const auto* blk = reinterpret_cast<const BlockQ6_K*>(src + (static_cast<size_t>(g) * 16 + r) * stride) + b;
+            uint8_t q[kQK_K];
+            q6_k_values(*blk, q);
+            std::memcpy(rec + 2 * r, &blk->d, 2);
+            for (int k = 0; k < 4; ++k) std::memcpy(rec + 32 + 64 * k + 4 * r, blk->scales + 4 * k, 4);
+            for (int grp = 0; grp < 32; ++grp)
+              for (int i = 0; i < 4; ++i)
+                rec[288 + 64 * grp + 4 * r + i] = static_cast<uint8_t>((q[4 * grp + i] & 0xF) | ((q[4 * (grp + 32) + i] & 0xF) << 4));
+            for (int grp = 0; grp < 16; ++grp)
+              for (int i = 0; i < 4; ++i) {
+                uint8_t bits = 0;
+                for (int f = 0; f < 4; ++f) bits |= static_cast<uint8_t>(((q[4 * (grp + 16 * f) + i] >> 4) & 3) << (2 * f));
+                rec[288 + 2048 + 64 * grp + 4 * r + i] = bits;
+              }
+          }
+        }
+      }
+      return;
+    }
+    const bool q8 = w.type == DType::kQ8_0;
+    const size_t block = q8 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0), groups4 = q8 ? 8 : 4;
+    const int64_t nb = w.cols / 32;
+    for (int64_t g = g0; g < g1; ++g) {
       uint8_t* rec = d + static_cast<size_t>(g) * 16 * stride;
-      for (int64_t b = 0; b < w.cols / kQK_K; ++b, rec += 16 * sizeof(BlockQ4_K)) {
+      for (int64_t b = 0; b < nb; ++b, rec += 16 * block) {
         for (int r = 0; r < 16; ++r) {
-          const auto* blk = reinterpret_cast<const BlockQ4_K*>(src + (static_cast<size_t>(g) * 16 + r) * stride) + b;
-          std::memcpy(rec + 2 * r, &blk->d, 2);
-          std::memcpy(rec + 32 + 2 * r, &blk->dmin, 2);
-          for (int k = 0; k < 3; ++k) std::memcpy(rec + 64 + 64 * k + 4 * r, blk->scales + 4 * k, 4);
-          for (int j = 0; j < 32; ++j) std::memcpy(rec + 256 + 64 * j + 4 * r, blk->qs + 4 * j, 4);
+          const uint8_t* blk = src + (static_cast<size_t>(g) * 16 + r) * stride + static_cast<size_t>(b) * block;
+          std::memcpy(rec + 2 * r, blk, 2);  // the F16 scale
+          for (size_t j = 0; j < groups4; ++j) {
+            uint32_t four;
+            std::memcpy(&four, blk + 2 + 4 * j, 4);
+            if (q8) four ^= 0x80808080u;  // int8 q as the unsigned byte q + 128
+            std::memcpy(rec + 32 + 64 * j + 4 * r, &four, 4);
+          }
         }
       }
     }
-    return out;
-  }
-  if (out.layout == kLayoutQ6_KR16) {
-    for (int64_t g = 0; g < w.rows / 16; ++g) {
-      uint8_t* rec = d + static_cast<size_t>(g) * 16 * stride;
-      for (int64_t b = 0; b < w.cols / kQK_K; ++b, rec += 16 * sizeof(BlockQ6_K)) {
-        for (int r = 0; r < 16; ++r) {
-          const auto* blk = reinterpret_cast<const BlockQ6_K*>(src + (static_cast<size_t>(g) * 16 + r) * stride) + b;
-          uint8_t q[kQK_K];
-          q6_k_values(*blk, q);
-          std::memcpy(rec + 2 * r, &blk->d, 2);
-          for (int k = 0; k < 4; ++k) std::memcpy(rec + 32 + 64 * k + 4 * r, blk->scales + 4 * k, 4);
-          for (int grp = 0; grp < 32; ++grp)
-            for (int i = 0; i < 4; ++i)
-              rec[288 + 64 * grp + 4 * r + i] = static_cast<uint8_t>((q[4 * grp + i] & 0xF) | ((q[4 * (grp + 32) + i] & 0xF) << 4));
-          for (int grp = 0; grp < 16; ++grp)
-            for (int i = 0; i < 4; ++i) {
-              uint8_t bits = 0;
-              for (int f = 0; f < 4; ++f) bits |= static_cast<uint8_t>(((q[4 * (grp + 16 * f) + i] >> 4) & 3) << (2 * f));
-              rec[288 + 2048 + 64 * grp + 4 * r + i] = bits;
-            }
-        }
-      }
-    }
-    return out;
-  }
-  const bool q8 = w.type == DType::kQ8_0;
-  const size_t block = q8 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0), groups4 = q8 ? 8 : 4;
-  const int64_t nb = w.cols / 32;
-  for (int64_t g = 0; g < w.rows / 16; ++g) {
-    uint8_t* rec = d + static_cast<size_t>(g) * 16 * stride;
-    for (int64_t b = 0; b < nb; ++b, rec += 16 * block) {
-      for (int r = 0; r < 16; ++r) {
-        const uint8_t* blk = src + (static_cast<size_t>(g) * 16 + r) * stride + static_cast<size_t>(b) * block;
-        std::memcpy(rec + 2 * r, blk, 2);  // the F16 scale
-        for (size_t j = 0; j < groups4; ++j) {
-          uint32_t four;
-          std::memcpy(&four, blk + 2 + 4 * j, 4);
-          if (q8) four ^= 0x80808080u;  // int8 q as the unsigned byte q + 128
-          std::memcpy(rec + 32 + 64 * j + 4 * r, &four, 4);
-        }
-      }
-    }
+  };
+  const int64_t n_groups = w.rows / 16;
+  if (pool == nullptr) {
+    groups(0, n_groups);
+  } else {
+    pool->run([&](int ith, int nth) {
+      int64_t g0, g1;
+      ThreadPool::split(n_groups, ith, nth, &g0, &g1);
+      groups(g0, g1);
+    });
   }
   return out;
 }
