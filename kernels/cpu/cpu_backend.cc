@@ -159,14 +159,10 @@ class CpuBackend final : public Backend {
         return f16 ? cpu::dot_f32_f16(q, static_cast<const uint16_t*>(a.k_cache) + off, a.head_dim)
                    : cpu::dot_f32(q, static_cast<const float*>(a.k_cache) + off, a.head_dim);
       };
-      auto axpy_v = [&](float w, int64_t off, float* out) {
-        if (f16) cpu::axpy_f32_f16(w, static_cast<const uint16_t*>(a.v_cache) + off, out, a.head_dim);
-        else cpu::axpy_f32(w, static_cast<const float*>(a.v_cache) + off, out, a.head_dim);
-      };
       // This thread's (token, head) pairs, one token's run of heads at a time: each cached row
-      // is then read once for all of the run's heads, position after position (one
-      // contiguous stretch of the row instead of one head's slice per pass: decode at long
-      // contexts streams the cache from memory). Every head's operations are those of a
+      // (for the values: each block of rows) is then read once for all of the run's heads
+      // (one contiguous stretch of the row instead of one head's slice per pass: decode at
+      // long contexts streams the cache from memory). Every head's operations are those of a
       // pass of its own, in the same order: the same bits whatever the split.
       const int bs = a.block_size;
       for (int64_t pi0 = b; pi0 < e;) {
@@ -199,12 +195,18 @@ class CpuBackend final : public Backend {
             inv[j] = 1.0f / cpu::exp_sub_sum(sc + j * n_kv, n_kv, mx[j]);
             std::memset(a.out + (pi0 + hb + j) * a.head_dim, 0, a.head_dim * sizeof(float));
           }
+          // A block's rows for every head of the run (read while in cache), each head's output
+          // held in registers over the block's positions: the fmas of one axpy per position,
+          // in the same order.
           for (int p0 = 0, blk = 0; p0 < n_kv; p0 += bs, ++blk) {
             const int64_t base = static_cast<int64_t>(tok.block_table[blk]) * bs * kv_dim;
-            for (int o = 0, end = static_cast<int>(std::min<int64_t>(bs, n_kv - p0)); o < end; ++o)
-              for (int j = 0; j < hn; ++j)
-                axpy_v(sc[j * n_kv + p0 + o] * inv[j], base + o * kv_dim + head_off(j),
-                       a.out + (pi0 + hb + j) * a.head_dim);
+            const int end = static_cast<int>(std::min<int64_t>(bs, n_kv - p0));
+            for (int j = 0; j < hn; ++j) {
+              float* out = a.out + (pi0 + hb + j) * a.head_dim;
+              const float* w = sc + j * n_kv + p0;
+              if (f16) cpu::axpy_rows(out, w, inv[j], static_cast<const uint16_t*>(a.v_cache) + base + head_off(j), kv_dim, end, a.head_dim);
+              else cpu::axpy_rows(out, w, inv[j], static_cast<const float*>(a.v_cache) + base + head_off(j), kv_dim, end, a.head_dim);
+            }
           }
         }
         pi0 += nh;

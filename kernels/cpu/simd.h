@@ -80,6 +80,33 @@ inline void axpy(float a, const X* x, float* y, int64_t n) {
   for (; k < n; ++k) y[k] = tail_fma(a, load1(x + k), y[k]);
 }
 
+// y[0..n) += (w[r] * scale) * x_r[0..n) for r = 0 .. rows - 1 in order, x_r = x + r * stride:
+// exactly the fmas of `rows` calls axpy(w[r] * scale, x_r, y, n), in the same order, but with
+// 64 elements of y held in registers across the rows instead of loaded and stored per row.
+template <class X>
+inline void axpy_rows(float* y, const float* w, float scale, const X* x, int64_t stride, int rows, int64_t n) {
+  int64_t k = 0;
+#ifdef DS_SIMD_AVX2
+  for (; k + 64 <= n; k += 64) {
+    __m256 acc[8];
+    for (int i = 0; i < 8; ++i) acc[i] = _mm256_loadu_ps(y + k + 8 * i);
+    for (int r = 0; r < rows; ++r) {
+      const __m256 a = _mm256_set1_ps(w[r] * scale);
+      const X* xr = x + r * stride + k;
+      for (int i = 0; i < 8; ++i) acc[i] = _mm256_fmadd_ps(a, load8(xr + 8 * i), acc[i]);
+    }
+    for (int i = 0; i < 8; ++i) _mm256_storeu_ps(y + k + 8 * i, acc[i]);
+  }
+  for (; k + 8 <= n; k += 8) {
+    __m256 acc = _mm256_loadu_ps(y + k);
+    for (int r = 0; r < rows; ++r) acc = _mm256_fmadd_ps(_mm256_set1_ps(w[r] * scale), load8(x + r * stride + k), acc);
+    _mm256_storeu_ps(y + k, acc);
+  }
+#endif
+  for (; k < n; ++k)
+    for (int r = 0; r < rows; ++r) y[k] = tail_fma(w[r] * scale, load1(x + r * stride + k), y[k]);
+}
+
 // exp(x) in float, within 2 ulp of the true value (Cephes' expf: x = n ln2 + r, |r| <= ln2 / 2,
 // a degree-6 polynomial in r, times 2^n): x above 88 is taken as 88 (exp(88) ~ 1.7e38, finite),
 // below -87.33 (past the smallest normal) the result is 0. exp_scalar is the SIMD version's
