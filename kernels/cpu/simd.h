@@ -3,6 +3,7 @@
 // VNNI). Every reduction has one fixed order so results never depend on tiling.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -78,6 +79,49 @@ inline void axpy(float a, const X* x, float* y, int64_t n) {
   for (; k + 8 <= n; k += 8) _mm256_storeu_ps(y + k, _mm256_fmadd_ps(av, load8(x + k), _mm256_loadu_ps(y + k)));
 #endif
   for (; k < n; ++k) y[k] = tail_fma(a, load1(x + k), y[k]);
+}
+
+// Attention's score of one cached row: q . k over n elements with one 8-lane accumulator
+// (k in steps of 8), summed as hsum does, then the scalar tail. dot8_rows gives the same bits
+// for 8 rows at once (rows r of k at k + r * stride) when n % 8 == 0: their 8 accumulators run
+// side by side (8 independent chains) and are summed in one transposed tree that adds, for each
+// row, the same lanes in the same association as hsum.
+template <class K>
+inline float dot_row(const float* q, const K* k, int64_t n) {
+  int64_t i = 0;
+  float sum = 0;
+#ifdef DS_SIMD_AVX2
+  __m256 acc = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load8(k + i), acc);
+  sum = hsum(acc);
+#endif
+  for (; i < n; ++i) sum = tail_fma(q[i], load1(k + i), sum);
+  return sum;
+}
+
+template <class K>
+inline void dot8_rows(const float* q, const K* k, int64_t stride, int64_t n, float* out) {
+#ifdef DS_SIMD_AVX2
+  __m256 acc[8];
+  for (int r = 0; r < 8; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n; i += 8) {
+    const __m256 qv = _mm256_loadu_ps(q + i);
+    for (int r = 0; r < 8; ++r) acc[r] = _mm256_fmadd_ps(qv, load8(k + r * stride + i), acc[r]);
+  }
+  // hsum(v) = ((v0 + v4) + (v2 + v6)) + ((v1 + v5) + (v3 + v7)); s_j = v_j + v_{j+4} first.
+  __m256 s[4];
+  for (int r = 0; r < 8; r += 2)  // [s of row r | s of row r + 1]
+    s[r / 2] = _mm256_add_ps(_mm256_permute2f128_ps(acc[r], acc[r + 1], 0x20), _mm256_permute2f128_ps(acc[r], acc[r + 1], 0x31));
+  // t = (s0 + s2, s1 + s3) of each row: rows (r, r + 2 | r + 1, r + 3) per pair of s vectors.
+  const __m256 t01 = _mm256_add_ps(_mm256_shuffle_ps(s[0], s[1], _MM_SHUFFLE(1, 0, 1, 0)), _mm256_shuffle_ps(s[0], s[1], _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m256 t23 = _mm256_add_ps(_mm256_shuffle_ps(s[2], s[3], _MM_SHUFFLE(1, 0, 1, 0)), _mm256_shuffle_ps(s[2], s[3], _MM_SHUFFLE(3, 2, 3, 2)));
+  // t01 = [t0 of row 0, t1 of row 0, t0 of row 2, t1 of row 2 | the same of rows 1, 3]; t23 likewise
+  // for rows 4, 6 | 5, 7. Result lanes: rows 0, 2, 4, 6 | 1, 3, 5, 7.
+  const __m256 res = _mm256_add_ps(_mm256_shuffle_ps(t01, t23, _MM_SHUFFLE(2, 0, 2, 0)), _mm256_shuffle_ps(t01, t23, _MM_SHUFFLE(3, 1, 3, 1)));
+  _mm256_storeu_ps(out, _mm256_permutevar8x32_ps(res, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+#else
+  for (int r = 0; r < 8; ++r) out[r] = dot_row(q, k + r * stride, n);
+#endif
 }
 
 // y[0..n) += (w[r] * scale) * x_r[0..n) for r = 0 .. rows - 1 in order, x_r = x + r * stride:
@@ -157,6 +201,22 @@ inline __m256 exp8(__m256 x) {
   return _mm256_and_ps(_mm256_mul_ps(y, scale), keep);
 }
 #endif
+
+// The largest of s[0..n) (-inf for none; NaNs ignored, as std::max(m, s) ignores them): exact,
+// so the same whatever the order.
+inline float max_of(const float* s, int64_t n) {
+  int64_t i = 0;
+  float m = -INFINITY;
+#ifdef DS_SIMD_AVX2
+  __m256 mv = _mm256_set1_ps(-INFINITY);
+  for (; i + 8 <= n; i += 8) mv = _mm256_max_ps(_mm256_loadu_ps(s + i), mv);  // NaN in s: mv kept
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  m = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+#endif
+  for (; i < n; ++i) m = std::max(m, s[i]);
+  return m;
+}
 
 // s[i] = exp(s[i] - mx) over n scores; returns their sum (lanes, then the tail, in one fixed
 // order for a given n).

@@ -230,6 +230,28 @@ TEST(Kernels, FastExpIsAccurateAndItsTailsMatchItsVectors) {
   }
 }
 
+// Attention's scores 8 rows at a time are each row's own dot_row, bit for bit (F32 and F16 rows).
+TEST(Kernels, EightRowScoresAreTheOneRowScores) {
+  for (int64_t n : {8, 40, 64, 128}) {
+    const int64_t stride = n + 24;
+    const auto q = test::random_floats(n, 51, 2.0f), k = test::random_floats(8 * stride, 52, 2.0f);
+    std::vector<uint16_t> kh(k.size());
+    for (size_t i = 0; i < k.size(); ++i) kh[i] = fp32_to_fp16_ref(k[i]);
+    float got[8], goth[8];
+    cpu::dot8_rows(q.data(), k.data(), stride, n, got);
+    cpu::dot8_rows(q.data(), kh.data(), stride, n, goth);
+    for (int r = 0; r < 8; ++r) {
+      const float want = cpu::dot_row(q.data(), k.data() + r * stride, n);
+      const float wanth = cpu::dot_row(q.data(), kh.data() + r * stride, n);
+      EXPECT_EQ(0, std::memcmp(&got[r], &want, 4)) << "n " << n << " row " << r;
+      EXPECT_EQ(0, std::memcmp(&goth[r], &wanth, 4)) << "f16 n " << n << " row " << r;
+      double ref = 0;
+      for (int64_t i = 0; i < n; ++i) ref += static_cast<double>(q[i]) * k[r * stride + i];
+      EXPECT_NEAR(want, ref, 1e-5 * n);
+    }
+  }
+}
+
 TEST(Kernels, RmsNormSwigluGetRows) {
   auto be = make_cpu_backend({2});
   const int64_t n = 5, dim = 100;
