@@ -75,7 +75,7 @@ class CpuBackend final : public Backend {
   void rmsnorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out) override {
     for_rows(n, [&](int64_t i) {
       const float* xi = x + i * dim;
-      const float ss = cpu::dot_f32(xi, xi, dim);
+      const float ss = cpu::dot_row(xi, xi, dim);
       const float scale = 1.0f / std::sqrt(ss / static_cast<float>(dim) + eps);
       float* oi = out + i * dim;
       for (int64_t k = 0; k < dim; ++k) oi[k] = xi[k] * scale * weight[k];

@@ -42,9 +42,9 @@ inline float hsum(__m256 v) {
 }
 #endif
 
-// Element loads of the second operand of dot / axpy: floats as they are, halves (an F16 KV
-// cache) widened exactly. One template body serves both, so the F16 versions do the F32
-// versions' operations in the same order: the same bits as F32 over the widened values.
+// Element loads of the second operand of dot_row / dot8_rows / axpy_rows: floats as they are,
+// halves (an F16 KV cache) widened exactly. One template body serves both, so the F16 versions
+// do the F32 versions' operations in the same order: the same bits as F32 over the widened values.
 inline float load1(const float* p) { return *p; }
 inline float load1(const uint16_t* p) { return fp16_to_fp32(*p); }
 #ifdef DS_SIMD_AVX2
@@ -52,40 +52,11 @@ inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load8(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
 #endif
 
-// Dot product of a with b (floats or halves) over n elements (fixed summation order).
-template <class B>
-inline float dot(const float* a, const B* b, int64_t n) {
-  int64_t k = 0;
-  float sum = 0;
-#ifdef DS_SIMD_AVX2
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  for (; k + 16 <= n; k += 16) {
-    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), load8(b + k), acc0);
-    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k + 8), load8(b + k + 8), acc1);
-  }
-  for (; k + 8 <= n; k += 8) acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), load8(b + k), acc0);
-  sum = hsum(_mm256_add_ps(acc0, acc1));
-#endif
-  for (; k < n; ++k) sum = tail_fma(a[k], load1(b + k), sum);
-  return sum;
-}
-
-// y += a * x over n elements of x (floats or halves).
-template <class X>
-inline void axpy(float a, const X* x, float* y, int64_t n) {
-  int64_t k = 0;
-#ifdef DS_SIMD_AVX2
-  const __m256 av = _mm256_set1_ps(a);
-  for (; k + 8 <= n; k += 8) _mm256_storeu_ps(y + k, _mm256_fmadd_ps(av, load8(x + k), _mm256_loadu_ps(y + k)));
-#endif
-  for (; k < n; ++k) y[k] = tail_fma(a, load1(x + k), y[k]);
-}
-
-// Attention's score of one cached row: q . k over n elements with one 8-lane accumulator
-// (k in steps of 8), summed as hsum does, then the scalar tail. dot8_rows gives the same bits
-// for 8 rows at once (rows r of k at k + r * stride) when n % 8 == 0: their 8 accumulators run
-// side by side (8 independent chains) and are summed in one transposed tree that adds, for each
-// row, the same lanes in the same association as hsum.
+// q . k over n elements (attention's score of one cached row; RMSNorm's sum of squares) with one
+// 8-lane accumulator (k in steps of 8), summed as hsum does, then the scalar tail. dot8_rows
+// gives the same bits for 8 rows at once (rows r of k at k + r * stride) when n % 8 == 0: their
+// 8 accumulators run side by side (8 independent chains) and are summed in one transposed tree
+// that adds, for each row, the same lanes in the same association as hsum.
 template <class K>
 inline float dot_row(const float* q, const K* k, int64_t n) {
   int64_t i = 0;
@@ -124,9 +95,9 @@ inline void dot8_rows(const float* q, const K* k, int64_t stride, int64_t n, flo
 #endif
 }
 
-// y[0..n) += (w[r] * scale) * x_r[0..n) for r = 0 .. rows - 1 in order, x_r = x + r * stride:
-// exactly the fmas of `rows` calls axpy(w[r] * scale, x_r, y, n), in the same order, but with
-// 64 elements of y held in registers across the rows instead of loaded and stored per row.
+// y[0..n) += (w[r] * scale) * x_r[0..n) for r = 0 .. rows - 1 in order, x_r = x + r * stride
+// (floats or halves): one fma per element and row, rows in order, with 64 elements of y held in
+// registers across the rows (attention's weighted sum of values).
 template <class X>
 inline void axpy_rows(float* y, const float* w, float scale, const X* x, int64_t stride, int rows, int64_t n) {
   int64_t k = 0;
@@ -251,9 +222,5 @@ inline void swiglu_f32(const float* gate, const float* up, float* out, int64_t n
   for (; i < n; ++i) out[i] = gate[i] / (1.0f + exp_scalar(-gate[i])) * up[i];
 }
 
-inline float dot_f32(const float* a, const float* b, int64_t n) { return dot(a, b, n); }
-inline void axpy_f32(float a, const float* x, float* y, int64_t n) { axpy(a, x, y, n); }
-inline float dot_f32_f16(const float* a, const uint16_t* b, int64_t n) { return dot(a, b, n); }
-inline void axpy_f32_f16(float a, const uint16_t* x, float* y, int64_t n) { axpy(a, x, y, n); }
 
 }  // namespace ds::cpu
