@@ -18,305 +18,173 @@
 namespace ds::cpu {
 namespace {
 
-#ifdef DS_QUANT_PAIRS
-// Q8_0 / Q4_0 weights in kLayoutQ8_0R16 / kLayoutQ4_0R16 (rows interleaved by 16, see
-// kernels/backend.h) x BlockQ8A activations. A tile is 16 weight rows x RN activation rows; per
-// block and activation row, 8 VNNI dots (each 4 weights of all 16 rows against 4 broadcast
-// activations) sum the block's 32 products of the 16 rows exactly in int32 lanes, then one
-// convert and one FMA with the 16 rows' scales times the activation's scale: 14 instructions for
-// 512 products where the GGUF-layout kernel takes 32 (its scales and sums are per row, so every
-// (row, column) pair costs a dot, a convert, a product of scales and an FMA). Each output's
-// sequence is acc = fma(float(block dot), d_w * d_a, acc) over its blocks in order, whatever
-// the tile, batch or thread count.
-template <DType T>
-struct Quant16Kernel {
-  static constexpr int kRows = 16;
-  static constexpr int kRN = 8;
-  static constexpr size_t kRecord = T == DType::kQ8_0 ? 544 : 288;  // one block of 16 rows
-  static constexpr int32_t kOffset = T == DType::kQ8_0 ? 128 : 8;
-
-  template <int RN>
-  static void tile(const TileArgs& t, int64_t i0, int64_t j0) {
-    const uint8_t* g = t.w + i0 * t.w_stride;  // i0 % 16 == 0: group i0 / 16 starts here
-    const BlockQ8A* a[RN];
-    for (int c = 0; c < RN; ++c) a[c] = reinterpret_cast<const BlockQ8A*>(t.a + (j0 + c) * t.a_stride);
-    const int64_t nb = t.k / 32;
-    __m512 acc[RN];
-    for (int c = 0; c < RN; ++c) acc[c] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* rec = g + b * kRecord;
-      // A GEMV streams the records from DRAM: fetch the one 4 records on.
-      if (RN <= 2 || j0 == 0)
-        for (size_t off = 0; off < kRecord; off += 64) _mm_prefetch(reinterpret_cast<const char*>(rec + 4 * kRecord + off), _MM_HINT_T0);
-      const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec)));
-      __m512i w[8];
-      if constexpr (T == DType::kQ8_0) {
-        for (int j = 0; j < 8; ++j) w[j] = _mm512_loadu_si512(rec + 32 + 64 * j);
-      } else {
-        const __m512i lo = _mm512_set1_epi8(0x0F);
-        for (int j = 0; j < 4; ++j) {
-          const __m512i q = _mm512_loadu_si512(rec + 32 + 64 * j);
-          w[j] = _mm512_and_si512(q, lo);
-          w[j + 4] = _mm512_and_si512(_mm512_srli_epi16(q, 4), lo);
-        }
-      }
-      for (int c = 0; c < RN; ++c) {
-        const BlockQ8A& ab = a[c][b];
-        __m512i sum = _mm512_set1_epi32(-kOffset * ab.sum);
-        for (int j = 0; j < 8; ++j) {
-          int32_t four;
-          std::memcpy(&four, ab.qs + 4 * j, 4);
-          sum = _mm512_dpbusd_epi32(sum, w[j], _mm512_set1_epi32(four));
-        }
-        acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(dw, _mm512_set1_ps(ab.d)), acc[c]);
-      }
-    }
-    for (int c = 0; c < RN; ++c) _mm512_storeu_ps(t.y + (j0 + c) * t.y_stride + i0, acc[c]);
-  }
-
-};
-
-// Q4_K weights in kLayoutQ4_KR16 x BlockQ8K activations, 16 rows a tile like Quant16Kernel.
-// Per super-block and activation row: for each 32-weight sub-block s, 8 VNNI dots give the 16
-// rows' exact sums, multiplied by their 6-bit scales (unpacked for all 16 rows at once from the
-// record's three dword arrays) into one int32 per row; the mins' part is 8 products with the
-// activation's sub-block sums; then the float part as the GGUF-layout kernel has it,
-// acc += sumi * (d * da) - summ * (dmin * da): integers exact, so the two layouts differ by
-// float rounding only, and each output's sequence depends on k alone.
-struct Q4K16Kernel {
-  static constexpr int kRows = 16;
-  static constexpr int kRN = 8;
-  static constexpr size_t kRecord = 16 * sizeof(BlockQ4_K);  // 32 d, 32 dmin, 3 x 64 scale dwords, 2048 quants
-
-  template <int RN>
-  static void tile(const TileArgs& t, int64_t i0, int64_t j0) {
-    const uint8_t* g = t.w + i0 * t.w_stride;
-    const BlockQ8K* a[RN];
-    for (int c = 0; c < RN; ++c) a[c] = reinterpret_cast<const BlockQ8K*>(t.a + (j0 + c) * t.a_stride);
-    const int64_t nb = t.k / kQK_K;
-    __m512 acc[RN];
-    for (int c = 0; c < RN; ++c) acc[c] = _mm512_setzero_ps();
-    const __m512i k6 = _mm512_set1_epi32(0x3f3f3f3f), k4 = _mm512_set1_epi32(0x0f0f0f0f), k2 = _mm512_set1_epi32(0x03030303);
-    const __m512i byte = _mm512_set1_epi32(0xFF), nib = _mm512_set1_epi8(0x0F);
-    for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* rec = g + b * kRecord;
-      if (RN <= 2 || j0 == 0)
-        for (size_t off = 0; off < kRecord; off += 64) _mm_prefetch(reinterpret_cast<const char*>(rec + 2 * kRecord + off), _MM_HINT_T0);
-      const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec)));
-      const __m512 dmw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32)));
-      const __m512i u0 = _mm512_loadu_si512(rec + 64), u1 = _mm512_loadu_si512(rec + 128), u2 = _mm512_loadu_si512(rec + 192);
-      // Scales of sub-blocks 0-3 / 4-7 and mins 0-3 / 4-7, a byte each, per row lane (ggml's
-      // get_scale_min_k4 for 16 rows).
-      const __m512i sc03 = _mm512_and_si512(u0, k6);
-      const __m512i sc47 = _mm512_or_si512(_mm512_and_si512(u2, k4), _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u0, 6), k2), 4));
-      const __m512i m03 = _mm512_and_si512(u1, k6);
-      const __m512i m47 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(u2, 4), k4),
-                                          _mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(u1, 6), k2), 4));
-      const uint8_t* quants = rec + 256;
-      __m512i sumi[RN];
-      for (int c = 0; c < RN; ++c) sumi[c] = _mm512_setzero_si512();
-      for (int sb = 0; sb < 8; ++sb) {
-        const __m512i scale = _mm512_and_si512(_mm512_srli_epi32(sb < 4 ? sc03 : sc47, 8 * (sb % 4)), byte);
-        __m512i w[8];
-        for (int j = 0; j < 8; ++j) {
-          const __m512i q = _mm512_loadu_si512(quants + 64 * (8 * (sb / 2) + j));
-          w[j] = _mm512_and_si512(sb % 2 ? _mm512_srli_epi16(q, 4) : q, nib);
-        }
-        for (int c = 0; c < RN; ++c) {
-          const int8_t* aq = a[c][b].qs + 32 * sb;
-          __m512i dot = _mm512_setzero_si512();
-          for (int j = 0; j < 8; ++j) {
-            int32_t four;
-            std::memcpy(&four, aq + 4 * j, 4);
-            dot = _mm512_dpbusd_epi32(dot, w[j], _mm512_set1_epi32(four));
-          }
-          sumi[c] = _mm512_add_epi32(sumi[c], _mm512_mullo_epi32(dot, scale));
-        }
-      }
-      for (int c = 0; c < RN; ++c) {
-        const BlockQ8K& ab = a[c][b];
-        __m512i summ = _mm512_setzero_si512();
-        for (int sb = 0; sb < 8; ++sb) {
-          const __m512i m = _mm512_and_si512(_mm512_srli_epi32(sb < 4 ? m03 : m47, 8 * (sb % 4)), byte);
-          summ = _mm512_add_epi32(summ, _mm512_mullo_epi32(m, _mm512_set1_epi32(ab.bsums[2 * sb] + ab.bsums[2 * sb + 1])));
-        }
-        const __m512 da = _mm512_set1_ps(ab.d);
-        acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[c]), _mm512_mul_ps(dw, da), acc[c]);
-        acc[c] = _mm512_fnmadd_ps(_mm512_cvtepi32_ps(summ), _mm512_mul_ps(dmw, da), acc[c]);
-      }
-    }
-    for (int c = 0; c < RN; ++c) _mm512_storeu_ps(t.y + (j0 + c) * t.y_stride + i0, acc[c]);
-  }
-};
-
-// Q6_K weights in kLayoutQ6_KR16 x BlockQ8K activations, 16 rows a tile. Per 16-weight
-// sub-block s (Q6_K's scale granularity): the 4-weight groups' 6-bit values rebuilt from their
-// nibble and 2-bit arrays, 4 VNNI dots from -32 * sum(a) (so the exact (q - 32) . a), one
-// multiply by the 16 rows' int8 scales; then acc += sumi * (d * da), as the GGUF-layout kernel.
-struct Q6K16Kernel {
-  static constexpr int kRows = 16;
-  static constexpr int kRN = 8;
-  static constexpr size_t kRecord = 16 * sizeof(BlockQ6_K);  // 32 d, 256 scales, 2048 nibbles, 1024 high bits
-  static constexpr size_t kNib = 288, kHigh = 288 + 2048;
-
-  // Sub-blocks 4 F .. 4 F + 3 (their scales: sc, the record's scale dwords F): with F known at
-  // compile time the groups' arrays, nibble halves and high-bit shifts are constants.
-  template <int F, int RN>
-  static inline void quarter(const uint8_t* rec, const BlockQ8K* const* a, int64_t b, __m512i sc, __m512i (&sumi)[RN]) {
-    const __m512i nib = _mm512_set1_epi8(0x0F), bits45 = _mm512_set1_epi8(0x30);
-    for (int s4 = 0; s4 < 4; ++s4) {
-      const int sb = 4 * F + s4;
-      // Sub-block sb's int8 scale of each row, sign-extended.
-      const __m512i scale = _mm512_srai_epi32(_mm512_sllv_epi32(sc, _mm512_set1_epi32(24 - 8 * s4)), 24);
-      __m512i w[4];
-      for (int j = 0; j < 4; ++j) {
-        // 4-weight group 4 sb + j: low 4 bits in nibble array (16 F + 4 s4 + j) % 32, the high
-        // nibble from F = 2 on; top 2 bits in array 4 s4 + j, bits 2 F, 2 F + 1.
-        const __m512i q = _mm512_loadu_si512(rec + kNib + 64 * ((16 * F + 4 * s4 + j) % 32));
-        const __m512i lo = _mm512_and_si512(F >= 2 ? _mm512_srli_epi16(q, 4) : q, nib);
-        const __m512i h = _mm512_loadu_si512(rec + kHigh + 64 * (4 * s4 + j));
-        __m512i moved;  // bits 2 F, 2 F + 1 moved to 4, 5
-        if constexpr (F == 0) moved = _mm512_slli_epi16(h, 4);
-        else if constexpr (F == 1) moved = _mm512_slli_epi16(h, 2);
-        else if constexpr (F == 2) moved = h;
-        else moved = _mm512_srli_epi16(h, 2);
-        w[j] = _mm512_ternarylogic_epi32(lo, moved, bits45, 0xF8);  // lo | (moved & 0x30)
-      }
-      for (int c = 0; c < RN; ++c) {
-        const BlockQ8K& ab = a[c][b];
-        __m512i dot = _mm512_set1_epi32(-32 * ab.bsums[sb]);
-        for (int j = 0; j < 4; ++j) {
-          int32_t four;
-          std::memcpy(&four, ab.qs + 16 * sb + 4 * j, 4);
-          dot = _mm512_dpbusd_epi32(dot, w[j], _mm512_set1_epi32(four));
-        }
-        sumi[c] = _mm512_add_epi32(sumi[c], _mm512_mullo_epi32(dot, scale));
-      }
-    }
-  }
-
-  template <int RN>
-  static void tile(const TileArgs& t, int64_t i0, int64_t j0) {
-    const uint8_t* g = t.w + i0 * t.w_stride;
-    const BlockQ8K* a[RN];
-    for (int c = 0; c < RN; ++c) a[c] = reinterpret_cast<const BlockQ8K*>(t.a + (j0 + c) * t.a_stride);
-    const int64_t nb = t.k / kQK_K;
-    __m512 acc[RN];
-    for (int c = 0; c < RN; ++c) acc[c] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* rec = g + b * kRecord;
-      if (RN <= 2 || j0 == 0)
-        for (size_t off = 0; off < kRecord; off += 64) _mm_prefetch(reinterpret_cast<const char*>(rec + 2 * kRecord + off), _MM_HINT_T0);
-      const __m512 dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec)));
-      __m512i sc4[4];
-      for (int k = 0; k < 4; ++k) sc4[k] = _mm512_loadu_si512(rec + 32 + 64 * k);
-      __m512i sumi[RN];
-      for (int c = 0; c < RN; ++c) sumi[c] = _mm512_setzero_si512();
-      quarter<0, RN>(rec, a, b, sc4[0], sumi);
-      quarter<1, RN>(rec, a, b, sc4[1], sumi);
-      quarter<2, RN>(rec, a, b, sc4[2], sumi);
-      quarter<3, RN>(rec, a, b, sc4[3], sumi);
-      for (int c = 0; c < RN; ++c)
-        acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sumi[c]), _mm512_mul_ps(dw, _mm512_set1_ps(a[c][b].d)), acc[c]);
-    }
-    for (int c = 0; c < RN; ++c) _mm512_storeu_ps(t.y + (j0 + c) * t.y_stride + i0, acc[c]);
-  }
-};
-
-#elif defined(DS_SIMD_AVX2)
-// The same layouts with 256-bit vectors (AVX2; AVX-VNNI or AVX-512 VL VNNI where there): a
-// tile is 8 weight rows, one half of each 64-byte group of a record (rows 0-7 in its first 32
-// bytes, 8-15 in its second), by RN activation rows; a group's two halves run one after the
-// other on one thread (the second pass finds the group's records in cache). Per output the
-// float sequence is the AVX-512 kernels' own (acc = fma(float(exact integer sum), d_w * d_a,
-// acc), blocks in order), so every instruction set gives the same bits; only the integer sums
-// are formed differently:
+#ifdef DS_INTERLEAVED
+// The kernels are written once over `Vec`, this build's integer and float vectors: 512-bit with
+// AVX-512 VNNI (a register holds a 64-byte array entry: all 16 rows of a group), else 256-bit
+// (AVX2, with AVX-VNNI or AVX-512 VL VNNI where there): a register holds half an entry, rows
+// 0-7 or 8-15, and a tile is those 8 rows; a group's two halves run one after the other on one
+// thread (the second pass finds the group's records in cache). Per output the float sequence is
+// the same in every build (acc = fma(float(exact integer sum), d_w * d_a, acc), blocks in
+// order); only the integer sums are formed differently:
 //  - VNNI: dpbusd, 4 unsigned weight bytes x 4 signed activation bytes into int32 per row;
 //  - AVX2 alone: maddubs (pairs of products into saturating int16) then madd (int16 pairs into
 //    int32). Exact only while a lane's int16 sum stays below 2^15: Q4 weights (<= 15) sum 8
 //    groups (8 x 2 x 15 x 127), Q6_K ones (<= 63) 2 groups; Q8_0 (unsigned q + 128 up to 255)
 //    goes through the sign trick on q instead (|q| x sign(a, q)).
+#ifdef DS_QUANT_PAIRS
+struct Vec {
+  using I = __m512i;
+  using F = __m512;
+  static constexpr int kRows = 16;
+  static I load(const uint8_t* p) { return _mm512_loadu_si512(p); }
+  static F scales(const uint8_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static I set1_8(char v) { return _mm512_set1_epi8(v); }
+  static I set1_32(int32_t v) { return _mm512_set1_epi32(v); }
+  static I zero() { return _mm512_setzero_si512(); }
+  static I and_(I a, I b) { return _mm512_and_si512(a, b); }
+  static I or_(I a, I b) { return _mm512_or_si512(a, b); }
+  static I srli16(I a, int n) { return _mm512_srli_epi16(a, n); }
+  static I slli16(I a, int n) { return _mm512_slli_epi16(a, n); }
+  static I srli32(I a, int n) { return _mm512_srli_epi32(a, n); }
+  static I slli32(I a, int n) { return _mm512_slli_epi32(a, n); }
+  static I sext8_of32(I a, int byte) { return _mm512_srai_epi32(_mm512_sllv_epi32(a, _mm512_set1_epi32(24 - 8 * byte)), 24); }
+  static I bits_or(I lo, I hi, I mask) { return _mm512_ternarylogic_epi32(lo, hi, mask, 0xF8); }  // lo | (hi & mask)
+  static I add32(I a, I b) { return _mm512_add_epi32(a, b); }
+  static I mullo32(I a, I b) { return _mm512_mullo_epi32(a, b); }
+  static F fzero() { return _mm512_setzero_ps(); }
+  static F cvt(I a) { return _mm512_cvtepi32_ps(a); }
+  static F set1_ps(float v) { return _mm512_set1_ps(v); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F fnmadd(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }
+  static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
+  // init + sum over groups j < N of u_j . a(j) per row (kMax: the weights' bound, for AVX2).
+  template <int kMax, int N, class A>
+  static I dot(I init, const I (&u)[N], A a) {
+    for (int j = 0; j < N; ++j) init = _mm512_dpbusd_epi32(init, u[j], a(j));
+    return init;
+  }
+};
+#else
+struct Vec {
+  using I = __m256i;
+  using F = __m256;
+  static constexpr int kRows = 8;
+  static I load(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static F scales(const uint8_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static I set1_8(char v) { return _mm256_set1_epi8(v); }
+  static I set1_32(int32_t v) { return _mm256_set1_epi32(v); }
+  static I zero() { return _mm256_setzero_si256(); }
+  static I and_(I a, I b) { return _mm256_and_si256(a, b); }
+  static I or_(I a, I b) { return _mm256_or_si256(a, b); }
+  static I srli16(I a, int n) { return _mm256_srli_epi16(a, n); }
+  static I slli16(I a, int n) { return _mm256_slli_epi16(a, n); }
+  static I srli32(I a, int n) { return _mm256_srli_epi32(a, n); }
+  static I slli32(I a, int n) { return _mm256_slli_epi32(a, n); }
+  static I sext8_of32(I a, int byte) { return _mm256_srai_epi32(_mm256_sllv_epi32(a, _mm256_set1_epi32(24 - 8 * byte)), 24); }
+  static I bits_or(I lo, I hi, I mask) { return _mm256_or_si256(lo, _mm256_and_si256(hi, mask)); }
+  static I add32(I a, I b) { return _mm256_add_epi32(a, b); }
+  static I mullo32(I a, I b) { return _mm256_mullo_epi32(a, b); }
+  static F fzero() { return _mm256_setzero_ps(); }
+  static F cvt(I a) { return _mm256_cvtepi32_ps(a); }
+  static F set1_ps(float v) { return _mm256_set1_ps(v); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F fnmadd(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }
+  static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+  template <int kMax, int N, class A>
+  static I dot(I init, const I (&u)[N], A a) {
+#ifdef DS_SIMD_VNNI
+    I s0 = init, s1 = zero();  // two chains: half the latency
+    for (int j = 0; j < N; j += 2) {
+      s0 = dpbusd(s0, u[j], a(j));
+      if (j + 1 < N) s1 = dpbusd(s1, u[j + 1], a(j + 1));
+    }
+    return _mm256_add_epi32(s0, s1);
+#else
+    // Groups per int16 partial sum (each maddubs lane: 2 products of at most kMax * 127).
+    constexpr int kPer = 32767 / (2 * kMax * 127);
+    static_assert(kPer >= 1, "maddubs pairs would saturate");
+    const I ones = _mm256_set1_epi16(1);
+    I s = init;
+    for (int j0 = 0; j0 < N; j0 += kPer) {
+      I p = _mm256_maddubs_epi16(u[j0], a(j0));
+      for (int j = j0 + 1; j < j0 + kPer && j < N; ++j) p = _mm256_add_epi16(p, _mm256_maddubs_epi16(u[j], a(j)));
+      s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+    }
+    return s;
+#endif
+  }
+#ifdef DS_SIMD_VNNI
+  static I dpbusd(I acc, I u, I a) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(acc, u, a);
+#else
+    return _mm256_dpbusd_avx_epi32(acc, u, a);
+#endif
+  }
+#endif
+};
+#endif
 
-// The 8 rows' 4-byte groups j of a record's half h, and 4 activations broadcast.
-inline __m256i half_group(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-inline __m256i bcast4(const int8_t* p) {
+// 4 activation bytes broadcast to every 32-bit lane.
+inline Vec::I bcast4(const int8_t* p) {
   int32_t four;
   std::memcpy(&four, p, 4);
-  return _mm256_set1_epi32(four);
+  return Vec::set1_32(four);
 }
 
-#ifdef DS_SIMD_VNNI
-inline __m256i dpbusd(__m256i acc, __m256i u, __m256i a) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-  return _mm256_dpbusd_epi32(acc, u, a);
-#else
-  return _mm256_dpbusd_avx_epi32(acc, u, a);
-#endif
-}
-#endif
+// Where tile rows i0 .. i0 + Vec::kRows - 1 lie in their group's records: the group's first
+// byte, and the byte offset of these rows within each 64-byte array entry (0, or 32 for rows
+// 8-15 of a 256-bit tile; their F16 scales then start off / 2 into a 32-byte scale array).
+struct TileRows {
+  const uint8_t* group;
+  int off;
+  TileRows(const TileArgs& t, int64_t i0) : group(t.w + (i0 & ~int64_t{15}) * t.w_stride), off(static_cast<int>(i0 & 15) * 4) {}
+  // A GEMV streams the records from DRAM: the first pass over a group (off 0) fetches ahead.
+  bool prefetches(int rn, int64_t j0) const { return off == 0 && (rn <= 2 || j0 == 0); }
+};
 
-// The int32 lanes (one per row) of init + sum over groups j < N of u_j . a(j), for unsigned
-// weight bytes u <= kMax; a(j) the broadcast activations of group j.
-template <int kMax, int N, class A>
-inline __m256i dot_u(__m256i init, const __m256i (&u)[N], A a) {
-#ifdef DS_SIMD_VNNI
-  __m256i s0 = init, s1 = _mm256_setzero_si256();  // two chains: half the latency
-  for (int j = 0; j < N; j += 2) {
-    s0 = dpbusd(s0, u[j], a(j));
-    if (j + 1 < N) s1 = dpbusd(s1, u[j + 1], a(j + 1));
-  }
-  return _mm256_add_epi32(s0, s1);
-#else
-  // Groups per int16 partial sum (each maddubs lane: 2 products of at most kMax * 127).
-  constexpr int kPer = 32767 / (2 * kMax * 127);
-  static_assert(kPer >= 1, "maddubs pairs would saturate");
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256i s = init;
-  for (int j0 = 0; j0 < N; j0 += kPer) {
-    __m256i p = _mm256_maddubs_epi16(u[j0], a(j0));
-    for (int j = j0 + 1; j < j0 + kPer && j < N; ++j) p = _mm256_add_epi16(p, _mm256_maddubs_epi16(u[j], a(j)));
-    s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
-  }
-  return s;
-#endif
-}
-
-// Q8_0 / Q4_0 (kLayoutQ8_0R16 / kLayoutQ4_0R16) x BlockQ8A, as Quant16Kernel above.
+// Q8_0 / Q4_0 weights in kLayoutQ8_0R16 / kLayoutQ4_0R16 x BlockQ8A activations. Per block and
+// activation row, 8 dots (each 4 weights of the tile's rows against 4 broadcast activations)
+// sum the block's 32 products exactly in int32 lanes, then one convert and one FMA with the
+// rows' scales times the activation's scale: with 512-bit VNNI 14 instructions for 512 products
+// where the GGUF-layout kernel takes 32 (its scales and sums are per row, so every (row,
+// column) pair costs a dot, a convert, a product of scales and an FMA).
 template <DType T>
 struct Quant16Kernel {
-  static constexpr int kRows = 8;
-  static constexpr int kRN = 4;
-  static constexpr size_t kRecord = T == DType::kQ8_0 ? 544 : 288;
+  static constexpr int kRows = Vec::kRows;
+  static constexpr int kRN = Vec::kRows == 16 ? 8 : 4;
+  static constexpr size_t kRecord = T == DType::kQ8_0 ? 544 : 288;  // one block of 16 rows
   static constexpr int32_t kOffset = T == DType::kQ8_0 ? 128 : 8;
 
   template <int RN>
   static void tile(const TileArgs& t, int64_t i0, int64_t j0) {
-    const uint8_t* g = t.w + (i0 & ~int64_t{15}) * t.w_stride;
-    const int h = static_cast<int>(i0 >> 3) & 1;
+    const TileRows tr(t, i0);
     const BlockQ8A* a[RN];
     for (int c = 0; c < RN; ++c) a[c] = reinterpret_cast<const BlockQ8A*>(t.a + (j0 + c) * t.a_stride);
     const int64_t nb = t.k / 32;
-    __m256 acc[RN];
-    for (int c = 0; c < RN; ++c) acc[c] = _mm256_setzero_ps();
+    Vec::F acc[RN];
+    for (int c = 0; c < RN; ++c) acc[c] = Vec::fzero();
     for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* rec = g + b * kRecord;
-      if (h == 0 && (RN <= 2 || j0 == 0))
+      const uint8_t* rec = tr.group + b * kRecord;
+      if (tr.prefetches(RN, j0))
         for (size_t off = 0; off < kRecord; off += 64) _mm_prefetch(reinterpret_cast<const char*>(rec + 4 * kRecord + off), _MM_HINT_T0);
-      const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 16 * h)));
-      __m256i w[8];
+      const Vec::F dw = Vec::scales(rec + tr.off / 2);
+      Vec::I w[8];
       if constexpr (T == DType::kQ8_0) {
-        for (int j = 0; j < 8; ++j) w[j] = half_group(rec + 32 + 64 * j + 32 * h);
+        for (int j = 0; j < 8; ++j) w[j] = Vec::load(rec + 32 + 64 * j + tr.off);
       } else {
-        const __m256i lo = _mm256_set1_epi8(0x0F);
+        const Vec::I lo = Vec::set1_8(0x0F);
         for (int j = 0; j < 4; ++j) {
-          const __m256i q = half_group(rec + 32 + 64 * j + 32 * h);
-          w[j] = _mm256_and_si256(q, lo);
-          w[j + 4] = _mm256_and_si256(_mm256_srli_epi16(q, 4), lo);
+          const Vec::I q = Vec::load(rec + 32 + 64 * j + tr.off);
+          w[j] = Vec::and_(q, lo);
+          w[j + 4] = Vec::and_(Vec::srli16(q, 4), lo);
         }
       }
 #if !defined(DS_SIMD_VNNI)
       // Q8_0 without VNNI: signed q = (q + 128) ^ 0x80, |q| once, sign(a, q) per activation row.
-      __m256i qs[8], qa[8];
+      Vec::I qs[8], qa[8];
       if constexpr (T == DType::kQ8_0) {
         for (int j = 0; j < 8; ++j) {
           qs[j] = _mm256_xor_si256(w[j], _mm256_set1_epi8(static_cast<char>(0x80)));
@@ -326,147 +194,155 @@ struct Quant16Kernel {
 #endif
       for (int c = 0; c < RN; ++c) {
         const BlockQ8A& ab = a[c][b];
-        __m256i sum;
+        Vec::I sum;
 #if !defined(DS_SIMD_VNNI)
         if constexpr (T == DType::kQ8_0) {
-          sum = dot_u<127>(_mm256_setzero_si256(), qa, [&](int j) { return _mm256_sign_epi8(bcast4(ab.qs + 4 * j), qs[j]); });
+          sum = Vec::dot<127>(Vec::zero(), qa, [&](int j) { return _mm256_sign_epi8(bcast4(ab.qs + 4 * j), qs[j]); });
         } else
 #endif
         {
-          sum = dot_u<T == DType::kQ8_0 ? 255 : 15>(_mm256_set1_epi32(-kOffset * ab.sum), w, [&](int j) { return bcast4(ab.qs + 4 * j); });
+          sum = Vec::dot<T == DType::kQ8_0 ? 255 : 15>(Vec::set1_32(-kOffset * ab.sum), w, [&](int j) { return bcast4(ab.qs + 4 * j); });
         }
-        acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(dw, _mm256_set1_ps(ab.d)), acc[c]);
+        acc[c] = Vec::fmadd(Vec::cvt(sum), Vec::mul(dw, Vec::set1_ps(ab.d)), acc[c]);
       }
     }
-    for (int c = 0; c < RN; ++c) _mm256_storeu_ps(t.y + (j0 + c) * t.y_stride + i0, acc[c]);
+    for (int c = 0; c < RN; ++c) Vec::store(t.y + (j0 + c) * t.y_stride + i0, acc[c]);
   }
 };
 
-// Q4_K (kLayoutQ4_KR16) x BlockQ8K, as Q4K16Kernel above.
+// Q4_K weights in kLayoutQ4_KR16 x BlockQ8K activations. Per super-block and activation row:
+// for each 32-weight sub-block s, 8 dots give the rows' exact sums, multiplied by their 6-bit
+// scales (unpacked for all the tile's rows at once from the record's three dword arrays) into
+// one int32 per row; the mins' part is 8 products with the activation's sub-block sums; then the
+// float part as the GGUF-layout kernel has it, acc += sumi * (d * da) - summ * (dmin * da):
+// integers exact, so the two layouts differ by float rounding only.
 struct Q4K16Kernel {
-  static constexpr int kRows = 8;
-  static constexpr int kRN = 4;
-  static constexpr size_t kRecord = 16 * sizeof(BlockQ4_K);
+  static constexpr int kRows = Vec::kRows;
+  static constexpr int kRN = Vec::kRows == 16 ? 8 : 4;
+  static constexpr size_t kRecord = 16 * sizeof(BlockQ4_K);  // 32 d, 32 dmin, 3 x 64 scale dwords, 2048 quants
 
   template <int RN>
   static void tile(const TileArgs& t, int64_t i0, int64_t j0) {
-    const uint8_t* g = t.w + (i0 & ~int64_t{15}) * t.w_stride;
-    const int h = static_cast<int>(i0 >> 3) & 1;
+    const TileRows tr(t, i0);
     const BlockQ8K* a[RN];
     for (int c = 0; c < RN; ++c) a[c] = reinterpret_cast<const BlockQ8K*>(t.a + (j0 + c) * t.a_stride);
     const int64_t nb = t.k / kQK_K;
-    __m256 acc[RN];
-    for (int c = 0; c < RN; ++c) acc[c] = _mm256_setzero_ps();
-    const __m256i k6 = _mm256_set1_epi32(0x3f3f3f3f), k4 = _mm256_set1_epi32(0x0f0f0f0f), k2 = _mm256_set1_epi32(0x03030303);
-    const __m256i byte = _mm256_set1_epi32(0xFF), nib = _mm256_set1_epi8(0x0F);
+    Vec::F acc[RN];
+    for (int c = 0; c < RN; ++c) acc[c] = Vec::fzero();
+    const Vec::I k6 = Vec::set1_32(0x3f3f3f3f), k4 = Vec::set1_32(0x0f0f0f0f), k2 = Vec::set1_32(0x03030303);
+    const Vec::I byte = Vec::set1_32(0xFF), nib = Vec::set1_8(0x0F);
     for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* rec = g + b * kRecord;
-      if (h == 0 && (RN <= 2 || j0 == 0))
+      const uint8_t* rec = tr.group + b * kRecord;
+      if (tr.prefetches(RN, j0))
         for (size_t off = 0; off < kRecord; off += 64) _mm_prefetch(reinterpret_cast<const char*>(rec + 2 * kRecord + off), _MM_HINT_T0);
-      const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 16 * h)));
-      const __m256 dmw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 32 + 16 * h)));
-      const __m256i u0 = half_group(rec + 64 + 32 * h), u1 = half_group(rec + 128 + 32 * h), u2 = half_group(rec + 192 + 32 * h);
-      const __m256i sc03 = _mm256_and_si256(u0, k6);
-      const __m256i sc47 = _mm256_or_si256(_mm256_and_si256(u2, k4), _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(u0, 6), k2), 4));
-      const __m256i m03 = _mm256_and_si256(u1, k6);
-      const __m256i m47 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(u2, 4), k4),
-                                          _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(u1, 6), k2), 4));
-      const uint8_t* quants = rec + 256 + 32 * h;
-      __m256i sumi[RN];
-      for (int c = 0; c < RN; ++c) sumi[c] = _mm256_setzero_si256();
+      const Vec::F dw = Vec::scales(rec + tr.off / 2), dmw = Vec::scales(rec + 32 + tr.off / 2);
+      const Vec::I u0 = Vec::load(rec + 64 + tr.off), u1 = Vec::load(rec + 128 + tr.off), u2 = Vec::load(rec + 192 + tr.off);
+      // Scales of sub-blocks 0-3 / 4-7 and mins 0-3 / 4-7, a byte each, per row lane (ggml's
+      // get_scale_min_k4 for all the rows at once).
+      const Vec::I sc03 = Vec::and_(u0, k6);
+      const Vec::I sc47 = Vec::or_(Vec::and_(u2, k4), Vec::slli32(Vec::and_(Vec::srli32(u0, 6), k2), 4));
+      const Vec::I m03 = Vec::and_(u1, k6);
+      const Vec::I m47 = Vec::or_(Vec::and_(Vec::srli32(u2, 4), k4), Vec::slli32(Vec::and_(Vec::srli32(u1, 6), k2), 4));
+      const uint8_t* quants = rec + 256 + tr.off;
+      Vec::I sumi[RN];
+      for (int c = 0; c < RN; ++c) sumi[c] = Vec::zero();
       for (int sb = 0; sb < 8; ++sb) {
-        const __m256i scale = _mm256_and_si256(_mm256_srli_epi32(sb < 4 ? sc03 : sc47, 8 * (sb % 4)), byte);
-        __m256i w[8];
+        const Vec::I scale = Vec::and_(Vec::srli32(sb < 4 ? sc03 : sc47, 8 * (sb % 4)), byte);
+        Vec::I w[8];
         for (int j = 0; j < 8; ++j) {
-          const __m256i q = half_group(quants + 64 * (8 * (sb / 2) + j));
-          w[j] = _mm256_and_si256(sb % 2 ? _mm256_srli_epi16(q, 4) : q, nib);
+          const Vec::I q = Vec::load(quants + 64 * (8 * (sb / 2) + j));
+          w[j] = Vec::and_(sb % 2 ? Vec::srli16(q, 4) : q, nib);
         }
         for (int c = 0; c < RN; ++c) {
           const int8_t* aq = a[c][b].qs + 32 * sb;
-          const __m256i dot = dot_u<15>(_mm256_setzero_si256(), w, [&](int j) { return bcast4(aq + 4 * j); });
-          sumi[c] = _mm256_add_epi32(sumi[c], _mm256_mullo_epi32(dot, scale));
+          const Vec::I dot = Vec::dot<15>(Vec::zero(), w, [&](int j) { return bcast4(aq + 4 * j); });
+          sumi[c] = Vec::add32(sumi[c], Vec::mullo32(dot, scale));
         }
       }
       for (int c = 0; c < RN; ++c) {
         const BlockQ8K& ab = a[c][b];
-        __m256i summ = _mm256_setzero_si256();
+        Vec::I summ = Vec::zero();
         for (int sb = 0; sb < 8; ++sb) {
-          const __m256i m = _mm256_and_si256(_mm256_srli_epi32(sb < 4 ? m03 : m47, 8 * (sb % 4)), byte);
-          summ = _mm256_add_epi32(summ, _mm256_mullo_epi32(m, _mm256_set1_epi32(ab.bsums[2 * sb] + ab.bsums[2 * sb + 1])));
+          const Vec::I m = Vec::and_(Vec::srli32(sb < 4 ? m03 : m47, 8 * (sb % 4)), byte);
+          summ = Vec::add32(summ, Vec::mullo32(m, Vec::set1_32(ab.bsums[2 * sb] + ab.bsums[2 * sb + 1])));
         }
-        const __m256 da = _mm256_set1_ps(ab.d);
-        acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[c]), _mm256_mul_ps(dw, da), acc[c]);
-        acc[c] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(summ), _mm256_mul_ps(dmw, da), acc[c]);
+        const Vec::F da = Vec::set1_ps(ab.d);
+        acc[c] = Vec::fmadd(Vec::cvt(sumi[c]), Vec::mul(dw, da), acc[c]);
+        acc[c] = Vec::fnmadd(Vec::cvt(summ), Vec::mul(dmw, da), acc[c]);
       }
     }
-    for (int c = 0; c < RN; ++c) _mm256_storeu_ps(t.y + (j0 + c) * t.y_stride + i0, acc[c]);
+    for (int c = 0; c < RN; ++c) Vec::store(t.y + (j0 + c) * t.y_stride + i0, acc[c]);
   }
 };
 
-// Q6_K (kLayoutQ6_KR16) x BlockQ8K, as Q6K16Kernel above.
+// Q6_K weights in kLayoutQ6_KR16 x BlockQ8K activations. Per 16-weight sub-block s (Q6_K's
+// scale granularity): the 4-weight groups' 6-bit values rebuilt from their nibble and 2-bit
+// arrays, 4 dots from -32 * sum(a) (so the exact (q - 32) . a), one multiply by the rows' int8
+// scales; then acc += sumi * (d * da), as the GGUF-layout kernel.
 struct Q6K16Kernel {
-  static constexpr int kRows = 8;
-  static constexpr int kRN = 4;
-  static constexpr size_t kRecord = 16 * sizeof(BlockQ6_K);
+  static constexpr int kRows = Vec::kRows;
+  static constexpr int kRN = Vec::kRows == 16 ? 8 : 4;
+  static constexpr size_t kRecord = 16 * sizeof(BlockQ6_K);  // 32 d, 256 scales, 2048 nibbles, 1024 high bits
   static constexpr size_t kNib = 288, kHigh = 288 + 2048;
 
+  // Sub-blocks 4 F .. 4 F + 3 (their scales: sc, the record's scale dwords F): with F known at
+  // compile time the groups' arrays, nibble halves and high-bit shifts are constants. rows: the
+  // record plus the tile's offset within each array entry.
   template <int F, int RN>
-  static inline void quarter(const uint8_t* rec, const BlockQ8K* const* a, int64_t b, __m256i sc, __m256i (&sumi)[RN]) {
-    const __m256i nib = _mm256_set1_epi8(0x0F), bits45 = _mm256_set1_epi8(0x30);
+  static inline void quarter(const uint8_t* rows, const BlockQ8K* const* a, int64_t b, Vec::I sc, Vec::I (&sumi)[RN]) {
+    const Vec::I nib = Vec::set1_8(0x0F), bits45 = Vec::set1_8(0x30);
     for (int s4 = 0; s4 < 4; ++s4) {
       const int sb = 4 * F + s4;
-      const __m256i scale = _mm256_srai_epi32(_mm256_slli_epi32(sc, 24 - 8 * s4), 24);
-      __m256i w[4];
+      const Vec::I scale = Vec::sext8_of32(sc, s4);  // sub-block sb's int8 scale of each row
+      Vec::I w[4];
       for (int j = 0; j < 4; ++j) {
-        const __m256i q = half_group(rec + kNib + 64 * ((16 * F + 4 * s4 + j) % 32));
-        const __m256i lo = _mm256_and_si256(F >= 2 ? _mm256_srli_epi16(q, 4) : q, nib);
-        const __m256i hb = half_group(rec + kHigh + 64 * (4 * s4 + j));
-        __m256i moved;
-        if constexpr (F == 0) moved = _mm256_slli_epi16(hb, 4);
-        else if constexpr (F == 1) moved = _mm256_slli_epi16(hb, 2);
-        else if constexpr (F == 2) moved = hb;
-        else moved = _mm256_srli_epi16(hb, 2);
-        w[j] = _mm256_or_si256(lo, _mm256_and_si256(moved, bits45));
+        // 4-weight group 4 sb + j: low 4 bits in nibble array (16 F + 4 s4 + j) % 32, the high
+        // nibble from F = 2 on; top 2 bits in array 4 s4 + j, bits 2 F, 2 F + 1.
+        const Vec::I q = Vec::load(rows + kNib + 64 * ((16 * F + 4 * s4 + j) % 32));
+        const Vec::I lo = Vec::and_(F >= 2 ? Vec::srli16(q, 4) : q, nib);
+        const Vec::I h = Vec::load(rows + kHigh + 64 * (4 * s4 + j));
+        Vec::I moved;  // bits 2 F, 2 F + 1 moved to 4, 5
+        if constexpr (F == 0) moved = Vec::slli16(h, 4);
+        else if constexpr (F == 1) moved = Vec::slli16(h, 2);
+        else if constexpr (F == 2) moved = h;
+        else moved = Vec::srli16(h, 2);
+        w[j] = Vec::bits_or(lo, moved, bits45);
       }
       for (int c = 0; c < RN; ++c) {
         const BlockQ8K& ab = a[c][b];
         const int8_t* aq = ab.qs + 16 * sb;
-        const __m256i dot = dot_u<63>(_mm256_set1_epi32(-32 * ab.bsums[sb]), w, [&](int j) { return bcast4(aq + 4 * j); });
-        sumi[c] = _mm256_add_epi32(sumi[c], _mm256_mullo_epi32(dot, scale));
+        const Vec::I dot = Vec::dot<63>(Vec::set1_32(-32 * ab.bsums[sb]), w, [&](int j) { return bcast4(aq + 4 * j); });
+        sumi[c] = Vec::add32(sumi[c], Vec::mullo32(dot, scale));
       }
     }
   }
 
   template <int RN>
   static void tile(const TileArgs& t, int64_t i0, int64_t j0) {
-    const uint8_t* g = t.w + (i0 & ~int64_t{15}) * t.w_stride;
-    const int h = static_cast<int>(i0 >> 3) & 1;
+    const TileRows tr(t, i0);
     const BlockQ8K* a[RN];
     for (int c = 0; c < RN; ++c) a[c] = reinterpret_cast<const BlockQ8K*>(t.a + (j0 + c) * t.a_stride);
     const int64_t nb = t.k / kQK_K;
-    __m256 acc[RN];
-    for (int c = 0; c < RN; ++c) acc[c] = _mm256_setzero_ps();
+    Vec::F acc[RN];
+    for (int c = 0; c < RN; ++c) acc[c] = Vec::fzero();
     for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* rec = g + b * kRecord;
-      if (h == 0 && (RN <= 2 || j0 == 0))
+      const uint8_t* rec = tr.group + b * kRecord;
+      if (tr.prefetches(RN, j0))
         for (size_t off = 0; off < kRecord; off += 64) _mm_prefetch(reinterpret_cast<const char*>(rec + 2 * kRecord + off), _MM_HINT_T0);
-      const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 16 * h)));
-      const uint8_t* half = rec + 32 * h;  // every array's 64-byte groups, this half's 32 bytes
-      __m256i sumi[RN];
-      for (int c = 0; c < RN; ++c) sumi[c] = _mm256_setzero_si256();
-      quarter<0, RN>(half, a, b, half_group(half + 32), sumi);
-      quarter<1, RN>(half, a, b, half_group(half + 32 + 64), sumi);
-      quarter<2, RN>(half, a, b, half_group(half + 32 + 128), sumi);
-      quarter<3, RN>(half, a, b, half_group(half + 32 + 192), sumi);
-      for (int c = 0; c < RN; ++c)
-        acc[c] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi[c]), _mm256_mul_ps(dw, _mm256_set1_ps(a[c][b].d)), acc[c]);
+      const Vec::F dw = Vec::scales(rec + tr.off / 2);
+      const uint8_t* rows = rec + tr.off;
+      Vec::I sumi[RN];
+      for (int c = 0; c < RN; ++c) sumi[c] = Vec::zero();
+      quarter<0, RN>(rows, a, b, Vec::load(rows + 32), sumi);
+      quarter<1, RN>(rows, a, b, Vec::load(rows + 32 + 64), sumi);
+      quarter<2, RN>(rows, a, b, Vec::load(rows + 32 + 128), sumi);
+      quarter<3, RN>(rows, a, b, Vec::load(rows + 32 + 192), sumi);
+      for (int c = 0; c < RN; ++c) acc[c] = Vec::fmadd(Vec::cvt(sumi[c]), Vec::mul(dw, Vec::set1_ps(a[c][b].d)), acc[c]);
     }
-    for (int c = 0; c < RN; ++c) _mm256_storeu_ps(t.y + (j0 + c) * t.y_stride + i0, acc[c]);
+    for (int c = 0; c < RN; ++c) Vec::store(t.y + (j0 + c) * t.y_stride + i0, acc[c]);
   }
 };
-#endif
 
-#ifdef DS_INTERLEAVED
 template <class K, int RN>
 void tile16_rn(const TileArgs& t, int64_t i0, int64_t j0, int rn) {
   if constexpr (RN >= 1) {
