@@ -174,11 +174,7 @@ struct QuantKernel {
 #ifdef DS_SIMD_VNNI
     // sum((w + off) * a) - off * sum(a): the correction rides in lane 0 of the addend.
     const __m256i init = _mm256_castsi128_si256(_mm_cvtsi32_si128(-kOffset * ab.sum));
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpbusd_epi32(init, wv, av);
-#else
-    return _mm256_dpbusd_avx_epi32(init, wv, av);
-#endif
+    return dpbusd256(init, wv, av);
 #else
     const __m256i ax = _mm256_sign_epi8(wv, wv);
     const __m256i sy = _mm256_sign_epi8(av, wv);

@@ -97,8 +97,8 @@ struct Vec {
 #ifdef DS_SIMD_VNNI
     I s0 = init, s1 = zero();  // two chains: half the latency
     for (int j = 0; j < N; j += 2) {
-      s0 = dpbusd(s0, u[j], a(j));
-      if (j + 1 < N) s1 = dpbusd(s1, u[j + 1], a(j + 1));
+      s0 = dpbusd256(s0, u[j], a(j));
+      if (j + 1 < N) s1 = dpbusd256(s1, u[j + 1], a(j + 1));
     }
     return _mm256_add_epi32(s0, s1);
 #else
@@ -115,15 +115,6 @@ struct Vec {
     return s;
 #endif
   }
-#ifdef DS_SIMD_VNNI
-  static I dpbusd(I acc, I u, I a) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-    return _mm256_dpbusd_epi32(acc, u, a);
-#else
-    return _mm256_dpbusd_avx_epi32(acc, u, a);
-#endif
-  }
-#endif
 };
 #endif
 

@@ -42,6 +42,18 @@ inline float hsum(__m256 v) {
 }
 #endif
 
+#ifdef DS_SIMD_VNNI
+// acc + per int32 lane the sum of 4 unsigned bytes of u times 4 signed bytes of a (VNNI, in its
+// AVX-512 VL or its AVX-VNNI encoding).
+inline __m256i dpbusd256(__m256i acc, __m256i u, __m256i a) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(acc, u, a);
+#else
+  return _mm256_dpbusd_avx_epi32(acc, u, a);
+#endif
+}
+#endif
+
 // Element loads of the second operand of dot_row / dot8_rows / axpy_rows: floats as they are,
 // halves (an F16 KV cache) widened exactly. One template body serves both, so the F16 versions
 // do the F32 versions' operations in the same order: the same bits as F32 over the widened values.
