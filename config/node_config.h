@@ -78,6 +78,7 @@ struct NodeConfig {
   FusedDecodeKind fused_decode = FusedDecodeKind::kOff;  // CUDA: the persistent decode kernel
   CudaKernelsKind cuda_kernels = CudaKernelsKind::kAll;  // CUDA: proven = only paths that have run on a GPU
   CpuWeightsKind cpu_weights = CpuWeightsKind::kInterleaved;  // CPU: quantized matrices interleaved by 16 rows at load
+  std::string cpu_kernels = "auto";                  // CPU: the kernels' variant (kernels/cpu/variants.h); auto = best
   int gpu_memory_percent = 90;                       // GPUs: weights + buffers + KV cache within this % of each device
   int max_step_tokens = 256;                         // tokens per forward pass
   int max_tokens_limit = 4096;                       // per-request cap on generated tokens

@@ -37,6 +37,7 @@
 #include "actors/client.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/thread_pool.h"
+#include "kernels/cpu/variants.h"
 #include "model/engine.h"
 #include "model/model.h"
 #include "tools/bench_failover.h"
@@ -232,6 +233,7 @@ int bench_engine(const std::string& path, int threads, int gpu, int prompt, int 
     if (gpu >= 0) j["gpu"] = gpu;
     j["threads"] = threads;
     j["isa"] = ds::cpu_kernel_isa();
+    if (gpu < 0) j["cpu_kernels"] = ds::cpu::active_variant().name;
     if (gpu < 0) j["cpu_weights"] = g_cpu_interleave && ds::cpu_interleaves_quant() ? "interleaved" : "gguf";
     j["prompt"] = prompt;
     j["gen"] = gen;
@@ -249,8 +251,8 @@ int bench_engine(const std::string& path, int threads, int gpu, int prompt, int 
     std::cout << j.dump() << "\n";
   } else {
     std::printf("model    %s (%s, %s, %d layers, dim %d)\n", path.c_str(), c.arch_name.c_str(), (*model)->weight_type_name().c_str(), c.n_layer, c.n_embd);
-    if (gpu < 0) std::printf("threads  %d (%s kernels, %s quantized weights), KV cache %s, median of %d\n\n", threads,
-                             ds::cpu_kernel_isa(), g_cpu_interleave && ds::cpu_interleaves_quant() ? "interleaved" : "gguf-layout", kv_used,
+    if (gpu < 0) std::printf("threads  %d (%s kernels: variant %s; %s quantized weights), KV cache %s, median of %d\n\n", threads,
+                             ds::cpu_kernel_isa(), ds::cpu::active_variant().name, g_cpu_interleave && ds::cpu_interleaves_quant() ? "interleaved" : "gguf-layout", kv_used,
                              repeats);
     else std::printf("backend  cuda, GPU %d, KV cache %s, median of %d\n\n", gpu, kv_used, repeats);
     std::printf("%-22s %12s\n", "test", "tok/s");
@@ -532,6 +534,10 @@ int main(int argc, char** argv) {
                   "--backend cpu: Q8_0 / Q4_0 / Q4_K / Q6_K matrices interleaved by 16 rows at load (the fast kernels, where the CPU has "
                   "AVX2 or AVX-512) or computed on the file's bytes (gguf)")
       ->check(CLI::IsMember({"interleaved", "gguf"}));
+  std::string cpu_kernels = "auto";
+  eng->add_option("--cpu-kernels", cpu_kernels,
+                  "--backend cpu: the compile of the CPU kernels to run: auto (the best this CPU runs), or avx512vnni, avx512, "
+                  "avxvnni, avx2, generic (x86-64 builds), to compare them in one binary (same as env DS_CPU_KERNELS)");
   eng->add_option("--prompt", prompt, "Prompt tokens for the prefill test")->check(CLI::Range(1, 65536));
   eng->add_option("--gen", gen, "Tokens to decode per sequence")->check(CLI::Range(1, 65536));
   eng->add_option("--decode-ctx", decode_ctx,
@@ -572,6 +578,11 @@ int main(int argc, char** argv) {
   g_cuda_choices.fused_decode_auto = fused_decode == "auto";
   g_cuda_choices.proven_only = cuda_kernels == "proven";
   g_cpu_interleave = cpu_weights == "interleaved";
+  if (cpu_kernels != "auto") setenv("DS_CPU_KERNELS", cpu_kernels.c_str(), 1);
+  if (std::string error; ds::cpu::select_variant(&error) == nullptr) {
+    std::fprintf(stderr, "ds-bench: %s\n", error.c_str());
+    return ds::cli::kExitUsage;
+  }
   if (load->parsed()) return bench_load(la);
   if (failover->parsed()) return ds::bench::bench_failover(fa);
   return bench_engine(model, threads, backend == "cuda" ? gpu : -1, prompt, gen, batches, repeats, json, quiet, kv_type,

@@ -21,6 +21,7 @@
 #include <random>
 
 #include "actors/client.h"
+#include "kernels/cpu/variants.h"
 #include "model/engine.h"
 #include "model/model.h"
 #include "tools/common/cli_util.h"
@@ -66,6 +67,10 @@ int run_generate(const std::shared_ptr<ds::Model>& model, GenerateArgs& a, int t
   eo.max_batch = 1;
   eo.n_ctx = ctx;
   eo.kv_cache_tokens = 0;
+  if (std::string error; ds::cpu::select_variant(&error) == nullptr) {  // DS_CPU_KERNELS names a variant that cannot run
+    std::cerr << "ds-client: " << error << "\n";
+    return ds::cli::kExitUsage;
+  }
   auto engine = ds::Engine::Create(model, ds::make_cpu_backend({threads}), eo);
   if (!engine.ok()) {
     std::cerr << "ds-client: " << engine.status().ToString() << "\n";

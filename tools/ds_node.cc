@@ -39,6 +39,7 @@
 #include "actors/router.h"
 #include "actors/supervisor.h"
 #include "config/node_config.h"
+#include "kernels/cpu/variants.h"
 #include "model/mkmodel.h"
 #include "model/model.h"
 
@@ -187,7 +188,18 @@ int main(int argc, char** argv) {
     std::cerr << "ds-node: " << st.message() << "\n";
     return 2;
   }
+  // The CPU kernels' variant (kernels/cpu/variants.h), checked by the config; the dispatch reads it
+  // from DS_CPU_KERNELS.
+  if (cfg.cpu_kernels != "auto") setenv("DS_CPU_KERNELS", cfg.cpu_kernels.c_str(), 1);
+  std::string cpu_error;
+  const ds::cpu::Variant* cpu_kernels = ds::cpu::select_variant(&cpu_error);
+  if (cpu_kernels == nullptr) {
+    std::cerr << "ds-node: " << cpu_error << "\n";
+    return 2;
+  }
   setup_logging(cfg);
+  spdlog::info("CPU kernels: {} ({}{})", cpu_kernels->name, cpu_kernels->isa,
+               cfg.cpu_kernels != "auto" ? ", from cpu-kernels" : ", the best this CPU runs");
   const bool use_cuda = cfg.backend == ds::BackendKind::kCuda ||
                         (cfg.backend == ds::BackendKind::kAuto && ds::cuda_backend_available());
   // Why no GPU can be used, in the CUDA runtime's words (no device, driver too old, no CUDA

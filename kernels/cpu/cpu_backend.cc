@@ -11,10 +11,12 @@
 
 #include "kernels/backend.h"
 #include "kernels/cpu/matmul.h"
+#include "kernels/cpu/matmul_tiles.h"
 #include "kernels/cpu/simd.h"
 #include "kernels/cpu/thread_pool.h"
+#include "kernels/cpu/variants.h"
 
-namespace ds {
+DS_CPU_BEGIN
 namespace {
 
 class CpuBackend final : public Backend {
@@ -241,28 +243,51 @@ class CpuBackend final : public Backend {
   std::vector<float> score_[256];
 };
 
+std::unique_ptr<Backend> make_backend(int threads, bool interleave_quant) {
+  return std::make_unique<CpuBackend>(threads, interleave_quant);
+}
+
+float dot_row_f32(const float* q, const float* k, int64_t n) { return dot_row(q, k, n); }
+float dot_row_f16(const float* q, const uint16_t* k, int64_t n) { return dot_row(q, k, n); }
+void dot8_rows_f32(const float* q, const float* k, int64_t stride, int64_t n, float* out) {
+  dot8_rows(q, k, stride, n, out);
+}
+void dot8_rows_f16(const float* q, const uint16_t* k, int64_t stride, int64_t n, float* out) {
+  dot8_rows(q, k, stride, n, out);
+}
+
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend(const CpuBackendOptions& opts) {
-  int n = opts.threads;
-  if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
-  if (n <= 0) n = 1;
-  if (n > 256) n = 256;
-  return std::make_unique<CpuBackend>(n, opts.interleave_quant);
-}
-
-const char* cpu_kernel_isa() {
-#if defined(DS_SIMD_VNNI) && defined(__AVX512F__)
-  return "avx512+vnni";
-#elif defined(__AVX512F__)
-  return "avx512";
+// This compile's entry (kernels/cpu/variants.h), found by kernels/cpu/dispatch.cc.
+extern const Variant kVariant;
+const Variant kVariant = {
+    DS_CPU_STR(DS_CPU_VARIANT),
+#if defined(DS_SIMD_VNNI) && defined(DS_CPU_AVX512)
+    "avx512+vnni",
+#elif defined(DS_CPU_AVX512)
+    "avx512",
 #elif defined(DS_SIMD_VNNI)
-  return "avx2+vnni";
+    "avx2+vnni",
 #elif defined(DS_SIMD_AVX2)
-  return "avx2";
+    "avx2",
 #else
-  return "scalar";
+    "scalar",
 #endif
-}
+#ifdef DS_INTERLEAVED
+    true,
+#else
+    false,
+#endif
+    make_backend,
+    quantize_row_q8a,
+    quantize_row_q8k,
+    exp_scalar,
+    exp_sub_sum,
+    swiglu_f32,
+    dot_row_f32,
+    dot_row_f16,
+    dot8_rows_f32,
+    dot8_rows_f16,
+};
 
-}  // namespace ds
+DS_CPU_END

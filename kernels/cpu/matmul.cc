@@ -7,11 +7,11 @@
 #include "kernels/cpu/matmul_tiles.h"
 #include "kernels/cpu/simd.h"
 
-namespace ds::cpu {
+DS_CPU_BEGIN
 namespace {
 
 #ifdef DS_SIMD_AVX2
-#if defined(__AVX512F__)
+#if defined(DS_CPU_AVX512)
 constexpr int kFloatRM = 5, kFloatRN = 5;  // 25 accumulators, 5 weight vectors, 1 activation: 31 of 32 registers
 constexpr int kQuantRM = 4, kQuantRN = 4;
 constexpr int kKQuantRM = 2, kKQuantRN = 4;  // k-quants: 8 int32 + 8 float accumulators
@@ -23,7 +23,7 @@ constexpr int kKQuantRM = 2, kKQuantRN = 2;
 
 // The float kernel's vector: 16 lanes with AVX-512 (full-width FMA on Zen 5 and
 // Intel), 8 with AVX2.
-#if defined(__AVX512F__)
+#if defined(DS_CPU_AVX512)
 using FVec = __m512;
 constexpr int kLanes = 16;
 inline FVec fzero() { return _mm512_setzero_ps(); }
@@ -307,7 +307,7 @@ struct QuantKernel {
 // path keeps sumi split over 8 int32 lanes and accumulates the float part per lane (one
 // fmadd per super-block), reduced once at the end; the scalar path (no AVX2) accumulates
 // scalars. Either way each output's sequence ignores the tile shape and batch size.
-#if defined(DS_SIMD_AVX2) && defined(__AVX512F__) && defined(__AVX512BW__)
+#if defined(DS_SIMD_AVX2) && defined(DS_CPU_AVX512)
 #define DS_KQ_AVX512 1
 #endif
 
@@ -354,7 +354,7 @@ struct KQuantKernel {
   // half-lane, so the int32 result is exact.
   static inline __m256i dot_acc(__m256i isum, __m256i w, __m256i a, __m256i scale16) {
     const __m256i p = _mm256_maddubs_epi16(w, a);
-#if defined(DS_SIMD_VNNI) && defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#if defined(DS_SIMD_VNNI) && defined(DS_CPU_AVX512VNNI)
     return _mm256_dpwssd_epi32(isum, p, scale16);
 #elif defined(DS_SIMD_VNNI)
     return _mm256_dpwssd_avx_epi32(isum, p, scale16);
@@ -457,7 +457,7 @@ struct KQuantKernel {
   // half the instructions; the integer sums are the same exact values.
   static inline __m512i dot_acc512(__m512i isum, __m512i w, __m512i a, __m512i scale16) {
     const __m512i p = _mm512_maddubs_epi16(w, a);
-#ifdef __AVX512VNNI__
+#ifdef DS_CPU_AVX512VNNI
     return _mm512_dpwssd_epi32(isum, p, scale16);
 #else
     return _mm512_add_epi32(isum, _mm512_madd_epi16(p, scale16));
@@ -635,7 +635,7 @@ void run_parallel(ThreadPool& pool, const TileArgs& t, int64_t rows, int64_t n) 
 
 }  // namespace
 
-#if defined(DS_SIMD_AVX2) && !(defined(__AVX512F__) && defined(__AVX512BW__))
+#if defined(DS_SIMD_AVX2) && !(defined(DS_CPU_AVX512))
 namespace {
 // Helpers of the AVX2 activation quantizers.
 inline __m256 abs8(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
@@ -659,7 +659,7 @@ inline void store8_i8(int8_t* p, __m256i q) {
 
 void quantize_row_q8a(const float* x, BlockQ8A* out, int64_t n) {
   int64_t b = 0;
-#if defined(__AVX512F__) && defined(__AVX512BW__)
+#if defined(DS_CPU_AVX512)
   // Same results as the scalar loop below: max of |x| is exact in any order, and
   // cvtps_epi32 rounds to nearest even like nearbyint in the default rounding mode.
   const __m512 sign = _mm512_set1_ps(-0.0f);
@@ -715,7 +715,7 @@ void quantize_row_q8a(const float* x, BlockQ8A* out, int64_t n) {
 void quantize_row_q8k(const float* x, BlockQ8K* out, int64_t n) {
   int64_t b = 0;
   // The same bits as the scalar loop below (see quantize_row_q8a).
-#if defined(__AVX512F__) && defined(__AVX512BW__)
+#if defined(DS_CPU_AVX512)
   const __m512 sign = _mm512_set1_ps(-0.0f);
   for (; b < n / kQK_K; ++b) {
     const float* xb = x + b * kQK_K;
@@ -816,4 +816,4 @@ void matmul(ThreadPool& pool, const WeightRef& w, const float* x, int64_t n, flo
   }
 }
 
-}  // namespace ds::cpu
+DS_CPU_END

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/cpu/isa.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace ds::cpu {
@@ -26,8 +27,6 @@ struct BlockQ8A {
 };
 static_assert(sizeof(BlockQ8A) == 40);
 
-void quantize_row_q8a(const float* x, BlockQ8A* out, int64_t n);
-
 // Activation super-block for k-quant dot products: x[k] ~= d * qs[k] (d = amax / 127),
 // bsums[i] = sum of qs[16 i .. 16 i + 15].
 struct BlockQ8K {
@@ -37,6 +36,12 @@ struct BlockQ8K {
 };
 static_assert(sizeof(BlockQ8K) == 292);
 
+}  // namespace ds::cpu
+
+// This compile's kernels (kernels/cpu/isa.h: one namespace per variant).
+DS_CPU_BEGIN
+
+void quantize_row_q8a(const float* x, BlockQ8A* out, int64_t n);
 // REQUIRES: n % 256 == 0.
 void quantize_row_q8k(const float* x, BlockQ8K* out, int64_t n);
 
@@ -54,4 +59,4 @@ void dequantize_row_any(const WeightRef& w, int64_t row, float* out);
 void matmul(ThreadPool& pool, const WeightRef& w, const float* x, int64_t n, float* y,
             std::vector<uint8_t>* scratch);
 
-}  // namespace ds::cpu
+DS_CPU_END

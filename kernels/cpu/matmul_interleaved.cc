@@ -10,12 +10,7 @@
 #include "kernels/cpu/matmul_tiles.h"
 #include "kernels/cpu/simd.h"
 
-// The interleaved layouts have kernels where there are 256-bit integer vectors at least.
-#if defined(DS_QUANT_PAIRS) || defined(DS_SIMD_AVX2)
-#define DS_INTERLEAVED 1
-#endif
-
-namespace ds::cpu {
+DS_CPU_BEGIN
 namespace {
 
 #ifdef DS_INTERLEAVED
@@ -389,19 +384,6 @@ void q6_k_values(const BlockQ6_K& blk, uint8_t* q) {
 }
 }  // namespace
 
-}  // namespace ds::cpu
-
-namespace ds {
-bool cpu_interleaves_quant() {
-#ifdef DS_INTERLEAVED
-  return true;
-#else
-  return false;
-#endif
-}
-}  // namespace ds
-
-namespace ds::cpu {
 
 uint32_t preferred_layout(const WeightRef& w) {
 #ifdef DS_INTERLEAVED
@@ -562,4 +544,4 @@ void dequantize_row_any(const WeightRef& w, int64_t row, float* out) {
   }
 }
 
-}  // namespace ds::cpu
+DS_CPU_END

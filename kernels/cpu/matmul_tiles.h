@@ -17,7 +17,7 @@
 #include "kernels/cpu/simd.h"  // DS_SIMD_VNNI, which DS_QUANT_PAIRS below needs
 #include "kernels/cpu/thread_pool.h"
 
-namespace ds::cpu {
+DS_CPU_BEGIN
 
 struct TileArgs {
   const uint8_t* w;  // weight rows
@@ -30,9 +30,13 @@ struct TileArgs {
 };
 
 // Q8_0 / Q4_0 blocks two at a time in 512-bit registers (QuantKernel::tile).
-#if defined(DS_SIMD_VNNI) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && \
-    defined(__AVX512VNNI__)
+#if defined(DS_SIMD_VNNI) && defined(DS_CPU_AVX512VNNI)
 #define DS_QUANT_PAIRS 1
+#endif
+// The interleaved layouts (matmul_interleaved.cc) have kernels where there are 256-bit integer
+// vectors at least.
+#if defined(DS_QUANT_PAIRS) || defined(DS_SIMD_AVX2)
+#define DS_INTERLEAVED 1
 #endif
 
 // y = x W^T for w in one of the interleaved layouts (kernels/backend.h: kLayout*R16), t's
@@ -40,4 +44,4 @@ struct TileArgs {
 // false (nothing done) for any other layout.
 bool matmul_interleaved(ThreadPool& pool, const TileArgs& t, const WeightRef& w, int64_t n);
 
-}  // namespace ds::cpu
+DS_CPU_END

@@ -8,17 +8,20 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/cpu/isa.h"
 #include "kernels/dtype.h"
 
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#define DS_SIMD_AVX2 1
+#if defined(__x86_64__)
 #include <immintrin.h>
 #endif
-#if defined(DS_SIMD_AVX2) && ((defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__))
+#ifdef DS_CPU_AVX2
+#define DS_SIMD_AVX2 1
+#endif
+#if defined(DS_SIMD_AVX2) && (defined(DS_CPU_AVX512VNNI) || defined(DS_CPU_AVXVNNI))
 #define DS_SIMD_VNNI 1
 #endif
 
-namespace ds::cpu {
+DS_CPU_BEGIN
 
 // a * b + c for the scalar tails: one fused operation where the vector code is FMA code (so a
 // tail's bits never depend on whether the compiler contracted it in that inlining context),
@@ -46,7 +49,7 @@ inline float hsum(__m256 v) {
 // acc + per int32 lane the sum of 4 unsigned bytes of u times 4 signed bytes of a (VNNI, in its
 // AVX-512 VL or its AVX-VNNI encoding).
 inline __m256i dpbusd256(__m256i acc, __m256i u, __m256i a) {
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#ifdef DS_CPU_AVX512VNNI
   return _mm256_dpbusd_epi32(acc, u, a);
 #else
   return _mm256_dpbusd_avx_epi32(acc, u, a);
@@ -234,5 +237,4 @@ inline void swiglu_f32(const float* gate, const float* up, float* out, int64_t n
   for (; i < n; ++i) out[i] = gate[i] / (1.0f + exp_scalar(-gate[i])) * up[i];
 }
 
-
-}  // namespace ds::cpu
+DS_CPU_END

@@ -1,6 +1,7 @@
 // Tests of config/node_config: defaults, the three sources and their precedence, the
 // errors (naming key and source), the shipped ds.toml, --help and --print-config.
 #include "config/node_config.h"
+#include "kernels/cpu/variants.h"
 
 #include <gtest/gtest.h>
 
@@ -75,6 +76,7 @@ const ContractKey kContract[] = {
     {"--fused-decode", "DS_FUSED_DECODE", "model", "fused-decode"},
     {"--cuda-kernels", "DS_CUDA_KERNELS", "model", "cuda-kernels"},
     {"--cpu-weights", "DS_CPU_WEIGHTS", "model", "cpu-weights"},
+    {"--cpu-kernels", "DS_CPU_KERNELS", "model", "cpu-kernels"},
     {"--gpu-memory-percent", "DS_GPU_MEMORY_PERCENT", "model", "gpu-memory-percent"},
     {"--max-step-tokens", "DS_MAX_STEP_TOKENS", "model", "max-step-tokens"},
     {"--max-tokens-limit", "DS_MAX_TOKENS_LIMIT", "model", "max-tokens-limit"},
@@ -302,6 +304,13 @@ TEST(Config, BadTomlValueRejectedNamingKey) {
   EXPECT_EQ(load_ok({"--cpu-weights", "gguf"}).cpu_weights, CpuWeightsKind::kGguf);
   const std::string cw = load_error({"--config", write(dir, "cw.toml", "[model]\ncpu-weights = \"packed\"\n")});
   EXPECT_NE(cw.find("model.cpu-weights='packed': not one of interleaved|gguf"), std::string::npos) << cw;
+  EXPECT_EQ(load_ok({}).cpu_kernels, "auto");
+  // The plain variant (every build has one, and every CPU runs it), then one no build has.
+  const std::string plain = cpu::compiled_variants().back().variant->name;
+  EXPECT_EQ(load_ok({"--cpu-kernels", plain}).cpu_kernels, plain);
+  const std::string kk = load_error({"--config", write(dir, "kk.toml", "[model]\ncpu-kernels = \"avx1024\"\n")});
+  EXPECT_NE(kk.find("cpu-kernels"), std::string::npos) << kk;
+  EXPECT_NE(kk.find("no such variant of the CPU kernels in this build (it has: auto, "), std::string::npos) << kk;
   EXPECT_EQ(load_ok({}).gpu_memory_percent, 90);
   EXPECT_EQ(load_ok({"--gpu-memory-percent", "50"}).gpu_memory_percent, 50);
   EXPECT_NE(load_error({"--gpu-memory-percent", "0"}).find("gpu-memory-percent"), std::string::npos);

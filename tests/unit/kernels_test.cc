@@ -1,16 +1,38 @@
 // CPU kernels against the scalar references (kernels/ref.h) on random inputs.
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <set>
+#include <string>
 
 #include "kernels/backend.h"
-#include "kernels/cpu/matmul.h"
-#include "kernels/cpu/simd.h"
+#include "kernels/cpu/variants.h"
 #include "kernels/ref.h"
 #include "test_util.h"
 
 namespace ds {
 namespace {
+
+// The CPU kernels in use (kernels/cpu/variants.h): the best this CPU runs, or DS_CPU_KERNELS's.
+const cpu::Variant& kern() { return cpu::active_variant(); }
+
+// ctest runs this binary's kernel and engine tests once per variant (tests/CMakeLists.txt:
+// cpu_kernels_<variant>, with DS_CPU_KERNELS set). Before any test: a variant this CPU cannot run
+// skips the run (exit 77); one this build does not have fails it.
+const bool kVariantChecked = [] {
+  const char* want = std::getenv("DS_CPU_KERNELS");
+  if (want == nullptr) return true;
+  std::string error;
+  if (cpu::select_variant(&error) != nullptr) {
+    std::printf("CPU kernels: variant %s (%s), from DS_CPU_KERNELS\n", cpu::active_variant().name, cpu::active_variant().isa);
+    return true;
+  }
+  std::printf("%s\n", error.c_str());
+  for (const cpu::CompiledVariant& c : cpu::compiled_variants())
+    if (c.variant->name == std::string(want)) std::exit(77);  // SKIP: built, but not for this CPU
+  std::exit(1);
+}();
 
 // max |a - b| / max(|b|), the error measure used throughout (absolute, scaled by the
 // reference's magnitude so it means the same for any input scale).
@@ -198,31 +220,31 @@ TEST(Kernels, FastExpIsAccurateAndItsTailsMatchItsVectors) {
   double worst = 0;
   for (int i = 0; i <= 400000; ++i) {
     const float x = -87.0f + 175.0f * static_cast<float>(i) / 400000.0f;
-    const double want = std::exp(static_cast<double>(x)), got = cpu::exp_scalar(x);
+    const double want = std::exp(static_cast<double>(x)), got = kern().exp_scalar(x);
     worst = std::max(worst, std::fabs(got - want) / want);
   }
   std::printf("[ info ] exp_scalar on [-87, 88]: worst relative error %.2e\n", worst);
   EXPECT_LE(worst, 2.5e-7);
-  EXPECT_EQ(cpu::exp_scalar(0.0f), 1.0f);
-  EXPECT_EQ(cpu::exp_scalar(-90.0f), 0.0f);
-  EXPECT_EQ(cpu::exp_scalar(-INFINITY), 0.0f);
-  EXPECT_EQ(cpu::exp_scalar(1000.0f), cpu::exp_scalar(88.0f));
-  EXPECT_TRUE(std::isfinite(cpu::exp_scalar(88.0f)));
+  EXPECT_EQ(kern().exp_scalar(0.0f), 1.0f);
+  EXPECT_EQ(kern().exp_scalar(-90.0f), 0.0f);
+  EXPECT_EQ(kern().exp_scalar(-INFINITY), 0.0f);
+  EXPECT_EQ(kern().exp_scalar(1000.0f), kern().exp_scalar(88.0f));
+  EXPECT_TRUE(std::isfinite(kern().exp_scalar(88.0f)));
 
   const auto base = test::random_floats(64, 41, 30.0f);
   for (int n = 0; n <= 37; ++n) {
     for (int off = 0; off < 3; ++off) {
       std::vector<float> s(base.begin() + off, base.begin() + off + n);
       const float mx = 5.0f;
-      cpu::exp_sub_sum(s.data(), n, mx);
+      kern().exp_sub_sum(s.data(), n, mx);
       for (int i = 0; i < n; ++i) {
-        const float want = cpu::exp_scalar(base[off + i] - mx);
+        const float want = kern().exp_scalar(base[off + i] - mx);
         ASSERT_EQ(0, std::memcmp(&s[i], &want, 4)) << "n " << n << " i " << i;
       }
       std::vector<float> out(n + 1, -1.0f);
-      cpu::swiglu_f32(base.data() + off, base.data() + 20, out.data(), n);
+      kern().swiglu_f32(base.data() + off, base.data() + 20, out.data(), n);
       for (int i = 0; i < n; ++i) {
-        const float g = base[off + i], want = g / (1.0f + cpu::exp_scalar(-g)) * base[20 + i];
+        const float g = base[off + i], want = g / (1.0f + kern().exp_scalar(-g)) * base[20 + i];
         ASSERT_EQ(0, std::memcmp(&out[i], &want, 4)) << "n " << n << " i " << i;
       }
       EXPECT_EQ(out[n], -1.0f);
@@ -238,11 +260,11 @@ TEST(Kernels, EightRowScoresAreTheOneRowScores) {
     std::vector<uint16_t> kh(k.size());
     for (size_t i = 0; i < k.size(); ++i) kh[i] = fp32_to_fp16_ref(k[i]);
     float got[8], goth[8];
-    cpu::dot8_rows(q.data(), k.data(), stride, n, got);
-    cpu::dot8_rows(q.data(), kh.data(), stride, n, goth);
+    kern().dot8_rows_f32(q.data(), k.data(), stride, n, got);
+    kern().dot8_rows_f16(q.data(), kh.data(), stride, n, goth);
     for (int r = 0; r < 8; ++r) {
-      const float want = cpu::dot_row(q.data(), k.data() + r * stride, n);
-      const float wanth = cpu::dot_row(q.data(), kh.data() + r * stride, n);
+      const float want = kern().dot_row_f32(q.data(), k.data() + r * stride, n);
+      const float wanth = kern().dot_row_f16(q.data(), kh.data() + r * stride, n);
       EXPECT_EQ(0, std::memcmp(&got[r], &want, 4)) << "n " << n << " row " << r;
       EXPECT_EQ(0, std::memcmp(&goth[r], &wanth, 4)) << "f16 n " << n << " row " << r;
       double ref = 0;
@@ -351,6 +373,93 @@ TEST(Kernels, F16KvCacheIsF32AttentionOverTheRoundedRows) {
   a.out = outr.data();
   ref::attention(a);  // the reference reads the halves itself
   EXPECT_LE(rel_err(out16.data(), outr.data(), out16.size()), 1e-5);
+}
+
+// The build's variants (kernels/cpu/variants.h): named once each, the plain one last and runnable
+// everywhere, and without DS_CPU_KERNELS the one in use is the first this CPU runs.
+TEST(CpuVariants, ListedBestFirstAndTheBestRunnableIsUsed) {
+  const auto& all = cpu::compiled_variants();
+  ASSERT_FALSE(all.empty());
+  std::set<std::string> names;
+  for (const cpu::CompiledVariant& c : all) {
+    EXPECT_TRUE(names.insert(c.variant->name).second) << c.variant->name;
+    std::printf("[ info ] variant %-10s isa %-12s %s\n", c.variant->name, c.variant->isa, c.runs_here ? "runs here" : "not on this CPU");
+  }
+  EXPECT_TRUE(all.back().runs_here);
+  if (all.size() > 1) {  // a dispatching build: the five x86-64 variants
+    EXPECT_EQ(all.size(), 5u);
+    EXPECT_STREQ(all.back().variant->name, "generic");
+    EXPECT_STREQ(all.back().variant->isa, "scalar");
+    EXPECT_STREQ(all.front().variant->isa, "avx512+vnni");
+  }
+  if (std::getenv("DS_CPU_KERNELS") == nullptr) {
+    for (const cpu::CompiledVariant& c : all)
+      if (c.runs_here) {
+        EXPECT_EQ(&cpu::active_variant(), c.variant);
+        break;
+      }
+  }
+  EXPECT_STREQ(cpu_kernel_isa(), cpu::active_variant().isa);
+}
+
+// DS_CPU_KERNELS naming no variant of the build, or one that this CPU cannot run, is an error
+// that says which (the binaries refuse to start on it).
+TEST(CpuVariants, UnknownOrUnrunnableChoiceIsRefused) {
+  const char* before = std::getenv("DS_CPU_KERNELS");
+  const std::string saved = before ? before : "";
+  std::string error;
+  setenv("DS_CPU_KERNELS", "avx1024", 1);
+  EXPECT_EQ(cpu::select_variant(&error), nullptr);
+  EXPECT_NE(error.find("DS_CPU_KERNELS=avx1024: no such variant"), std::string::npos) << error;
+  EXPECT_NE(error.find(cpu::compiled_variants().back().variant->name), std::string::npos) << error;
+  setenv("DS_CPU_KERNELS", "auto", 1);
+  EXPECT_EQ(cpu::select_variant(&error), cpu::find_variant("", &error));
+  for (const cpu::CompiledVariant& c : cpu::compiled_variants()) {
+    setenv("DS_CPU_KERNELS", c.variant->name, 1);
+    error.clear();
+    const cpu::Variant* got = cpu::select_variant(&error);
+    if (c.runs_here) {
+      EXPECT_EQ(got, c.variant);
+    } else {
+      EXPECT_EQ(got, nullptr);
+      EXPECT_NE(error.find("cannot run"), std::string::npos) << error;
+    }
+  }
+  if (before) setenv("DS_CPU_KERNELS", saved.c_str(), 1);
+  else unsetenv("DS_CPU_KERNELS");
+}
+
+// Every variant this CPU runs, side by side in one process: its matmul agrees with the scalar
+// reference for every weight type, in the file's layout and its own. (ctest's cpu_kernels_*
+// runs put each through all the kernel and engine tests; this one sees them all in the default
+// run, on one binary, as the dispatch picks among them.)
+TEST(CpuVariants, EveryRunnableVariantMatchesTheReference) {
+  const int64_t rows = 48, cols = 512;
+  const auto wf = test::random_floats(rows * cols, 61);
+  for (const cpu::CompiledVariant& c : cpu::compiled_variants()) {
+    if (!c.runs_here) continue;
+    auto be = c.variant->make_backend(2, true);
+    for (DType t : {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_K, DType::kQ6_K}) {
+      const auto q = quantize_matrix(t, wf, rows, cols);
+      const WeightRef gguf{t, q.data(), rows, cols};
+      std::vector<uint8_t> own(q.size());
+      std::vector<WeightRef> layouts = {gguf};
+      if (be->relayouts(gguf)) layouts.push_back(be->upload_weight(gguf, own.data()));
+      EXPECT_EQ(layouts.size() == 2, c.variant->interleaves_quant && t != DType::kF32 && t != DType::kF16 && t != DType::kBF16)
+          << c.variant->name << " " << dtype_name(t);
+      for (const WeightRef& w : layouts) {
+        for (int64_t n : {1, 6}) {
+          const auto x = test::random_floats(n * cols, 62 + static_cast<uint32_t>(n));
+          std::vector<float> y(n * rows), yr(n * rows);
+          be->matmul(w, x.data(), n, y.data());
+          ref::matmul(gguf, x.data(), n, yr.data());
+          const bool quant = t != DType::kF32 && t != DType::kF16 && t != DType::kBF16;
+          EXPECT_LE(rel_err(y.data(), yr.data(), y.size()), quant ? 3e-2 : 1e-5)
+              << c.variant->name << " " << dtype_name(t) << " layout " << w.layout << " n=" << n;
+        }
+      }
+    }
+  }
 }
 
 }  // namespace

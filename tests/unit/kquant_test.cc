@@ -4,12 +4,16 @@
 #include <cstring>
 
 #include "kernels/backend.h"
-#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/matmul.h"  // BlockQ8A, BlockQ8K
+#include "kernels/cpu/variants.h"
 #include "kernels/dtype.h"
 #include "test_util.h"
 
 namespace ds {
 namespace {
+
+// The CPU kernels in use (kernels/cpu/variants.h): the best this CPU runs, or DS_CPU_KERNELS's.
+const cpu::Variant& kern() { return cpu::active_variant(); }
 
 constexpr uint16_t kHalf = 0x3800;     // fp16 0.5
 constexpr uint16_t kQuarter = 0x3400;  // fp16 0.25
@@ -164,7 +168,7 @@ TEST(KQuant, ZeroAndConstantBlocks) {
 TEST(KQuant, ActivationQuantizerQ8K) {
   const auto x = structured_row(512, 3);
   std::vector<cpu::BlockQ8K> a(2);
-  cpu::quantize_row_q8k(x.data(), a.data(), 512);
+  kern().quantize_row_q8k(x.data(), a.data(), 512);
   for (int b = 0; b < 2; ++b) {
     float amax = 0;
     for (int i = 0; i < 256; ++i) amax = std::max(amax, std::fabs(x[256 * b + i]));
@@ -198,7 +202,7 @@ TEST(KQuant, ActivationQuantizersMatchTheScalarDefinition) {
     for (int i = 0; i < n; ++i) ASSERT_EQ(qs[i], static_cast<int8_t>(std::nearbyint(xb[i] * id))) << i;
   };
   std::vector<cpu::BlockQ8K> k(4);
-  cpu::quantize_row_q8k(x.data(), k.data(), 1024);
+  kern().quantize_row_q8k(x.data(), k.data(), 1024);
   for (int b = 0; b < 4; ++b) {
     check(x.data() + 256 * b, 256, k[b].d, k[b].qs);
     for (int g = 0; g < 16; ++g) {
@@ -210,7 +214,7 @@ TEST(KQuant, ActivationQuantizersMatchTheScalarDefinition) {
   EXPECT_EQ(k[0].qs[0], -32);  // -31.5 rounds to even
   EXPECT_EQ(k[0].qs[1], -30);  // -30.5
   std::vector<cpu::BlockQ8A> a(32);
-  cpu::quantize_row_q8a(x.data(), a.data(), 1024);
+  kern().quantize_row_q8a(x.data(), a.data(), 1024);
   for (int b = 0; b < 32; ++b) {
     check(x.data() + 32 * b, 32, a[b].d, a[b].qs);
     int sum = 0;
@@ -244,7 +248,7 @@ TEST(KQuant, MatmulMatchesExactIntegerReference) {
       double worst = 0;
       for (int64_t j = 0; j < n; ++j) {
         std::vector<cpu::BlockQ8K> a(cols / 256);
-        cpu::quantize_row_q8k(x.data() + j * cols, a.data(), cols);
+        kern().quantize_row_q8k(x.data() + j * cols, a.data(), cols);
         for (int64_t i = 0; i < rows; ++i) {
           double s = 0, mag = 0;
           for (int64_t k = 0; k < cols; ++k) {
