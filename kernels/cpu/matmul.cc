@@ -118,7 +118,10 @@ struct FloatKernel {
 #endif
     for (; k < t.k; ++k)
       for (int r = 0; r < RM; ++r)
-        for (int c = 0; c < RN; ++c) sum[r][c] = std::fma(load1(T, w[r], k), a[c][k], sum[r][c]);  // explicit fma: same rounding in every tile shape
+        // tail_fma: one rounding (fused) where the vectors fuse, so the same in every tile shape;
+        // in the plain build (no FMA instruction) a multiply and an add, not a libm fmaf call per
+        // element.
+        for (int c = 0; c < RN; ++c) sum[r][c] = tail_fma(load1(T, w[r], k), a[c][k], sum[r][c]);
     for (int r = 0; r < RM; ++r)
       for (int c = 0; c < RN; ++c) t.y[(j0 + c) * t.y_stride + i0 + r] = sum[r][c];
   }

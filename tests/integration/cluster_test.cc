@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include <atomic>
+#include <cstdio>
 #include <thread>
 
 #include "actors/client.h"
@@ -90,7 +91,7 @@ class ClusterTest : public ::testing::Test {
   std::vector<Result<GenerateResult>> run_all(Client& client, int n, int tokens, const std::string& prefix,
                                               std::function<void()> midway = nullptr, int after_chunks = 0) {
     std::vector<Result<GenerateResult>> res(n, Status::Internal("not run"));
-    std::atomic<int> chunks{0};
+    std::atomic<int> chunks{0}, done{0};
     std::vector<std::thread> ts;
     for (int i = 0; i < n; ++i) {
       ts.emplace_back([&, i] {
@@ -100,10 +101,16 @@ class ClusterTest : public ::testing::Test {
         r.temperature = i % 2 ? 0.8f : 0.0f;  // greedy and seeded sampling both resume exactly
         r.seed = 100 + i;
         res[i] = client.generate(r, [&](const TokenChunk&) { ++chunks; });
+        ++done;
       });
     }
     if (midway) {
-      while (chunks.load() < after_chunks) std::this_thread::sleep_for(2ms);
+      // Until enough chunks came; requests that all end first (failed) or a stall end the wait too,
+      // so that a failure is reported, not waited on until ctest's timeout.
+      const auto end = std::chrono::steady_clock::now() + 120s;
+      while (chunks.load() < after_chunks && done.load() < n && std::chrono::steady_clock::now() < end)
+        std::this_thread::sleep_for(2ms);
+      EXPECT_GE(chunks.load(), after_chunks) << "the requests ended or stalled before " << after_chunks << " chunks";
       midway();
     }
     for (auto& t : ts) t.join();
@@ -116,8 +123,15 @@ class ClusterTest : public ::testing::Test {
     start(a.address());
     start(a.address());
     auto client = connect(a);
-    EXPECT_TRUE(client && converged(*client, 3));
-    return client;
+    if (client && converged(*client, 3)) return client;
+    // What each node logged, for the failure to be understood (membership lines above all).
+    ADD_FAILURE() << "the three nodes did not converge within 20 s";
+    for (const auto& n : nodes_) {
+      const std::string err = n->process().err();
+      std::printf("---- %s's log (last 3000 bytes) ----\n%s\n", id_of(*n).c_str(),
+                  err.substr(err.size() > 3000 ? err.size() - 3000 : 0).c_str());
+    }
+    return nullptr;
   }
 
   std::string dir_, model_;
