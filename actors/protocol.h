@@ -130,12 +130,14 @@ struct WorkerStatus {
   int32_t restarts = 0;
   std::string kv_type;      // KV-cache elements: "f32" or "f16" ("" while no engine runs)
   int64_t kv_bytes = 0;     // KV-cache memory (tensor parallel: each rank's share)
+  std::string cpu_kernels;  // CPU workers: the kernels' variant ("avx512vnni", ..., kernels/cpu/variants.h); "" on GPUs
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, WorkerStatus& x) {
   return f(caf::meta::type_name("ds_worker_status"), x.id, x.backend, x.state, x.active, x.queued, x.kv_blocks_used,
-           x.kv_blocks_total, x.tokens_per_s, x.restarts, x.kv_type, x.kv_bytes);
+           x.kv_blocks_total, x.tokens_per_s, x.restarts, x.kv_type, x.kv_bytes,
+           x.cpu_kernels);
 }
 
 struct NodeStatus {

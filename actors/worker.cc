@@ -14,6 +14,7 @@
 
 #include "actors/atoms.h"
 #include "actors/step_watch.h"
+#include "kernels/cpu/variants.h"
 
 #include <spdlog/spdlog.h>
 
@@ -224,6 +225,7 @@ caf::behavior worker_behavior(caf::stateful_actor<WorkerState>* self, WorkerConf
           ws.kv_blocks_total = es.kv_blocks_total;
           ws.kv_type = dtype_name(es.kv_type);
           ws.kv_bytes = static_cast<int64_t>(es.kv_bytes);
+          if (s.cfg.backend.rfind("cpu", 0) == 0) ws.cpu_kernels = cpu::active_variant().name;
         }
         int tokens = 0;
         const auto now = Clock::now();

@@ -30,7 +30,7 @@ nlohmann::json to_json(const ds::ClusterStatus& cs) {
     workers.push_back({{"id", w.id}, {"backend", w.backend}, {"state", w.state}, {"active", w.active}, {"queued", w.queued},
                        {"kv_blocks_used", w.kv_blocks_used}, {"kv_blocks_total", w.kv_blocks_total},
                        {"kv_use", w.kv_blocks_total ? static_cast<double>(w.kv_blocks_used) / w.kv_blocks_total : 0.0},
-                       {"kv_type", w.kv_type}, {"kv_bytes", w.kv_bytes},
+                       {"kv_type", w.kv_type}, {"kv_bytes", w.kv_bytes}, {"cpu_kernels", w.cpu_kernels},
                        {"tokens_per_s", w.tokens_per_s}, {"restarts", w.restarts}});
     active += w.active;
     queued += w.queued;
@@ -59,8 +59,8 @@ void print_table(const ds::ClusterStatus& cs) {
   std::printf("%-20s %-22s %-20s %-6s %20s %10s %-8s %s\n", "NODE", "ADDRESS", "STATE", "LEADER", "INCARNATION", "UPTIME", "VERSION", "MODEL");
   std::printf("%-20s %-22s %-20s %-6s %20llu %9.0fs %-8s %s\n", n.node_id.c_str(), n.address.c_str(), state.c_str(),
               n.leader ? "*" : "", static_cast<unsigned long long>(n.incarnation), n.uptime_s, n.version.c_str(), n.model.c_str());
-  std::printf("  %-6s %-8s %-12s %7s %7s %14s %-12s %9s %9s\n", "WORKER", "BACKEND", "STATE", "ACTIVE", "QUEUED", "KV BLOCKS",
-              "KV CACHE", "TOK/S", "RESTARTS");
+  std::printf("  %-6s %-8s %-10s %-12s %7s %7s %14s %-12s %9s %9s\n", "WORKER", "BACKEND", "KERNELS", "STATE", "ACTIVE", "QUEUED",
+              "KV BLOCKS", "KV CACHE", "TOK/S", "RESTARTS");
   in_flight += n.in_flight;
   for (const auto& w : n.workers) {
     char kv[32];
@@ -68,8 +68,9 @@ void print_table(const ds::ClusterStatus& cs) {
     char cache[32] = "-";
     if (!w.kv_type.empty())
       std::snprintf(cache, sizeof(cache), "%s %.0f MiB", w.kv_type.c_str(), static_cast<double>(w.kv_bytes) / (1 << 20));
-    std::printf("  %-6s %-8s %-12s %7d %7d %14s %-12s %9.1f %9d\n", w.id.c_str(), w.backend.c_str(), w.state.c_str(), w.active,
-                w.queued, kv, cache, w.tokens_per_s, w.restarts);
+    std::printf("  %-6s %-8s %-10s %-12s %7d %7d %14s %-12s %9.1f %9d\n", w.id.c_str(), w.backend.c_str(),
+                w.cpu_kernels.empty() ? "-" : w.cpu_kernels.c_str(), w.state.c_str(), w.active, w.queued, kv, cache,
+                w.tokens_per_s, w.restarts);
     active += w.active;
     queued += w.queued;
     tps += w.tokens_per_s;

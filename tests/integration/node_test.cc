@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "actors/client.h"
+#include "kernels/cpu/variants.h"
 #include "model/engine.h"
 #include "node_process.h"
 
@@ -377,8 +378,14 @@ TEST_F(NodeTest, StatusShowsNodeAndWorkerAsTableAndJson) {
   EXPECT_GT(j["nodes"][0]["workers"][0]["kv_blocks_total"].get<int>(), 0);
   EXPECT_EQ(j["nodes"][0]["workers"][0]["kv_type"], "f32");  // --kv-type auto on the CPU
   EXPECT_GT(j["nodes"][0]["workers"][0]["kv_bytes"].get<int64_t>(), 0);
+  // The node picks the CPU kernels this test process would (same CPU, no cpu-kernels set).
+  std::string no_error;
+  const cpu::Variant* best = cpu::find_variant("auto", &no_error);
+  ASSERT_NE(best, nullptr) << no_error;
+  EXPECT_EQ(j["nodes"][0]["workers"][0]["cpu_kernels"], best->name);
   ASSERT_EQ(run_cli(tool("ds-admin") + " --connect " + n.address() + " cluster status", &out, &err), 0) << err;
   EXPECT_NE(out.find("WORKER"), std::string::npos);
+  EXPECT_NE(out.find(" " + std::string(best->name) + " "), std::string::npos) << out;
 }
 
 }  // namespace
