@@ -26,28 +26,18 @@ namespace DS_CPU_VARIANT { extern const Variant kVariant; }
 
 namespace {
 
-#ifdef DS_CPU_DISPATCH
-// The instruction sets of each variant's GCC target (kernels/CMakeLists.txt): x86-64-v3 is
-// AVX2, FMA, F16C, BMI1/2, LZCNT, MOVBE; v4 adds AVX-512 F/BW/CD/DQ/VL. __builtin_cpu_supports
-// also checks that the OS saves the vector registers (XCR0).
-bool has(const char* what) {
-  __builtin_cpu_init();
-  const std::string w = what;
-  if (w == "x86-64-v3") return __builtin_cpu_supports("x86-64-v3");
-  if (w == "x86-64-v4") return __builtin_cpu_supports("x86-64-v4");
-  if (w == "avx512vnni") return __builtin_cpu_supports("avx512vnni");
-  if (w == "avxvnni") return __builtin_cpu_supports("avxvnni");
-  return false;
-}
-#endif
-
 std::vector<CompiledVariant> list() {
   std::vector<CompiledVariant> v;
 #ifdef DS_CPU_DISPATCH
-  v.push_back({&avx512vnni::kVariant, has("x86-64-v4") && has("avx512vnni"), "x86-64-v4 (AVX-512 F/BW/CD/DQ/VL) + AVX512-VNNI"});
-  v.push_back({&avx512::kVariant, has("x86-64-v4"), "x86-64-v4 (AVX-512 F/BW/CD/DQ/VL)"});
-  v.push_back({&avxvnni::kVariant, has("x86-64-v3") && has("avxvnni"), "x86-64-v3 (AVX2, FMA, F16C, BMI2) + AVX-VNNI"});
-  v.push_back({&avx2::kVariant, has("x86-64-v3"), "x86-64-v3 (AVX2, FMA, F16C, BMI2)"});
+  // The instruction sets of each variant's GCC target (kernels/CMakeLists.txt): x86-64-v3 is
+  // AVX2, FMA, F16C, BMI1/2, LZCNT, MOVBE; v4 adds AVX-512 F/BW/CD/DQ/VL. __builtin_cpu_supports
+  // also checks that the OS saves the vector registers (XCR0).
+  __builtin_cpu_init();
+  const bool v3 = __builtin_cpu_supports("x86-64-v3"), v4 = __builtin_cpu_supports("x86-64-v4");
+  v.push_back({&avx512vnni::kVariant, v4 && __builtin_cpu_supports("avx512vnni"), "x86-64-v4 (AVX-512 F/BW/CD/DQ/VL) + AVX512-VNNI"});
+  v.push_back({&avx512::kVariant, v4, "x86-64-v4 (AVX-512 F/BW/CD/DQ/VL)"});
+  v.push_back({&avxvnni::kVariant, v3 && __builtin_cpu_supports("avxvnni"), "x86-64-v3 (AVX2, FMA, F16C, BMI2) + AVX-VNNI"});
+  v.push_back({&avx2::kVariant, v3, "x86-64-v3 (AVX2, FMA, F16C, BMI2)"});
   v.push_back({&generic::kVariant, true, "nothing beyond the build's baseline"});
 #else
   v.push_back({&DS_CPU_VARIANT::kVariant, true, "the build machine's instruction sets (this build has no dispatch)"});
