@@ -8,6 +8,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "kernels/cpu/variants.h"
+
 namespace {
 
 const std::string kBuild = DS_BUILD_DIR;
@@ -156,6 +158,16 @@ TEST_F(Cli, BenchJsonHasTheContractFields) {
   EXPECT_GT(step, 0);
   EXPECT_LT(step, all);
   EXPECT_NEAR(j["decode_gb_s"].get<double>(), step * j["decode_tok_s"].get<double>() / 1e9, 1e-6);
+  // The CPU kernels' variant: the best this CPU runs by default; --cpu-kernels picks another
+  // (generic runs everywhere); a name no build has is a usage error (exit 2) naming the choices.
+  EXPECT_FALSE(j["cpu_kernels"].get<std::string>().empty());
+  Proc g = run(tool("ds-bench") + " engine --model " + m + " --prompt 8 --gen 4 --batch 1 --repeats 1 --json --cpu-kernels " +
+                   ds::cpu::compiled_variants().back().variant->name, 300);
+  ASSERT_EQ(g.rc, 0) << g.err;
+  EXPECT_EQ(nlohmann::json::parse(g.out)["cpu_kernels"], ds::cpu::compiled_variants().back().variant->name);
+  Proc bad = run(tool("ds-bench") + " engine --model " + m + " --cpu-kernels avx1024 --json", 60);
+  EXPECT_EQ(bad.rc, 2);
+  EXPECT_NE(bad.err.find("no such variant of the CPU kernels in this build (it has: auto, "), std::string::npos) << bad.err;
 }
 
 }  // namespace

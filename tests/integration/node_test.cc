@@ -287,9 +287,14 @@ TEST_F(NodeTest, SigtermDrainsInFlightRequestsThenExitsZero) {
       });
     });
   }
-  while (started.load() < 3) std::this_thread::sleep_for(5ms);
+  // Bounded waits: a failure is reported, not waited on until ctest's timeout.
+  const auto deadline = std::chrono::steady_clock::now() + 120s;
+  while (started.load() < 3 && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(5ms);
+  EXPECT_EQ(started.load(), 3) << "the three requests did not all start streaming";
   n.process().signal(SIGTERM);
-  while (n.process().err().find("draining") == std::string::npos) std::this_thread::sleep_for(5ms);
+  while (n.process().err().find("draining") == std::string::npos && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(5ms);
+  EXPECT_NE(n.process().err().find("draining"), std::string::npos) << "no drain logged after SIGTERM";
   // New work is refused while the old finishes.
   std::string out, err;
   EXPECT_EQ(run_cli(tool("ds-client") + " --connect " + n.address() + " generate --max-tokens 5 hi", &out, &err), 4) << err;
