@@ -16,7 +16,7 @@
 // baseline. That matters: an inline function or template of those headers instantiated by a
 // variant is a weak symbol that the linker may pick for every caller in the program, so it
 // must not hold instructions that some CPU lacks (GCC gives a template the target of its
-// definition, not of its point of use). tests/cpu_variants_check.sh checks the objects for it.
+// definition, not of its point of use). tests/cpu/variants_isolated.sh checks the objects for it.
 // So a kernel file includes everything it needs first, then opens the region.
 //
 // Without those definitions (a build without dispatch: not x86-64 GCC, DS_CPU_DISPATCH=OFF,
