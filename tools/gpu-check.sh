@@ -138,7 +138,9 @@ summary() {
     grep -E '^RESULT: ' "$log" | head -n 1
     # ds-gpu-engine-check's bench-1b table (with its legend) and the persistent decode kernel's
     # lines: its checks, its timings beside the per-op path, what --fused-decode auto picks.
-    awk '/^type +prefill +dec b1/ {p = 1} p {print} /b1 q8 blocks = batch 1/ {p = 0}' "$log"
+    awk '/^type +prefill +dec b1/ {p = 1} p {print} /decode rates: 63 steps/ {p = 0}' "$log"
+    # One-off cost of a batch size's first decode step; the per-matrix copy floor of a step.
+    grep -E '^(q8_0|f16|q4_k): (first decode step|copy chain|a decode step.s wall time)' "$log"
     grep -E '^(fused decode: |persistent decode kernel|(q8_0|f16)(: per-op path| auto: ))' "$log"
     grep -E '^RESULT: ' "$log" | tail -n 1
   fi

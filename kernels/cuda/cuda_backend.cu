@@ -147,6 +147,8 @@ struct CudaBackend::Impl {
   std::map<uint64_t, int> retried;  // keys whose recording failed only for scratch growth: retries
   void* cublas_workspace = nullptr;  // kCublasWorkspaceBytes, set as the handle's workspace
   cudaEvent_t prof_start = nullptr, prof_stop = nullptr;  // profile_ops
+  cudaEvent_t replay_start = nullptr, replay_stop = nullptr;  // time_replays
+  bool replay_pending = false;  // a timed replay not yet counted in replay_ms_
   std::string fused_refusal;  // why the last fused_decode_prepare() returned -1 ("" if not asked)
   struct Fused {  // a fused_decode_prepare()d model
     cuda::FusedDecodeArgs args;
@@ -207,7 +209,9 @@ bool CudaBackend::start() {
          DS_CUDA_CHECK(kOp, cudaMalloc(reinterpret_cast<void**>(&norm_counter_), 256)) &&
          DS_CUDA_CHECK(kOp, cudaMemsetAsync(norm_counter_, 0, 256, impl_->stream)) &&
          (!options_.profile_ops || (DS_CUDA_CHECK(kOp, cudaEventCreate(&impl_->prof_start)) &&
-                                    DS_CUDA_CHECK(kOp, cudaEventCreate(&impl_->prof_stop))));
+                                    DS_CUDA_CHECK(kOp, cudaEventCreate(&impl_->prof_stop)))) &&
+         (!options_.time_replays || (DS_CUDA_CHECK(kOp, cudaEventCreate(&impl_->replay_start)) &&
+                                     DS_CUDA_CHECK(kOp, cudaEventCreate(&impl_->replay_stop))));
 }
 
 CudaBackend::~CudaBackend() {
@@ -220,6 +224,8 @@ CudaBackend::~CudaBackend() {
   if (impl_->staging) cudaFreeHost(impl_->staging);
   if (impl_->prof_start) cudaEventDestroy(impl_->prof_start);
   if (impl_->prof_stop) cudaEventDestroy(impl_->prof_stop);
+  if (impl_->replay_start) cudaEventDestroy(impl_->replay_start);
+  if (impl_->replay_stop) cudaEventDestroy(impl_->replay_stop);
   if (scratch_) cudaFree(scratch_);
   if (norm_counter_) cudaFree(norm_counter_);
   for (void* p : impl_->fused_memory) cudaFree(p);
@@ -283,6 +289,11 @@ bool CudaBackend::wait(const char* op) {
   if (capture_refuses(op)) return false;
   const bool done = DS_CUDA_CHECK(op, cudaStreamSynchronize(impl_->stream));
   impl_->staged = 0;  // every staged copy has run
+  if (done && impl_->replay_pending) {  // time_replays: the replay has run too
+    float ms = 0;
+    if (DS_CUDA_CHECK(op, cudaEventElapsedTime(&ms, impl_->replay_start, impl_->replay_stop))) replay_ms_ += ms;
+    impl_->replay_pending = false;
+  }
   return done;
 }
 
@@ -315,7 +326,11 @@ bool CudaBackend::replay(uint64_t key) {
   if (capturing_) return false;
   const auto it = impl_->graphs.find(key);
   if (it == impl_->graphs.end() || !begin(kOp)) return false;
+  const bool timed = impl_->replay_start != nullptr && !impl_->replay_pending;
+  if (timed && !DS_CUDA_CHECK(kOp, cudaEventRecord(impl_->replay_start, impl_->stream))) return false;
   if (!DS_CUDA_CHECK(kOp, cudaGraphLaunch(it->second, impl_->stream))) return false;
+  if (timed && !DS_CUDA_CHECK(kOp, cudaEventRecord(impl_->replay_stop, impl_->stream))) return false;
+  impl_->replay_pending = impl_->replay_pending || timed;
   ++replays_;
   end(kOp);
   return true;
@@ -1050,6 +1065,7 @@ int CudaBackend::fused_decode_prepare(const FusedDecodeModel& m) {
   f.att.kv_type = kv_type;
   cuda::fused_decode_chunks(a.max_kv, &f.chunk, &f.n_chunks);
   f.x = m.x, f.ffn = m.ffn, f.logits = m.logits;
+  f.lean = cuda::fused_decode_lean(options_.fused_decode_blocks_per_sm);
   const int blocks = cuda::fused_decode_blocks(f.wtype, cuda::fused_decode_shared_bytes(f),
                                                options_.fused_decode_blocks_per_sm);
   if (blocks <= 0) return refuse("this GPU cannot run it (no cooperative launch, or no block fits an SM)");

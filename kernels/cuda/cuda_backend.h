@@ -95,7 +95,9 @@ struct CudaBackendOptions {
                                 // not yet run on a GPU, so off by default)
   bool fused_decode_auto = false;  // with fused_decode: Forward keeps it only where its probe at
                                    // Init finds the same logits and faster steps (fused_decode_probe)
-  int fused_decode_blocks_per_sm = 4;  // its blocks per SM (at most what fits)
+  bool time_replays = false;     // replay(): each graph replay's GPU time (CUDA events), summed in
+                                // replay_ms() (benchmarks: a step's GPU time against its wall time)
+  int fused_decode_blocks_per_sm = 4;  // its blocks per SM (at most what fits; above 4, a build capped at 64 registers a thread)
   bool fused_decode_prefetch = true;   // its L2 prefetch of the next phase's weights at each barrier
   bool self_check = true;       // create() runs the paths above that are on but have not run on a GPU yet
                                 // (tc_attention_mma, tc_attention_padded, q8_0_split, fuse_decode) once
@@ -235,6 +237,9 @@ class CudaBackend final : public Backend {
   // Recordings kept / replays done so far (tests and benchmarks).
   size_t recordings() const;
   int64_t replays() const { return replays_; }
+  // Under options.time_replays: GPU milliseconds of the replays so far (each counted at the
+  // next wait for the stream, which every decode step's token download is).
+  double replay_ms() const { return replay_ms_; }
 
  private:
   struct Impl;
@@ -291,6 +296,7 @@ class CudaBackend final : public Backend {
   bool capture_retry_ = false, capture_final_ = false;  // why it failed (capture_refuses)
   uint64_t capture_key_ = 0;
   int64_t replays_ = 0;
+  double replay_ms_ = 0;
   std::map<std::string, OpTime> profile_;
 };
 

@@ -198,8 +198,16 @@ __device__ __forceinline__ void decode_step(const FusedDecodeArgs& p, float* sme
   }
 }
 
-template <DType T>
-__global__ void __launch_bounds__(kThreads) decode_fused_kernel(FusedDecodeArgs p) {
+// Two builds of the kernel, chosen by the blocks an SM asked for (fused_decode_lean):
+// kMinBlocks 1 lets the compiler take the registers it likes (160 a thread on sm_90: 3 blocks
+// an SM fit), kLeanBlocks caps them at 64 (8 blocks fit; some values spill to local memory).
+// The phases are bound by memory latency: the 8th session's figures rose with every block an
+// SM (1, 2, 3: 342, 431, 480 tok/s). Registers change no value: both builds give the same bits.
+constexpr int kLeanBlocks = 8;
+constexpr int kWideMaxBlocks = 4;  // more blocks an SM than this take the lean build
+
+template <DType T, int kMinBlocks>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) decode_fused_kernel(FusedDecodeArgs p) {
   DS_DYNAMIC_SHARED(float, smem);
   decode_step<T>(p, smem);
 }
@@ -256,6 +264,8 @@ bool dispatch_fused_type(DType t, F&& f) {
 
 }  // namespace
 
+bool fused_decode_lean(int blocks_per_sm) { return blocks_per_sm > kWideMaxBlocks; }
+
 bool fused_decode_supports(DType t, int head_dim) {
   return dispatch_fused_type(t, [](auto) {}) && head_dim >= 1 && head_dim <= kMaxPerLane * kWarpSize;
 }
@@ -274,8 +284,9 @@ int fused_decode_blocks(DType t, size_t shared_bytes, int blocks_per_sm) {
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess ||
       cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device) != cudaSuccess || !coop)
     return 0;
+  const bool lean = fused_decode_lean(blocks_per_sm);
   bool ok = dispatch_fused_type(t, [&](auto tag) {
-    auto* kernel = decode_fused_kernel<decltype(tag)::value>;
+    auto* kernel = lean ? decode_fused_kernel<decltype(tag)::value, kLeanBlocks> : decode_fused_kernel<decltype(tag)::value, 1>;
     if (shared_bytes > 48 * 1024 &&
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared_bytes)) !=
             cudaSuccess)
@@ -298,7 +309,8 @@ cudaError_t fused_decode(const FusedDecodeArgs& args, int blocks, cudaStream_t s
   a.stage_floats = stage_floats(a);
   const size_t shm = fused_decode_shared_bytes(a);
   const bool ok = dispatch_fused_type(a.wtype, [&](auto tag) {
-    launch_cooperative(decode_fused_kernel<decltype(tag)::value>, blocks, shm, stream, a);
+    if (a.lean) launch_cooperative(decode_fused_kernel<decltype(tag)::value, kLeanBlocks>, blocks, shm, stream, a);
+    else launch_cooperative(decode_fused_kernel<decltype(tag)::value, 1>, blocks, shm, stream, a);
   });
   return ok ? cudaGetLastError() : cudaErrorInvalidValue;
 }

@@ -216,6 +216,7 @@ struct FusedDecodeArgs {
   float* logits = nullptr;       // [n_vocab]
   unsigned* barrier = nullptr;   // a device unsigned for the grid barrier (any value)
   int64_t stage_floats = 0;      // set by fused_decode
+  bool lean = false;             // the register-capped build: fused_decode_lean(blocks an SM asked for)
 };
 // Whether the kernel takes matrices of kernel type t (F32, F16, Q8_0, split Q8_0) and this
 // head_dim (<= 128).
@@ -223,8 +224,12 @@ bool fused_decode_supports(DType t, int head_dim);
 // The split-K chunking attention() uses for max_kv (> 0): chunk size and count.
 void fused_decode_chunks(int max_kv, int* chunk, int* n_chunks);
 size_t fused_decode_shared_bytes(const FusedDecodeArgs& a);
-// Blocks of a launch on the current device: SMs x min(blocks_per_sm, what fits); 0 where the
-// device cannot launch cooperatively (the caller keeps the layer-by-layer path).
+// Whether blocks_per_sm blocks an SM take the kernel's register-capped build (more than 4:
+// the other build fits 3 an SM on sm_90); FusedDecodeArgs::lean.
+bool fused_decode_lean(int blocks_per_sm);
+// Blocks of a launch on the current device: SMs x min(blocks_per_sm, what fits, of the build
+// fused_decode_lean picks); 0 where the device cannot launch cooperatively (the caller keeps
+// the layer-by-layer path).
 int fused_decode_blocks(DType t, size_t shared_bytes, int blocks_per_sm);
 // REQUIRES: fused_decode_supports; att.max_kv > 0 with its split-K workspace; blocks from
 // fused_decode_blocks; every matrix of wtype with rows of stride_* bytes.

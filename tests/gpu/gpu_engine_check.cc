@@ -1,7 +1,7 @@
 // tests/gpu/gpu_engine_check.cc: the engine on a real GPU (steps 3 and 4 of
 // tools/gpu-check.sh). Plain program, no test framework: the GPU machine has no GTest.
 //
-//   ds-gpu-engine-check --golden DIR [--bench-dir DIR] [--no-bench] [--quick] [--only CHECK]
+//   ds-gpu-engine-check --golden DIR [--bench-dir DIR] [--no-bench] [--quick] [--only CHECK] [--types LIST]
 //
 // Step 3: greedy generation of DIR/stories260K.gguf (and -f16) on the CUDA backend must
 //         reproduce DIR/stories260K-golden.jsonl token for token (sampling on the GPU);
@@ -40,8 +40,9 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--no-bench")) do_bench = false;
     else if (!std::strcmp(argv[i], "--quick")) g_quick = true;
     else if (!std::strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
+    else if (!std::strcmp(argv[i], "--types") && i + 1 < argc) g_bench_types = argv[++i];
     else {
-      std::printf("usage: %s --golden DIR [--bench-dir DIR] [--no-bench] [--quick] [--only CHECK]\n"
+      std::printf("usage: %s --golden DIR [--bench-dir DIR] [--no-bench] [--quick] [--only CHECK] [--types q8_0,f16,q4_k]\n"
                   "  CHECK: golden, q8_0_split, fused_decode, sampling, memory_errors, tensor_parallel, bench\n",
                   argv[0]);
       return std::strcmp(argv[i], "--help") ? 2 : 0;

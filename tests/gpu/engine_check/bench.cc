@@ -129,6 +129,61 @@ double cublas_only_layers_s(const ds::ModelConfig& c, int n) {
 #endif
 }
 
+// The floor of a decode step that reads each weight matrix in its own launch: the bytes a
+// batch-1 step reads, in the pieces its launches read (a layer's Q/K/V, O, gate/up and down,
+// then the output projection), each copied device to device by its own cudaMemcpyAsync, the
+// chain recorded as one CUDA graph (as a decode step is). The copy reads and writes every
+// byte: the figure to set beside d2d_bandwidth_gbs(), which the target is relative to.
+// Seconds a chain, 0 on any error (or under the CPU emulation); *pieces: how many copies.
+double copy_chain_s(const ds::ModelWeights& w, int* pieces_out) {
+#ifdef DS_CUDA_EMULATION
+  (void)w, (void)pieces_out;
+  return 0;
+#else
+  std::vector<size_t> pieces;
+  auto bytes = [](const ds::WeightRef& r) { return r.row_stride() * static_cast<size_t>(r.rows); };
+  for (const auto& L : w.layers) {
+    pieces.push_back(bytes(L.wq) + bytes(L.wk) + bytes(L.wv));
+    pieces.push_back(bytes(L.wo));
+    pieces.push_back(bytes(L.w_gate) + bytes(L.w_up));
+    pieces.push_back(bytes(L.w_down));
+  }
+  pieces.push_back(bytes(w.output));
+  *pieces_out = static_cast<int>(pieces.size());
+  size_t total = 0;
+  for (size_t p : pieces) total += p;
+  void *src = nullptr, *dst = nullptr;
+  cudaStream_t s = nullptr;
+  cudaGraph_t g = nullptr;
+  cudaGraphExec_t ge = nullptr;
+  double t = 0;
+  if (cudaMalloc(&src, total) == cudaSuccess && cudaMalloc(&dst, total) == cudaSuccess &&
+      cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess &&
+      cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal) == cudaSuccess) {
+    size_t off = 0;
+    bool ok = true;
+    for (size_t p : pieces) {
+      ok = cudaMemcpyAsync(static_cast<char*>(dst) + off, static_cast<char*>(src) + off, p, cudaMemcpyDeviceToDevice, s) ==
+               cudaSuccess && ok;
+      off += p;
+    }
+    if (cudaStreamEndCapture(s, &g) == cudaSuccess && ok && cudaGraphInstantiate(&ge, g, 0) == cudaSuccess &&
+        cudaGraphLaunch(ge, s) == cudaSuccess && cudaStreamSynchronize(s) == cudaSuccess) {
+      const int reps = 20;
+      const auto t0 = Clock::now();
+      for (int r = 0; r < reps; ++r) cudaGraphLaunch(ge, s);
+      if (cudaStreamSynchronize(s) == cudaSuccess) t = secs(t0) / reps;
+    }
+  }
+  if (ge) cudaGraphExecDestroy(ge);
+  if (g) cudaGraphDestroy(g);
+  if (s) cudaStreamDestroy(s);
+  cudaFree(src), cudaFree(dst);
+  cudaGetLastError();
+  return t;
+#endif
+}
+
 }  // namespace
 
 double d2d_bandwidth_gbs() {
@@ -158,6 +213,8 @@ bool bench(const std::string& dir, double copy_gbs) {
   std::vector<std::string> sampled_lines;
   std::string profiles;
   for (const char* tn : {"q8_0", "f16", "q4_k"}) {  // q4_k last: the newest kernels, least of the time budget
+    if (!g_bench_types.empty() && ("," + g_bench_types + ",").find("," + std::string(tn) + ",") == std::string::npos)
+      continue;
     auto spec = ds::model_preset("bench-1b");
     ds::parse_dtype(tn, &spec->type);
     const std::string path = dir + "/bench-1b-" + tn + ".gguf";
@@ -172,6 +229,8 @@ bool bench(const std::string& dir, double copy_gbs) {
     // instead of the mma.sync flash attention 2
     double prefill = 0, prefill_cc = 0, prefill_wmma = 0;
     std::vector<double> dec;
+    double first_ms[3] = {0, 0, 0};
+    double step_us[3][3] = {};  // batch 1, 8, 32: a decode step's wall time, its graph replay's GPU time, replays a step
     int32_t first[3] = {-1, -1, -1};
     for (int k = 0; k < 3; ++k) {
       g_tc_att = k != 1;
@@ -209,8 +268,10 @@ bool bench(const std::string& dir, double copy_gbs) {
       g_pdl = b != -2;
       g_tc = b != -3;
       g_q8_0_split = b != -4;
+      g_time_replays = b > 0;
       b = b == -3 ? 32 : b;
       auto e = engine(*m, b < 0 ? 1 : b, 256, 256, b != -1, &cuda);
+      g_time_replays = false;
       g_pdl = true;
       g_tc = true;
       g_q8_0_split = true;
@@ -226,12 +287,38 @@ bool bench(const std::string& dir, double copy_gbs) {
       }
       std::vector<ds::TokenEvent> evs;
       if (!check_ok(e->step(&evs), "step (prompts + first token)")) return false;
+      // The first decode step records the step's CUDA graph and is the first use of its
+      // kernels: timed apart (a one-off cost), the rate is of the steps after it.
+      const auto t1 = Clock::now();
+      if (!check_ok(e->step(&evs), "step (first decode step)")) return false;
+      const double first_s = secs(t1);
+      if (dec.size() < 3) first_ms[dec.size()] = 1e3 * first_s;
       int steps = 0;
+      const double replay_ms0 = cuda->replay_ms();
+      const int64_t replays0 = cuda->replays();
       const auto t0 = Clock::now();
       run(*e, b, &steps);
-      dec.push_back(static_cast<double>(b) * gen / secs(t0));
+      const double wall_s = secs(t0);
+      dec.push_back(static_cast<double>(b) * (gen - 1) / wall_s);
       replays += cuda->replays();
+      if (dec.size() <= 3 && steps > 0)
+        step_us[dec.size() - 1][0] = 1e6 * wall_s / steps,
+        step_us[dec.size() - 1][1] = 1e3 * (cuda->replay_ms() - replay_ms0) / steps,
+        step_us[dec.size() - 1][2] = static_cast<double>(cuda->replays() - replays0) / steps;
     }
+    {
+      char buf[400];
+      std::snprintf(buf, sizeof buf,
+                    "%s: a decode step's wall time / its graph replay's GPU time (us): batch 1 %.1f / %.1f, batch 8 "
+                    "%.1f / %.1f, batch 32 %.1f / %.1f (the difference: host work, uploads, sampling, the download; "
+                    "replays a step %.2f / %.2f / %.2f)",
+                    tn, step_us[0][0], step_us[0][1], step_us[1][0], step_us[1][1], step_us[2][0], step_us[2][1],
+                    step_us[0][2], step_us[1][2], step_us[2][2]);
+      sampled_lines.push_back(buf);
+    }
+    sampled_lines.push_back(std::string(tn) + ": first decode step (records its CUDA graph, first use of its kernels) " +
+                            std::to_string(first_ms[0]) + " ms at batch 1, " + std::to_string(first_ms[1]) +
+                            " ms at batch 8, " + std::to_string(first_ms[2]) + " ms at batch 32 (the table's rates leave it out)");
     // Sampled decode at batch 8 (every kind of request): sampling on the GPU vs on the host.
     double sampled[2] = {0, 0};
     for (int k = 0; k < 2; ++k) {
@@ -278,6 +365,7 @@ bool bench(const std::string& dir, double copy_gbs) {
                               std::to_string(kv_tok_s[1] / kv_tok_s[0]) + ")");
     }
     if (!profile_decode(*m, tn, 1, &profiles)) return false;
+    if (!profile_decode(*m, tn, 8, &profiles)) return false;
     if (!profile_prefill(*m, tn, prompt, &profiles)) return false;
     // GEMM-only time of a prefill: every layer's matmuls at n = prompt.
     double gemm_s = 0;
@@ -306,6 +394,17 @@ bool bench(const std::string& dir, double copy_gbs) {
       be->free(x);
       be->free(y);
     }
+    int pieces = 0;
+    const double chain_s = copy_chain_s((*m)->weights(), &pieces);
+    if (chain_s > 0) {
+      const double chain_gbs = 2.0 * (*m)->weights().decode_bytes() / chain_s / 1e9;
+      sampled_lines.push_back(std::string(tn) + ": copy chain (the bytes of a batch-1 step in " + std::to_string(pieces) +
+                              " cudaMemcpyAsync, one a launch of the step, in one CUDA graph) " +
+                              std::to_string(1e6 * chain_s) + " us = " + std::to_string(chain_gbs) + " GB/s read+write = " +
+                              std::to_string(100.0 * chain_gbs / copy_gbs) + "% of copy, " + std::to_string(1.0 / chain_s) +
+                              " steps/s; batch-1 decode " + std::to_string(1e6 / dec[0]) + " us a step = " +
+                              std::to_string(100.0 * chain_s * dec[0]) + "% of the chain's rate");
+    }
     const double gbs = (*m)->weights().decode_bytes() * dec[0] / 1e9;
     const double cublas_s = cublas_only_layers_s((*m)->config(), prompt);
     std::printf("%-6s %10.1f %10.1f %10.1f %10.1f %9.1f %8.0f%% %11.2f %14.2f %12.1f %10.1f %10.1f %12.1f   (%lld graph replays)\n",
@@ -316,7 +415,8 @@ bool bench(const std::string& dir, double copy_gbs) {
               " prefill/gemm = prefill time over the time of its layer GEMMs alone (the backend's matmuls: x rounded\n"
               " to F16, quantized weights dequantized, cuBLAS): target <= 1.5; prefill/cublas = over cuBLAS alone on\n"
               " F16 operands already in place (the stricter reading of the target);\n"
-              " b1 q8 blocks = batch 1 with Q8_0 in the GGUF blocks instead of split rows)\n", copy_gbs);
+              " b1 q8 blocks = batch 1 with Q8_0 in the GGUF blocks instead of split rows;\n"
+              " decode rates: 63 steps after the first decode step, timed apart below)\n", copy_gbs);
   for (const auto& l : sampled_lines) std::printf("%s\n", l.c_str());
   std::printf("%s", profiles.c_str());
   return true;

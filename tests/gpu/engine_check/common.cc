@@ -63,6 +63,8 @@ bool g_fused = false;       // CudaBackendOptions::fused_decode of the engines m
 bool g_fused_auto = false;  // CudaBackendOptions::fused_decode_auto of the engines made below
 bool g_fused_prefetch = true;  // CudaBackendOptions::fused_decode_prefetch of the engines made below
 int g_fused_blocks = 4;        // CudaBackendOptions::fused_decode_blocks_per_sm of the engines made below
+bool g_time_replays = false;   // CudaBackendOptions::time_replays of the engines made below
+std::string g_bench_types;     // --types: the bench-1b weight types bench() runs (empty: all)
 std::optional<ds::DType> g_kv_type;  // EngineOptions::kv_type of the engines made below (unset: F16 on the GPU)
 // --quick (the CPU emulation of CUDA, tests/gpu/emu, where a step takes ~1 s): the golden's
 // first case and first 16 tokens, sampling for 10 tokens a request.
@@ -86,6 +88,7 @@ std::unique_ptr<ds::Engine> engine(std::shared_ptr<ds::Model> m, int max_batch, 
   co.fused_decode_auto = g_fused_auto;
   co.fused_decode_prefetch = g_fused_prefetch;
   co.fused_decode_blocks_per_sm = g_fused_blocks;
+  co.time_replays = g_time_replays;
   std::unique_ptr<ds::CudaBackend> be = ds::CudaBackend::create(co, &err);
   if (!be) {
     std::printf("ERROR: no CUDA backend: %s\n", err.c_str());

@@ -6,6 +6,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -216,7 +217,8 @@ bool fused_decode(const std::string& gold, const std::string& dir) {
 
 // Batch-1 decode of bench-1b through the persistent decode kernel (CudaBackendOptions::
 // fused_decode) against the per-op path in the same run: with its L2 prefetch and up to 4
-// blocks an SM (as many as fit), without the prefetch, with 1 and 2 blocks an SM. The
+// blocks an SM (as many as fit), without the prefetch, with 1 and 2 blocks an SM, and the
+// register-capped build with 6 and 8 blocks an SM (with and without the prefetch). The
 // per-op path's greedy tokens are required (the same logits give the same tokens). Last in
 // the run: a kernel that never ran on a GPU before must not cost the other results if it hangs.
 bool bench_fused(const std::string& dir, double copy_gbs) {
@@ -237,8 +239,11 @@ bool bench_fused(const std::string& dir, double copy_gbs) {
     std::string line = std::string(tn) + ":";
     std::vector<int32_t> per_op;
     bool same = true;
-    for (int k = -1; k < 4; ++k) {
-      const Variant v = k == 1 ? Variant{false, 4} : k == 2 ? Variant{true, 1} : k == 3 ? Variant{true, 2} : Variant{true, 4};
+    // k = -1: the per-op path; then the persistent kernel's variants (above 4 blocks an SM:
+    // the build capped at 64 registers, decode_fused.cu)
+    const Variant variants[] = {{true, 4}, {false, 4}, {true, 1}, {true, 2}, {true, 6}, {true, 8}, {false, 8}};
+    for (int k = -1; k < static_cast<int>(std::size(variants)); ++k) {
+      const Variant v = k < 0 ? Variant{true, 4} : variants[k];
       const ds::CudaBackend* cuda = nullptr;
       g_fused = k >= 0;
       g_fused_prefetch = v.prefetch;
