@@ -213,8 +213,10 @@ bool bench(const std::string& dir, double copy_gbs) {
   std::vector<std::string> sampled_lines;
   std::string profiles;
   for (const char* tn : {"q8_0", "f16", "q4_k"}) {  // q4_k last: the newest kernels, least of the time budget
-    if (!g_bench_types.empty() && ("," + g_bench_types + ",").find("," + std::string(tn) + ",") == std::string::npos)
-      continue;
+    std::string list(","), item(",");  // (appends: GCC 12 warns wrongly about "," + a string)
+    list.append(g_bench_types).push_back(',');
+    item.append(tn).push_back(',');
+    if (!g_bench_types.empty() && list.find(item) == std::string::npos) continue;
     auto spec = ds::model_preset("bench-1b");
     ds::parse_dtype(tn, &spec->type);
     const std::string path = dir + "/bench-1b-" + tn + ".gguf";
