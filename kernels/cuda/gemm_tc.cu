@@ -127,7 +127,10 @@ __global__ void __launch_bounds__(kTcWarps * 32) gemm_tc_kernel(const TcArgs arg
   const bool add = args.add;
   const int b = static_cast<int>(blockIdx.x) - P.first_block;
   constexpr int KT = tc_segment_cols<T>();
-  constexpr int kPitch = (tc_row_bytes<T>(KT) + 15) / 16 * 16;
+  // Staged bytes a row; split Q8_0's 128-byte rows get 16 bytes of padding, so that the lanes'
+  // 16-byte reads of their rows (lane l at l * 144) fall in distinct banks (at a pitch of 128
+  // every lane's row starts in the same bank).
+  constexpr int kPitch = T == kQ8_0Split ? tc_row_bytes<T>(KT) + 16 : (tc_row_bytes<T>(KT) + 15) / 16 * 16;
   static_assert(kPitch * kTcRows <= kTcTileBytes, "a segment's 32 rows must fit the tile");
   static_assert(kTcWarps * NT * 8 * kTcRows * 4 <= kTcWarps * kTcTileBytes, "the reduction reuses the tiles");
   __shared__ TcShared sm;
@@ -148,27 +151,36 @@ __global__ void __launch_bounds__(kTcWarps * 32) gemm_tc_kernel(const TcArgs arg
     const int kc = static_cast<int>(cols - k0 < KT ? cols - k0 : KT);  // a multiple of 16
     const size_t off = static_cast<size_t>(tc_row_bytes<T>(k0));
     const int bytes = static_cast<int>(tc_row_bytes<T>(kc));
+    // Split Q8_0: the lane's row's scales of this segment (kc / 32 <= 4 blocks), from global
+    // memory, asked for before the staging wait (load_elem's d * q from the staged quants and
+    // these; until the 16th session one dependent global load every step).
+    float dseg[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if constexpr (T == kQ8_0Split) {
+      static_assert(KT / 32 == 4, "a segment of split Q8_0 is 4 blocks");
+      const int64_t r = r0 + lane < rows ? r0 + lane : rows - 1;
+      const uint16_t* my_scales = reinterpret_cast<const uint16_t*>(w + r * static_cast<int64_t>(row_stride) + cols) + k0 / 32;
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        if (32 * i < kc) dseg[i] = f16_to_f32(__ldg(my_scales + i));
+    }
     if (copy_bytes == 16) tc_stage<16>(my_raw, kPitch, w, row_stride, rows, r0, off, bytes, lane);
     else if (copy_bytes == 8) tc_stage<8>(my_raw, kPitch, w, row_stride, rows, r0, off, bytes, lane);
     else tc_stage<4>(my_raw, kPitch, w, row_stride, rows, r0, off, bytes, lane);
     __syncwarp();
     const uint8_t* my_row = my_raw + lane * kPitch;  // lane = the row it dequantizes
-    // Split Q8_0: the lane's row's scales in global memory (load_elem's d * q from the
-    // staged quants and these).
-    const uint16_t* my_scales = nullptr;
-    if constexpr (T == kQ8_0Split) {
-      const int64_t r = r0 + lane < rows ? r0 + lane : rows - 1;
-      my_scales = reinterpret_cast<const uint16_t*>(w + r * static_cast<int64_t>(row_stride) + cols) + k0 / 32;
-    }
     for (int ks = 0; ks < kc / 16; ++ks) {
       uint32_t packed[8];
       if constexpr (T == kQ8_0Split) {
-        const float d = f16_to_f32(__ldg(my_scales + ks / 2));
+        const int blk = ks / 2;  // selects, not an indexed register array (that would go to local memory)
+        const float d = blk == 0 ? dseg[0] : blk == 1 ? dseg[1] : blk == 2 ? dseg[2] : dseg[3];
+        const uint4 v = *reinterpret_cast<const uint4*>(my_row + ks * 16);  // the step's 16 quants, one read
+        const uint32_t q4[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
-          const int k = ks * 16 + 2 * e;
-          const uint32_t lo = f32_to_f16_bits(d * static_cast<float>(static_cast<int8_t>(my_row[k])));
-          const uint32_t hi = f32_to_f16_bits(d * static_cast<float>(static_cast<int8_t>(my_row[k + 1])));
+          const uint32_t word = q4[e / 2];
+          const int sh = 16 * (e % 2);
+          const uint32_t lo = f32_to_f16_bits(d * static_cast<float>(static_cast<int8_t>((word >> sh) & 0xffu)));
+          const uint32_t hi = f32_to_f16_bits(d * static_cast<float>(static_cast<int8_t>((word >> (sh + 8)) & 0xffu)));
           packed[e] = lo | (hi << 16);
         }
       } else {

@@ -132,12 +132,22 @@ double bench_memcpy(CudaBackend& b, size_t bytes) {
 // dequantized to F16 first) and the GEMV in launches of 8, weights rotated, each forced
 // (gemv_max_batch 1, tc_gemm_every_type; batch_invariant for the GEMV): are the per-type
 // GEMV ranges and the kernel's types right?
-void bench_tc(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols, int n) {
+// split: Q8_0 uploaded in the split layout (CudaBackend::upload_weight, as the engine does).
+void bench_tc(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols, int n, bool split = false) {
   const size_t bytes = ds::row_bytes(t, cols) * rows;
   const int copies = static_cast<int>(std::max<size_t>(2, (kRotateBytes + bytes - 1) / bytes));
   const auto w = make_weights(rng, t, rows, cols);
   std::vector<Buf> ws;
-  for (int i = 0; i < copies; ++i) ws.emplace_back(b, w);
+  std::vector<WeightRef> refs;
+  for (int i = 0; i < copies; ++i) {
+    if (split) {
+      ws.emplace_back(b, w.size());
+      refs.push_back(b.upload_weight(WeightRef{t, w.data(), rows, cols}, ws.back().as<void>()));
+    } else {
+      ws.emplace_back(b, w);
+      refs.push_back(WeightRef{t, ws.back().as<void>(), rows, cols});
+    }
+  }
   Buf x(b, rng.floats(n * cols)), y(b, n * rows * 4);
   auto s = static_cast<cudaStream_t>(b.stream());
   const int gemv_max = b.options().gemv_max_batch;
@@ -147,7 +157,7 @@ void bench_tc(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols, int
     b.set_tc_gemm(path == 0);
     b.set_batch_invariant(path == 2);
     b.set_gemv_max_batch(path == 2 ? gemv_max : 1);
-    auto run = [&](int i) { b.matmul(WeightRef{t, ws[i % copies].as<void>(), rows, cols}, x.as(), n, y.as()); };
+    auto run = [&](int i) { b.matmul(refs[i % copies], x.as(), n, y.as()); };
     time_ms(s, copies, run);
     us[path] = 1e3 * time_ms(s, std::max(4 * copies, 100), run);
   }
@@ -157,7 +167,7 @@ void bench_tc(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols, int
   b.set_gemv_max_batch(gemv_max);
   require_ok(b, "tensor-core benchmark");
   char what[96];
-  std::snprintf(what, sizeof what, "matmul-tc %s %s n=%d", ds::dtype_name(t), shape(rows, cols).c_str(), n);
+  std::snprintf(what, sizeof what, "matmul-tc %s%s %s n=%d", ds::dtype_name(t), split ? "s" : "", shape(rows, cols).c_str(), n);
   std::printf("BENCH %-36s %9.2f us  %8.1f GB/s; cuBLAS %.2f us (%.2fx), GEMV x%d %.2f us (%.2fx)\n", what, us[0],
               bytes / (us[0] * 1e-6) / 1e9, us[1], us[1] / us[0], (n + 7) / 8, us[2], us[2] / us[0]);
   std::fflush(stdout);
@@ -355,6 +365,9 @@ void run_benchmarks(CudaBackend& b, Rng& rng) {
   for (int n : {2, 3, 4}) bench_tc(b, rng, DType::kF16, 5632, 2048, n);
   for (int n : {4, 8}) bench_tc(b, rng, DType::kQ4_K, 5632, 2048, n);
   bench_tc(b, rng, DType::kQ8_0, 2048, 5632, 32);
+  // Q8_0 split rows (the engine's layout): "q8_0s" beside "q8_0" above.
+  for (int n : {8, 32}) bench_tc(b, rng, DType::kQ8_0, 5632, 2048, n, true);
+  bench_tc(b, rng, DType::kQ8_0, 2048, 5632, 32, true);
   bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, 1, 1);  // v1, for comparison
   for (DType t : {DType::kQ8_0, DType::kF16})
     for (int n : {1, 8}) bench_fused(b, rng, t, n);
