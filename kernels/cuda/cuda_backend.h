@@ -61,7 +61,7 @@ struct CudaBackendOptions {
                                 // on the tensor cores with F32 accumulation; activations are rounded to
                                 // F16 (~5e-4 relative; BF16 ~4e-3). false: F32 SGEMM after dequantizing
   bool allow_tf32 = false;      // cuBLAS F32 path: TF32 tensor cores (faster; ~1e-3 relative error)
-  int gemv_version = 3;         // see kernels/cuda/gemv.cu: 1 = simple, 2 = warp per row, 3 = live
+  int gemv_version = 3;         // see kernels/cuda/gemv_kernels.cuh: 1 = simple, 2 = warp per row, 3 = live
   bool pdl = true;               // GEMV v3 launches (plain and fused) with programmatic dependent launch
                                 // (sm_90+): their weight loads start while the previous kernel ends
   bool profile_ops = false;     // time every op with CUDA events (each op then waits for its kernels, and

@@ -61,7 +61,7 @@ __global__ void rmsnorm_kernel(const float* x, const float* __restrict__ weight,
 // float, then double pow/sincos; the rotation in double, rounded to float.
 // Pair d (< n_rot/2): normal style rotates (2d, 2d+1), neox (d, d + n_rot/2).
 // rope_angle and rope_rotate (common.cuh) are shared by rope_kernel, rope_store_kv_kernel and
-// the fused QKV + RoPE GEMV (gemv.cu), so that all give the same bits.
+// the fused QKV + RoPE GEMV (gemv_kernels.cuh), so that all give the same bits.
 
 __global__ void rope_kernel(float* x, int64_t n, int n_heads, int head_dim, const int32_t* __restrict__ pos,
                             bool neox, int n_rot, float freq_base, float freq_scale) {

@@ -1,5 +1,5 @@
-// kernels/cuda/gemv_v3.cuh: the per-row dot products of decode GEMV version 3 (gemv.cu's
-// file comment), shared by gemv.cu's launches and the persistent decode kernel
+// kernels/cuda/gemv_v3.cuh: the per-row dot products of decode GEMV version 3 (gemv_kernels.cuh's
+// file comment), shared by gemv_kernels.cuh's launches and the persistent decode kernel
 // (decode_fused.cu), so that both compute every row with the same instructions.
 //
 // Included by .cu files only.
@@ -416,7 +416,7 @@ constexpr int kV3BatchedRows = 2;
 template <int NC>
 constexpr int kV3Rows = NC > 1 ? kV3BatchedRows : 1;
 
-// One warp of gemv_v3_qkv_rope_kernel (gemv.cu): the dots of RoPE pair gp of the concatenated
+// One warp of gemv_v3_qkv_rope_kernel (gemv_kernels.cuh): the dots of RoPE pair gp of the concatenated
 // pairs [Q heads' | K heads' | V's], then the bias, the rotation and the cache write.
 // gp: the pair this warp takes (past the last pair: returns at once, writing nothing).
 // kXGlobal: as v3_rows_dots. REQUIRES: called by a whole warp.

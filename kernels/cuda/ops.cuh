@@ -45,7 +45,7 @@ cudaError_t add_bias(float* x, const float* bias, int64_t n, int64_t dim, cudaSt
 cudaError_t store_kv(const float* k, const float* v, int64_t n, const int32_t* slots, int64_t kv_dim,
                      const KvLayer& cache, cudaStream_t stream);
 
-// ---- gemv.cu ------------------------------------------------------------------------
+// ---- gemv.cu (kernels: gemv_kernels.cuh) --------------------------------------------
 
 constexpr int kGemvMaxN = 8;  // activation rows one GEMV launch handles
 constexpr int kGemvVersions = 4;
@@ -198,7 +198,7 @@ struct FusedDecodeLayer {
 };
 struct FusedDecodeArgs {
   DType wtype = DType::kF32;  // every matrix's kernel type (kQ8_0Split for split rows)
-  bool w_vec = false;         // wide weight loads (gemv.cu's vec_weights, every matrix aligned)
+  bool w_vec = false;         // wide weight loads (gemv_kernels.cuh's vec_weights, every matrix aligned)
   bool prefetch = true;       // ask L2 for the next phase's weights before each grid barrier
   int n_layers = 0;
   const FusedDecodeLayer* layers = nullptr;  // device memory, [n_layers]

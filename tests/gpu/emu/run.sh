@@ -29,7 +29,8 @@ compile() {  # compile <source> [language]
   fi
   objs+=("$obj")
 }
-for f in kernels/cuda/cuda_backend.cu kernels/cuda/elementwise.cu kernels/cuda/gemv.cu kernels/cuda/gemm_tc.cu \
+for f in kernels/cuda/cuda_backend.cu kernels/cuda/elementwise.cu kernels/cuda/gemv.cu kernels/cuda/gemv_float.cu \
+         kernels/cuda/gemv_q8_0.cu kernels/cuda/gemv_q4_0_q6_k.cu kernels/cuda/gemv_q4_k.cu kernels/cuda/gemm_tc.cu \
          kernels/cuda/attention.cu kernels/cuda/attention_tc.cu kernels/cuda/sample.cu kernels/cuda/decode_fused.cu; do
   compile "$f" c++
 done
