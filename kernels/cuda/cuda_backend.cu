@@ -540,7 +540,17 @@ void CudaBackend::matmul(const WeightRef& w, const float* x, int64_t n, float* y
     return end(kOp);
   }
   const size_t stride = row_bytes_of(w.type, w.cols);
-  if (n <= gemv_limit(w.type)) {
+  if (n <= gemv_limit(w.type) && options_.int8_gemv && cuda::gemv_i8_supports(kernel_type(w), w.cols)) {
+    const int nb0 = static_cast<int>(std::min<int64_t>(cuda::kGemvMaxN, n));
+    void* buf = scratch(cuda::gemv_i8_scratch_bytes(w.cols, nb0), kOp);
+    if (buf == nullptr) return;
+    for (int64_t j0 = 0; j0 < n; j0 += cuda::kGemvMaxN) {
+      const int nb = static_cast<int>(std::min<int64_t>(cuda::kGemvMaxN, n - j0));
+      if (!DS_CUDA_CHECK(kOp, cuda::gemv_i8(kernel_type(w), w.data, stride, w.rows, w.cols, x + j0 * w.cols, nb,
+                                            y + j0 * w.rows, buf, impl_->stream)))
+        return;
+    }
+  } else if (n <= gemv_limit(w.type)) {
     for (int64_t j0 = 0; j0 < n; j0 += cuda::kGemvMaxN) {
       const int nb = static_cast<int>(std::min<int64_t>(cuda::kGemvMaxN, n - j0));
       if (!DS_CUDA_CHECK(kOp, cuda::gemv(options_.gemv_version, kernel_type(w), w.data, stride, w.rows, w.cols,

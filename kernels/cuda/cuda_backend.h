@@ -86,6 +86,9 @@ struct CudaBackendOptions {
                                 // then scales a row), so that the GEMV loads 8 quants at a time
                                 // instead of four 2-byte loads and a scale load per 8 (same bits
                                 // from every kernel; false: the GGUF blocks; not yet timed on a GPU)
+  bool int8_gemv = false;       // matmul on the GEMV path, Q8_0 weights: x quantized to int8 per 32 values (as the
+                                // CPU's VNNI path) and int8 dot products (gemv_i8.cu) instead of gemv v3; the
+                                // fused decode ops keep v3. Not yet timed on a GPU: off (gpu_kernel_check times it)
   bool fuse_decode = true;      // matmul_qkv / matmul_swiglu / matmul_add: one GEMV v3 launch each where
                                 // the GEMV path applies (Q/K/V and gate/up: one tensor-core launch each
                                 // where tc_gemm applies); rope_store_kv: one launch (false: the
@@ -200,6 +203,7 @@ class CudaBackend final : public Backend {
   void* stream() const;
   const CudaBackendOptions& options() const { return options_; }
   void set_gemv_version(int v) { options_.gemv_version = v; }
+  void set_int8_gemv(bool on) { options_.int8_gemv = on; }
   void set_batch_invariant(bool on) { options_.batch_invariant = on; }
   void set_fuse_decode(bool on) { options_.fuse_decode = on; }
   void set_gemm_half(bool on) { options_.gemm_half = on; }

@@ -121,6 +121,18 @@ cudaError_t gemv_swiglu(DType t, const void* w_gate, const void* w_up, size_t ro
 // columns, row bytes and alignment allow them); the arithmetic is the same either way.
 bool gemv_wide_loads(DType t, const void* w, int64_t cols, size_t row_stride);
 
+
+// ---- gemv_i8.cu ---------------------------------------------------------------------
+
+// Decode GEMV of Q8_0 weights (GGUF blocks, or split rows: t = kQ8_0Split) on int8 dot
+// products: x quantized per 32 values as the CPU backend's VNNI path quantizes it, then
+// y[j, r] = sum over blocks of d_w d_x * (exact int32 dot). Batch invariant, and the same bits
+// for both layouts (gemv_i8.cu). scratch: gemv_i8_scratch_bytes(cols, n) bytes of device
+// memory. REQUIRES: gemv_i8_supports(t, cols); 1 <= n <= kGemvMaxN.
+bool gemv_i8_supports(DType t, int64_t cols);
+size_t gemv_i8_scratch_bytes(int64_t cols, int n);
+cudaError_t gemv_i8(DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n,
+                    float* y, void* scratch, cudaStream_t stream);
 // ---- gemm_tc.cu ---------------------------------------------------------------------
 
 // y[n, rows] (+)= x[n, cols] * W^T on the tensor cores for the small batches above the GEMV's

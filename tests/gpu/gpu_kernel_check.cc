@@ -43,8 +43,8 @@ int main(int argc, char** argv) {
   bool bench = true, quick = false;
   std::string only;  // ",a,b,": run only these check groups (and no benchmarks)
   const char* kGroups =
-      "errors,self_check,get_rows,elementwise,rmsnorm,rope,attention,matmul,matmul_tc,fused,q8_0_split,fused_residual_rope,sample,"
-      "recording,pdl,nccl,grid_sync";
+      "errors,self_check,get_rows,elementwise,rmsnorm,rope,attention,matmul,matmul_tc,fused,q8_0_split,gemv_i8,fused_residual_rope,"
+      "sample,recording,pdl,nccl,grid_sync";
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--device") && i + 1 < argc) {
       device = std::atoi(argv[++i]);
@@ -103,6 +103,7 @@ int main(int argc, char** argv) {
   if (want("matmul_tc")) check_matmul_tc(*b, rng, quick);
   if (want("fused")) check_fused(*b, rng, quick);
   if (want("q8_0_split")) check_q8_0_split(*b, rng, quick);
+  if (want("gemv_i8")) check_gemv_i8(*b, rng, quick);
   if (want("fused_residual_rope")) check_fused_residual_rope(*b, rng, quick);
   if (want("sample")) check_sample(*b, rng, quick);
   if (want("recording")) check_recording(device, rng);

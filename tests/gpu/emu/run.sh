@@ -30,8 +30,8 @@ compile() {  # compile <source> [language]
   objs+=("$obj")
 }
 for f in kernels/cuda/cuda_backend.cu kernels/cuda/elementwise.cu kernels/cuda/gemv.cu kernels/cuda/gemv_float.cu \
-         kernels/cuda/gemv_q8_0.cu kernels/cuda/gemv_q4_0_q6_k.cu kernels/cuda/gemv_q4_k.cu kernels/cuda/gemm_tc.cu \
-         kernels/cuda/attention.cu kernels/cuda/attention_tc.cu kernels/cuda/sample.cu kernels/cuda/decode_fused.cu; do
+         kernels/cuda/gemv_q8_0.cu kernels/cuda/gemv_q4_0_q6_k.cu kernels/cuda/gemv_q4_k.cu kernels/cuda/gemv_i8.cu \
+         kernels/cuda/gemm_tc.cu kernels/cuda/attention.cu kernels/cuda/attention_tc.cu kernels/cuda/sample.cu kernels/cuda/decode_fused.cu; do
   compile "$f" c++
 done
 for f in kernels/dtype.cc kernels/ref.cc kernels/sampling.cc kernels/cuda/nccl_comm.cc kernels/cuda/self_check.cc tests/gpu/emu/emu.cc \

@@ -27,7 +27,9 @@ double time_ms(cudaStream_t s, int iters, F&& f) {
 
 // Decode GEMV (n = 1) reading weights from HBM: bytes of weights / time.
 // split: Q8_0 uploaded as the engine uploads it (upload_weight: split rows), "q8_0s" below.
-double bench_gemv(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols, int version, int n, bool split = false) {
+// int8: Q8_0 through the int8 GEMV (CudaBackendOptions::int8_gemv), labelled "gemv-i8".
+double bench_gemv(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols, int version, int n, bool split = false,
+                  bool int8 = false) {
   const size_t bytes = ds::row_bytes(t, cols) * rows;
   const int copies = static_cast<int>(std::max<size_t>(2, (kRotateBytes + bytes - 1) / bytes));
   const auto w = make_weights(rng, t, rows, cols);
@@ -41,6 +43,7 @@ double bench_gemv(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols,
   }
   Buf x(b, rng.floats(n * cols)), y(b, n * rows * 4);
   b.set_gemv_version(version);
+  b.set_int8_gemv(int8);
   const int gemv_max = b.options().gemv_max_batch;
   b.set_gemv_max_batch(std::max(n, 8));  // the GEMV whatever the type's range (gemv_limit)
   auto run = [&](int i) { b.matmul(refs[i % copies], x.as(), n, y.as()); };
@@ -49,11 +52,13 @@ double bench_gemv(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols,
   const int iters = version == 1 ? copies : std::max(4 * copies, 200);
   const double ms = time_ms(s, iters, run);
   b.set_gemv_version(kLiveGemv);
+  b.set_int8_gemv(false);
   b.set_gemv_max_batch(gemv_max);
   require_ok(b, "gemv benchmark");
   const double gbps = bytes / (ms * 1e-3) / 1e9;
   char what[96];
-  std::snprintf(what, sizeof what, "gemv%d %s%s %s n=%d", version, ds::dtype_name(t), split ? "s" : "",
+  const std::string label = int8 ? "gemv-i8" : "gemv" + std::to_string(version);
+  std::snprintf(what, sizeof what, "%s %s%s %s n=%d", label.c_str(), ds::dtype_name(t), split ? "s" : "",
                 shape(rows, cols).c_str(), n);
   std::printf("BENCH %-36s %9.2f us  %8.1f GB/s (weight bytes / time)\n", what, ms * 1e3, gbps);
   std::fflush(stdout);
@@ -339,11 +344,16 @@ void run_benchmarks(CudaBackend& b, Rng& rng) {
   for (Shape s : {Shape{2048, 2048}, Shape{5632, 2048}, Shape{2048, 5632}})
     for (DType t : {DType::kF16, DType::kQ8_0}) {
       bench_gemv(b, rng, t, s.rows, s.cols, 2, 1);  // the previous version, for comparison
-      gemv_bw.emplace_back(std::string(ds::dtype_name(t)) + " " + shape(s.rows, s.cols),
+      gemv_bw.emplace_back("gemv" + std::to_string(kLiveGemv) + " " + ds::dtype_name(t) + " " + shape(s.rows, s.cols),
                            bench_gemv(b, rng, t, s.rows, s.cols, kLiveGemv, 1));
-      if (t == DType::kQ8_0)  // split rows, as the engine uploads Q8_0
-        gemv_bw.emplace_back("q8_0s " + shape(s.rows, s.cols), bench_gemv(b, rng, t, s.rows, s.cols, kLiveGemv, 1, true));
+      if (t == DType::kQ8_0) {  // split rows, as the engine uploads Q8_0; then the int8 GEMV on them
+        gemv_bw.emplace_back("gemv" + std::to_string(kLiveGemv) + " q8_0s " + shape(s.rows, s.cols),
+                             bench_gemv(b, rng, t, s.rows, s.cols, kLiveGemv, 1, true));
+        gemv_bw.emplace_back("gemv-i8 q8_0s " + shape(s.rows, s.cols),
+                             bench_gemv(b, rng, t, s.rows, s.cols, kLiveGemv, 1, true, true));
+      }
     }
+  for (int n : {4, 8}) bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, kLiveGemv, n, true, true);  // beside gemv3 n=4, 8
   bench_gemv(b, rng, DType::kQ4_0, 5632, 2048, kLiveGemv, 1);
   bench_gemv(b, rng, DType::kQ4_K, 5632, 2048, kLiveGemv, 1);
   bench_gemv(b, rng, DType::kQ6_K, 5632, 2048, kLiveGemv, 1);
@@ -373,10 +383,9 @@ void run_benchmarks(CudaBackend& b, Rng& rng) {
     for (int n : {1, 8}) bench_fused(b, rng, t, n);
   const double copy_bw = bench_memcpy(b, ds::row_bytes(DType::kF16, 2048) * 5632);
   bench_memcpy(b, ds::row_bytes(DType::kF16, 2048) * 2048);
-  std::printf("\nGEMV v%d (n=1) bandwidth vs device-to-device memcpy (%.1f GB/s read+write):\n", kLiveGemv, copy_bw);
+  std::printf("\nGEMV (n=1) bandwidth vs device-to-device memcpy (%.1f GB/s read+write):\n", copy_bw);
   for (const auto& [name, bw] : gemv_bw)
-    std::printf("BENCH-RATIO gemv%d %-20s %8.1f GB/s = %5.1f%% of memcpy\n", kLiveGemv, name.c_str(), bw,
-                100.0 * bw / copy_bw);
+    std::printf("BENCH-RATIO %-30s %8.1f GB/s = %5.1f%% of memcpy\n", name.c_str(), bw, 100.0 * bw / copy_bw);
   for (bool half : {false, true}) {
     bench_prefill(b, rng, DType::kF16, 5632, 2048, 128, half);
     bench_prefill(b, rng, DType::kQ8_0, 5632, 2048, 512, half);

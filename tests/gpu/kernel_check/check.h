@@ -270,6 +270,7 @@ void check_matmul(CudaBackend& b, CudaBackend& tf32, Rng& rng, bool quick);
 void check_matmul_tc(CudaBackend& b, Rng& rng, bool quick);
 void check_fused(CudaBackend& b, Rng& rng, bool quick);
 void check_q8_0_split(CudaBackend& b, Rng& rng, bool quick);
+void check_gemv_i8(CudaBackend& b, Rng& rng, bool quick);
 // want[n, rows] = x W^T by the reference (w: host bytes of type t) and, per element, the
 // natural size of its rounding error (sum |w x|).
 void ref_matmul_scaled(DType t, const std::vector<uint8_t>& w, int64_t rows, int64_t cols, const std::vector<float>& x,

@@ -636,4 +636,94 @@ void check_q8_0_split(CudaBackend& b, Rng& rng, bool quick) {
   require_ok(b, "q8_0_split");
 }
 
+// The int8 decode GEMV for Q8_0 (gemv_i8.cu, CudaBackendOptions::int8_gemv): against the dot
+// with x quantized on the host as the CPU backend quantizes it (quantize_row_q8a's scalar
+// loop: the same bits) in double (only float rounding may differ: 1e-5 of sum |d_w d_x s|),
+// the same bits for split rows as for GGUF blocks, and batch invariance; also against the
+// float reference within the activations' quantization error.
+void check_gemv_i8(CudaBackend& b, Rng& rng, bool quick) {
+  struct Case { int64_t rows, cols; bool big; };
+  const std::vector<Case> cases = {{1, 32, false}, {37, 96, false}, {64, 256, false}, {129, 512, false},
+                                   {300, 4096, true}, {2048, 5632, true}};
+  const DType t = DType::kQ8_0;
+  b.set_int8_gemv(true);
+  for (const Case& c : cases) {
+    if (c.big && quick) continue;
+    const int64_t max_n = 8, blocks = c.cols / 32;
+    const auto w = make_weights(rng, t, c.rows, c.cols);
+    const auto x = rng.floats(max_n * c.cols);
+    // x quantized per 32 values (kernels/cpu/matmul.cc, quantize_row_q8a).
+    std::vector<int8_t> xq(x.size());
+    std::vector<float> xd(max_n * blocks);
+    for (int64_t bi = 0; bi < max_n * blocks; ++bi) {
+      float amax = 0;
+      for (int k = 0; k < 32; ++k) amax = std::max(amax, std::fabs(x[bi * 32 + k]));
+      const float d = amax / 127.0f;
+      const float id = d != 0 ? 1.0f / d : 0.0f;
+      for (int k = 0; k < 32; ++k) xq[bi * 32 + k] = static_cast<int8_t>(std::nearbyint(x[bi * 32 + k] * id));
+      xd[bi] = d;
+    }
+    std::vector<float> want(max_n * c.rows);
+    std::vector<double> scale(want.size());
+    const size_t stride = ds::row_bytes(t, c.cols);
+    for (int64_t r = 0; r < c.rows; ++r) {
+      const uint8_t* row = w.data() + r * stride;
+      for (int64_t j = 0; j < max_n; ++j) {
+        double sum = 0, mag = 0;
+        for (int64_t bi = 0; bi < blocks; ++bi) {
+          const uint8_t* blk = row + bi * 34;
+          uint16_t h;
+          std::memcpy(&h, blk, 2);
+          const float wd = ds::fp16_to_fp32(h);
+          for (int half = 0; half < 2; ++half) {  // the kernel's 16-weight chunks
+            // In double (exact for these integers): GCC 12.2 vectorizes an int8 x int8 -> int32
+            // sum for AVX-VNNI with vpdpbusd (unsigned x signed) and gets it wrong; the CPU
+            // emulation is built with -march=native.
+            double dot = 0;
+            for (int k = 16 * half; k < 16 * half + 16; ++k)
+              dot += static_cast<double>(static_cast<int8_t>(blk[2 + k])) * xq[(j * blocks + bi) * 32 + k];
+            const double p = static_cast<double>(wd * xd[j * blocks + bi]) * dot;
+            sum += p;
+            mag += std::fabs(p);
+          }
+        }
+        want[j * c.rows + r] = static_cast<float>(sum);
+        scale[j * c.rows + r] = mag;
+      }
+    }
+    std::vector<float> ref_want;
+    std::vector<double> ref_scale;
+    ref_matmul_scaled(t, w, c.rows, c.cols, x, max_n, &ref_want, &ref_scale);
+    Buf dw(b, w), dsp(b, w.size()), dx(b, x), dy(b, want.size() * 4), dy2(b, want.size() * 4);
+    const WeightRef gw{t, dw.as<void>(), c.rows, c.cols};
+    const WeightRef sp = b.upload_weight(WeightRef{t, w.data(), c.rows, c.cols}, dsp.as<void>());
+    const std::string sh = shape(c.rows, c.cols);
+    std::vector<float> alone;  // n = 1
+    for (int64_t n : {1, 2, 3, 5, 8}) {
+      const std::string suffix = " " + sh + " n=" + std::to_string(n);
+      const size_t count = static_cast<size_t>(n * c.rows);
+      b.matmul(gw, dx.as(), n, dy.as());
+      const auto got = dy.read(count);
+      {  // (the scale: sum |d_w d_x s| of the chunks)
+        std::vector<double> sc(scale.begin(), scale.begin() + count);
+        compare("gemv-i8/vs-quantized-x" + suffix, got, std::vector<float>(want.begin(), want.begin() + count), 1e-6,
+                1e-5, &sc);
+      }
+      // Against float x: the quantization of x (half a step, d_x / 2, per value) bounds it.
+      std::vector<double> qerr(count);
+      for (size_t i = 0; i < count; ++i) qerr[i] = 2.0 * ref_scale[i];
+      compare("gemv-i8/vs-ref" + suffix, got, std::vector<float>(ref_want.begin(), ref_want.begin() + count), 1e-5, 1e-2,
+              &qerr);
+      b.matmul(sp, dx.as(), n, dy2.as());
+      expect("gemv-i8/split-same-bits" + suffix, same_bits(dy2.read(count).data(), got.data(), count),
+             "split rows differ from GGUF blocks");
+      if (n == 1) alone = got;
+      else expect("gemv-i8/batch-invariant" + suffix, same_bits(got.data(), alone.data(), c.rows),
+                  "row 0 of the batch differs from the row computed alone");
+    }
+    require_ok(b, "gemv-i8");
+  }
+  b.set_int8_gemv(false);
+}
+
 }  // namespace ds::kernel_check
