@@ -133,7 +133,7 @@ summary() {
     sed -n '/^== summary:/,/^$/p' "$log"
     grep -E '^CHECK FAIL' "$log" | head -n 20
     # What the start-up self-check of the unproven paths found (kernels/cuda/self_check.cc).
-    grep -E '^(self-check on this device|kernel self-check at start-up): ' "$log" | head -n 2
+    grep -E '^(self-check on this device|kernel self-check at start-up)( \(a later engine, a different verdict\))?: ' "$log" | head -n 6
     grep -E '^(BENCH|BENCH-RATIO) ' "$log"
     grep -E '^RESULT: ' "$log" | head -n 1
     # ds-gpu-engine-check's bench-1b table (with its legend) and the persistent decode kernel's

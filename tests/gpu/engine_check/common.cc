@@ -2,6 +2,7 @@
 #include "tests/gpu/engine_check/check.h"
 
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -94,12 +95,14 @@ std::unique_ptr<ds::Engine> engine(std::shared_ptr<ds::Model> m, int max_batch, 
     std::printf("ERROR: no CUDA backend: %s\n", err.c_str());
     return nullptr;
   }
-  static bool told = false;  // the start-up self-check's verdict, once (the same for every later engine)
-  if (!told) {
-    told = true;
-    std::printf("kernel self-check at start-up: %s\n",
+  // The start-up self-check's verdict: once, and again whenever a later engine's differs (it
+  // decides the layout and kernels the engine runs, so a benchmark must know).
+  static std::optional<std::string> told;
+  if (!told || *told != be->self_check_note()) {
+    std::printf("kernel self-check at start-up%s: %s\n", told ? " (a later engine, a different verdict)" : "",
                 be->self_check_note().empty() ? "every unproven path agreed with the one it replaces"
                                               : ("switched off " + be->self_check_note()).c_str());
+    told = be->self_check_note();
   }
   if (cuda) *cuda = be.get();
   ds::EngineOptions o;
