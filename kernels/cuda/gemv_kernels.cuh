@@ -86,6 +86,19 @@ __global__ void gemv_v1_kernel(const uint8_t* __restrict__ w, size_t row_stride,
 constexpr int kV2Warps = 8;   // rows per block
 constexpr int kV2Unroll = 4;  // chunks in flight per lane
 
+// x[8c, 8c+8) of one activation row; elements past cols read as 0 on the scalar path.
+__device__ __forceinline__ void load_x8(const float* __restrict__ xj, int64_t c, int64_t cols, bool vec, float v[8]) {
+  const float* r = xj + 8 * c;
+  if (vec) {
+    const float4 a = __ldg(reinterpret_cast<const float4*>(r));
+    const float4 b = __ldg(reinterpret_cast<const float4*>(r) + 1);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+  } else {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) v[i] = 8 * c + i < cols ? r[i] : 0.0f;
+  }
+}
+
 // Loads weights [8c, 8c+8) of a row into w[] and returns the scale they share (1 for
 // float types, the block's d for Q8_0/Q4_0, whose w[] are then the integer quants).
 // vec: 16-byte loads allowed (cols % 8 == 0 and row 16-byte aligned); otherwise
@@ -94,15 +107,7 @@ template <DType T>
 __device__ __forceinline__ float load_chunk8(const uint8_t* __restrict__ row, int64_t c, int64_t cols, bool vec,
                                              float w[8]) {
   if constexpr (T == DType::kF32) {
-    const float* r = reinterpret_cast<const float*>(row) + 8 * c;
-    if (vec) {
-      const float4 a = __ldg(reinterpret_cast<const float4*>(r));
-      const float4 b = __ldg(reinterpret_cast<const float4*>(r) + 1);
-      w[0] = a.x, w[1] = a.y, w[2] = a.z, w[3] = a.w, w[4] = b.x, w[5] = b.y, w[6] = b.z, w[7] = b.w;
-    } else {
-#pragma unroll
-      for (int i = 0; i < 8; ++i) w[i] = 8 * c + i < cols ? r[i] : 0.0f;
-    }
+    load_x8(reinterpret_cast<const float*>(row), c, cols, vec, w);  // 8 floats, as an activation chunk
     return 1.0f;
   } else if constexpr (T == DType::kF16 || T == DType::kBF16) {
     const uint16_t* r = reinterpret_cast<const uint16_t*>(row) + 8 * c;
@@ -162,19 +167,6 @@ __device__ __forceinline__ float load_chunk8(const uint8_t* __restrict__ row, in
       w[2 * i + 1] = static_cast<float>(static_cast<int>(((u >> 8) >> shift) & 0xF) - 8);
     }
     return f16_to_f32(*reinterpret_cast<const uint16_t*>(b));
-  }
-}
-
-// x[8c, 8c+8) of one activation row; elements past cols read as 0 on the scalar path.
-__device__ __forceinline__ void load_x8(const float* __restrict__ xj, int64_t c, int64_t cols, bool vec, float v[8]) {
-  const float* r = xj + 8 * c;
-  if (vec) {
-    const float4 a = __ldg(reinterpret_cast<const float4*>(r));
-    const float4 b = __ldg(reinterpret_cast<const float4*>(r) + 1);
-    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-  } else {
-#pragma unroll
-    for (int i = 0; i < 8; ++i) v[i] = 8 * c + i < cols ? r[i] : 0.0f;
   }
 }
 
