@@ -142,6 +142,9 @@ summary() {
     # One-off cost of a batch size's first decode step; the per-matrix copy floor of a step.
     grep -E '^(q8_0|f16|q4_k): (first decode step|copy chain|a decode step.s wall time)' "$log"
     grep -E '^(fused decode: |persistent decode kernel|(q8_0|f16)(: per-op path| auto: ))' "$log"
+    # The CUPTI kernel traces: each traced stretch's heading and its totals (the per-kernel
+    # tables are in the log above).
+    grep -E '^(kernel trace, |  total: |  graph launches: )' "$log"
     grep -E '^RESULT: ' "$log" | tail -n 1
   fi
   printf '\n%-28s %-24s %8s\n' "step" "status" "seconds"

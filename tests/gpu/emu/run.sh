@@ -34,7 +34,7 @@ for f in kernels/cuda/cuda_backend.cu kernels/cuda/elementwise.cu kernels/cuda/g
          kernels/cuda/gemm_tc.cu kernels/cuda/attention.cu kernels/cuda/attention_tc.cu kernels/cuda/sample.cu kernels/cuda/decode_fused.cu; do
   compile "$f" c++
 done
-for f in kernels/dtype.cc kernels/ref.cc kernels/sampling.cc kernels/cuda/nccl_comm.cc kernels/cuda/self_check.cc tests/gpu/emu/emu.cc \
+for f in kernels/dtype.cc kernels/ref.cc kernels/sampling.cc kernels/cuda/nccl_comm.cc kernels/cuda/self_check.cc tests/gpu/kernel_trace.cc tests/gpu/emu/emu.cc \
          tests/gpu/gpu_kernel_check.cc tests/gpu/kernel_check/*.cc; do
   compile "$f"
 done

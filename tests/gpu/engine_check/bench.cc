@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "model/mkmodel.h"
+#include "tests/gpu/kernel_trace.h"
 
 namespace ds::engine_check {
 
@@ -73,6 +74,82 @@ bool profile_decode(const std::shared_ptr<ds::Model>& m, const char* tn, int bat
                 tn, batch, ctx, step_tokens, steps);
   *out += line;
   print_profile(*cuda, steps, out);
+  return true;
+}
+
+// Where a decode step's GPU time goes, as it runs (graph replays, PDL): each kernel's GPU time
+// from CUPTI's records over `steps` decode steps, and the idle time between the kernels of a
+// replay. prompt: tokens a request's prompt (the main benchmarks' 2, the long-context one's
+// 1024). Tracing starts before the engine exists (CUPTI sees the graphs made after it) and the
+// table keeps the records from the third decode step on.
+bool trace_decode(const std::shared_ptr<ds::Model>& m, const char* tn, int batch, std::string* out, int ctx = 256,
+                  int step_tokens = 256, int prompt = 2) {
+  std::string why;
+  if (!ds::gpu_trace::start(&why)) {
+    *out += "\nkernel trace, bench-1b " + std::string(tn) + ": not available: " + why + "\n";
+    return true;
+  }
+  auto e = engine(m, batch, ctx, step_tokens);
+  if (!e) {
+    ds::gpu_trace::stop();
+    return false;
+  }
+  for (int i = 0; i < batch; ++i) {
+    ds::SequenceRequest r;
+    r.id = i;
+    r.prompt.push_back(1);
+    for (int p = 1; p < prompt; ++p) r.prompt.push_back(300 + (p * 7919 + i * 104729) % 30000);
+    r.params.max_tokens = 24;
+    r.params.ignore_eos = true;
+    if (!check_ok(e->add(r), "add")) {
+      ds::gpu_trace::stop();
+      return false;
+    }
+  }
+  std::vector<ds::TokenEvent> evs;
+  int first_tokens = 0;  // prefill every prompt, up to its first token, then 2 decode steps
+  for (int guard = 0; first_tokens < batch && guard < 1000; ++guard) {
+    evs.clear();
+    if (!check_ok(e->step(&evs), "step (prefill)")) break;
+    for (const auto& ev : evs) first_tokens += ev.token >= 0 && ev.index == 0 ? 1 : 0;
+  }
+  for (int k = 0; k < 2 && first_tokens == batch; ++k)
+    if (!check_ok(e->step(&evs), "step (first decode steps)")) first_tokens = -1;
+  cudaDeviceSynchronize();
+  const uint64_t from = ds::gpu_trace::now_ns();
+  int steps = 0;
+  if (first_tokens == batch) run(*e, batch, &steps);
+  cudaDeviceSynchronize();
+  const auto recs = ds::gpu_trace::stop(from);
+  if (first_tokens != batch) return false;
+  char title[256];
+  std::snprintf(title, sizeof title,
+                "\nkernel trace, bench-1b %s, decode batch %d, context %d, steps of %d tokens, prompts of %d (%d steps as "
+                "they run: graph replays):",
+                tn, batch, ctx, step_tokens, prompt, steps);
+  *out += ds::gpu_trace::table(recs, steps, title);
+  return true;
+}
+
+// The same for one prefill of n tokens (the second of two: the first allocates).
+bool trace_prefill(const std::shared_ptr<ds::Model>& m, const char* tn, int n, std::string* out) {
+  std::string why;
+  auto e = engine(m, 1, 2048, n);
+  if (!e) return false;
+  if (!check_ok(e->add(prefill_request(n)), "add")) return false;
+  run(*e, 1);
+  if (!check_ok(e->add(prefill_request(n)), "add")) return false;
+  cudaDeviceSynchronize();
+  if (!ds::gpu_trace::start(&why)) {
+    *out += "\nkernel trace, bench-1b " + std::string(tn) + " prefill: not available: " + why + "\n";
+    return true;
+  }
+  run(*e, 1);
+  cudaDeviceSynchronize();
+  const auto recs = ds::gpu_trace::stop();
+  char title[160];
+  std::snprintf(title, sizeof title, "\nkernel trace, bench-1b %s, prefill of %d tokens in one step (as it runs):", tn, n);
+  *out += ds::gpu_trace::table(recs, 1, title);
   return true;
 }
 
@@ -385,6 +462,15 @@ bool bench(const std::string& dir, double copy_gbs) {
     // The long-context engine's settings: its batch-8 decode was 2.3x faster (16th session).
     if (!std::strcmp(tn, "q8_0") && !profile_decode(*m, tn, 8, &profiles, 1024 + 64 + 8, 1024)) return false;
     if (!profile_prefill(*m, tn, prompt, &profiles)) return false;
+    // The same as they run, each kernel timed on the GPU (CUPTI)
+    if (!trace_decode(*m, tn, 1, &profiles)) return false;
+    if (!trace_decode(*m, tn, 8, &profiles)) return false;
+    if (!std::strcmp(tn, "q8_0")) {
+      if (!trace_decode(*m, tn, 8, &profiles, 1024 + 64 + 8, 1024, 1024)) return false;
+      if (!trace_decode(*m, tn, 8, &profiles, 256, 256, 200)) return false;  // which of the two settings matters
+      if (!trace_decode(*m, tn, 32, &profiles)) return false;
+    }
+    if (!trace_prefill(*m, tn, prompt, &profiles)) return false;
     // GEMM-only time of a prefill: every layer's matmuls at n = prompt.
     double gemm_s = 0;
     {

@@ -1,6 +1,7 @@
 // tests/gpu/kernel_check/bench.cc: gpu_kernel_check's benchmarks (BENCH lines): GEMV against memcpy, the
 // tensor-core and cuBLAS GEMMs, attention, sampling, PDL chains, the grid barrier.
 #include "tests/gpu/kernel_check/check.h"
+#include "tests/gpu/kernel_trace.h"
 
 namespace ds::kernel_check {
 
@@ -9,8 +10,13 @@ namespace ds::kernel_check {
 constexpr size_t kRotateBytes = size_t{256} << 20;  // > 4x L2 (50 MiB on H100): every read comes from HBM
 
 // Average milliseconds per call of f(i) over iters calls, timed with events on stream s.
+// gpu_ms (when given): the average GPU time of the kernels and copies a call ran, from their
+// CUPTI records (0 when it cannot trace). Events around eager launches time the host's launch
+// rate too: a kernel shorter than a launch (~2-4 us) reads as the launch.
 template <class F>
-double time_ms(cudaStream_t s, int iters, F&& f) {
+double time_ms(cudaStream_t s, int iters, F&& f, double* gpu_ms = nullptr) {
+  std::string why;
+  const bool traced = gpu_ms != nullptr && ds::gpu_trace::start(&why);
   cudaEvent_t e0, e1;
   cudaEventCreate(&e0);
   cudaEventCreate(&e1);
@@ -22,7 +28,23 @@ double time_ms(cudaStream_t s, int iters, F&& f) {
   cudaEventElapsedTime(&ms, e0, e1);
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
+  if (gpu_ms) {
+    *gpu_ms = 0;
+    if (traced) {
+      double ns = 0;
+      for (const auto& r : ds::gpu_trace::stop()) ns += static_cast<double>(r.end_ns - r.start_ns);
+      *gpu_ms = ns / 1e6 / iters;
+    }
+  }
   return ms / iters;
+}
+
+// " GPU 1.23 us = 456.7 GB/s (CUPTI)" for `bytes` in gpu_ms, or "" when not traced.
+std::string gpu_rate(size_t bytes, double gpu_ms) {
+  if (gpu_ms <= 0) return "";
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "; GPU %.2f us = %.1f GB/s (CUPTI)", gpu_ms * 1e3, bytes / (gpu_ms * 1e-3) / 1e9);
+  return buf;
 }
 
 // Decode GEMV (n = 1) reading weights from HBM: bytes of weights / time.
@@ -50,7 +72,8 @@ double bench_gemv(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols,
   auto s = static_cast<cudaStream_t>(b.stream());
   time_ms(s, copies, run);  // warm-up
   const int iters = version == 1 ? copies : std::max(4 * copies, 200);
-  const double ms = time_ms(s, iters, run);
+  double gpu_ms = 0;
+  const double ms = time_ms(s, iters, run, &gpu_ms);
   b.set_gemv_version(kLiveGemv);
   b.set_int8_gemv(false);
   b.set_gemv_max_batch(gemv_max);
@@ -60,9 +83,10 @@ double bench_gemv(CudaBackend& b, Rng& rng, DType t, int64_t rows, int64_t cols,
   const std::string label = int8 ? "gemv-i8" : "gemv" + std::to_string(version);
   std::snprintf(what, sizeof what, "%s %s%s %s n=%d", label.c_str(), ds::dtype_name(t), split ? "s" : "",
                 shape(rows, cols).c_str(), n);
-  std::printf("BENCH %-36s %9.2f us  %8.1f GB/s (weight bytes / time)\n", what, ms * 1e3, gbps);
+  std::printf("BENCH %-36s %9.2f us  %8.1f GB/s (weight bytes / time)%s\n", what, ms * 1e3, gbps,
+              gpu_rate(bytes, gpu_ms).c_str());
   std::fflush(stdout);
-  return gbps;
+  return gpu_ms > 0 ? bytes / (gpu_ms * 1e-3) / 1e9 : gbps;  // the kernel's own rate where CUPTI gives it
 }
 
 // One bench-1b layer's Q/K/V and gate/up projections (+ SwiGLU) at batch n: the separate
@@ -119,7 +143,8 @@ double bench_memcpy(CudaBackend& b, size_t bytes) {
     if (e != cudaSuccess) err = e;
   };
   time_ms(s, copies, run);
-  const double ms = time_ms(s, std::max(4 * copies, 200), run);
+  double gpu_ms = 0;
+  const double ms = time_ms(s, std::max(4 * copies, 200), run, &gpu_ms);
   if (err != cudaSuccess) {
     std::printf("ERROR: cudaMemcpyAsync: %s\n", cudaGetErrorString(err));
     std::exit(2);
@@ -127,10 +152,10 @@ double bench_memcpy(CudaBackend& b, size_t bytes) {
   const double gbps = 2.0 * bytes / (ms * 1e-3) / 1e9;
   char what[96];
   std::snprintf(what, sizeof what, "memcpy-d2d %.1f MiB", bytes / 1048576.0);
-  std::printf("BENCH %-36s %9.2f us  %8.1f GB/s (read+write bytes / time; copy rate %.1f GB/s)\n", what, ms * 1e3,
-              gbps, gbps / 2);
+  std::printf("BENCH %-36s %9.2f us  %8.1f GB/s (read+write bytes / time; copy rate %.1f GB/s)%s\n", what, ms * 1e3,
+              gbps, gbps / 2, gpu_rate(2 * bytes, gpu_ms).c_str());
   std::fflush(stdout);
-  return gbps;
+  return gpu_ms > 0 ? 2.0 * bytes / (gpu_ms * 1e-3) / 1e9 : gbps;  // as bench_gemv's: the GPU's own rate where traced
 }
 
 // Decode at batch n: the tensor-core kernel against cuBLAS (F16 operands; a quantized matrix
@@ -383,7 +408,12 @@ void run_benchmarks(CudaBackend& b, Rng& rng) {
     for (int n : {1, 8}) bench_fused(b, rng, t, n);
   const double copy_bw = bench_memcpy(b, ds::row_bytes(DType::kF16, 2048) * 5632);
   bench_memcpy(b, ds::row_bytes(DType::kF16, 2048) * 2048);
-  std::printf("\nGEMV (n=1) bandwidth vs device-to-device memcpy (%.1f GB/s read+write):\n", copy_bw);
+  std::string why;
+  const bool traced = ds::gpu_trace::start(&why);
+  if (traced) ds::gpu_trace::stop();
+  std::printf("\nGEMV (n=1) bandwidth vs device-to-device memcpy (%.1f GB/s read+write; %s):\n", copy_bw,
+              traced ? "both the GPU time of the kernels and copies, from CUPTI"
+                     : ("events around eager launches: " + why).c_str());
   for (const auto& [name, bw] : gemv_bw)
     std::printf("BENCH-RATIO %-30s %8.1f GB/s = %5.1f%% of memcpy\n", name.c_str(), bw, 100.0 * bw / copy_bw);
   for (bool half : {false, true}) {
