@@ -47,6 +47,20 @@ __device__ __forceinline__ void griddep_launch_dependents() {
 #endif
 }
 
+// This block's share of pf (ops.cuh: l2_prefetch_pieces), asked of L2 by its thread 0: a
+// hint with no effect on any result. sm_90+ only (cp.async.bulk.prefetch.L2); nothing below it
+// and under emulation.
+__device__ __forceinline__ void l2_prefetch_share(const L2Prefetch& pf) {
+#if !defined(DS_CUDA_EMULATION) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (threadIdx.x != 0 || pf.bytes[0] == 0) return;
+  l2_prefetch_pieces(pf, blockIdx.x, gridDim.x, [](const void* p, uint32_t bytes) {
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+  });
+#else
+  (void)pf;
+#endif
+}
+
 #ifndef DS_CUDA_EMULATION
 // DS_LAUNCH_PDL's launcher: cudaLaunchKernelEx with programmatic stream serialization when
 // pdl, else (or when that launch is refused) a plain launch.

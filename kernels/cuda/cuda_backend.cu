@@ -12,6 +12,7 @@
 #include <cstring>
 #include <map>
 #include <set>
+#include <unordered_map>
 #include <vector>
 
 #include "kernels/cuda/ops.cuh"
@@ -156,6 +157,61 @@ struct CudaBackend::Impl {
   };
   std::vector<Fused> fused;
   std::vector<void*> fused_memory;  // the layer tables and barrier counters
+  // options.l2_prefetch: for the first matrix of each op, the matrices the op after it read
+  // last time (at most l2_budget bytes of them); the first matrix of the op before.
+  std::unordered_map<const void*, cuda::L2Prefetch> l2_next;
+  const void* l2_last = nullptr;
+  uint64_t l2_budget = uint64_t{24} << 20;  // half the device's L2: room for this op's matrices too
+  std::map<const void*, size_t> alloc_bytes;  // alloc()'s allocations (free() drops what lay in them)
+  struct HalfCopy {
+    uint16_t* data;
+    size_t bytes;         // of the copy
+    size_t source_bytes;  // of the matrix it copies, from its address
+  };
+  std::map<const void*, HalfCopy> half_cache;  // options.half_weight_cache: by the weight's address
+  size_t half_cache_bytes = 0;
+};
+
+// Made at the start of each public matmul op with the matrices it reads: records them as what
+// follows the op before, and finds what followed this op's first matrix last time (next, for
+// the op's GEMV launches to ask L2 for). Only the outermost op: the ops Backend's defaults issue
+// from inside one (this->matmul ...) neither learn nor prefetch.
+struct CudaBackend::L2Op {
+  CudaBackend* b;
+  const cuda::L2Prefetch* next = nullptr;
+  L2Op(CudaBackend* backend, std::initializer_list<const WeightRef*> ws) : b(backend) {
+    if (b->l2_depth_++ > 0 || ws.size() == 0) return;
+    Impl& im = *b->impl_;
+    const void* key = (*ws.begin())->data;
+    if (key == nullptr) return;
+    if (im.l2_last != nullptr && key != im.l2_last) {
+      cuda::L2Prefetch here;
+      uint64_t budget = im.l2_budget;
+      int k = 0;
+      for (const WeightRef* w : ws) {
+        if (k == cuda::kL2PrefetchRanges || w->data == nullptr || w->rows <= 0) break;
+        const auto begin = reinterpret_cast<uintptr_t>(w->data);
+        const uintptr_t first = (begin + 15) & ~uintptr_t{15};
+        const uintptr_t end = begin + static_cast<uintptr_t>(w->rows) * row_bytes_of(w->type, w->cols);
+        if (end < first + 16) continue;
+        const uint64_t bytes = std::min<uint64_t>((end - first) & ~uint64_t{15}, budget & ~uint64_t{15});
+        if (bytes == 0) break;
+        here.ptr[k] = reinterpret_cast<const void*>(first);
+        here.bytes[k++] = bytes;
+        budget -= bytes;
+      }
+      im.l2_next[im.l2_last] = here;
+    }
+    im.l2_last = key;
+    if (!b->options_.l2_prefetch) return;
+    const auto it = im.l2_next.find(key);
+    if (it != im.l2_next.end() && it->second.bytes[0] > 0) next = &it->second;
+  }
+  ~L2Op() { --b->l2_depth_; }
+  L2Op(const L2Op&) = delete;
+  L2Op& operator=(const L2Op&) = delete;
+  // For the launch of activation rows from j0: the first launch of an op asks, the others not.
+  const cuda::L2Prefetch* at(int64_t j0) const { return j0 == 0 ? next : nullptr; }
 };
 
 CudaBackend::CudaBackend(const CudaBackendOptions& options) : options_(options), impl_(std::make_unique<Impl>()) {
@@ -192,6 +248,7 @@ std::unique_ptr<CudaBackend> CudaBackend::create(const CudaBackendOptions& optio
   std::snprintf(desc, sizeof desc, "%s (sm_%d%d, %d SMs, %.1f GiB)", prop.name, prop.major, prop.minor,
                 prop.multiProcessorCount, static_cast<double>(prop.totalGlobalMem) / (1 << 30));
   b->device_description_ = desc;
+  if (prop.l2CacheSize > 0) b->impl_->l2_budget = static_cast<uint64_t>(prop.l2CacheSize) / 2;
   if (!b->start()) return refuse(b->last_error());
   if (options.self_check) {
     if (std::string why = b->apply_self_check(); !why.empty()) return refuse(why);
@@ -231,6 +288,7 @@ CudaBackend::~CudaBackend() {
   for (void* p : impl_->fused_memory) cudaFree(p);
   if (impl_->cublas) cublasDestroy(impl_->cublas);
   if (impl_->cublas_workspace) cudaFree(impl_->cublas_workspace);
+  for (auto& [key, copy] : impl_->half_cache) cudaFree(copy.data);
   if (impl_->stream) cudaStreamDestroy(impl_->stream);
   cudaGetLastError();
 }
@@ -419,6 +477,7 @@ void* CudaBackend::alloc(size_t bytes) {
     cudaFree(p);
     return nullptr;
   }
+  impl_->alloc_bytes[p] = rounded;
   end(kOp);
   return p;
 }
@@ -427,12 +486,19 @@ void CudaBackend::free(void* p) {
   constexpr const char* kOp = "free";
   if (p == nullptr || capture_refuses(kOp) || !begin(kOp)) return;
   wait(kOp);
+  impl_->l2_next.clear();  // it may have held p's bytes: learned again from the next ops
+  impl_->l2_last = nullptr;
+  if (const auto a = impl_->alloc_bytes.find(p); a != impl_->alloc_bytes.end()) {
+    drop_half_copies(p, a->second);  // of matrices that lay in the allocation
+    impl_->alloc_bytes.erase(a);
+  }
   DS_CUDA_CHECK(kOp, cudaFree(p));
 }
 
 void CudaBackend::upload(void* dst, const void* src, size_t bytes) {
   constexpr const char* kOp = "upload";
   if (bytes == 0 || capture_refuses(kOp) || !begin(kOp)) return;
+  drop_half_copies(dst, bytes);  // a matrix whose bytes change loses its F16 copy
   if (bytes <= kStagedUploadBytes && impl_->staging == nullptr && !impl_->staging_failed) {
     void* p = nullptr;
     if (cudaMallocHost(&p, kStagingBytes) == cudaSuccess) {
@@ -530,6 +596,7 @@ float* CudaBackend::scratch(size_t bytes, const char* op) {
 
 void CudaBackend::matmul(const WeightRef& w, const float* x, int64_t n, float* y) {
   constexpr const char* kOp = "matmul";
+  const L2Op l2(this, {&w});
   if (!begin(kOp)) return;
   DS_CHECK_WEIGHT(kOp, w);
   if (options_.gemv_version < 1 || options_.gemv_version > cuda::kGemvVersions)
@@ -554,7 +621,8 @@ void CudaBackend::matmul(const WeightRef& w, const float* x, int64_t n, float* y
     for (int64_t j0 = 0; j0 < n; j0 += cuda::kGemvMaxN) {
       const int nb = static_cast<int>(std::min<int64_t>(cuda::kGemvMaxN, n - j0));
       if (!DS_CUDA_CHECK(kOp, cuda::gemv(options_.gemv_version, kernel_type(w), w.data, stride, w.rows, w.cols,
-                                         x + j0 * w.cols, nb, y + j0 * w.rows, impl_->stream, options_.pdl)))
+                                         x + j0 * w.cols, nb, y + j0 * w.rows, impl_->stream, options_.pdl,
+                                         l2.at(j0))))
         return;
     }
   } else if (tc_gemm_applies(w, n)) {
@@ -563,6 +631,15 @@ void CudaBackend::matmul(const WeightRef& w, const float* x, int64_t n, float* y
     matmul_cublas(w, stride, x, n, y);  // recorded too (cuBLAS has its own workspace: no allocation)
   }
   end(kOp);
+}
+
+std::vector<std::pair<const void*, uint64_t>> CudaBackend::l2_prefetch_after(const void* first_weight) const {
+  std::vector<std::pair<const void*, uint64_t>> out;
+  const auto it = impl_->l2_next.find(first_weight);
+  if (it == impl_->l2_next.end()) return out;
+  for (int i = 0; i < cuda::kL2PrefetchRanges && it->second.bytes[i] > 0; ++i)
+    out.emplace_back(it->second.ptr[i], it->second.bytes[i]);
+  return out;
 }
 
 int CudaBackend::gemv_limit(DType t) const {
@@ -613,6 +690,7 @@ void CudaBackend::matmul_qkv(const WeightRef& wq, const WeightRef& wk, const Wei
                              const float* bk, const float* bv, const float* x, int64_t n, float* q, float* k,
                              float* v) {
   constexpr const char* kOp = "matmul_qkv";
+  const L2Op l2(this, {&wq, &wk, &wv});
   // Past the fused GEMV: one tensor-core launch for the three, or cuBLAS with x rounded once
   // for the three; the biases after, as Backend's.
   const bool gemv = fused_gemv_applies(wq, wk, n) && fused_gemv_applies(wq, wv, n);
@@ -639,7 +717,9 @@ void CudaBackend::matmul_qkv(const WeightRef& wq, const WeightRef& wk, const Wei
   for (int64_t j0 = 0; j0 < n; j0 += cuda::kGemvMaxN) {
     const int nb = static_cast<int>(std::min<int64_t>(cuda::kGemvMaxN, n - j0));
     const cuda::GemvQkv a = qkv_rows(wq, wk, wv, bq, bk, bv, q, k, v, j0);
-    if (!DS_CUDA_CHECK(kOp, cuda::gemv_qkv(kernel_type(wq), a, stride, wq.cols, x + j0 * wq.cols, nb, impl_->stream, options_.pdl))) return;
+    if (!DS_CUDA_CHECK(kOp, cuda::gemv_qkv(kernel_type(wq), a, stride, wq.cols, x + j0 * wq.cols, nb, impl_->stream,
+                                           options_.pdl, l2.at(j0))))
+      return;
   }
   end(kOp);
 }
@@ -647,13 +727,14 @@ void CudaBackend::matmul_qkv(const WeightRef& wq, const WeightRef& wk, const Wei
 void CudaBackend::matmul_add_rmsnorm(const WeightRef& w, const float* x, int64_t n, float* y, float* tmp,
                                      const float* norm_weight, float eps, float* norm_out) {
   constexpr const char* kOp = "matmul_add_rmsnorm";
+  const L2Op l2(this, {&w});
   if (!fused_gemv_applies(w, w, n) || n > cuda::kGemvMaxN || norm_counter_ == nullptr)
     return Backend::matmul_add_rmsnorm(w, x, n, y, tmp, norm_weight, eps, norm_out);
   if (!begin(kOp)) return;
   DS_CHECK_WEIGHT(kOp, w);
   const cuda::GemvNorm norm{norm_weight, eps, norm_out, norm_counter_};
   DS_CUDA_CHECK(kOp, cuda::gemv_add(kernel_type(w), w.data, row_bytes_of(w.type, w.cols), w.rows, w.cols, x,
-                                    static_cast<int>(n), y, impl_->stream, options_.pdl, &norm));
+                                    static_cast<int>(n), y, impl_->stream, options_.pdl, &norm, l2.at(0)));
   end(kOp);
 }
 
@@ -661,6 +742,7 @@ void CudaBackend::matmul_qkv_rope_store_kv(const WeightRef& wq, const WeightRef&
                                            const float* bq, const float* bk, const float* bv, const float* x, int64_t n,
                                            float* q, float* k, float* v, const RopeStore& r) {
   constexpr const char* kOp = "matmul_qkv_rope";
+  const L2Op l2(this, {&wq, &wk, &wv});
   const int hd = r.head_dim;
   const bool shapes = r.n_heads > 0 && r.n_kv_heads > 0 && hd > 0 && hd % 2 == 0 && r.rope.n_rot > 0 &&
                       r.rope.n_rot % 2 == 0 && r.rope.n_rot <= hd && kv_type_supported(r.cache.type) &&
@@ -688,7 +770,7 @@ void CudaBackend::matmul_qkv_rope_store_kv(const WeightRef& wq, const WeightRef&
     rp.pos = r.pos + j0;
     rp.slots = r.slots + j0;
     if (!DS_CUDA_CHECK(kOp, cuda::gemv_qkv_rope(kernel_type(wq), a, rp, stride, wq.cols, x + j0 * wq.cols, nb,
-                                                impl_->stream, options_.pdl)))
+                                                impl_->stream, options_.pdl, l2.at(j0))))
       return;
   }
   end(kOp);
@@ -696,6 +778,7 @@ void CudaBackend::matmul_qkv_rope_store_kv(const WeightRef& wq, const WeightRef&
 
 void CudaBackend::matmul_add(const WeightRef& w, const float* x, int64_t n, float* y, float* tmp) {
   constexpr const char* kOp = "matmul_add";
+  const L2Op l2(this, {&w});
   if (!fused_gemv_applies(w, w, n) && tc_gemm_applies(w, n)) {  // the residual add fused in, as the GEMV's
     if (!begin(kOp)) return;
     DS_CHECK_WEIGHT(kOp, w);
@@ -715,7 +798,7 @@ void CudaBackend::matmul_add(const WeightRef& w, const float* x, int64_t n, floa
   for (int64_t j0 = 0; j0 < n; j0 += cuda::kGemvMaxN) {
     const int nb = static_cast<int>(std::min<int64_t>(cuda::kGemvMaxN, n - j0));
     if (!DS_CUDA_CHECK(kOp, cuda::gemv_add(kernel_type(w), w.data, stride, w.rows, w.cols, x + j0 * w.cols, nb,
-                                           y + j0 * w.rows, impl_->stream, options_.pdl)))
+                                           y + j0 * w.rows, impl_->stream, options_.pdl, nullptr, l2.at(j0))))
       return;
   }
   end(kOp);
@@ -724,6 +807,7 @@ void CudaBackend::matmul_add(const WeightRef& w, const float* x, int64_t n, floa
 void CudaBackend::matmul_swiglu(const WeightRef& w_gate, const WeightRef& w_up, const float* x, int64_t n, float* out,
                                 float* up) {
   constexpr const char* kOp = "matmul_swiglu";
+  const L2Op l2(this, {&w_gate, &w_up});
   // Past the fused GEMV: gate and up in one tensor-core launch, or cuBLAS with x rounded once
   // for both; then swiglu as Backend's.
   const bool gemv = fused_gemv_applies(w_gate, w_up, n);
@@ -747,7 +831,7 @@ void CudaBackend::matmul_swiglu(const WeightRef& w_gate, const WeightRef& w_up, 
     const int nb = static_cast<int>(std::min<int64_t>(cuda::kGemvMaxN, n - j0));
     if (!DS_CUDA_CHECK(kOp, cuda::gemv_swiglu(kernel_type(w_gate), w_gate.data, w_up.data, stride, w_gate.rows, w_gate.cols,
                                               x + j0 * w_gate.cols, nb, out + j0 * w_gate.rows, impl_->stream,
-                                              options_.pdl)))
+                                              options_.pdl, l2.at(j0))))
       return;
   }
   end(kOp);
@@ -827,6 +911,10 @@ void CudaBackend::matmul_cublas_half(const char* op, std::initializer_list<std::
       if (!gemm(w.data, w.rows, y)) return;
       continue;
     }
+    if (const uint16_t* cached = half_weight(w, op)) {  // the rows to_half gives below, kept: one GEMM
+      if (!gemm(cached, w.rows, y)) return;
+      continue;
+    }
     const size_t row_stride = row_bytes_of(w.type, cols);
     const int64_t slice = slice_of(w);
     const auto* base = static_cast<const uint8_t*>(w.data);
@@ -838,6 +926,51 @@ void CudaBackend::matmul_cublas_half(const char* op, std::initializer_list<std::
       if (!gemm(wh, nr, y + r0)) return;
     }
   }
+}
+
+size_t CudaBackend::half_weight_cache_bytes() const { return impl_->half_cache_bytes; }
+
+void CudaBackend::drop_half_copies(const void* p, size_t bytes) {
+  if (impl_->half_cache.empty()) return;
+  const auto* lo = static_cast<const uint8_t*>(p);
+  auto it = impl_->half_cache.lower_bound(p);
+  if (it != impl_->half_cache.begin()) {  // a matrix that starts before p may reach into it
+    const auto prev = std::prev(it);
+    if (static_cast<const uint8_t*>(prev->first) + prev->second.source_bytes > lo) it = prev;
+  }
+  while (it != impl_->half_cache.end() && static_cast<const uint8_t*>(it->first) < lo + bytes) {
+    cudaFree(it->second.data);
+    impl_->half_cache_bytes -= it->second.bytes;
+    it = impl_->half_cache.erase(it);
+  }
+}
+
+const uint16_t* CudaBackend::half_weight(const WeightRef& w, const char* op) {
+  if (!options_.half_weight_cache || w.type == DType::kBF16) return nullptr;  // BF16 and F16 run in place
+  if (const auto it = impl_->half_cache.find(w.data); it != impl_->half_cache.end()) return it->second.data;
+  if (capturing_) return nullptr;  // no allocation inside a recording: the scratch path this time
+  const size_t bytes = static_cast<size_t>(w.rows) * static_cast<size_t>(w.cols) * 2;
+  size_t free_bytes = 0, total_bytes = 0;
+  if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  const size_t keep = std::max<size_t>(size_t{2} << 30, total_bytes / 10);
+  if (free_bytes < keep || free_bytes - keep < bytes) return nullptr;
+  void* p = nullptr;
+  if (cudaMalloc(&p, std::max<size_t>(bytes, 1)) != cudaSuccess) {
+    cudaGetLastError();
+    return nullptr;
+  }
+  auto* h = static_cast<uint16_t*>(p);
+  if (!DS_CUDA_CHECK(op, cuda::to_half(kernel_type(w), w.data, row_bytes_of(w.type, w.cols), w.cols, w.rows, false, h,
+                                       impl_->stream))) {
+    cudaFree(p);
+    return nullptr;
+  }
+  impl_->half_cache[w.data] = Impl::HalfCopy{h, bytes, static_cast<size_t>(w.rows) * row_bytes_of(w.type, w.cols)};
+  impl_->half_cache_bytes += bytes;
+  return h;
 }
 
 bool CudaBackend::cublas_half_shares_x(std::initializer_list<const WeightRef*> ws, int64_t n) const {

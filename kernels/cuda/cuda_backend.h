@@ -100,6 +100,16 @@ struct CudaBackendOptions {
                                    // Init finds the same logits and faster steps (fused_decode_probe)
   bool time_replays = false;     // replay(): each graph replay's GPU time (CUDA events), summed in
                                 // replay_ms() (benchmarks: a step's GPU time against its wall time)
+  bool l2_prefetch = false;     // the GEMV launches (plain and fused) ask L2 for the weights of the op that
+                                // followed theirs last time (the order of matmul calls, learned as they
+                                // come: a decode step's is the same every step), so that HBM streams the
+                                // next matrix while this one computes (ops.cuh: L2Prefetch; sm_90, the
+                                // same bits either way). Not yet timed on a GPU: off
+  bool half_weight_cache = false;  // the F16/BF16 cuBLAS path (prefill, large batches): keep each quantized
+                                // matrix's F16 dequantization after its first use instead of dequantizing it
+                                // again every call (the same bits, one GEMM a matrix), while free device memory
+                                // stays above max(2 GiB, 10% of the device); 2 more bytes a weight. Off: memory
+                                // is the KV cache's (ds-bench / the GPU check time it)
   int fused_decode_blocks_per_sm = 4;  // its blocks per SM (at most what fits; above 4, a build capped at 64 registers a thread)
   bool fused_decode_prefetch = true;   // its L2 prefetch of the next phase's weights at each barrier
   bool self_check = true;       // create() runs the paths above that are on but have not run on a GPU yet
@@ -214,11 +224,18 @@ class CudaBackend final : public Backend {
   void set_tc_attention_padded(bool on) { options_.tc_attention_padded = on; }
   void set_tc_attention_mma(bool on) { options_.tc_attention_mma = on; }
   void set_q8_0_split(bool on) { options_.q8_0_split = on; }
+  void set_l2_prefetch(bool on) { options_.l2_prefetch = on; }  // for graphs recorded after
+  void set_half_weight_cache(bool on) { options_.half_weight_cache = on; }
+  // Bytes of device memory the F16 copies of options.half_weight_cache hold.
+  size_t half_weight_cache_bytes() const;
   void set_fused_decode(bool on) { options_.fused_decode = on; }  // for models prepared after
   void set_fused_decode_prefetch(bool on) { options_.fused_decode_prefetch = on; }  // likewise
   void set_fused_decode_blocks_per_sm(int n) { options_.fused_decode_blocks_per_sm = n; }  // likewise
   // The blocks of prepared model id's launch (0: no such model).
   int fused_decode_blocks(int id) const;
+  // options.l2_prefetch's learned order: the (address, bytes) ranges the op whose first matrix
+  // starts at first_weight asks L2 for (what followed it last time); empty when none (tests).
+  std::vector<std::pair<const void*, uint64_t>> l2_prefetch_after(const void* first_weight) const;
   // Whether attention(a) runs the tensor-core prefill kernel (options.tc_attention).
   bool tc_attention_applies(const AttentionArgs& a) const;
   void set_gemv_max_batch(int n) { options_.gemv_max_batch = n; }
@@ -247,6 +264,7 @@ class CudaBackend final : public Backend {
 
  private:
   struct Impl;
+  struct L2Op;  // an op's place in the learned order of weight reads (options.l2_prefetch)
   explicit CudaBackend(const CudaBackendOptions& options);
 
   bool start();                 // creates the stream and the cuBLAS handle
@@ -281,6 +299,11 @@ class CudaBackend final : public Backend {
                  int64_t n, bool add);
   // Whether a and b can share one gemm_tc launch at n (fuse_decode, both tc_gemm_applies, same type and columns).
   bool tc_gemm_fuses(const WeightRef& a, const WeightRef& b, int64_t n) const;
+  // options.half_weight_cache: w's F16 dequantization (made on first use when memory allows;
+  // never while capturing), or null (the caller dequantizes into scratch as before).
+  const uint16_t* half_weight(const WeightRef& w, const char* op);
+  // Drops the F16 copies of the matrices that overlap [p, p + bytes) (their bytes changed or went).
+  void drop_half_copies(const void* p, size_t bytes);
   bool wait(const char* op);    // cudaStreamSynchronize; recycles the upload staging space
   // True (the recording failed) when capturing; for_now: only because a buffer must grow
   // first (the key may be recorded again after the eager run grew it).
@@ -301,6 +324,7 @@ class CudaBackend final : public Backend {
   uint64_t capture_key_ = 0;
   int64_t replays_ = 0;
   double replay_ms_ = 0;
+  int l2_depth_ = 0;  // L2Ops open (the ops Backend's defaults issue run inside their caller's)
   std::map<std::string, OpTime> profile_;
 };
 

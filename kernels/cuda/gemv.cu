@@ -18,40 +18,40 @@ bool gemv_wide_loads(DType t, const void* w, int64_t cols, size_t row_stride) {
 }
 
 cudaError_t gemv(int version, DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols,
-                 const float* x, int n, float* y, cudaStream_t stream, bool pdl) {
-#define DS_GEMV_FN gemv(version, t, w, row_stride, rows, cols, x, n, y, stream, pdl)
+                 const float* x, int n, float* y, cudaStream_t stream, bool pdl, const L2Prefetch* l2) {
+#define DS_GEMV_FN gemv(version, t, w, row_stride, rows, cols, x, n, y, stream, pdl, l2)
   DS_GEMV_PARTS(DS_GEMV_ROUTE_PART)
 #undef DS_GEMV_FN
   return cudaErrorInvalidValue;
 }
 
 cudaError_t gemv_add(DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n,
-                     float* y, cudaStream_t stream, bool pdl, const GemvNorm* norm) {
-#define DS_GEMV_FN gemv_add(t, w, row_stride, rows, cols, x, n, y, stream, pdl, norm)
+                     float* y, cudaStream_t stream, bool pdl, const GemvNorm* norm, const L2Prefetch* l2) {
+#define DS_GEMV_FN gemv_add(t, w, row_stride, rows, cols, x, n, y, stream, pdl, norm, l2)
   DS_GEMV_PARTS(DS_GEMV_ROUTE_PART)
 #undef DS_GEMV_FN
   return cudaErrorInvalidValue;
 }
 
 cudaError_t gemv_qkv(DType t, const GemvQkv& a, size_t row_stride, int64_t cols, const float* x, int n,
-                     cudaStream_t stream, bool pdl) {
-#define DS_GEMV_FN gemv_qkv(t, a, row_stride, cols, x, n, stream, pdl)
+                     cudaStream_t stream, bool pdl, const L2Prefetch* l2) {
+#define DS_GEMV_FN gemv_qkv(t, a, row_stride, cols, x, n, stream, pdl, l2)
   DS_GEMV_PARTS(DS_GEMV_ROUTE_PART)
 #undef DS_GEMV_FN
   return cudaErrorInvalidValue;
 }
 
 cudaError_t gemv_qkv_rope(DType t, const GemvQkv& a, const GemvQkvRope& r, size_t row_stride, int64_t cols,
-                          const float* x, int n, cudaStream_t stream, bool pdl) {
-#define DS_GEMV_FN gemv_qkv_rope(t, a, r, row_stride, cols, x, n, stream, pdl)
+                          const float* x, int n, cudaStream_t stream, bool pdl, const L2Prefetch* l2) {
+#define DS_GEMV_FN gemv_qkv_rope(t, a, r, row_stride, cols, x, n, stream, pdl, l2)
   DS_GEMV_PARTS(DS_GEMV_ROUTE_PART)
 #undef DS_GEMV_FN
   return cudaErrorInvalidValue;
 }
 
 cudaError_t gemv_swiglu(DType t, const void* w_gate, const void* w_up, size_t row_stride, int64_t rows, int64_t cols,
-                        const float* x, int n, float* out, cudaStream_t stream, bool pdl) {
-#define DS_GEMV_FN gemv_swiglu(t, w_gate, w_up, row_stride, rows, cols, x, n, out, stream, pdl)
+                        const float* x, int n, float* out, cudaStream_t stream, bool pdl, const L2Prefetch* l2) {
+#define DS_GEMV_FN gemv_swiglu(t, w_gate, w_up, row_stride, rows, cols, x, n, out, stream, pdl, l2)
   DS_GEMV_PARTS(DS_GEMV_ROUTE_PART)
 #undef DS_GEMV_FN
   return cudaErrorInvalidValue;

@@ -231,12 +231,15 @@ __global__ void __launch_bounds__(kV2Warps * kWarpSize)
 // finishes last (an arrival counter) writes rmsnorm(y) to norm.out for the n rows, with
 // rmsnorm_kernel's arithmetic (rms_sum_sq), reading y past L1 (other blocks wrote it), and
 // zeroes the counter for the next launch.
+// pf (every v3 launch below too): the next op's weights, each block's share asked of L2 at its
+// start (ops.cuh: L2Prefetch; empty: nothing).
 template <DType T, int NC, bool kAdd = false, int R = kV3Rows<NC>>
 __global__ void __launch_bounds__(kV3Warps * kWarpSize)
     gemv_v3_kernel(const uint8_t* __restrict__ w, size_t row_stride, int64_t rows, int64_t cols,
                    const float* __restrict__ x, int n, float* __restrict__ y, bool w_vec, bool x_vec,
-                   GemvNorm norm = GemvNorm{}) {
+                   GemvNorm norm, L2Prefetch pf) {
   griddep_launch_dependents();
+  l2_prefetch_share(pf);
   const int lane = threadIdx.x & 31;
   const int64_t r0 = (static_cast<int64_t>(blockIdx.x) * kV3Warps + (threadIdx.x >> 5)) * R;
   const bool with_norm = norm.weight != nullptr;  // block-uniform
@@ -290,8 +293,9 @@ __global__ void __launch_bounds__(kV3Warps * kWarpSize)
 template <DType T, int NC>
 __global__ void __launch_bounds__(kV3Warps * kWarpSize)
     gemv_v3_qkv_kernel(GemvQkv a, size_t row_stride, int64_t cols, const float* __restrict__ x, int n, bool w_vec,
-                       bool x_vec) {
+                       bool x_vec, L2Prefetch pf) {
   griddep_launch_dependents();
+  l2_prefetch_share(pf);
   constexpr int R = kV3Rows<NC>;
   const int lane = threadIdx.x & 31;
   const int64_t g0 = (static_cast<int64_t>(blockIdx.x) * kV3Warps + (threadIdx.x >> 5)) * R;
@@ -341,8 +345,9 @@ __global__ void __launch_bounds__(kV3Warps * kWarpSize)
 template <DType T, int NC, class KvT>
 __global__ void __launch_bounds__(kV3Warps * kWarpSize)
     gemv_v3_qkv_rope_kernel(GemvQkv a, GemvQkvRope rp, size_t row_stride, int64_t cols,
-                            const float* __restrict__ x, int n, bool w_vec, bool x_vec) {
+                            const float* __restrict__ x, int n, bool w_vec, bool x_vec, L2Prefetch pf) {
   griddep_launch_dependents();
+  l2_prefetch_share(pf);
   const int64_t gp = static_cast<int64_t>(blockIdx.x) * kV3Warps + (threadIdx.x >> 5);
   qkv_rope_pair<T, NC, KvT>(a, rp, row_stride, cols, x, n, w_vec, x_vec, gp);
 }
@@ -357,8 +362,9 @@ template <DType T, int NC>
 __global__ void __launch_bounds__(kV3Warps * kWarpSize)
     gemv_v3_swiglu_kernel(const uint8_t* __restrict__ w_gate, const uint8_t* __restrict__ w_up, size_t row_stride,
                           int64_t rows, int64_t cols, const float* __restrict__ x, int n, float* __restrict__ out,
-                          bool w_vec, bool x_vec) {
+                          bool w_vec, bool x_vec, L2Prefetch pf) {
   griddep_launch_dependents();
+  l2_prefetch_share(pf);
   constexpr int R = kV3Rows<NC>;
   __shared__ float up_dots[kSwigluRows][R][NC];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -405,24 +411,24 @@ unsigned v3_blocks(int64_t rows, int rows_per_warp) {
 
 template <DType T, int NC, int R>
 void launch_v3_nc(const uint8_t* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n, float* y,
-                  bool w_vec, bool x_vec, cudaStream_t stream, bool pdl) {
+                  bool w_vec, bool x_vec, cudaStream_t stream, bool pdl, const L2Prefetch& pf) {
   const auto blocks = v3_blocks(rows, R);
   auto* kernel = gemv_v3_kernel<T, NC, false, R>;
   DS_LAUNCH_PDL(kernel, blocks, kV3Warps * kWarpSize, 0, stream, pdl)(w, row_stride, rows, cols, x, n, y, w_vec, x_vec,
-                                                                      GemvNorm{});
+                                                                      GemvNorm{}, pf);
 }
 
 // one_row: version 4 (one row per warp whatever n).
 template <DType T>
 void launch_v3(const uint8_t* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n, float* y,
-               bool w_vec, bool x_vec, cudaStream_t stream, bool pdl, bool one_row) {
-  if (n <= 1) launch_v3_nc<T, 1, 1>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl);
-  else if (one_row && n <= 2) launch_v3_nc<T, 2, 1>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl);
-  else if (one_row && n <= 4) launch_v3_nc<T, 4, 1>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl);
-  else if (one_row) launch_v3_nc<T, 8, 1>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl);
-  else if (n <= 2) launch_v3_nc<T, 2, kV3Rows<2>>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl);
-  else if (n <= 4) launch_v3_nc<T, 4, kV3Rows<4>>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl);
-  else launch_v3_nc<T, 8, kV3Rows<8>>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl);
+               bool w_vec, bool x_vec, cudaStream_t stream, bool pdl, bool one_row, const L2Prefetch& pf) {
+  if (n <= 1) launch_v3_nc<T, 1, 1>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl, pf);
+  else if (one_row && n <= 2) launch_v3_nc<T, 2, 1>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl, pf);
+  else if (one_row && n <= 4) launch_v3_nc<T, 4, 1>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl, pf);
+  else if (one_row) launch_v3_nc<T, 8, 1>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl, pf);
+  else if (n <= 2) launch_v3_nc<T, 2, kV3Rows<2>>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl, pf);
+  else if (n <= 4) launch_v3_nc<T, 4, kV3Rows<4>>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl, pf);
+  else launch_v3_nc<T, 8, kV3Rows<8>>(w, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl, pf);
 }
 
 template <class Launch>
@@ -469,8 +475,9 @@ bool gemv_wide_loads(DType t, const void* w, int64_t cols, size_t row_stride) {
 }
 
 cudaError_t gemv(int version, DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols,
-                 const float* x, int n, float* y, cudaStream_t stream, bool pdl) {
+                 const float* x, int n, float* y, cudaStream_t stream, bool pdl, const L2Prefetch* l2) {
   const auto* wb = static_cast<const uint8_t*>(w);
+  const L2Prefetch pf = l2 ? *l2 : L2Prefetch{};
   bool ok = false;
   if (version == 1) {
     constexpr int kThreads = 128;
@@ -494,14 +501,15 @@ cudaError_t gemv(int version, DType t, const void* w, size_t row_stride, int64_t
     const bool w_vec = vec_weights(t, cols, row_stride) && aligned_for(t, w);
     const bool x_vec = cols % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
     ok = dispatch_part(t, [&](auto tag) {
-      launch_v3<decltype(tag)::value>(wb, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl, version == 4);
+      launch_v3<decltype(tag)::value>(wb, row_stride, rows, cols, x, n, y, w_vec, x_vec, stream, pdl, version == 4, pf);
     });
   }
   return ok ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 
 cudaError_t gemv_add(DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n,
-                     float* y, cudaStream_t stream, bool pdl, const GemvNorm* norm) {
+                     float* y, cudaStream_t stream, bool pdl, const GemvNorm* norm, const L2Prefetch* l2) {
+  const L2Prefetch pf = l2 ? *l2 : L2Prefetch{};
   const bool w_vec = vec_weights(t, cols, row_stride) && aligned_for(t, w);
   const bool x_vec = cols % 8 == 0 && aligned16(x);
   const auto* wb = static_cast<const uint8_t*>(w);
@@ -512,14 +520,15 @@ cudaError_t gemv_add(DType t, const void* w, size_t row_stride, int64_t rows, in
       const auto blocks = v3_blocks(rows, kV3Rows<decltype(nc)::value>);
       auto* kernel = gemv_v3_kernel<T, decltype(nc)::value, true>;
       DS_LAUNCH_PDL(kernel, blocks, kV3Warps * kWarpSize, 0, stream, pdl)(wb, row_stride, rows, cols, x, n, y, w_vec,
-                                                                          x_vec, nm);
+                                                                          x_vec, nm, pf);
     });
   });
   return ok ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 
 cudaError_t gemv_qkv(DType t, const GemvQkv& a, size_t row_stride, int64_t cols, const float* x, int n,
-                     cudaStream_t stream, bool pdl) {
+                     cudaStream_t stream, bool pdl, const L2Prefetch* l2) {
+  const L2Prefetch pf = l2 ? *l2 : L2Prefetch{};
   const bool w_vec = vec_weights(t, cols, row_stride) && aligned_for(t, a.w[0]) && aligned_for(t, a.w[1]) &&
                      aligned_for(t, a.w[2]);
   const bool x_vec = cols % 8 == 0 && aligned16(x);
@@ -529,14 +538,15 @@ cudaError_t gemv_qkv(DType t, const GemvQkv& a, size_t row_stride, int64_t cols,
     launch_nc(n, [&](auto nc) {
       const auto blocks = v3_blocks(all_rows, kV3Rows<decltype(nc)::value>);
       auto* kernel = gemv_v3_qkv_kernel<T, decltype(nc)::value>;
-      DS_LAUNCH_PDL(kernel, blocks, kV3Warps * kWarpSize, 0, stream, pdl)(a, row_stride, cols, x, n, w_vec, x_vec);
+      DS_LAUNCH_PDL(kernel, blocks, kV3Warps * kWarpSize, 0, stream, pdl)(a, row_stride, cols, x, n, w_vec, x_vec, pf);
     });
   });
   return ok ? cudaGetLastError() : cudaErrorInvalidValue;
 }
 
 cudaError_t gemv_qkv_rope(DType t, const GemvQkv& a, const GemvQkvRope& r, size_t row_stride, int64_t cols,
-                          const float* x, int n, cudaStream_t stream, bool pdl) {
+                          const float* x, int n, cudaStream_t stream, bool pdl, const L2Prefetch* l2) {
+  const L2Prefetch pf = l2 ? *l2 : L2Prefetch{};
   const bool w_vec = vec_weights(t, cols, row_stride) && aligned_for(t, a.w[0]) && aligned_for(t, a.w[1]) &&
                      aligned_for(t, a.w[2]);
   const bool x_vec = cols % 8 == 0 && aligned16(x);
@@ -548,10 +558,10 @@ cudaError_t gemv_qkv_rope(DType t, const GemvQkv& a, const GemvQkvRope& r, size_
       constexpr int NC = decltype(nc)::value;
       if (r.kv_f16) {
         auto* kernel = gemv_v3_qkv_rope_kernel<T, NC, uint16_t>;
-        DS_LAUNCH_PDL(kernel, blocks, kV3Warps * kWarpSize, 0, stream, pdl)(a, r, row_stride, cols, x, n, w_vec, x_vec);
+        DS_LAUNCH_PDL(kernel, blocks, kV3Warps * kWarpSize, 0, stream, pdl)(a, r, row_stride, cols, x, n, w_vec, x_vec, pf);
       } else {
         auto* kernel = gemv_v3_qkv_rope_kernel<T, NC, float>;
-        DS_LAUNCH_PDL(kernel, blocks, kV3Warps * kWarpSize, 0, stream, pdl)(a, r, row_stride, cols, x, n, w_vec, x_vec);
+        DS_LAUNCH_PDL(kernel, blocks, kV3Warps * kWarpSize, 0, stream, pdl)(a, r, row_stride, cols, x, n, w_vec, x_vec, pf);
       }
     });
   });
@@ -559,7 +569,8 @@ cudaError_t gemv_qkv_rope(DType t, const GemvQkv& a, const GemvQkvRope& r, size_
 }
 
 cudaError_t gemv_swiglu(DType t, const void* w_gate, const void* w_up, size_t row_stride, int64_t rows, int64_t cols,
-                        const float* x, int n, float* out, cudaStream_t stream, bool pdl) {
+                        const float* x, int n, float* out, cudaStream_t stream, bool pdl, const L2Prefetch* l2) {
+  const L2Prefetch pf = l2 ? *l2 : L2Prefetch{};
   const bool w_vec = vec_weights(t, cols, row_stride) && aligned_for(t, w_gate) && aligned_for(t, w_up);
   const bool x_vec = cols % 8 == 0 && aligned16(x);
   const auto* g = static_cast<const uint8_t*>(w_gate);
@@ -571,7 +582,7 @@ cudaError_t gemv_swiglu(DType t, const void* w_gate, const void* w_up, size_t ro
       const auto blocks = static_cast<unsigned>((rows + per_block - 1) / per_block);
       auto* kernel = gemv_v3_swiglu_kernel<T, decltype(nc)::value>;
       DS_LAUNCH_PDL(kernel, blocks, kV3Warps * kWarpSize, 0, stream, pdl)(g, u, row_stride, rows, cols, x, n, out,
-                                                                          w_vec, x_vec);
+                                                                          w_vec, x_vec, pf);
     });
   });
   return ok ? cudaGetLastError() : cudaErrorInvalidValue;

@@ -45,6 +45,53 @@ cudaError_t add_bias(float* x, const float* bias, int64_t n, int64_t dim, cudaSt
 cudaError_t store_kv(const float* k, const float* v, int64_t n, const int32_t* slots, int64_t kv_dim,
                      const KvLayer& cache, cudaStream_t stream);
 
+// ---- L2 prefetch of the next op's weights ---------------------------------------------
+//
+// A decode step reads each weight matrix once, in the same order every step, and no kernel
+// writes weights: so while one op's kernel computes, the bytes of the op after it can already
+// stream from HBM into L2 (sm_90: cp.async.bulk.prefetch.L2, one instruction a piece, done by
+// the copy engine, not the SM's load units). The next kernel then reads its weights from L2,
+// and HBM stays busy across the kernel boundaries where a kernel per op leaves it idle (the
+// ramp-up and the tail of each launch). A hint: the results are the same bits with or without
+// it; below sm_90 and under the CPU emulation it does nothing. CudaBackend learns which
+// weights follow which from the order of its matmul calls (CudaBackendOptions::l2_prefetch).
+
+#if defined(__CUDACC__)
+#define DS_HOST_DEVICE __host__ __device__
+#else
+#define DS_HOST_DEVICE
+#endif
+
+constexpr int kL2PrefetchRanges = 3;           // the most matrices one op reads (Q, K, V)
+constexpr uint32_t kL2PrefetchPiece = 1 << 16;  // the most bytes one prefetch instruction asks for
+
+struct L2Prefetch {
+  const void* ptr[kL2PrefetchRanges] = {};  // 16-byte aligned
+  uint64_t bytes[kL2PrefetchRanges] = {};   // multiples of 16; 0: unused
+};
+
+// The pieces of pf that block `block` of a launch of `grid` blocks asks L2 for: every block an
+// equal share (a multiple of 16 bytes) of the ranges laid end to end, cut at the ranges' ends
+// and into pieces of at most kL2PrefetchPiece bytes; f(ptr, bytes) for each. Over the blocks of
+// one launch the pieces cover each range exactly once.
+template <class F>
+DS_HOST_DEVICE inline void l2_prefetch_pieces(const L2Prefetch& pf, uint32_t block, uint32_t grid, F&& f) {
+  uint64_t total = 0;
+  for (int i = 0; i < kL2PrefetchRanges; ++i) total += pf.bytes[i];
+  if (total == 0 || grid == 0) return;
+  const uint64_t share = ((total + grid - 1) / grid + 15) / 16 * 16;
+  const uint64_t lo = share * block, hi = lo + share < total ? lo + share : total;
+  uint64_t base = 0;
+  for (int i = 0; i < kL2PrefetchRanges && lo < hi; ++i) {
+    const uint64_t a = lo > base ? lo : base, b = hi < base + pf.bytes[i] ? hi : base + pf.bytes[i];
+    for (uint64_t at = a; at < b; at += kL2PrefetchPiece) {
+      const uint64_t n = b - at < kL2PrefetchPiece ? b - at : kL2PrefetchPiece;
+      f(static_cast<const char*>(pf.ptr[i]) + (at - base), static_cast<uint32_t>(n));
+    }
+    base += pf.bytes[i];
+  }
+}
+
 // ---- gemv.cu (kernels: gemv_kernels.cuh) --------------------------------------------
 
 constexpr int kGemvMaxN = 8;  // activation rows one GEMV launch handles
@@ -62,8 +109,11 @@ constexpr int kGemvVersions = 4;
 // REQUIRES: 1 <= n <= kGemvMaxN; 1 <= version <= kGemvVersions; supported t.
 // pdl (version 3 and the fused launches below): programmatic dependent launch (common.cuh),
 // the weight loads overlapping the end of the previous kernel.
+// l2 (versions 3 and 4 and the fused launches below; null: none): what the launch's blocks ask
+// L2 for (the next op's weights), each its share, at their start.
 cudaError_t gemv(int version, DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols,
-                 const float* x, int n, float* y, cudaStream_t stream, bool pdl = false);
+                 const float* x, int n, float* y, cudaStream_t stream, bool pdl = false,
+                 const L2Prefetch* l2 = nullptr);
 
 // Fused decode launches (v3's per-row code; each output element gets the bits that gemv
 // version 3 followed by add_bias / swiglu gives it, whatever n).
@@ -78,7 +128,7 @@ struct GemvQkv {
 };
 // REQUIRES: 1 <= n <= kGemvMaxN; supported t; cols a multiple of t's block.
 cudaError_t gemv_qkv(DType t, const GemvQkv& a, size_t row_stride, int64_t cols, const float* x, int n,
-                     cudaStream_t stream, bool pdl = false);
+                     cudaStream_t stream, bool pdl = false, const L2Prefetch* l2 = nullptr);
 // gemv_qkv, then rope_store_kv on its outputs, in one launch: a warp takes two rows of one
 // matrix, a RoPE pair of a Q or K head (normal style: rows 2d, 2d + 1 of the head; neox: d,
 // d + n_rot / 2; the unrotated dimensions [n_rot, head_dim) two at a time) or two rows of V,
@@ -97,7 +147,8 @@ struct GemvQkvRope {
 // REQUIRES: as gemv_qkv; rows[0] and rows[1] == rows[2] multiples of head_dim; head_dim and
 // n_rot even, 0 < n_rot <= head_dim.
 cudaError_t gemv_qkv_rope(DType t, const GemvQkv& a, const GemvQkvRope& r, size_t row_stride, int64_t cols,
-                          const float* x, int n, cudaStream_t stream, bool pdl = false);
+                          const float* x, int n, cudaStream_t stream, bool pdl = false,
+                          const L2Prefetch* l2 = nullptr);
 // gemv_add's optional RMSNorm of the result: out[j, :] = rmsnorm(y[j, :], weight, eps), the
 // bits of rmsnorm() (a layer's residual add and the next norm in one launch). counter: a
 // device unsigned that is 0 before the launch (the launch leaves it 0 again).
@@ -111,11 +162,13 @@ struct GemvNorm {
 // the residual add fused in; then, with norm, out = rmsnorm(y). REQUIRES: as gemv_qkv; y does
 // not alias x.
 cudaError_t gemv_add(DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n,
-                     float* y, cudaStream_t stream, bool pdl = false, const GemvNorm* norm = nullptr);
+                     float* y, cudaStream_t stream, bool pdl = false, const GemvNorm* norm = nullptr,
+                     const L2Prefetch* l2 = nullptr);
 // out[j, r] = silu(x[j, :] . W_gate[r, :]) * (x[j, :] . W_up[r, :]), both [rows, cols] of type t.
 // REQUIRES: as gemv_qkv; out does not alias x.
 cudaError_t gemv_swiglu(DType t, const void* w_gate, const void* w_up, size_t row_stride, int64_t rows, int64_t cols,
-                        const float* x, int n, float* out, cudaStream_t stream, bool pdl = false);
+                        const float* x, int n, float* out, cudaStream_t stream, bool pdl = false,
+                        const L2Prefetch* l2 = nullptr);
 
 // Whether the GEMV kernels load this matrix's rows with wide (8- / 16-byte) loads (its type,
 // columns, row bytes and alignment allow them); the arithmetic is the same either way.

@@ -44,7 +44,7 @@ int main(int argc, char** argv) {
   std::string only;  // ",a,b,": run only these check groups (and no benchmarks)
   const char* kGroups =
       "errors,self_check,get_rows,elementwise,rmsnorm,rope,attention,matmul,matmul_tc,fused,q8_0_split,gemv_i8,fused_residual_rope,"
-      "sample,recording,pdl,nccl,grid_sync";
+      "sample,recording,pdl,l2_prefetch,half_cache,nccl,grid_sync";
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--device") && i + 1 < argc) {
       device = std::atoi(argv[++i]);
@@ -108,6 +108,8 @@ int main(int argc, char** argv) {
   if (want("sample")) check_sample(*b, rng, quick);
   if (want("recording")) check_recording(device, rng);
   if (want("pdl")) check_pdl(device, rng);
+  if (want("l2_prefetch")) check_l2_prefetch_pieces(rng);
+  if (want("half_cache")) check_half_weight_cache(*b, rng);
   if (want("nccl")) check_nccl(device);
   // Last: the one check whose failure may be a hang (a cooperative grid barrier that never
   // opens); the script's timeout then costs nothing before it.

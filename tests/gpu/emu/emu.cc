@@ -397,6 +397,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   std::snprintf(prop->name, sizeof prop->name, "CPU emulation of an sm_90 GPU");
   prop->major = 9;
   prop->multiProcessorCount = 1;
+  prop->l2CacheSize = 50 << 20;
   prop->totalGlobalMem = emu::mem_total();
   return cudaSuccess;
 }

@@ -83,7 +83,7 @@ bool profile_decode(const std::shared_ptr<ds::Model>& m, const char* tn, int bat
 // 1024). Tracing starts before the engine exists (CUPTI sees the graphs made after it) and the
 // table keeps the records from the third decode step on.
 bool trace_decode(const std::shared_ptr<ds::Model>& m, const char* tn, int batch, std::string* out, int ctx = 256,
-                  int step_tokens = 256, int prompt = 2) {
+                  int step_tokens = 256, int prompt = 2, const char* what = "") {
   std::string why;
   if (!ds::gpu_trace::start(&why)) {
     *out += "\nkernel trace, bench-1b " + std::string(tn) + ": not available: " + why + "\n";
@@ -122,11 +122,11 @@ bool trace_decode(const std::shared_ptr<ds::Model>& m, const char* tn, int batch
   cudaDeviceSynchronize();
   const auto recs = ds::gpu_trace::stop(from);
   if (first_tokens != batch) return false;
-  char title[256];
+  char title[384];
   std::snprintf(title, sizeof title,
-                "\nkernel trace, bench-1b %s, decode batch %d, context %d, steps of %d tokens, prompts of %d (%d steps as "
-                "they run: graph replays):",
-                tn, batch, ctx, step_tokens, prompt, steps);
+                "\nkernel trace, bench-1b %s, decode batch %d, context %d, steps of %d tokens, prompts of %d%s (%d steps "
+                "as they run: graph replays):",
+                tn, batch, ctx, step_tokens, prompt, what, steps);
   *out += ds::gpu_trace::table(recs, steps, title);
   return true;
 }
@@ -288,9 +288,9 @@ double d2d_bandwidth_gbs() {
 }
 
 bool bench(const std::string& dir, double copy_gbs) {
-  std::printf("\n%-6s %10s %10s %10s %10s %9s %9s %11s %14s %12s %10s %10s %12s\n", "type", "prefill", "dec b1", "dec b8",
-              "dec b32", "GB/s b1", "% copy", "prefill/gemm", "prefill/cublas", "b1 no graph", "b1 no PDL", "b32 no tc",
-              "b1 q8 blocks");
+  std::printf("\n%-6s %10s %10s %10s %10s %9s %9s %11s %14s %12s %10s %10s %12s %10s %10s\n", "type", "prefill", "dec b1",
+              "dec b8", "dec b32", "GB/s b1", "% copy", "prefill/gemm", "prefill/cublas", "b1 no graph", "b1 no PDL",
+              "b32 no tc", "b1 q8 blocks", "b1 L2 pf", "b8 L2 pf");
   std::vector<std::string> sampled_lines;
   std::string profiles;
   for (const char* tn : {"q8_0", "f16", "q4_k"}) {  // q4_k last: the newest kernels, least of the time budget
@@ -310,17 +310,20 @@ bool bench(const std::string& dir, double copy_gbs) {
     const int prompt = 512, gen = 64;
     // cc: the CUDA-core attention kernel instead of the tensor cores'; wmma: the WMMA kernel
     // instead of the mma.sync flash attention 2
-    double prefill = 0, prefill_cc = 0, prefill_wmma = 0;
+    // hc: with the F16 copies of the quantized matrices kept (CudaBackendOptions::half_weight_cache)
+    double prefill = 0, prefill_cc = 0, prefill_wmma = 0, prefill_hc = 0;
     std::vector<double> dec;
     double first_ms[3] = {0, 0, 0};
     double step_us[3][3] = {};  // batch 1, 8, 32: a decode step's wall time, its graph replay's GPU time, replays a step
     int32_t first[3] = {-1, -1, -1};
-    for (int k = 0; k < 3; ++k) {
+    for (int k = 0; k < 4; ++k) {
       g_tc_att = k != 1;
       g_tc_att_mma = k != 2;
+      g_half_cache = k == 3;
       auto e = engine(*m, 1, 2048, prompt);
       g_tc_att = true;
       g_tc_att_mma = true;
+      g_half_cache = false;
       if (!e) return false;
       ds::SequenceRequest r = prefill_request(prompt);
       if (!check_ok(e->add(r), "add (warm-up)")) return false;
@@ -329,9 +332,13 @@ bool bench(const std::string& dir, double copy_gbs) {
       if (!check_ok(e->add(r), "add")) return false;
       const auto t0 = Clock::now();
       const auto out = run(*e, 1);
-      (k == 0 ? prefill : k == 1 ? prefill_cc : prefill_wmma) = prompt / secs(t0);
-      if (!out[0].empty()) first[k] = out[0][0];
+      (k == 0 ? prefill : k == 1 ? prefill_cc : k == 2 ? prefill_wmma : prefill_hc) = prompt / secs(t0);
+      if (!out[0].empty() && k < 3) first[k] = out[0][0];
     }
+    sampled_lines.push_back(std::string(tn) + ": prefill 512 tokens with the F16 copies of the matrices kept " +
+                            std::to_string(prefill_hc) + " tok/s (ratio " + std::to_string(prefill_hc / prefill) +
+                            "; prefill/cublas with them " + std::to_string((prompt / prefill_hc) / cublas_only_layers_s((*m)->config(), prompt)) +
+                            ")");
     sampled_lines.push_back(std::string(tn) + ": prefill 512 tokens " + std::to_string(prefill) +
                             " tok/s with mma.sync flash attention, " + std::to_string(prefill_wmma) +
                             " with the WMMA kernel, " + std::to_string(prefill_cc) +
@@ -340,9 +347,10 @@ bool bench(const std::string& dir, double copy_gbs) {
                             " / " + std::to_string(first[2]) + " / " + std::to_string(first[1]));
     int64_t replays = 0;
     // -1: batch 1 with graph recording off; -2: batch 1 without PDL; -3: batch 32 without the
-    // tensor-core GEMM (cuBLAS instead); -4: batch 1 with Q8_0 in its GGUF blocks (q8_0 only)
+    // tensor-core GEMM (cuBLAS instead); -4: batch 1 with Q8_0 in its GGUF blocks (q8_0 only);
+    // -5, -8: batch 1, 8 with the L2 prefetch of the next op's weights (CudaBackendOptions::l2_prefetch)
     const bool q8 = !std::strcmp(tn, "q8_0");
-    for (int b : {1, 8, 32, -1, -2, -3, -4}) {
+    for (int b : {1, 8, 32, -1, -2, -3, -4, -5, -8}) {
       if (b == -4 && !q8) {
         dec.push_back(0);
         continue;
@@ -352,9 +360,11 @@ bool bench(const std::string& dir, double copy_gbs) {
       g_tc = b != -3;
       g_q8_0_split = b != -4;
       g_time_replays = b > 0;
-      b = b == -3 ? 32 : b;
+      g_l2_prefetch = b == -5 || b == -8;
+      b = b == -3 ? 32 : b == -8 ? 8 : b;
       auto e = engine(*m, b < 0 ? 1 : b, 256, 256, b != -1, &cuda);
       g_time_replays = false;
+      g_l2_prefetch = false;
       g_pdl = true;
       g_tc = true;
       g_q8_0_split = true;
@@ -464,6 +474,10 @@ bool bench(const std::string& dir, double copy_gbs) {
     if (!profile_prefill(*m, tn, prompt, &profiles)) return false;
     // The same as they run, each kernel timed on the GPU (CUPTI)
     if (!trace_decode(*m, tn, 1, &profiles)) return false;
+    g_l2_prefetch = true;
+    const bool traced_pf = trace_decode(*m, tn, 1, &profiles, 256, 256, 2, " with the L2 prefetch of the next op's weights");
+    g_l2_prefetch = false;
+    if (!traced_pf) return false;
     if (!trace_decode(*m, tn, 8, &profiles)) return false;
     if (!std::strcmp(tn, "q8_0")) {
       if (!trace_decode(*m, tn, 8, &profiles, 1024 + 64 + 8, 1024, 1024)) return false;
@@ -511,15 +525,16 @@ bool bench(const std::string& dir, double copy_gbs) {
     }
     const double gbs = (*m)->weights().decode_bytes() * dec[0] / 1e9;
     const double cublas_s = cublas_only_layers_s((*m)->config(), prompt);
-    std::printf("%-6s %10.1f %10.1f %10.1f %10.1f %9.1f %8.0f%% %11.2f %14.2f %12.1f %10.1f %10.1f %12.1f   (%lld graph replays)\n",
+    std::printf("%-6s %10.1f %10.1f %10.1f %10.1f %9.1f %8.0f%% %11.2f %14.2f %12.1f %10.1f %10.1f %12.1f %10.1f %10.1f   (%lld graph replays)\n",
                 tn, prefill, dec[0], dec[1], dec[2], gbs, 100.0 * gbs / copy_gbs, (prompt / prefill) / gemm_s,
-                (prompt / prefill) / cublas_s, dec[3], dec[4], dec[5], dec[6], static_cast<long long>(replays));
+                (prompt / prefill) / cublas_s, dec[3], dec[4], dec[5], dec[6], dec[7], dec[8], static_cast<long long>(replays));
   }
   std::printf("(tok/s; GB/s b1 = weight bytes a token reads (all but the embedding table's other rows) x decode tok/s; %% copy = of the device-to-device copy bandwidth %.0f GB/s;\n"
               " prefill/gemm = prefill time over the time of its layer GEMMs alone (the backend's matmuls: x rounded\n"
               " to F16, quantized weights dequantized, cuBLAS): target <= 1.5; prefill/cublas = over cuBLAS alone on\n"
               " F16 operands already in place (the stricter reading of the target);\n"
               " b1 q8 blocks = batch 1 with Q8_0 in the GGUF blocks instead of split rows;\n"
+              " b1 / b8 L2 pf = batch 1 / 8 with the L2 prefetch of the next op's weights (CudaBackendOptions::l2_prefetch);\n"
               " decode rates: 63 steps after the first decode step, timed apart below)\n", copy_gbs);
   for (const auto& l : sampled_lines) std::printf("%s\n", l.c_str());
   std::printf("%s", profiles.c_str());

@@ -320,7 +320,9 @@ void bench_sample(CudaBackend& b, Rng& rng, int n_rows, int m, bool sums) {
 }
 
 // bench-1b's decode layers without attention, 22 of them back to back (weights from HBM:
-// five distinct layers cycled), with and without programmatic dependent launch, eager.
+// five distinct layers cycled), eager with and without programmatic dependent launch, then as
+// one CUDA graph (as a decode step runs) with PDL, without and with the L2 prefetch of the next
+// op's weights (CudaBackendOptions::l2_prefetch; its order learned by the eager runs).
 // split: Q8_0 in split rows; fused_norm: the residual adds and norms in one op each (the
 // engine's sequence since matmul_add_rmsnorm).
 void bench_pdl(CudaBackend& b, Rng& rng, DType t, bool split = false, bool fused_norm = false) {
@@ -332,17 +334,34 @@ void bench_pdl(CudaBackend& b, Rng& rng, DType t, bool split = false, bool fused
     time_ms(s, 2, [&](int) { c.run(b, 1, 22, fused_norm); });
     ms[pdl] = time_ms(s, 10, [&](int) { c.run(b, 1, 22, fused_norm); });
   }
+  double graph_ms[2] = {0, 0};  // without, with the L2 prefetch
+  for (int l2 = 0; l2 < 2; ++l2) {
+    b.set_l2_prefetch(l2 == 1);
+    const uint64_t key = 0x9d0000 + 2 * static_cast<uint64_t>(t) + l2 + (split ? 64 : 0) + (fused_norm ? 128 : 0);
+    if (!b.record_begin(key)) continue;
+    c.run(b, 1, 22, fused_norm);
+    if (!b.record_end()) continue;
+    time_ms(s, 2, [&](int) { b.replay(key); });
+    graph_ms[l2] = time_ms(s, 10, [&](int) { b.replay(key); });
+  }
+  b.set_l2_prefetch(false);
   b.set_pdl(true);
   require_ok(b, "pdl benchmark");
   size_t bytes = 0;
   for (int64_t rows_cols : {2048 * 2048, 256 * 2048, 256 * 2048, 2048 * 2048, 5632 * 2048, 5632 * 2048, 2048 * 5632})
     bytes += ds::row_bytes(t, 2048) * (rows_cols / 2048);
   bytes *= 22;
+  auto gbs = [&](double m) { return m > 0 ? bytes / (m * 1e-3) / 1e9 : 0.0; };
   std::printf("BENCH %-36s %9.2f us  %8.1f GB/s (without PDL: %.2f us, %.1f GB/s; 22 layers, no attention, eager)\n",
               (std::string("decode layers n=1 pdl ") + ds::dtype_name(t) + (split ? "s" : "") + (fused_norm ? " +norm" : ""))
                   .c_str(),
-              ms[1] * 1e3,
-              bytes / (ms[1] * 1e-3) / 1e9, ms[0] * 1e3, bytes / (ms[0] * 1e-3) / 1e9);
+              ms[1] * 1e3, gbs(ms[1]), ms[0] * 1e3, gbs(ms[0]));
+  std::printf("BENCH %-36s %9.2f us  %8.1f GB/s (with the L2 prefetch of the next op's weights: %.2f us, %.1f GB/s = "
+              "%.2fx; one CUDA graph, PDL)\n",
+              (std::string("decode layers n=1 graph ") + ds::dtype_name(t) + (split ? "s" : "") + (fused_norm ? " +norm" : ""))
+                  .c_str(),
+              graph_ms[0] * 1e3, gbs(graph_ms[0]), graph_ms[1] * 1e3, gbs(graph_ms[1]),
+              graph_ms[1] > 0 ? graph_ms[0] / graph_ms[1] : 0.0);
 }
 
 // grid_sync's cost: a cooperative launch of 2000 barriers and nothing else, at 1, 2 and 3

@@ -271,6 +271,7 @@ void check_matmul_tc(CudaBackend& b, Rng& rng, bool quick);
 void check_fused(CudaBackend& b, Rng& rng, bool quick);
 void check_q8_0_split(CudaBackend& b, Rng& rng, bool quick);
 void check_gemv_i8(CudaBackend& b, Rng& rng, bool quick);
+void check_half_weight_cache(CudaBackend& b, Rng& rng);
 // want[n, rows] = x W^T by the reference (w: host bytes of type t) and, per element, the
 // natural size of its rounding error (sum |w x|).
 void ref_matmul_scaled(DType t, const std::vector<uint8_t>& w, int64_t rows, int64_t cols, const std::vector<float>& x,
@@ -296,6 +297,7 @@ void check_sample(CudaBackend& b, Rng& rng, bool quick);
 
 // device.cc: launches, recording, errors, NCCL, the grid barrier
 void check_pdl(int device, Rng& rng);
+void check_l2_prefetch_pieces(Rng& rng);
 void check_self_check(int device);
 void check_grid_sync(CudaBackend& b);
 void check_recording(int device, Rng& rng);

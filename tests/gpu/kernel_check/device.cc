@@ -32,8 +32,87 @@ void check_pdl(int device, Rng& rng) {
       expect("determinism/pdl-chain-fused-norm " + tag,
              same_bits(out[0].data(), out[2].data(), out[0].size()) && same_bits(out[0].data(), out[3].data(), out[0].size()),
              "matmul_add_rmsnorm changed the chain's result");
+      // L2 prefetch of the next op's weights (CudaBackendOptions::l2_prefetch): the first run
+      // learns the order of the weights, the second asks L2 for them; the same bits.
+      b->set_l2_prefetch(true);
+      for (int v : {0, 2}) {
+        std::vector<float> got;
+        for (int pass = 0; pass < 2; ++pass) {
+          b->upload(c.x.as(), x0.data(), x0.size() * 4);
+          c.run(*b, n, 0, v == 2);
+          got = c.x.read(n * c.dim);
+        }
+        require_ok(*b, "l2 prefetch chain");
+        expect("determinism/l2-prefetch-chain " + tag + (v == 2 ? " fused-norm" : ""),
+               same_bits(out[v].data(), got.data(), got.size()), "prefetching into L2 changed the chain's result");
+      }
+      b->set_l2_prefetch(false);
+      // What it learned: each op's first matrix is followed by the next op's matrices, whole
+      // (Q/K/V -> O -> gate, up -> down -> the next layer's Q, K, V).
+      const int layers = static_cast<int>(c.refs.size() / 7);
+      bool order = true;
+      std::string first_wrong;
+      auto range_of = [&](int l, int m) {
+        const WeightRef& w = c.refs[7 * l + m];
+        return std::make_pair(static_cast<const void*>(w.data), static_cast<uint64_t>(ds::row_bytes(t, w.cols) * w.rows) / 16 * 16);
+      };
+      for (int l = 0; l + 1 < layers && order; ++l) {
+        const std::vector<std::vector<std::pair<const void*, uint64_t>>> want = {
+            {range_of(l, 3)}, {range_of(l, 4), range_of(l, 5)}, {range_of(l, 6)},
+            {range_of(l + 1, 0), range_of(l + 1, 1), range_of(l + 1, 2)}};
+        const int firsts[4] = {0, 3, 4, 6};
+        for (int k = 0; k < 4 && order; ++k) {
+          const auto got = b->l2_prefetch_after(c.refs[7 * l + firsts[k]].data);
+          if (got != want[k]) order = false, first_wrong = "layer " + std::to_string(l) + " op " + std::to_string(k);
+        }
+      }
+      expect("l2-prefetch/learned-order " + tag, order, "the learned order differs at " + first_wrong);
     }
   }
+}
+
+// ops.cuh's l2_prefetch_pieces: over the blocks of a launch, the pieces cover every range
+// exactly once, each 16-byte aligned and at most kL2PrefetchPiece bytes (host arithmetic, the
+// same function the kernels call).
+void check_l2_prefetch_pieces(Rng& rng) {
+  int configs = 0;
+  bool ok = true;
+  std::string why;
+  alignas(16) static char arena[1 << 21];
+  for (int trial = 0; trial < 200 && ok; ++trial) {
+    cuda::L2Prefetch pf;
+    const int ranges = 1 + trial % cuda::kL2PrefetchRanges;
+    size_t at = 0;
+    for (int i = 0; i < ranges; ++i) {
+      const uint64_t bytes = 16 * (1 + static_cast<uint64_t>(rng.below(trial % 7 == 0 ? 30000 : 3000)));
+      at += 16 * static_cast<size_t>(rng.below(8));  // gaps between the ranges
+      if (at + bytes > sizeof arena) break;
+      pf.ptr[i] = arena + at;
+      pf.bytes[i] = bytes;
+      at += bytes;
+    }
+    for (uint32_t grid : {1u, 2u, 3u, 7u, 132u, 396u, 1408u, 5000u}) {
+      std::vector<uint8_t> hits(at, 0);
+      for (uint32_t blk = 0; blk < grid; ++blk)
+        cuda::l2_prefetch_pieces(pf, blk, grid, [&](const void* p, uint32_t bytes) {
+          const size_t off = static_cast<size_t>(static_cast<const char*>(p) - arena);
+          if (off % 16 || bytes % 16 || bytes == 0 || bytes > cuda::kL2PrefetchPiece || off + bytes > at) {
+            ok = false, why = "a piece misaligned, too big or outside the ranges";
+            return;
+          }
+          for (size_t k = off; k < off + bytes; ++k) ++hits[k];
+        });
+      for (int i = 0; i < cuda::kL2PrefetchRanges && ok; ++i) {
+        const size_t off = pf.bytes[i] ? static_cast<size_t>(static_cast<const char*>(pf.ptr[i]) - arena) : 0;
+        for (size_t k = off; k < off + pf.bytes[i] && ok; ++k)
+          if (hits[k] != 1)
+            ok = false, why = "byte " + std::to_string(k - off) + " of range " + std::to_string(i) + " asked " +
+                              std::to_string(hits[k]) + " times (grid " + std::to_string(grid) + ")";
+      }
+      ++configs;
+    }
+  }
+  expect("l2-prefetch/pieces-cover-each-byte-once (" + std::to_string(configs) + " range sets x grids)", ok, why);
 }
 
 // The grid-wide barrier of the persistent decode kernel (common.cuh's grid_sync): every block

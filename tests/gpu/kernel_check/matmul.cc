@@ -727,3 +727,63 @@ void check_gemv_i8(CudaBackend& b, Rng& rng, bool quick) {
 }
 
 }  // namespace ds::kernel_check
+
+namespace ds::kernel_check {
+
+// CudaBackendOptions::half_weight_cache: quantized matrices on the F16 cuBLAS path (batches
+// past the GEMV and tensor-core ranges) give the same bits from their kept F16 copy as from the
+// per-call dequantization; the copy is made once (its bytes counted), follows the matrix when
+// new bytes are uploaded into it, and goes with its allocation.
+void check_half_weight_cache(CudaBackend& b, Rng& rng) {
+  struct Case { DType t; int64_t rows, cols; int n; bool split; };
+  const Case cases[] = {{DType::kQ8_0, 64, 256, 40, true}, {DType::kQ8_0, 96, 128, 36, false},
+                        {DType::kQ4_K, 32, 512, 12, false}, {DType::kQ4_0, 48, 256, 40, false}};
+  for (const Case& c : cases) {
+    const std::string tag = std::string(ds::dtype_name(c.t)) + (c.split ? "s " : " ") + shape(c.rows, c.cols) +
+                            " n=" + std::to_string(c.n);
+    const size_t before = b.half_weight_cache_bytes();
+    std::vector<float> got[3];
+    Buf x(b, rng.floats(c.n * c.cols)), y(b, c.n * c.rows * 4);
+    {
+      const auto w1 = make_weights(rng, c.t, c.rows, c.cols), w2 = make_weights(rng, c.t, c.rows, c.cols);
+      Buf wb(b, w1.size());
+      auto put = [&](const std::vector<uint8_t>& host) {
+        const WeightRef h{c.t, host.data(), c.rows, c.cols};
+        if (c.split) return b.upload_weight(h, wb.as<void>());
+        b.upload(wb.as<void>(), host.data(), host.size());
+        return WeightRef{c.t, wb.as<void>(), c.rows, c.cols};
+      };
+      WeightRef w = put(w1);
+      b.set_half_weight_cache(false);
+      b.matmul(w, x.as(), c.n, y.as());
+      const auto plain = y.read(c.n * c.rows);
+      b.set_half_weight_cache(true);
+      for (int k = 0; k < 2; ++k) {  // the first call makes the copy, the second uses it
+        b.matmul(w, x.as(), c.n, y.as());
+        got[k] = y.read(c.n * c.rows);
+      }
+      const size_t kept = b.half_weight_cache_bytes() - before;
+      require_ok(b, "half weight cache");
+      expect("half-cache/same-bits " + tag,
+             same_bits(plain.data(), got[0].data(), plain.size()) && same_bits(plain.data(), got[1].data(), plain.size()),
+             "the kept F16 copy gave other bits than the per-call dequantization");
+      expect("half-cache/made-once " + tag, kept == static_cast<size_t>(c.rows * c.cols) * 2,
+             "kept " + std::to_string(kept) + " bytes for a " + std::to_string(c.rows * c.cols * 2) + "-byte copy");
+      // New bytes in the same buffer: the result must be the new matrix's.
+      w = put(w2);
+      b.matmul(w, x.as(), c.n, y.as());
+      got[2] = y.read(c.n * c.rows);
+      b.set_half_weight_cache(false);
+      b.matmul(w, x.as(), c.n, y.as());
+      const auto plain2 = y.read(c.n * c.rows);
+      b.set_half_weight_cache(true);
+      expect("half-cache/follows-new-bytes " + tag, same_bits(plain2.data(), got[2].data(), plain2.size()),
+             "a matrix uploaded again kept its old F16 copy");
+    }  // wb freed
+    expect("half-cache/freed-with-its-matrix " + tag, b.half_weight_cache_bytes() == before,
+           std::to_string(b.half_weight_cache_bytes() - before) + " bytes still kept");
+  }
+  b.set_half_weight_cache(false);
+}
+
+}  // namespace ds::kernel_check

@@ -159,6 +159,7 @@ constexpr unsigned cudaStreamNonBlocking = 1;
 struct cudaDeviceProp {
   char name[256];
   int major, minor, multiProcessorCount;
+  int l2CacheSize;
   size_t totalGlobalMem;
 };
 
