@@ -620,7 +620,8 @@ void CudaBackend::matmul(const WeightRef& w, const float* x, int64_t n, float* y
   } else if (n <= gemv_limit(w.type)) {
     for (int64_t j0 = 0; j0 < n; j0 += cuda::kGemvMaxN) {
       const int nb = static_cast<int>(std::min<int64_t>(cuda::kGemvMaxN, n - j0));
-      if (!DS_CUDA_CHECK(kOp, cuda::gemv(options_.gemv_version, kernel_type(w), w.data, stride, w.rows, w.cols,
+      const int version = options_.gemv_stream && options_.gemv_version == 3 && nb == 1 ? 5 : options_.gemv_version;
+      if (!DS_CUDA_CHECK(kOp, cuda::gemv(version, kernel_type(w), w.data, stride, w.rows, w.cols,
                                          x + j0 * w.cols, nb, y + j0 * w.rows, impl_->stream, options_.pdl,
                                          l2.at(j0))))
         return;
@@ -734,7 +735,8 @@ void CudaBackend::matmul_add_rmsnorm(const WeightRef& w, const float* x, int64_t
   DS_CHECK_WEIGHT(kOp, w);
   const cuda::GemvNorm norm{norm_weight, eps, norm_out, norm_counter_};
   DS_CUDA_CHECK(kOp, cuda::gemv_add(kernel_type(w), w.data, row_bytes_of(w.type, w.cols), w.rows, w.cols, x,
-                                    static_cast<int>(n), y, impl_->stream, options_.pdl, &norm, l2.at(0)));
+                                    static_cast<int>(n), y, impl_->stream, options_.pdl, &norm, l2.at(0),
+                                    options_.gemv_stream));
   end(kOp);
 }
 
@@ -798,7 +800,8 @@ void CudaBackend::matmul_add(const WeightRef& w, const float* x, int64_t n, floa
   for (int64_t j0 = 0; j0 < n; j0 += cuda::kGemvMaxN) {
     const int nb = static_cast<int>(std::min<int64_t>(cuda::kGemvMaxN, n - j0));
     if (!DS_CUDA_CHECK(kOp, cuda::gemv_add(kernel_type(w), w.data, stride, w.rows, w.cols, x + j0 * w.cols, nb,
-                                           y + j0 * w.rows, impl_->stream, options_.pdl, nullptr, l2.at(j0))))
+                                           y + j0 * w.rows, impl_->stream, options_.pdl, nullptr, l2.at(j0),
+                                           options_.gemv_stream)))
       return;
   }
   end(kOp);
@@ -831,7 +834,7 @@ void CudaBackend::matmul_swiglu(const WeightRef& w_gate, const WeightRef& w_up, 
     const int nb = static_cast<int>(std::min<int64_t>(cuda::kGemvMaxN, n - j0));
     if (!DS_CUDA_CHECK(kOp, cuda::gemv_swiglu(kernel_type(w_gate), w_gate.data, w_up.data, stride, w_gate.rows, w_gate.cols,
                                               x + j0 * w_gate.cols, nb, out + j0 * w_gate.rows, impl_->stream,
-                                              options_.pdl, l2.at(j0))))
+                                              options_.pdl, l2.at(j0), options_.gemv_stream)))
       return;
   }
   end(kOp);

@@ -100,6 +100,10 @@ struct CudaBackendOptions {
                                    // Init finds the same logits and faster steps (fused_decode_probe)
   bool time_replays = false;     // replay(): each graph replay's GPU time (CUDA events), summed in
                                 // replay_ms() (benchmarks: a step's GPU time against its wall time)
+  bool gemv_stream = false;     // one-token steps (n = 1) on GEMV v3: matmul, matmul_add(_rmsnorm) and
+                                // matmul_swiglu on its streamed form (version 5: a grid of what the device
+                                // holds, each warp's next rows' loads in flight while it computes; the same
+                                // bits). Not yet timed on a GPU: off
   bool l2_prefetch = false;     // the GEMV launches (plain and fused) ask L2 for the weights of the op that
                                 // followed theirs last time (the order of matmul calls, learned as they
                                 // come: a decode step's is the same every step), so that HBM streams the
@@ -225,6 +229,7 @@ class CudaBackend final : public Backend {
   void set_tc_attention_mma(bool on) { options_.tc_attention_mma = on; }
   void set_q8_0_split(bool on) { options_.q8_0_split = on; }
   void set_l2_prefetch(bool on) { options_.l2_prefetch = on; }  // for graphs recorded after
+  void set_gemv_stream(bool on) { options_.gemv_stream = on; }  // likewise
   void set_half_weight_cache(bool on) { options_.half_weight_cache = on; }
   // Bytes of device memory the F16 copies of options.half_weight_cache hold.
   size_t half_weight_cache_bytes() const;

@@ -26,8 +26,9 @@ cudaError_t gemv(int version, DType t, const void* w, size_t row_stride, int64_t
 }
 
 cudaError_t gemv_add(DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n,
-                     float* y, cudaStream_t stream, bool pdl, const GemvNorm* norm, const L2Prefetch* l2) {
-#define DS_GEMV_FN gemv_add(t, w, row_stride, rows, cols, x, n, y, stream, pdl, norm, l2)
+                     float* y, cudaStream_t stream, bool pdl, const GemvNorm* norm, const L2Prefetch* l2,
+                     bool stream_rows) {
+#define DS_GEMV_FN gemv_add(t, w, row_stride, rows, cols, x, n, y, stream, pdl, norm, l2, stream_rows)
   DS_GEMV_PARTS(DS_GEMV_ROUTE_PART)
 #undef DS_GEMV_FN
   return cudaErrorInvalidValue;
@@ -50,8 +51,9 @@ cudaError_t gemv_qkv_rope(DType t, const GemvQkv& a, const GemvQkvRope& r, size_
 }
 
 cudaError_t gemv_swiglu(DType t, const void* w_gate, const void* w_up, size_t row_stride, int64_t rows, int64_t cols,
-                        const float* x, int n, float* out, cudaStream_t stream, bool pdl, const L2Prefetch* l2) {
-#define DS_GEMV_FN gemv_swiglu(t, w_gate, w_up, row_stride, rows, cols, x, n, out, stream, pdl, l2)
+                        const float* x, int n, float* out, cudaStream_t stream, bool pdl, const L2Prefetch* l2,
+                        bool stream_rows) {
+#define DS_GEMV_FN gemv_swiglu(t, w_gate, w_up, row_stride, rows, cols, x, n, out, stream, pdl, l2, stream_rows)
   DS_GEMV_PARTS(DS_GEMV_ROUTE_PART)
 #undef DS_GEMV_FN
   return cudaErrorInvalidValue;

@@ -223,6 +223,29 @@ __global__ void __launch_bounds__(kV2Warps * kWarpSize)
 
 // ---- v3 (gemv_v3.cuh: the per-row dots) ------------------------------------------
 
+// gemv_add's norm tail (GemvNorm): after every block of the launch wrote its rows of y, the
+// block that arrives last (an arrival counter) writes rmsnorm(y) to norm.out for the n rows,
+// with rmsnorm_kernel's arithmetic (rms_sum_sq), reading y past L1 (other blocks wrote it), and
+// zeroes the counter for the next launch. ticket, red: the block's shared memory.
+// REQUIRES: every thread of every block of the launch calls it, after its writes to y.
+__device__ __forceinline__ void gemv_norm_tail(const GemvNorm& norm, const float* y, int64_t rows, int n,
+                                               unsigned* ticket, float* red) {
+  __threadfence();  // this block's rows of y are visible to the block that arrives last
+  __syncthreads();
+  if (threadIdx.x == 0) *ticket = atomicAdd(norm.counter, 1u);
+  __syncthreads();
+  if (*ticket != gridDim.x - 1) return;  // block-uniform
+  __threadfence();
+  for (int j = 0; j < n; ++j) {
+    const float* yj = y + j * rows;
+    const float ss = rms_sum_sq<true>(yj, rows, red);
+    const float scale = 1.0f / sqrtf(ss / static_cast<float>(rows) + norm.eps);
+    float* oj = norm.out + j * rows;
+    for (int64_t k = threadIdx.x; k < rows; k += blockDim.x) oj[k] = __ldcg(yj + k) * scale * norm.weight[k];
+  }
+  if (threadIdx.x == 0) *norm.counter = 0;
+}
+
 // NC: activation rows this instantiation can take (n <= NC; columns j >= n are skipped).
 // kAdd: y[j, r] += dot (gemv_add: the residual add fused in, the one float add that add
 // makes), else y[j, r] = dot.
@@ -269,20 +292,7 @@ __global__ void __launch_bounds__(kV3Warps * kWarpSize)
   if (!with_norm) return;
   __shared__ unsigned ticket;
   __shared__ float red[32];
-  __threadfence();  // this block's rows of y are visible to the block that arrives last
-  __syncthreads();
-  if (threadIdx.x == 0) ticket = atomicAdd(norm.counter, 1u);
-  __syncthreads();
-  if (ticket != gridDim.x - 1) return;  // block-uniform
-  __threadfence();
-  for (int j = 0; j < n; ++j) {
-    const float* yj = y + j * rows;
-    const float ss = rms_sum_sq<true>(yj, rows, red);
-    const float scale = 1.0f / sqrtf(ss / static_cast<float>(rows) + norm.eps);
-    float* oj = norm.out + j * rows;
-    for (int64_t k = threadIdx.x; k < rows; k += blockDim.x) oj[k] = __ldcg(yj + k) * scale * norm.weight[k];
-  }
-  if (threadIdx.x == 0) *norm.counter = 0;
+  gemv_norm_tail(norm, y, rows, n, &ticket, red);
 }
 
 // ---- v3, fused decode launches ----------------------------------------------------------
@@ -403,6 +413,97 @@ __global__ void __launch_bounds__(kV3Warps * kWarpSize)
   }
 }
 
+// ---- v5: streamed rows, n = 1 (gemv_v3.cuh: v3_stream_rows) -----------------------------
+
+// y[r] (+)= dot of row r with x for the rows warp g of the grid takes: g, g + warps, ...; the
+// norm tail as gemv_v3_kernel's. The same bits as gemv_v3_kernel<T, 1, kAdd>.
+template <DType T, bool kAdd>
+__global__ void __launch_bounds__(kV3Warps * kWarpSize)
+    gemv_v5_kernel(const uint8_t* __restrict__ w, size_t row_stride, int64_t rows, int64_t cols,
+                   const float* __restrict__ x, float* __restrict__ y, bool w_vec, bool x_vec, GemvNorm norm,
+                   L2Prefetch pf) {
+  griddep_launch_dependents();
+  l2_prefetch_share(pf);
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kV3Warps;
+  const int64_t g = static_cast<int64_t>(blockIdx.x) * kV3Warps + (threadIdx.x >> 5);
+  v3_stream_rows<T>(
+      cols, x, w_vec, x_vec,
+      [&](int64_t k, const uint8_t** p) {
+        const int64_t r = g + k * warps;
+        if (r >= rows) return false;
+        *p = w + r * static_cast<int64_t>(row_stride);
+        return true;
+      },
+      [&](int64_t k, float dot) {
+        if (lane != 0) return;
+        const int64_t r = g + k * warps;
+        if constexpr (kAdd) y[r] += dot;
+        else y[r] = dot;
+      });
+  if (norm.weight == nullptr) return;
+  __shared__ unsigned ticket;
+  __shared__ float red[32];
+  gemv_norm_tail(norm, y, rows, 1, &ticket, red);
+}
+
+// out[r] = silu(gate dot) * up dot for the rows warp g takes (g, g + warps, ...): the gate row's
+// dot, then the up row's, streamed one after the other; the expression of gemv_v3_swiglu_kernel,
+// so the same bits.
+template <DType T>
+__global__ void __launch_bounds__(kV3Warps * kWarpSize)
+    gemv_v5_swiglu_kernel(const uint8_t* __restrict__ w_gate, const uint8_t* __restrict__ w_up, size_t row_stride,
+                          int64_t rows, int64_t cols, const float* __restrict__ x, float* __restrict__ out, bool w_vec,
+                          bool x_vec, L2Prefetch pf) {
+  griddep_launch_dependents();
+  l2_prefetch_share(pf);
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kV3Warps;
+  const int64_t g = static_cast<int64_t>(blockIdx.x) * kV3Warps + (threadIdx.x >> 5);
+  float gate = 0.0f;
+  v3_stream_rows<T>(
+      cols, x, w_vec, x_vec,
+      [&](int64_t k, const uint8_t** p) {  // k even: gate row, odd: up row, of row g + (k / 2) warps
+        const int64_t r = g + (k >> 1) * warps;
+        if (r >= rows) return false;
+        *p = ((k & 1) ? w_up : w_gate) + r * static_cast<int64_t>(row_stride);
+        return true;
+      },
+      [&](int64_t k, float dot) {
+        if (!(k & 1)) {
+          gate = dot;
+        } else if (lane == 0) {
+          out[g + (k >> 1) * warps] = gate / (1.0f + expf(-gate)) * dot;
+        }
+      });
+}
+
+// Blocks of a version-5 launch: at most what the device holds at once (kStreamBlocksPerSm an
+// SM, fewer where the kernel's registers allow fewer), so that each warp streams several rows;
+// never more than v3 would launch.
+constexpr int kStreamBlocksPerSm = 8;
+template <class K>
+unsigned v5_blocks(K kernel, int64_t rows) {
+  const int64_t v3 = (rows + kV3Warps - 1) / kV3Warps;
+#ifdef DS_CUDA_EMULATION
+  (void)kernel;
+  return static_cast<unsigned>(std::min<int64_t>(v3, 3));  // a few blocks: many rows a warp
+#else
+  static int cap = 0;  // per instantiation: blocks the device holds at once
+  if (cap == 0) {
+    int device = 0, sms = 0, fit = 0;
+    if (cudaGetDevice(&device) == cudaSuccess &&
+        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) == cudaSuccess &&
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, kV3Warps * kWarpSize, 0) == cudaSuccess && fit > 0)
+      cap = sms * std::min(fit, kStreamBlocksPerSm);
+    else
+      cap = 132 * 4;
+    cudaGetLastError();
+  }
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(v3, cap)));
+#endif
+}
+
 // Blocks of a v3 launch over `rows` rows (kV3Warps warps of R rows each).
 unsigned v3_blocks(int64_t rows, int rows_per_warp) {
   const int64_t per_block = static_cast<int64_t>(kV3Warps) * rows_per_warp;
@@ -497,7 +598,15 @@ cudaError_t gemv(int version, DType t, const void* w, size_t row_stride, int64_t
       DS_LAUNCH(gemv_v2_kernel<T>, blocks, kV2Warps * kWarpSize, 0, stream)(wb, row_stride, rows, cols, x, n, y,
                                                                             w_vec, x_vec);
     });
-  } else if (version == 3 || version == 4) {
+  } else if (version == 5 && n == 1) {
+    const bool w_vec = vec_weights(t, cols, row_stride) && aligned_for(t, w);
+    const bool x_vec = cols % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+    ok = dispatch_part(t, [&](auto tag) {
+      auto* kernel = gemv_v5_kernel<decltype(tag)::value, false>;
+      DS_LAUNCH_PDL(kernel, v5_blocks(kernel, rows), kV3Warps * kWarpSize, 0, stream, pdl)(
+          wb, row_stride, rows, cols, x, y, w_vec, x_vec, GemvNorm{}, pf);
+    });
+  } else if (version >= 3 && version <= 5) {
     const bool w_vec = vec_weights(t, cols, row_stride) && aligned_for(t, w);
     const bool x_vec = cols % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;
     ok = dispatch_part(t, [&](auto tag) {
@@ -508,7 +617,8 @@ cudaError_t gemv(int version, DType t, const void* w, size_t row_stride, int64_t
 }
 
 cudaError_t gemv_add(DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n,
-                     float* y, cudaStream_t stream, bool pdl, const GemvNorm* norm, const L2Prefetch* l2) {
+                     float* y, cudaStream_t stream, bool pdl, const GemvNorm* norm, const L2Prefetch* l2,
+                     bool stream_rows) {
   const L2Prefetch pf = l2 ? *l2 : L2Prefetch{};
   const bool w_vec = vec_weights(t, cols, row_stride) && aligned_for(t, w);
   const bool x_vec = cols % 8 == 0 && aligned16(x);
@@ -516,6 +626,12 @@ cudaError_t gemv_add(DType t, const void* w, size_t row_stride, int64_t rows, in
   const GemvNorm nm = norm ? *norm : GemvNorm{};
   const bool ok = dispatch_part(t, [&](auto tag) {
     constexpr DType T = decltype(tag)::value;
+    if (stream_rows && n == 1) {
+      auto* kernel = gemv_v5_kernel<T, true>;
+      DS_LAUNCH_PDL(kernel, v5_blocks(kernel, rows), kV3Warps * kWarpSize, 0, stream, pdl)(
+          wb, row_stride, rows, cols, x, y, w_vec, x_vec, nm, pf);
+      return;
+    }
     launch_nc(n, [&](auto nc) {
       const auto blocks = v3_blocks(rows, kV3Rows<decltype(nc)::value>);
       auto* kernel = gemv_v3_kernel<T, decltype(nc)::value, true>;
@@ -569,7 +685,8 @@ cudaError_t gemv_qkv_rope(DType t, const GemvQkv& a, const GemvQkvRope& r, size_
 }
 
 cudaError_t gemv_swiglu(DType t, const void* w_gate, const void* w_up, size_t row_stride, int64_t rows, int64_t cols,
-                        const float* x, int n, float* out, cudaStream_t stream, bool pdl, const L2Prefetch* l2) {
+                        const float* x, int n, float* out, cudaStream_t stream, bool pdl, const L2Prefetch* l2,
+                        bool stream_rows) {
   const L2Prefetch pf = l2 ? *l2 : L2Prefetch{};
   const bool w_vec = vec_weights(t, cols, row_stride) && aligned_for(t, w_gate) && aligned_for(t, w_up);
   const bool x_vec = cols % 8 == 0 && aligned16(x);
@@ -577,6 +694,12 @@ cudaError_t gemv_swiglu(DType t, const void* w_gate, const void* w_up, size_t ro
   const auto* u = static_cast<const uint8_t*>(w_up);
   const bool ok = dispatch_part(t, [&](auto tag) {
     constexpr DType T = decltype(tag)::value;
+    if (stream_rows && n == 1) {
+      auto* kernel = gemv_v5_swiglu_kernel<T>;
+      DS_LAUNCH_PDL(kernel, v5_blocks(kernel, rows), kV3Warps * kWarpSize, 0, stream, pdl)(
+          g, u, row_stride, rows, cols, x, out, w_vec, x_vec, pf);
+      return;
+    }
     launch_nc(n, [&](auto nc) {
       const int64_t per_block = static_cast<int64_t>(kSwigluRows) * kV3Rows<decltype(nc)::value>;
       const auto blocks = static_cast<unsigned>((rows + per_block - 1) / per_block);

@@ -409,6 +409,88 @@ __device__ __forceinline__ void v3_rows_dots(const uint8_t* const (&rows)[R], in
     }
 }
 
+// ---- streamed rows (n = 1; gemv version 5) -----------------------------------------
+//
+// The dots of one activation row x with the rows a warp takes in turn, each with the chunks,
+// order and arithmetic of v3_rows_dots<T, 1, R> (any R: the same bits as every v3 kernel),
+// streamed: a row's chunks go in units of kV3UnrollOf<T> a lane, and the loads of the warp's
+// next unit (the row's next, or the next row's first) are issued before the current unit is
+// computed, so a warp keeps loads in flight while it computes (v3 issues a unit's loads,
+// then waits for them; its rows are one per warp, a grid of them). The rows: row_at(k, &ptr)
+// gives the k-th row's bytes (k = 0, 1, ...; false past the warp's last); finish(k, dot) gets
+// its dot (every lane). griddep_wait() is called once, after the first loads are issued.
+// REQUIRES: called by a whole warp (uniform rows); cols > 0.
+template <DType T, class RowAt, class Finish>
+__device__ __forceinline__ void v3_stream_rows(int64_t cols, const float* __restrict__ x, bool w_vec, bool x_vec,
+                                               RowAt&& row_at, Finish&& finish) {
+  using Tr = V3<T>;
+  using Raw = typename Tr::Raw;
+  constexpr int kE = Tr::kElems;
+  constexpr int kU = kV3UnrollOf<T>;
+  constexpr bool kQuant = T == DType::kQ8_0 || T == kQ8_0Split || T == DType::kQ4_0;
+  const int lane = threadIdx.x & 31;
+  const int64_t n_chunks = Tr::chunks(cols);
+  const int64_t per_unit = static_cast<int64_t>(kWarpSize) * kU;
+  const int64_t units = (n_chunks + per_unit - 1) / per_unit;  // a row's
+  const uint8_t* row = nullptr;
+  if (units == 0 || !row_at(0, &row)) {
+    griddep_wait();
+    return;
+  }
+  auto load = [&](const uint8_t* r, int64_t unit, Raw (&raw)[kU]) {
+    const int64_t c0 = lane + unit * per_unit;
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int64_t c = c0 + u * kWarpSize;
+      if (c < n_chunks) Tr::load(r, c, cols, w_vec, raw[u]);
+    }
+  };
+  float acc = 0.0f;
+  auto compute = [&](int64_t unit, const Raw (&raw)[kU]) {
+    const int64_t c0 = lane + unit * per_unit;
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int64_t c = c0 + u * kWarpSize;
+      if (c >= n_chunks) break;  // c grows with u
+      float wf[kE], xv[kE];
+      const float d = Tr::decode(raw[u], c, wf);
+#pragma unroll
+      for (int h = 0; h < kE / 8; ++h) load_x8_at<true>(x, Tr::x_first(c, h), cols, x_vec, xv + 8 * h);
+      if constexpr (kQuant) {
+        float s = 0.0f;
+#pragma unroll
+        for (int e = 0; e < kE; ++e) s = fmaf(wf[e], xv[e], s);
+        acc = fmaf(d, s, acc);
+      } else {
+#pragma unroll
+        for (int e = 0; e < kE; ++e) acc = fmaf(wf[e], xv[e], acc);
+      }
+    }
+  };
+  Raw ra[kU], rb[kU];
+  int64_t k = 0, unit = 0;  // the unit whose loads are in flight: row k's unit `unit`
+  load(row, 0, ra);
+  griddep_wait();  // the first loads are in flight: now wait for the kernel that wrote x
+  // One unit: the next one's loads into `next`, then this one's math from `cur`. False when
+  // this was the warp's last unit.
+  auto step = [&](const Raw (&cur)[kU], Raw (&next)[kU]) {
+    int64_t nk = k, nunit = unit + 1;
+    const uint8_t* nrow = row;
+    if (nunit == units) nk = k + 1, nunit = 0;
+    const bool more = nunit > 0 || row_at(nk, &nrow);
+    if (more) load(nrow, nunit, next);
+    compute(unit, cur);
+    if (unit == units - 1) {
+      finish(k, warp_sum(acc));  // every lane takes part
+      acc = 0.0f;
+    }
+    k = nk, unit = nunit, row = nrow;
+    return more;
+  };
+  while (step(ra, rb) && step(rb, ra)) {
+  }
+}
+
 // Rows per warp of the v3 kernels for NC activation rows: 1 for one (decode at batch 1 is
 // bound by the weight bytes: the more warps the better), 2 for more (bound by the x loads).
 // Setting kV3BatchedRows to 1 gives the one-row-per-warp kernels back, bit for bit.

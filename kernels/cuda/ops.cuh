@@ -95,7 +95,7 @@ DS_HOST_DEVICE inline void l2_prefetch_pieces(const L2Prefetch& pf, uint32_t blo
 // ---- gemv.cu (kernels: gemv_kernels.cuh) --------------------------------------------
 
 constexpr int kGemvMaxN = 8;  // activation rows one GEMV launch handles
-constexpr int kGemvVersions = 4;
+constexpr int kGemvVersions = 5;
 
 // y[n, rows] = x[n, cols] * W^T for n <= kGemvMaxN. Each y element is computed by the
 // same instructions whatever n (determinism contract). Versions:
@@ -106,6 +106,9 @@ constexpr int kGemvVersions = 4;
 //      warp takes two rows and loads each activation chunk once for both
 //   4: version 3 with one row per warp for every n (v3 as it was before two rows per warp),
 //      bit-identical to it: kept so that one GPU run times both (gpu_kernel_check)
+//   5: for n = 1, version 3's dots streamed (gemv_v3.cuh: v3_stream_rows): a grid of what the
+//      device holds at once, each warp taking several rows with its next unit's loads in
+//      flight while it computes; bit-identical to version 3 (for n > 1: version 3)
 // REQUIRES: 1 <= n <= kGemvMaxN; 1 <= version <= kGemvVersions; supported t.
 // pdl (version 3 and the fused launches below): programmatic dependent launch (common.cuh),
 // the weight loads overlapping the end of the previous kernel.
@@ -161,14 +164,15 @@ struct GemvNorm {
 // y[j, r] += x[j, :] . W[r, :] (v3's dot, then the one float add of add()): a projection with
 // the residual add fused in; then, with norm, out = rmsnorm(y). REQUIRES: as gemv_qkv; y does
 // not alias x.
+// stream_rows (here and in gemv_swiglu): for n = 1, gemv version 5's streamed rows (the same bits).
 cudaError_t gemv_add(DType t, const void* w, size_t row_stride, int64_t rows, int64_t cols, const float* x, int n,
                      float* y, cudaStream_t stream, bool pdl = false, const GemvNorm* norm = nullptr,
-                     const L2Prefetch* l2 = nullptr);
+                     const L2Prefetch* l2 = nullptr, bool stream_rows = false);
 // out[j, r] = silu(x[j, :] . W_gate[r, :]) * (x[j, :] . W_up[r, :]), both [rows, cols] of type t.
 // REQUIRES: as gemv_qkv; out does not alias x.
 cudaError_t gemv_swiglu(DType t, const void* w_gate, const void* w_up, size_t row_stride, int64_t rows, int64_t cols,
                         const float* x, int n, float* out, cudaStream_t stream, bool pdl = false,
-                        const L2Prefetch* l2 = nullptr);
+                        const L2Prefetch* l2 = nullptr, bool stream_rows = false);
 
 // Whether the GEMV kernels load this matrix's rows with wide (8- / 16-byte) loads (its type,
 // columns, row bytes and alignment allow them); the arithmetic is the same either way.

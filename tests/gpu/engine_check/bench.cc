@@ -288,9 +288,9 @@ double d2d_bandwidth_gbs() {
 }
 
 bool bench(const std::string& dir, double copy_gbs) {
-  std::printf("\n%-6s %10s %10s %10s %10s %9s %9s %11s %14s %12s %10s %10s %12s %10s %10s\n", "type", "prefill", "dec b1",
-              "dec b8", "dec b32", "GB/s b1", "% copy", "prefill/gemm", "prefill/cublas", "b1 no graph", "b1 no PDL",
-              "b32 no tc", "b1 q8 blocks", "b1 L2 pf", "b8 L2 pf");
+  std::printf("\n%-6s %10s %10s %10s %10s %9s %9s %11s %14s %12s %10s %10s %12s %10s %10s %10s %10s\n", "type", "prefill",
+              "dec b1", "dec b8", "dec b32", "GB/s b1", "% copy", "prefill/gemm", "prefill/cublas", "b1 no graph",
+              "b1 no PDL", "b32 no tc", "b1 q8 blocks", "b1 L2 pf", "b8 L2 pf", "b1 stream", "b1 str+pf");
   std::vector<std::string> sampled_lines;
   std::string profiles;
   for (const char* tn : {"q8_0", "f16", "q4_k"}) {  // q4_k last: the newest kernels, least of the time budget
@@ -348,9 +348,10 @@ bool bench(const std::string& dir, double copy_gbs) {
     int64_t replays = 0;
     // -1: batch 1 with graph recording off; -2: batch 1 without PDL; -3: batch 32 without the
     // tensor-core GEMM (cuBLAS instead); -4: batch 1 with Q8_0 in its GGUF blocks (q8_0 only);
-    // -5, -8: batch 1, 8 with the L2 prefetch of the next op's weights (CudaBackendOptions::l2_prefetch)
+    // -5, -8: batch 1, 8 with the L2 prefetch of the next op's weights (CudaBackendOptions::l2_prefetch);
+    // -6: batch 1 with the streamed GEMV (gemv_stream); -7: batch 1 with both
     const bool q8 = !std::strcmp(tn, "q8_0");
-    for (int b : {1, 8, 32, -1, -2, -3, -4, -5, -8}) {
+    for (int b : {1, 8, 32, -1, -2, -3, -4, -5, -8, -6, -7}) {
       if (b == -4 && !q8) {
         dec.push_back(0);
         continue;
@@ -360,11 +361,13 @@ bool bench(const std::string& dir, double copy_gbs) {
       g_tc = b != -3;
       g_q8_0_split = b != -4;
       g_time_replays = b > 0;
-      g_l2_prefetch = b == -5 || b == -8;
+      g_l2_prefetch = b == -5 || b == -8 || b == -7;
+      g_gemv_stream = b == -6 || b == -7;
       b = b == -3 ? 32 : b == -8 ? 8 : b;
       auto e = engine(*m, b < 0 ? 1 : b, 256, 256, b != -1, &cuda);
       g_time_replays = false;
       g_l2_prefetch = false;
+      g_gemv_stream = false;
       g_pdl = true;
       g_tc = true;
       g_q8_0_split = true;
@@ -478,6 +481,10 @@ bool bench(const std::string& dir, double copy_gbs) {
     const bool traced_pf = trace_decode(*m, tn, 1, &profiles, 256, 256, 2, " with the L2 prefetch of the next op's weights");
     g_l2_prefetch = false;
     if (!traced_pf) return false;
+    g_gemv_stream = true;
+    const bool traced_stream = trace_decode(*m, tn, 1, &profiles, 256, 256, 2, " with the streamed GEMV");
+    g_gemv_stream = false;
+    if (!traced_stream) return false;
     if (!trace_decode(*m, tn, 8, &profiles)) return false;
     if (!std::strcmp(tn, "q8_0")) {
       if (!trace_decode(*m, tn, 8, &profiles, 1024 + 64 + 8, 1024, 1024)) return false;
@@ -525,9 +532,10 @@ bool bench(const std::string& dir, double copy_gbs) {
     }
     const double gbs = (*m)->weights().decode_bytes() * dec[0] / 1e9;
     const double cublas_s = cublas_only_layers_s((*m)->config(), prompt);
-    std::printf("%-6s %10.1f %10.1f %10.1f %10.1f %9.1f %8.0f%% %11.2f %14.2f %12.1f %10.1f %10.1f %12.1f %10.1f %10.1f   (%lld graph replays)\n",
+    std::printf("%-6s %10.1f %10.1f %10.1f %10.1f %9.1f %8.0f%% %11.2f %14.2f %12.1f %10.1f %10.1f %12.1f %10.1f %10.1f %10.1f %10.1f   (%lld graph replays)\n",
                 tn, prefill, dec[0], dec[1], dec[2], gbs, 100.0 * gbs / copy_gbs, (prompt / prefill) / gemm_s,
-                (prompt / prefill) / cublas_s, dec[3], dec[4], dec[5], dec[6], dec[7], dec[8], static_cast<long long>(replays));
+                (prompt / prefill) / cublas_s, dec[3], dec[4], dec[5], dec[6], dec[7], dec[8], dec[9], dec[10],
+                static_cast<long long>(replays));
   }
   std::printf("(tok/s; GB/s b1 = weight bytes a token reads (all but the embedding table's other rows) x decode tok/s; %% copy = of the device-to-device copy bandwidth %.0f GB/s;\n"
               " prefill/gemm = prefill time over the time of its layer GEMMs alone (the backend's matmuls: x rounded\n"
@@ -535,6 +543,7 @@ bool bench(const std::string& dir, double copy_gbs) {
               " F16 operands already in place (the stricter reading of the target);\n"
               " b1 q8 blocks = batch 1 with Q8_0 in the GGUF blocks instead of split rows;\n"
               " b1 / b8 L2 pf = batch 1 / 8 with the L2 prefetch of the next op's weights (CudaBackendOptions::l2_prefetch);\n"
+              " b1 stream = batch 1 with the streamed GEMV (gemv_stream); b1 str+pf = with both;\n"
               " decode rates: 63 steps after the first decode step, timed apart below)\n", copy_gbs);
   for (const auto& l : sampled_lines) std::printf("%s\n", l.c_str());
   std::printf("%s", profiles.c_str());

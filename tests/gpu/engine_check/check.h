@@ -42,6 +42,7 @@ extern int g_fused_blocks;     // CudaBackendOptions::fused_decode_blocks_per_sm
 extern bool g_time_replays;    // CudaBackendOptions::time_replays
 extern bool g_l2_prefetch;     // CudaBackendOptions::l2_prefetch
 extern bool g_half_cache;      // CudaBackendOptions::half_weight_cache
+extern bool g_gemv_stream;     // CudaBackendOptions::gemv_stream
 extern std::string g_bench_types;  // --types: bench()'s weight types, comma-separated (empty: q8_0, f16, q4_k)
 extern std::optional<ds::DType> g_kv_type;  // EngineOptions::kv_type (unset: F16 on the GPU)
 // --quick (the CPU emulation of CUDA, tests/gpu/emu, where a step takes ~1 s): the golden's

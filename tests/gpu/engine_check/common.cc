@@ -67,6 +67,7 @@ int g_fused_blocks = 4;        // CudaBackendOptions::fused_decode_blocks_per_sm
 bool g_time_replays = false;   // CudaBackendOptions::time_replays of the engines made below
 bool g_l2_prefetch = false;    // CudaBackendOptions::l2_prefetch of the engines made below
 bool g_half_cache = false;     // CudaBackendOptions::half_weight_cache of the engines made below
+bool g_gemv_stream = false;    // CudaBackendOptions::gemv_stream of the engines made below
 std::string g_bench_types;     // --types: the bench-1b weight types bench() runs (empty: all)
 std::optional<ds::DType> g_kv_type;  // EngineOptions::kv_type of the engines made below (unset: F16 on the GPU)
 // --quick (the CPU emulation of CUDA, tests/gpu/emu, where a step takes ~1 s): the golden's
@@ -94,6 +95,7 @@ std::unique_ptr<ds::Engine> engine(std::shared_ptr<ds::Model> m, int max_batch, 
   co.time_replays = g_time_replays;
   co.l2_prefetch = g_l2_prefetch;
   co.half_weight_cache = g_half_cache;
+  co.gemv_stream = g_gemv_stream;
   std::unique_ptr<ds::CudaBackend> be = ds::CudaBackend::create(co, &err);
   if (!be) {
     std::printf("ERROR: no CUDA backend: %s\n", err.c_str());

@@ -390,14 +390,19 @@ void run_benchmarks(CudaBackend& b, Rng& rng) {
       bench_gemv(b, rng, t, s.rows, s.cols, 2, 1);  // the previous version, for comparison
       gemv_bw.emplace_back("gemv" + std::to_string(kLiveGemv) + " " + ds::dtype_name(t) + " " + shape(s.rows, s.cols),
                            bench_gemv(b, rng, t, s.rows, s.cols, kLiveGemv, 1));
-      if (t == DType::kQ8_0) {  // split rows, as the engine uploads Q8_0; then the int8 GEMV on them
+      if (t == DType::kF16)  // v3's dots streamed (CudaBackendOptions::gemv_stream)
+        gemv_bw.emplace_back("gemv5 f16 " + shape(s.rows, s.cols), bench_gemv(b, rng, t, s.rows, s.cols, 5, 1));
+      if (t == DType::kQ8_0) {  // split rows, as the engine uploads Q8_0; then streamed; then the int8 GEMV on them
         gemv_bw.emplace_back("gemv" + std::to_string(kLiveGemv) + " q8_0s " + shape(s.rows, s.cols),
                              bench_gemv(b, rng, t, s.rows, s.cols, kLiveGemv, 1, true));
+        gemv_bw.emplace_back("gemv5 q8_0s " + shape(s.rows, s.cols), bench_gemv(b, rng, t, s.rows, s.cols, 5, 1, true));
         gemv_bw.emplace_back("gemv-i8 q8_0s " + shape(s.rows, s.cols),
                              bench_gemv(b, rng, t, s.rows, s.cols, kLiveGemv, 1, true, true));
       }
     }
   for (int n : {4, 8}) bench_gemv(b, rng, DType::kQ8_0, 5632, 2048, kLiveGemv, n, true, true);  // beside gemv3 n=4, 8
+  for (int v : {kLiveGemv, 5}) bench_gemv(b, rng, DType::kQ8_0, 32000, 2048, v, 1, true);  // bench-1b's output projection
+  for (int v : {kLiveGemv, 5}) bench_gemv(b, rng, DType::kQ4_K, 5632, 2048, v, 1);
   bench_gemv(b, rng, DType::kQ4_0, 5632, 2048, kLiveGemv, 1);
   bench_gemv(b, rng, DType::kQ4_K, 5632, 2048, kLiveGemv, 1);
   bench_gemv(b, rng, DType::kQ6_K, 5632, 2048, kLiveGemv, 1);

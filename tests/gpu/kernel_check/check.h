@@ -40,7 +40,7 @@ using ds::RopeParams;
 using ds::RopeStyle;
 using ds::WeightRef;
 
-constexpr int kGemvVersions = 4;  // kernels/cuda/ops.cuh (4: v3 with one row per warp)
+constexpr int kGemvVersions = 5;  // kernels/cuda/ops.cuh (4: v3 with one row per warp; 5: streamed)
 constexpr int kLiveGemv = 3;      // CudaBackendOptions::gemv_version's default
 
 // ---- random numbers -----------------------------------------------------------------

@@ -47,6 +47,18 @@ void check_pdl(int device, Rng& rng) {
                same_bits(out[v].data(), got.data(), got.size()), "prefetching into L2 changed the chain's result");
       }
       b->set_l2_prefetch(false);
+      // The streamed GEMV (gemv version 5) under matmul_add(_rmsnorm) and matmul_swiglu: the
+      // same bits (n = 1; for n > 1 it is v3).
+      b->set_gemv_stream(true);
+      for (int v : {0, 2}) {
+        b->upload(c.x.as(), x0.data(), x0.size() * 4);
+        c.run(*b, n, 0, v == 2);
+        const auto got = c.x.read(n * c.dim);
+        require_ok(*b, "streamed chain");
+        expect("determinism/stream-chain " + tag + (v == 2 ? " fused-norm" : ""),
+               same_bits(out[v].data(), got.data(), got.size()), "the streamed GEMV changed the chain's result");
+      }
+      b->set_gemv_stream(false);
       // What it learned: each op's first matrix is followed by the next op's matrices, whole
       // (Q/K/V -> O -> gate, up -> down -> the next layer's Q, K, V).
       const int layers = static_cast<int>(c.refs.size() / 7);
