@@ -25,6 +25,7 @@
 #include <variant>
 #include <vector>
 
+#include "kernels/backend.h"
 #include "kernels/cpu/variants.h"
 
 namespace ds {
@@ -127,6 +128,12 @@ std::string check_node_id(const std::string& s) {
 std::string check_not_empty(const std::string& s) { return s.empty() ? "must not be empty" : ""; }
 
 // A variant of the CPU kernels this build has and this CPU runs (kernels/cpu/variants.h), or auto.
+std::string check_cuda_tuning(const std::string& s) {
+  CudaBackendChoices c;
+  std::string error;
+  return parse_cuda_tuning(s, &c, &error) ? "" : error;
+}
+
 std::string check_cpu_kernels(const std::string& s) {
   std::string error;
   return cpu::find_variant(s, &error) != nullptr ? "" : error;
@@ -238,6 +245,7 @@ const KeyDesc kKeys[] = {
   {"kv-type",       "model", "kv-type",       Kind::kChoice,  0, 0,            kKvTypeNames, nullptr,  "", "KV-cache elements: f16 halves its memory (twice the sequences or context in the same memory); auto = f16 on GPUs, f32 on the CPU", DS_ENUM(kv_type, kKvTypeNames)},
   {"fused-decode",  "model", "fused-decode",  Kind::kChoice,  0, 0,            kFusedDecodeNames, nullptr, "", "CUDA: one-token decode steps as one persistent kernel (same logits as the kernel-per-op path); auto = only where a probe at load times it faster on this GPU", DS_ENUM(fused_decode, kFusedDecodeNames)},
   {"cuda-kernels",  "model", "cuda-kernels",  Kind::kChoice,  0, 0,            kCudaKernelsNames, nullptr, "", "CUDA, one GPU: all = every kernel path (those not yet run on a GPU pass a self-check against the proven ones at start, else they are switched off); proven = only paths that have run on a GPU (no flash attention 2, padded WMMA, split Q8_0 rows, one-launch decode ops or persistent decode kernel)", DS_ENUM(cuda_kernels, kCudaKernelsNames)},
+  {"cuda-tuning",   "model", "cuda-tuning",   Kind::kString,  0, 0,            kNone, check_cuda_tuning, "LIST", "CUDA: performance options not yet timed on a GPU, comma-separated (each keeps every token the same): l2-prefetch = GEMV launches ask L2 for the next op's weights; stream-gemv = one-token steps on the streamed GEMV; half-weights = F16 copies of quantized matrices kept for prefill (2 bytes a weight, while memory allows); empty or none = none", DS_STR(cuda_tuning)},
   {"cpu-weights",   "model", "cpu-weights",   Kind::kChoice,  0, 0,            kCpuWeightsNames, nullptr, "", "CPU workers: interleaved = Q8_0 / Q4_0 / Q4_K / Q6_K matrices rewritten at load with 16 rows interleaved, for kernels 1.3-3.5x faster (x86 CPUs with AVX2 or AVX-512; elsewhere the file's layout either way); gguf = computed on the file's bytes (no copy at load)", DS_ENUM(cpu_weights, kCpuWeightsNames)},
   {"cpu-kernels",   "model", "cpu-kernels",   Kind::kString,  0, 0,            kNone, check_cpu_kernels, "NAME", "CPU workers: which compile of the CPU kernels runs: auto = the best this CPU runs; avx512vnni, avx512, avxvnni, avx2 or generic (x86-64 builds; each refused on a CPU without its instructions) to compare them or to work around one", DS_STR(cpu_kernels)},
   {"gpu-memory-percent", "model", "gpu-memory-percent", Kind::kInt, 1, 100,  kNone, nullptr,         "PERCENT", "GPUs: the worker's weights, buffers and KV cache stay within this percent of each device's memory (and what is free at start); an automatic KV cache (kv-cache-tokens 0) shrinks to fit", DS_INT(gpu_memory_percent)},

@@ -77,6 +77,7 @@ struct NodeConfig {
   KvTypeKind kv_type = KvTypeKind::kAuto;            // KV cache elements
   FusedDecodeKind fused_decode = FusedDecodeKind::kOff;  // CUDA: the persistent decode kernel
   CudaKernelsKind cuda_kernels = CudaKernelsKind::kAll;  // CUDA: proven = only paths that have run on a GPU
+  std::string cuda_tuning;                           // CUDA: l2-prefetch,stream-gemv,half-weights (kernels/backend.h); "" = none
   CpuWeightsKind cpu_weights = CpuWeightsKind::kInterleaved;  // CPU: quantized matrices interleaved by 16 rows at load
   std::string cpu_kernels = "auto";                  // CPU: the kernels' variant (kernels/cpu/variants.h); auto = best
   int gpu_memory_percent = 90;                       // GPUs: weights + buffers + KV cache within this % of each device

@@ -374,7 +374,15 @@ struct CudaBackendChoices {
   bool proven_only = false;        // only the kernel paths that have run on a GPU (no self-check needed):
                                    // off flash attention 2, padded WMMA rows, split Q8_0, fused decode ops
                                    // and the persistent kernel (CudaBackendOptions)
+  // Performance options, off by default until a GPU run times them (each keeps every result's bits):
+  bool l2_prefetch = false;        // "l2-prefetch": GEMV launches ask L2 for the next op's weights
+  bool gemv_stream = false;        // "stream-gemv": one-token steps on the streamed GEMV (version 5)
+  bool half_weight_cache = false;  // "half-weights": F16 copies of quantized matrices kept for the
+                                   // cuBLAS path (prefill), while device memory allows (2 bytes a weight)
 };
+// Parses a comma-separated list of the tuning names above ("" or "none": none of them) into
+// *choices; false and *error naming the bad item and the valid names otherwise.
+bool parse_cuda_tuning(const std::string& list, CudaBackendChoices* choices, std::string* error);
 // The CUDA backend on GPU `device` (kernels/cuda/cuda_backend.h has its options and
 // last_error()). Returns nullptr and sets *error (when error is non-null) when the
 // build has no CUDA, there is no such device, or CUDA/cuBLAS fails to start.

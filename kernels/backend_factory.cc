@@ -4,7 +4,33 @@
 // kernels/cuda/cuda_backend.cu (library ds_cuda); this file is then empty.
 #include "kernels/backend.h"
 
+#include <algorithm>
+#include <string>
+
 namespace ds {
+
+bool parse_cuda_tuning(const std::string& list, CudaBackendChoices* choices, std::string* error) {
+  CudaBackendChoices c = *choices;
+  c.l2_prefetch = c.gemv_stream = c.half_weight_cache = false;
+  size_t at = 0;
+  while (at <= list.size() && !list.empty() && list != "none") {
+    const size_t comma = std::min(list.find(',', at), list.size());
+    const std::string item = list.substr(at, comma - at);
+    if (item == "l2-prefetch") {
+      c.l2_prefetch = true;
+    } else if (item == "stream-gemv") {
+      c.gemv_stream = true;
+    } else if (item == "half-weights") {
+      c.half_weight_cache = true;
+    } else {
+      if (error) *error = "'" + item + "' is not a CUDA tuning (l2-prefetch, stream-gemv, half-weights; comma-separated, or none)";
+      return false;
+    }
+    at = comma + 1;
+  }
+  *choices = c;
+  return true;
+}
 
 #ifndef DS_HAVE_CUDA
 

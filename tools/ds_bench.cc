@@ -529,6 +529,15 @@ int main(int argc, char** argv) {
   eng->add_option("--cuda-kernels", cuda_kernels,
                   "--backend cuda: all kernel paths (those not yet run on a GPU checked at start) or only the proven ones")
       ->check(CLI::IsMember({"all", "proven"}));
+  std::string cuda_tuning;
+  eng->add_option("--cuda-tuning", cuda_tuning,
+                  "--backend cuda: performance options not yet timed on a GPU, comma-separated: l2-prefetch, stream-gemv, "
+                  "half-weights (ds-node --help: cuda-tuning; same tokens either way)")
+      ->check([](const std::string& v) {
+        ds::CudaBackendChoices c;
+        std::string error;
+        return ds::parse_cuda_tuning(v, &c, &error) ? std::string() : error;
+      });
   std::string cpu_weights = "interleaved";
   eng->add_option("--cpu-weights", cpu_weights,
                   "--backend cpu: Q8_0 / Q4_0 / Q4_K / Q6_K matrices interleaved by 16 rows at load (the fast kernels, where the CPU has "
@@ -577,6 +586,7 @@ int main(int argc, char** argv) {
   g_cuda_choices.fused_decode = fused_decode != "off";
   g_cuda_choices.fused_decode_auto = fused_decode == "auto";
   g_cuda_choices.proven_only = cuda_kernels == "proven";
+  ds::parse_cuda_tuning(cuda_tuning, &g_cuda_choices, nullptr);  // checked by the option
   g_cpu_interleave = cpu_weights == "interleaved";
   if (cpu_kernels != "auto") setenv("DS_CPU_KERNELS", cpu_kernels.c_str(), 1);
   if (std::string error; ds::cpu::select_variant(&error) == nullptr) {

@@ -263,6 +263,14 @@ int main(int argc, char** argv) {
   sc.worker.cuda.fused_decode = cfg.fused_decode != ds::FusedDecodeKind::kOff;
   sc.worker.cuda.fused_decode_auto = cfg.fused_decode == ds::FusedDecodeKind::kAuto;
   sc.worker.cuda.proven_only = cfg.cuda_kernels == ds::CudaKernelsKind::kProven;
+  // Checked when the configuration loaded (config/node_config.cc): it parses.
+  if (std::string error; !ds::parse_cuda_tuning(cfg.cuda_tuning, &sc.worker.cuda, &error)) spdlog::warn("cuda-tuning: {}", error);
+  const bool tuned = sc.worker.cuda.l2_prefetch || sc.worker.cuda.gemv_stream || sc.worker.cuda.half_weight_cache;
+  if (tuned && sc.worker.cuda.proven_only)
+    spdlog::warn("cuda-tuning {}: ignored: cuda-kernels = proven (these have not run on a GPU yet)", cfg.cuda_tuning);
+  if (tuned && (!use_cuda || sc.worker.gpus.size() > 1))
+    spdlog::warn("cuda-tuning {}: ignored: it applies to a worker on one GPU (this worker: {})", cfg.cuda_tuning,
+                 use_cuda ? "tensor parallel over GPUs " + cfg.gpus : std::string("the CPU"));
   sc.worker.cpu_interleave = cfg.cpu_weights == ds::CpuWeightsKind::kInterleaved;
   if (sc.worker.cuda.proven_only && cfg.fused_decode != ds::FusedDecodeKind::kOff) {
     spdlog::warn("fused-decode {}: ignored: cuda-kernels = proven (the persistent decode kernel has not run on a GPU yet)",

@@ -1109,12 +1109,16 @@ std::unique_ptr<Backend> make_cuda_backend(int device, std::string* error, const
   options.device = device;
   options.fused_decode = choices.fused_decode;
   options.fused_decode_auto = choices.fused_decode_auto;
+  options.l2_prefetch = choices.l2_prefetch;
+  options.gemv_stream = choices.gemv_stream;
+  options.half_weight_cache = choices.half_weight_cache;
   if (choices.proven_only) {
     options.tc_attention_mma = false;
     options.tc_attention_padded = false;
     options.q8_0_split = false;
     options.fuse_decode = false;
     options.fused_decode = false;
+    options.l2_prefetch = options.gemv_stream = options.half_weight_cache = false;
     options.self_check = false;  // nothing unproven left to check
   }
   return CudaBackend::create(options, error);

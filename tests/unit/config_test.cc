@@ -1,6 +1,7 @@
 // Tests of config/node_config: defaults, the three sources and their precedence, the
 // errors (naming key and source), the shipped ds.toml, --help and --print-config.
 #include "config/node_config.h"
+#include "kernels/backend.h"
 #include "kernels/cpu/variants.h"
 
 #include <gtest/gtest.h>
@@ -75,6 +76,7 @@ const ContractKey kContract[] = {
     {"--kv-type", "DS_KV_TYPE", "model", "kv-type"},
     {"--fused-decode", "DS_FUSED_DECODE", "model", "fused-decode"},
     {"--cuda-kernels", "DS_CUDA_KERNELS", "model", "cuda-kernels"},
+    {"--cuda-tuning", "DS_CUDA_TUNING", "model", "cuda-tuning"},
     {"--cpu-weights", "DS_CPU_WEIGHTS", "model", "cpu-weights"},
     {"--cpu-kernels", "DS_CPU_KERNELS", "model", "cpu-kernels"},
     {"--gpu-memory-percent", "DS_GPU_MEMORY_PERCENT", "model", "gpu-memory-percent"},
@@ -300,6 +302,10 @@ TEST(Config, BadTomlValueRejectedNamingKey) {
   EXPECT_EQ(load_ok({"--cuda-kernels", "proven"}).cuda_kernels, CudaKernelsKind::kProven);
   const std::string ck = load_error({"--config", write(dir, "ck.toml", "[model]\ncuda-kernels = \"safe\"\n")});
   EXPECT_NE(ck.find("model.cuda-kernels='safe': not one of all|proven"), std::string::npos) << ck;
+  EXPECT_EQ(load_ok({}).cuda_tuning, "");
+  EXPECT_EQ(load_ok({"--cuda-tuning", "l2-prefetch,half-weights"}).cuda_tuning, "l2-prefetch,half-weights");
+  const std::string ct = load_error({"--config", write(dir, "ct.toml", "[model]\ncuda-tuning = \"l2-prefetch,turbo\"\n")});
+  EXPECT_NE(ct.find("'turbo' is not a CUDA tuning (l2-prefetch, stream-gemv, half-weights"), std::string::npos) << ct;
   EXPECT_EQ(load_ok({}).cpu_weights, CpuWeightsKind::kInterleaved);
   EXPECT_EQ(load_ok({"--cpu-weights", "gguf"}).cpu_weights, CpuWeightsKind::kGguf);
   const std::string cw = load_error({"--config", write(dir, "cw.toml", "[model]\ncpu-weights = \"packed\"\n")});
@@ -505,4 +511,25 @@ TEST(Config, EnvironmentMap) {
 }
 
 }  // namespace
+// kernels/backend.h: the CUDA tuning list of ds-node --cuda-tuning and ds-bench engine --cuda-tuning.
+TEST(CudaTuning, ParsesEachNameAndRefusesOthers) {
+  CudaBackendChoices c;
+  std::string error;
+  ASSERT_TRUE(parse_cuda_tuning("l2-prefetch,stream-gemv,half-weights", &c, &error)) << error;
+  EXPECT_TRUE(c.l2_prefetch && c.gemv_stream && c.half_weight_cache);
+  ASSERT_TRUE(parse_cuda_tuning("stream-gemv", &c, &error)) << error;
+  EXPECT_TRUE(!c.l2_prefetch && c.gemv_stream && !c.half_weight_cache);  // a list replaces the last one
+  for (const char* none : {"", "none"}) {
+    ASSERT_TRUE(parse_cuda_tuning(none, &c, &error)) << none;
+    EXPECT_TRUE(!c.l2_prefetch && !c.gemv_stream && !c.half_weight_cache) << none;
+  }
+  c.fused_decode = true;  // the other choices are kept
+  c.l2_prefetch = true;
+  for (const char* bad : {"l2", "l2-prefetch,", ",half-weights", "stream-gemv,,half-weights", "L2-PREFETCH"}) {
+    EXPECT_FALSE(parse_cuda_tuning(bad, &c, &error)) << bad;
+    EXPECT_NE(error.find("is not a CUDA tuning (l2-prefetch, stream-gemv, half-weights"), std::string::npos) << error;
+    EXPECT_TRUE(c.l2_prefetch && c.fused_decode) << "a refused list changed the choices: " << bad;
+  }
+}
+
 }  // namespace ds
