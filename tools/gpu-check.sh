@@ -138,9 +138,10 @@ summary() {
     grep -E '^RESULT: ' "$log" | head -n 1
     # ds-gpu-engine-check's bench-1b table (with its legend) and the persistent decode kernel's
     # lines: its checks, its timings beside the per-op path, what --fused-decode auto picks.
-    awk '/^type +prefill +dec b1/ {p = 1} p {print} /decode rates: 63 steps/ {p = 0}' "$log"
+    awk '/^type +prefill +dec b1/ {p = 1} p {print} /followed by its details/ {p = 0}' "$log"
+    grep -E '^(q8_0|f16|q4_k) +[0-9]' "$log"
     # One-off cost of a batch size's first decode step; the per-matrix copy floor of a step.
-    grep -E '^(q8_0|f16|q4_k): (first decode step|copy chain|a decode step.s wall time)' "$log"
+    grep -E '^(q8_0|f16|q4_k): (first decode step|copy chain|a decode step.s wall time|prefill 512 tokens with the F16|decode b8 at 1024)' "$log"
     grep -E '^(fused decode: |persistent decode kernel|(q8_0|f16)(: per-op path| auto: ))' "$log"
     # The CUPTI kernel traces: each traced stretch's heading and its totals (the per-kernel
     # tables are in the log above).

@@ -250,10 +250,7 @@ __device__ __forceinline__ void gemv_norm_tail(const GemvNorm& norm, const float
 // kAdd: y[j, r] += dot (gemv_add: the residual add fused in, the one float add that add
 // makes), else y[j, r] = dot.
 // R: rows per warp (kV3Rows<NC>; 1 for version 4).
-// norm (gemv_add only, GemvNorm in ops.cuh; null: none): after y += x W^T, the block that
-// finishes last (an arrival counter) writes rmsnorm(y) to norm.out for the n rows, with
-// rmsnorm_kernel's arithmetic (rms_sum_sq), reading y past L1 (other blocks wrote it), and
-// zeroes the counter for the next launch.
+// norm (gemv_add only, GemvNorm in ops.cuh; null: none): after y += x W^T, gemv_norm_tail.
 // pf (every v3 launch below too): the next op's weights, each block's share asked of L2 at its
 // start (ops.cuh: L2Prefetch; empty: nothing).
 template <DType T, int NC, bool kAdd = false, int R = kV3Rows<NC>>

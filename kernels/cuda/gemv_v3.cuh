@@ -5,6 +5,8 @@
 // Included by .cu files only.
 #pragma once
 
+#include <type_traits>
+
 #include "kernels/cuda/common.cuh"
 
 namespace ds::cuda::v3 {
@@ -172,6 +174,23 @@ struct V3<DType::kQ4_0> {
     }
     return f16_to_f32(static_cast<uint16_t>(r.d));
   }
+  // decode() eight elements at a time (kParts > 1: v3_rows_dots keeps 8 floats of the chunk
+  // live instead of kElems): part p's elements are decode()'s [8p, 8p + 8), the same values.
+  static constexpr int kParts = 2;
+  struct Prep {
+    float d;
+  };
+  static __device__ __forceinline__ Prep prep(const Raw& r, int64_t) { return Prep{f16_to_f32(static_cast<uint16_t>(r.d))}; }
+  static __device__ __forceinline__ void part(const Raw& r, const Prep&, int64_t, int p, float* w) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+      for (int k = 0; k < 2; ++k) {
+        const uint32_t byte = (r.q[i] >> (8 * k)) & 0xffu;
+        w[2 * i + k] = static_cast<float>(static_cast<int>(p == 0 ? byte & 0xFu : byte >> 4) - 8);
+      }
+    }
+  }
   // x of elements [8 half, 8 half + 8) of the chunk: low nibbles, then high nibbles.
   static __device__ __forceinline__ int64_t x_first(int64_t c, int half) { return (c >> 1) * 32 + (c & 1) * 8 + 16 * half; }
 };
@@ -236,6 +255,37 @@ struct V3<DType::kQ4_K> {
     }
     return 1.0f;
   }
+  static constexpr int kParts = 4;  // as Q4_0's: decode()'s elements [8p, 8p + 8)
+  struct Prep {
+    float d1, m1, d2, m2;  // the two sub-blocks' scale and min (decode()'s)
+  };
+  static __device__ __forceinline__ Prep prep(const Raw& r, int64_t c) {
+    uint8_t scales[12];
+#pragma unroll
+    for (int i = 0; i < 12; ++i) scales[i] = static_cast<uint8_t>(r.h[1 + i / 4] >> (8 * (i % 4)));
+    const int g = static_cast<int>(c & 7) >> 1;
+    const float d = f16_to_f32(static_cast<uint16_t>(r.h[0] & 0xffffu));
+    const float dmin = f16_to_f32(static_cast<uint16_t>(r.h[0] >> 16));
+    uint8_t sc, m;
+    Prep pr;
+    q4k_scale_min(scales, 2 * g, &sc, &m);
+    pr.d1 = d * static_cast<float>(sc), pr.m1 = dmin * static_cast<float>(m);
+    q4k_scale_min(scales, 2 * g + 1, &sc, &m);
+    pr.d2 = d * static_cast<float>(sc), pr.m2 = dmin * static_cast<float>(m);
+    return pr;
+  }
+  // Parts 0, 1: the low nibbles of q[0..1], q[2..3] (sub-block 2g); 2, 3: their high nibbles.
+  static __device__ __forceinline__ void part(const Raw& r, const Prep& pr, int64_t, int p, float* w) {
+    const bool high = p >= 2;
+#pragma unroll
+    for (int ii = 0; ii < 2; ++ii) {
+      const uint32_t q = r.q[2 * (p & 1) + ii];
+      const uint32_t v = high ? (q >> 4) & 0x0F0F0F0Fu : q & 0x0F0F0F0Fu;
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+        w[4 * ii + k] = high ? fmaf(pr.d2, u8_to_f32(v, k, 8388608.0f), -pr.m2) : fmaf(pr.d1, u8_to_f32(v, k, 8388608.0f), -pr.m1);
+    }
+  }
   // x of weights [8 part, 8 part + 8) of the chunk (part < 4; 0, 1 low nibbles, 2, 3 high).
   static __device__ __forceinline__ int64_t x_first(int64_t c, int part) {
     return (c >> 3) * 256 + 64 * ((c & 7) >> 1) + 16 * (c & 1) + 32 * (part >> 1) + 8 * (part & 1);
@@ -293,9 +343,43 @@ struct V3<DType::kQ6_K> {
     }
     return 1.0f;
   }
+  static constexpr int kParts = 4;  // part g: decode()'s elements [8g, 8g + 8), group g's
+  struct Prep {
+    float d;
+    int hi_scale;
+  };
+  static __device__ __forceinline__ Prep prep(const Raw& r, int64_t c) {
+    return Prep{f16_to_f32(static_cast<uint16_t>(r.d)), (c & 3) >= 2 ? 8 : 0};
+  }
+  static __device__ __forceinline__ void part(const Raw& r, const Prep& pr, int64_t, int g, float* w) {
+    const float dsc = pr.d * static_cast<float>(static_cast<int8_t>((r.sc[g] >> pr.hi_scale) & 0xffu));
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const uint32_t A = __byte_perm(r.a[2 * half], r.a[2 * half + 1], 0x5410);
+      const uint32_t B = __byte_perm(r.b[2 * half], r.b[2 * half + 1], 0x5410);
+      const uint32_t H = __byte_perm(r.qh[2 * half], r.qh[2 * half + 1], 0x5410);
+      const uint32_t q = g == 0   ? (A & 0x0F0F0F0Fu) | ((H << 4) & 0x30303030u)
+                         : g == 1 ? (B & 0x0F0F0F0Fu) | ((H << 2) & 0x30303030u)
+                         : g == 2 ? ((A >> 4) & 0x0F0F0F0Fu) | (H & 0x30303030u)
+                                  : ((B >> 4) & 0x0F0F0F0Fu) | ((H >> 2) & 0x30303030u);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) w[4 * half + k] = dsc * u8_to_f32(q, k, 8388640.0f);  // 2^23 + 32
+    }
+  }
   static __device__ __forceinline__ int64_t x_first(int64_t c, int g) {
     return (c >> 3) * 256 + 128 * ((c & 7) >> 2) + 32 * g + 8 * (c & 3);
   }
+};
+
+// Parts of 8 elements a chunk is computed in (V3<T>::kParts where defined, else 1: the whole
+// chunk from decode()).
+template <class Tr, class = void>
+struct V3Parts {
+  static constexpr int value = 1;
+};
+template <class Tr>
+struct V3Parts<Tr, std::void_t<decltype(Tr::kParts)>> {
+  static constexpr int value = Tr::kParts;
 };
 
 // Chunks a lane keeps in flight: fewer for Q6_K, whose raw chunk takes 17 registers.
@@ -364,36 +448,87 @@ __device__ __forceinline__ void v3_rows_dots(const uint8_t* const (&rows)[R], in
     for (int u = 0; u < kU; ++u) {
       const int64_t c = c0 + u * kWarpSize;
       if (c >= n_chunks) break;  // c grows with u
-      float wf[R][kE];
-      float d[R];
-#pragma unroll
-      for (int i = 0; i < R; ++i) {
-        if (rows[i] != nullptr) {
-          d[i] = Tr::decode(raw[i][u], c, wf[i]);
-        } else {  // a skipped row (past the matrix): never read; zeros keep the compilers quiet
-          d[i] = 0.0f;
-#pragma unroll
-          for (int e = 0; e < kE; ++e) wf[i][e] = 0.0f;
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < NC; ++j) {
-        if (j >= n) break;
-        const float* xj = x + j * cols;
-        float xv[kE];
-#pragma unroll
-        for (int h = 0; h < kE / 8; ++h) load_x8_at<kXGlobal>(xj, Tr::x_first(c, h), cols, x_vec, xv + 8 * h);
+      if constexpr (V3Parts<Tr>::value > 1) {
+        // Eight elements at a time: the same fma sequence per (row, column) as the whole chunk.
+        typename Tr::Prep pr[R] = {};
+        float s[R][NC];
 #pragma unroll
         for (int i = 0; i < R; ++i) {
-          if (rows[i] == nullptr) continue;
-          if constexpr (kQuant) {
-            float s = 0.0f;
+          if (rows[i] != nullptr) pr[i] = Tr::prep(raw[i][u], c);
 #pragma unroll
-            for (int e = 0; e < kE; ++e) s = fmaf(wf[i][e], xv[e], s);
-            acc[i][j] = fmaf(d[i], s, acc[i][j]);
-          } else {
+          for (int j = 0; j < NC; ++j) s[i][j] = 0.0f;
+        }
 #pragma unroll
-            for (int e = 0; e < kE; ++e) acc[i][j] = fmaf(wf[i][e], xv[e], acc[i][j]);
+        for (int p = 0; p < V3Parts<Tr>::value; ++p) {
+          float wf[R][8];
+#pragma unroll
+          for (int i = 0; i < R; ++i) {
+            if (rows[i] != nullptr) {
+              Tr::part(raw[i][u], pr[i], c, p, wf[i]);
+            } else {  // never read
+#pragma unroll
+              for (int e = 0; e < 8; ++e) wf[i][e] = 0.0f;
+            }
+          }
+#pragma unroll
+          for (int j = 0; j < NC; ++j) {
+            if (j >= n) break;
+            float xv[8];
+            load_x8_at<kXGlobal>(x + j * cols, Tr::x_first(c, p), cols, x_vec, xv);
+#pragma unroll
+            for (int i = 0; i < R; ++i) {
+              if (rows[i] == nullptr) continue;
+#pragma unroll
+              for (int e = 0; e < 8; ++e) {
+                if constexpr (kQuant) s[i][j] = fmaf(wf[i][e], xv[e], s[i][j]);
+                else acc[i][j] = fmaf(wf[i][e], xv[e], acc[i][j]);
+              }
+            }
+          }
+        }
+        if constexpr (kQuant) {
+#pragma unroll
+          for (int i = 0; i < R; ++i) {
+            if (rows[i] == nullptr) continue;
+#pragma unroll
+            for (int j = 0; j < NC; ++j) {
+              if (j >= n) break;
+              acc[i][j] = fmaf(pr[i].d, s[i][j], acc[i][j]);
+            }
+          }
+        }
+      } else {
+        float wf[R][kE];
+        float d[R];
+#pragma unroll
+        for (int i = 0; i < R; ++i) {
+          if (rows[i] != nullptr) {
+            d[i] = Tr::decode(raw[i][u], c, wf[i]);
+          } else {  // a skipped row (past the matrix): never read; zeros keep the compilers quiet
+            d[i] = 0.0f;
+#pragma unroll
+            for (int e = 0; e < kE; ++e) wf[i][e] = 0.0f;
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < NC; ++j) {
+          if (j >= n) break;
+          const float* xj = x + j * cols;
+          float xv[kE];
+#pragma unroll
+          for (int h = 0; h < kE / 8; ++h) load_x8_at<kXGlobal>(xj, Tr::x_first(c, h), cols, x_vec, xv + 8 * h);
+#pragma unroll
+          for (int i = 0; i < R; ++i) {
+            if (rows[i] == nullptr) continue;
+            if constexpr (kQuant) {
+              float s = 0.0f;
+#pragma unroll
+              for (int e = 0; e < kE; ++e) s = fmaf(wf[i][e], xv[e], s);
+              acc[i][j] = fmaf(d[i], s, acc[i][j]);
+            } else {
+#pragma unroll
+              for (int e = 0; e < kE; ++e) acc[i][j] = fmaf(wf[i][e], xv[e], acc[i][j]);
+            }
           }
         }
       }
@@ -426,7 +561,9 @@ __device__ __forceinline__ void v3_stream_rows(int64_t cols, const float* __rest
   using Tr = V3<T>;
   using Raw = typename Tr::Raw;
   constexpr int kE = Tr::kElems;
-  constexpr int kU = kV3UnrollOf<T>;
+  // Two units' raw chunks are live: half the unroll for the types of 16 and 32 weights a chunk
+  // (whose raw chunks are bigger), which changes only when loads issue, not the order of the math.
+  constexpr int kU = V3Parts<Tr>::value > 1 ? (kV3UnrollOf<T> / 2 > 0 ? kV3UnrollOf<T> / 2 : 1) : kV3UnrollOf<T>;
   constexpr bool kQuant = T == DType::kQ8_0 || T == kQ8_0Split || T == DType::kQ4_0;
   const int lane = threadIdx.x & 31;
   const int64_t n_chunks = Tr::chunks(cols);
@@ -452,18 +589,35 @@ __device__ __forceinline__ void v3_stream_rows(int64_t cols, const float* __rest
     for (int u = 0; u < kU; ++u) {
       const int64_t c = c0 + u * kWarpSize;
       if (c >= n_chunks) break;  // c grows with u
-      float wf[kE], xv[kE];
-      const float d = Tr::decode(raw[u], c, wf);
-#pragma unroll
-      for (int h = 0; h < kE / 8; ++h) load_x8_at<true>(x, Tr::x_first(c, h), cols, x_vec, xv + 8 * h);
-      if constexpr (kQuant) {
+      if constexpr (V3Parts<Tr>::value > 1) {  // as v3_rows_dots: eight elements at a time
+        const typename Tr::Prep pr = Tr::prep(raw[u], c);
         float s = 0.0f;
 #pragma unroll
-        for (int e = 0; e < kE; ++e) s = fmaf(wf[e], xv[e], s);
-        acc = fmaf(d, s, acc);
-      } else {
+        for (int p = 0; p < V3Parts<Tr>::value; ++p) {
+          float w8[8], x8[8];
+          Tr::part(raw[u], pr, c, p, w8);
+          load_x8_at<true>(x, Tr::x_first(c, p), cols, x_vec, x8);
 #pragma unroll
-        for (int e = 0; e < kE; ++e) acc = fmaf(wf[e], xv[e], acc);
+          for (int e = 0; e < 8; ++e) {
+            if constexpr (kQuant) s = fmaf(w8[e], x8[e], s);
+            else acc = fmaf(w8[e], x8[e], acc);
+          }
+        }
+        if constexpr (kQuant) acc = fmaf(pr.d, s, acc);
+      } else {
+        float wf[kE], xv[kE];
+        const float d = Tr::decode(raw[u], c, wf);
+#pragma unroll
+        for (int h = 0; h < kE / 8; ++h) load_x8_at<true>(x, Tr::x_first(c, h), cols, x_vec, xv + 8 * h);
+        if constexpr (kQuant) {
+          float s = 0.0f;
+#pragma unroll
+          for (int e = 0; e < kE; ++e) s = fmaf(wf[e], xv[e], s);
+          acc = fmaf(d, s, acc);
+        } else {
+#pragma unroll
+          for (int e = 0; e < kE; ++e) acc = fmaf(wf[e], xv[e], acc);
+        }
       }
     }
   };

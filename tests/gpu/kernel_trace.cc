@@ -234,13 +234,6 @@ uint64_t busy_ns(const std::vector<Record>& rs, size_t first, size_t last) {
 
 }  // namespace
 
-double kernel_us(const std::vector<Record>& rs, const std::string& part) {
-  double ns = 0;
-  for (const Record& r : rs)
-    if (r.kernel && (part.empty() || r.name.find(part) != std::string::npos)) ns += static_cast<double>(r.end_ns - r.start_ns);
-  return ns / 1e3;
-}
-
 std::string table(const std::vector<Record>& rs, int steps, const std::string& title) {
   std::string out = title + "\n";
   if (rs.empty()) return out + "  (no records)\n";

@@ -44,7 +44,4 @@ std::vector<Record> stop(uint64_t from_ns = 0);
 // inside it. steps: what the records cover (a decode step's graph replays, say).
 std::string table(const std::vector<Record>& rs, int steps, const std::string& title);
 
-// Sum of the GPU microseconds of the kernel records whose name contains `part` ("" for all).
-double kernel_us(const std::vector<Record>& rs, const std::string& part = "");
-
 }  // namespace ds::gpu_trace

@@ -291,6 +291,14 @@ bool bench(const std::string& dir, double copy_gbs) {
   std::printf("\n%-6s %10s %10s %10s %10s %9s %9s %11s %14s %12s %10s %10s %12s %10s %10s %10s %10s\n", "type", "prefill",
               "dec b1", "dec b8", "dec b32", "GB/s b1", "% copy", "prefill/gemm", "prefill/cublas", "b1 no graph",
               "b1 no PDL", "b32 no tc", "b1 q8 blocks", "b1 L2 pf", "b8 L2 pf", "b1 stream", "b1 str+pf");
+  std::printf("(tok/s; GB/s b1 = weight bytes a token reads (all but the embedding table's other rows) x decode tok/s; %% copy = of the device-to-device copy bandwidth %.0f GB/s;\n"
+              " prefill/gemm = prefill time over the time of its layer GEMMs alone (the backend's matmuls: x rounded\n"
+              " to F16, quantized weights dequantized, cuBLAS): target <= 1.5; prefill/cublas = over cuBLAS alone on\n"
+              " F16 operands already in place (the stricter reading of the target);\n"
+              " b1 q8 blocks = batch 1 with Q8_0 in the GGUF blocks instead of split rows;\n"
+              " b1 / b8 L2 pf = batch 1 / 8 with the L2 prefetch of the next op's weights (CudaBackendOptions::l2_prefetch);\n"
+              " b1 stream = batch 1 with the streamed GEMV (gemv_stream); b1 str+pf = with both;\n"
+              " decode rates: 63 steps after the first decode step, timed apart below; each type's row is\n followed by its details: measurements, per-op profiles, CUPTI kernel traces)\n", copy_gbs);
   std::vector<std::string> sampled_lines;
   std::string profiles;
   for (const char* tn : {"q8_0", "f16", "q4_k"}) {  // q4_k last: the newest kernels, least of the time budget
@@ -475,23 +483,6 @@ bool bench(const std::string& dir, double copy_gbs) {
     // The long-context engine's settings: its batch-8 decode was 2.3x faster (16th session).
     if (!std::strcmp(tn, "q8_0") && !profile_decode(*m, tn, 8, &profiles, 1024 + 64 + 8, 1024)) return false;
     if (!profile_prefill(*m, tn, prompt, &profiles)) return false;
-    // The same as they run, each kernel timed on the GPU (CUPTI)
-    if (!trace_decode(*m, tn, 1, &profiles)) return false;
-    g_l2_prefetch = true;
-    const bool traced_pf = trace_decode(*m, tn, 1, &profiles, 256, 256, 2, " with the L2 prefetch of the next op's weights");
-    g_l2_prefetch = false;
-    if (!traced_pf) return false;
-    g_gemv_stream = true;
-    const bool traced_stream = trace_decode(*m, tn, 1, &profiles, 256, 256, 2, " with the streamed GEMV");
-    g_gemv_stream = false;
-    if (!traced_stream) return false;
-    if (!trace_decode(*m, tn, 8, &profiles)) return false;
-    if (!std::strcmp(tn, "q8_0")) {
-      if (!trace_decode(*m, tn, 8, &profiles, 1024 + 64 + 8, 1024, 1024)) return false;
-      if (!trace_decode(*m, tn, 8, &profiles, 256, 256, 200)) return false;  // which of the two settings matters
-      if (!trace_decode(*m, tn, 32, &profiles)) return false;
-    }
-    if (!trace_prefill(*m, tn, prompt, &profiles)) return false;
     // GEMM-only time of a prefill: every layer's matmuls at n = prompt.
     double gemm_s = 0;
     {
@@ -536,17 +527,44 @@ bool bench(const std::string& dir, double copy_gbs) {
                 tn, prefill, dec[0], dec[1], dec[2], gbs, 100.0 * gbs / copy_gbs, (prompt / prefill) / gemm_s,
                 (prompt / prefill) / cublas_s, dec[3], dec[4], dec[5], dec[6], dec[7], dec[8], dec[9], dec[10],
                 static_cast<long long>(replays));
+    // This type's details now (a deadline cutting the run short keeps what was printed).
+    for (const auto& l : sampled_lines) std::printf("%s\n", l.c_str());
+    std::printf("%s", profiles.c_str());
+    sampled_lines.clear();
+    profiles.clear();
+    std::fflush(stdout);
+    std::string traced;
+    auto flush_traced = [&]() {
+      std::printf("%s", traced.c_str());
+      std::fflush(stdout);
+      traced.clear();
+    };
+    // The same as they run, each kernel timed on the GPU (CUPTI)
+    if (!trace_decode(*m, tn, 1, &traced)) return false;
+    flush_traced();
+    g_l2_prefetch = true;
+    const bool traced_pf = trace_decode(*m, tn, 1, &traced, 256, 256, 2, " with the L2 prefetch of the next op's weights");
+    g_l2_prefetch = false;
+    if (!traced_pf) return false;
+    flush_traced();
+    g_gemv_stream = true;
+    const bool traced_stream = trace_decode(*m, tn, 1, &traced, 256, 256, 2, " with the streamed GEMV");
+    g_gemv_stream = false;
+    if (!traced_stream) return false;
+    flush_traced();
+    if (!trace_decode(*m, tn, 8, &traced)) return false;
+    flush_traced();
+    if (!std::strcmp(tn, "q8_0")) {
+      if (!trace_decode(*m, tn, 8, &traced, 1024 + 64 + 8, 1024, 1024)) return false;
+      flush_traced();
+      if (!trace_decode(*m, tn, 8, &traced, 256, 256, 200)) return false;  // which of the two settings matters
+      flush_traced();
+      if (!trace_decode(*m, tn, 32, &traced)) return false;
+      flush_traced();
+    }
+    if (!trace_prefill(*m, tn, prompt, &traced)) return false;
+    flush_traced();
   }
-  std::printf("(tok/s; GB/s b1 = weight bytes a token reads (all but the embedding table's other rows) x decode tok/s; %% copy = of the device-to-device copy bandwidth %.0f GB/s;\n"
-              " prefill/gemm = prefill time over the time of its layer GEMMs alone (the backend's matmuls: x rounded\n"
-              " to F16, quantized weights dequantized, cuBLAS): target <= 1.5; prefill/cublas = over cuBLAS alone on\n"
-              " F16 operands already in place (the stricter reading of the target);\n"
-              " b1 q8 blocks = batch 1 with Q8_0 in the GGUF blocks instead of split rows;\n"
-              " b1 / b8 L2 pf = batch 1 / 8 with the L2 prefetch of the next op's weights (CudaBackendOptions::l2_prefetch);\n"
-              " b1 stream = batch 1 with the streamed GEMV (gemv_stream); b1 str+pf = with both;\n"
-              " decode rates: 63 steps after the first decode step, timed apart below)\n", copy_gbs);
-  for (const auto& l : sampled_lines) std::printf("%s\n", l.c_str());
-  std::printf("%s", profiles.c_str());
   return true;
 }
 
