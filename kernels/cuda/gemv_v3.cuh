@@ -162,20 +162,9 @@ struct V3<DType::kQ4_0> {
     for (int i = 0; i < 4; ++i) r.q[i] = __ldg(q + i);
     r.d = __ldg(reinterpret_cast<const uint16_t*>(b));
   }
-  static __device__ __forceinline__ float decode(const Raw& r, int64_t, float* w) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-#pragma unroll
-      for (int k = 0; k < 2; ++k) {
-        const uint32_t byte = (r.q[i] >> (8 * k)) & 0xffu;
-        w[2 * i + k] = static_cast<float>(static_cast<int>(byte & 0xFu) - 8);
-        w[8 + 2 * i + k] = static_cast<float>(static_cast<int>(byte >> 4) - 8);
-      }
-    }
-    return f16_to_f32(static_cast<uint16_t>(r.d));
-  }
-  // decode() eight elements at a time (kParts > 1: v3_rows_dots keeps 8 floats of the chunk
-  // live instead of kElems): part p's elements are decode()'s [8p, 8p + 8), the same values.
+  // The chunk is computed eight weights at a time (kParts > 1: v3_rows_dots keeps 8 floats of it
+  // live instead of kElems): part 0 the low nibbles (elements 0..7), part 1 the high (8..15),
+  // each (nibble - 8); prep() the block scale d.
   static constexpr int kParts = 2;
   struct Prep {
     float d;
@@ -232,32 +221,9 @@ struct V3<DType::kQ4_K> {
       }
     }
   }
-  static __device__ __forceinline__ float decode(const Raw& r, int64_t c, float* w) {
-    uint8_t scales[12];
-#pragma unroll
-    for (int i = 0; i < 12; ++i) scales[i] = static_cast<uint8_t>(r.h[1 + i / 4] >> (8 * (i % 4)));
-    const int g = static_cast<int>(c & 7) >> 1;
-    const float d = f16_to_f32(static_cast<uint16_t>(r.h[0] & 0xffffu));
-    const float dmin = f16_to_f32(static_cast<uint16_t>(r.h[0] >> 16));
-    uint8_t sc, m;
-    q4k_scale_min(scales, 2 * g, &sc, &m);
-    const float d1 = d * static_cast<float>(sc), m1 = dmin * static_cast<float>(m);
-    q4k_scale_min(scales, 2 * g + 1, &sc, &m);
-    const float d2 = d * static_cast<float>(sc), m2 = dmin * static_cast<float>(m);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const uint32_t lo = r.q[i] & 0x0F0F0F0Fu, hi = (r.q[i] >> 4) & 0x0F0F0F0Fu;
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        w[4 * i + k] = fmaf(d1, u8_to_f32(lo, k, 8388608.0f), -m1);
-        w[16 + 4 * i + k] = fmaf(d2, u8_to_f32(hi, k, 8388608.0f), -m2);
-      }
-    }
-    return 1.0f;
-  }
-  static constexpr int kParts = 4;  // as Q4_0's: decode()'s elements [8p, 8p + 8)
+  static constexpr int kParts = 4;  // as Q4_0's: elements [8p, 8p + 8) of the chunk
   struct Prep {
-    float d1, m1, d2, m2;  // the two sub-blocks' scale and min (decode()'s)
+    float d1, m1, d2, m2;  // sub-blocks 2g and 2g + 1: d * scale, dmin * min
   };
   static __device__ __forceinline__ Prep prep(const Raw& r, int64_t c) {
     uint8_t scales[12];
@@ -323,27 +289,7 @@ struct V3<DType::kQ6_K> {
     }
     r.d = __ldg(reinterpret_cast<const uint16_t*>(blk + 208));
   }
-  static __device__ __forceinline__ float decode(const Raw& r, int64_t c, float* w) {
-    const float d = f16_to_f32(static_cast<uint16_t>(r.d));
-    const int hi_scale = (c & 3) >= 2 ? 8 : 0;  // l0 >= 16: the odd scale of each pair
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {  // bytes [4 half, 4 half + 4) of the 8 positions
-      const uint32_t A = __byte_perm(r.a[2 * half], r.a[2 * half + 1], 0x5410);
-      const uint32_t B = __byte_perm(r.b[2 * half], r.b[2 * half + 1], 0x5410);
-      const uint32_t H = __byte_perm(r.qh[2 * half], r.qh[2 * half + 1], 0x5410);
-      const uint32_t q[4] = {(A & 0x0F0F0F0Fu) | ((H << 4) & 0x30303030u), (B & 0x0F0F0F0Fu) | ((H << 2) & 0x30303030u),
-                             ((A >> 4) & 0x0F0F0F0Fu) | (H & 0x30303030u),
-                             ((B >> 4) & 0x0F0F0F0Fu) | ((H >> 2) & 0x30303030u)};
-#pragma unroll
-      for (int g = 0; g < 4; ++g) {
-        const float dsc = d * static_cast<float>(static_cast<int8_t>((r.sc[g] >> hi_scale) & 0xffu));
-#pragma unroll
-        for (int k = 0; k < 4; ++k) w[8 * g + 4 * half + k] = dsc * u8_to_f32(q[g], k, 8388640.0f);  // 2^23 + 32
-      }
-    }
-    return 1.0f;
-  }
-  static constexpr int kParts = 4;  // part g: decode()'s elements [8g, 8g + 8), group g's
+  static constexpr int kParts = 4;  // part g: elements [8g, 8g + 8) of the chunk, group g's positions
   struct Prep {
     float d;
     int hi_scale;
