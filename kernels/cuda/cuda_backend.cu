@@ -772,7 +772,7 @@ void CudaBackend::matmul_qkv_rope_store_kv(const WeightRef& wq, const WeightRef&
     rp.pos = r.pos + j0;
     rp.slots = r.slots + j0;
     if (!DS_CUDA_CHECK(kOp, cuda::gemv_qkv_rope(kernel_type(wq), a, rp, stride, wq.cols, x + j0 * wq.cols, nb,
-                                                impl_->stream, options_.pdl, l2.at(j0))))
+                                                impl_->stream, options_.pdl, l2.at(j0), options_.gemv_stream)))
       return;
   }
   end(kOp);

@@ -100,8 +100,8 @@ struct CudaBackendOptions {
                                    // Init finds the same logits and faster steps (fused_decode_probe)
   bool time_replays = false;     // replay(): each graph replay's GPU time (CUDA events), summed in
                                 // replay_ms() (benchmarks: a step's GPU time against its wall time)
-  bool gemv_stream = false;     // one-token steps (n = 1) on GEMV v3: matmul, matmul_add(_rmsnorm) and
-                                // matmul_swiglu on its streamed form (version 5: a grid of what the device
+  bool gemv_stream = false;     // one-token steps (n = 1) on GEMV v3: matmul, matmul_add(_rmsnorm),
+                                // matmul_swiglu and matmul_qkv_rope_store_kv on its streamed form (version 5: a grid of what the device
                                 // holds, each warp's next rows' loads in flight while it computes; the same
                                 // bits). Not yet timed on a GPU: off
   bool l2_prefetch = false;     // the GEMV launches (plain and fused) ask L2 for the weights of the op that

@@ -43,8 +43,9 @@ cudaError_t gemv_qkv(DType t, const GemvQkv& a, size_t row_stride, int64_t cols,
 }
 
 cudaError_t gemv_qkv_rope(DType t, const GemvQkv& a, const GemvQkvRope& r, size_t row_stride, int64_t cols,
-                          const float* x, int n, cudaStream_t stream, bool pdl, const L2Prefetch* l2) {
-#define DS_GEMV_FN gemv_qkv_rope(t, a, r, row_stride, cols, x, n, stream, pdl, l2)
+                          const float* x, int n, cudaStream_t stream, bool pdl, const L2Prefetch* l2,
+                          bool stream_rows) {
+#define DS_GEMV_FN gemv_qkv_rope(t, a, r, row_stride, cols, x, n, stream, pdl, l2, stream_rows)
   DS_GEMV_PARTS(DS_GEMV_ROUTE_PART)
 #undef DS_GEMV_FN
   return cudaErrorInvalidValue;

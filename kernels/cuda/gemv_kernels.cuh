@@ -475,6 +475,46 @@ __global__ void __launch_bounds__(kV3Warps * kWarpSize)
       });
 }
 
+// Q, K, V, RoPE and the cache write for one token, streamed: warp g takes pairs g, g + warps,
+// ... (gemv_v3.cuh: qkv_pair_at), row ra's dot then row rb's, then qkv_pair_finish: the same
+// bits as gemv_v3_qkv_rope_kernel<T, 1, KvT>.
+template <DType T, class KvT>
+__global__ void __launch_bounds__(kV3Warps * kWarpSize)
+    gemv_v5_qkv_rope_kernel(GemvQkv a, GemvQkvRope rp, size_t row_stride, int64_t cols, const float* __restrict__ x,
+                            bool w_vec, bool x_vec, L2Prefetch pf) {
+  griddep_launch_dependents();
+  l2_prefetch_share(pf);
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kV3Warps;
+  const int64_t g = static_cast<int64_t>(blockIdx.x) * kV3Warps + (threadIdx.x >> 5);
+  QkvPair q{};
+  int64_t q_at = -1;  // the pair q describes
+  auto pair = [&](int64_t k) {  // q = the pair of the warp's k-th row; false past its last
+    const int64_t gp = g + (k >> 1) * warps;
+    if (gp != q_at) {
+      if (!qkv_pair_at(a, rp, gp, &q)) return false;
+      q_at = gp;
+    }
+    return true;
+  };
+  float da = 0.0f;
+  v3_stream_rows<T>(
+      cols, x, w_vec, x_vec,
+      [&](int64_t k, const uint8_t** p) {  // k even: the pair's row ra, odd: rb
+        if (!pair(k)) return false;
+        *p = static_cast<const uint8_t*>(a.w[q.m]) + ((k & 1) ? q.rb : q.ra) * static_cast<int64_t>(row_stride);
+        return true;
+      },
+      [&](int64_t k, float dot) {
+        if (!(k & 1)) {
+          da = dot;
+          return;
+        }
+        pair(k);  // (the next row's lookup may have moved q on)
+        if (lane == 0) qkv_pair_finish<KvT>(a, rp, q, 0, da, dot);
+      });
+}
+
 // Blocks of a version-5 launch: at most what the device holds at once (kStreamBlocksPerSm an
 // SM, fewer where the kernel's registers allow fewer), so that each warp streams several rows;
 // never more than v3 would launch.
@@ -658,7 +698,8 @@ cudaError_t gemv_qkv(DType t, const GemvQkv& a, size_t row_stride, int64_t cols,
 }
 
 cudaError_t gemv_qkv_rope(DType t, const GemvQkv& a, const GemvQkvRope& r, size_t row_stride, int64_t cols,
-                          const float* x, int n, cudaStream_t stream, bool pdl, const L2Prefetch* l2) {
+                          const float* x, int n, cudaStream_t stream, bool pdl, const L2Prefetch* l2,
+                          bool stream_rows) {
   const L2Prefetch pf = l2 ? *l2 : L2Prefetch{};
   const bool w_vec = vec_weights(t, cols, row_stride) && aligned_for(t, a.w[0]) && aligned_for(t, a.w[1]) &&
                      aligned_for(t, a.w[2]);
@@ -667,6 +708,18 @@ cudaError_t gemv_qkv_rope(DType t, const GemvQkv& a, const GemvQkvRope& r, size_
   const auto blocks = static_cast<unsigned>((pairs + kV3Warps - 1) / kV3Warps);
   const bool ok = dispatch_part(t, [&](auto tag) {
     constexpr DType T = decltype(tag)::value;
+    if (stream_rows && n == 1) {
+      if (r.kv_f16) {
+        auto* kernel = gemv_v5_qkv_rope_kernel<T, uint16_t>;
+        DS_LAUNCH_PDL(kernel, v5_blocks(kernel, pairs), kV3Warps * kWarpSize, 0, stream, pdl)(a, r, row_stride, cols, x,
+                                                                                            w_vec, x_vec, pf);
+      } else {
+        auto* kernel = gemv_v5_qkv_rope_kernel<T, float>;
+        DS_LAUNCH_PDL(kernel, v5_blocks(kernel, pairs), kV3Warps * kWarpSize, 0, stream, pdl)(a, r, row_stride, cols, x,
+                                                                                            w_vec, x_vec, pf);
+      }
+      return;
+    }
     launch_nc(n, [&](auto nc) {
       constexpr int NC = decltype(nc)::value;
       if (r.kv_f16) {

@@ -19,7 +19,8 @@
   cudaError_t gemv_qkv(DType t, const GemvQkv& a, size_t row_stride, int64_t cols, const float* x, int n,          \
                        cudaStream_t stream, bool pdl, const L2Prefetch* l2);                                       \
   cudaError_t gemv_qkv_rope(DType t, const GemvQkv& a, const GemvQkvRope& r, size_t row_stride, int64_t cols,      \
-                            const float* x, int n, cudaStream_t stream, bool pdl, const L2Prefetch* l2);           \
+                            const float* x, int n, cudaStream_t stream, bool pdl, const L2Prefetch* l2,            \
+                            bool stream_rows);                                                                      \
   cudaError_t gemv_swiglu(DType t, const void* w_gate, const void* w_up, size_t row_stride, int64_t rows,          \
                           int64_t cols, const float* x, int n, float* out, cudaStream_t stream, bool pdl,           \
                           const L2Prefetch* l2, bool stream_rows);                                                  \

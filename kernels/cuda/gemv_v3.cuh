@@ -598,15 +598,16 @@ constexpr int kV3BatchedRows = 2;
 template <int NC>
 constexpr int kV3Rows = NC > 1 ? kV3BatchedRows : 1;
 
-// One warp of gemv_v3_qkv_rope_kernel (gemv_kernels.cuh): the dots of RoPE pair gp of the concatenated
-// pairs [Q heads' | K heads' | V's], then the bias, the rotation and the cache write.
-// gp: the pair this warp takes (past the last pair: returns at once, writing nothing).
-// kXGlobal: as v3_rows_dots. REQUIRES: called by a whole warp.
-template <DType T, int NC, class KvT, bool kXGlobal = true>
-__device__ __forceinline__ void qkv_rope_pair(const GemvQkv& a, const GemvQkvRope& rp, size_t row_stride,
-                                              int64_t cols, const float* __restrict__ x, int n, bool w_vec,
-                                              bool x_vec, int64_t gp) {
-  const int lane = threadIdx.x & 31;
+// A RoPE pair of gemv_v3_qkv_rope_kernel's: matrix m (0 Q, 1 K, 2 V), pair p within its head,
+// whether it rotates, and its two rows ra, rb.
+struct QkvPair {
+  int m, p;
+  bool rotate;
+  int64_t ra, rb;
+};
+
+// Pair gp of the concatenated pairs [Q heads' | K heads' | V's]; false past the last one.
+__device__ __forceinline__ bool qkv_pair_at(const GemvQkv& a, const GemvQkvRope& rp, int64_t gp, QkvPair* q) {
   const int hd = rp.head_dim, half_pairs = hd / 2, rot_pairs = rp.n_rot / 2;
   int64_t lp = gp;
   int m = 0;
@@ -614,7 +615,7 @@ __device__ __forceinline__ void qkv_rope_pair(const GemvQkv& a, const GemvQkvRop
     lp -= a.rows[m] / 2;
     ++m;
   }
-  if (m == 3) return;  // uniform per warp (writes nothing, so needs no griddep_wait)
+  if (m == 3) return false;
   const int64_t head = lp / half_pairs;
   const int p = static_cast<int>(lp - head * half_pairs);
   const bool rotate = m < 2 && p < rot_pairs;
@@ -627,36 +628,57 @@ __device__ __forceinline__ void qkv_rope_pair(const GemvQkv& a, const GemvQkvRop
   } else {
     ea = rp.n_rot + 2 * (p - rot_pairs), eb = ea + 1;
   }
-  const int64_t ra = head * hd + ea, rb = head * hd + eb;
-  const auto* w = static_cast<const uint8_t*>(a.w[m]);
-  const uint8_t* row_ptrs[2] = {w + ra * static_cast<int64_t>(row_stride), w + rb * static_cast<int64_t>(row_stride)};
+  *q = QkvPair{m, p, rotate, head * hd + ea, head * hd + eb};
+  return true;
+}
+
+// Token j's end of pair q from its two dots (lane j does it): the bias add of add_bias,
+// rope_store_kv's rotation (rope_angle / rope_rotate in double) and its kv_put.
+template <class KvT>
+__device__ __forceinline__ void qkv_pair_finish(const GemvQkv& a, const GemvQkvRope& rp, const QkvPair& q, int j,
+                                                float da, float db) {
+  const int64_t rows = a.rows[q.m];
+  const float* bias = a.bias[q.m];
+  float* y = a.y[q.m];
+  float e[2] = {da, db};
+  if (bias) {
+    e[0] = e[0] + bias[q.ra];
+    e[1] = e[1] + bias[q.rb];
+  }
+  if (q.rotate) {
+    double sn, cs;
+    rope_angle(rp.pos[j], q.p, rp.n_rot, rp.freq_base, rp.freq_scale, &sn, &cs);
+    rope_rotate(e, 0, 1, sn, cs);
+  }
+  y[j * rows + q.ra] = e[0];
+  y[j * rows + q.rb] = e[1];
+  if (q.m > 0) {
+    KvT* cache = static_cast<KvT*>(q.m == 1 ? rp.k_cache : rp.v_cache);
+    const int64_t dst = static_cast<int64_t>(rp.slots[j]) * a.rows[1];
+    kv_put(cache + dst + q.ra, e[0]);
+    kv_put(cache + dst + q.rb, e[1]);
+  }
+}
+
+// One warp of gemv_v3_qkv_rope_kernel (gemv_kernels.cuh): the dots of RoPE pair gp (its two
+// rows' dots from v3_rows_dots with R = 2: the instructions of each row are those of
+// gemv_qkv), then lane j < n finishes token j (qkv_pair_finish). Past the last pair: returns at
+// once, writing nothing. kXGlobal: as v3_rows_dots. REQUIRES: called by a whole warp.
+template <DType T, int NC, class KvT, bool kXGlobal = true>
+__device__ __forceinline__ void qkv_rope_pair(const GemvQkv& a, const GemvQkvRope& rp, size_t row_stride,
+                                              int64_t cols, const float* __restrict__ x, int n, bool w_vec,
+                                              bool x_vec, int64_t gp) {
+  const int lane = threadIdx.x & 31;
+  QkvPair q;
+  if (!qkv_pair_at(a, rp, gp, &q)) return;  // uniform per warp (writes nothing, so needs no griddep_wait)
+  const auto* w = static_cast<const uint8_t*>(a.w[q.m]);
+  const uint8_t* row_ptrs[2] = {w + q.ra * static_cast<int64_t>(row_stride), w + q.rb * static_cast<int64_t>(row_stride)};
   float dots[2][NC] = {};
   v3_rows_dots<T, NC, 2, kXGlobal>(row_ptrs, cols, x, n, w_vec, x_vec, dots);
-  const int64_t rows = a.rows[m];
-  const float* bias = a.bias[m];
-  float* y = a.y[m];
-  const int64_t kv_dim = a.rows[1];
 #pragma unroll
   for (int j = 0; j < NC; ++j) {
     if (j >= n || j != lane) continue;
-    float e[2] = {dots[0][j], dots[1][j]};
-    if (bias) {
-      e[0] = e[0] + bias[ra];
-      e[1] = e[1] + bias[rb];
-    }
-    if (rotate) {
-      double sn, cs;
-      rope_angle(rp.pos[j], p, rp.n_rot, rp.freq_base, rp.freq_scale, &sn, &cs);
-      rope_rotate(e, 0, 1, sn, cs);
-    }
-    y[j * rows + ra] = e[0];
-    y[j * rows + rb] = e[1];
-    if (m > 0) {
-      KvT* cache = static_cast<KvT*>(m == 1 ? rp.k_cache : rp.v_cache);
-      const int64_t dst = static_cast<int64_t>(rp.slots[j]) * kv_dim;
-      kv_put(cache + dst + ra, e[0]);
-      kv_put(cache + dst + rb, e[1]);
-    }
+    qkv_pair_finish<KvT>(a, rp, q, j, dots[0][j], dots[1][j]);
   }
 }
 

@@ -149,9 +149,10 @@ struct GemvQkvRope {
 };
 // REQUIRES: as gemv_qkv; rows[0] and rows[1] == rows[2] multiples of head_dim; head_dim and
 // n_rot even, 0 < n_rot <= head_dim.
+// stream_rows: for n = 1, pairs streamed as gemv version 5 streams rows (the same bits).
 cudaError_t gemv_qkv_rope(DType t, const GemvQkv& a, const GemvQkvRope& r, size_t row_stride, int64_t cols,
                           const float* x, int n, cudaStream_t stream, bool pdl = false,
-                          const L2Prefetch* l2 = nullptr);
+                          const L2Prefetch* l2 = nullptr, bool stream_rows = false);
 // gemv_add's optional RMSNorm of the result: out[j, :] = rmsnorm(y[j, :], weight, eps), the
 // bits of rmsnorm() (a layer's residual add and the next norm in one launch). counter: a
 // device unsigned that is 0 before the launch (the launch leaves it 0 again).

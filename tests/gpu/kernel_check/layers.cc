@@ -584,8 +584,8 @@ void check_fused_residual_rope(CudaBackend& b, Rng& rng, bool quick) {
       for (DType kvt : {DType::kF32, DType::kF16}) {
         const size_t eb = ds::kv_elem_bytes(kvt);
         for (int64_t n : {1, 2, 5, 8, 12}) {
-          std::vector<uint8_t> outs[2][5];
-          for (int fused = 0; fused < 2; ++fused) {
+          std::vector<uint8_t> outs[3][5];  // separate ops, fused, fused and streamed (gemv_stream)
+          for (int fused = 0; fused < 3; ++fused) {
             Buf q(b, max_n * qd * 4), k(b, max_n * kvd * 4), v(b, max_n * kvd * 4);
             Buf kc(b, cache_rows * kvd * eb), vc(b, cache_rows * kvd * eb);
             const ds::Backend::RopeStore rs{c.n_heads, c.n_kv_heads, c.head_dim, dpos.as<int32_t>(), p, dslots.as<int32_t>(),
@@ -594,7 +594,9 @@ void check_fused_residual_rope(CudaBackend& b, Rng& rng, bool quick) {
             const float* bk = c.bias ? db[1].as() : nullptr;
             const float* bv = c.bias ? db[2].as() : nullptr;
             if (fused) {
+              b.set_gemv_stream(fused == 2);
               b.matmul_qkv_rope_store_kv(w[0], w[1], w[2], bq, bk, bv, dx.as(), n, q.as(), k.as(), v.as(), rs);
+              b.set_gemv_stream(false);
             } else {
               b.matmul_qkv(w[0], w[1], w[2], bq, bk, bv, dx.as(), n, q.as(), k.as(), v.as());
               b.rope_store_kv(q.as(), k.as(), v.as(), n, c.n_heads, c.n_kv_heads, c.head_dim, dpos.as<int32_t>(), p,
@@ -606,10 +608,12 @@ void check_fused_residual_rope(CudaBackend& b, Rng& rng, bool quick) {
             outs[fused][3] = kc.read<uint8_t>(cache_rows * kvd * eb);
             outs[fused][4] = vc.read<uint8_t>(cache_rows * kvd * eb);
           }
-          bool same = true;
-          for (int o = 0; o < 5; ++o) same = same && outs[0][o] == outs[1][o];
+          bool same = true, streamed = true;
+          for (int o = 0; o < 5; ++o) same = same && outs[0][o] == outs[1][o], streamed = streamed && outs[0][o] == outs[2][o];
           expect("determinism/fused-qkv-rope-bits" + tag + " kv " + ds::dtype_name(kvt) + " n=" + std::to_string(n), same,
                  "differs from matmul_qkv + rope_store_kv");
+          expect("determinism/fused-qkv-rope-streamed-bits" + tag + " kv " + ds::dtype_name(kvt) + " n=" + std::to_string(n),
+                 streamed, "the streamed GEMV's result differs from matmul_qkv + rope_store_kv");
         }
       }
     }
