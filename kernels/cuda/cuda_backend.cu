@@ -941,7 +941,13 @@ void CudaBackend::drop_half_copies(const void* p, size_t bytes) {
     const auto prev = std::prev(it);
     if (static_cast<const uint8_t*>(prev->first) + prev->second.source_bytes > lo) it = prev;
   }
+  bool first = true;
   while (it != impl_->half_cache.end() && static_cast<const uint8_t*>(it->first) < lo + bytes) {
+    if (first) {
+      forget_recordings();                   // a recorded step may read the copy
+      cudaStreamSynchronize(impl_->stream);  // and a queued GEMM
+      first = false;
+    }
     cudaFree(it->second.data);
     impl_->half_cache_bytes -= it->second.bytes;
     it = impl_->half_cache.erase(it);
