@@ -627,7 +627,7 @@ void CudaBackend::matmul(const WeightRef& w, const float* x, int64_t n, float* y
         return;
     }
   } else if (tc_gemm_applies(w, n)) {
-    matmul_tc(kOp, {{&w, y}}, x, n, false);
+    matmul_tc(kOp, {{&w, y}}, x, n, false, l2.at(0));
   } else {
     matmul_cublas(w, stride, x, n, y);  // recorded too (cuBLAS has its own workspace: no allocation)
   }
@@ -661,7 +661,7 @@ bool CudaBackend::tc_gemm_applies(const WeightRef& w, int64_t n) const {
 }
 
 void CudaBackend::matmul_tc(const char* op, std::initializer_list<std::pair<const WeightRef*, float*>> parts,
-                            const float* x, int64_t n, bool add) {
+                            const float* x, int64_t n, bool add, const cuda::L2Prefetch* l2) {
   const WeightRef& w0 = *parts.begin()->first;
   cuda::GemmTcMatrix m[cuda::kGemmTcMaxParts];
   int count = 0;
@@ -670,7 +670,7 @@ void CudaBackend::matmul_tc(const char* op, std::initializer_list<std::pair<cons
   void* buf = scratch(cuda::gemm_tc_scratch_bytes(kernel_type(w0), m, count, w0.cols, nn), op);
   if (buf == nullptr) return;
   DS_CUDA_CHECK(op, cuda::gemm_tc(kernel_type(w0), m, count, row_bytes_of(w0.type, w0.cols), w0.cols, x, nn, add, buf,
-                                  impl_->stream));
+                                  impl_->stream, l2));
 }
 
 bool CudaBackend::tc_gemm_fuses(const WeightRef& a, const WeightRef& b, int64_t n) const {
@@ -701,7 +701,7 @@ void CudaBackend::matmul_qkv(const WeightRef& wq, const WeightRef& wk, const Wei
     DS_CHECK_WEIGHT(kOp, wq);
     DS_CHECK_WEIGHT(kOp, wk);
     DS_CHECK_WEIGHT(kOp, wv);
-    if (tc) matmul_tc(kOp, {{&wq, q}, {&wk, k}, {&wv, v}}, x, n, false);
+    if (tc) matmul_tc(kOp, {{&wq, q}, {&wk, k}, {&wv, v}}, x, n, false, l2.at(0));
     else matmul_cublas_half(kOp, {{&wq, q}, {&wk, k}, {&wv, v}}, x, n, false);
     end(kOp);
     if (bq) add_bias(q, bq, n, wq.rows);
@@ -784,7 +784,7 @@ void CudaBackend::matmul_add(const WeightRef& w, const float* x, int64_t n, floa
   if (!fused_gemv_applies(w, w, n) && tc_gemm_applies(w, n)) {  // the residual add fused in, as the GEMV's
     if (!begin(kOp)) return;
     DS_CHECK_WEIGHT(kOp, w);
-    matmul_tc(kOp, {{&w, y}}, x, n, true);
+    matmul_tc(kOp, {{&w, y}}, x, n, true, l2.at(0));
     return end(kOp);
   }
   if (options_.fuse_decode && n > gemv_limit(w.type)) {  // cuBLAS, the add as its beta = 1
@@ -820,7 +820,7 @@ void CudaBackend::matmul_swiglu(const WeightRef& w_gate, const WeightRef& w_up, 
     if (!begin(kOp)) return;
     DS_CHECK_WEIGHT(kOp, w_gate);
     DS_CHECK_WEIGHT(kOp, w_up);
-    if (tc) matmul_tc(kOp, {{&w_gate, out}, {&w_up, up}}, x, n, false);
+    if (tc) matmul_tc(kOp, {{&w_gate, out}, {&w_up, up}}, x, n, false, l2.at(0));
     else matmul_cublas_half(kOp, {{&w_gate, out}, {&w_up, up}}, x, n, false);
     end(kOp);
     return swiglu(out, up, n * w_gate.rows, out);

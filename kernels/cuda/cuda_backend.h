@@ -45,6 +45,10 @@
 
 #include "kernels/backend.h"
 
+namespace ds::cuda {
+struct L2Prefetch;  // kernels/cuda/ops.cuh
+}  // namespace ds::cuda
+
 namespace ds {
 
 struct CudaBackendOptions {
@@ -104,7 +108,7 @@ struct CudaBackendOptions {
                                 // matmul_swiglu and matmul_qkv_rope_store_kv on its streamed form (version 5: a grid of what the device
                                 // holds, each warp's next rows' loads in flight while it computes; the same
                                 // bits). Not yet timed on a GPU: off
-  bool l2_prefetch = false;     // the GEMV launches (plain and fused) ask L2 for the weights of the op that
+  bool l2_prefetch = false;     // the GEMV and tensor-core GEMM launches ask L2 for the weights of the op that
                                 // followed theirs last time (the order of matmul calls, learned as they
                                 // come: a decode step's is the same every step), so that HBM streams the
                                 // next matrix while this one computes (ops.cuh: L2Prefetch; sm_90, the
@@ -301,7 +305,7 @@ class CudaBackend final : public Backend {
   // y (+)= x W^T for each (W, y) of parts (1..3 matrices of one type and column count) in one
   // gemm_tc call (REQUIRES: tc_gemm_applies to each); op names the calling op.
   void matmul_tc(const char* op, std::initializer_list<std::pair<const WeightRef*, float*>> parts, const float* x,
-                 int64_t n, bool add);
+                 int64_t n, bool add, const cuda::L2Prefetch* l2 = nullptr);
   // Whether a and b can share one gemm_tc launch at n (fuse_decode, both tc_gemm_applies, same type and columns).
   bool tc_gemm_fuses(const WeightRef& a, const WeightRef& b, int64_t n) const;
   // options.half_weight_cache: w's F16 dequantization (made on first use when memory allows;

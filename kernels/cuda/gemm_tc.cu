@@ -107,6 +107,7 @@ struct TcArgs {
   int n = 0;
   int copy_bytes = 4;
   bool add = false;
+  L2Prefetch pf;  // the next op's weights: each block's share asked of L2 at its start (ops.cuh)
 };
 
 // Block b of a part takes row group b % groups and column split b / groups. With splits > 1,
@@ -114,6 +115,7 @@ struct TcArgs {
 // arrive (an atomic counter per group, zeroed by tc_prepare) adds them in split order into y.
 template <DType T, int NT>
 __global__ void __launch_bounds__(kTcWarps * 32) gemm_tc_kernel(const TcArgs args) {
+  l2_prefetch_share(args.pf);
   int q = 0;
   while (q + 1 < args.parts && static_cast<int>(blockIdx.x) >= args.part[q + 1].first_block) ++q;
   const TcPart P = args.part[q];
@@ -306,8 +308,9 @@ size_t tc_layout(const GemmTcMatrix* m, int count, int64_t cols, int n, void* sc
 
 template <DType T>
 cudaError_t gemm_tc_typed(const GemmTcMatrix* m, int count, size_t row_stride, int64_t cols, const float* x, int n,
-                          bool add, void* scratch, cudaStream_t stream) {
+                          bool add, void* scratch, cudaStream_t stream, const L2Prefetch* l2) {
   TcArgs a;
+  if (l2) a.pf = *l2;
   tc_layout<T>(m, count, cols, n, scratch, &a);
   a.row_stride = row_stride;
   a.cols = cols;
@@ -379,14 +382,14 @@ size_t gemm_tc_scratch_bytes(DType t, const GemmTcMatrix* m, int count, int64_t 
 }
 
 cudaError_t gemm_tc(DType t, const GemmTcMatrix* m, int count, size_t row_stride, int64_t cols, const float* x, int n,
-                    bool add, void* scratch, cudaStream_t stream) {
+                    bool add, void* scratch, cudaStream_t stream, const L2Prefetch* l2) {
   if (count < 1 || count > kGemmTcMaxParts) return cudaErrorInvalidValue;
   switch (t) {
-    case DType::kF16: return gemm_tc_typed<DType::kF16>(m, count, row_stride, cols, x, n, add, scratch, stream);
-    case DType::kQ8_0: return gemm_tc_typed<DType::kQ8_0>(m, count, row_stride, cols, x, n, add, scratch, stream);
-    case kQ8_0Split: return gemm_tc_typed<kQ8_0Split>(m, count, row_stride, cols, x, n, add, scratch, stream);
-    case DType::kQ4_0: return gemm_tc_typed<DType::kQ4_0>(m, count, row_stride, cols, x, n, add, scratch, stream);
-    case DType::kQ4_K: return gemm_tc_typed<DType::kQ4_K>(m, count, row_stride, cols, x, n, add, scratch, stream);
+    case DType::kF16: return gemm_tc_typed<DType::kF16>(m, count, row_stride, cols, x, n, add, scratch, stream, l2);
+    case DType::kQ8_0: return gemm_tc_typed<DType::kQ8_0>(m, count, row_stride, cols, x, n, add, scratch, stream, l2);
+    case kQ8_0Split: return gemm_tc_typed<kQ8_0Split>(m, count, row_stride, cols, x, n, add, scratch, stream, l2);
+    case DType::kQ4_0: return gemm_tc_typed<DType::kQ4_0>(m, count, row_stride, cols, x, n, add, scratch, stream, l2);
+    case DType::kQ4_K: return gemm_tc_typed<DType::kQ4_K>(m, count, row_stride, cols, x, n, add, scratch, stream, l2);
     default: return cudaErrorInvalidValue;
   }
 }

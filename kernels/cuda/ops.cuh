@@ -218,8 +218,9 @@ size_t gemm_tc_scratch_bytes(DType t, const GemmTcMatrix* m, int count, int64_t 
 // dot, one float add) instead of y = x W^T. Each matrix's outputs get the bits they get alone.
 // REQUIRES: gemm_tc_supports for each; scratch holds gemm_tc_scratch_bytes, 256-byte aligned;
 // no y aliases x or another y.
+// l2: as gemv's (the next op's weights asked of L2; null: none).
 cudaError_t gemm_tc(DType t, const GemmTcMatrix* m, int count, size_t row_stride, int64_t cols, const float* x, int n,
-                    bool add, void* scratch, cudaStream_t stream);
+                    bool add, void* scratch, cudaStream_t stream, const L2Prefetch* l2 = nullptr);
 
 // ---- attention.cu -------------------------------------------------------------------
 

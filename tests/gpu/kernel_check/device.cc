@@ -81,6 +81,31 @@ void check_pdl(int device, Rng& rng) {
       expect("l2-prefetch/learned-order " + tag, order, "the learned order differs at " + first_wrong);
     }
   }
+  // The tensor-core small-batch GEMM (Q8_0 at n = 8) asking L2 for the next matrix: the same bits.
+  {
+    const int64_t rows = 256, cols = 512;
+    const auto ha = make_weights(rng, DType::kQ8_0, rows, cols), hb = make_weights(rng, DType::kQ8_0, rows, cols);
+    Buf wa(*b, ha), wb(*b, hb), x(*b, rng.floats(8 * cols)), y(*b, 8 * rows * 4);
+    const WeightRef A{DType::kQ8_0, wa.as<void>(), rows, cols}, B{DType::kQ8_0, wb.as<void>(), rows, cols};
+    auto pass = [&]() {
+      b->matmul(A, x.as(), 8, y.as());
+      auto out = y.read(8 * rows);
+      b->matmul(B, x.as(), 8, y.as());
+      const auto yb = y.read(8 * rows);
+      out.insert(out.end(), yb.begin(), yb.end());
+      return out;
+    };
+    const auto plain = pass();
+    b->set_l2_prefetch(true);
+    pass();  // learns B after A
+    const auto pf = pass();
+    b->set_l2_prefetch(false);
+    require_ok(*b, "tensor-core GEMM with the L2 prefetch");
+    const bool learned = b->l2_prefetch_after(A.data).size() == 1 && b->l2_prefetch_after(A.data)[0].first == B.data;
+    expect("determinism/l2-prefetch-tc-gemm q8_0 n=8",
+           learned && b->tc_gemm_applies(A, 8) && same_bits(plain.data(), pf.data(), pf.size()),
+           learned ? "the tensor-core GEMM asking L2 for the next matrix changed its result" : "B was not learned after A");
+  }
 }
 
 // ops.cuh's l2_prefetch_pieces: over the blocks of a launch, the pieces cover every range
