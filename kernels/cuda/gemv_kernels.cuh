@@ -526,17 +526,17 @@ unsigned v5_blocks(K kernel, int64_t rows) {
   (void)kernel;
   return static_cast<unsigned>(std::min<int64_t>(v3, 3));  // a few blocks: many rows a warp
 #else
-  static int cap = 0;  // per instantiation: blocks the device holds at once
-  if (cap == 0) {
-    int device = 0, sms = 0, fit = 0;
+  // Per instantiation, once (thread-safe: tensor-parallel ranks launch from their own threads):
+  // the blocks the device holds at once.
+  static const int cap = [kernel]() {
+    int device = 0, sms = 0, fit = 0, c = 132 * 4;
     if (cudaGetDevice(&device) == cudaSuccess &&
         cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) == cudaSuccess &&
         cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, kV3Warps * kWarpSize, 0) == cudaSuccess && fit > 0)
-      cap = sms * std::min(fit, kStreamBlocksPerSm);
-    else
-      cap = 132 * 4;
+      c = sms * std::min(fit, kStreamBlocksPerSm);
     cudaGetLastError();
-  }
+    return c;
+  }();
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(v3, cap)));
 #endif
 }
